@@ -1,0 +1,18 @@
+"""addernet_cuda: adder neural networks for PyTorch.
+
+Adder convolutions measure similarity with the negative L1 distance, ``-sum |x - w|``, instead
+of a dot product. This package provides the op as compiled C++ (CPU) and CUDA kernels registered
+with the dispatcher (``torch.ops.addernet.adder2d``, ``adder2d_input_grad``,
+``adder2d_weight_grad``), the functional :func:`adder2d`, the module :class:`AdderConv2d` with
+AdderNet's adaptive learning rate, :func:`adderize` to convert existing models, and an unfused
+reference (:mod:`addernet_cuda.reference`).
+"""
+from ._extension import build_info
+from .nn import AdderConv2d, adderize, rescale_adder_grads, set_adaptive_lr
+from .ops import adder2d
+from .version import __version__
+
+from . import reference  # noqa: E402  (after ops: the reference reuses its argument checks)
+
+__all__ = ["AdderConv2d", "adder2d", "adderize", "build_info", "reference", "rescale_adder_grads",
+           "set_adaptive_lr", "__version__"]

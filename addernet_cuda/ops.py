@@ -1,0 +1,207 @@
+"""Typed Python entry points of the adder2d ops, with their fake kernels and autograd.
+
+The ops (schemas in csrc/adder2d.cpp) compute, for input X[N, C, H, W] and weight
+W[Co, C/groups, KH, KW], with Xp the zero-padded input (padded taps count):
+
+    Y[n,co,oh,ow]  = -sum_{ci,kh,kw} |Xp[n, c, oh*sh + kh*dh - ph, ow*sw + kw*dw - pw] - W[co,ci,kh,kw]|  (+ bias[co])
+    dX[n,c,h,w]    = sum over taps landing on (h, w) of dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
+    dW[co,ci,kh,kw] = sum_{n,oh,ow} dY[n,co,oh,ow] * (Xp[...] - W[co,ci,kh,kw])
+    dbias[co]      = sum_{n,oh,ow} dY[n,co,oh,ow]
+
+HT(z) = clamp(z, -1, 1) (AdderNet's rule, ``input_grad="hardtanh"``) or sign(z) (the true
+derivative, ``input_grad="exact"``). The weight gradient is AdderNet's full-precision one in both
+modes, so it is not the derivative of the forward. Gradients here are raw: the adaptive learning
+rate belongs to training (see :class:`addernet_cuda.AdderConv2d`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ._extension import _C  # noqa: F401  (loading it registers torch.ops.addernet.*)
+
+IntPair = Union[int, Sequence[int]]
+INPUT_GRAD_MODES = ("hardtanh", "exact")
+
+
+def _pair(value: IntPair, name: str) -> Tuple[int, int]:
+    if isinstance(value, bool):
+        raise TypeError(f"adder2d: {name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int) or (isinstance(value, torch.SymInt)):
+        return (value, value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        raise TypeError(f"adder2d: {name} must be an int or a pair of ints, got {value!r}") from None
+    if len(pair) == 1:
+        pair = pair * 2
+    if len(pair) != 2 or not all(isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"adder2d: {name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def out_size(size, kernel, stride, padding, dilation):
+    """Output length of one spatial dimension: floor((size + 2p - d(k-1) - 1) / s) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_output=None):
+    """Validates adder2d arguments (the same rules and messages as the C++ checks) and returns
+    the output shape (N, Co, OH, OW)."""
+    if not isinstance(input, Tensor) or input.dim() != 4:
+        got = f"{input.dim()}-D with shape {tuple(input.shape)}" if isinstance(input, Tensor) else type(input).__name__
+        raise ValueError(f"{op}: input must be 4-D [N, C, H, W], got {got}")
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        got = f"{weight.dim()}-D with shape {tuple(weight.shape)}" if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"{op}: weight must be 4-D [out_channels, in_channels/groups, kH, kW], got {got}")
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
+    for name, t in (("weight", weight), ("bias", bias), ("grad_output", grad_output)):
+        if t is None:
+            continue
+        if t.dtype != input.dtype:
+            raise TypeError(f"{op}: {name} dtype {t.dtype} does not match input dtype {input.dtype}")
+        if t.device != input.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
+    for name, value, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(value) != 2:
+            raise ValueError(f"{op}: {name} must have 2 elements (height, width), got {len(value)}")
+        if value[0] < low or value[1] < low:
+            raise ValueError(f"{op}: {name} must be >= {low}, got {list(value)}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups}")
+    n, c, h, w = input.shape
+    co, cig, kh, kw = weight.shape
+    if c % groups != 0:
+        raise ValueError(f"{op}: groups ({groups}) must divide the input channels ({c})")
+    if co % groups != 0:
+        raise ValueError(f"{op}: groups ({groups}) must divide the output channels, weight.size(0) = {co}")
+    if cig * groups != c:
+        raise ValueError(
+            f"{op}: weight.size(1) must be in_channels / groups = {c} / {groups} = {c // groups}, "
+            f"got weight of shape {tuple(weight.shape)}"
+        )
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{op}: weight kernel size must be >= 1, got {tuple(weight.shape)}")
+    span_h, span_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+    if span_h > h + 2 * padding[0] or span_w > w + 2 * padding[1]:
+        raise ValueError(
+            f"{op}: kernel ({kh}x{kw}, dilated to {span_h}x{span_w}) is larger than the padded "
+            f"input ({h + 2 * padding[0]}x{w + 2 * padding[1]})"
+        )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != co):
+        raise ValueError(f"{op}: bias must have shape [{co}], got {tuple(bias.shape)}")
+    shape = (n, co, out_size(h, kh, stride[0], padding[0], dilation[0]),
+             out_size(w, kw, stride[1], padding[1], dilation[1]))
+    if grad_output is not None and tuple(grad_output.shape) != shape:
+        raise ValueError(f"{op}: grad_output must have the output's shape {list(shape)}, got {tuple(grad_output.shape)}")
+    return shape
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in INPUT_GRAD_MODES:
+        raise ValueError(f'adder2d: input_grad must be "hardtanh" or "exact", got {mode!r}')
+
+
+@torch.library.register_fake("addernet::adder2d")
+def _adder2d_fake(input, weight, bias, stride, padding, dilation, groups, input_grad="hardtanh"):
+    _check_mode(input_grad)
+    shape = check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
+    return input.new_empty(shape)
+
+
+@torch.library.register_fake("addernet::adder2d_input_grad")
+def _adder2d_input_grad_fake(grad_output, input, weight, stride, padding, dilation, groups, mode):
+    _check_mode(mode)
+    check_args("adder2d_input_grad", input, weight, None, stride, padding, dilation, groups, grad_output)
+    return input.new_empty(input.shape)
+
+
+@torch.library.register_fake("addernet::adder2d_weight_grad")
+def _adder2d_weight_grad_fake(grad_output, input, weight, stride, padding, dilation, groups):
+    check_args("adder2d_weight_grad", input, weight, None, stride, padding, dilation, groups, grad_output)
+    return weight.new_empty(weight.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, *rest = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+    ctx.args = (stride, padding, dilation, groups)
+    ctx.mode = rest[0] if rest else "hardtanh"
+
+
+def _backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.ops.addernet.adder2d_input_grad(grad, input, weight, *ctx.args, ctx.mode)
+    if ctx.needs_input_grad[1]:
+        grad_weight = torch.ops.addernet.adder2d_weight_grad(grad, input, weight, *ctx.args)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad.sum((0, 2, 3))
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _no_double_backward(op):
+    def backward(ctx, grad):
+        raise RuntimeError(
+            f"addernet::{op} has no derivative: double backward through adder2d is not supported "
+            "(AdderNet's gradient rules are not derivatives of the forward)"
+        )
+
+    return backward
+
+
+torch.library.register_autograd("addernet::adder2d", _backward, setup_context=_setup_context)
+for _op in ("adder2d_input_grad", "adder2d_weight_grad"):
+    torch.library.register_autograd(f"addernet::{_op}", _no_double_backward(_op), setup_context=lambda ctx, inputs, output: None)
+
+
+def adder2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    input_grad: str = "hardtanh",
+) -> Tensor:
+    """Adder convolution: ``Y = -sum |Xp - W| (+ bias)`` over each output's receptive field.
+
+    Arguments follow :func:`torch.nn.functional.conv2d` (``padding`` is numeric; zero padding,
+    and padded taps contribute ``-|W|``). ``input_grad`` selects the rule for the input
+    gradient: ``"hardtanh"`` (AdderNet: ``dY * clamp(W - X, -1, 1)``) or ``"exact"``
+    (``dY * sign(W - X)``). The weight gradient is always AdderNet's full-precision
+    ``dY * (X - W)``; the bias gradient is ``sum(dY)``. Gradients are raw (no adaptive scaling).
+
+    Runs the C++ kernels on CPU tensors and the CUDA kernels on CUDA tensors. Returns a
+    contiguous ``[N, Co, OH, OW]`` tensor of the input's dtype. Double backward is not supported.
+    """
+    stride = _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    dilation = _pair(dilation, "dilation")
+    _check_mode(input_grad)
+    if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
+        raise TypeError(f"adder2d: groups must be an int, got {groups!r}")
+    check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
+    return torch.ops.addernet.adder2d(input, weight, bias, stride, padding, dilation, groups, input_grad)
+
+
+def adder2d_input_grad(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, mode="hardtanh"):
+    """The input-gradient op: ``dX = sum dY * HT(W - X)`` (``mode="hardtanh"``) or with sign
+    (``mode="exact"``), summed over every output whose tap reads the input element."""
+    return torch.ops.addernet.adder2d_input_grad(
+        grad_output, input, weight, _pair(stride, "stride"), _pair(padding, "padding"),
+        _pair(dilation, "dilation"), groups, mode)
+
+
+def adder2d_weight_grad(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1):
+    """The weight-gradient op: ``dW = sum_{n,oh,ow} dY * (Xp - W)`` (full precision, padded taps
+    included with Xp = 0)."""
+    return torch.ops.addernet.adder2d_weight_grad(
+        grad_output, input, weight, _pair(stride, "stride"), _pair(padding, "padding"),
+        _pair(dilation, "dilation"), groups)

@@ -1,0 +1,72 @@
+// Shape and index math of adder2d, shared by the CPU and CUDA kernels so they cannot drift.
+//
+// Input X[N, C, H, W], weight W[Co, C/groups, KH, KW]; output Y[N, Co, OH, OW] with
+//   OH = floor((H + 2*ph - dh*(KH-1) - 1) / sh) + 1          (same for OW)
+// Output pixel (oh, ow) reads, through tap (kh, kw), the (zero-padded) input pixel
+//   ih = oh*sh + kh*dh - ph,   iw = ow*sw + kw*dw - pw.
+// Everything here is plain integer arithmetic usable on the host and on the device.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define ADDER_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+// static: every translation unit keeps its own copy (the CPU kernels are compiled once per
+// instruction set, and no AVX2 copy may be merged into the baseline one).
+#define ADDER_HOST_DEVICE static inline
+#endif
+
+namespace addernet {
+
+// Every size of one adder2d call, validated once on the host (see adder2d.cpp).
+struct Adder2dShape {
+  int64_t batch, in_channels, in_h, in_w;
+  int64_t out_channels, kernel_h, kernel_w;
+  int64_t out_h, out_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int64_t groups;
+  int64_t in_channels_per_group, out_channels_per_group;
+  // Reduction length of one output element: (C/groups) * KH * KW.
+  int64_t taps;
+};
+
+ADDER_HOST_DEVICE int64_t adder2d_out_size(int64_t in, int64_t kernel, int64_t stride,
+                                           int64_t pad, int64_t dilation) {
+  return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+// Input coordinate read by output coordinate `out` through kernel tap `k` (may be < 0 or >= size:
+// a padded tap, whose value is 0).
+ADDER_HOST_DEVICE int64_t adder2d_in_index(int64_t out, int64_t k, int64_t stride, int64_t pad,
+                                           int64_t dilation) {
+  return out * stride + k * dilation - pad;
+}
+
+// The output coordinate that reads input coordinate `in` through tap `k`, or -1 if none does
+// (the inverse of adder2d_in_index; exact for any stride).
+ADDER_HOST_DEVICE int64_t adder2d_out_index(int64_t in, int64_t k, int64_t stride, int64_t pad,
+                                            int64_t dilation, int64_t out_size) {
+  const int64_t t = in + pad - k * dilation;
+  if (t < 0 || t % stride != 0) return -1;
+  const int64_t out = t / stride;
+  return out < out_size ? out : -1;
+}
+
+// Half-open range [*begin, *end) of output coordinates whose tap `k` lands inside [0, in_size).
+// Outside it the tap reads padding.
+ADDER_HOST_DEVICE void adder2d_valid_out_range(int64_t k, int64_t stride, int64_t pad,
+                                               int64_t dilation, int64_t in_size,
+                                               int64_t out_size, int64_t* begin, int64_t* end) {
+  // out*stride + off >= 0  and  out*stride + off <= in_size - 1, with off = k*dilation - pad.
+  const int64_t off = k * dilation - pad;
+  int64_t lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  const int64_t last = in_size - 1 - off;
+  int64_t hi = last < 0 ? 0 : last / stride + 1;
+  if (hi > out_size) hi = out_size;
+  if (lo > hi) lo = hi;
+  *begin = lo;
+  *end = hi;
+}
+
+}  // namespace addernet

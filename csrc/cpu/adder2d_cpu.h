@@ -1,0 +1,41 @@
+// The CPU kernels of adder2d as a table of function pointers, one table per instruction set
+// (adder2d_cpu_kernels.h compiled in adder2d_cpu_base.cpp and adder2d_cpu_avx2.cpp); the op
+// implementations in adder2d_cpu.cpp pick a table at run time.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "../adder2d_shape.h"
+
+namespace addernet {
+namespace cpu {
+
+template <typename T>
+struct KernelSet {
+  // Output pixels [p0, p0 + tile_pixels) of one image and group; see adder2d_cpu_kernels.h.
+  void (*forward_tile)(const Adder2dShape&, const T* x, const T* w, const T* bias, T* y,
+                       int64_t p0, T* scratch);
+  void (*input_grad_plane)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,
+                           bool sign_mode);
+  void (*weight_grad_entry)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
+                            int64_t co, int64_t ci);
+  int64_t tile_pixels;
+  // forward_tile's scratch is forward_scratch + out_channels_per_group * tile_pixels elements.
+  int64_t forward_scratch;
+};
+
+// Baseline build (any x86-64 / other CPU) and, on x86-64, an AVX2+FMA build.
+KernelSet<float> base_kernels_float();
+KernelSet<double> base_kernels_double();
+bool avx2_compiled();
+KernelSet<float> avx2_kernels_float();
+KernelSet<double> avx2_kernels_double();
+
+// The instruction set the CPU ops use: "avx2" when compiled in and the CPU has AVX2 and FMA,
+// else "base". ADDERNET_CPU_ISA=base (environment, read once) or set_cpu_isa forces one.
+std::string cpu_isa();
+void set_cpu_isa(const std::string& isa);
+
+}  // namespace cpu
+}  // namespace addernet

@@ -1,0 +1,40 @@
+// The adder2d CPU kernels (adder2d_cpu_kernels.h) compiled for AVX2 + FMA. Only the kernels are
+// compiled for AVX2 (GCC/Clang target pragmas, opened after the standard headers), so the
+// extension still loads and runs on a CPU without AVX2: adder2d_cpu.cpp calls these only when
+// the CPU reports both features.
+#include "adder2d_cpu.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ADDER_HAVE_AVX2_BUILD 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+#define ADDER_CPU_ISA avx2
+#include "adder2d_cpu_kernels.h"
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+namespace addernet {
+namespace cpu {
+
+#ifdef ADDER_HAVE_AVX2_BUILD
+bool avx2_compiled() { return true; }
+KernelSet<float> avx2_kernels_float() { return avx2::make_kernel_set<float>(); }
+KernelSet<double> avx2_kernels_double() { return avx2::make_kernel_set<double>(); }
+#else
+bool avx2_compiled() { return false; }
+KernelSet<float> avx2_kernels_float() { return base_kernels_float(); }
+KernelSet<double> avx2_kernels_double() { return base_kernels_double(); }
+#endif
+
+}  // namespace cpu
+}  // namespace addernet

@@ -1,0 +1,250 @@
+// CPU kernels of the three adder2d ops on raw pointers, written once and compiled once per
+// instruction set (adder2d_cpu_base.cpp, adder2d_cpu_avx2.cpp). Each includer defines
+// ADDER_CPU_ISA, the namespace that keeps its copies apart: this file includes nothing and
+// calls nothing inline from outside, so no code compiled for AVX2 can be merged into the
+// baseline build. Shapes follow adder2d_shape.h; all tensors are contiguous NCHW.
+//
+// forward    Y[n,co,p]   = -sum_k |P[k,p] - W[co,k]|      (+ bias)   k = (ci,kh,kw), p = (oh,ow)
+//            implicit GEMM: P is a packed panel of TILE_P output pixels x TILE_K taps of the
+//            zero-padded input, never the whole im2col; a register micro-tile of 2-4 output
+//            channels x TILE_P pixels accumulates |P - W| (subtract, clear sign bit, add).
+// input_grad dX[n,c,h,w] = sum_{co,kh,kw} dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
+//            over the (oh, ow) whose tap lands on (h, w): one call owns one input plane, so
+//            every term is added exactly once and no atomics are needed.
+// weight_grad dW[co,ci,kh,kw] = sum_{n,oh,ow} dY[n,co,oh,ow] * (Xp[n,c,ih,iw] - W[co,ci,kh,kw])
+//            one call owns one (co, ci) and reduces in a fixed order (deterministic); rows are
+//            summed in T, rows accumulate in double.
+
+#ifndef ADDER_CPU_ISA
+#error "define ADDER_CPU_ISA before including adder2d_cpu_kernels.h"
+#endif
+
+namespace addernet {
+namespace cpu {
+namespace ADDER_CPU_ISA {
+
+constexpr int64_t TILE_P = 16;   // output pixels per panel (2 AVX2 registers of float)
+constexpr int64_t TILE_K = 256;  // taps per panel: TILE_K x TILE_P floats = 16 KiB, in L1
+
+template <typename T>
+static inline T abs_val(T v) {
+  return v < T(0) ? -v : v;
+}
+
+static inline int64_t min_i64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+// Gathers taps [k0, k0 + nk) of TILE_P output pixels starting at flat pixel p0 of one image and
+// group (x points at channel 0 of the group) into panel[k][p]; padded taps and pixels past the
+// tile's end are 0.
+template <typename T>
+static void pack_panel(const Adder2dShape& s, const T* x, int64_t p0, int64_t np, int64_t k0,
+                       int64_t nk, T* panel) {
+  const int64_t KHW = s.kernel_h * s.kernel_w;
+  const int64_t HW = s.in_h * s.in_w;
+  const int64_t oh0 = p0 / s.out_w, ow0 = p0 % s.out_w;
+  // The whole tile sits in one output row: input columns advance by stride_w per pixel.
+  const bool one_row = ow0 + np <= s.out_w;
+  int64_t ih_base[TILE_P], iw_base[TILE_P];
+  for (int64_t p = 0; p < np; ++p) {
+    const int64_t oh = (p0 + p) / s.out_w, ow = (p0 + p) % s.out_w;
+    ih_base[p] = oh * s.stride_h - s.pad_h;
+    iw_base[p] = ow * s.stride_w - s.pad_w;
+  }
+  for (int64_t kk = 0; kk < nk; ++kk) {
+    const int64_t k = k0 + kk;
+    const int64_t ci = k / KHW, kh = (k % KHW) / s.kernel_w, kw = k % s.kernel_w;
+    const T* xc = x + ci * HW;
+    T* row = panel + kk * TILE_P;
+    int64_t p = 0;
+    if (one_row) {
+      const int64_t ih = adder2d_in_index(oh0, kh, s.stride_h, s.pad_h, s.dilation_h);
+      if (ih < 0 || ih >= s.in_h) {
+        for (; p < np; ++p) row[p] = T(0);
+      } else if (s.stride_w == 1) {
+        const T* xr = xc + ih * s.in_w;
+        const int64_t iw0 = adder2d_in_index(ow0, kw, 1, s.pad_w, s.dilation_w);
+        for (; p < np; ++p) {
+          const int64_t iw = iw0 + p;
+          row[p] = (iw >= 0 && iw < s.in_w) ? xr[iw] : T(0);
+        }
+      }
+    }
+    if (p == 0) {
+      const int64_t dh = kh * s.dilation_h, dw = kw * s.dilation_w;
+      for (; p < np; ++p) {
+        const int64_t ih = ih_base[p] + dh, iw = iw_base[p] + dw;
+        row[p] = (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) ? xc[ih * s.in_w + iw] : T(0);
+      }
+    }
+    for (; p < TILE_P; ++p) row[p] = T(0);
+  }
+}
+
+// 32-byte vectors (GCC/Clang vector extensions): one AVX2 register in the AVX2 build, two SSE
+// registers in the baseline build. |v| is v with the sign bit cleared.
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(32)));
+  typedef int32_t bits __attribute__((vector_size(32)));
+  static constexpr int32_t abs_mask = 0x7fffffff;
+  static constexpr int rows = 4;  // output channels per micro-tile: 4 x 2 accumulators
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(32)));
+  typedef int64_t bits __attribute__((vector_size(32)));
+  static constexpr int64_t abs_mask = 0x7fffffffffffffffLL;
+  static constexpr int rows = 2;  // 2 x 4 accumulators
+};
+
+// acc[r][p] += sum_k |panel[k][p] - w[r*ldw + k]| for R output channels and TILE_P pixels, the
+// R x TILE_P block held in registers.
+template <typename T, int R>
+static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* acc) {
+  typedef typename Vec<T>::type V;
+  typedef typename Vec<T>::bits B;
+  constexpr int NV = int(TILE_P * sizeof(T) / sizeof(V));
+  const B mask = B{} + Vec<T>::abs_mask;
+  V a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) __builtin_memcpy(&a[r][j], acc + r * TILE_P + j * (32 / sizeof(T)), sizeof(V));
+  for (int64_t k = 0; k < nk; ++k) {
+    V x[NV];
+    for (int j = 0; j < NV; ++j) __builtin_memcpy(&x[j], panel + k * TILE_P + j * (32 / sizeof(T)), sizeof(V));
+    for (int r = 0; r < R; ++r) {
+      const V wv = w[r * ldw + k] - V{};  // broadcast (x - 0 folds away, 0 + x would not)
+      for (int j = 0; j < NV; ++j) a[r][j] += (V)((B)(x[j] - wv) & mask);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) __builtin_memcpy(acc + r * TILE_P + j * (32 / sizeof(T)), &a[r][j], sizeof(V));
+}
+
+// One tile of up to TILE_P output pixels (from flat pixel p0) of one image and group, all of the
+// group's output channels. x: X[n, g*Cg], w: W[g*Cog], bias: bias[g*Cog] or null, y: Y[n, g*Cog].
+// scratch holds TILE_K*TILE_P + Cog*TILE_P elements.
+template <typename T>
+void forward_tile(const Adder2dShape& s, const T* x, const T* w, const T* bias, T* y, int64_t p0,
+                  T* scratch) {
+  const int64_t L = s.out_h * s.out_w;
+  const int64_t np = min_i64(TILE_P, L - p0);
+  const int64_t cog = s.out_channels_per_group, K = s.taps;
+  T* panel = scratch;
+  T* acc = scratch + TILE_K * TILE_P;
+  for (int64_t i = 0; i < cog * TILE_P; ++i) acc[i] = T(0);
+  for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
+    const int64_t nk = min_i64(TILE_K, K - k0);
+    pack_panel(s, x, p0, np, k0, nk, panel);
+    int64_t co = 0;
+    constexpr int R = Vec<T>::rows;
+    for (; co + R <= cog; co += R) micro_tile<T, R>(panel, nk, w + co * K + k0, K, acc + co * TILE_P);
+    for (; co < cog; ++co) micro_tile<T, 1>(panel, nk, w + co * K + k0, K, acc + co * TILE_P);
+  }
+  for (int64_t co = 0; co < cog; ++co) {
+    const T b = bias ? bias[co] : T(0);
+    T* yr = y + co * L + p0;
+    for (int64_t p = 0; p < np; ++p) yr[p] = b - acc[co * TILE_P + p];
+  }
+}
+
+template <typename T>
+static inline T input_grad_weight(T z, bool sign_mode) {
+  if (sign_mode) return T((z > T(0)) - (z < T(0)));
+  return z < T(-1) ? T(-1) : (z > T(1) ? T(1) : z);
+}
+
+// dX of one input plane (n, c). dy: dY[n, g*Cog] (the group's output channels), x and gx: the
+// plane, w: W[g*Cog, ci] (output channel stride s.taps).
+template <typename T>
+void input_grad_plane(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
+                      bool sign_mode) {
+  const int64_t L = s.out_h * s.out_w;
+  for (int64_t i = 0; i < s.in_h * s.in_w; ++i) gx[i] = T(0);
+  for (int64_t co = 0; co < s.out_channels_per_group; ++co) {
+    const T* dyc = dy + co * L;
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      int64_t oh0, oh1;
+      adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        int64_t ow0, ow1;
+        adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
+        const T wv = w[co * s.taps + kh * s.kernel_w + kw];
+        const int64_t n_ow = ow1 - ow0;
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
+          const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
+          const T* dyr = dyc + oh * s.out_w + ow0;
+          const T* xr = x + ih * s.in_w + iw0;
+          T* gr = gx + ih * s.in_w + iw0;
+          if (s.stride_w == 1) {
+#pragma omp simd
+            for (int64_t j = 0; j < n_ow; ++j) gr[j] += dyr[j] * input_grad_weight(wv - xr[j], sign_mode);
+          } else {
+            const int64_t sw = s.stride_w;
+            for (int64_t j = 0; j < n_ow; ++j)
+              gr[j * sw] += dyr[j] * input_grad_weight(wv - xr[j * sw], sign_mode);
+          }
+        }
+      }
+    }
+  }
+}
+
+// dW[co, ci, :, :] for one (co, ci); dy, x: the whole dY and X, w and gw: W[co, ci] and dW[co, ci].
+template <typename T>
+void weight_grad_entry(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
+                       int64_t co, int64_t ci) {
+  const int64_t L = s.out_h * s.out_w, HW = s.in_h * s.in_w;
+  const int64_t c = (co / s.out_channels_per_group) * s.in_channels_per_group + ci;
+  for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    int64_t oh0, oh1;
+    adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      int64_t ow0, ow1;
+      adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
+      const T wv = w[kh * s.kernel_w + kw];
+      const int64_t sw = s.stride_w;
+      double total = 0.0;
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const T* dyc = dy + (n * s.out_channels + co) * L;
+        const T* xc = x + (n * s.in_channels + c) * HW;
+        for (int64_t oh = 0; oh < s.out_h; ++oh) {
+          const T* dyr = dyc + oh * s.out_w;
+          T row = T(0);
+          if (oh < oh0 || oh >= oh1) {
+#pragma omp simd reduction(+ : row)
+            for (int64_t ow = 0; ow < s.out_w; ++ow) row += dyr[ow] * (-wv);
+          } else {
+            const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
+            const T* xr = xc + ih * s.in_w + adder2d_in_index(0, kw, sw, s.pad_w, s.dilation_w);
+            for (int64_t ow = 0; ow < ow0; ++ow) row += dyr[ow] * (-wv);
+            if (sw == 1) {
+#pragma omp simd reduction(+ : row)
+              for (int64_t ow = ow0; ow < ow1; ++ow) row += dyr[ow] * (xr[ow] - wv);
+            } else {
+#pragma omp simd reduction(+ : row)
+              for (int64_t ow = ow0; ow < ow1; ++ow) row += dyr[ow] * (xr[ow * sw] - wv);
+            }
+            for (int64_t ow = ow1; ow < s.out_w; ++ow) row += dyr[ow] * (-wv);
+          }
+          total += double(row);
+        }
+      }
+      gw[kh * s.kernel_w + kw] = T(total);
+    }
+  }
+}
+
+template <typename T>
+KernelSet<T> make_kernel_set() {
+  return KernelSet<T>{&forward_tile<T>, &input_grad_plane<T>, &weight_grad_entry<T>,
+                      TILE_P, TILE_K * TILE_P};
+}
+
+}  // namespace ADDER_CPU_ISA
+}  // namespace cpu
+}  // namespace addernet
