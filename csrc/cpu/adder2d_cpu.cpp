@@ -85,7 +85,7 @@ at::Tensor adder2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                        c10::string_view input_grad) {
   const Adder2dShape s =
       check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
-  parse_input_grad_mode(input_grad);
+  parse_input_grad_mode("adder2d: input_grad", input_grad);
   if (is_reduced_float(input)) {
     return adder2d_cpu(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias), stride,
                        padding, dilation, groups, input_grad)
@@ -126,7 +126,7 @@ at::Tensor adder2d_input_grad_cpu(const at::Tensor& grad_output, const at::Tenso
                                   int64_t groups, c10::string_view mode) {
   const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
                                             stride, padding, dilation, groups, grad_output);
-  const bool sign_mode = parse_input_grad_mode(mode) == InputGradMode::Sign;
+  const bool sign_mode = parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
   if (is_reduced_float(input)) {
     return adder2d_input_grad_cpu(grad_output.to(at::kFloat), input.to(at::kFloat),
                                   weight.to(at::kFloat), stride, padding, dilation, groups, mode)
