@@ -147,12 +147,15 @@ at::Tensor adder2d_input_grad_cpu(const at::Tensor& grad_output, const at::Tenso
     const int64_t cig = s.in_channels_per_group, cog = s.out_channels_per_group;
     // Work item = one input plane (n, c); each owns its gradient.
     at::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(ks.input_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
         const int64_t c = i % s.in_channels, n = i / s.in_channels;
         const int64_t g = c / cig, ci = c % cig;
+        // Consecutive planes of one image and group share dY (and its padded copy).
+        const bool reuse = i > begin && (i - 1) / cig == i / cig;
         ks.input_grad_plane(s, dyp + (n * s.out_channels + g * cog) * L, xp + i * HW,
                             wp + g * cog * s.taps + ci * s.kernel_h * s.kernel_w, gxp + i * HW,
-                            sign_mode);
+                            sign_mode, scratch.data(), reuse);
       }
     });
   });

@@ -10,7 +10,8 @@
 //            channels x TILE_P pixels accumulates |P - W| (subtract, clear sign bit, add).
 // input_grad dX[n,c,h,w] = sum_{co,kh,kw} dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
 //            over the (oh, ow) whose tap lands on (h, w): one call owns one input plane, so
-//            every term is added exactly once and no atomics are needed.
+//            every term is added exactly once and no atomics are needed. Per tap and output
+//            row, a vector of input pixels accumulates over the group's output channels.
 // weight_grad dW[co,ci,kh,kw] = sum_{n,oh,ow} dY[n,co,oh,ow] * (Xp[n,c,ih,iw] - W[co,ci,kh,kw])
 //            one call owns one (co, ci) and reduces in a fixed order (deterministic); rows are
 //            summed in T, rows accumulate in double.
@@ -151,47 +152,117 @@ void forward_tile(const Adder2dShape& s, const T* x, const T* w, const T* bias, 
   }
 }
 
-template <typename T>
-static inline T input_grad_weight(T z, bool sign_mode) {
-  if (sign_mode) return T((z > T(0)) - (z < T(0)));
-  return z < T(-1) ? T(-1) : (z > T(1) ? T(1) : z);
+// HT(z) = clamp(z, -1, 1) or sign(z), branch-free so that it vectorises (scalars or vectors).
+template <typename V, bool SIGN>
+static inline V input_grad_weight(V z, V one) {
+  if (SIGN) return (z > V{}) ? one : ((z < V{}) ? -one : V{});
+  z = (z < -one) ? -one : z;
+  return (z > one) ? one : z;
+}
+
+// gr[j*step] += sum_co dy[co*L + j] * HT(w[co] - x[j*step]) for j < n: one output row's
+// contribution, through one tap, to one input row, all the group's output channels at once so
+// that the input row is read and written once per tap (and every store lands where the next
+// load of it reads, which keeps store-to-load forwarding working).
+template <typename T, bool SIGN>
+static void input_grad_row(const T* dy, int64_t L, const T* x, const T* w, int64_t cog, T* gr,
+                           int64_t n, int64_t step) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  int64_t j = 0;
+  if (step == 1) {
+    const V one = V{} + T(1);
+    for (; j + VL <= n; j += VL) {
+      V acc, xv;
+      __builtin_memcpy(&acc, gr + j, sizeof(V));
+      __builtin_memcpy(&xv, x + j, sizeof(V));
+      for (int64_t co = 0; co < cog; ++co) {
+        V d;
+        __builtin_memcpy(&d, dy + co * L + j, sizeof(V));
+        acc += d * input_grad_weight<V, SIGN>(w[co] - xv, one);
+      }
+      __builtin_memcpy(gr + j, &acc, sizeof(V));
+    }
+  }
+  for (; j < n; ++j) {
+    T acc = gr[j * step];
+    const T xv = x[j * step];
+    for (int64_t co = 0; co < cog; ++co) acc += dy[co * L + j] * input_grad_weight<T, SIGN>(w[co] - xv, T(1));
+    gr[j * step] = acc;
+  }
+}
+
+// Left/right zero border of the padded dY rows used at stride 1: wide enough that every input
+// column finds its dY column inside the row, for every tap.
+static inline int64_t input_grad_border(const Adder2dShape& s) {
+  const int64_t b = (s.kernel_w - 1) * s.dilation_w - s.pad_w;
+  return b > 0 ? b : 0;
+}
+
+// Scratch elements input_grad_plane needs.
+static inline int64_t input_grad_scratch(const Adder2dShape& s) {
+  return s.out_channels_per_group * (1 + s.out_h * (s.out_w + 2 * input_grad_border(s)));
 }
 
 // dX of one input plane (n, c). dy: dY[n, g*Cog] (the group's output channels), x and gx: the
-// plane, w: W[g*Cog, ci] (output channel stride s.taps).
-template <typename T>
-void input_grad_plane(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
-                      bool sign_mode) {
-  const int64_t L = s.out_h * s.out_w;
-  for (int64_t i = 0; i < s.in_h * s.in_w; ++i) gx[i] = T(0);
-  for (int64_t co = 0; co < s.out_channels_per_group; ++co) {
-    const T* dyc = dy + co * L;
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      int64_t oh0, oh1;
-      adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
-      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-        int64_t ow0, ow1;
-        adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
-        const T wv = w[co * s.taps + kh * s.kernel_w + kw];
-        const int64_t n_ow = ow1 - ow0;
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
-          const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
-          const T* dyr = dyc + oh * s.out_w + ow0;
-          const T* xr = x + ih * s.in_w + iw0;
-          T* gr = gx + ih * s.in_w + iw0;
-          if (s.stride_w == 1) {
-#pragma omp simd
-            for (int64_t j = 0; j < n_ow; ++j) gr[j] += dyr[j] * input_grad_weight(wv - xr[j], sign_mode);
-          } else {
-            const int64_t sw = s.stride_w;
-            for (int64_t j = 0; j < n_ow; ++j)
-              gr[j * sw] += dyr[j] * input_grad_weight(wv - xr[j * sw], sign_mode);
-          }
+// plane, w: W[g*Cog, ci] (output channel stride s.taps). scratch: input_grad_scratch(s)
+// elements; at stride 1 it holds dY with zero borders, rebuilt unless `reuse` says the previous
+// call on this scratch had the same dy.
+template <typename T, bool SIGN>
+static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
+                                  T* scratch, bool reuse) {
+  const int64_t cog = s.out_channels_per_group;
+  T* wtap = scratch;
+  const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
+  const int64_t border = unit_stride ? input_grad_border(s) : 0;
+  const int64_t row = s.out_w + 2 * border;
+  const int64_t L = unit_stride ? s.out_h * row : s.out_h * s.out_w;
+  const T* dyr = dy;
+  if (unit_stride) {
+    T* padded = scratch + cog;
+    if (!reuse) {
+      for (int64_t co = 0; co < cog; ++co)
+        for (int64_t oh = 0; oh < s.out_h; ++oh) {
+          T* dst = padded + co * L + oh * row;
+          const T* src = dy + (co * s.out_h + oh) * s.out_w;
+          for (int64_t j = 0; j < border; ++j) dst[j] = dst[border + s.out_w + j] = T(0);
+          for (int64_t j = 0; j < s.out_w; ++j) dst[border + j] = src[j];
         }
+    }
+    dyr = padded + border;
+  }
+  for (int64_t i = 0; i < s.in_h * s.in_w; ++i) gx[i] = T(0);
+  for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    int64_t oh0, oh1;
+    adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      // Output columns [ow0, ow1) read input columns iw0, iw0 + stride, ...; at stride 1 the
+      // padded rows extend that to every input column.
+      int64_t ow0, ow1;
+      adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
+      if (unit_stride) {
+        ow0 = -kw * s.dilation_w + s.pad_w;  // the column of input column 0, may be negative
+        ow1 = ow0 + s.in_w;
+      }
+      for (int64_t co = 0; co < cog; ++co) wtap[co] = w[co * s.taps + kh * s.kernel_w + kw];
+      const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
+        input_grad_row<T, SIGN>(dyr + oh * (unit_stride ? row : s.out_w) + ow0, L,
+                                x + ih * s.in_w + iw0, wtap, cog, gx + ih * s.in_w + iw0, ow1 - ow0,
+                                s.stride_w);
       }
     }
   }
+}
+
+template <typename T>
+void input_grad_plane(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
+                      bool sign_mode, T* scratch, bool reuse) {
+  if (sign_mode)
+    input_grad_plane_mode<T, true>(s, dy, x, w, gx, scratch, reuse);
+  else
+    input_grad_plane_mode<T, false>(s, dy, x, w, gx, scratch, reuse);
 }
 
 // dW[co, ci, :, :] for one (co, ci); dy, x: the whole dY and X, w and gw: W[co, ci] and dW[co, ci].
@@ -242,7 +313,7 @@ void weight_grad_entry(const Adder2dShape& s, const T* dy, const T* x, const T* 
 template <typename T>
 KernelSet<T> make_kernel_set() {
   return KernelSet<T>{&forward_tile<T>, &input_grad_plane<T>, &weight_grad_entry<T>,
-                      TILE_P, TILE_K * TILE_P};
+                      &input_grad_scratch, TILE_P, TILE_K * TILE_P};
 }
 
 }  // namespace ADDER_CPU_ISA
