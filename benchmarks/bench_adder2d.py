@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -111,15 +110,23 @@ def measure_memory_cpu(shape_name, impl, batch):
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
+
+
 def memory_case(shape_name, impl, batch):
+    """Peak RSS growth (MiB) of one forward+backward after set-up. The kernel's peak-RSS mark is
+    reset to the current RSS after set-up (/proc/self/clear_refs), so the import and set-up peaks
+    do not count; ru_maxrss would also carry the parent's peak across fork+exec."""
     shape = next(s for s in RESNET20 if s[0] == shape_name)
     x, w, kw = make_case(shape, batch, "cpu")
     run = fwd_bwd(impls()[impl], x, w, kw)
-    with open("/proc/self/statm") as f:
-        rss_after_setup = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    rss_after_setup = _status_kib("VmRSS")
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print((peak - rss_after_setup) / 2 ** 20)
+    print((_status_kib("VmHWM") - rss_after_setup) / 1024)
 
 
 def environment(device):
