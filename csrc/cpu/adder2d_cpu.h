@@ -20,9 +20,12 @@ struct KernelSet {
   // the same dy.
   void (*input_grad_plane)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,
                            bool sign_mode, T* scratch, bool reuse);
-  void (*weight_grad_entry)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
-                            int64_t co, int64_t ci);
+  // dW of the taps [k0, k0 + weight_grad_taps) of every output channel of group g.
+  void (*weight_grad_block)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
+                            int64_t g, int64_t k0, T* scratch);
   int64_t (*input_grad_scratch)(const Adder2dShape&);
+  int64_t (*weight_grad_scratch)(const Adder2dShape&);
+  int64_t weight_grad_taps;
   int64_t tile_pixels;
   // forward_tile's scratch is forward_scratch + out_channels_per_group * tile_pixels elements.
   int64_t forward_scratch;
