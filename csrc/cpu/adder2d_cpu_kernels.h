@@ -161,35 +161,60 @@ static inline V input_grad_weight(V z, V one) {
   return (z > one) ? one : z;
 }
 
-// gr[j*step] += sum_co dy[co*L + j] * HT(w[co] - x[j*step]) for j < n: one output row's
-// contribution, through one tap, to one input row, all the group's output channels at once so
-// that the input row is read and written once per tap (and every store lands where the next
-// load of it reads, which keeps store-to-load forwarding working).
+// gr[j] += sum_co dy[co*L + j] * HT(w[co] - x[j]) for j < n: one output row's contribution,
+// through one tap, to one input row at stride 1, all the group's output channels at once so that
+// the input row is read and written once per tap (and every store lands where the next load of
+// it reads, which keeps store-to-load forwarding working).
 template <typename T, bool SIGN>
 static void input_grad_row(const T* dy, int64_t L, const T* x, const T* w, int64_t cog, T* gr,
-                           int64_t n, int64_t step) {
+                           int64_t n) {
   typedef typename Vec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  const V one = V{} + T(1);
   int64_t j = 0;
-  if (step == 1) {
-    const V one = V{} + T(1);
-    for (; j + VL <= n; j += VL) {
-      V acc, xv;
-      __builtin_memcpy(&acc, gr + j, sizeof(V));
-      __builtin_memcpy(&xv, x + j, sizeof(V));
-      for (int64_t co = 0; co < cog; ++co) {
-        V d;
-        __builtin_memcpy(&d, dy + co * L + j, sizeof(V));
-        acc += d * input_grad_weight<V, SIGN>(w[co] - xv, one);
-      }
-      __builtin_memcpy(gr + j, &acc, sizeof(V));
+  for (; j + VL <= n; j += VL) {
+    V acc, xv;
+    __builtin_memcpy(&acc, gr + j, sizeof(V));
+    __builtin_memcpy(&xv, x + j, sizeof(V));
+    for (int64_t co = 0; co < cog; ++co) {
+      V d;
+      __builtin_memcpy(&d, dy + co * L + j, sizeof(V));
+      acc += d * input_grad_weight<V, SIGN>(w[co] - xv, one);
     }
+    __builtin_memcpy(gr + j, &acc, sizeof(V));
   }
   for (; j < n; ++j) {
-    T acc = gr[j * step];
-    const T xv = x[j * step];
-    for (int64_t co = 0; co < cog; ++co) acc += dy[co * L + j] * input_grad_weight<T, SIGN>(w[co] - xv, T(1));
-    gr[j * step] = acc;
+    T acc = gr[j];
+    for (int64_t co = 0; co < cog; ++co) acc += dy[co * L + j] * input_grad_weight<T, SIGN>(w[co] - x[j], T(1));
+    gr[j] = acc;
+  }
+}
+
+// The same at stride > 1, where the input pixels of one row are `step` apart: dyt holds dY
+// transposed ([pixel][co]) so that the sum over output channels is the vectorised loop.
+template <typename T, bool SIGN>
+static void input_grad_row_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
+                                   int64_t n, int64_t step) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  const V one = V{} + T(1);
+  for (int64_t j = 0; j < n; ++j) {
+    const T xs = x[j * step];
+    const T* d = dyt + j * cog;
+    V acc = V{};
+    int64_t co = 0;
+    for (; co + VL <= cog; co += VL) {
+      V dv, wv;
+      __builtin_memcpy(&dv, d + co, sizeof(V));
+      __builtin_memcpy(&wv, w + co, sizeof(V));
+      acc += dv * input_grad_weight<V, SIGN>(wv - xs, one);
+    }
+    T sum = T(0);
+    for (; co < cog; ++co) sum += d[co] * input_grad_weight<T, SIGN>(w[co] - xs, T(1));
+    T lanes[VL];
+    __builtin_memcpy(lanes, &acc, sizeof(V));
+    for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
+    gr[j * step] += sum;
   }
 }
 
@@ -202,7 +227,9 @@ static inline int64_t input_grad_border(const Adder2dShape& s) {
 
 // Scratch elements input_grad_plane needs.
 static inline int64_t input_grad_scratch(const Adder2dShape& s) {
-  return s.out_channels_per_group * (1 + s.out_h * (s.out_w + 2 * input_grad_border(s)));
+  const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
+  const int64_t row = s.out_w + (unit_stride ? 2 * input_grad_border(s) : 0);
+  return s.out_channels_per_group * (1 + s.out_h * row);
 }
 
 // dX of one input plane (n, c). dy: dY[n, g*Cog] (the group's output channels), x and gx: the
@@ -212,46 +239,49 @@ static inline int64_t input_grad_scratch(const Adder2dShape& s) {
 template <typename T, bool SIGN>
 static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
                                   T* scratch, bool reuse) {
-  const int64_t cog = s.out_channels_per_group;
+  const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
   T* wtap = scratch;
+  T* dyc = scratch + cog;  // dY with zero-bordered rows (stride 1) or transposed (stride > 1)
   const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
   const int64_t border = unit_stride ? input_grad_border(s) : 0;
   const int64_t row = s.out_w + 2 * border;
-  const int64_t L = unit_stride ? s.out_h * row : s.out_h * s.out_w;
-  const T* dyr = dy;
-  if (unit_stride) {
-    T* padded = scratch + cog;
-    if (!reuse) {
-      for (int64_t co = 0; co < cog; ++co)
-        for (int64_t oh = 0; oh < s.out_h; ++oh) {
-          T* dst = padded + co * L + oh * row;
-          const T* src = dy + (co * s.out_h + oh) * s.out_w;
+  if (!reuse) {
+    for (int64_t co = 0; co < cog; ++co)
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        const T* src = dy + co * L + oh * s.out_w;
+        if (unit_stride) {
+          T* dst = dyc + (co * s.out_h + oh) * row;
           for (int64_t j = 0; j < border; ++j) dst[j] = dst[border + s.out_w + j] = T(0);
           for (int64_t j = 0; j < s.out_w; ++j) dst[border + j] = src[j];
+        } else {
+          for (int64_t j = 0; j < s.out_w; ++j) dyc[(oh * s.out_w + j) * cog + co] = src[j];
         }
-    }
-    dyr = padded + border;
+      }
   }
   for (int64_t i = 0; i < s.in_h * s.in_w; ++i) gx[i] = T(0);
   for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
     int64_t oh0, oh1;
     adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
     for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-      // Output columns [ow0, ow1) read input columns iw0, iw0 + stride, ...; at stride 1 the
-      // padded rows extend that to every input column.
-      int64_t ow0, ow1;
-      adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
-      if (unit_stride) {
-        ow0 = -kw * s.dilation_w + s.pad_w;  // the column of input column 0, may be negative
-        ow1 = ow0 + s.in_w;
-      }
       for (int64_t co = 0; co < cog; ++co) wtap[co] = w[co * s.taps + kh * s.kernel_w + kw];
-      const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
-        const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
-        input_grad_row<T, SIGN>(dyr + oh * (unit_stride ? row : s.out_w) + ow0, L,
-                                x + ih * s.in_w + iw0, wtap, cog, gx + ih * s.in_w + iw0, ow1 - ow0,
-                                s.stride_w);
+      if (unit_stride) {
+        // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
+        const int64_t ow0 = s.pad_w - kw * s.dilation_w;
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const int64_t ih = adder2d_in_index(oh, kh, 1, s.pad_h, s.dilation_h);
+          input_grad_row<T, SIGN>(dyc + oh * row + border + ow0, s.out_h * row, x + ih * s.in_w,
+                                  wtap, cog, gx + ih * s.in_w, s.in_w);
+        }
+      } else {
+        // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
+        int64_t ow0, ow1;
+        adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
+        const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
+          input_grad_row_strided<T, SIGN>(dyc + (oh * s.out_w + ow0) * cog, x + ih * s.in_w + iw0,
+                                          wtap, cog, gx + ih * s.in_w + iw0, ow1 - ow0, s.stride_w);
+        }
       }
     }
   }
