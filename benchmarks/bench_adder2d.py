@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -24,21 +25,50 @@ import time
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import addernet_cuda
 from addernet_cuda import reference
 
-# ResNet-20 (CIFAR) adder layers: (name, C, H, W, Co, k, stride, padding).
-RESNET20 = [
-    ("res20.s1.3x3", 16, 32, 32, 16, 3, 1, 1),
-    ("res20.s2.down3x3", 16, 32, 32, 32, 3, 2, 1),
-    ("res20.s2.3x3", 32, 16, 16, 32, 3, 1, 1),
-    ("res20.s2.short1x1", 16, 32, 32, 32, 1, 2, 0),
-    ("res20.s3.down3x3", 32, 16, 16, 64, 3, 2, 1),
-    ("res20.s3.3x3", 64, 8, 8, 64, 3, 1, 1),
-    ("res20.s3.short1x1", 32, 16, 16, 64, 1, 2, 0),
-]
-QUICK = ["res20.s1.3x3", "res20.s2.3x3", "res20.s3.3x3"]
+# Adder layers of the paper's networks: (name, C, H, W, Co, k, stride, padding), with the batch
+# per family on (CPU, CUDA). The first conv and the classifier stay multiplicative, so they are
+# not here.
+FAMILIES = {
+    "resnet20": ((32, 256), [
+        ("res20.s1.3x3", 16, 32, 32, 16, 3, 1, 1),
+        ("res20.s2.down3x3", 16, 32, 32, 32, 3, 2, 1),
+        ("res20.s2.3x3", 32, 16, 16, 32, 3, 1, 1),
+        ("res20.s2.short1x1", 16, 32, 32, 32, 1, 2, 0),
+        ("res20.s3.down3x3", 32, 16, 16, 64, 3, 2, 1),
+        ("res20.s3.3x3", 64, 8, 8, 64, 3, 1, 1),
+        ("res20.s3.short1x1", 32, 16, 16, 64, 1, 2, 0),
+    ]),
+    "vgg_small": ((32, 256), [
+        ("vgg.c2", 128, 32, 32, 128, 3, 1, 1),
+        ("vgg.c3", 128, 16, 16, 256, 3, 1, 1),
+        ("vgg.c4", 256, 16, 16, 256, 3, 1, 1),
+        ("vgg.c5", 256, 8, 8, 512, 3, 1, 1),
+        ("vgg.c6", 512, 8, 8, 512, 3, 1, 1),
+    ]),
+    "resnet18": ((8, 64), [
+        ("res18.l1.3x3", 64, 56, 56, 64, 3, 1, 1),
+        ("res18.l2.down3x3", 64, 56, 56, 128, 3, 2, 1),
+        ("res18.l2.3x3", 128, 28, 28, 128, 3, 1, 1),
+        ("res18.l2.short1x1", 64, 56, 56, 128, 1, 2, 0),
+        ("res18.l3.down3x3", 128, 28, 28, 256, 3, 2, 1),
+        ("res18.l3.3x3", 256, 14, 14, 256, 3, 1, 1),
+        ("res18.l4.down3x3", 256, 14, 14, 512, 3, 2, 1),
+        ("res18.l4.3x3", 512, 7, 7, 512, 3, 1, 1),
+    ]),
+    "lenet5": ((32, 256), [
+        ("lenet5.c2", 6, 14, 14, 16, 5, 1, 0),
+    ]),
+}
+SHAPES = {shape[0]: (family, batches, shape) for family, (batches, shapes) in FAMILIES.items() for shape in shapes}
+QUICK = ["res20.s1.3x3", "res20.s2.down3x3", "res20.s2.3x3", "res20.s3.3x3", "lenet5.c2"]
+# The reference materialises chunk x taps x N*L elements per step and takes seconds per call
+# beyond this many |x - w| terms; it is skipped above it, with the reason recorded.
+REFERENCE_MAX_TERMS = 3e9
 
 
 def percentile(values, q):
@@ -115,12 +145,19 @@ def _status_kib(field):
         return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
 
 
+def terms(shape, batch):
+    """Number of |x - w| terms of one forward: N * OH * OW * Co * C * k * k."""
+    name, c, h, w, co, k, stride, padding = shape
+    oh = (h + 2 * padding - k) // stride + 1
+    ow = (w + 2 * padding - k) // stride + 1
+    return batch * oh * ow * co * c * k * k
+
+
 def memory_case(shape_name, impl, batch):
     """Peak RSS growth (MiB) of one forward+backward after set-up. The kernel's peak-RSS mark is
     reset to the current RSS after set-up (/proc/self/clear_refs), so the import and set-up peaks
     do not count; ru_maxrss would also carry the parent's peak across fork+exec."""
-    shape = next(s for s in RESNET20 if s[0] == shape_name)
-    x, w, kw = make_case(shape, batch, "cpu")
+    x, w, kw = make_case(SHAPES[shape_name][2], batch, "cpu")
     run = fwd_bwd(impls()[impl], x, w, kw)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -159,8 +196,11 @@ def stats(times):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--full", action="store_true", help="every ResNet-20 layer (default: a quick subset)")
-    parser.add_argument("--batch", type=int, default=None, help="default 32 on CPU, 256 on CUDA")
+    parser.add_argument("--full", action="store_true",
+                        help="every layer of ResNet-20, VGG-small, ResNet-18 and LeNet-5 (default: a quick subset)")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="these layers only")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="default per family: 32 on CPU, 256 on CUDA (ResNet-18: 8 and 64)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--reference-repeats", type=int, default=3, help="the reference is slow: fewer runs")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
@@ -176,21 +216,26 @@ def main(argv=None):
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    batch = args.batch or (256 if device == "cuda" else 32)
-    shapes = RESNET20 if args.full else [s for s in RESNET20 if s[0] in QUICK]
+    names = args.shapes or (list(SHAPES) if args.full else QUICK)
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     os.makedirs(out_dir, exist_ok=True)
     run = timer(device)
     env = environment(device)
-    env.update(batch=batch, repeats=args.repeats, reference_repeats=args.reference_repeats)
+    env.update(repeats=args.repeats, reference_repeats=args.reference_repeats)
     print(f"adder2d benchmark on {env['device']} ({env.get('cpu_model')}), torch {env['torch']}, "
-          f"{env['threads']} threads, batch {batch}", flush=True)
+          f"{env['threads']} threads", flush=True)
     rows = []
-    for shape in shapes:
+    for name in tqdm(names, desc="layers", disable=None):
+        family, batches, shape = SHAPES[name]
+        batch = args.batch or batches[device == "cuda"]
         x, w, kw = make_case(shape, batch, device)
-        row = {"shape": shape[0], "C": shape[1], "H": shape[2], "W": shape[3], "Co": shape[4], "k": shape[5],
-               "stride": shape[6], "padding": shape[7]}
+        row = {"shape": name, "family": family, "batch": batch, "C": shape[1], "H": shape[2], "W": shape[3],
+               "Co": shape[4], "k": shape[5], "stride": shape[6], "padding": shape[7], "terms": terms(shape, batch)}
         for impl, fn in impls().items():
+            if impl == "reference" and row["terms"] > REFERENCE_MAX_TERMS:
+                row["reference.skipped"] = (f"{row['terms']:.2g} |x - w| terms per forward exceed "
+                                            f"{REFERENCE_MAX_TERMS:.0e}: seconds to minutes per call")
+                continue
             repeats = args.reference_repeats if impl == "reference" else args.repeats
             warmup = 1 if impl == "reference" else 2
             with torch.no_grad():
@@ -209,25 +254,63 @@ def main(argv=None):
         for what in ("forward", "forward_backward"):
             ours = row[f"adder2d.{what}"]["median_s"]
             row[f"{what}.vs_conv2d"] = ours / row[f"conv2d.{what}"]["median_s"]
-            row[f"{what}.speedup_vs_reference"] = row[f"reference.{what}"]["median_s"] / ours
+            if f"reference.{what}" in row:
+                row[f"{what}.speedup_vs_reference"] = row[f"reference.{what}"]["median_s"] / ours
+        row["adder2d.forward_gterms_per_s"] = row["terms"] / row["adder2d.forward"]["median_s"] / 1e9
         if not args.no_memory:
             row["memory.vs_conv2d"] = row["adder2d.peak_mib"] / max(row["conv2d.peak_mib"], 1e-9)
         rows.append(row)
-        print(format_row(row, args.no_memory), flush=True)
+        tqdm.write(format_row(row, args.no_memory))
     result = {"environment": env, "device": device, "rows": rows}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown(result, args.no_memory))
     print(markdown(result, args.no_memory))
-    print(f"written to {out_dir}/results.json and results.md")
+    written = plot(result, os.path.join(out_dir, "results.png"))
+    print(f"written to {out_dir}: results.json, results.md" + (", results.png" if written else ""))
+
+
+def geomean(values):
+    values = [v for v in values if v is not None]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def plot(result, path):
+    """Bar chart of time per layer relative to conv2d (forward and forward+backward)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
+    rows = result["rows"]
+    names = [r["shape"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["forward.vs_conv2d"] for r in rows], 0.4, label="forward")
+    ax.bar([x + 0.2 for x in xs], [r["forward_backward.vs_conv2d"] for r in rows], 0.4, label="forward+backward")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("adder2d time / conv2d time")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    env = result["environment"]
+    ax.set_title(f"adder2d vs conv2d on {env['device']}, torch {env['torch']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def format_row(row, no_memory):
     ms = lambda key: row[key]["median_s"] * 1e3  # noqa: E731
-    text = (f"{row['shape']:>20}: forward {ms('adder2d.forward'):8.2f} ms ({row['forward.vs_conv2d']:.2f}x conv2d, "
-            f"{row['forward.speedup_vs_reference']:.0f}x faster than reference); fwd+bwd "
-            f"{ms('adder2d.forward_backward'):8.2f} ms ({row['forward_backward.vs_conv2d']:.2f}x conv2d)")
+    vs_ref = row.get("forward.speedup_vs_reference")
+    text = (f"{row['shape']:>18}: forward {ms('adder2d.forward'):8.2f} ms ({row['forward.vs_conv2d']:.2f}x conv2d, "
+            + (f"{vs_ref:.0f}x faster than reference" if vs_ref else "reference skipped")
+            + f"); fwd+bwd {ms('adder2d.forward_backward'):8.2f} ms ({row['forward_backward.vs_conv2d']:.2f}x conv2d)")
     if not no_memory:
         text += f"; peak memory {row['adder2d.peak_mib']:.1f} MiB ({row['memory.vs_conv2d']:.2f}x conv2d)"
     return text
@@ -235,24 +318,41 @@ def format_row(row, no_memory):
 
 def markdown(result, no_memory):
     env = result["environment"]
+    rows = result["rows"]
     lines = [
-        f"adder2d benchmark: {env['device']} ({env.get('cpu_model')}), torch {env['torch']}, {env['threads']} threads, "
-        f"CPU kernels {env['cpu_isa']}, batch {env['batch']}, commit {env.get('commit')}, {env['date']}",
+        f"adder2d benchmark on {result['device']}: {env['device']} ({env.get('cpu_model')}), torch {env['torch']}, "
+        f"{env['threads']} threads, CPU kernels {env['cpu_isa']}, commit {env.get('commit')}, {env['date']}",
         "",
-        "Times are medians in ms [p20, p80]; ratios are ours / conv2d (lower is better) and reference / ours.",
+        "Times are medians in ms [p20, p80] of repeated runs after warm-up; `vs conv2d` is our time / conv2d's "
+        "(lower is better), `vs reference` the reference's time / ours. Gterm/s: |x - w| terms per second.",
         "",
-        "| layer | adder2d fwd | conv2d fwd | reference fwd | fwd vs conv2d | fwd speed-up vs reference | "
+        "| layer | batch | adder2d fwd | conv2d fwd | reference fwd | fwd vs conv2d | fwd vs reference | Gterm/s | "
         "adder2d fwd+bwd | conv2d fwd+bwd | fwd+bwd vs conv2d |" + (" peak MiB adder2d / conv2d / reference |" if not no_memory else ""),
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if not no_memory else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if not no_memory else ""),
     ]
     fmt = lambda s: f"{s['median_s'] * 1e3:.2f} [{s['p20_s'] * 1e3:.2f}, {s['p80_s'] * 1e3:.2f}]"  # noqa: E731
-    for r in result["rows"]:
-        line = (f"| {r['shape']} | {fmt(r['adder2d.forward'])} | {fmt(r['conv2d.forward'])} | {fmt(r['reference.forward'])} | "
-                f"{r['forward.vs_conv2d']:.2f}x | {r['forward.speedup_vs_reference']:.0f}x | {fmt(r['adder2d.forward_backward'])} | "
-                f"{fmt(r['conv2d.forward_backward'])} | {r['forward_backward.vs_conv2d']:.2f}x |")
+    for r in rows:
+        ref = fmt(r["reference.forward"]) if "reference.forward" in r else "skipped"
+        vs_ref = f"{r['forward.speedup_vs_reference']:.0f}x" if "forward.speedup_vs_reference" in r else "-"
+        line = (f"| {r['shape']} | {r['batch']} | {fmt(r['adder2d.forward'])} | {fmt(r['conv2d.forward'])} | {ref} | "
+                f"{r['forward.vs_conv2d']:.2f}x | {vs_ref} | {r['adder2d.forward_gterms_per_s']:.1f} | "
+                f"{fmt(r['adder2d.forward_backward'])} | {fmt(r['conv2d.forward_backward'])} | "
+                f"{r['forward_backward.vs_conv2d']:.2f}x |")
         if not no_memory:
-            line += f" {r['adder2d.peak_mib']:.1f} / {r['conv2d.peak_mib']:.1f} / {r['reference.peak_mib']:.1f} |"
+            ref_mem = f"{r['reference.peak_mib']:.1f}" if "reference.peak_mib" in r else "skipped"
+            line += f" {r['adder2d.peak_mib']:.1f} / {r['conv2d.peak_mib']:.1f} / {ref_mem} |"
         lines.append(line)
+    lines.append("")
+    for family in dict.fromkeys(r["family"] for r in rows):
+        fam = [r for r in rows if r["family"] == family]
+        lines.append(f"- {family}: geometric mean over {len(fam)} layers: forward "
+                     f"{geomean([r['forward.vs_conv2d'] for r in fam]):.2f}x conv2d, forward+backward "
+                     f"{geomean([r['forward_backward.vs_conv2d'] for r in fam]):.2f}x conv2d"
+                     + (f", forward {geomean([r.get('forward.speedup_vs_reference') for r in fam]):.0f}x faster than the reference"
+                        if any('forward.speedup_vs_reference' in r for r in fam) else ""))
+    skipped = [f"{r['shape']} ({r['reference.skipped']})" for r in rows if "reference.skipped" in r]
+    if skipped:
+        lines.append("- reference skipped: " + "; ".join(skipped))
     return "\n".join(lines) + "\n"
 
 
