@@ -36,21 +36,35 @@ ADDER_HOST_DEVICE int64_t adder2d_out_size(int64_t in, int64_t kernel, int64_t s
   return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
 }
 
+// The two coordinate maps below are written once for any signed integer type I: the CPU uses
+// int64_t (the plain names); CUDA kernels instantiate them with int where the host checked that
+// every spatial size fits, which saves 64-bit divisions on the device.
+
 // Input coordinate read by output coordinate `out` through kernel tap `k` (may be < 0 or >= size:
 // a padded tap, whose value is 0).
-ADDER_HOST_DEVICE int64_t adder2d_in_index(int64_t out, int64_t k, int64_t stride, int64_t pad,
-                                           int64_t dilation) {
+template <typename I>
+ADDER_HOST_DEVICE I adder2d_in_index_t(I out, I k, I stride, I pad, I dilation) {
   return out * stride + k * dilation - pad;
 }
 
 // The output coordinate that reads input coordinate `in` through tap `k`, or -1 if none does
 // (the inverse of adder2d_in_index; exact for any stride).
+template <typename I>
+ADDER_HOST_DEVICE I adder2d_out_index_t(I in, I k, I stride, I pad, I dilation, I out_size) {
+  const I t = in + pad - k * dilation;
+  if (t < 0 || t % stride != 0) return -1;
+  const I out = t / stride;
+  return out < out_size ? out : -1;
+}
+
+ADDER_HOST_DEVICE int64_t adder2d_in_index(int64_t out, int64_t k, int64_t stride, int64_t pad,
+                                           int64_t dilation) {
+  return adder2d_in_index_t<int64_t>(out, k, stride, pad, dilation);
+}
+
 ADDER_HOST_DEVICE int64_t adder2d_out_index(int64_t in, int64_t k, int64_t stride, int64_t pad,
                                             int64_t dilation, int64_t out_size) {
-  const int64_t t = in + pad - k * dilation;
-  if (t < 0 || t % stride != 0) return -1;
-  const int64_t out = t / stride;
-  return out < out_size ? out : -1;
+  return adder2d_out_index_t<int64_t>(in, k, stride, pad, dilation, out_size);
 }
 
 // Half-open range [*begin, *end) of output coordinates whose tap `k` lands inside [0, in_size).
