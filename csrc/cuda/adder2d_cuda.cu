@@ -244,7 +244,7 @@ at::Tensor adder2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                         c10::string_view input_grad) {
   const Adder2dShape s =
       check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
-  parse_input_grad_mode(input_grad);
+  parse_input_grad_mode("adder2d: input_grad", input_grad);
   TORCH_CHECK(adder2d_geom_fits(s), "adder2d: the CUDA kernels need spatial sizes, strides, ",
               "paddings, dilations and channels per group below 2^31");
   const c10::cuda::CUDAGuard guard(input.device());

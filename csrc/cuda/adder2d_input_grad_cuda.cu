@@ -82,7 +82,7 @@ at::Tensor adder2d_input_grad_cuda(const at::Tensor& grad_output, const at::Tens
                                    int64_t groups, c10::string_view mode) {
   const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
                                             stride, padding, dilation, groups, grad_output);
-  const bool sign_mode = parse_input_grad_mode(mode) == InputGradMode::Sign;
+  const bool sign_mode = parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
   TORCH_CHECK(adder2d_geom_fits(s), "adder2d_input_grad: the CUDA kernels need spatial sizes, ",
               "strides, paddings, dilations and channels per group below 2^31");
   const c10::cuda::CUDAGuard guard(input.device());
