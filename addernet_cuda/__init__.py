@@ -5,14 +5,18 @@ of a dot product. This package provides the op as compiled C++ (CPU) and CUDA ke
 with the dispatcher (``torch.ops.addernet.adder2d``, ``adder2d_input_grad``,
 ``adder2d_weight_grad``), the functional :func:`adder2d`, the module :class:`AdderConv2d` with
 AdderNet's adaptive learning rate, :func:`adderize` to convert existing models, and an unfused
-reference (:mod:`addernet_cuda.reference`).
+reference (:mod:`addernet_cuda.reference`). For classification it provides the skew Laplace mixture
+head and the SLAC loss (:class:`SkewLaplaceMixture`, :class:`SLACLoss`) and the baseline losses
+:class:`LGMLoss`, :class:`MoMLoss`, :class:`LSoftmaxLoss` and :class:`SoftmaxLoss`.
 """
 from ._extension import build_info
 from .nn import AdderConv2d, adderize, rescale_adder_grads, set_adaptive_lr
+from .nn import LGMLoss, LSoftmaxLoss, MoMLoss, SkewLaplaceMixture, SLACLoss, SoftmaxLoss
 from .ops import adder2d
 from .version import __version__
 
 from . import reference  # noqa: E402  (after ops: the reference reuses its argument checks)
 
 __all__ = ["AdderConv2d", "adder2d", "adderize", "build_info", "reference", "rescale_adder_grads",
-           "set_adaptive_lr", "__version__"]
+           "set_adaptive_lr", "__version__",
+           "SkewLaplaceMixture", "SLACLoss", "LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]

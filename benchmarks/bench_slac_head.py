@@ -1,0 +1,115 @@
+"""Time and peak memory of one SLAC loss forward + backward (``SLACLoss``: L_c + lam L_nll + beta L_ac).
+
+Shapes: features ``[B, d]`` (requires grad, as coming from a network), ``K`` classes; default the
+ImageNet head B = 256, K = 1000, d = 2048, float32, on the CPU with torch's default thread count.
+
+Peak memory: this process is started fresh per measurement; the first forward + backward runs
+before anything else, and the number is the peak RSS minus the RSS right after the set-up
+(parameters, features, targets allocated). The peak is ``VmHWM`` of ``/proc/self/status``, reset to
+the current RSS after the set-up where the kernel allows (``/proc/self/clear_refs``); not
+``ru_maxrss``, which keeps the parent's peak across ``fork``/``vfork`` + ``exec``. Time: median (with p20/p80) of ``--repeats``
+forward + backward passes after ``--warmup`` passes. Prints one JSON object.
+
+    python benchmarks/bench_slac_head.py [--batch 256 --classes 1000 --dim 2048 --beta 0.1 ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--lam", type=float, default=0.01)
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from addernet_cuda.nn import SLACLoss
+
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    loss_fn = SLACLoss(args.classes, args.dim, lam=args.lam, beta=args.beta, dtype=dtype)
+    with torch.no_grad():  # a trained-looking head: nonzero skewness, varied covariances
+        loss_fn.mixture.gamma.normal_(0, 0.1)
+        loss_fn.mixture.log_var.uniform_(-0.5, 0.5)
+    x = torch.randn(args.batch, args.dim, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, args.classes, (args.batch,))
+
+    def step():
+        loss = loss_fn(x, y)
+        loss.backward()
+        x.grad = None
+        loss_fn.zero_grad(set_to_none=True)
+        return loss
+
+    peak_reset = _reset_peak_rss()
+    rss_setup = _status_bytes("VmRSS")
+    step()
+    peak_delta = _status_bytes("VmHWM") - rss_setup
+
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    q = statistics.quantiles(times, n=5) if len(times) > 1 else times * 4
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        commit = ""
+    bkd = args.batch * args.classes * args.dim * torch.finfo(dtype).bits // 8
+    print(json.dumps({
+        "case": {"batch": args.batch, "classes": args.classes, "dim": args.dim, "dtype": args.dtype,
+                 "lam": args.lam, "beta": args.beta},
+        "time_s": {"median": statistics.median(times), "p20": q[0], "p80": q[3], "repeats": args.repeats},
+        "peak_rss_minus_setup_MiB": round(peak_delta / 2**20, 1),
+        "rss_after_setup_MiB": round(rss_setup / 2**20, 1),
+        "peak_reset_after_setup": peak_reset,
+        "a_B_x_K_x_d_tensor_would_be_MiB": round(bkd / 2**20, 1),
+        "device": f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__, "commit": commit,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
