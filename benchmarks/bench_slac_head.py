@@ -11,6 +11,10 @@ the current RSS after the set-up where the kernel allows (``/proc/self/clear_ref
 forward + backward passes after ``--warmup`` passes. Prints one JSON object.
 
     python benchmarks/bench_slac_head.py [--batch 256 --classes 1000 --dim 2048 --beta 0.1 ...]
+
+By default it measures both heads, each in its own fresh process: the SLAC loss and the
+baseline it replaces, a linear layer with softmax cross-entropy (``--head slac`` or
+``--head linear`` for one), and prints their ratios.
 """
 from __future__ import annotations
 
@@ -56,18 +60,36 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
+    ap.add_argument("--head", choices=["both", "slac", "linear"], default="both",
+                    help="slac: SLACLoss; linear: nn.Linear + cross-entropy; both: each in a fresh process")
     args = ap.parse_args()
+    if args.head == "both":
+        results = {}
+        for head in ("slac", "linear"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--head", head] + sys.argv[1:]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results[head] = json.loads(out.stdout)
+        results["slac_over_linear"] = {
+            "time": results["slac"]["time_s"]["median"] / results["linear"]["time_s"]["median"],
+            "peak_memory": results["slac"]["peak_rss_minus_setup_MiB"]
+            / max(results["linear"]["peak_rss_minus_setup_MiB"], 1e-9),
+        }
+        print(json.dumps(results, indent=1))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from addernet_cuda.nn import SLACLoss
+    from addernet_cuda.nn import SLACLoss, SoftmaxLoss
 
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    loss_fn = SLACLoss(args.classes, args.dim, lam=args.lam, beta=args.beta, dtype=dtype)
-    with torch.no_grad():  # a trained-looking head: nonzero skewness, varied covariances
-        loss_fn.mixture.gamma.normal_(0, 0.1)
-        loss_fn.mixture.log_var.uniform_(-0.5, 0.5)
+    if args.head == "slac":
+        loss_fn = SLACLoss(args.classes, args.dim, lam=args.lam, beta=args.beta, dtype=dtype)
+        with torch.no_grad():  # a trained-looking head: nonzero skewness, varied covariances
+            loss_fn.mixture.gamma.normal_(0, 0.1)
+            loss_fn.mixture.log_var.uniform_(-0.5, 0.5)
+    else:
+        loss_fn = SoftmaxLoss(args.classes, args.dim).to(dtype)
     x = torch.randn(args.batch, args.dim, dtype=dtype, requires_grad=True)
     y = torch.randint(0, args.classes, (args.batch,))
 
@@ -99,6 +121,7 @@ def main() -> None:
         commit = ""
     bkd = args.batch * args.classes * args.dim * torch.finfo(dtype).bits // 8
     print(json.dumps({
+        "head": args.head,
         "case": {"batch": args.batch, "classes": args.classes, "dim": args.dim, "dtype": args.dtype,
                  "lam": args.lam, "beta": args.beta},
         "time_s": {"median": statistics.median(times), "p20": q[0], "p80": q[3], "repeats": args.repeats},
