@@ -130,6 +130,34 @@ def fwd_bwd(fn, x, w, kw):
     return run
 
 
+def weight_grad_decomposition(dy, x, w, kw):
+    """dW = conv_weight_grad(Xp, dY) - W * sum_{n,oh,ow} dY[n, co]: the vendor convolution's weight
+    gradient (oneDNN on the CPU, cuDNN on CUDA) minus W scaled per output channel."""
+    stride, padding = _pair(kw["stride"]), _pair(kw["padding"])
+    _, gw, _ = torch.ops.aten.convolution_backward(dy, x, w, None, stride, padding, [1, 1], False, [0, 0], 1,
+                                                   [False, True, False])
+    return gw - w * dy.sum((0, 2, 3)).view(-1, 1, 1, 1)
+
+
+def _pair(v):
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def weight_grad_comparison(x, w, kw, run, repeats):
+    """Times the direct weight-gradient kernel and the decomposition; their max relative gap."""
+    dy = torch.randn(addernet_cuda.adder2d(x, w, None, **kw).shape, device=x.device, dtype=x.dtype)
+    direct = lambda: addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw)  # noqa: E731
+    decomposed = lambda: weight_grad_decomposition(dy, x, w, kw)  # noqa: E731
+    exact = addernet_cuda.ops.adder2d_weight_grad(dy.double(), x.double(), w.double(), **kw)
+    scale = exact.abs().max().item()
+    return {
+        "weight_grad.direct": stats(run(direct, repeats, 2)),
+        "weight_grad.decomposition": stats(run(decomposed, repeats, 2)),
+        "weight_grad.direct_max_rel_error": (direct().double() - exact).abs().max().item() / scale,
+        "weight_grad.decomposition_max_rel_error": (decomposed().double() - exact).abs().max().item() / scale,
+    }
+
+
 def measure_memory_cpu(shape_name, impl, batch):
     """Runs one forward+backward in a fresh subprocess; returns peak RSS growth in MiB."""
     cmd = [sys.executable, "-m", "benchmarks.bench_adder2d", "--memory-case", shape_name, impl, str(batch)]
@@ -256,6 +284,7 @@ def main(argv=None):
             row[f"{what}.vs_conv2d"] = ours / row[f"conv2d.{what}"]["median_s"]
             if f"reference.{what}" in row:
                 row[f"{what}.speedup_vs_reference"] = row[f"reference.{what}"]["median_s"] / ours
+        row.update(weight_grad_comparison(x, w, kw, run, args.repeats))
         row["adder2d.forward_gterms_per_s"] = row["terms"] / row["adder2d.forward"]["median_s"] / 1e9
         if not args.no_memory:
             row["memory.vs_conv2d"] = row["adder2d.peak_mib"] / max(row["conv2d.peak_mib"], 1e-9)
@@ -342,6 +371,15 @@ def markdown(result, no_memory):
             ref_mem = f"{r['reference.peak_mib']:.1f}" if "reference.peak_mib" in r else "skipped"
             line += f" {r['adder2d.peak_mib']:.1f} / {r['conv2d.peak_mib']:.1f} / {ref_mem} |"
         lines.append(line)
+    lines += ["", "Weight gradient: the direct kernel (default: deterministic) against the decomposition "
+              "`conv_weight_grad(Xp, dY) - W * sum(dY)` through the vendor convolution; errors are max |dW - exact| / "
+              "max |exact|, exact = the float64 kernel.", "",
+              "| layer | direct ms | decomposition ms | decomposition / direct | direct error | decomposition error |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        d, c = r["weight_grad.direct"]["median_s"], r["weight_grad.decomposition"]["median_s"]
+        lines.append(f"| {r['shape']} | {d * 1e3:.2f} | {c * 1e3:.2f} | {c / d:.2f}x | "
+                     f"{r['weight_grad.direct_max_rel_error']:.1e} | {r['weight_grad.decomposition_max_rel_error']:.1e} |")
     lines.append("")
     for family in dict.fromkeys(r["family"] for r in rows):
         fam = [r for r in rows if r["family"] == family]
