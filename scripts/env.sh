@@ -46,7 +46,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$build_hash" ] || ! ls addernet_cuda/_C*.
     echo "[env] compiling failed; the whole log is $log" >&2
     exit 1
   fi
-  grep -E "warning|spill" "$log" | grep -v -E "SetuptoolsWarning|SetuptoolsDeprecationWarning|No CUDA runtime" >&2 || true
+  grep -E "warning:|bytes spill" "$log" | grep -v -E "SetuptoolsWarning|SetuptoolsDeprecationWarning|No CUDA runtime" >&2 || true
   echo "$build_hash" > "$stamp"
   echo "[env] compiled in $(( $(date +%s) - start )) s" >&2
 fi

@@ -37,51 +37,52 @@ static inline int64_t min_i64(int64_t a, int64_t b) {
   return a < b ? a : b;
 }
 
-// Gathers taps [k0, k0 + nk) of TILE_P output pixels starting at flat pixel p0 of one image and
-// group (x points at channel 0 of the group) into panel[k][p]; padded taps and pixels past the
-// tile's end are 0.
+// Gathers taps [k0, k0 + nk) of output pixels [p0, p0 + np) of one image and group (x points at
+// channel 0 of the group) into dst[j * tap_stride + p * pixel_stride], zero for padded taps. Walks
+// output-row segments, so at stride 1 each segment is a contiguous copy between two zero runs.
+template <typename T>
+static void pack_patches(const Adder2dShape& s, const T* x, int64_t p0, int64_t np, int64_t k0,
+                         int64_t nk, T* dst, int64_t tap_stride, int64_t pixel_stride) {
+  const int64_t KHW = s.kernel_h * s.kernel_w, HW = s.in_h * s.in_w;
+  for (int64_t j = 0; j < nk; ++j) {
+    const int64_t k = k0 + j;
+    const int64_t ci = k / KHW, kh = (k % KHW) / s.kernel_w, kw = k % s.kernel_w;
+    int64_t ow_lo, ow_hi;  // output columns whose tap kw reads inside the image
+    adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow_lo, &ow_hi);
+    const T* xc = x + ci * HW + (kw * s.dilation_w - s.pad_w);
+    int64_t oh = p0 / s.out_w, ow = p0 % s.out_w, p = 0;
+    while (p < np) {
+      const int64_t seg = min_i64(np - p, s.out_w - ow);
+      const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
+      T* d = dst + j * tap_stride + p * pixel_stride;
+      int64_t lo = 0, hi = 0;  // [lo, hi): the segment's pixels that read inside the image
+      if (ih >= 0 && ih < s.in_h) {
+        lo = ow_lo - ow < 0 ? 0 : min_i64(ow_lo - ow, seg);
+        hi = ow_hi - ow < lo ? lo : min_i64(ow_hi - ow, seg);
+      }
+      const T* xr = xc + ih * s.in_w;
+      for (int64_t q = 0; q < lo; ++q) d[q * pixel_stride] = T(0);
+      if (s.stride_w == 1) {
+        for (int64_t q = lo; q < hi; ++q) d[q * pixel_stride] = xr[ow + q];
+      } else {
+        for (int64_t q = lo; q < hi; ++q) d[q * pixel_stride] = xr[(ow + q) * s.stride_w];
+      }
+      for (int64_t q = hi; q < seg; ++q) d[q * pixel_stride] = T(0);
+      p += seg;
+      ow = 0;
+      ++oh;
+    }
+  }
+}
+
+// The forward's panel: panel[k][p] for TILE_P pixels, pixels past np zero.
 template <typename T>
 static void pack_panel(const Adder2dShape& s, const T* x, int64_t p0, int64_t np, int64_t k0,
                        int64_t nk, T* panel) {
-  const int64_t KHW = s.kernel_h * s.kernel_w;
-  const int64_t HW = s.in_h * s.in_w;
-  const int64_t oh0 = p0 / s.out_w, ow0 = p0 % s.out_w;
-  // The whole tile sits in one output row: input columns advance by stride_w per pixel.
-  const bool one_row = ow0 + np <= s.out_w;
-  int64_t ih_base[TILE_P], iw_base[TILE_P];
-  for (int64_t p = 0; p < np; ++p) {
-    const int64_t oh = (p0 + p) / s.out_w, ow = (p0 + p) % s.out_w;
-    ih_base[p] = oh * s.stride_h - s.pad_h;
-    iw_base[p] = ow * s.stride_w - s.pad_w;
-  }
-  for (int64_t kk = 0; kk < nk; ++kk) {
-    const int64_t k = k0 + kk;
-    const int64_t ci = k / KHW, kh = (k % KHW) / s.kernel_w, kw = k % s.kernel_w;
-    const T* xc = x + ci * HW;
-    T* row = panel + kk * TILE_P;
-    int64_t p = 0;
-    if (one_row) {
-      const int64_t ih = adder2d_in_index(oh0, kh, s.stride_h, s.pad_h, s.dilation_h);
-      if (ih < 0 || ih >= s.in_h) {
-        for (; p < np; ++p) row[p] = T(0);
-      } else if (s.stride_w == 1) {
-        const T* xr = xc + ih * s.in_w;
-        const int64_t iw0 = adder2d_in_index(ow0, kw, 1, s.pad_w, s.dilation_w);
-        for (; p < np; ++p) {
-          const int64_t iw = iw0 + p;
-          row[p] = (iw >= 0 && iw < s.in_w) ? xr[iw] : T(0);
-        }
-      }
-    }
-    if (p == 0) {
-      const int64_t dh = kh * s.dilation_h, dw = kw * s.dilation_w;
-      for (; p < np; ++p) {
-        const int64_t ih = ih_base[p] + dh, iw = iw_base[p] + dw;
-        row[p] = (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) ? xc[ih * s.in_w + iw] : T(0);
-      }
-    }
-    for (; p < TILE_P; ++p) row[p] = T(0);
-  }
+  pack_patches(s, x, p0, np, k0, nk, panel, TILE_P, 1);
+  if (np < TILE_P)
+    for (int64_t j = 0; j < nk; ++j)
+      for (int64_t p = np; p < TILE_P; ++p) panel[j * TILE_P + p] = T(0);
 }
 
 // 32-byte vectors (GCC/Clang vector extensions): one AVX2 register in the AVX2 build, two SSE
@@ -312,43 +313,14 @@ static int64_t weight_grad_scratch(const Adder2dShape& s) {
          s.out_channels_per_group * weight_grad_taps<T>() * int64_t(sizeof(double) / sizeof(T));
 }
 
-// Gathers taps [k0, k0 + nk) of pixels [p0, p0 + np) of one image and group (x: X[n, g*Cg]),
-// transposed: panel[p][j], zero for padded taps and for j >= nk.
+// The weight gradient's panel, transposed: panel[p][j] for the block's taps, taps past nk zero.
 template <typename T>
 static void pack_panel_transposed(const Adder2dShape& s, const T* x, int64_t p0, int64_t np,
                                   int64_t k0, int64_t nk, T* panel) {
   constexpr int64_t KB = weight_grad_taps<T>();
-  const int64_t KHW = s.kernel_h * s.kernel_w, HW = s.in_h * s.in_w;
-  for (int64_t j = 0; j < KB; ++j) {
-    if (j >= nk) {
-      for (int64_t p = 0; p < np; ++p) panel[p * KB + j] = T(0);
-      continue;
-    }
-    const int64_t k = k0 + j;
-    const int64_t ci = k / KHW, kh = (k % KHW) / s.kernel_w, kw = k % s.kernel_w;
-    const T* xc = x + ci * HW;
-    int64_t ow_lo, ow_hi;  // output columns whose tap kw reads inside the image
-    adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow_lo, &ow_hi);
-    const int64_t col_off = kw * s.dilation_w - s.pad_w;
-    int64_t oh = p0 / s.out_w, ow = p0 % s.out_w, p = 0;
-    while (p < np) {  // one output row segment at a time
-      const int64_t seg = min_i64(np - p, s.out_w - ow);
-      const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
-      T* dst = panel + p * KB + j;
-      if (ih < 0 || ih >= s.in_h) {
-        for (int64_t q = 0; q < seg; ++q) dst[q * KB] = T(0);
-      } else {
-        const T* xr = xc + ih * s.in_w + col_off;
-        for (int64_t q = 0; q < seg; ++q) {
-          const int64_t o = ow + q;
-          dst[q * KB] = (o >= ow_lo && o < ow_hi) ? xr[o * s.stride_w] : T(0);
-        }
-      }
-      p += seg;
-      ow = 0;
-      ++oh;
-    }
-  }
+  pack_patches(s, x, p0, np, k0, nk, panel, 1, KB);
+  for (int64_t p = 0; p < np; ++p)
+    for (int64_t j = nk; j < KB; ++j) panel[p * KB + j] = T(0);
 }
 
 // part[r][j] = sum_p dy[r*L + p] * (panel[p][j] - w[r][j]) for R output channels and the block's
