@@ -74,7 +74,7 @@ def input_grad(grad_output, x, w, stride, padding, dilation, groups, mode="hardt
             z = w_col[a:b, :, None] - x_col[None]
             z = z.clamp(-1, 1) if mode == "hardtanh" else z.sign()
             gx_col += (z * dy[g * cog + a:g * cog + b, None]).sum(0)
-        cols = gx_col.view(-1, n, oh * ow).permute(1, 0, 2)
+        cols = gx_col.view(cig * kh * kw, n, oh * ow).permute(1, 0, 2)
         # fold sums every column entry into its input pixel; entries of padded taps fall outside.
         grads.append(F.fold(cols, (h, wd), (kh, kw), dilation=dilation, padding=padding, stride=stride))
     return torch.cat(grads, 1)

@@ -13,10 +13,10 @@
 
 namespace addernet {
 
-InputGradMode parse_input_grad_mode(c10::string_view mode) {
+InputGradMode parse_input_grad_mode(const char* what, c10::string_view mode) {
   if (mode == "hardtanh") return InputGradMode::HardTanh;
   if (mode == "exact") return InputGradMode::Sign;
-  TORCH_CHECK(false, "adder2d: input_grad (mode) must be \"hardtanh\" or \"exact\", got \"",
+  TORCH_CHECK(false, what, " must be \"hardtanh\" or \"exact\", got \"",
               std::string(mode), "\"");
 }
 

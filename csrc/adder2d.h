@@ -18,7 +18,8 @@ namespace addernet {
 // HardTanh rule) or sign (the true derivative of -|X - W|).
 enum class InputGradMode { HardTanh, Sign };
 
-InputGradMode parse_input_grad_mode(c10::string_view mode);
+// `what` names the argument in the error message, e.g. "adder2d_input_grad: mode".
+InputGradMode parse_input_grad_mode(const char* what, c10::string_view mode);
 
 // Validates the arguments of every adder2d op and returns the sizes. `op` names the op in
 // error messages. `grad_output`, when defined, must have the output's shape.

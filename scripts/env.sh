@@ -4,6 +4,7 @@
 # switches or the environment changed. Prints the venv's python path last.
 #
 # usage: scripts/env.sh [VENV_DIR [REQUIREMENTS_FILE]]      (default: .venv requirements.txt)
+# ADDERNET_NO_BUILD=1 sets up the venv only.
 # Build switches (setup.py): ADDERNET_FORCE_CPU=1, ADDERNET_DEBUG=1, TORCH_CUDA_ARCH_LIST, MAX_JOBS.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,7 +32,9 @@ torch_version=$("$venv/bin/python" -c 'import torch; print(torch.__version__)')
 build_hash=$( (cat setup.py; find csrc -type f | sort | xargs cat;
                echo "$torch_version ${ADDERNET_FORCE_CPU:-} ${ADDERNET_DEBUG:-} ${TORCH_CUDA_ARCH_LIST:-} ${CUDA_HOME:-}") \
              | sha256sum | cut -c1-16)
-stamp=build/$(basename "$venv").stamp
+if [ "${ADDERNET_NO_BUILD:-0}" = 1 ]; then echo "$root/$venv/bin/python"; exit 0; fi
+# One stamp for the one in-place extension: switching venvs (another torch) rebuilds it.
+stamp=build/inplace.stamp
 if [ "$(cat "$stamp" 2>/dev/null)" != "$build_hash" ] || ! ls addernet_cuda/_C*.so >/dev/null 2>&1; then
   echo "[env] compiling the extension against torch $torch_version (MAX_JOBS=$MAX_JOBS)" >&2
   start=$(date +%s)

@@ -21,6 +21,7 @@ import math
 from typing import Iterable, Optional
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 _ATTR = "_addernet_eta"
 _hook_handle = None
@@ -69,4 +70,4 @@ def _step_pre_hook(optimizer, args, kwargs):
 def _ensure_hook() -> None:
     global _hook_handle
     if _hook_handle is None:
-        _hook_handle = torch.optim.optimizer.register_optimizer_step_pre_hook(_step_pre_hook)
+        _hook_handle = register_optimizer_step_pre_hook(_step_pre_hook)

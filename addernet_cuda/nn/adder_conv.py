@@ -72,13 +72,26 @@ class AdderConv2d(_ConvNd):
         self.input_grad = input_grad
         self.eta = eta
 
+    # eta lives on the module and is mirrored as a tag on the weight, which the optimizer hook
+    # reads. The tag is renewed whenever the weight Parameter is replaced (assignment,
+    # load_state_dict(assign=True)) or the module is copied or unpickled.
     @property
     def eta(self) -> Optional[float]:
-        return adaptive_lr_eta(self.weight)
+        return self._eta
 
     @eta.setter
     def eta(self, value: Optional[float]) -> None:
         set_adaptive_lr(self.weight, value)
+        self._eta = adaptive_lr_eta(self.weight)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "weight" and isinstance(value, nn.Parameter) and "_eta" in self.__dict__:
+            set_adaptive_lr(value, self._eta)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        set_adaptive_lr(self.weight, self.__dict__.get("_eta"))
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight, 0.0, 1.0)

@@ -85,7 +85,7 @@ at::Tensor adder2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                        c10::string_view input_grad) {
   const Adder2dShape s =
       check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
-  parse_input_grad_mode(input_grad);
+  parse_input_grad_mode("adder2d: input_grad", input_grad);
   if (is_reduced_float(input)) {
     return adder2d_cpu(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias), stride,
                        padding, dilation, groups, input_grad)
@@ -126,7 +126,7 @@ at::Tensor adder2d_input_grad_cpu(const at::Tensor& grad_output, const at::Tenso
                                   int64_t groups, c10::string_view mode) {
   const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
                                             stride, padding, dilation, groups, grad_output);
-  const bool sign_mode = parse_input_grad_mode(mode) == InputGradMode::Sign;
+  const bool sign_mode = parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
   if (is_reduced_float(input)) {
     return adder2d_input_grad_cpu(grad_output.to(at::kFloat), input.to(at::kFloat),
                                   weight.to(at::kFloat), stride, padding, dilation, groups, mode)
@@ -147,12 +147,15 @@ at::Tensor adder2d_input_grad_cpu(const at::Tensor& grad_output, const at::Tenso
     const int64_t cig = s.in_channels_per_group, cog = s.out_channels_per_group;
     // Work item = one input plane (n, c); each owns its gradient.
     at::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(ks.input_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
         const int64_t c = i % s.in_channels, n = i / s.in_channels;
         const int64_t g = c / cig, ci = c % cig;
+        // Consecutive planes of one image and group share dY (and its padded copy).
+        const bool reuse = i > begin && (i - 1) / cig == i / cig;
         ks.input_grad_plane(s, dyp + (n * s.out_channels + g * cog) * L, xp + i * HW,
                             wp + g * cog * s.taps + ci * s.kernel_h * s.kernel_w, gxp + i * HW,
-                            sign_mode);
+                            sign_mode, scratch.data(), reuse);
       }
     });
   });
@@ -181,12 +184,16 @@ at::Tensor adder2d_weight_grad_cpu(const at::Tensor& grad_output, const at::Tens
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
-    const int64_t cig = s.in_channels_per_group, khw = s.kernel_h * s.kernel_w;
-    // Work item = one (co, ci): a fixed reduction order whatever the thread count.
-    at::parallel_for(0, s.out_channels * cig, 1, [&](int64_t begin, int64_t end) {
+    const int64_t cog = s.out_channels_per_group;
+    const int64_t blocks = (s.taps + ks.weight_grad_taps - 1) / ks.weight_grad_taps;
+    // Work item = (group, block of taps) for all the group's output channels: each reduces in a
+    // fixed order whatever the thread count.
+    at::parallel_for(0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t co = i / cig, ci = i % cig;
-        ks.weight_grad_entry(s, dyp, xp, wp + i * khw, gwp + i * khw, co, ci);
+        const int64_t g = i / blocks, k0 = (i % blocks) * ks.weight_grad_taps;
+        ks.weight_grad_block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0,
+                             scratch.data());
       }
     });
   });

@@ -16,10 +16,16 @@ struct KernelSet {
   // Output pixels [p0, p0 + tile_pixels) of one image and group; see adder2d_cpu_kernels.h.
   void (*forward_tile)(const Adder2dShape&, const T* x, const T* w, const T* bias, T* y,
                        int64_t p0, T* scratch);
+  // scratch: input_grad_scratch(shape) elements; reuse: the previous call on this scratch had
+  // the same dy.
   void (*input_grad_plane)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,
-                           bool sign_mode);
-  void (*weight_grad_entry)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
-                            int64_t co, int64_t ci);
+                           bool sign_mode, T* scratch, bool reuse);
+  // dW of the taps [k0, k0 + weight_grad_taps) of every output channel of group g.
+  void (*weight_grad_block)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
+                            int64_t g, int64_t k0, T* scratch);
+  int64_t (*input_grad_scratch)(const Adder2dShape&);
+  int64_t (*weight_grad_scratch)(const Adder2dShape&);
+  int64_t weight_grad_taps;
   int64_t tile_pixels;
   // forward_tile's scratch is forward_scratch + out_channels_per_group * tile_pixels elements.
   int64_t forward_scratch;

@@ -10,10 +10,12 @@
 //            channels x TILE_P pixels accumulates |P - W| (subtract, clear sign bit, add).
 // input_grad dX[n,c,h,w] = sum_{co,kh,kw} dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
 //            over the (oh, ow) whose tap lands on (h, w): one call owns one input plane, so
-//            every term is added exactly once and no atomics are needed.
-// weight_grad dW[co,ci,kh,kw] = sum_{n,oh,ow} dY[n,co,oh,ow] * (Xp[n,c,ih,iw] - W[co,ci,kh,kw])
-//            one call owns one (co, ci) and reduces in a fixed order (deterministic); rows are
-//            summed in T, rows accumulate in double.
+//            every term is added exactly once and no atomics are needed. Per tap and output
+//            row, a vector of input pixels accumulates over the group's output channels.
+// weight_grad dW[co,k] = sum_{n,p} dY[n,co,p] * (P[k,p] - W[co,k])   (Xp = 0 at padded taps)
+//            one call owns a block of taps (two vectors) for all of a group's output channels
+//            and reduces over every image and pixel in a fixed order (deterministic): packed
+//            chunks of pixels summed in T in registers, chunks accumulated in double.
 
 #ifndef ADDER_CPU_ISA
 #error "define ADDER_CPU_ISA before including adder2d_cpu_kernels.h"
@@ -151,98 +153,273 @@ void forward_tile(const Adder2dShape& s, const T* x, const T* w, const T* bias, 
   }
 }
 
-template <typename T>
-static inline T input_grad_weight(T z, bool sign_mode) {
-  if (sign_mode) return T((z > T(0)) - (z < T(0)));
-  return z < T(-1) ? T(-1) : (z > T(1) ? T(1) : z);
+// HT(z) = clamp(z, -1, 1) or sign(z), branch-free so that it vectorises (scalars or vectors).
+template <typename V, bool SIGN>
+static inline V input_grad_weight(V z, V one) {
+  if (SIGN) return (z > V{}) ? one : ((z < V{}) ? -one : V{});
+  z = (z < -one) ? -one : z;
+  return (z > one) ? one : z;
 }
 
-// dX of one input plane (n, c). dy: dY[n, g*Cog] (the group's output channels), x and gx: the
-// plane, w: W[g*Cog, ci] (output channel stride s.taps).
-template <typename T>
-void input_grad_plane(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
-                      bool sign_mode) {
-  const int64_t L = s.out_h * s.out_w;
-  for (int64_t i = 0; i < s.in_h * s.in_w; ++i) gx[i] = T(0);
-  for (int64_t co = 0; co < s.out_channels_per_group; ++co) {
-    const T* dyc = dy + co * L;
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      int64_t oh0, oh1;
-      adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
-      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-        int64_t ow0, ow1;
-        adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
-        const T wv = w[co * s.taps + kh * s.kernel_w + kw];
-        const int64_t n_ow = ow1 - ow0;
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
-          const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
-          const T* dyr = dyc + oh * s.out_w + ow0;
-          const T* xr = x + ih * s.in_w + iw0;
-          T* gr = gx + ih * s.in_w + iw0;
-          if (s.stride_w == 1) {
-#pragma omp simd
-            for (int64_t j = 0; j < n_ow; ++j) gr[j] += dyr[j] * input_grad_weight(wv - xr[j], sign_mode);
-          } else {
-            const int64_t sw = s.stride_w;
-            for (int64_t j = 0; j < n_ow; ++j)
-              gr[j * sw] += dyr[j] * input_grad_weight(wv - xr[j * sw], sign_mode);
-          }
-        }
-      }
+// gr[j] += sum_co dy[co*L + j] * HT(w[co] - x[j]) for j < n: one output row's contribution,
+// through one tap, to one input row at stride 1, all the group's output channels at once so that
+// the input row is read and written once per tap (and every store lands where the next load of
+// it reads, which keeps store-to-load forwarding working).
+template <typename T, bool SIGN>
+static void input_grad_row(const T* dy, int64_t L, const T* x, const T* w, int64_t cog, T* gr,
+                           int64_t n) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  const V one = V{} + T(1);
+  int64_t j = 0;
+  for (; j + VL <= n; j += VL) {
+    V acc, xv;
+    __builtin_memcpy(&acc, gr + j, sizeof(V));
+    __builtin_memcpy(&xv, x + j, sizeof(V));
+    for (int64_t co = 0; co < cog; ++co) {
+      V d;
+      __builtin_memcpy(&d, dy + co * L + j, sizeof(V));
+      acc += d * input_grad_weight<V, SIGN>(w[co] - xv, one);
     }
+    __builtin_memcpy(gr + j, &acc, sizeof(V));
+  }
+  for (; j < n; ++j) {
+    T acc = gr[j];
+    for (int64_t co = 0; co < cog; ++co) acc += dy[co * L + j] * input_grad_weight<T, SIGN>(w[co] - x[j], T(1));
+    gr[j] = acc;
   }
 }
 
-// dW[co, ci, :, :] for one (co, ci); dy, x: the whole dY and X, w and gw: W[co, ci] and dW[co, ci].
-template <typename T>
-void weight_grad_entry(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
-                       int64_t co, int64_t ci) {
-  const int64_t L = s.out_h * s.out_w, HW = s.in_h * s.in_w;
-  const int64_t c = (co / s.out_channels_per_group) * s.in_channels_per_group + ci;
+// The same at stride > 1, where the input pixels of one row are `step` apart: dyt holds dY
+// transposed ([pixel][co]) so that the sum over output channels is the vectorised loop.
+template <typename T, bool SIGN>
+static void input_grad_row_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
+                                   int64_t n, int64_t step) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  const V one = V{} + T(1);
+  for (int64_t j = 0; j < n; ++j) {
+    const T xs = x[j * step];
+    const T* d = dyt + j * cog;
+    V acc = V{};
+    int64_t co = 0;
+    for (; co + VL <= cog; co += VL) {
+      V dv, wv;
+      __builtin_memcpy(&dv, d + co, sizeof(V));
+      __builtin_memcpy(&wv, w + co, sizeof(V));
+      acc += dv * input_grad_weight<V, SIGN>(wv - xs, one);
+    }
+    T sum = T(0);
+    for (; co < cog; ++co) sum += d[co] * input_grad_weight<T, SIGN>(w[co] - xs, T(1));
+    T lanes[VL];
+    __builtin_memcpy(lanes, &acc, sizeof(V));
+    for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
+    gr[j * step] += sum;
+  }
+}
+
+// Left/right zero border of the padded dY rows used at stride 1: wide enough that every input
+// column finds its dY column inside the row, for every tap.
+static inline int64_t input_grad_border(const Adder2dShape& s) {
+  const int64_t b = (s.kernel_w - 1) * s.dilation_w - s.pad_w;
+  return b > 0 ? b : 0;
+}
+
+// Scratch elements input_grad_plane needs.
+static inline int64_t input_grad_scratch(const Adder2dShape& s) {
+  const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
+  const int64_t row = s.out_w + (unit_stride ? 2 * input_grad_border(s) : 0);
+  return s.out_channels_per_group * (1 + s.out_h * row);
+}
+
+// dX of one input plane (n, c). dy: dY[n, g*Cog] (the group's output channels), x and gx: the
+// plane, w: W[g*Cog, ci] (output channel stride s.taps). scratch: input_grad_scratch(s)
+// elements; at stride 1 it holds dY with zero borders, rebuilt unless `reuse` says the previous
+// call on this scratch had the same dy.
+template <typename T, bool SIGN>
+static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
+                                  T* scratch, bool reuse) {
+  const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
+  T* wtap = scratch;
+  T* dyc = scratch + cog;  // dY with zero-bordered rows (stride 1) or transposed (stride > 1)
+  const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
+  const int64_t border = unit_stride ? input_grad_border(s) : 0;
+  const int64_t row = s.out_w + 2 * border;
+  if (!reuse) {
+    for (int64_t co = 0; co < cog; ++co)
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        const T* src = dy + co * L + oh * s.out_w;
+        if (unit_stride) {
+          T* dst = dyc + (co * s.out_h + oh) * row;
+          for (int64_t j = 0; j < border; ++j) dst[j] = dst[border + s.out_w + j] = T(0);
+          for (int64_t j = 0; j < s.out_w; ++j) dst[border + j] = src[j];
+        } else {
+          for (int64_t j = 0; j < s.out_w; ++j) dyc[(oh * s.out_w + j) * cog + co] = src[j];
+        }
+      }
+  }
+  for (int64_t i = 0; i < s.in_h * s.in_w; ++i) gx[i] = T(0);
   for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
     int64_t oh0, oh1;
     adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
     for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-      int64_t ow0, ow1;
-      adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
-      const T wv = w[kh * s.kernel_w + kw];
-      const int64_t sw = s.stride_w;
-      double total = 0.0;
-      for (int64_t n = 0; n < s.batch; ++n) {
-        const T* dyc = dy + (n * s.out_channels + co) * L;
-        const T* xc = x + (n * s.in_channels + c) * HW;
-        for (int64_t oh = 0; oh < s.out_h; ++oh) {
-          const T* dyr = dyc + oh * s.out_w;
-          T row = T(0);
-          if (oh < oh0 || oh >= oh1) {
-#pragma omp simd reduction(+ : row)
-            for (int64_t ow = 0; ow < s.out_w; ++ow) row += dyr[ow] * (-wv);
-          } else {
-            const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
-            const T* xr = xc + ih * s.in_w + adder2d_in_index(0, kw, sw, s.pad_w, s.dilation_w);
-            for (int64_t ow = 0; ow < ow0; ++ow) row += dyr[ow] * (-wv);
-            if (sw == 1) {
-#pragma omp simd reduction(+ : row)
-              for (int64_t ow = ow0; ow < ow1; ++ow) row += dyr[ow] * (xr[ow] - wv);
-            } else {
-#pragma omp simd reduction(+ : row)
-              for (int64_t ow = ow0; ow < ow1; ++ow) row += dyr[ow] * (xr[ow * sw] - wv);
-            }
-            for (int64_t ow = ow1; ow < s.out_w; ++ow) row += dyr[ow] * (-wv);
-          }
-          total += double(row);
+      for (int64_t co = 0; co < cog; ++co) wtap[co] = w[co * s.taps + kh * s.kernel_w + kw];
+      if (unit_stride) {
+        // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
+        const int64_t ow0 = s.pad_w - kw * s.dilation_w;
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const int64_t ih = adder2d_in_index(oh, kh, 1, s.pad_h, s.dilation_h);
+          input_grad_row<T, SIGN>(dyc + oh * row + border + ow0, s.out_h * row, x + ih * s.in_w,
+                                  wtap, cog, gx + ih * s.in_w, s.in_w);
+        }
+      } else {
+        // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
+        int64_t ow0, ow1;
+        adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
+        const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
+          input_grad_row_strided<T, SIGN>(dyc + (oh * s.out_w + ow0) * cog, x + ih * s.in_w + iw0,
+                                          wtap, cog, gx + ih * s.in_w + iw0, ow1 - ow0, s.stride_w);
         }
       }
-      gw[kh * s.kernel_w + kw] = T(total);
     }
   }
 }
 
 template <typename T>
+void input_grad_plane(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
+                      bool sign_mode, T* scratch, bool reuse) {
+  if (sign_mode)
+    input_grad_plane_mode<T, true>(s, dy, x, w, gx, scratch, reuse);
+  else
+    input_grad_plane_mode<T, false>(s, dy, x, w, gx, scratch, reuse);
+}
+
+constexpr int64_t WG_PIXELS = 64;  // pixels per packed chunk of the weight gradient
+
+// Taps per weight-gradient block: two vectors.
+template <typename T>
+constexpr int64_t weight_grad_taps() {
+  return int64_t(2 * sizeof(typename Vec<T>::type) / sizeof(T));
+}
+
+// Scratch elements weight_grad_block needs.
+template <typename T>
+static int64_t weight_grad_scratch(const Adder2dShape& s) {
+  // panel (T) + per-channel accumulators (double, counted as 2 T when T is float)
+  return WG_PIXELS * weight_grad_taps<T>() +
+         s.out_channels_per_group * weight_grad_taps<T>() * int64_t(sizeof(double) / sizeof(T));
+}
+
+// Gathers taps [k0, k0 + nk) of pixels [p0, p0 + np) of one image and group (x: X[n, g*Cg]),
+// transposed: panel[p][j], zero for padded taps and for j >= nk.
+template <typename T>
+static void pack_panel_transposed(const Adder2dShape& s, const T* x, int64_t p0, int64_t np,
+                                  int64_t k0, int64_t nk, T* panel) {
+  constexpr int64_t KB = weight_grad_taps<T>();
+  const int64_t KHW = s.kernel_h * s.kernel_w, HW = s.in_h * s.in_w;
+  for (int64_t j = 0; j < KB; ++j) {
+    if (j >= nk) {
+      for (int64_t p = 0; p < np; ++p) panel[p * KB + j] = T(0);
+      continue;
+    }
+    const int64_t k = k0 + j;
+    const int64_t ci = k / KHW, kh = (k % KHW) / s.kernel_w, kw = k % s.kernel_w;
+    const T* xc = x + ci * HW;
+    int64_t ow_lo, ow_hi;  // output columns whose tap kw reads inside the image
+    adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow_lo, &ow_hi);
+    const int64_t col_off = kw * s.dilation_w - s.pad_w;
+    int64_t oh = p0 / s.out_w, ow = p0 % s.out_w, p = 0;
+    while (p < np) {  // one output row segment at a time
+      const int64_t seg = min_i64(np - p, s.out_w - ow);
+      const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
+      T* dst = panel + p * KB + j;
+      if (ih < 0 || ih >= s.in_h) {
+        for (int64_t q = 0; q < seg; ++q) dst[q * KB] = T(0);
+      } else {
+        const T* xr = xc + ih * s.in_w + col_off;
+        for (int64_t q = 0; q < seg; ++q) {
+          const int64_t o = ow + q;
+          dst[q * KB] = (o >= ow_lo && o < ow_hi) ? xr[o * s.stride_w] : T(0);
+        }
+      }
+      p += seg;
+      ow = 0;
+      ++oh;
+    }
+  }
+}
+
+// part[r][j] = sum_p dy[r*L + p] * (panel[p][j] - w[r][j]) for R output channels and the block's
+// taps (two vectors), over np pixels; the R x 2 partial sums stay in registers.
+template <typename T, int R>
+static void weight_grad_micro(const T* panel, int64_t np, const T* dy, int64_t L, const T* w,
+                              int64_t ldw, int64_t nk, double* acc) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
+  V wv[R][2], part[R][2];
+  for (int r = 0; r < R; ++r) {
+    T wr[KB];
+    for (int64_t j = 0; j < KB; ++j) wr[j] = j < nk ? w[r * ldw + j] : T(0);
+    __builtin_memcpy(&wv[r][0], wr, sizeof(V));
+    __builtin_memcpy(&wv[r][1], wr + VL, sizeof(V));
+    part[r][0] = part[r][1] = V{};
+  }
+  for (int64_t p = 0; p < np; ++p) {
+    V x0, x1;  // two separate loads: a copy into an array would go through the stack
+    __builtin_memcpy(&x0, panel + p * KB, sizeof(V));
+    __builtin_memcpy(&x1, panel + p * KB + VL, sizeof(V));
+    for (int r = 0; r < R; ++r) {
+      const V d = dy[r * L + p] - V{};  // broadcast
+      part[r][0] += d * (x0 - wv[r][0]);
+      part[r][1] += d * (x1 - wv[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    T out[KB];
+    __builtin_memcpy(out, &part[r][0], sizeof(V));
+    __builtin_memcpy(out + VL, &part[r][1], sizeof(V));
+    for (int64_t j = 0; j < KB; ++j) acc[r * KB + j] += double(out[j]);
+  }
+}
+
+// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + KB) of one block:
+// reduced over all images and pixels in a fixed order (chunks of WG_PIXELS pixels summed in T,
+// chunks accumulated in double), whatever the thread count. dy, x: the whole dY and X; w, gw:
+// W[g*Cog] and dW[g*Cog] (row stride s.taps).
+template <typename T>
+void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
+                       int64_t g, int64_t k0, T* scratch) {
+  constexpr int64_t KB = weight_grad_taps<T>();
+  constexpr int R = 3;
+  const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
+  const int64_t nk = min_i64(KB, K - k0);
+  T* panel = scratch;
+  double* acc = reinterpret_cast<double*>(scratch + WG_PIXELS * KB);
+  for (int64_t i = 0; i < cog * KB; ++i) acc[i] = 0.0;
+  for (int64_t n = 0; n < s.batch; ++n) {
+    const T* xn = x + (n * s.in_channels + g * s.in_channels_per_group) * s.in_h * s.in_w;
+    const T* dyn = dy + (n * s.out_channels + g * cog) * L;
+    for (int64_t p0 = 0; p0 < L; p0 += WG_PIXELS) {
+      const int64_t np = min_i64(WG_PIXELS, L - p0);
+      pack_panel_transposed(s, xn, p0, np, k0, nk, panel);
+      int64_t co = 0;
+      for (; co + R <= cog; co += R)
+        weight_grad_micro<T, R>(panel, np, dyn + co * L + p0, L, w + co * K + k0, K, nk, acc + co * KB);
+      for (; co < cog; ++co)
+        weight_grad_micro<T, 1>(panel, np, dyn + co * L + p0, L, w + co * K + k0, K, nk, acc + co * KB);
+    }
+  }
+  for (int64_t co = 0; co < cog; ++co)
+    for (int64_t j = 0; j < nk; ++j) gw[co * K + k0 + j] = T(acc[co * KB + j]);
+}
+
+template <typename T>
 KernelSet<T> make_kernel_set() {
-  return KernelSet<T>{&forward_tile<T>, &input_grad_plane<T>, &weight_grad_entry<T>,
-                      TILE_P, TILE_K * TILE_P};
+  return KernelSet<T>{&forward_tile<T>,      &input_grad_plane<T>, &weight_grad_block<T>,
+                      &input_grad_scratch,   &weight_grad_scratch<T>, weight_grad_taps<T>(),
+                      TILE_P,                TILE_K * TILE_P};
 }
 
 }  // namespace ADDER_CPU_ISA

@@ -1,0 +1,42 @@
+"""Shared test parameters: devices, dtypes, CPU instruction sets, and the expectation switch.
+
+CUDA cases skip with a reason on a machine without a usable GPU. ADDERNET_EXPECT_CUDA=1 (set by
+.ci/run) turns "the CUDA kernels were not compiled" from a skip into a failure.
+"""
+import os
+
+import pytest
+import torch
+
+import addernet_cuda
+from addernet_cuda import _extension
+
+CUDA_REASON = "no CUDA device: torch.cuda.is_available() is False on this machine"
+EXPECT_CUDA = os.environ.get("ADDERNET_EXPECT_CUDA", "0") == "1"
+
+devices = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)),
+]
+float_dtypes = [torch.float32, torch.float64]
+
+
+def _isa_param(isa):
+    info = addernet_cuda.build_info()
+    if isa == "avx2":
+        supported = info["cpu_avx2_compiled"] and info["cpu_isa"] == "avx2"
+        return pytest.param(isa, marks=pytest.mark.skipif(
+            not supported, reason="AVX2 kernels not compiled in or the CPU lacks AVX2/FMA"))
+    return isa
+
+
+cpu_isas = [_isa_param("base"), _isa_param("avx2")]
+
+
+@pytest.fixture
+def cpu_isa(request):
+    """Runs the test body with the CPU kernels of the requested instruction set."""
+    previous = _extension._C.cpu_isa()
+    _extension._C.set_cpu_isa(request.param)
+    yield request.param
+    _extension._C.set_cpu_isa(previous)

@@ -1,0 +1,288 @@
+"""Tests of the adder2d ops (addernet_cuda/ops.py, csrc/) against the unfused reference.
+
+Y = -sum |Xp - W| (+ b); dX = sum dY * HT(W - X) (or sign); dW = sum dY * (Xp - W); db = sum dY.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import addernet_cuda
+from addernet_cuda import reference
+from conftest import cpu_isas, devices
+
+# (N, C, H, W, Co, KH, KW, stride, padding, dilation, groups)
+SHAPES = [
+    pytest.param((2, 3, 8, 8, 4, 3, 3, 1, 1, 1, 1), id="3x3"),
+    pytest.param((2, 4, 9, 7, 6, 3, 3, 2, 1, 1, 1), id="stride2-pad1"),
+    pytest.param((2, 4, 9, 9, 6, 3, 3, 2, 0, 1, 1), id="stride2-pad0"),
+    pytest.param((2, 3, 10, 10, 5, 3, 3, 3, 2, 1, 1), id="stride3-pad2"),
+    pytest.param((1, 4, 10, 11, 4, 3, 3, 1, 2, 2, 1), id="dilation2"),
+    pytest.param((2, 6, 7, 7, 9, 3, 2, (2, 1), (1, 0), (1, 2), 3), id="groups-rect-pairs"),
+    pytest.param((2, 5, 8, 8, 5, 3, 3, 1, 1, 1, 5), id="depthwise"),
+    pytest.param((2, 4, 8, 8, 8, 3, 3, 2, 1, 1, 4), id="depthwise-x2-stride2"),
+    pytest.param((2, 8, 5, 5, 10, 1, 1, 1, 0, 1, 1), id="1x1"),
+    pytest.param((2, 8, 6, 6, 4, 1, 1, 2, 0, 1, 2), id="1x1-stride2-groups"),
+    pytest.param((1, 2, 3, 3, 3, 5, 5, 1, 1, 1, 1), id="kernel-equals-padded-image"),
+    pytest.param((1, 3, 13, 17, 7, 5, 3, 3, 2, 1, 1), id="odd-sizes"),
+    pytest.param((1, 64, 6, 6, 5, 3, 3, 1, 1, 1, 1), id="taps-over-one-panel"),
+    pytest.param((1, 3, 6, 40, 6, 3, 3, 1, 1, 1, 1), id="rows-longer-than-tile"),
+    pytest.param((1, 1, 1, 1, 2, 1, 1, 1, 0, 1, 1), id="single-pixel"),
+    pytest.param((0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1), id="batch0"),
+]
+
+
+def make(shape, dtype=torch.float64, device="cpu", bias=True, seed=0):
+    if hasattr(shape, "values"):  # a pytest.param
+        shape = shape.values[0]
+    n, c, h, w, co, kh, kw, stride, padding, dilation, groups = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g, dtype=dtype).to(device)
+    wt = torch.randn(co, c // groups, kh, kw, generator=g, dtype=dtype).to(device)
+    b = torch.randn(co, generator=g, dtype=dtype).to(device) if bias else None
+    return x, wt, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def grads(fn, x, w, b, kwargs, dy):
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    b = b.detach().requires_grad_() if b is not None else None
+    y = fn(x, w, b, **kwargs)
+    y.backward(dy)
+    return y.detach(), x.grad, w.grad, (b.grad if b is not None else None)
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["hardtanh", "exact"])
+def test_three_ops_match_reference_float64(shape, mode, cpu_isa):
+    x, w, b, kw = make(shape)
+    y_ref = reference.adder2d(x, w, b, **kw)
+    dy = torch.randn_like(y_ref)
+    ours = grads(lambda *a, **k: addernet_cuda.adder2d(*a, **k, input_grad=mode), x, w, b, kw, dy)
+    ref = grads(lambda *a, **k: reference.adder2d(*a, **k, input_grad=mode), x, w, b, kw, dy)
+    for name, a, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), ours, ref):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("shape", SHAPES[:12])
+def test_float32_matches_float64(shape, cpu_isa):
+    x, w, b, kw = make(shape)
+    dy = torch.randn(reference.adder2d(x, w, b, **kw).shape, dtype=torch.float64)
+    exact = grads(addernet_cuda.adder2d, x, w, b, kw, dy)
+    single = grads(addernet_cuda.adder2d, x.float(), w.float(), b.float(), kw, dy.float())
+    for name, a, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), single, exact):
+        scale = r.abs().max().item() if r.numel() else 1.0
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * max(scale, 1.0),
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def test_padded_taps_count():
+    # A 1x1 input with padding 1 and a 3x3 kernel: 8 of the 9 taps read padding (value 0).
+    x = torch.tensor([[[[2.0]]]], dtype=torch.float64)
+    w = torch.arange(9, dtype=torch.float64).view(1, 1, 3, 3) - 4
+    y = addernet_cuda.adder2d(x, w, padding=1)
+    expected = -(w.abs().sum() - w[0, 0, 1, 1].abs() + (2.0 - w[0, 0, 1, 1]).abs())
+    assert y.item() == pytest.approx(expected.item())
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], SHAPES[7], SHAPES[11]])
+def test_gradcheck_exact_mode_input_and_bias(shape):
+    x, w, b, kw = make(shape, seed=3)
+    x.requires_grad_()
+    b.requires_grad_()
+    # Random normal data keeps every |x - w| far from the kink at 0 relative to eps = 1e-6.
+    fn = lambda x, b: addernet_cuda.adder2d(x, w, b, input_grad="exact", **kw)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, b), eps=1e-6, atol=1e-7)
+
+
+def test_hardtanh_rule_differs_from_exact_and_matches_formula():
+    # One input pixel, one tap: dX = dY * clamp(W - X, -1, 1), dW = dY * (X - W).
+    x = torch.tensor([[[[0.25]]]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[[[3.0]]]], dtype=torch.float64, requires_grad=True)
+    addernet_cuda.adder2d(x, w).backward(torch.full((1, 1, 1, 1), 2.0, dtype=torch.float64))
+    assert x.grad.item() == pytest.approx(2.0 * 1.0)
+    assert w.grad.item() == pytest.approx(2.0 * (0.25 - 3.0))
+    x.grad = None
+    w2 = torch.tensor([[[[0.75]]]], dtype=torch.float64)
+    addernet_cuda.adder2d(x, w2, input_grad="hardtanh").backward(torch.ones(1, 1, 1, 1, dtype=torch.float64))
+    assert x.grad.item() == pytest.approx(0.5)
+    x.grad = None
+    addernet_cuda.adder2d(x, w2, input_grad="exact").backward(torch.ones(1, 1, 1, 1, dtype=torch.float64))
+    assert x.grad.item() == pytest.approx(1.0)
+
+
+def test_weight_grad_is_deterministic_and_thread_count_independent():
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
+    dy = torch.randn(reference.adder2d(x, w, b, **kw).shape)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            results.append(addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+def test_noncontiguous_inputs(layout):
+    x, w, b, kw = make(SHAPES[1])
+    if layout == "channels_last":
+        xs, ws = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        xs, ws = x.transpose(2, 3).contiguous().transpose(2, 3), w
+    else:
+        big = torch.zeros(x.shape[0], x.shape[1] * 2, x.shape[2], x.shape[3], dtype=x.dtype)
+        big[:, ::2] = x
+        xs, ws = big[:, ::2], w
+    assert not xs.is_contiguous() or layout == "channels_last"
+    dy = torch.randn(reference.adder2d(x, w, b, **kw).shape, dtype=x.dtype)
+    got = grads(addernet_cuda.adder2d, xs, ws, b, kw, dy)
+    want = grads(addernet_cuda.adder2d, x, w, b, kw, dy)
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a, r, rtol=0, atol=0)
+    noncontig_dy = dy.transpose(2, 3).contiguous().transpose(2, 3)
+    torch.testing.assert_close(grads(addernet_cuda.adder2d, x, w, b, kw, noncontig_dy)[1], want[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_cpu(dtype):
+    x, w, b, kw = make(SHAPES[0], dtype=torch.float32)
+    xs, ws, bs = x.to(dtype), w.to(dtype), b.to(dtype)
+    y = addernet_cuda.adder2d(xs, ws, bs, **kw)
+    assert y.dtype == dtype
+    want = addernet_cuda.adder2d(xs.float(), ws.float(), bs.float(), **kw)
+    torch.testing.assert_close(y.float(), want, rtol=1e-2, atol=0.25)
+
+
+def test_batch0_backward():
+    x, w, b, kw = make(SHAPES[-1])
+    _, gx, gw, gb = grads(addernet_cuda.adder2d, x, w, b, kw, torch.zeros(0, 4, 5, 5, dtype=torch.float64))
+    assert gx.shape == x.shape and torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
+
+
+def test_double_backward_raises():
+    x, w, b, kw = make(SHAPES[0])
+    x.requires_grad_()
+    y = addernet_cuda.adder2d(x, w.requires_grad_(), b, **kw)
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+@pytest.mark.parametrize("device", devices)
+def test_autocast_runs_in_float32(device):
+    x, w, b, kw = make(SHAPES[0], dtype=torch.float32, device=device)
+    dtype = torch.bfloat16
+    with torch.autocast(device, dtype=dtype):
+        y = addernet_cuda.adder2d(x.to(dtype), w, b, **kw)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, addernet_cuda.adder2d(x.to(dtype).float(), w, b, **kw))
+
+
+def opcheck_samples():
+    samples = []
+    for i, shape in enumerate([SHAPES[0], SHAPES[1], SHAPES[5], SHAPES[6], SHAPES[-1]]):
+        for dtype in (torch.float32, torch.float64):
+            x, w, b, kw = make(shape, dtype=dtype, bias=(i % 2 == 0), seed=i)
+            if i == 1:
+                x = x.to(memory_format=torch.channels_last)
+            samples.append((x.requires_grad_(), w.requires_grad_(), b, kw))
+    return samples
+
+
+@pytest.mark.parametrize("index", range(len(opcheck_samples())))
+def test_opcheck(index):
+    x, w, b, kw = opcheck_samples()[index]
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    args = [pair(kw["stride"]), pair(kw["padding"]), pair(kw["dilation"]), kw["groups"]]
+    torch.library.opcheck(torch.ops.addernet.adder2d.default, (x, w, b, *args, "hardtanh"))
+    y = torch.ops.addernet.adder2d(x, w, b, *args)
+    dy = torch.randn_like(y)
+    torch.library.opcheck(torch.ops.addernet.adder2d_input_grad.default,
+                          (dy, x.detach(), w.detach(), *args, "exact"))
+    torch.library.opcheck(torch.ops.addernet.adder2d_weight_grad.default, (dy, x.detach(), w.detach(), *args))
+
+
+class SmallAdderNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.adder = addernet_cuda.AdderConv2d(8, 8, 3, stride=2, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.adder(self.conv(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch.manual_seed(0)
+    model = SmallAdderNet()
+    x = torch.randn(4, 3, 16, 16)
+    compiled = torch.compile(model, fullgraph=True)
+    y_eager = model(x)
+    y_compiled = compiled(x)
+    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-4, atol=1e-4)
+    y_compiled.sum().backward()
+    g_compiled = model.adder.weight.grad.clone()
+    model.zero_grad()
+    model(x).sum().backward()
+    torch.testing.assert_close(g_compiled, model.adder.weight.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_torch_export():
+    torch.manual_seed(0)
+    model = SmallAdderNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    exported = torch.export.export(model, (x,))
+    assert any("addernet.adder2d" in str(node.target) for node in exported.graph.nodes)
+    torch.testing.assert_close(exported.module()(x), model(x))
+
+
+# Bad input: each error names the argument and says what was expected and what came.
+def _bad_calls():
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.randn(6, 4, 3, 3)
+    return [
+        ("input must be 4-D", lambda: addernet_cuda.adder2d(x[0], w)),
+        ("weight must be 4-D", lambda: addernet_cuda.adder2d(x, w[0])),
+        ("weight.size\\(1\\) must be in_channels / groups", lambda: addernet_cuda.adder2d(x, torch.randn(6, 3, 3, 3))),
+        ("groups \\(3\\) must divide the input channels", lambda: addernet_cuda.adder2d(x, torch.randn(6, 1, 3, 3), groups=3)),
+        ("groups \\(4\\) must divide the output channels", lambda: addernet_cuda.adder2d(x, torch.randn(6, 1, 3, 3), groups=4)),
+        ("weight dtype torch.float64 does not match input dtype torch.float32", lambda: addernet_cuda.adder2d(x, w.double())),
+        ("weight is on meta but input is on cpu", lambda: addernet_cuda.adder2d(x, w.to("meta"))),
+        ("bias must have shape \\[6\\]", lambda: addernet_cuda.adder2d(x, w, torch.randn(5))),
+        ("padding must be >= 0", lambda: addernet_cuda.adder2d(x, w, padding=-1)),
+        ("stride must be >= 1", lambda: addernet_cuda.adder2d(x, w, stride=0)),
+        ("dilation must be >= 1", lambda: addernet_cuda.adder2d(x, w, dilation=(1, 0))),
+        ("stride must be an int or a pair of ints", lambda: addernet_cuda.adder2d(x, w, stride=(1, 2, 3))),
+        ("larger than the padded input", lambda: addernet_cuda.adder2d(x, torch.randn(6, 4, 11, 3), padding=1)),
+        ("input_grad must be \"hardtanh\" or \"exact\"", lambda: addernet_cuda.adder2d(x, w, input_grad="sign")),
+        ("input must be a floating-point tensor", lambda: addernet_cuda.adder2d(x.long(), w.long())),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_bad_calls())))
+def test_bad_input_python(index):
+    pattern, call = _bad_calls()[index]
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        call()
+
+
+def test_bad_input_reaches_cpp_checks_too():
+    # The raw op, without the Python wrapper, must refuse with the same message.
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 3, 3, 3)
+    with pytest.raises(RuntimeError, match="weight.size\\(1\\) must be in_channels / groups"):
+        torch.ops.addernet.adder2d(x, w, None, [1, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="larger than the padded input"):
+        torch.ops.addernet.adder2d(x, torch.randn(6, 4, 9, 9), None, [1, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="grad_output must have the output's shape"):
+        torch.ops.addernet.adder2d_weight_grad(torch.randn(2, 6, 5, 5), x, torch.randn(6, 4, 3, 3),
+                                               [1, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="mode must be"):
+        torch.ops.addernet.adder2d_input_grad(torch.randn(2, 6, 6, 6), x, torch.randn(6, 4, 3, 3),
+                                              [1, 1], [0, 0], [1, 1], 1, "sign")

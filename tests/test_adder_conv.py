@@ -1,0 +1,326 @@
+"""Tests of AdderConv2d, adderize and AdderNet's adaptive learning rate (addernet_cuda/nn)."""
+import copy
+import math
+import os
+import socket
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+import addernet_cuda
+from addernet_cuda import AdderConv2d, adderize, reference
+
+CONFIGS = [
+    dict(in_channels=4, out_channels=6, kernel_size=3),
+    dict(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=2, padding=1, bias=False),
+    dict(in_channels=4, out_channels=8, kernel_size=3, padding="same", dilation=2, groups=2),
+    dict(in_channels=4, out_channels=6, kernel_size=4, padding="same"),  # asymmetric 'same'
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding="valid"),
+    dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4, padding_mode="reflect"),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=(2, 1), padding_mode="circular"),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, padding_mode="replicate"),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_constructor_attributes_and_state_dict_match_conv2d(cfg):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**cfg)
+    adder = AdderConv2d(**cfg)
+    for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                 "padding_mode", "transposed", "output_padding"):
+        assert getattr(adder, attr) == getattr(conv, attr), attr
+    assert {k: v.shape for k, v in adder.state_dict().items()} == {k: v.shape for k, v in conv.state_dict().items()}
+    adder.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(adder.weight, conv.weight)
+    x = torch.randn(2, 4, 9, 8)
+    assert adder(x).shape == conv(x).shape
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_forward_matches_reference_on_padded_input(cfg):
+    torch.manual_seed(1)
+    adder = AdderConv2d(**cfg, dtype=torch.float64)
+    conv = nn.Conv2d(**cfg, dtype=torch.float64)  # its padding arithmetic is the yardstick
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    pad = conv._reversed_padding_repeated_twice
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    xp = F.pad(x, pad, mode=mode)
+    want = reference.adder2d(xp, adder.weight, adder.bias, adder.stride, 0, adder.dilation, adder.groups)
+    torch.testing.assert_close(adder(x), want)
+
+
+def test_defaults_and_init():
+    layer = AdderConv2d(16, 32, 3)
+    assert layer.eta == 0.2 and layer.input_grad == "hardtanh" and layer.bias is not None
+    assert layer.padding_mode == "zeros" and layer.stride == (1, 1)
+    # The official code draws weights from N(0, 1).
+    assert abs(layer.weight.std().item() - 1.0) < 0.1 and abs(layer.weight.mean().item()) < 0.1
+    assert "eta=0.2" in repr(layer)
+    assert not isinstance(layer, nn.Conv2d)
+    layer.eta = None
+    assert layer.eta is None
+    with pytest.raises(ValueError, match="eta must be a positive"):
+        layer.eta = -1.0
+    with pytest.raises(ValueError, match="input_grad must be"):
+        AdderConv2d(4, 4, 3, input_grad="sign")
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided"):
+        AdderConv2d(4, 4, 3, stride=2, padding="same")
+
+
+def test_device_dtype_copies_and_reassignment_keep_the_tag(tmp_path):
+    layer = AdderConv2d(4, 4, 3, dtype=torch.float64, eta=0.3)
+    assert layer.weight.dtype == torch.float64
+    tagged = lambda m: addernet_cuda.nn.adaptive_lr.adaptive_lr_eta(m.weight)  # noqa: E731
+    clone = copy.deepcopy(layer)
+    assert clone.eta == 0.3 and tagged(clone) == 0.3
+    layer.float()
+    assert tagged(layer) == 0.3
+    layer.weight = nn.Parameter(torch.randn(4, 4, 3, 3))
+    assert tagged(layer) == 0.3
+    layer.load_state_dict({"weight": torch.randn(4, 4, 3, 3), "bias": torch.randn(4)}, assign=True)
+    assert tagged(layer) == 0.3
+    torch.save(layer, tmp_path / "layer.pt")
+    loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+    assert loaded.eta == 0.3 and tagged(loaded) == 0.3
+
+
+class PlainNet(nn.Module):
+    """conv -> adder -> conv, with BatchNorm only after the first adder layer."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=bias), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 1, bias=False), nn.ReLU())
+        self.classifier = nn.Conv2d(8, 10, 1)
+
+    def forward(self, x):
+        return self.classifier(self.body(self.stem(x))).mean((2, 3))
+
+
+def test_adderize_keeps_first_and_classifier_and_warns():
+    model = PlainNet(bias=True)
+    with pytest.warns(UserWarning, match=r"not followed by a normalisation layer: \['body.3'\]"):
+        adderize(model)
+    assert type(model.stem) is nn.Conv2d and type(model.classifier) is nn.Conv2d
+    assert isinstance(model.body[0], AdderConv2d) and model.body[0].bias is not None
+    assert isinstance(model.body[3], AdderConv2d) and model.body[3].bias is None
+    assert model.body[0].padding == (1, 1)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_adderize_options():
+    model = PlainNet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adderize(model, keep_first=False, keep_classifier=False, exclude=["body.3"], eta=None, input_grad="exact")
+    assert isinstance(model.stem, AdderConv2d) and isinstance(model.classifier, AdderConv2d)
+    assert type(model.body[3]) is nn.Conv2d
+    assert model.stem.eta is None and model.stem.input_grad == "exact"
+    with pytest.raises(ValueError, match="not in the model"):
+        adderize(PlainNet(), exclude=["nope"])
+    # A Linear classifier after the last conv: the last conv is an ordinary layer and is swapped.
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
+                        nn.Flatten(), nn.Linear(4, 2))
+    adderize(seq)
+    assert type(seq[0]) is nn.Conv2d and isinstance(seq[2], AdderConv2d)
+
+
+# Adaptive learning rate: the same update in every training set-up. The model has no BatchNorm
+# (its batch statistics differ between one batch and micro-batches).
+class Scale(nn.Module):
+    """Brings adder outputs (sums of |x - w| over many taps) into tanh's working range."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), AdderConv2d(6, 8, 3, stride=2, padding=1), Scale(1 / 40),
+                         nn.Tanh(), AdderConv2d(8, 8, 1, bias=False, eta=0.1), Scale(1 / 10), nn.Flatten(),
+                         nn.Linear(8 * 16, 5))
+
+
+ADDER_PARAMS = (2, 4)  # indices of the adder weights in model.parameters()
+
+
+def make_data(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 5, (8,), generator=g)
+
+
+def loss_fn(model, x, y):
+    return F.cross_entropy(model(x) / 100.0, y)
+
+
+def make_opt(model):
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+STEPS = 3
+
+
+def train_official():
+    """The official update: raw gradient, then grad *= eta*sqrt(numel)/||grad|| per adder layer
+    (as the official autograd function does), then SGD with weight decay and momentum."""
+    model = make_model()
+    x, y = make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for m in model.modules():
+        if isinstance(m, AdderConv2d):
+            m.eta = None  # no hook: rescale by hand below
+    etas = {id(model[1].weight): 0.2, id(model[4].weight): 0.1}
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if id(p) in etas:
+                    p.grad *= etas[id(p)] * math.sqrt(p.numel()) / p.grad.norm().clamp(min=1e-12)
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def train_plain():
+    model = make_model()
+    x, y = make_data()
+    opt = make_opt(model)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def train_micro_batches(chunks=4):
+    model = make_model()
+    x, y = make_data()
+    opt = make_opt(model)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        for xc, yc in zip(x.chunk(chunks), y.chunk(chunks)):
+            (loss_fn(model, xc, yc) / chunks).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def train_grad_scaler():
+    model = make_model()
+    x, y = make_data()
+    opt = make_opt(model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        scaler.scale(loss_fn(model, x, y)).backward()
+        scaler.step(opt)
+        scaler.update()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def assert_same_params(a, b):
+    initial = list(make_model().parameters())
+    for i in ADDER_PARAMS:  # the comparison means something only if the adder weights moved
+        assert (a[i] - initial[i]).abs().max() > 1e-3, f"adder weight {i} did not move"
+    for i, (p, q) in enumerate(zip(a, b)):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=lambda m: f"parameter {i}: {m}")
+
+
+def test_adaptive_lr_matches_official_update_single_batch():
+    official = train_official()
+    plain = train_plain()
+    assert_same_params(plain, official)
+    # Without the rescaling the update differs.
+    model = make_model()
+    model[1].eta = model[4].eta = None
+    x, y = make_data()
+    opt = make_opt(model)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+    assert not torch.allclose(model[1].weight, plain[2], atol=1e-3)
+
+
+def test_adaptive_lr_under_gradient_accumulation():
+    assert_same_params(train_micro_batches(), train_official())
+
+
+def test_adaptive_lr_under_grad_scaler():
+    assert_same_params(train_grad_scaler(), train_official())
+
+
+def test_grad_scaler_skipped_step_leaves_weights_alone():
+    model = make_model()
+    opt = make_opt(model)
+    scaler = torch.amp.GradScaler("cpu")
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = make_data()
+    scaler.scale(loss_fn(model, x, y)).backward()
+    model[1].weight.grad[0, 0, 0, 0] = float("inf")
+    scaler.step(opt)
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+
+
+def test_step_pre_hook_is_idempotent():
+    model = make_model()
+    x, y = make_data()
+    loss_fn(model, x, y).backward()
+    addernet_cuda.rescale_adder_grads(model.parameters())
+    once = model[1].weight.grad.clone()
+    addernet_cuda.rescale_adder_grads(model.parameters())
+    torch.testing.assert_close(model[1].weight.grad, once)
+    assert once.norm().item() == pytest.approx(0.2 * math.sqrt(model[1].weight.numel()), rel=1e-5)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import datetime
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(make_model())
+        x, y = make_data()
+        xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+        opt = make_opt(model)
+        for _ in range(STEPS):
+            opt.zero_grad()
+            loss_fn(model, xs, ys).backward()
+            opt.step()
+        if rank == 0:
+            torch.save([p.detach().clone() for p in model.module.parameters()], out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_adaptive_lr_under_ddp_two_processes(tmp_path):
+    out = str(tmp_path / "params.pt")
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            pytest.fail("DDP worker did not finish in 120 s")
+        assert p.exitcode == 0, f"DDP worker exited with {p.exitcode}"
+    assert_same_params(torch.load(out), train_official())
