@@ -119,8 +119,8 @@ def count_ops(model: nn.Module, input_size: Optional[Tuple[int, ...]] = None) ->
     try:
         with FakeTensorMode(allow_non_fake_inputs=True):
             param = next(model.parameters(), None)
-            dtype = param.dtype if param is not None else torch.float32
-            model(torch.empty((1, *input_size), dtype=dtype))
+            opts = {"dtype": param.dtype, "device": param.device} if param is not None else {}
+            model(torch.empty((1, *input_size), **opts))
     finally:
         for h in handles:
             h.remove()
