@@ -19,6 +19,16 @@ from addernet_cuda.train import Config, parse_config, run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are small: one thread is as fast, and immune to the slowdown of OpenMP
+    threads competing with other jobs for the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def cfg(tmp_path, **kw):
     base = dict(dataset="synthetic", epochs=1, synthetic_size=64, progress=False, out=str(tmp_path / "run"))
     base.update(kw)
