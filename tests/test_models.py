@@ -183,3 +183,26 @@ def test_op_count_leaves_model_alone():
     assert model.training
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# Every count of docs/training.md's table: (model, classes, head, kwargs) -> (CNN mul, ANN mul, ANN add)
+DOC_TABLE = [
+    ("resnet20", 10, "linear", {}, 40_813_184, 443_008, 81_183_360),
+    ("resnet20", 100, "linear", {}, 40_818_944, 448_768, 81_189_120),
+    ("resnet20", 100, "slac", {}, None, 461_668, 81_202_120),
+    ("resnet32", 10, "linear", {}, 69_124_736, 443_008, 137_806_464),
+    ("vgg_small", 10, "linear", {}, 607_600_640, 3_620_864, 1_211_580_416),
+    ("resnet18", 1000, "linear", {}, 1_814_073_344, 118_525_952, 3_509_620_736),
+    ("resnet50", 1000, "linear", {}, 4_089_184_256, 120_061_952, 8_058_306_560),
+    ("resnet50", 1000, "linear", {"stride_in_1x1": True}, 3_857_973_248, 120_061_952, 7_595_884_544),
+]
+
+
+@pytest.mark.parametrize("name,classes,head,kwargs,cnn_mul,ann_mul,ann_add", DOC_TABLE)
+def test_op_counts_of_the_docs_table(name, classes, head, kwargs, cnn_mul, ann_mul, ann_add):
+    factory = MODELS[name]
+    if cnn_mul is not None:
+        cnn = count_ops(factory(classes, head=head, cnn=True, **kwargs))
+        assert cnn.mul == cnn.add == cnn_mul
+    ann = count_ops(factory(classes, head=head, **kwargs))
+    assert (ann.mul, ann.add) == (ann_mul, ann_add)
