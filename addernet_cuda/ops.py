@@ -195,7 +195,7 @@ def adder2d(
     _check_mode(input_grad)
     if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
         raise TypeError(f"adder2d: groups must be an int, got {groups!r}")
-    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+    if isinstance(input, Tensor) and input.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(input.device.type):
         # The autocast policy above, applied before the dtype checks see mixed dtypes.
         input, weight = input.float(), weight.float()
         bias = bias.float() if bias is not None else None

@@ -182,6 +182,12 @@ def test_autocast_runs_in_float32(device):
     torch.testing.assert_close(y, addernet_cuda.adder2d(x.to(dtype).float(), w, b, **kw))
 
 
+def test_meta_tensors_give_shapes():
+    x, w = torch.empty(2, 4, 9, 7, device="meta"), torch.empty(6, 2, 3, 3, device="meta")
+    y = addernet_cuda.adder2d(x, w, stride=2, padding=1, groups=2)
+    assert y.device.type == "meta" and y.shape == (2, 6, 5, 4)
+
+
 def opcheck_samples():
     samples = []
     for i, shape in enumerate([SHAPES[0], SHAPES[1], SHAPES[5], SHAPES[6], SHAPES[-1]]):
