@@ -226,11 +226,28 @@ static inline int64_t input_grad_border(const Adder2dShape& s) {
   return b > 0 ? b : 0;
 }
 
+// At stride 1 the input rows are processed Wp = W rounded up to whole vectors wide (through
+// zero-padded copies of the plane when W is not a multiple), and the bordered dY rows are wide
+// enough for that: every tap then runs whole vectors only.
+template <typename T>
+static int64_t input_grad_row_width(const Adder2dShape& s) {
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  return (s.in_w + VL - 1) / VL * VL;
+}
+
+static inline int64_t input_grad_dy_row(const Adder2dShape& s, int64_t wp) {
+  const int64_t border = input_grad_border(s);
+  const int64_t a = s.out_w + 2 * border, b = border + s.pad_w + wp;
+  return a > b ? a : b;
+}
+
 // Scratch elements input_grad_plane needs.
-static inline int64_t input_grad_scratch(const Adder2dShape& s) {
-  const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
-  const int64_t row = s.out_w + (unit_stride ? 2 * input_grad_border(s) : 0);
-  return s.out_channels_per_group * (1 + s.out_h * row);
+template <typename T>
+static int64_t input_grad_scratch(const Adder2dShape& s) {
+  const int64_t cog = s.out_channels_per_group;
+  if (s.stride_h != 1 || s.stride_w != 1) return cog * (1 + s.out_h * s.out_w);
+  const int64_t wp = input_grad_row_width<T>(s);
+  return cog * (1 + s.out_h * input_grad_dy_row(s, wp)) + (wp != s.in_w ? 2 * s.in_h * wp : 0);
 }
 
 // dX of one input plane (n, c). dy: dY[n, g*Cog] (the group's output channels), x and gx: the
@@ -245,21 +262,35 @@ static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x
   T* dyc = scratch + cog;  // dY with zero-bordered rows (stride 1) or transposed (stride > 1)
   const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
   const int64_t border = unit_stride ? input_grad_border(s) : 0;
-  const int64_t row = s.out_w + 2 * border;
+  const int64_t wp = unit_stride ? input_grad_row_width<T>(s) : s.in_w;
+  const int64_t row = unit_stride ? input_grad_dy_row(s, wp) : s.out_w;
   if (!reuse) {
     for (int64_t co = 0; co < cog; ++co)
       for (int64_t oh = 0; oh < s.out_h; ++oh) {
         const T* src = dy + co * L + oh * s.out_w;
         if (unit_stride) {
           T* dst = dyc + (co * s.out_h + oh) * row;
-          for (int64_t j = 0; j < border; ++j) dst[j] = dst[border + s.out_w + j] = T(0);
+          for (int64_t j = 0; j < border; ++j) dst[j] = T(0);
           for (int64_t j = 0; j < s.out_w; ++j) dst[border + j] = src[j];
+          for (int64_t j = border + s.out_w; j < row; ++j) dst[j] = T(0);
         } else {
           for (int64_t j = 0; j < s.out_w; ++j) dyc[(oh * s.out_w + j) * cog + co] = src[j];
         }
       }
   }
-  for (int64_t i = 0; i < s.in_h * s.in_w; ++i) gx[i] = T(0);
+  // Rows of wp elements: the plane itself, or zero-padded copies when W is not a multiple of the
+  // vector width (padded lanes read dY's zero columns and are dropped).
+  const bool widened = wp != s.in_w;
+  const T* xs = x;
+  T* gs = gx;
+  if (widened) {
+    T* xw = scratch + cog * (1 + s.out_h * row);
+    gs = xw + s.in_h * wp;
+    for (int64_t h = 0; h < s.in_h; ++h)
+      for (int64_t j = 0; j < wp; ++j) xw[h * wp + j] = j < s.in_w ? x[h * s.in_w + j] : T(0);
+    xs = xw;
+  }
+  for (int64_t i = 0; i < s.in_h * wp; ++i) gs[i] = T(0);
   for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
     int64_t oh0, oh1;
     adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
@@ -270,8 +301,8 @@ static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x
         const int64_t ow0 = s.pad_w - kw * s.dilation_w;
         for (int64_t oh = oh0; oh < oh1; ++oh) {
           const int64_t ih = adder2d_in_index(oh, kh, 1, s.pad_h, s.dilation_h);
-          input_grad_row<T, SIGN>(dyc + oh * row + border + ow0, s.out_h * row, x + ih * s.in_w,
-                                  wtap, cog, gx + ih * s.in_w, s.in_w);
+          input_grad_row<T, SIGN>(dyc + oh * row + border + ow0, s.out_h * row, xs + ih * wp,
+                                  wtap, cog, gs + ih * wp, wp);
         }
       } else {
         // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
@@ -286,6 +317,9 @@ static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x
       }
     }
   }
+  if (widened)
+    for (int64_t h = 0; h < s.in_h; ++h)
+      for (int64_t j = 0; j < s.in_w; ++j) gx[h * s.in_w + j] = gs[h * wp + j];
 }
 
 template <typename T>
@@ -390,7 +424,7 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
 template <typename T>
 KernelSet<T> make_kernel_set() {
   return KernelSet<T>{&forward_tile<T>,      &input_grad_plane<T>, &weight_grad_block<T>,
-                      &input_grad_scratch,   &weight_grad_scratch<T>, weight_grad_taps<T>(),
+                      &input_grad_scratch<T>,   &weight_grad_scratch<T>, weight_grad_taps<T>(),
                       TILE_P,                TILE_K * TILE_P};
 }
 
