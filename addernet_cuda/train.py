@@ -4,7 +4,7 @@ The SLAC paper's CIFAR recipe is the default: SGD (learning rate 0.1, momentum 0
 5e-4), cosine learning rate, batch 256, the covariance's learning rate divided by 100 (1000 and
 weight decay 1e-5 for ImageNet), ``lam = 0.01``, ``beta = 0.1``. AdderNet's adaptive learning
 rate is applied by ``AdderConv2d`` itself (``--eta``). Epochs default to the paper's (800 CIFAR,
-300 ImageNet); MNIST has its own defaults (see ``DATASET_DEFAULTS`` and docs/training.md).
+300 ImageNet); MNIST has its own defaults (see ``DATASET_DEFAULTS`` and the README).
 
 Schedule: the cosine runs per step, from the base rate to 0 over all the steps of the run, after an
 optional linear warm-up (``--warmup-epochs``); each parameter group keeps its ratio to the base
@@ -57,7 +57,7 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # The paper's ImageNet recipe.
     "imagenet": dict(model="resnet18", epochs=300, batch_size=256, lr=0.1, weight_decay=1e-5, cov_lr_scale=1000.0),
     # MNIST is not in the paper's recipe (only its Figure 3): the CIFAR recipe unchanged (one epoch
-    # of it already trains the LeNet-5 ANN past 98%, see docs/training.md), and 10 epochs.
+    # of it already trains the LeNet-5 ANN past 98%, see the README), and 10 epochs.
     "mnist": dict(model="lenet5", epochs=10, batch_size=256, lr=0.1, weight_decay=5e-4, cov_lr_scale=100.0),
     "synthetic": dict(model="lenet5", epochs=1, batch_size=32, lr=0.05, weight_decay=5e-4, cov_lr_scale=100.0),
 }

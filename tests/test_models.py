@@ -185,7 +185,7 @@ def test_op_count_leaves_model_alone():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-# Every count of docs/training.md's table: (model, classes, head, kwargs) -> (CNN mul, ANN mul, ANN add)
+# Every count of the README's operation-count table: (model, classes, head, kwargs) -> (CNN mul, ANN mul, ANN add)
 DOC_TABLE = [
     ("resnet20", 10, "linear", {}, 40_813_184, 443_008, 81_183_360),
     ("resnet20", 100, "linear", {}, 40_818_944, 448_768, 81_189_120),
