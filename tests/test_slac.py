@@ -503,7 +503,7 @@ def test_imagenet_head_memory():
     """B = 256, K = 1000, d = 2048 forward + backward in a fresh process: peak RSS over the set-up
     stays far below one B x K x d float32 tensor (2000 MiB)."""
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_slac_head.py"),
-                          "--warmup", "0", "--repeats", "1"],
+                          "--head", "slac", "--warmup", "0", "--repeats", "1"],
                          capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(out.stdout)
     assert result["peak_rss_minus_setup_MiB"] < 400, result
