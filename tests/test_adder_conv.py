@@ -305,6 +305,7 @@ def _ddp_worker(rank, world, port, out):
             opt.step()
         if rank == 0:
             torch.save([p.detach().clone() for p in model.module.parameters()], out)
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
