@@ -40,3 +40,12 @@ def cpu_isa(request):
     _extension._C.set_cpu_isa(request.param)
     yield request.param
     _extension._C.set_cpu_isa(previous)
+
+
+@pytest.fixture
+def one_thread():
+    """Runs the test on one thread (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

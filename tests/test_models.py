@@ -8,14 +8,8 @@ from addernet_cuda import AdderConv2d, LGMLoss, LSoftmaxLoss, MoMLoss, SkewLapla
 from addernet_cuda.models import (HEADS, MODELS, HeadLoss, LinearHead, build_model, count_ops, head_logits,
                                   head_param_groups, resnet20, resnet32, resnet50)
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are small: one thread is as fast, and immune to the slowdown of OpenMP
-    threads competing with other jobs for the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Small models: one thread is as fast, and immune to OpenMP threads competing with other jobs.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 HEAD_TYPES = {"linear": LinearHead, "slac": SkewLaplaceMixture, "lgm": LGMLoss, "mom": MoMLoss,

@@ -19,14 +19,8 @@ from addernet_cuda.train import Config, parse_config, run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are small: one thread is as fast, and immune to the slowdown of OpenMP
-    threads competing with other jobs for the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Small models: one thread is as fast, and immune to OpenMP threads competing with other jobs.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(tmp_path, **kw):
