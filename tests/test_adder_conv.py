@@ -176,7 +176,7 @@ def train_official():
     (as the official autograd function does), then SGD with weight decay and momentum."""
     model = make_model()
     x, y = make_data()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt = make_opt(model)
     for m in model.modules():
         if isinstance(m, AdderConv2d):
             m.eta = None  # no hook: rescale by hand below
