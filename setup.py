@@ -13,6 +13,7 @@ Environment switches:
 Build against the torch you run with: ``pip install --no-build-isolation .``. The package
 refuses to import an extension built against another torch (addernet_cuda/_extension.py).
 """
+
 import glob
 import os
 import platform

@@ -9,14 +9,37 @@ reference (:mod:`addernet_cuda.reference`). For classification it provides the s
 head and the SLAC loss (:class:`SkewLaplaceMixture`, :class:`SLACLoss`) and the baseline losses
 :class:`LGMLoss`, :class:`MoMLoss`, :class:`LSoftmaxLoss` and :class:`SoftmaxLoss`.
 """
+
+from . import reference
 from ._extension import build_info
-from .nn import AdderConv2d, adderize, rescale_adder_grads, set_adaptive_lr
-from .nn import LGMLoss, LSoftmaxLoss, MoMLoss, SkewLaplaceMixture, SLACLoss, SoftmaxLoss
+from .nn import (
+    AdderConv2d,
+    LGMLoss,
+    LSoftmaxLoss,
+    MoMLoss,
+    SkewLaplaceMixture,
+    SLACLoss,
+    SoftmaxLoss,
+    adderize,
+    rescale_adder_grads,
+    set_adaptive_lr,
+)
 from .ops import adder2d
 from .version import __version__
 
-from . import reference  # noqa: E402  (after ops: the reference reuses its argument checks)
-
-__all__ = ["AdderConv2d", "adder2d", "adderize", "build_info", "reference", "rescale_adder_grads",
-           "set_adaptive_lr", "__version__",
-           "SkewLaplaceMixture", "SLACLoss", "LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]
+__all__ = [
+    "AdderConv2d",
+    "adder2d",
+    "adderize",
+    "build_info",
+    "reference",
+    "rescale_adder_grads",
+    "set_adaptive_lr",
+    "__version__",
+    "SkewLaplaceMixture",
+    "SLACLoss",
+    "LGMLoss",
+    "MoMLoss",
+    "LSoftmaxLoss",
+    "SoftmaxLoss",
+]

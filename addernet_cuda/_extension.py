@@ -4,6 +4,7 @@ An extension compiled against one torch and loaded with another fails in obscure
 (undefined symbols, or worse, silent ABI mismatches). This module refuses both cases with an
 instruction to rebuild.
 """
+
 import importlib
 
 import torch

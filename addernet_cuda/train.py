@@ -21,6 +21,7 @@ evenly over the processes; every process loads the data, takes a disjoint shard 
 permutation and evaluates a disjoint shard of the test set, and the counts are summed. Only rank 0
 writes files and shows progress bars. BatchNorm statistics are per process, as in plain DDP.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,19 +48,37 @@ from . import data as data_mod
 from .models import HEADS, MODELS, HeadLoss, build_model, count_ops, head_param_groups
 from .version import __version__
 
-__all__ = ["Config", "DATASET_DEFAULTS", "build_parser", "parse_config", "run", "main", "load_checkpoint_model"]
+__all__ = [
+    "Config",
+    "DATASET_DEFAULTS",
+    "build_parser",
+    "parse_config",
+    "run",
+    "main",
+    "load_checkpoint_model",
+]
 
 # Dataset-dependent defaults, used where the command line leaves a value unset.
 DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # The paper's CIFAR recipe.
-    "cifar10": dict(model="resnet20", epochs=800, batch_size=256, lr=0.1, weight_decay=5e-4, cov_lr_scale=100.0),
-    "cifar100": dict(model="resnet20", epochs=800, batch_size=256, lr=0.1, weight_decay=5e-4, cov_lr_scale=100.0),
+    "cifar10": dict(
+        model="resnet20", epochs=800, batch_size=256, lr=0.1, weight_decay=5e-4, cov_lr_scale=100.0
+    ),
+    "cifar100": dict(
+        model="resnet20", epochs=800, batch_size=256, lr=0.1, weight_decay=5e-4, cov_lr_scale=100.0
+    ),
     # The paper's ImageNet recipe.
-    "imagenet": dict(model="resnet18", epochs=300, batch_size=256, lr=0.1, weight_decay=1e-5, cov_lr_scale=1000.0),
+    "imagenet": dict(
+        model="resnet18", epochs=300, batch_size=256, lr=0.1, weight_decay=1e-5, cov_lr_scale=1000.0
+    ),
     # MNIST is not in the paper's recipe (only its Figure 3): the CIFAR recipe unchanged (one epoch
     # of it already trains the LeNet-5 ANN past 98%, see the README), and 10 epochs.
-    "mnist": dict(model="lenet5", epochs=10, batch_size=256, lr=0.1, weight_decay=5e-4, cov_lr_scale=100.0),
-    "synthetic": dict(model="lenet5", epochs=1, batch_size=32, lr=0.05, weight_decay=5e-4, cov_lr_scale=100.0),
+    "mnist": dict(
+        model="lenet5", epochs=10, batch_size=256, lr=0.1, weight_decay=5e-4, cov_lr_scale=100.0
+    ),
+    "synthetic": dict(
+        model="lenet5", epochs=1, batch_size=32, lr=0.05, weight_decay=5e-4, cov_lr_scale=100.0
+    ),
 }
 
 
@@ -107,7 +126,9 @@ class Config:
     def resolved(self) -> "Config":
         """A copy with the dataset defaults filled in and the output folder named."""
         if self.dataset not in DATASET_DEFAULTS:
-            raise ValueError(f"dataset must be one of {sorted(DATASET_DEFAULTS)}, got {self.dataset!r}")
+            raise ValueError(
+                f"dataset must be one of {sorted(DATASET_DEFAULTS)}, got {self.dataset!r}"
+            )
         cfg = dataclasses.replace(self)
         for key, value in DATASET_DEFAULTS[cfg.dataset].items():
             if getattr(cfg, key) is None:
@@ -117,7 +138,10 @@ class Config:
         if cfg.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {cfg.head!r}")
         if cfg.out is None:
-            cfg.out = os.path.join("runs", f"{cfg.dataset}-{cfg.model}{'-cnn' if cfg.cnn else ''}-{cfg.head}-s{cfg.seed}")
+            cfg.out = os.path.join(
+                "runs",
+                f"{cfg.dataset}-{cfg.model}{'-cnn' if cfg.cnn else ''}-{cfg.head}-s{cfg.seed}",
+            )
         return cfg
 
 
@@ -129,36 +153,76 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m addernet_cuda.train",
         description="Train an AdderNet (or its CNN twin) with a softmax, SLAC, LGM, MoM or L-Softmax head.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     d = Config()
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default=d.dataset, choices=data_mod.DATASETS)
-    g.add_argument("--data-dir", default=None, help="CIFAR: folder with cifar-10-batches-py/ or cifar-100-python/; "
-                   "ImageNet: folder with train/ and val/ (ImageFolder)")
-    g.add_argument("--model", default=None, choices=sorted(MODELS), help="default: lenet5 (MNIST), resnet20 (CIFAR), "
-                   "resnet18 (ImageNet)")
-    g.add_argument("--cnn", action="store_true", help="the CNN twin (nn.Conv2d in place of the adder layers)")
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="CIFAR: folder with cifar-10-batches-py/ or cifar-100-python/; "
+        "ImageNet: folder with train/ and val/ (ImageFolder)",
+    )
+    g.add_argument(
+        "--model",
+        default=None,
+        choices=sorted(MODELS),
+        help="default: lenet5 (MNIST), resnet20 (CIFAR), resnet18 (ImageNet)",
+    )
+    g.add_argument(
+        "--cnn", action="store_true", help="the CNN twin (nn.Conv2d in place of the adder layers)"
+    )
     g.add_argument("--head", default=d.head, choices=HEADS)
-    g.add_argument("--feat-dim", type=int, default=None, help="feature size (default: the model's natural size)")
-    g.add_argument("--synthetic-size", type=int, default=d.synthetic_size, help="training images of --dataset synthetic")
+    g.add_argument(
+        "--feat-dim",
+        type=int,
+        default=None,
+        help="feature size (default: the model's natural size)",
+    )
+    g.add_argument(
+        "--synthetic-size",
+        type=int,
+        default=d.synthetic_size,
+        help="training images of --dataset synthetic",
+    )
     g = p.add_argument_group("optimisation (unset values: the dataset's defaults)")
     g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None, help="global batch (split over processes)")
+    g.add_argument(
+        "--batch-size", type=int, default=None, help="global batch (split over processes)"
+    )
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="per process")
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--momentum", type=float, default=d.momentum)
     g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None)
-    g.add_argument("--head-weight-decay", type=float, default=d.head_weight_decay,
-                   help="weight decay of the distribution parameters (SLAC, LGM, MoM)")
-    g.add_argument("--cov-lr-scale", type=float, default=None, help="the covariance learning rate is lr / this")
+    g.add_argument(
+        "--head-weight-decay",
+        type=float,
+        default=d.head_weight_decay,
+        help="weight decay of the distribution parameters (SLAC, LGM, MoM)",
+    )
+    g.add_argument(
+        "--cov-lr-scale", type=float, default=None, help="the covariance learning rate is lr / this"
+    )
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    g.add_argument("--eta", type=_eta, default=d.eta, help="AdderNet adaptive learning rate ('none': off)")
+    g.add_argument(
+        "--eta", type=_eta, default=d.eta, help="AdderNet adaptive learning rate ('none': off)"
+    )
     g.add_argument("--input-grad", default=d.input_grad, choices=("hardtanh", "exact"))
-    g = p.add_argument_group("SLAC and the baselines (Table 4 ablations: --freeze-*, --lam, --beta)")
-    g.add_argument("--lam", type=float, default=d.lam, help="SLAC: weight of the negative log-likelihood")
-    g.add_argument("--beta", type=float, default=d.beta, help="SLAC: weight of the angle constraint (0: 'SL')")
-    g.add_argument("--full-ac-gradient", action="store_true",
-                   help="SLAC: differentiate the angle constraint through its target (default: target detached)")
+    g = p.add_argument_group(
+        "SLAC and the baselines (Table 4 ablations: --freeze-*, --lam, --beta)"
+    )
+    g.add_argument(
+        "--lam", type=float, default=d.lam, help="SLAC: weight of the negative log-likelihood"
+    )
+    g.add_argument(
+        "--beta", type=float, default=d.beta, help="SLAC: weight of the angle constraint (0: 'SL')"
+    )
+    g.add_argument(
+        "--full-ac-gradient",
+        action="store_true",
+        help="SLAC: differentiate the angle constraint through its target (default: target detached)",
+    )
     g.add_argument("--freeze-location", action="store_true")
     g.add_argument("--freeze-covariance", action="store_true")
     g.add_argument("--freeze-skewness", action="store_true")
@@ -168,18 +232,37 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--amp", default=d.amp, choices=("auto", "off", "bf16", "fp16"),
-                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with a GradScaler); "
-                        "never on the CPU")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's, or "
-                   "cores / processes under torchrun)")
-    g.add_argument("--workers", type=int, default=d.workers, help="ImageNet data-loading workers per process")
-    g.add_argument("--out", default=None, help="output folder (default runs/DATASET-MODEL-HEAD-sSEED)")
-    g.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint (no value: OUT/checkpoint.pt)")
+    g.add_argument(
+        "--amp",
+        default=d.amp,
+        choices=("auto", "off", "bf16", "fp16"),
+        help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with a GradScaler); "
+        "never on the CPU",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per process (default: torch's, or cores / processes under torchrun)",
+    )
+    g.add_argument(
+        "--workers", type=int, default=d.workers, help="ImageNet data-loading workers per process"
+    )
+    g.add_argument(
+        "--out", default=None, help="output folder (default runs/DATASET-MODEL-HEAD-sSEED)"
+    )
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="continue from a checkpoint (no value: OUT/checkpoint.pt)",
+    )
     g.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
     g.add_argument("--no-progress", dest="progress", action="store_false")
-    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cut epochs short (smoke tests)")
+    g.add_argument(
+        "--max-steps-per-epoch", type=int, default=None, help="cut epochs short (smoke tests)"
+    )
     g.add_argument("--dist-timeout", type=float, default=d.dist_timeout, help="seconds")
     return p
 
@@ -191,9 +274,15 @@ def parse_config(argv: Optional[List[str]] = None) -> Config:
 # ----------------------------------------------------------------------------------------------
 # Environment: device, processes, precision
 
+
 class _Dist:
     def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, local_world: int = 1):
-        self.rank, self.world, self.local_rank, self.local_world = rank, world, local_rank, local_world
+        self.rank, self.world, self.local_rank, self.local_world = (
+            rank,
+            world,
+            local_rank,
+            local_world,
+        )
 
     @property
     def main(self) -> bool:
@@ -241,7 +330,9 @@ def _init(cfg: Config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=ctx.rank, world_size=world, timeout=timedelta(seconds=cfg.dist_timeout))
+        dist.init_process_group(
+            backend, rank=ctx.rank, world_size=world, timeout=timedelta(seconds=cfg.dist_timeout)
+        )
     return ctx, device
 
 
@@ -259,27 +350,47 @@ def _amp(cfg: Config, device: torch.device):
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------------------------
 # Data
 
+
 class _FolderLoader:
     """ImageNet: a DataLoader over this process's part of an ImageFolder dataset."""
 
-    def __init__(self, dataset, batch_size: int, *, train: bool, seed: int, ctx: _Dist, device, workers: int,
-                 max_batches: Optional[int]):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int,
+        ctx: _Dist,
+        device,
+        workers: int,
+        max_batches: Optional[int],
+    ):
         from torch.utils.data import DataLoader, DistributedSampler, Subset
+
         self.sampler = None
         if train:
-            self.sampler = DistributedSampler(dataset, ctx.world, ctx.rank, shuffle=True, seed=seed, drop_last=True)
+            self.sampler = DistributedSampler(
+                dataset, ctx.world, ctx.rank, shuffle=True, seed=seed, drop_last=True
+            )
         else:
             dataset = Subset(dataset, range(ctx.rank, len(dataset), ctx.world))
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, shuffle=False,
-                                 num_workers=workers, pin_memory=torch.device(device).type == "cuda",
-                                 persistent_workers=workers > 0)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=torch.device(device).type == "cuda",
+            persistent_workers=workers > 0,
+        )
         self.device, self.max_batches = device, max_batches
 
     def set_epoch(self, epoch: int) -> None:
@@ -287,7 +398,11 @@ class _FolderLoader:
             self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.loader) if self.max_batches is None else min(len(self.loader), self.max_batches)
+        return (
+            len(self.loader)
+            if self.max_batches is None
+            else min(len(self.loader), self.max_batches)
+        )
 
     def __iter__(self):
         for step, (x, y) in enumerate(self.loader):
@@ -301,32 +416,68 @@ def _loaders(cfg: Config, bundle, ctx: _Dist, device, per_rank_batch: int):
         if split is None:
             return None
         if isinstance(split, data_mod.Split):
-            return data_mod.TensorLoader(split, per_rank_batch if train else cfg.eval_batch_size, shuffle=train,
-                                         mean=bundle.mean, std=bundle.std, augment=bundle.augment if train else None,
-                                         seed=cfg.seed, rank=ctx.rank, world=ctx.world, device=device,
-                                         max_batches=cfg.max_steps_per_epoch if train else None)
-        return _FolderLoader(split, per_rank_batch if train else cfg.eval_batch_size, train=train, seed=cfg.seed,
-                             ctx=ctx, device=device, workers=cfg.workers,
-                             max_batches=cfg.max_steps_per_epoch if train else None)
+            return data_mod.TensorLoader(
+                split,
+                per_rank_batch if train else cfg.eval_batch_size,
+                shuffle=train,
+                mean=bundle.mean,
+                std=bundle.std,
+                augment=bundle.augment if train else None,
+                seed=cfg.seed,
+                rank=ctx.rank,
+                world=ctx.world,
+                device=device,
+                max_batches=cfg.max_steps_per_epoch if train else None,
+            )
+        return _FolderLoader(
+            split,
+            per_rank_batch if train else cfg.eval_batch_size,
+            train=train,
+            seed=cfg.seed,
+            ctx=ctx,
+            device=device,
+            workers=cfg.workers,
+            max_batches=cfg.max_steps_per_epoch if train else None,
+        )
+
     return make(bundle.train, True), make(bundle.test, False), make(bundle.val, False)
 
 
 # ----------------------------------------------------------------------------------------------
 # Model, optimiser, checkpoint
 
+
 def _build_model(cfg: Config, num_classes: int):
-    head_kwargs = dict(lgm_alpha=cfg.lgm_alpha, lgm_lam=cfg.lgm_lam, lsoftmax_margin=cfg.lsoftmax_margin,
-                       freeze_location=cfg.freeze_location, freeze_covariance=cfg.freeze_covariance,
-                       freeze_skewness=cfg.freeze_skewness)
-    return build_model(cfg.model, num_classes, head=cfg.head, feat_dim=cfg.feat_dim, cnn=cfg.cnn, eta=cfg.eta,
-                       input_grad=cfg.input_grad, head_kwargs=head_kwargs)
+    head_kwargs = dict(
+        lgm_alpha=cfg.lgm_alpha,
+        lgm_lam=cfg.lgm_lam,
+        lsoftmax_margin=cfg.lsoftmax_margin,
+        freeze_location=cfg.freeze_location,
+        freeze_covariance=cfg.freeze_covariance,
+        freeze_skewness=cfg.freeze_skewness,
+    )
+    return build_model(
+        cfg.model,
+        num_classes,
+        head=cfg.head,
+        feat_dim=cfg.feat_dim,
+        cnn=cfg.cnn,
+        eta=cfg.eta,
+        input_grad=cfg.input_grad,
+        head_kwargs=head_kwargs,
+    )
 
 
 def _param_groups(cfg: Config, model) -> List[dict]:
     body = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
     groups = [{"params": body, "weight_decay": cfg.weight_decay, "name": "body"}]
-    groups += head_param_groups(model.head, cfg.lr, weight_decay=cfg.weight_decay,
-                                head_weight_decay=cfg.head_weight_decay, cov_lr_scale=cfg.cov_lr_scale)
+    groups += head_param_groups(
+        model.head,
+        cfg.lr,
+        weight_decay=cfg.weight_decay,
+        head_weight_decay=cfg.head_weight_decay,
+        cov_lr_scale=cfg.cov_lr_scale,
+    )
     return groups
 
 
@@ -375,11 +526,14 @@ def _write_metrics(out: str, metrics: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 # Loops
 
+
 @torch.no_grad()
 def _evaluate(model, loader, ctx: _Dist, device, amp_dtype) -> Dict[str, float]:
     model.eval()
     correct = count = loss = 0.0
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
     for x, y in loader:
         with autocast:
             logits = model(x)
@@ -391,14 +545,34 @@ def _evaluate(model, loader, ctx: _Dist, device, amp_dtype) -> Dict[str, float]:
     return {"acc": correct / max(count, 1), "loss": loss / max(count, 1), "samples": int(count)}
 
 
-def _train_epoch(net, criterion, optimizer, scheduler, scaler, loader, ctx: _Dist, device, amp_dtype, desc: str,
-                 progress: bool) -> Dict[str, float]:
+def _train_epoch(
+    net,
+    criterion,
+    optimizer,
+    scheduler,
+    scaler,
+    loader,
+    ctx: _Dist,
+    device,
+    amp_dtype,
+    desc: str,
+    progress: bool,
+) -> Dict[str, float]:
     net.train()
     sums: Dict[str, float] = {}
     correct = count = 0.0
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    bar = tqdm(loader, total=len(loader), desc=desc, leave=False, dynamic_ncols=True, disable=not progress,
-               file=sys.stderr)
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+    bar = tqdm(
+        loader,
+        total=len(loader),
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        disable=not progress,
+        file=sys.stderr,
+    )
     for step, (x, y) in enumerate(bar):
         with autocast:
             features = net(x, return_features=True)
@@ -445,23 +619,32 @@ def run(cfg: Config, return_model: bool = False):
 def _run(cfg: Config, ctx: _Dist, device: torch.device, return_model: bool):
     t_start = time.time()
     if cfg.batch_size % ctx.world != 0:
-        raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world} processes")
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world} processes"
+        )
     per_rank_batch = cfg.batch_size // ctx.world
     _seed_everything(cfg.seed)
     image_size = None
     if cfg.dataset == "synthetic":
         image_size = _build_model(cfg, 10).input_size
         _seed_everything(cfg.seed)
-    bundle = data_mod.load_dataset(cfg.dataset, cfg.data_dir, image_size=image_size, synthetic_size=cfg.synthetic_size)
+    bundle = data_mod.load_dataset(
+        cfg.dataset, cfg.data_dir, image_size=image_size, synthetic_size=cfg.synthetic_size
+    )
     model = _build_model(cfg, bundle.num_classes).to(device)
-    criterion = HeadLoss(model.head, lam=cfg.lam, beta=cfg.beta, detach_target=not cfg.full_ac_gradient)
-    optimizer = torch.optim.SGD(_param_groups(cfg, model), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    criterion = HeadLoss(
+        model.head, lam=cfg.lam, beta=cfg.beta, detach_target=not cfg.full_ac_gradient
+    )
+    optimizer = torch.optim.SGD(
+        _param_groups(cfg, model), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     train_loader, test_loader, val_loader = _loaders(cfg, bundle, ctx, device, per_rank_batch)
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, total_steps, warmup)
+    )
     amp_dtype, scaler = _amp(cfg, device)
 
     if ctx.main:
@@ -474,10 +657,15 @@ def _run(cfg: Config, ctx: _Dist, device: torch.device, return_model: bool):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         ckpt = torch.load(path, map_location=device, weights_only=False)
-        mismatch = {k: (ckpt["config"].get(k), getattr(cfg, k)) for k in _IDENTITY_KEYS
-                    if ckpt["config"].get(k) != getattr(cfg, k)}
+        mismatch = {
+            k: (ckpt["config"].get(k), getattr(cfg, k))
+            for k in _IDENTITY_KEYS
+            if ckpt["config"].get(k) != getattr(cfg, k)
+        }
         if mismatch:
-            raise ValueError(f"--resume: the checkpoint was made with other settings (checkpoint, now): {mismatch}")
+            raise ValueError(
+                f"--resume: the checkpoint was made with other settings (checkpoint, now): {mismatch}"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -488,36 +676,67 @@ def _run(cfg: Config, ctx: _Dist, device: torch.device, return_model: bool):
     net = model
     if ctx.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     metrics: Dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
         "num_classes": bundle.num_classes,
-        "environment": {"device": str(device), "device_name": torch.cuda.get_device_name(device)
-                        if device.type == "cuda" else platform.processor() or platform.machine(),
-                        "world_size": ctx.world, "threads_per_process": torch.get_num_threads(),
-                        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-                        "torch": torch.__version__, "addernet_cuda": __version__, "python": platform.python_version()},
+        "environment": {
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "world_size": ctx.world,
+            "threads_per_process": torch.get_num_threads(),
+            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+            "torch": torch.__version__,
+            "addernet_cuda": __version__,
+            "python": platform.python_version(),
+        },
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps_per_epoch": steps_per_epoch,
     }
     if ctx.main:
         try:
             ops = count_ops(model)
-            metrics["ops_per_image"] = {"mul": ops.mul, "add": ops.add, "bn_mul": ops.bn_mul, "bn_add": ops.bn_add}
-        except Exception as error:  # counting is informative only; a model it cannot trace still trains
+            metrics["ops_per_image"] = {
+                "mul": ops.mul,
+                "add": ops.add,
+                "bn_mul": ops.bn_mul,
+                "bn_add": ops.bn_add,
+            }
+        except (
+            Exception
+        ) as error:  # counting is informative only; a model it cannot trace still trains
             metrics["ops_per_image"] = {"error": repr(error)}
-        print(f"[train] {cfg.dataset} {cfg.model}{' (CNN)' if cfg.cnn else ''} head={cfg.head} d={model.feat_dim} "
-              f"epochs={cfg.epochs} batch={cfg.batch_size} lr={cfg.lr} on {device} x{ctx.world}"
-              + (f", resuming after epoch {start_epoch}" if start_epoch else ""), flush=True)
+        print(
+            f"[train] {cfg.dataset} {cfg.model}{' (CNN)' if cfg.cnn else ''} head={cfg.head} d={model.feat_dim} "
+            f"epochs={cfg.epochs} batch={cfg.batch_size} lr={cfg.lr} on {device} x{ctx.world}"
+            + (f", resuming after epoch {start_epoch}" if start_epoch else ""),
+            flush=True,
+        )
 
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.time()
         record: Dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-        record.update(_train_epoch(net, criterion, optimizer, scheduler, scaler, train_loader, ctx, device, amp_dtype,
-                                   f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and ctx.main))
+        record.update(
+            _train_epoch(
+                net,
+                criterion,
+                optimizer,
+                scheduler,
+                scaler,
+                train_loader,
+                ctx,
+                device,
+                amp_dtype,
+                f"epoch {epoch + 1}/{cfg.epochs}",
+                cfg.progress and ctx.main,
+            )
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         record["train_time_s"] = time.time() - t0
@@ -531,19 +750,31 @@ def _run(cfg: Config, ctx: _Dist, device: torch.device, return_model: bool):
         record["samples_per_s"] = record["train_samples"] / max(record["train_time_s"], 1e-9)
         history.append(record)
         if ctx.main:
-            print(f"[train] epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f} "
-                  f"train {record['train_acc']:.4f} test {record['test_acc']:.4f}"
-                  + (f" val {record['val_acc']:.4f}" if "val_acc" in record else "")
-                  + f" ({record['train_time_s']:.1f} s + {record['eval_time_s']:.1f} s eval)", flush=True)
+            print(
+                f"[train] epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f} "
+                f"train {record['train_acc']:.4f} test {record['test_acc']:.4f}"
+                + (f" val {record['val_acc']:.4f}" if "val_acc" in record else "")
+                + f" ({record['train_time_s']:.1f} s + {record['eval_time_s']:.1f} s eval)",
+                flush=True,
+            )
             metrics.update(_summary(history, cfg.epochs, time.time() - t_start))
             metrics["history"] = history
             os.makedirs(cfg.out, exist_ok=True)
             _write_metrics(cfg.out, metrics)
             if cfg.checkpoint:
-                _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                              "epoch": epoch + 1, "history": history, "config": dataclasses.asdict(cfg),
-                              "num_classes": bundle.num_classes}, ckpt_path)
+                _save_atomic(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler else None,
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "config": dataclasses.asdict(cfg),
+                        "num_classes": bundle.num_classes,
+                    },
+                    ckpt_path,
+                )
         ctx.barrier()
     if ctx.main:
         metrics.update(_summary(history, cfg.epochs, time.time() - t_start))
@@ -555,10 +786,16 @@ def _run(cfg: Config, ctx: _Dist, device: torch.device, return_model: bool):
 
 def _summary(history: List[dict], epochs: int, elapsed: float) -> dict:
     last = history[-1] if history else {}
-    out = {"epochs_done": len(history), "finished": len(history) >= epochs,
-           "test_acc": last.get("test_acc"), "best_test_acc": max((h["test_acc"] for h in history), default=None),
-           "train_time_per_epoch_s": float(np.mean([h["train_time_s"] for h in history])) if history else None,
-           "wall_time_s": elapsed}
+    out = {
+        "epochs_done": len(history),
+        "finished": len(history) >= epochs,
+        "test_acc": last.get("test_acc"),
+        "best_test_acc": max((h["test_acc"] for h in history), default=None),
+        "train_time_per_epoch_s": float(np.mean([h["train_time_s"] for h in history]))
+        if history
+        else None,
+        "wall_time_s": elapsed,
+    }
     if "val_acc" in last:
         out["val_acc"] = last["val_acc"]
     return out
@@ -568,8 +805,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = parse_config(argv)
     metrics = run(cfg)
     if metrics.get("test_acc") is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"[train] test accuracy {metrics['test_acc']:.4f}; metrics in {os.path.join(cfg.resolved().out, 'metrics.json')}",
-              flush=True)
+        print(
+            f"[train] test accuracy {metrics['test_acc']:.4f}; metrics in {os.path.join(cfg.resolved().out, 'metrics.json')}",
+            flush=True,
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ By default it measures both heads, each in its own fresh process: the SLAC loss 
 baseline it replaces, a linear layer with softmax cross-entropy (``--head slac`` or
 ``--head linear`` for one), and prints their ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # run from a checkout
 
 
 def _status_bytes(field: str) -> int:
@@ -59,9 +62,15 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
-    ap.add_argument("--head", choices=["both", "slac", "linear"], default="both",
-                    help="slac: SLACLoss; linear: nn.Linear + cross-entropy; both: each in a fresh process")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)"
+    )
+    ap.add_argument(
+        "--head",
+        choices=["both", "slac", "linear"],
+        default="both",
+        help="slac: SLACLoss; linear: nn.Linear + cross-entropy; both: each in a fresh process",
+    )
     args = ap.parse_args()
     if args.head == "both":
         results = {}
@@ -115,23 +124,44 @@ def main() -> None:
     times.sort()
     q = statistics.quantiles(times, n=5) if len(times) > 1 else times * 4
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
     except OSError:
         commit = ""
     bkd = args.batch * args.classes * args.dim * torch.finfo(dtype).bits // 8
-    print(json.dumps({
-        "head": args.head,
-        "case": {"batch": args.batch, "classes": args.classes, "dim": args.dim, "dtype": args.dtype,
-                 "lam": args.lam, "beta": args.beta},
-        "time_s": {"median": statistics.median(times), "p20": q[0], "p80": q[3], "repeats": args.repeats},
-        "peak_rss_minus_setup_MiB": round(peak_delta / 2**20, 1),
-        "rss_after_setup_MiB": round(rss_setup / 2**20, 1),
-        "peak_reset_after_setup": peak_reset,
-        "a_B_x_K_x_d_tensor_would_be_MiB": round(bkd / 2**20, 1),
-        "device": f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__, "commit": commit,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "head": args.head,
+                "case": {
+                    "batch": args.batch,
+                    "classes": args.classes,
+                    "dim": args.dim,
+                    "dtype": args.dtype,
+                    "lam": args.lam,
+                    "beta": args.beta,
+                },
+                "time_s": {
+                    "median": statistics.median(times),
+                    "p20": q[0],
+                    "p80": q[3],
+                    "repeats": args.repeats,
+                },
+                "peak_rss_minus_setup_MiB": round(peak_delta / 2**20, 1),
+                "rss_after_setup_MiB": round(rss_setup / 2**20, 1),
+                "peak_reset_after_setup": peak_reset,
+                "a_B_x_K_x_d_tensor_would_be_MiB": round(bkd / 2**20, 1),
+                "device": f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                "torch": torch.__version__,
+                "commit": commit,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ speed and load cancel to first order; a layer is flagged when its ratio grew by 
 
 Exit status 1 when a layer regressed, 0 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,18 +36,26 @@ def compare(baseline: dict, fresh: dict, tolerance: float):
             before, now = old[metric], row[metric]
             change = now / before - 1.0
             flag = change > tolerance
-            lines.append(f"{row['shape']:>20} {metric:<28} {before:6.2f}x -> {now:6.2f}x ({change:+.0%})"
-                         + ("  REGRESSION" if flag else ""))
+            lines.append(
+                f"{row['shape']:>20} {metric:<28} {before:6.2f}x -> {now:6.2f}x ({change:+.0%})"
+                + ("  REGRESSION" if flag else "")
+            )
             if flag:
                 regressions.append((row["shape"], metric, before, now))
     return lines, regressions
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", help="a results.json of benchmarks.bench_adder2d (default: run the quick set)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--results", help="a results.json of benchmarks.bench_adder2d (default: run the quick set)"
+    )
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="committed CPU results")
-    parser.add_argument("--tolerance", type=float, default=0.5, help="allowed relative growth of a ratio")
+    parser.add_argument(
+        "--tolerance", type=float, default=0.5, help="allowed relative growth of a ratio"
+    )
     args = parser.parse_args(argv)
     with open(args.baseline) as f:
         baseline = json.load(f)
@@ -61,7 +70,9 @@ def main(argv=None):
         with open(os.path.join(out, "results.json")) as f:
             fresh = json.load(f)
     if fresh.get("device") != baseline.get("device"):
-        print(f"device differs: baseline {baseline.get('device')}, fresh {fresh.get('device')}: nothing compared")
+        print(
+            f"device differs: baseline {baseline.get('device')}, fresh {fresh.get('device')}: nothing compared"
+        )
         return 0
     lines, regressions = compare(baseline, fresh, args.tolerance)
     print("\n".join(lines))

@@ -16,8 +16,7 @@ namespace addernet {
 InputGradMode parse_input_grad_mode(const char* what, c10::string_view mode) {
   if (mode == "hardtanh") return InputGradMode::HardTanh;
   if (mode == "exact") return InputGradMode::Sign;
-  TORCH_CHECK(false, what, " must be \"hardtanh\" or \"exact\", got \"",
-              std::string(mode), "\"");
+  TORCH_CHECK(false, what, " must be \"hardtanh\" or \"exact\", got \"", std::string(mode), "\"");
 }
 
 namespace {
@@ -78,8 +77,8 @@ Adder2dShape check_adder2d_args(const char* op, const at::Tensor& input, const a
   s.dilation_w = dilation[1];
   const int64_t span_h = s.dilation_h * (s.kernel_h - 1) + 1;
   const int64_t span_w = s.dilation_w * (s.kernel_w - 1) + 1;
-  TORCH_CHECK(span_h <= s.in_h + 2 * s.pad_h && span_w <= s.in_w + 2 * s.pad_w, op,
-              ": kernel (", s.kernel_h, "x", s.kernel_w, ", dilated to ", span_h, "x", span_w,
+  TORCH_CHECK(span_h <= s.in_h + 2 * s.pad_h && span_w <= s.in_w + 2 * s.pad_w, op, ": kernel (",
+              s.kernel_h, "x", s.kernel_w, ", dilated to ", span_h, "x", span_w,
               ") is larger than the padded input (", s.in_h + 2 * s.pad_h, "x",
               s.in_w + 2 * s.pad_w, ")");
   s.out_h = adder2d_out_size(s.in_h, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h);
@@ -87,8 +86,8 @@ Adder2dShape check_adder2d_args(const char* op, const at::Tensor& input, const a
   s.taps = s.in_channels_per_group * s.kernel_h * s.kernel_w;
 
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.out_channels, op,
-                ": bias must have shape [", s.out_channels, "], got ", bias->sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.out_channels, op, ": bias must have shape [",
+                s.out_channels, "], got ", bias->sizes());
     TORCH_CHECK(bias->scalar_type() == input.scalar_type(), op, ": bias dtype ",
                 bias->scalar_type(), " does not match input dtype ", input.scalar_type());
     TORCH_CHECK(bias->device() == input.device(), op, ": bias is on ", bias->device(),
@@ -97,8 +96,8 @@ Adder2dShape check_adder2d_args(const char* op, const at::Tensor& input, const a
   if (grad_output.defined()) {
     const std::vector<int64_t> expected{s.batch, s.out_channels, s.out_h, s.out_w};
     TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op,
-                ": grad_output must have the output's shape ", at::IntArrayRef(expected),
-                ", got ", grad_output.sizes());
+                ": grad_output must have the output's shape ", at::IntArrayRef(expected), ", got ",
+                grad_output.sizes());
     TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype ",
                 grad_output.scalar_type(), " does not match input dtype ", input.scalar_type());
     TORCH_CHECK(grad_output.device() == input.device(), op, ": grad_output is on ",

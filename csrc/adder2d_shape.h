@@ -31,8 +31,8 @@ struct Adder2dShape {
   int64_t taps;
 };
 
-ADDER_HOST_DEVICE int64_t adder2d_out_size(int64_t in, int64_t kernel, int64_t stride,
-                                           int64_t pad, int64_t dilation) {
+ADDER_HOST_DEVICE int64_t adder2d_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
+                                           int64_t dilation) {
   return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
 }
 
@@ -70,8 +70,8 @@ ADDER_HOST_DEVICE int64_t adder2d_out_index(int64_t in, int64_t k, int64_t strid
 // Half-open range [*begin, *end) of output coordinates whose tap `k` lands inside [0, in_size).
 // Outside it the tap reads padding.
 ADDER_HOST_DEVICE void adder2d_valid_out_range(int64_t k, int64_t stride, int64_t pad,
-                                               int64_t dilation, int64_t in_size,
-                                               int64_t out_size, int64_t* begin, int64_t* end) {
+                                               int64_t dilation, int64_t in_size, int64_t out_size,
+                                               int64_t* begin, int64_t* end) {
   // out*stride + off >= 0  and  out*stride + off <= in_size - 1, with off = k*dilation - pad.
   const int64_t off = k * dilation - pad;
   int64_t lo = off >= 0 ? 0 : (-off + stride - 1) / stride;

@@ -48,8 +48,9 @@ py::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "adder2d kernels (registered as torch.ops.addernet.*) and build information";
   m.def("build_info", &build_info, "Backends, torch version, CUDA archs and flags of this build");
-  m.def("torch_version", [] { return std::string(ADDERNET_TORCH_VERSION); },
-        "The torch version this extension was compiled against");
+  m.def(
+      "torch_version", [] { return std::string(ADDERNET_TORCH_VERSION); },
+      "The torch version this extension was compiled against");
   m.def("cpu_isa", &addernet::cpu::cpu_isa, "The instruction set the CPU kernels use now");
   m.def("set_cpu_isa", &addernet::cpu::set_cpu_isa, py::arg("isa"),
         "Use the \"base\" or \"avx2\" CPU kernels (for tests and benchmarks)");

@@ -3,6 +3,7 @@
 CUDA cases skip with a reason on a machine without a usable GPU. ADDERNET_EXPECT_CUDA=1 (set by
 .ci/run) turns "the CUDA kernels were not compiled" from a skip into a failure.
 """
+
 import os
 
 import pytest
@@ -16,7 +17,9 @@ EXPECT_CUDA = os.environ.get("ADDERNET_EXPECT_CUDA", "0") == "1"
 
 devices = [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)),
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+    ),
 ]
 float_dtypes = [torch.float32, torch.float64]
 
@@ -25,8 +28,12 @@ def _isa_param(isa):
     info = addernet_cuda.build_info()
     if isa == "avx2":
         supported = info["cpu_avx2_compiled"] and info["cpu_isa"] == "avx2"
-        return pytest.param(isa, marks=pytest.mark.skipif(
-            not supported, reason="AVX2 kernels not compiled in or the CPU lacks AVX2/FMA"))
+        return pytest.param(
+            isa,
+            marks=pytest.mark.skipif(
+                not supported, reason="AVX2 kernels not compiled in or the CPU lacks AVX2/FMA"
+            ),
+        )
     return isa
 
 

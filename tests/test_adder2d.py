@@ -2,13 +2,14 @@
 
 Y = -sum |Xp - W| (+ b); dX = sum dY * HT(W - X) (or sign); dW = sum dY * (Xp - W); db = sum dY.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cpu_isas, devices
 
 import addernet_cuda
 from addernet_cuda import reference
-from conftest import cpu_isas, devices
 
 # (N, C, H, W, Co, KH, KW, stride, padding, dilation, groups)
 SHAPES = [
@@ -73,8 +74,9 @@ def test_float32_matches_float64(shape, cpu_isa):
     single = grads(addernet_cuda.adder2d, x.float(), w.float(), b.float(), kw, dy.float())
     for name, a, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), single, exact):
         scale = r.abs().max().item() if r.numel() else 1.0
-        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * max(scale, 1.0),
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            a.double(), r, rtol=1e-5, atol=1e-5 * max(scale, 1.0), msg=lambda m: f"{name}: {m}"
+        )
 
 
 def test_padded_taps_count():
@@ -105,10 +107,14 @@ def test_hardtanh_rule_differs_from_exact_and_matches_formula():
     assert w.grad.item() == pytest.approx(2.0 * (0.25 - 3.0))
     x.grad = None
     w2 = torch.tensor([[[[0.75]]]], dtype=torch.float64)
-    addernet_cuda.adder2d(x, w2, input_grad="hardtanh").backward(torch.ones(1, 1, 1, 1, dtype=torch.float64))
+    addernet_cuda.adder2d(x, w2, input_grad="hardtanh").backward(
+        torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    )
     assert x.grad.item() == pytest.approx(0.5)
     x.grad = None
-    addernet_cuda.adder2d(x, w2, input_grad="exact").backward(torch.ones(1, 1, 1, 1, dtype=torch.float64))
+    addernet_cuda.adder2d(x, w2, input_grad="exact").backward(
+        torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    )
     assert x.grad.item() == pytest.approx(1.0)
 
 
@@ -159,8 +165,14 @@ def test_reduced_precision_cpu(dtype):
 
 def test_batch0_backward():
     x, w, b, kw = make(SHAPES[-1])
-    _, gx, gw, gb = grads(addernet_cuda.adder2d, x, w, b, kw, torch.zeros(0, 4, 5, 5, dtype=torch.float64))
-    assert gx.shape == x.shape and torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
+    _, gx, gw, gb = grads(
+        addernet_cuda.adder2d, x, w, b, kw, torch.zeros(0, 4, 5, 5, dtype=torch.float64)
+    )
+    assert (
+        gx.shape == x.shape
+        and torch.equal(gw, torch.zeros_like(w))
+        and torch.equal(gb, torch.zeros_like(b))
+    )
 
 
 def test_double_backward_raises():
@@ -207,9 +219,12 @@ def test_opcheck(index):
     torch.library.opcheck(torch.ops.addernet.adder2d.default, (x, w, b, *args, "hardtanh"))
     y = torch.ops.addernet.adder2d(x, w, b, *args)
     dy = torch.randn_like(y)
-    torch.library.opcheck(torch.ops.addernet.adder2d_input_grad.default,
-                          (dy, x.detach(), w.detach(), *args, "exact"))
-    torch.library.opcheck(torch.ops.addernet.adder2d_weight_grad.default, (dy, x.detach(), w.detach(), *args))
+    torch.library.opcheck(
+        torch.ops.addernet.adder2d_input_grad.default, (dy, x.detach(), w.detach(), *args, "exact")
+    )
+    torch.library.opcheck(
+        torch.ops.addernet.adder2d_weight_grad.default, (dy, x.detach(), w.detach(), *args)
+    )
 
 
 class SmallAdderNet(torch.nn.Module):
@@ -256,19 +271,43 @@ def _bad_calls():
     return [
         ("input must be 4-D", lambda: addernet_cuda.adder2d(x[0], w)),
         ("weight must be 4-D", lambda: addernet_cuda.adder2d(x, w[0])),
-        ("weight.size\\(1\\) must be in_channels / groups", lambda: addernet_cuda.adder2d(x, torch.randn(6, 3, 3, 3))),
-        ("groups \\(3\\) must divide the input channels", lambda: addernet_cuda.adder2d(x, torch.randn(6, 1, 3, 3), groups=3)),
-        ("groups \\(4\\) must divide the output channels", lambda: addernet_cuda.adder2d(x, torch.randn(6, 1, 3, 3), groups=4)),
-        ("weight dtype torch.float64 does not match input dtype torch.float32", lambda: addernet_cuda.adder2d(x, w.double())),
+        (
+            "weight.size\\(1\\) must be in_channels / groups",
+            lambda: addernet_cuda.adder2d(x, torch.randn(6, 3, 3, 3)),
+        ),
+        (
+            "groups \\(3\\) must divide the input channels",
+            lambda: addernet_cuda.adder2d(x, torch.randn(6, 1, 3, 3), groups=3),
+        ),
+        (
+            "groups \\(4\\) must divide the output channels",
+            lambda: addernet_cuda.adder2d(x, torch.randn(6, 1, 3, 3), groups=4),
+        ),
+        (
+            "weight dtype torch.float64 does not match input dtype torch.float32",
+            lambda: addernet_cuda.adder2d(x, w.double()),
+        ),
         ("weight is on meta but input is on cpu", lambda: addernet_cuda.adder2d(x, w.to("meta"))),
         ("bias must have shape \\[6\\]", lambda: addernet_cuda.adder2d(x, w, torch.randn(5))),
         ("padding must be >= 0", lambda: addernet_cuda.adder2d(x, w, padding=-1)),
         ("stride must be >= 1", lambda: addernet_cuda.adder2d(x, w, stride=0)),
         ("dilation must be >= 1", lambda: addernet_cuda.adder2d(x, w, dilation=(1, 0))),
-        ("stride must be an int or a pair of ints", lambda: addernet_cuda.adder2d(x, w, stride=(1, 2, 3))),
-        ("larger than the padded input", lambda: addernet_cuda.adder2d(x, torch.randn(6, 4, 11, 3), padding=1)),
-        ("input_grad must be \"hardtanh\" or \"exact\"", lambda: addernet_cuda.adder2d(x, w, input_grad="sign")),
-        ("input must be a floating-point tensor", lambda: addernet_cuda.adder2d(x.long(), w.long())),
+        (
+            "stride must be an int or a pair of ints",
+            lambda: addernet_cuda.adder2d(x, w, stride=(1, 2, 3)),
+        ),
+        (
+            "larger than the padded input",
+            lambda: addernet_cuda.adder2d(x, torch.randn(6, 4, 11, 3), padding=1),
+        ),
+        (
+            'input_grad must be "hardtanh" or "exact"',
+            lambda: addernet_cuda.adder2d(x, w, input_grad="sign"),
+        ),
+        (
+            "input must be a floating-point tensor",
+            lambda: addernet_cuda.adder2d(x.long(), w.long()),
+        ),
     ]
 
 
@@ -287,8 +326,10 @@ def test_bad_input_reaches_cpp_checks_too():
     with pytest.raises(RuntimeError, match="larger than the padded input"):
         torch.ops.addernet.adder2d(x, torch.randn(6, 4, 9, 9), None, [1, 1], [0, 0], [1, 1], 1)
     with pytest.raises(RuntimeError, match="grad_output must have the output's shape"):
-        torch.ops.addernet.adder2d_weight_grad(torch.randn(2, 6, 5, 5), x, torch.randn(6, 4, 3, 3),
-                                               [1, 1], [0, 0], [1, 1], 1)
+        torch.ops.addernet.adder2d_weight_grad(
+            torch.randn(2, 6, 5, 5), x, torch.randn(6, 4, 3, 3), [1, 1], [0, 0], [1, 1], 1
+        )
     with pytest.raises(RuntimeError, match="mode must be"):
-        torch.ops.addernet.adder2d_input_grad(torch.randn(2, 6, 6, 6), x, torch.randn(6, 4, 3, 3),
-                                              [1, 1], [0, 0], [1, 1], 1, "sign")
+        torch.ops.addernet.adder2d_input_grad(
+            torch.randn(2, 6, 6, 6), x, torch.randn(6, 4, 3, 3), [1, 1], [0, 0], [1, 1], 1, "sign"
+        )

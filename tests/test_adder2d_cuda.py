@@ -8,6 +8,7 @@ patterns, so an output element a kernel forgets to write shows up as NaN.
 Without a usable GPU (no device, or a CUDA build of torch without a driver) the CUDA tests skip
 with the reason; test_build_has_cuda_kernels runs anywhere when ADDERNET_EXPECT_CUDA=1.
 """
+
 import math
 import os
 
@@ -21,15 +22,19 @@ OPS = ("adder2d", "adder2d_input_grad", "adder2d_weight_grad")
 DEVICE = "cuda"
 CUDA_OK = torch.cuda.is_available() and "cuda" in addernet_cuda.build_info()["backends"]
 if not torch.cuda.is_available():
-    _SKIP_REASON = ("no CUDA device: torch.cuda.is_available() is False (no GPU, or no driver); "
-                    "run benchmarks/gpu_check.sh on a GPU machine")
+    _SKIP_REASON = (
+        "no CUDA device: torch.cuda.is_available() is False (no GPU, or no driver); "
+        "run benchmarks/gpu_check.sh on a GPU machine"
+    )
 else:
     _SKIP_REASON = "the extension was built without its CUDA kernels (see build_info()['backends'])"
 requires_cuda = pytest.mark.skipif(not CUDA_OK, reason=_SKIP_REASON)
 
 
-@pytest.mark.skipif(os.environ.get("ADDERNET_EXPECT_CUDA") != "1",
-                    reason="ADDERNET_EXPECT_CUDA is not 1: a build without CUDA kernels is allowed")
+@pytest.mark.skipif(
+    os.environ.get("ADDERNET_EXPECT_CUDA") != "1",
+    reason="ADDERNET_EXPECT_CUDA is not 1: a build without CUDA kernels is allowed",
+)
 def test_build_has_cuda_kernels():
     info = addernet_cuda.build_info()
     assert "cuda" in info["backends"], info
@@ -38,6 +43,7 @@ def test_build_has_cuda_kernels():
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
 
 def poison_allocator():
     """Fills cached CUDA memory with 0xFF bytes (NaN in float16, bfloat16, float32 and float64)
@@ -102,7 +108,9 @@ def make_inputs(case, dtype, layout, seed=0):
     """x, w, bias, dy on DEVICE in `dtype` with the requested memory layout."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(case.n, case.c, case.h, case.w, generator=g, dtype=torch.float64)
-    w = torch.randn(case.co, case.c // case.groups, case.kh, case.kw, generator=g, dtype=torch.float64)
+    w = torch.randn(
+        case.co, case.c // case.groups, case.kh, case.kw, generator=g, dtype=torch.float64
+    )
     b = torch.randn(case.co, generator=g, dtype=torch.float64)
     dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=g, dtype=torch.float64)
     tensors = [t.to(DEVICE, dtype) for t in (x, w, b, dy)]
@@ -179,6 +187,7 @@ TOL = {torch.float32: 2e-6, torch.float64: 1e-13}
 
 # --- parity with the float64 CPU path ----------------------------------------------------------
 
+
 @requires_cuda
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -212,8 +221,20 @@ def test_parity_random_shapes(seed):
     ph, pw, sh, sw = r(0, 2), r(0, 2), r(1, 3), r(1, 3)
     h = max(r(1, 14), dh * (kh - 1) + 1 - 2 * ph)
     w = max(r(1, 14), dw * (kw - 1) + 1 - 2 * pw)
-    case = Case(f"random{seed}", r(1, 3), groups * r(1, 12), h, w, groups * r(1, 70), kh, kw,
-                stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
+    case = Case(
+        f"random{seed}",
+        r(1, 3),
+        groups * r(1, 12),
+        h,
+        w,
+        groups * r(1, 70),
+        kh,
+        kw,
+        stride=(sh, sw),
+        padding=(ph, pw),
+        dilation=(dh, dw),
+        groups=groups,
+    )
     x, wt, b, dy = make_inputs(case, torch.float32, "contiguous", seed=seed)
     got = cuda_results(case, x, wt, b, dy)
     want = cpu_expected(case, x, wt, b, dy)
@@ -231,22 +252,45 @@ def test_matches_reference_autograd(case):
         xs = [x.clone().requires_grad_(), x.cpu().clone().requires_grad_()]
         ws = [w.clone().requires_grad_(), w.cpu().clone().requires_grad_()]
         bs = [b.clone().requires_grad_(), b.cpu().clone().requires_grad_()]
-        y0 = addernet_cuda.adder2d(xs[0], ws[0], bs[0], case.stride, case.padding, case.dilation,
-                                   case.groups, input_grad=mode)
-        y1 = reference.adder2d(xs[1], ws[1], bs[1], case.stride, case.padding, case.dilation,
-                               case.groups, input_grad=mode)
+        y0 = addernet_cuda.adder2d(
+            xs[0],
+            ws[0],
+            bs[0],
+            case.stride,
+            case.padding,
+            case.dilation,
+            case.groups,
+            input_grad=mode,
+        )
+        y1 = reference.adder2d(
+            xs[1],
+            ws[1],
+            bs[1],
+            case.stride,
+            case.padding,
+            case.dilation,
+            case.groups,
+            input_grad=mode,
+        )
         y0.backward(dy)
         y1.backward(dy.cpu())
-        for a, e in ((y0, y1), (xs[0].grad, xs[1].grad), (ws[0].grad, ws[1].grad),
-                     (bs[0].grad, bs[1].grad)):
+        for a, e in (
+            (y0, y1),
+            (xs[0].grad, xs[1].grad),
+            (ws[0].grad, ws[1].grad),
+            (bs[0].grad, bs[1].grad),
+        ):
             torch.testing.assert_close(a.cpu(), e, rtol=1e-10, atol=1e-10)
 
 
 # --- reduced precision --------------------------------------------------------------------------
 
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[5], CASES[7], CASES[8], CASES[13]], ids=repr)
+@pytest.mark.parametrize(
+    "case", [CASES[0], CASES[1], CASES[5], CASES[7], CASES[8], CASES[13]], ids=repr
+)
 def test_reduced_precision_against_float32(case, dtype):
     """float16/bfloat16 inputs are accumulated in float: the result is the float32 result on the
     same (rounded) values, rounded once to the dtype."""
@@ -254,7 +298,7 @@ def test_reduced_precision_against_float32(case, dtype):
     got = cuda_results(case, x, w, b, dy)
     ref = cuda_results(case, *(t.float() for t in (x, w, b, dy)))
     bnd = bounds(case, x.float(), w.float(), b.float(), dy.float())
-    unit = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -8  # unit roundoff of the dtype
+    unit = 2.0**-11 if dtype == torch.float16 else 2.0**-8  # unit roundoff of the dtype
     for key in ref:
         assert got[key].dtype == dtype, key
         a, e = got[key].float(), ref[key]
@@ -262,7 +306,9 @@ def test_reduced_precision_against_float32(case, dtype):
         # one rounding of the float32 result, plus float32-level differences in the order of sums
         err = (a - e).abs()
         allowed = unit * e.abs() + TOL[torch.float32] * bnd[key] + 1e-30
-        assert bool((err <= allowed).all()), f"{case} {key}: max excess {(err - allowed).max().item():.3g}"
+        assert bool((err <= allowed).all()), (
+            f"{case} {key}: max excess {(err - allowed).max().item():.3g}"
+        )
 
 
 # --- gradients ----------------------------------------------------------------------------------
@@ -282,7 +328,7 @@ def test_gradcheck_exact_mode(case):
     respect to the input and the bias. Inputs sit on a grid of 1/4 + 1/8 and weights on a grid
     of 1/4, so every |x - w| >= 1/8: far from the kinks."""
     g = torch.Generator().manual_seed(7)
-    x = (torch.randint(-8, 8, (case.n, case.c, case.h, case.w), generator=g) * 0.25 + 0.125)
+    x = torch.randint(-8, 8, (case.n, case.c, case.h, case.w), generator=g) * 0.25 + 0.125
     w = torch.randint(-8, 8, (case.co, case.c // case.groups, case.kh, case.kw), generator=g) * 0.25
     b = torch.randn(case.co, generator=g)
     x = x.to(DEVICE, torch.float64).requires_grad_()
@@ -290,16 +336,20 @@ def test_gradcheck_exact_mode(case):
     b = b.to(DEVICE, torch.float64).requires_grad_()
 
     def fn(x, b):
-        return addernet_cuda.adder2d(x, w, b, case.stride, case.padding, case.dilation, case.groups,
-                                     input_grad="exact")
+        return addernet_cuda.adder2d(
+            x, w, b, case.stride, case.padding, case.dilation, case.groups, input_grad="exact"
+        )
 
     assert torch.autograd.gradcheck(fn, (x, b), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
 # --- determinism --------------------------------------------------------------------------------
 
+
 @requires_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["float32", "float64", "float16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16], ids=["float32", "float64", "float16"]
+)
 @pytest.mark.parametrize("case", [CASES[14], CASES[13], CASES[15], CASES[6]], ids=repr)
 def test_deterministic(case, dtype):
     """The weight gradient (one split or many) and the other ops are bitwise equal across runs."""
@@ -312,13 +362,18 @@ def test_deterministic(case, dtype):
 
 # --- dispatcher, errors and edge cases -----------------------------------------------------------
 
+
 @requires_cuda
 @pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[12]], ids=repr)
 def test_opcheck(case):
     x, w, b, dy = make_inputs(case, torch.float64, "contiguous")
     ops = torch.ops.addernet
-    torch.library.opcheck(ops.adder2d.default, (x.requires_grad_(), w.requires_grad_(), b, *case.args, "exact"))
-    torch.library.opcheck(ops.adder2d_input_grad.default, (dy, x.detach(), w.detach(), *case.args, "hardtanh"))
+    torch.library.opcheck(
+        ops.adder2d.default, (x.requires_grad_(), w.requires_grad_(), b, *case.args, "exact")
+    )
+    torch.library.opcheck(
+        ops.adder2d_input_grad.default, (dy, x.detach(), w.detach(), *case.args, "hardtanh")
+    )
     torch.library.opcheck(ops.adder2d_weight_grad.default, (dy, x.detach(), w.detach(), *case.args))
 
 
@@ -327,13 +382,25 @@ def test_errors_match_cpu():
     x = torch.randn(1, 4, 5, 5)
     w = torch.randn(6, 2, 3, 3)
     for dev in ("cpu", DEVICE):
-        with pytest.raises(RuntimeError, match=r"groups \(3\) must divide the input channels \(4\)"):
-            torch.ops.addernet.adder2d(x.to(dev), w.to(dev), None, [1, 1], [0, 0], [1, 1], 3, "hardtanh")
+        with pytest.raises(
+            RuntimeError, match=r"groups \(3\) must divide the input channels \(4\)"
+        ):
+            torch.ops.addernet.adder2d(
+                x.to(dev), w.to(dev), None, [1, 1], [0, 0], [1, 1], 3, "hardtanh"
+            )
     with pytest.raises(RuntimeError, match="weight is on cpu but input is on cuda"):
         torch.ops.addernet.adder2d(x.to(DEVICE), w, None, [1, 1], [0, 0], [1, 1], 2, "hardtanh")
     with pytest.raises(RuntimeError, match='mode\\) must be "hardtanh" or "exact"'):
-        torch.ops.addernet.adder2d_input_grad(torch.randn(1, 6, 3, 3, device=DEVICE), x.to(DEVICE),
-                                              w.to(DEVICE), [1, 1], [0, 0], [1, 1], 2, "relu")
+        torch.ops.addernet.adder2d_input_grad(
+            torch.randn(1, 6, 3, 3, device=DEVICE),
+            x.to(DEVICE),
+            w.to(DEVICE),
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            2,
+            "relu",
+        )
 
 
 @requires_cuda
@@ -343,7 +410,12 @@ def test_zero_size():
     w = torch.randn(6, 4, 3, 3, device=DEVICE)
     dy = torch.randn(0, 6, 3, 3, device=DEVICE)
     assert ops.adder2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, "hardtanh").shape == (0, 6, 3, 3)
-    assert ops.adder2d_input_grad(dy, x, w, [1, 1], [0, 0], [1, 1], 1, "exact").shape == (0, 4, 5, 5)
+    assert ops.adder2d_input_grad(dy, x, w, [1, 1], [0, 0], [1, 1], 1, "exact").shape == (
+        0,
+        4,
+        5,
+        5,
+    )
     poison_allocator()
     gw = ops.adder2d_weight_grad(dy, x, w, [1, 1], [0, 0], [1, 1], 1)
     assert torch.equal(gw, torch.zeros_like(gw))

@@ -1,4 +1,5 @@
 """Tests of AdderConv2d, adderize and AdderNet's adaptive learning rate (addernet_cuda/nn)."""
+
 import copy
 import math
 import os
@@ -32,10 +33,22 @@ def test_constructor_attributes_and_state_dict_match_conv2d(cfg):
     torch.manual_seed(0)
     conv = nn.Conv2d(**cfg)
     adder = AdderConv2d(**cfg)
-    for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-                 "padding_mode", "transposed", "output_padding"):
+    for attr in (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+        "transposed",
+        "output_padding",
+    ):
         assert getattr(adder, attr) == getattr(conv, attr), attr
-    assert {k: v.shape for k, v in adder.state_dict().items()} == {k: v.shape for k, v in conv.state_dict().items()}
+    assert {k: v.shape for k, v in adder.state_dict().items()} == {
+        k: v.shape for k, v in conv.state_dict().items()
+    }
     adder.load_state_dict(conv.state_dict())
     torch.testing.assert_close(adder.weight, conv.weight)
     x = torch.randn(2, 4, 9, 8)
@@ -51,7 +64,9 @@ def test_forward_matches_reference_on_padded_input(cfg):
     pad = conv._reversed_padding_repeated_twice
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
     xp = F.pad(x, pad, mode=mode)
-    want = reference.adder2d(xp, adder.weight, adder.bias, adder.stride, 0, adder.dilation, adder.groups)
+    want = reference.adder2d(
+        xp, adder.weight, adder.bias, adder.stride, 0, adder.dilation, adder.groups
+    )
     torch.testing.assert_close(adder(x), want)
 
 
@@ -96,8 +111,13 @@ class PlainNet(nn.Module):
     def __init__(self, bias=True):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=bias), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.Conv2d(8, 8, 1, bias=False), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1, bias=bias),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 1, bias=False),
+            nn.ReLU(),
+        )
         self.classifier = nn.Conv2d(8, 10, 1)
 
     def forward(self, x):
@@ -119,15 +139,28 @@ def test_adderize_options():
     model = PlainNet()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        adderize(model, keep_first=False, keep_classifier=False, exclude=["body.3"], eta=None, input_grad="exact")
+        adderize(
+            model,
+            keep_first=False,
+            keep_classifier=False,
+            exclude=["body.3"],
+            eta=None,
+            input_grad="exact",
+        )
     assert isinstance(model.stem, AdderConv2d) and isinstance(model.classifier, AdderConv2d)
     assert type(model.body[3]) is nn.Conv2d
     assert model.stem.eta is None and model.stem.input_grad == "exact"
     with pytest.raises(ValueError, match="not in the model"):
         adderize(PlainNet(), exclude=["nope"])
     # A Linear classifier after the last conv: the last conv is an ordinary layer and is swapped.
-    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
-                        nn.Flatten(), nn.Linear(4, 2))
+    seq = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Conv2d(4, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     adderize(seq)
     assert type(seq[0]) is nn.Conv2d and isinstance(seq[2], AdderConv2d)
 
@@ -147,9 +180,16 @@ class Scale(nn.Module):
 
 def make_model(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), AdderConv2d(6, 8, 3, stride=2, padding=1), Scale(1 / 40),
-                         nn.Tanh(), AdderConv2d(8, 8, 1, bias=False, eta=0.1), Scale(1 / 10), nn.Flatten(),
-                         nn.Linear(8 * 16, 5))
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        AdderConv2d(6, 8, 3, stride=2, padding=1),
+        Scale(1 / 40),
+        nn.Tanh(),
+        AdderConv2d(8, 8, 1, bias=False, eta=0.1),
+        Scale(1 / 10),
+        nn.Flatten(),
+        nn.Linear(8 * 16, 5),
+    )
 
 
 ADDER_PARAMS = (2, 4)  # indices of the adder weights in model.parameters()
@@ -219,7 +259,7 @@ def train_grad_scaler():
     model = make_model()
     x, y = make_data()
     opt = make_opt(model)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     for _ in range(STEPS):
         opt.zero_grad()
         scaler.scale(loss_fn(model, x, y)).backward()
@@ -293,7 +333,10 @@ def _ddp_worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import datetime
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
+    )
     try:
         model = torch.nn.parallel.DistributedDataParallel(make_model())
         x, y = make_data()

@@ -1,4 +1,5 @@
 """Tests of the benchmark harness and its regression guard (benchmarks/)."""
+
 import json
 import os
 
@@ -6,7 +7,10 @@ from benchmarks import bench_adder2d, check_regression
 
 
 def _result(ratios):
-    rows = [{"shape": name, "forward.vs_conv2d": f, "forward_backward.vs_conv2d": fb} for name, (f, fb) in ratios.items()]
+    rows = [
+        {"shape": name, "forward.vs_conv2d": f, "forward_backward.vs_conv2d": fb}
+        for name, (f, fb) in ratios.items()
+    ]
     return {"device": "cpu", "rows": rows}
 
 
@@ -30,13 +34,32 @@ def test_guard_command_on_files(tmp_path, capsys):
 
 
 def test_benchmark_runs_and_writes_results(tmp_path):
-    bench_adder2d.main(["--device", "cpu", "--shapes", "lenet5.c2", "--repeats", "2", "--reference-repeats", "1",
-                        "--batch", "4", "--out", str(tmp_path)])
+    bench_adder2d.main(
+        [
+            "--device",
+            "cpu",
+            "--shapes",
+            "lenet5.c2",
+            "--repeats",
+            "2",
+            "--reference-repeats",
+            "1",
+            "--batch",
+            "4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     with open(tmp_path / "results.json") as f:
         result = json.load(f)
     row = result["rows"][0]
     assert row["shape"] == "lenet5.c2" and row["batch"] == 4
-    for key in ("adder2d.forward", "conv2d.forward", "reference.forward", "adder2d.forward_backward"):
+    for key in (
+        "adder2d.forward",
+        "conv2d.forward",
+        "reference.forward",
+        "adder2d.forward_backward",
+    ):
         assert row[key]["median_s"] > 0
     assert row["adder2d.peak_mib"] >= 0 and result["environment"]["torch"]
     assert os.path.exists(tmp_path / "results.md")

@@ -1,4 +1,5 @@
 """Tests of the build and import checks (setup.py, addernet_cuda/_extension.py)."""
+
 import importlib
 import os
 import subprocess
@@ -29,7 +30,9 @@ def test_ops_are_registered_for_cpu():
 
 def test_refuses_extension_built_against_another_torch(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "0.0.1")
-    with pytest.raises(ImportError, match=r"built against torch .* but torch 0.0.1 is running.*Rebuild"):
+    with pytest.raises(
+        ImportError, match=r"built against torch .* but torch 0.0.1 is running.*Rebuild"
+    ):
         _extension._load()
 
 
@@ -38,14 +41,18 @@ def test_refuses_unloadable_extension_with_rebuild_instruction(monkeypatch):
         raise ImportError("undefined symbol: _ZN3c1010Something")
 
     monkeypatch.setattr(importlib, "import_module", fail)
-    with pytest.raises(ImportError, match="cannot load the compiled extension.*undefined symbol.*Rebuild"):
+    with pytest.raises(
+        ImportError, match="cannot load the compiled extension.*undefined symbol.*Rebuild"
+    ):
         _extension._load()
 
 
 def test_isa_switch_from_environment():
     code = "import addernet_cuda; print(addernet_cuda.build_info()['cpu_isa'])"
     env = dict(os.environ, ADDERNET_CPU_ISA="base", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "base"
 

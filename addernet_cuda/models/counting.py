@@ -19,6 +19,7 @@ count minus the multiplicative layers' count):
 
 The pass runs under ``FakeTensorMode``: shapes only, no arithmetic, so ResNet-50 costs nothing.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -61,8 +62,10 @@ class OpCount:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"{self.mul / 1e6:.2f}M mul, {self.add / 1e6:.2f}M add "
-                f"(BatchNorm, not included: {self.bn_mul / 1e6:.2f}M mul, {self.bn_add / 1e6:.2f}M add)")
+        return (
+            f"{self.mul / 1e6:.2f}M mul, {self.add / 1e6:.2f}M add "
+            f"(BatchNorm, not included: {self.bn_mul / 1e6:.2f}M mul, {self.bn_add / 1e6:.2f}M add)"
+        )
 
 
 def head_ops(head: nn.Module) -> Tuple[int, int]:
@@ -92,7 +95,9 @@ def count_ops(model: nn.Module, input_size: Optional[Tuple[int, ...]] = None) ->
     handles = []
 
     def conv_hook(module, inputs, output):
-        fan_in = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+        fan_in = (
+            (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+        )
         taps = output.numel() * fan_in
         if isinstance(module, AdderConv2d):
             result._row(names[module], "adder", 0, 2 * taps)

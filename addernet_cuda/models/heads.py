@@ -24,6 +24,7 @@ no shared module, so for them the loss module *is* the head. Every head's scores
 :func:`head_logits` (margin-free for LGM, MoM and L-Softmax; ``log f_k(x) + log(1/K)`` for SLAC),
 whose argmax is the prediction.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -43,7 +44,9 @@ class LinearHead(nn.Module):
     """``BatchNorm(Conv1x1(x))``: the official AdderNet classifier (``fc`` then ``bn2``), on
     features ``[B, d]``; a 1x1 convolution of a 1x1 map is a linear layer, multiplicative."""
 
-    def __init__(self, feat_dim: int, num_classes: int, bias: bool = False, batch_norm: bool = True):
+    def __init__(
+        self, feat_dim: int, num_classes: int, bias: bool = False, batch_norm: bool = True
+    ):
         super().__init__()
         self.feat_dim, self.num_classes = int(feat_dim), int(num_classes)
         self.fc = nn.Conv2d(feat_dim, num_classes, 1, bias=bias)
@@ -53,16 +56,30 @@ class LinearHead(nn.Module):
         return self.bn(self.fc(x[:, :, None, None])).flatten(1)
 
 
-def make_head(kind: str, num_classes: int, feat_dim: int, *, lgm_alpha: float = 0.1, lgm_lam: float = 0.01,
-              lsoftmax_margin: int = 4, freeze_location: bool = False, freeze_covariance: bool = False,
-              freeze_skewness: bool = False) -> nn.Module:
+def make_head(
+    kind: str,
+    num_classes: int,
+    feat_dim: int,
+    *,
+    lgm_alpha: float = 0.1,
+    lgm_lam: float = 0.01,
+    lsoftmax_margin: int = 4,
+    freeze_location: bool = False,
+    freeze_covariance: bool = False,
+    freeze_skewness: bool = False,
+) -> nn.Module:
     """The head module for ``kind`` (one of :data:`HEADS`). The freeze switches apply to
     ``slac`` (Table 4 of the SLAC paper), ``lgm_*`` to ``lgm`` and ``mom``."""
     if kind == "linear":
         return LinearHead(feat_dim, num_classes)
     if kind == "slac":
-        return SkewLaplaceMixture(num_classes, feat_dim, freeze_location=freeze_location,
-                                  freeze_covariance=freeze_covariance, freeze_skewness=freeze_skewness)
+        return SkewLaplaceMixture(
+            num_classes,
+            feat_dim,
+            freeze_location=freeze_location,
+            freeze_covariance=freeze_covariance,
+            freeze_skewness=freeze_skewness,
+        )
     if kind == "lgm":
         return LGMLoss(num_classes, feat_dim, alpha=lgm_alpha, lam=lgm_lam)
     if kind == "mom":
@@ -73,8 +90,13 @@ def make_head(kind: str, num_classes: int, feat_dim: int, *, lgm_alpha: float = 
 
 
 def head_kind(head: nn.Module) -> str:
-    for kind, cls in (("linear", LinearHead), ("slac", SkewLaplaceMixture), ("mom", MoMLoss),
-                      ("lgm", LGMLoss), ("lsoftmax", LSoftmaxLoss)):
+    for kind, cls in (
+        ("linear", LinearHead),
+        ("slac", SkewLaplaceMixture),
+        ("mom", MoMLoss),
+        ("lgm", LGMLoss),
+        ("lsoftmax", LSoftmaxLoss),
+    ):
         if isinstance(head, cls):
             return kind
     raise TypeError(f"not a known head: {type(head).__name__}")
@@ -87,8 +109,14 @@ def head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return head.logits(features)
 
 
-def head_param_groups(head: nn.Module, lr: float, *, weight_decay: float, head_weight_decay: float,
-                      cov_lr_scale: float) -> List[dict]:
+def head_param_groups(
+    head: nn.Module,
+    lr: float,
+    *,
+    weight_decay: float,
+    head_weight_decay: float,
+    cov_lr_scale: float,
+) -> List[dict]:
     """Optimizer groups for a head's trainable parameters.
 
     ``linear`` and ``lsoftmax`` are ordinary classifiers: one group with the model's
@@ -108,8 +136,14 @@ def head_param_groups(head: nn.Module, lr: float, *, weight_decay: float, head_w
     if rest:
         groups.append({"params": rest, "lr": lr, "weight_decay": head_weight_decay, "name": "head"})
     if cov:
-        groups.append({"params": cov, "lr": lr / cov_lr_scale, "weight_decay": head_weight_decay,
-                       "name": "head_covariance"})
+        groups.append(
+            {
+                "params": cov,
+                "lr": lr / cov_lr_scale,
+                "weight_decay": head_weight_decay,
+                "name": "head_covariance",
+            }
+        )
     return groups
 
 
@@ -123,12 +157,20 @@ class HeadLoss(nn.Module):
             "SL" variant). LGM/MoM/L-Softmax carry their settings in the head itself.
     """
 
-    def __init__(self, head: nn.Module, *, lam: float = 0.01, beta: float = 0.1, detach_target: bool = True):
+    def __init__(
+        self, head: nn.Module, *, lam: float = 0.01, beta: float = 0.1, detach_target: bool = True
+    ):
         super().__init__()
         self.kind = head_kind(head)
         if self.kind == "slac":
-            self.loss = SLACLoss(head.num_classes, head.feat_dim, lam=lam, beta=beta, mixture=head,
-                                 detach_target=detach_target)
+            self.loss = SLACLoss(
+                head.num_classes,
+                head.feat_dim,
+                lam=lam,
+                beta=beta,
+                mixture=head,
+                detach_target=detach_target,
+            )
         else:
             self.loss = head
         self.last_logits: Optional[torch.Tensor] = None

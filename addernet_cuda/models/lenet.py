@@ -13,6 +13,7 @@ Figure-3-style plots (no projection: f6 itself has ``d`` outputs). The features 
 BatchNorm output with no ReLU, so they can take any sign, as the distribution heads need.
 ``cnn=True`` makes c3, c5 and f6 ``nn.Conv2d``.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,8 +31,16 @@ class LeNet5(Classifier):
 
     input_size = (1, 28, 28)
 
-    def __init__(self, num_classes: int = 10, head: str = "linear", feat_dim: Optional[int] = None, cnn: bool = False,
-                 eta: Optional[float] = 0.2, input_grad: str = "hardtanh", head_kwargs: Optional[dict] = None):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        head: str = "linear",
+        feat_dim: Optional[int] = None,
+        cnn: bool = False,
+        eta: Optional[float] = 0.2,
+        input_grad: str = "hardtanh",
+        head_kwargs: Optional[dict] = None,
+    ):
         super().__init__()
         d = 84 if feat_dim is None else int(feat_dim)
         opts = {"eta": eta, "input_grad": input_grad}
@@ -45,7 +54,14 @@ class LeNet5(Classifier):
         self.bn6 = nn.BatchNorm2d(d)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(2, 2)
-        self._finish(num_classes=num_classes, natural_dim=d, feat_dim=d, head=head, cnn=cnn, head_kwargs=head_kwargs)
+        self._finish(
+            num_classes=num_classes,
+            natural_dim=d,
+            feat_dim=d,
+            head=head,
+            cnn=cnn,
+            head_kwargs=head_kwargs,
+        )
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.relu(self.bn1(self.c1(x))))

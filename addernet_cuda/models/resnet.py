@@ -17,6 +17,7 @@ convolution PyTorch's default (CIFAR, as the official ResNet-20) or Kaiming-norm
 (ImageNet, as the official ResNet-50, which applies it to every ``nn.Conv2d``: the 1x1 classifier
 of the ``linear`` head and the twin's convolutions included).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -32,7 +33,9 @@ __all__ = ["CifarResNet", "ImageNetResNet", "resnet20", "resnet32", "resnet18", 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], layer):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], layer
+    ):
         super().__init__()
         self.conv1 = layer(inplanes, planes, 3, stride, 1)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -52,7 +55,9 @@ class Bottleneck(nn.Module):
     expansion = 4
     stride_in_1x1 = False  # set on a subclass for the original (Caffe) layout
 
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], layer):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, downsample: Optional[nn.Module], layer
+    ):
         super().__init__()
         s1, s3 = (stride, 1) if self.stride_in_1x1 else (1, stride)
         self.conv1 = layer(inplanes, planes, 1, s1, 0)
@@ -75,8 +80,10 @@ class Bottleneck(nn.Module):
 def _make_stage(block, layer, inplanes: int, planes: int, blocks: int, stride: int):
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
-        downsample = nn.Sequential(layer(inplanes, planes * block.expansion, 1, stride, 0),
-                                   nn.BatchNorm2d(planes * block.expansion))
+        downsample = nn.Sequential(
+            layer(inplanes, planes * block.expansion, 1, stride, 0),
+            nn.BatchNorm2d(planes * block.expansion),
+        )
     layers: List[nn.Module] = [block(inplanes, planes, stride, downsample, layer)]
     for _ in range(1, blocks):
         layers.append(block(planes * block.expansion, planes, 1, None, layer))
@@ -86,6 +93,7 @@ def _make_stage(block, layer, inplanes: int, planes: int, blocks: int, stride: i
 def _layer_factory(cnn: bool, eta: Optional[float], input_grad: str):
     def layer(cin, cout, k, stride, padding):
         return conv_layer(cnn, cin, cout, k, stride, padding, eta=eta, input_grad=input_grad)
+
     return layer
 
 
@@ -105,9 +113,17 @@ class CifarResNet(Classifier):
 
     input_size = (3, 32, 32)
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, head: str = "linear", feat_dim: Optional[int] = None,
-                 cnn: bool = False, eta: Optional[float] = 0.2, input_grad: str = "hardtanh",
-                 head_kwargs: Optional[dict] = None):
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        head: str = "linear",
+        feat_dim: Optional[int] = None,
+        cnn: bool = False,
+        eta: Optional[float] = 0.2,
+        input_grad: str = "hardtanh",
+        head_kwargs: Optional[dict] = None,
+    ):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
@@ -121,8 +137,14 @@ class CifarResNet(Classifier):
         self.layer2, c = _make_stage(BasicBlock, layer, c, 32, n, 2)
         self.layer3, c = _make_stage(BasicBlock, layer, c, 64, n, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self._finish(num_classes=num_classes, natural_dim=c, feat_dim=feat_dim, head=head, cnn=cnn,
-                     head_kwargs=head_kwargs)
+        self._finish(
+            num_classes=num_classes,
+            natural_dim=c,
+            feat_dim=feat_dim,
+            head=head,
+            cnn=cnn,
+            head_kwargs=head_kwargs,
+        )
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -143,12 +165,26 @@ class ImageNetResNet(Classifier):
 
     input_size = (3, 224, 224)
 
-    def __init__(self, depth: int = 18, num_classes: int = 1000, head: str = "linear", feat_dim: Optional[int] = None,
-                 cnn: bool = False, eta: Optional[float] = 0.2, input_grad: str = "hardtanh",
-                 head_kwargs: Optional[dict] = None, stride_in_1x1: bool = False):
+    def __init__(
+        self,
+        depth: int = 18,
+        num_classes: int = 1000,
+        head: str = "linear",
+        feat_dim: Optional[int] = None,
+        cnn: bool = False,
+        eta: Optional[float] = 0.2,
+        input_grad: str = "hardtanh",
+        head_kwargs: Optional[dict] = None,
+        stride_in_1x1: bool = False,
+    ):
         super().__init__()
-        configs = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3]),
-                   101: (Bottleneck, [3, 4, 23, 3]), 152: (Bottleneck, [3, 8, 36, 3])}
+        configs = {
+            18: (BasicBlock, [2, 2, 2, 2]),
+            34: (BasicBlock, [3, 4, 6, 3]),
+            50: (Bottleneck, [3, 4, 6, 3]),
+            101: (Bottleneck, [3, 4, 23, 3]),
+            152: (Bottleneck, [3, 8, 36, 3]),
+        }
         if depth not in configs:
             raise ValueError(f"ImageNet ResNet depth must be one of {sorted(configs)}, got {depth}")
         block, blocks = configs[depth]
@@ -167,8 +203,14 @@ class ImageNetResNet(Classifier):
             stages.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self._finish(num_classes=num_classes, natural_dim=c, feat_dim=feat_dim, head=head, cnn=cnn,
-                     head_kwargs=head_kwargs)
+        self._finish(
+            num_classes=num_classes,
+            natural_dim=c,
+            feat_dim=feat_dim,
+            head=head,
+            cnn=cnn,
+            head_kwargs=head_kwargs,
+        )
         for m in self.modules():
             if type(m) is nn.Conv2d:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,9 +1,20 @@
 """Modules: AdderConv2d (and adderize), AdderNet's adaptive learning rate, the skew Laplace
 mixture head with the SLAC loss, and the baseline losses it is compared with."""
+
 from .adaptive_lr import rescale_adder_grads, set_adaptive_lr
 from .adder_conv import AdderConv2d, adderize
 from .losses import LGMLoss, LSoftmaxLoss, MoMLoss, SoftmaxLoss
 from .slac import SkewLaplaceMixture, SLACLoss
 
-__all__ = ["AdderConv2d", "adderize", "rescale_adder_grads", "set_adaptive_lr",
-           "SkewLaplaceMixture", "SLACLoss", "LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]
+__all__ = [
+    "AdderConv2d",
+    "adderize",
+    "rescale_adder_grads",
+    "set_adaptive_lr",
+    "SkewLaplaceMixture",
+    "SLACLoss",
+    "LGMLoss",
+    "MoMLoss",
+    "LSoftmaxLoss",
+    "SoftmaxLoss",
+]

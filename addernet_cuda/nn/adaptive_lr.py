@@ -15,6 +15,7 @@ GradScaler skips a step; SGD's weight decay is added after it, as in the officia
 Limitation: with sharded gradients (FSDP) each rank sees only a shard, and the norm here would be
 the shard's norm, not the layer's. Use ``eta=None`` on the layers and rescale yourself there.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,12 @@ def rescale_adder_grads(params: Iterable[torch.Tensor]) -> None:
             continue
         g = p.grad
         if g.is_sparse:
-            raise RuntimeError("AdderNet adaptive learning rate: sparse gradients are not supported")
-        norm = torch.linalg.vector_norm(g, dtype=torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else None)
+            raise RuntimeError(
+                "AdderNet adaptive learning rate: sparse gradients are not supported"
+            )
+        norm = torch.linalg.vector_norm(
+            g, dtype=torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else None
+        )
         g.mul_((eta * math.sqrt(g.numel())) / norm.clamp(min=1e-12).to(g.dtype))
 
 

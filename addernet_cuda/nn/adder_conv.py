@@ -5,9 +5,9 @@ The module has nn.Conv2d's constructor, defaults, attributes and state_dict layo
 [out, in/groups, kH, kW] and ``bias`` [out]); it is not a subclass of nn.Conv2d, so code that
 assumes a multiplicative convolution (Conv-BN folding, quantisation) does not take it for one.
 """
+
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Iterable, Optional, Union
 
@@ -20,7 +20,12 @@ from torch.nn.modules.utils import _pair
 from ..ops import INPUT_GRAD_MODES, adder2d
 from .adaptive_lr import adaptive_lr_eta, set_adaptive_lr
 
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+_NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 class AdderConv2d(_ConvNd):
@@ -61,14 +66,28 @@ class AdderConv2d(_ConvNd):
         dtype=None,
     ):
         if input_grad not in INPUT_GRAD_MODES:
-            raise ValueError(f'AdderConv2d: input_grad must be "hardtanh" or "exact", got {input_grad!r}')
+            raise ValueError(
+                f'AdderConv2d: input_grad must be "hardtanh" or "exact", got {input_grad!r}'
+            )
         factory_kwargs = {"device": device, "dtype": dtype}
         kernel_size_ = _pair(kernel_size)
         stride_ = _pair(stride)
         padding_ = padding if isinstance(padding, str) else _pair(padding)
         dilation_ = _pair(dilation)
-        super().__init__(in_channels, out_channels, kernel_size_, stride_, padding_, dilation_,
-                         False, _pair(0), groups, bias, padding_mode, **factory_kwargs)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size_,
+            stride_,
+            padding_,
+            dilation_,
+            False,
+            _pair(0),
+            groups,
+            bias,
+            padding_mode,
+            **factory_kwargs,
+        )
         self.input_grad = input_grad
         self.eta = eta
 
@@ -113,21 +132,46 @@ class AdderConv2d(_ConvNd):
         if explicit is not None:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             input = F.pad(input, explicit, mode=mode)
-        return adder2d(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
-                       self.input_grad)
+        return adder2d(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
+            self.input_grad,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", eta={self.eta}, input_grad={self.input_grad!r}"
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, eta: Optional[float] = 0.2, input_grad: str = "hardtanh",
-                  copy_weights: bool = False) -> "AdderConv2d":
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        eta: Optional[float] = 0.2,
+        input_grad: str = "hardtanh",
+        copy_weights: bool = False,
+    ) -> "AdderConv2d":
         """An AdderConv2d with ``conv``'s configuration (channels, kernel, stride, padding,
         dilation, groups, bias, padding mode, device, dtype). Weights are freshly initialised
         unless ``copy_weights`` (a multiplicative filter is rarely a good adder filter)."""
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, eta=eta,
-                    input_grad=input_grad, device=conv.weight.device, dtype=conv.weight.dtype)
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            eta=eta,
+            input_grad=input_grad,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         if copy_weights:
             with torch.no_grad():
                 layer.weight.copy_(conv.weight)
@@ -171,18 +215,27 @@ def adderize(
     if keep_classifier and convs:
         last = convs[-1]
         index = [n for n, _ in leaves].index(last)
-        if not any(isinstance(m, nn.Linear) for _, m in leaves[index + 1:]):
+        if not any(isinstance(m, nn.Linear) for _, m in leaves[index + 1 :]):
             keep.add(last)
     missing = exclude - {n for n, _ in leaves}
     if missing:
-        raise ValueError(f"adderize: exclude names modules that are not in the model: {sorted(missing)}")
+        raise ValueError(
+            f"adderize: exclude names modules that are not in the model: {sorted(missing)}"
+        )
     unnormalised = []
     for i, (name, module) in enumerate(leaves):
         if type(module) is not nn.Conv2d or name in keep:
             continue
-        _set_submodule(model, name, AdderConv2d.from_conv(module, eta=eta, input_grad=input_grad,
-                                                          copy_weights=copy_weights))
-        following = next((m for _, m in leaves[i + 1:] if not isinstance(m, (nn.Identity, nn.Dropout))), None)
+        _set_submodule(
+            model,
+            name,
+            AdderConv2d.from_conv(
+                module, eta=eta, input_grad=input_grad, copy_weights=copy_weights
+            ),
+        )
+        following = next(
+            (m for _, m in leaves[i + 1 :] if not isinstance(m, (nn.Identity, nn.Dropout))), None
+        )
         if not isinstance(following, _NORM_TYPES):
             unnormalised.append(name)
     if unnormalised:

@@ -37,6 +37,7 @@ separate terms, detached, in ``.last_terms``.
 The Gaussian quadratic forms are expanded into matrix products as in :mod:`.slac`; nothing of size
 ``B x K x d`` is formed.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,15 +68,27 @@ def _targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 class _GaussianMixtureLoss(nn.Module):
     """Shared part of LGM and MoM: ``C`` diagonal Gaussian components per class."""
 
-    def __init__(self, num_classes: int, feat_dim: int, num_components: int, alpha: float, lam: float,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        num_components: int,
+        alpha: float,
+        lam: float,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if num_classes < 1 or feat_dim < 1 or num_components < 1:
             raise ValueError("num_classes, feat_dim and num_components must be >= 1")
         if alpha < 0:
             raise ValueError(f"alpha (the margin) must be >= 0, got {alpha}")
         factory = {"device": device, "dtype": dtype}
-        self.num_classes, self.feat_dim, self.num_components = int(num_classes), int(feat_dim), int(num_components)
+        self.num_classes, self.feat_dim, self.num_components = (
+            int(num_classes),
+            int(feat_dim),
+            int(num_components),
+        )
         self.alpha = float(alpha)
         self.lam = float(lam)
         self.means = nn.Parameter(torch.empty(num_classes * num_components, feat_dim, **factory))
@@ -153,8 +166,16 @@ class LGMLoss(_GaussianMixtureLoss):
     covariance). Wan et al. tune ``alpha`` and ``lam`` per data set; set them accordingly.
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, alpha: float = 0.1, lam: float = 0.01, *,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        alpha: float = 0.1,
+        lam: float = 0.01,
+        *,
+        device=None,
+        dtype=None,
+    ):
         super().__init__(num_classes, feat_dim, 1, alpha, lam, device=device, dtype=dtype)
 
 
@@ -172,10 +193,23 @@ class MoMLoss(_GaussianMixtureLoss):
     Parameters: ``means`` and ``log_var`` ``[K * C, d]`` (row ``k * C + c``), ``mix_logits`` ``[K, C]``.
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, alpha: float = 0.1, lam: float = 0.01,
-                 num_components: int = 2, *, device=None, dtype=None):
-        super().__init__(num_classes, feat_dim, num_components, alpha, lam, device=device, dtype=dtype)
-        self.mix_logits = nn.Parameter(torch.zeros(num_classes, num_components, device=device, dtype=dtype))
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        alpha: float = 0.1,
+        lam: float = 0.01,
+        num_components: int = 2,
+        *,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            num_classes, feat_dim, num_components, alpha, lam, device=device, dtype=dtype
+        )
+        self.mix_logits = nn.Parameter(
+            torch.zeros(num_classes, num_components, device=device, dtype=dtype)
+        )
 
     def mixing_weights(self) -> torch.Tensor:
         """``pi``, ``[K, C]``, rows summing to 1."""
@@ -202,19 +236,37 @@ class LSoftmaxLoss(nn.Module):
     plain softmax.
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, margin: int = 4, *, base: float = 1000.0,
-                 gamma: float = 2.5e-5, power: float = 35.0, lambda_min: float = 0.0, device=None, dtype=None):
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        margin: int = 4,
+        *,
+        base: float = 1000.0,
+        gamma: float = 2.5e-5,
+        power: float = 35.0,
+        lambda_min: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if int(margin) != margin or margin < 1:
             raise ValueError(f"margin must be a positive integer, got {margin}")
         self.num_classes, self.feat_dim, self.margin = int(num_classes), int(feat_dim), int(margin)
-        self.base, self.gamma, self.power, self.lambda_min = float(base), float(gamma), float(power), float(lambda_min)
+        self.base, self.gamma, self.power, self.lambda_min = (
+            float(base),
+            float(gamma),
+            float(power),
+            float(lambda_min),
+        )
         self.iteration = 0
         self.weight = nn.Parameter(torch.empty(num_classes, feat_dim, device=device, dtype=dtype))
         nn.init.xavier_uniform_(self.weight)
         # cos(m theta) = sum_n (-1)^n C(m, 2n) cos^(m-2n) (1 - cos^2)^n
-        self._cheb = [((-1) ** n * math.comb(self.margin, 2 * n), self.margin - 2 * n, n)
-                      for n in range(self.margin // 2 + 1)]
+        self._cheb = [
+            ((-1) ** n * math.comb(self.margin, 2 * n), self.margin - 2 * n, n)
+            for n in range(self.margin // 2 + 1)
+        ]
         self.last_terms: Dict[str, torch.Tensor] = {}
 
     def get_extra_state(self):
@@ -224,7 +276,9 @@ class LSoftmaxLoss(nn.Module):
         self.iteration = int(state["iteration"])
 
     def current_lambda(self) -> float:
-        return max(self.lambda_min, self.base * (1.0 + self.gamma * self.iteration) ** (-self.power))
+        return max(
+            self.lambda_min, self.base * (1.0 + self.gamma * self.iteration) ** (-self.power)
+        )
 
     def psi(self, cos: torch.Tensor) -> torch.Tensor:
         """``psi(theta)`` as a function of ``cos(theta)`` (in ``[-1, 1]``)."""
@@ -260,14 +314,18 @@ class LSoftmaxLoss(nn.Module):
         return self.logits(features).argmax(1)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, margin={self.margin}, "
-                f"iteration={self.iteration}, lambda={self.current_lambda():.4g}")
+        return (
+            f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, margin={self.margin}, "
+            f"iteration={self.iteration}, lambda={self.current_lambda():.4g}"
+        )
 
 
 class SoftmaxLoss(nn.Module):
     """Cross-entropy on a linear head ``fc = nn.Linear(feat_dim, num_classes)`` (with bias)."""
 
-    def __init__(self, num_classes: int, feat_dim: int, bias: bool = True, *, device=None, dtype=None):
+    def __init__(
+        self, num_classes: int, feat_dim: int, bias: bool = True, *, device=None, dtype=None
+    ):
         super().__init__()
         self.num_classes, self.feat_dim = int(num_classes), int(feat_dim)
         self.fc = nn.Linear(feat_dim, num_classes, bias=bias, device=device, dtype=dtype)

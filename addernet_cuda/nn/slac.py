@@ -41,6 +41,7 @@ The head computes in its own dtype with autocast disabled: the expanded quadrati
 survive float16/bfloat16. It does not change the global TF32 setting; with TF32 matmuls enabled
 on a GPU, ``Q`` carries TF32's ~1e-3 relative error of ``|x|^2``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -111,12 +112,22 @@ class SkewLaplaceMixture(nn.Module):
     ``L_ac`` (Eq. 8). Inputs are cast to the head's dtype and computed with autocast disabled.
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, *, freeze_location: bool = False,
-                 freeze_covariance: bool = False, freeze_skewness: bool = False,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        *,
+        freeze_location: bool = False,
+        freeze_covariance: bool = False,
+        freeze_skewness: bool = False,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if num_classes < 1 or feat_dim < 1:
-            raise ValueError(f"num_classes and feat_dim must be >= 1, got {num_classes} and {feat_dim}")
+            raise ValueError(
+                f"num_classes and feat_dim must be >= 1, got {num_classes} and {feat_dim}"
+            )
         factory = {"device": device, "dtype": dtype}
         self.num_classes = int(num_classes)
         self.feat_dim = int(feat_dim)
@@ -125,26 +136,39 @@ class SkewLaplaceMixture(nn.Module):
         self.log_var = nn.Parameter(torch.empty(num_classes, feat_dim, **factory))
         self.log_norm_const = skew_laplace_log_norm(self.feat_dim)
         self.reset_parameters()
-        self.set_frozen(location=freeze_location, covariance=freeze_covariance, skewness=freeze_skewness)
+        self.set_frozen(
+            location=freeze_location, covariance=freeze_covariance, skewness=freeze_skewness
+        )
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.mu)
         nn.init.zeros_(self.gamma)
         nn.init.zeros_(self.log_var)
 
-    def set_frozen(self, location: Optional[bool] = None, covariance: Optional[bool] = None,
-                   skewness: Optional[bool] = None) -> None:
+    def set_frozen(
+        self,
+        location: Optional[bool] = None,
+        covariance: Optional[bool] = None,
+        skewness: Optional[bool] = None,
+    ) -> None:
         """Freezes (True) or unfreezes (False) the location, covariance or skewness; None leaves
         it as it is. A frozen parameter has ``requires_grad = False``, gets no gradient, and is
         therefore left alone by every optimizer, weight decay and momentum included."""
-        for param, frozen in ((self.mu, location), (self.log_var, covariance), (self.gamma, skewness)):
+        for param, frozen in (
+            (self.mu, location),
+            (self.log_var, covariance),
+            (self.gamma, skewness),
+        ):
             if frozen is not None:
                 param.requires_grad_(not frozen)
 
     @property
     def frozen(self) -> Dict[str, bool]:
-        return {"location": not self.mu.requires_grad, "covariance": not self.log_var.requires_grad,
-                "skewness": not self.gamma.requires_grad}
+        return {
+            "location": not self.mu.requires_grad,
+            "covariance": not self.log_var.requires_grad,
+            "skewness": not self.gamma.requires_grad,
+        }
 
     def covariance(self) -> torch.Tensor:
         """The variances ``diag(Sigma_k)``, ``[K, d]``, positive."""
@@ -220,7 +244,9 @@ class SkewLaplaceMixture(nn.Module):
         return (self.skewness_cosines() - self.angle_target(detach=detach_target)).square().mean()
 
     @torch.no_grad()
-    def sample(self, classes: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(
+        self, classes: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """One draw from ``SL(mu_k, Sigma_k, gamma_k)`` per entry of ``classes`` ``[n]``, ``[n, d]``.
 
         Uses the normal mean-variance mixture ``x = mu + V gamma + sqrt(V) Sigma^(1/2) z`` with
@@ -234,8 +260,9 @@ class SkewLaplaceMixture(nn.Module):
         std = (0.5 * self.log_var[classes]).exp()
         return self.mu[classes] + v * self.gamma[classes] + v.sqrt() * std * z
 
-    def param_groups(self, lr: float, *, weight_decay: float = 0.0,
-                     cov_lr_scale: float = 100.0) -> List[dict]:
+    def param_groups(
+        self, lr: float, *, weight_decay: float = 0.0, cov_lr_scale: float = 100.0
+    ) -> List[dict]:
         """Optimizer parameter groups for the trainable distribution parameters: location and
         skewness at ``lr``, the covariance (``log_var``) at ``lr / cov_lr_scale`` (100 for CIFAR,
         1000 for ImageNet in the paper). Learning-rate schedulers scale each group from its own
@@ -254,17 +281,30 @@ class SkewLaplaceMixture(nn.Module):
         groups = []
         main = [p for p in (self.mu, self.gamma) if p.requires_grad]
         if main:
-            groups.append({"params": main, "lr": lr, "weight_decay": weight_decay,
-                           "name": "slac_location_skewness"})
+            groups.append(
+                {
+                    "params": main,
+                    "lr": lr,
+                    "weight_decay": weight_decay,
+                    "name": "slac_location_skewness",
+                }
+            )
         if self.log_var.requires_grad:
-            groups.append({"params": [self.log_var], "lr": lr / cov_lr_scale,
-                           "weight_decay": weight_decay, "name": "slac_covariance"})
+            groups.append(
+                {
+                    "params": [self.log_var],
+                    "lr": lr / cov_lr_scale,
+                    "weight_decay": weight_decay,
+                    "name": "slac_covariance",
+                }
+            )
         return groups
 
     def extra_repr(self) -> str:
         frozen = [k for k, v in self.frozen.items() if v]
-        return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}"
-                + (f", frozen={frozen}" if frozen else ""))
+        return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}" + (
+            f", frozen={frozen}" if frozen else ""
+        )
 
 
 class SLACLoss(nn.Module):
@@ -307,22 +347,36 @@ class SLACLoss(nn.Module):
     backward is involved.
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, lam: float = 0.01, beta: float = 0.1,
-                 mixture: Optional[SkewLaplaceMixture] = None, *, detach_target: bool = True,
-                 cov_lr_scale: float = 100.0, freeze_location: Optional[bool] = None,
-                 freeze_covariance: Optional[bool] = None, freeze_skewness: Optional[bool] = None,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        lam: float = 0.01,
+        beta: float = 0.1,
+        mixture: Optional[SkewLaplaceMixture] = None,
+        *,
+        detach_target: bool = True,
+        cov_lr_scale: float = 100.0,
+        freeze_location: Optional[bool] = None,
+        freeze_covariance: Optional[bool] = None,
+        freeze_skewness: Optional[bool] = None,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if mixture is None:
             mixture = SkewLaplaceMixture(num_classes, feat_dim, device=device, dtype=dtype)
         elif not isinstance(mixture, SkewLaplaceMixture):
             raise TypeError(f"mixture must be a SkewLaplaceMixture, got {type(mixture).__name__}")
         elif (mixture.num_classes, mixture.feat_dim) != (num_classes, feat_dim):
-            raise ValueError(f"mixture is for K={mixture.num_classes}, d={mixture.feat_dim}; "
-                             f"expected K={num_classes}, d={feat_dim}")
+            raise ValueError(
+                f"mixture is for K={mixture.num_classes}, d={mixture.feat_dim}; "
+                f"expected K={num_classes}, d={feat_dim}"
+            )
         self.mixture = mixture
-        self.mixture.set_frozen(location=freeze_location, covariance=freeze_covariance,
-                                skewness=freeze_skewness)
+        self.mixture.set_frozen(
+            location=freeze_location, covariance=freeze_covariance, skewness=freeze_skewness
+        )
         self.lam = float(lam)
         self.beta = float(beta)
         self.detach_target = bool(detach_target)
@@ -351,8 +405,12 @@ class SLACLoss(nn.Module):
         if self.beta != 0.0:
             ac = self.mixture.angle_constraint(detach_target=self.detach_target)
             loss = loss + self.beta * ac
-        self.last_terms = {"loss": loss.detach(), "ce": ce.detach(), "nll": nll.detach(),
-                           "ac": None if ac is None else ac.detach()}
+        self.last_terms = {
+            "loss": loss.detach(),
+            "ce": ce.detach(),
+            "nll": nll.detach(),
+            "ac": None if ac is None else ac.detach(),
+        }
         self.last_logits = logits.detach()
         return loss
 
@@ -363,8 +421,15 @@ class SLACLoss(nn.Module):
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.mixture.predict(features)
 
-    def param_groups(self, lr: float, *, weight_decay: float = 0.0, cov_lr_scale: Optional[float] = None,
-                     model: Optional[nn.Module] = None, model_weight_decay: Optional[float] = None) -> List[dict]:
+    def param_groups(
+        self,
+        lr: float,
+        *,
+        weight_decay: float = 0.0,
+        cov_lr_scale: Optional[float] = None,
+        model: Optional[nn.Module] = None,
+        model_weight_decay: Optional[float] = None,
+    ) -> List[dict]:
         """Optimizer parameter groups: :meth:`SkewLaplaceMixture.param_groups` (covariance at
         ``lr / cov_lr_scale``, ``weight_decay`` on the distribution parameters, 0 by default).
 

@@ -67,11 +67,13 @@ std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
 
 }  // namespace
 
-std::string cpu_isa() { return use_avx2() ? "avx2" : "base"; }
+std::string cpu_isa() {
+  return use_avx2() ? "avx2" : "base";
+}
 
 void set_cpu_isa(const std::string& isa) {
-  TORCH_CHECK(isa == "base" || isa == "avx2", "set_cpu_isa: isa must be \"base\" or \"avx2\", got \"",
-              isa, "\"");
+  TORCH_CHECK(isa == "base" || isa == "avx2",
+              "set_cpu_isa: isa must be \"base\" or \"avx2\", got \"", isa, "\"");
   if (isa == "avx2") {
     TORCH_CHECK(avx2_compiled(), "set_cpu_isa: this build has no AVX2 kernels");
     TORCH_CHECK(cpu_has_avx2(), "set_cpu_isa: this CPU lacks AVX2 or FMA");
@@ -87,8 +89,8 @@ at::Tensor adder2d_cpu(const at::Tensor& input, const at::Tensor& weight,
       check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
   parse_input_grad_mode("adder2d: input_grad", input_grad);
   if (is_reduced_float(input)) {
-    return adder2d_cpu(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias), stride,
-                       padding, dilation, groups, input_grad)
+    return adder2d_cpu(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias), stride, padding,
+                       dilation, groups, input_grad)
         .to(input.scalar_type());
   }
   at::Tensor y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
@@ -122,11 +124,12 @@ at::Tensor adder2d_cpu(const at::Tensor& input, const at::Tensor& weight,
 
 at::Tensor adder2d_input_grad_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                   const at::Tensor& weight, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation,
-                                  int64_t groups, c10::string_view mode) {
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                  c10::string_view mode) {
   const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
                                             stride, padding, dilation, groups, grad_output);
-  const bool sign_mode = parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
+  const bool sign_mode =
+      parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
   if (is_reduced_float(input)) {
     return adder2d_input_grad_cpu(grad_output.to(at::kFloat), input.to(at::kFloat),
                                   weight.to(at::kFloat), stride, padding, dilation, groups, mode)

@@ -14,8 +14,8 @@ namespace cpu {
 template <typename T>
 struct KernelSet {
   // Output pixels [p0, p0 + tile_pixels) of one image and group; see adder2d_cpu_kernels.h.
-  void (*forward_tile)(const Adder2dShape&, const T* x, const T* w, const T* bias, T* y,
-                       int64_t p0, T* scratch);
+  void (*forward_tile)(const Adder2dShape&, const T* x, const T* w, const T* bias, T* y, int64_t p0,
+                       T* scratch);
   // scratch: input_grad_scratch(shape) elements; reuse: the previous call on this scratch had
   // the same dy.
   void (*input_grad_plane)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,

@@ -27,13 +27,25 @@ namespace addernet {
 namespace cpu {
 
 #ifdef ADDER_HAVE_AVX2_BUILD
-bool avx2_compiled() { return true; }
-KernelSet<float> avx2_kernels_float() { return avx2::make_kernel_set<float>(); }
-KernelSet<double> avx2_kernels_double() { return avx2::make_kernel_set<double>(); }
+bool avx2_compiled() {
+  return true;
+}
+KernelSet<float> avx2_kernels_float() {
+  return avx2::make_kernel_set<float>();
+}
+KernelSet<double> avx2_kernels_double() {
+  return avx2::make_kernel_set<double>();
+}
 #else
-bool avx2_compiled() { return false; }
-KernelSet<float> avx2_kernels_float() { return base_kernels_float(); }
-KernelSet<double> avx2_kernels_double() { return base_kernels_double(); }
+bool avx2_compiled() {
+  return false;
+}
+KernelSet<float> avx2_kernels_float() {
+  return base_kernels_float();
+}
+KernelSet<double> avx2_kernels_double() {
+  return base_kernels_double();
+}
 #endif
 
 }  // namespace cpu

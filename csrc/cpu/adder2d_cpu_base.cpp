@@ -8,8 +8,12 @@
 namespace addernet {
 namespace cpu {
 
-KernelSet<float> base_kernels_float() { return base::make_kernel_set<float>(); }
-KernelSet<double> base_kernels_double() { return base::make_kernel_set<double>(); }
+KernelSet<float> base_kernels_float() {
+  return base::make_kernel_set<float>();
+}
+KernelSet<double> base_kernels_double() {
+  return base::make_kernel_set<double>();
+}
 
 }  // namespace cpu
 }  // namespace addernet

@@ -114,17 +114,20 @@ static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* a
   const B mask = B{} + Vec<T>::abs_mask;
   V a[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) __builtin_memcpy(&a[r][j], acc + r * TILE_P + j * (32 / sizeof(T)), sizeof(V));
+    for (int j = 0; j < NV; ++j)
+      __builtin_memcpy(&a[r][j], acc + r * TILE_P + j * (32 / sizeof(T)), sizeof(V));
   for (int64_t k = 0; k < nk; ++k) {
     V x[NV];
-    for (int j = 0; j < NV; ++j) __builtin_memcpy(&x[j], panel + k * TILE_P + j * (32 / sizeof(T)), sizeof(V));
+    for (int j = 0; j < NV; ++j)
+      __builtin_memcpy(&x[j], panel + k * TILE_P + j * (32 / sizeof(T)), sizeof(V));
     for (int r = 0; r < R; ++r) {
       const V wv = w[r * ldw + k] - V{};  // broadcast (x - 0 folds away, 0 + x would not)
       for (int j = 0; j < NV; ++j) a[r][j] += (V)((B)(x[j] - wv) & mask);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) __builtin_memcpy(acc + r * TILE_P + j * (32 / sizeof(T)), &a[r][j], sizeof(V));
+    for (int j = 0; j < NV; ++j)
+      __builtin_memcpy(acc + r * TILE_P + j * (32 / sizeof(T)), &a[r][j], sizeof(V));
 }
 
 // One tile of up to TILE_P output pixels (from flat pixel p0) of one image and group, all of the
@@ -144,7 +147,8 @@ void forward_tile(const Adder2dShape& s, const T* x, const T* w, const T* bias, 
     pack_panel(s, x, p0, np, k0, nk, panel);
     int64_t co = 0;
     constexpr int R = Vec<T>::rows;
-    for (; co + R <= cog; co += R) micro_tile<T, R>(panel, nk, w + co * K + k0, K, acc + co * TILE_P);
+    for (; co + R <= cog; co += R)
+      micro_tile<T, R>(panel, nk, w + co * K + k0, K, acc + co * TILE_P);
     for (; co < cog; ++co) micro_tile<T, 1>(panel, nk, w + co * K + k0, K, acc + co * TILE_P);
   }
   for (int64_t co = 0; co < cog; ++co) {
@@ -186,7 +190,8 @@ static void input_grad_row(const T* dy, int64_t L, const T* x, const T* w, int64
   }
   for (; j < n; ++j) {
     T acc = gr[j];
-    for (int64_t co = 0; co < cog; ++co) acc += dy[co * L + j] * input_grad_weight<T, SIGN>(w[co] - x[j], T(1));
+    for (int64_t co = 0; co < cog; ++co)
+      acc += dy[co * L + j] * input_grad_weight<T, SIGN>(w[co] - x[j], T(1));
     gr[j] = acc;
   }
 }
@@ -301,8 +306,8 @@ static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x
         const int64_t ow0 = s.pad_w - kw * s.dilation_w;
         for (int64_t oh = oh0; oh < oh1; ++oh) {
           const int64_t ih = adder2d_in_index(oh, kh, 1, s.pad_h, s.dilation_h);
-          input_grad_row<T, SIGN>(dyc + oh * row + border + ow0, s.out_h * row, xs + ih * wp,
-                                  wtap, cog, gs + ih * wp, wp);
+          input_grad_row<T, SIGN>(dyc + oh * row + border + ow0, s.out_h * row, xs + ih * wp, wtap,
+                                  cog, gs + ih * wp, wp);
         }
       } else {
         // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
@@ -395,8 +400,8 @@ static void weight_grad_micro(const T* panel, int64_t np, const T* dy, int64_t L
 // chunks accumulated in double), whatever the thread count. dy, x: the whole dY and X; w, gw:
 // W[g*Cog] and dW[g*Cog] (row stride s.taps).
 template <typename T>
-void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
-                       int64_t g, int64_t k0, T* scratch) {
+void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw, int64_t g,
+                       int64_t k0, T* scratch) {
   constexpr int64_t KB = weight_grad_taps<T>();
   constexpr int R = 3;
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
@@ -412,9 +417,11 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
       pack_panel_transposed(s, xn, p0, np, k0, nk, panel);
       int64_t co = 0;
       for (; co + R <= cog; co += R)
-        weight_grad_micro<T, R>(panel, np, dyn + co * L + p0, L, w + co * K + k0, K, nk, acc + co * KB);
+        weight_grad_micro<T, R>(panel, np, dyn + co * L + p0, L, w + co * K + k0, K, nk,
+                                acc + co * KB);
       for (; co < cog; ++co)
-        weight_grad_micro<T, 1>(panel, np, dyn + co * L + p0, L, w + co * K + k0, K, nk, acc + co * KB);
+        weight_grad_micro<T, 1>(panel, np, dyn + co * L + p0, L, w + co * K + k0, K, nk,
+                                acc + co * KB);
     }
   }
   for (int64_t co = 0; co < cog; ++co)
@@ -423,9 +430,14 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
 
 template <typename T>
 KernelSet<T> make_kernel_set() {
-  return KernelSet<T>{&forward_tile<T>,      &input_grad_plane<T>, &weight_grad_block<T>,
-                      &input_grad_scratch<T>,   &weight_grad_scratch<T>, weight_grad_taps<T>(),
-                      TILE_P,                TILE_K * TILE_P};
+  return KernelSet<T>{&forward_tile<T>,
+                      &input_grad_plane<T>,
+                      &weight_grad_block<T>,
+                      &input_grad_scratch<T>,
+                      &weight_grad_scratch<T>,
+                      weight_grad_taps<T>(),
+                      TILE_P,
+                      TILE_K * TILE_P};
 }
 
 }  // namespace ADDER_CPU_ISA

@@ -278,8 +278,8 @@ at::Tensor adder2d_cuda(const at::Tensor& input, const at::Tensor& weight,
     if constexpr (std::is_same<A, double>::value) {
       launch_tiled<scalar_t, A, TileMedium>(xp, wtp, bp, yp, g, stream);
     } else {
-      const int64_t large_blocks = ceil_div(g.columns, TileLarge::BN) *
-                                   ceil_div(cog, TileLarge::BM) * s.groups;
+      const int64_t large_blocks =
+          ceil_div(g.columns, TileLarge::BN) * ceil_div(cog, TileLarge::BM) * s.groups;
       if (cog >= 128 && large_blocks >= 2 * multiprocessor_count(input.get_device())) {
         launch_tiled<scalar_t, A, TileLarge>(xp, wtp, bp, yp, g, stream);
       } else if (cog > 32) {
@@ -294,7 +294,9 @@ at::Tensor adder2d_cuda(const at::Tensor& input, const at::Tensor& weight,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(addernet, CUDA, m) { m.impl("adder2d", &adder2d_cuda); }
+TORCH_LIBRARY_IMPL(addernet, CUDA, m) {
+  m.impl("adder2d", &adder2d_cuda);
+}
 
 }  // namespace cuda
 }  // namespace addernet

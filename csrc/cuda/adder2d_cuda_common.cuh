@@ -40,14 +40,12 @@ struct Adder2dGeom {
 
 inline bool adder2d_geom_fits(const Adder2dShape& s) {
   const int64_t lim = INT32_MAX;
-  const int64_t v[] = {s.in_h, s.in_w, s.out_h, s.out_w, s.kernel_h, s.kernel_w,
-                       s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dilation_h, s.dilation_w,
-                       s.groups, s.in_channels_per_group, s.out_channels_per_group,
-                       s.kernel_h * s.kernel_w,
+  const int64_t v[] = {s.in_h, s.in_w, s.out_h, s.out_w, s.kernel_h, s.kernel_w, s.stride_h,
+                       s.stride_w, s.pad_h, s.pad_w, s.dilation_h, s.dilation_w, s.groups,
+                       s.in_channels_per_group, s.out_channels_per_group, s.kernel_h * s.kernel_w,
                        // in + pad and k * dilation in adder2d_*_index_t<int>
-                       s.in_h + 2 * s.pad_h, s.in_w + 2 * s.pad_w,
-                       s.dilation_h * s.kernel_h, s.dilation_w * s.kernel_w,
-                       s.out_h * s.stride_h + s.dilation_h * s.kernel_h,
+                       s.in_h + 2 * s.pad_h, s.in_w + 2 * s.pad_w, s.dilation_h * s.kernel_h,
+                       s.dilation_w * s.kernel_w, s.out_h * s.stride_h + s.dilation_h * s.kernel_h,
                        s.out_w * s.stride_w + s.dilation_w * s.kernel_w};
   for (int64_t x : v)
     if (x > lim) return false;
@@ -82,7 +80,9 @@ inline Adder2dGeom adder2d_geom(const Adder2dShape& s) {
   return g;
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // q = a / b, r = a % b for a >= 0, b > 0, with 32-bit division when both fit.
 __device__ __forceinline__ void divmod_nonneg(int64_t a, int64_t b, int64_t& q, int64_t& r) {
@@ -96,8 +96,12 @@ __device__ __forceinline__ void divmod_nonneg(int64_t a, int64_t b, int64_t& q, 
   }
 }
 
-__device__ __forceinline__ float adder_abs(float v) { return fabsf(v); }
-__device__ __forceinline__ double adder_abs(double v) { return fabs(v); }
+__device__ __forceinline__ float adder_abs(float v) {
+  return fabsf(v);
+}
+__device__ __forceinline__ double adder_abs(double v) {
+  return fabs(v);
+}
 
 // Four consecutive accumulator values from shared memory (16-byte aligned) into r[0..3].
 __device__ __forceinline__ void load4(const float* p, float* r) {

@@ -56,10 +56,12 @@ __global__ void __launch_bounds__(kThreads)
     const T* wg = w + (grp * cog * cig + ci) * g.kernel_area;
     A acc = A(0);
     for (int kh = 0; kh < g.kernel_h; ++kh) {
-      const int oh = adder2d_out_index_t<int>(int(ih), kh, g.stride_h, g.pad_h, g.dilation_h, g.out_h);
+      const int oh =
+          adder2d_out_index_t<int>(int(ih), kh, g.stride_h, g.pad_h, g.dilation_h, g.out_h);
       if (oh < 0) continue;
       for (int kw = 0; kw < g.kernel_w; ++kw) {
-        const int ow = adder2d_out_index_t<int>(int(iw), kw, g.stride_w, g.pad_w, g.dilation_w, g.out_w);
+        const int ow =
+            adder2d_out_index_t<int>(int(iw), kw, g.stride_w, g.pad_w, g.dilation_w, g.out_w);
         if (ow < 0) continue;
         const T* d = dyg + int64_t(oh) * g.out_w + ow;
         const T* wp = wg + kh * g.kernel_w + kw;
@@ -82,7 +84,8 @@ at::Tensor adder2d_input_grad_cuda(const at::Tensor& grad_output, const at::Tens
                                    int64_t groups, c10::string_view mode) {
   const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
                                             stride, padding, dilation, groups, grad_output);
-  const bool sign_mode = parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
+  const bool sign_mode =
+      parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
   TORCH_CHECK(adder2d_geom_fits(s), "adder2d_input_grad: the CUDA kernels need spatial sizes, ",
               "strides, paddings, dilations and channels per group below 2^31");
   const c10::cuda::CUDAGuard guard(input.device());
@@ -117,7 +120,9 @@ at::Tensor adder2d_input_grad_cuda(const at::Tensor& grad_output, const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(addernet, CUDA, m) { m.impl("adder2d_input_grad", &adder2d_input_grad_cuda); }
+TORCH_LIBRARY_IMPL(addernet, CUDA, m) {
+  m.impl("adder2d_input_grad", &adder2d_input_grad_cuda);
+}
 
 }  // namespace cuda
 }  // namespace addernet

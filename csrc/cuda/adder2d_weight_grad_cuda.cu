@@ -110,7 +110,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(A) == 4 ? 2 : 1)
       const int64_t off = tap_offset[r];
       const int ih = adder2d_in_index_t<int>(int(oh), tap_kh[r], g.stride_h, g.pad_h, g.dilation_h);
       const int iw = adder2d_in_index_t<int>(int(ow), tap_kw[r], g.stride_w, g.pad_w, g.dilation_w);
-      const bool ok = p_ok && off >= 0 && unsigned(ih) < unsigned(g.in_h) && unsigned(iw) < unsigned(g.in_w);
+      const bool ok =
+          p_ok && off >= 0 && unsigned(ih) < unsigned(g.in_h) && unsigned(iw) < unsigned(g.in_w);
       xs[r][lp] = ok ? static_cast<A>(xg[off + int64_t(ih) * g.in_w + iw]) : A(0);
     }
     __syncthreads();
@@ -198,8 +199,10 @@ at::Tensor adder2d_weight_grad_cuda(const at::Tensor& grad_output, const at::Ten
   const Adder2dGeom g = adder2d_geom(s);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
-  const int64_t tiles = s.groups * ceil_div(s.out_channels_per_group, WG_BM) * ceil_div(s.taps, WG_BK);
-  TORCH_CHECK(tiles <= INT32_MAX, "adder2d_weight_grad: the weight is too large for the CUDA kernel");
+  const int64_t tiles =
+      s.groups * ceil_div(s.out_channels_per_group, WG_BM) * ceil_div(s.taps, WG_BK);
+  TORCH_CHECK(tiles <= INT32_MAX,
+              "adder2d_weight_grad: the weight is too large for the CUDA kernel");
   const int64_t steps = ceil_div(g.columns, WG_BP);  // 0 for an empty batch: dW = 0
   int64_t splits = std::min(std::max<int64_t>(kTargetBlocks / tiles, 1),
                             std::max<int64_t>(ceil_div(steps, kMinStepsPerSplit), 1));
@@ -240,7 +243,9 @@ at::Tensor adder2d_weight_grad_cuda(const at::Tensor& grad_output, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(addernet, CUDA, m) { m.impl("adder2d_weight_grad", &adder2d_weight_grad_cuda); }
+TORCH_LIBRARY_IMPL(addernet, CUDA, m) {
+  m.impl("adder2d_weight_grad", &adder2d_weight_grad_cuda);
+}
 
 }  // namespace cuda
 }  // namespace addernet

@@ -21,17 +21,19 @@ void expect(bool ok, const std::string& what) {
   }
 }
 
-at::Tensor call_adder2d(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
-                        int64_t stride, int64_t pad) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("addernet::adder2d", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                         c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t,
-                                         c10::string_view)>();
+at::Tensor call_adder2d(const at::Tensor& x, const at::Tensor& w,
+                        const std::optional<at::Tensor>& b, int64_t stride, int64_t pad) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("addernet::adder2d", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t,
+                            c10::string_view)>();
   return op.call(x, w, b, {stride, stride}, {pad, pad}, {1, 1}, 1, "hardtanh");
 }
 
-at::Tensor direct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t s, int64_t p) {
+at::Tensor direct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t s,
+                  int64_t p) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Co = w.size(0), K = w.size(2);
   const int64_t OH = (H + 2 * p - K) / s + 1, OW = (W + 2 * p - K) / s + 1;
@@ -72,10 +74,11 @@ int main() {
   }
 
   // One tap: dW = dY * (X - W).
-  auto grad_op = c10::Dispatcher::singleton()
-                     .findSchemaOrThrow("addernet::adder2d_weight_grad", "")
-                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef,
-                                       c10::IntArrayRef, c10::IntArrayRef, int64_t)>();
+  auto grad_op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("addernet::adder2d_weight_grad", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t)>();
   auto gw = grad_op.call(at::full({1, 1, 1, 1}, 2.0, opts), at::full({1, 1, 1, 1}, 0.5, opts),
                          at::full({1, 1, 1, 1}, 3.0, opts), {1, 1}, {0, 0}, {1, 1}, 1);
   expect(std::fabs(gw.item<double>() - 2.0 * (0.5 - 3.0)) < 1e-12, "weight gradient of one tap");
@@ -84,7 +87,8 @@ int main() {
   try {
     call_adder2d(at::randn({2, 4, 8, 8}, opts), at::randn({6, 3, 3, 3}, opts), std::nullopt, 1, 0);
   } catch (const c10::Error& e) {
-    threw = std::string(e.what()).find("weight.size(1) must be in_channels / groups") != std::string::npos;
+    threw = std::string(e.what()).find("weight.size(1) must be in_channels / groups") !=
+            std::string::npos;
   }
   expect(threw, "channel mismatch raises a named error");
 
