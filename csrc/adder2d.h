@@ -11,6 +11,8 @@
 #pragma once
 
 #include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/Dispatch_v2.h>
+#include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/HeaderOnlyArrayRef.h>
 
 #include <cstdint>
@@ -59,6 +61,16 @@ std::string message(const Args&... args) {
   do {                                                                               \
     if (!(cond)) throw std::runtime_error(::addernet::detail::message(__VA_ARGS__)); \
   } while (0)
+
+// Header-only dtype dispatch: runs the lambda (a body using scalar_t) for float and double, or
+// also for float16 and bfloat16. THO_DISPATCH_V2 hands its body through several macros without
+// wrapping it again, so it goes in parentheses: no comma inside it (template arguments, kernel
+// launches) can split it.
+#define ADDERNET_DISPATCH_FLOAT_DOUBLE(TYPE, NAME, ...) \
+  THO_DISPATCH_V2(TYPE, NAME, AT_WRAP((__VA_ARGS__)), AT_EXPAND(AT_FLOATING_TYPES))
+#define ADDERNET_DISPATCH_FLOATING_AND_HALF(TYPE, NAME, ...)                        \
+  THO_DISPATCH_V2(TYPE, NAME, AT_WRAP((__VA_ARGS__)), AT_EXPAND(AT_FLOATING_TYPES), \
+                  torch::headeronly::ScalarType::Half, torch::headeronly::ScalarType::BFloat16)
 
 // How adder2d_input_grad turns (W - X) into a gradient weight: clamp to [-1, 1] (AdderNet's
 // HardTanh rule) or sign (the true derivative of -|X - W|).

@@ -51,6 +51,33 @@ def test_refuses_torch_older_than_the_stable_abi(monkeypatch):
         _extension._load()
 
 
+class _FakeC:
+    """Stands in for addernet_cuda._C: a build with CUDA kernels."""
+
+    @staticmethod
+    def build_info():
+        return {"stable_abi": STABLE_ABI, "cuda_compiled": True}
+
+
+@pytest.mark.parametrize("torch_cuda", [None, "13.0"])
+def test_cuda_library_loaded_only_under_cuda_torch(monkeypatch, torch_cuda):
+    # A wheel built with a CUDA torch must import under a CPU-only torch: its CUDA library (which
+    # needs libtorch_cuda) is loaded only when the running torch has CUDA.
+    loaded = []
+
+    def fake_import(name):
+        loaded.append(name)
+        return _FakeC if name == "addernet_cuda._C" else object()
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    monkeypatch.setattr(torch.version, "cuda", torch_cuda)
+    module, cuda = _extension._load()
+    assert module is _FakeC
+    expected = ["addernet_cuda._C"] + (["addernet_cuda._C_cuda"] if torch_cuda else [])
+    assert loaded == expected
+    assert (cuda is not None) == (torch_cuda is not None)
+
+
 def test_pyproject_requires_the_stable_abi_torch():
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
         text = f.read()

@@ -9,7 +9,6 @@
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
-#include <torch/headeronly/core/Dispatch_v2.h>
 #include <torch/headeronly/core/ScalarType.h>
 
 #include <atomic>
@@ -109,32 +108,28 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
   const bool has_bias = bias.has_value() && bias->defined();
   const std::optional<Tensor> b =
       has_bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
-  // THO_DISPATCH_V2 passes the body through macros unwrapped: no top-level comma in it.
-  THO_DISPATCH_V2(x.scalar_type(), "adder2d_cpu", AT_WRAP([&] {
-                    const KernelSet<scalar_t> ks = kernels<scalar_t>();
-                    const int64_t L = s.out_h * s.out_w;
-                    const int64_t tiles = (L + ks.tile_pixels - 1) / ks.tile_pixels;
-                    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-                    const scalar_t* wp = w.const_data_ptr<scalar_t>();
-                    const scalar_t* bp = has_bias ? b->const_data_ptr<scalar_t>() : nullptr;
-                    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-                    const int64_t cig = s.in_channels_per_group;
-                    const int64_t cog = s.out_channels_per_group;
-                    // Work item = (image, group, pixel tile); each owns its outputs.
-                    torch::stable::parallel_for(
-                        0, s.batch * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
-                          std::vector<scalar_t> scratch(ks.forward_scratch + cog * ks.tile_pixels);
-                          for (int64_t i = begin; i < end; ++i) {
-                            const int64_t tile = i % tiles, g = (i / tiles) % s.groups,
-                                          n = i / (tiles * s.groups);
-                            ks.forward_tile(s, xp + (n * s.in_channels + g * cig) * s.in_h * s.in_w,
-                                            wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
-                                            yp + (n * s.out_channels + g * cog) * L,
-                                            tile * ks.tile_pixels, scratch.data());
-                          }
-                        });
-                  }),
-                  AT_EXPAND(AT_FLOATING_TYPES));
+  ADDERNET_DISPATCH_FLOAT_DOUBLE(x.scalar_type(), "adder2d_cpu", [&] {
+    const KernelSet<scalar_t> ks = kernels<scalar_t>();
+    const int64_t L = s.out_h * s.out_w;
+    const int64_t tiles = (L + ks.tile_pixels - 1) / ks.tile_pixels;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const scalar_t* bp = has_bias ? b->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const int64_t cig = s.in_channels_per_group;
+    const int64_t cog = s.out_channels_per_group;
+    // Work item = (image, group, pixel tile); each owns its outputs.
+    torch::stable::parallel_for(0, s.batch * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(ks.forward_scratch + cog * ks.tile_pixels);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t tile = i % tiles, g = (i / tiles) % s.groups, n = i / (tiles * s.groups);
+        ks.forward_tile(s, xp + (n * s.in_channels + g * cig) * s.in_h * s.in_w,
+                        wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
+                        yp + (n * s.out_channels + g * cog) * L, tile * ks.tile_pixels,
+                        scratch.data());
+      }
+    });
+  });
   return y;
 }
 
@@ -156,32 +151,30 @@ Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, co
   const Tensor dy = torch::stable::contiguous(grad_output);
   const Tensor x = torch::stable::contiguous(input);
   const Tensor w = torch::stable::contiguous(weight);
-  THO_DISPATCH_V2(
-      x.scalar_type(), "adder2d_input_grad_cpu", AT_WRAP([&] {
-        const KernelSet<scalar_t> ks = kernels<scalar_t>();
-        const int64_t L = s.out_h * s.out_w;
-        const int64_t HW = s.in_h * s.in_w;
-        const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-        const scalar_t* xp = x.const_data_ptr<scalar_t>();
-        const scalar_t* wp = w.const_data_ptr<scalar_t>();
-        scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-        const int64_t cig = s.in_channels_per_group;
-        const int64_t cog = s.out_channels_per_group;
-        // Work item = one input plane (n, c); each owns its gradient.
-        torch::stable::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> scratch(ks.input_grad_scratch(s));
-          for (int64_t i = begin; i < end; ++i) {
-            const int64_t c = i % s.in_channels, n = i / s.in_channels;
-            const int64_t g = c / cig, ci = c % cig;
-            // Consecutive planes of one image and group share dY (and its padded copy).
-            const bool reuse = i > begin && (i - 1) / cig == i / cig;
-            ks.input_grad_plane(s, dyp + (n * s.out_channels + g * cog) * L, xp + i * HW,
-                                wp + g * cog * s.taps + ci * s.kernel_h * s.kernel_w, gxp + i * HW,
-                                sign_mode, scratch.data(), reuse);
-          }
-        });
-      }),
-      AT_EXPAND(AT_FLOATING_TYPES));
+  ADDERNET_DISPATCH_FLOAT_DOUBLE(x.scalar_type(), "adder2d_input_grad_cpu", [&] {
+    const KernelSet<scalar_t> ks = kernels<scalar_t>();
+    const int64_t L = s.out_h * s.out_w;
+    const int64_t HW = s.in_h * s.in_w;
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    const int64_t cig = s.in_channels_per_group;
+    const int64_t cog = s.out_channels_per_group;
+    // Work item = one input plane (n, c); each owns its gradient.
+    torch::stable::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(ks.input_grad_scratch(s));
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t c = i % s.in_channels, n = i / s.in_channels;
+        const int64_t g = c / cig, ci = c % cig;
+        // Consecutive planes of one image and group share dY (and its padded copy).
+        const bool reuse = i > begin && (i - 1) / cig == i / cig;
+        ks.input_grad_plane(s, dyp + (n * s.out_channels + g * cog) * L, xp + i * HW,
+                            wp + g * cog * s.taps + ci * s.kernel_h * s.kernel_w, gxp + i * HW,
+                            sign_mode, scratch.data(), reuse);
+      }
+    });
+  });
   return gx;
 }
 
@@ -201,27 +194,25 @@ Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, c
   const Tensor dy = torch::stable::contiguous(grad_output);
   const Tensor x = torch::stable::contiguous(input);
   const Tensor w = torch::stable::contiguous(weight);
-  THO_DISPATCH_V2(x.scalar_type(), "adder2d_weight_grad_cpu", AT_WRAP([&] {
-                    const KernelSet<scalar_t> ks = kernels<scalar_t>();
-                    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-                    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-                    const scalar_t* wp = w.const_data_ptr<scalar_t>();
-                    scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
-                    const int64_t cog = s.out_channels_per_group;
-                    const int64_t blocks = (s.taps + ks.weight_grad_taps - 1) / ks.weight_grad_taps;
-                    // Work item = (group, block of taps) for all the group's output channels: each reduces in a
-                    // fixed order whatever the thread count.
-                    torch::stable::parallel_for(
-                        0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
-                          std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
-                          for (int64_t i = begin; i < end; ++i) {
-                            const int64_t g = i / blocks, k0 = (i % blocks) * ks.weight_grad_taps;
-                            ks.weight_grad_block(s, dyp, xp, wp + g * cog * s.taps,
-                                                 gwp + g * cog * s.taps, g, k0, scratch.data());
-                          }
-                        });
-                  }),
-                  AT_EXPAND(AT_FLOATING_TYPES));
+  ADDERNET_DISPATCH_FLOAT_DOUBLE(x.scalar_type(), "adder2d_weight_grad_cpu", [&] {
+    const KernelSet<scalar_t> ks = kernels<scalar_t>();
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
+    const int64_t cog = s.out_channels_per_group;
+    const int64_t blocks = (s.taps + ks.weight_grad_taps - 1) / ks.weight_grad_taps;
+    // Work item = (group, block of taps) for all the group's output channels: each reduces in a
+    // fixed order whatever the thread count.
+    torch::stable::parallel_for(0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t g = i / blocks, k0 = (i % blocks) * ks.weight_grad_taps;
+        ks.weight_grad_block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0,
+                             scratch.data());
+      }
+    });
+  });
   return gw;
 }
 

@@ -17,7 +17,7 @@ constexpr int kThreads = 256;
 
 template <typename T>
 struct AccType {
-  using type = float;  // float, c10::Half, c10::BFloat16
+  using type = float;  // float, float16 (c10::Half), bfloat16 (c10::BFloat16)
 };
 template <>
 struct AccType<double> {

@@ -1,4 +1,4 @@
-// CUDA weight gradient of adder2d (schema in adder2d.cpp), AdderNet's full-precision rule:
+// CUDA weight gradient of adder2d (schema in adder2d_library.cpp), AdderNet's full-precision rule:
 //
 //   dW[co,ci,kh,kw] = sum_{n,oh,ow} dY[n,co,oh,ow] * (Xp[n, g*C/g+ci, oh*sh+kh*dh-ph, ow*sw+kw*dw-pw] - W[co,ci,kh,kw])
 //
@@ -16,18 +16,16 @@
 // tile to a workspace [splits, Co, K] and a second kernel adds the splits in a fixed order.
 // Accumulation is in float (float, float16, bfloat16) or double (float64), and so is the
 // workspace; the result is rounded once to the weight's dtype.
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
 
 #include <algorithm>
 
 #include "../adder2d.h"
 #include "adder2d_cuda_common.cuh"
+#include "adder2d_cuda_stable.h"
 
 namespace addernet {
 namespace cuda {
@@ -182,27 +180,26 @@ constexpr int64_t kTargetBlocks = 1024;
 // Every split reduces at least this many 16-pixel steps.
 constexpr int64_t kMinStepsPerSplit = 8;
 
-at::Tensor adder2d_weight_grad_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                    const at::Tensor& weight, at::IntArrayRef stride,
-                                    at::IntArrayRef padding, at::IntArrayRef dilation,
-                                    int64_t groups) {
+Tensor adder2d_weight_grad_cuda(const Tensor& grad_output, const Tensor& input,
+                                const Tensor& weight, IntArrayRef stride, IntArrayRef padding,
+                                IntArrayRef dilation, int64_t groups) {
   const Adder2dShape s = check_adder2d_args("adder2d_weight_grad", input, weight, std::nullopt,
                                             stride, padding, dilation, groups, grad_output);
-  TORCH_CHECK(adder2d_geom_fits(s), "adder2d_weight_grad: the CUDA kernels need spatial sizes, ",
-              "strides, paddings, dilations and channels per group below 2^31");
-  const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor gw = at::empty(weight.sizes(), weight.options());
+  ADDERNET_CHECK(adder2d_geom_fits(s), "adder2d_weight_grad: the CUDA kernels need spatial sizes, ",
+                 "strides, paddings, dilations and channels per group below 2^31");
+  const torch::stable::accelerator::DeviceGuard guard(input.get_device_index());
+  Tensor gw = empty_like_device(weight.sizes(), weight);
   if (gw.numel() == 0) return gw;
-  const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
+  const Tensor dy = torch::stable::contiguous(grad_output);
+  const Tensor x = torch::stable::contiguous(input);
+  const Tensor w = torch::stable::contiguous(weight);
   const Adder2dGeom g = adder2d_geom(s);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream(input.get_device_index());
 
   const int64_t tiles =
       s.groups * ceil_div(s.out_channels_per_group, WG_BM) * ceil_div(s.taps, WG_BK);
-  TORCH_CHECK(tiles <= INT32_MAX,
-              "adder2d_weight_grad: the weight is too large for the CUDA kernel");
+  ADDERNET_CHECK(tiles <= INT32_MAX,
+                 "adder2d_weight_grad: the weight is too large for the CUDA kernel");
   const int64_t steps = ceil_div(g.columns, WG_BP);  // 0 for an empty batch: dW = 0
   int64_t splits = std::min(std::max<int64_t>(kTargetBlocks / tiles, 1),
                             std::max<int64_t>(ceil_div(steps, kMinStepsPerSplit), 1));
@@ -211,40 +208,40 @@ at::Tensor adder2d_weight_grad_cuda(const at::Tensor& grad_output, const at::Ten
   splits = std::max<int64_t>(ceil_div(steps, steps_per_split), 1);
   const int64_t chunk = steps_per_split * WG_BP;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "adder2d_weight_grad_cuda", [&] {
-        using A = typename AccType<scalar_t>::type;
-        const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-        const scalar_t* xp = x.const_data_ptr<scalar_t>();
-        const scalar_t* wp = w.const_data_ptr<scalar_t>();
-        scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
-        at::Tensor workspace;
-        A* partial = nullptr;
-        if (splits > 1) {
-          workspace = at::empty({splits, gw.numel()},
-                                x.options().dtype(c10::CppTypeToScalarType<A>::value));
-          partial = workspace.mutable_data_ptr<A>();
-        }
-        const dim3 grid{unsigned(tiles), unsigned(splits)};
-        adder2d_weight_grad_tiled<scalar_t, A>
-            <<<grid, kThreads, 0, stream>>>(dyp, xp, wp, gwp, partial, g, chunk);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        if (splits > 1) {
-          const int64_t elems = gw.numel();
-          const unsigned blocks =
-              unsigned(std::min<int64_t>(ceil_div(elems, kThreads), int64_t(1) << 16));
-          adder2d_weight_grad_sum_splits<scalar_t, A>
-              <<<blocks, kThreads, 0, stream>>>(partial, gwp, elems, int(splits));
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
-      });
+  ADDERNET_DISPATCH_FLOATING_AND_HALF(x.scalar_type(), "adder2d_weight_grad_cuda", [&] {
+    using A = typename AccType<scalar_t>::type;
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
+    std::optional<Tensor> workspace;
+    A* partial = nullptr;
+    if (splits > 1) {
+      workspace = torch::stable::empty({splits, gw.numel()},
+                                       torch::headeronly::CppTypeToScalarType<A>::value,
+                                       std::nullopt, x.device());
+      partial = workspace->mutable_data_ptr<A>();
+    }
+    const dim3 grid{unsigned(tiles), unsigned(splits)};
+    adder2d_weight_grad_tiled<scalar_t, A>
+        <<<grid, kThreads, 0, stream>>>(dyp, xp, wp, gwp, partial, g, chunk);
+    ADDERNET_KERNEL_LAUNCH_CHECK();
+    if (splits > 1) {
+      const int64_t elems = gw.numel();
+      const unsigned blocks =
+          unsigned(std::min<int64_t>(ceil_div(elems, kThreads), int64_t(1) << 16));
+      adder2d_weight_grad_sum_splits<scalar_t, A>
+          <<<blocks, kThreads, 0, stream>>>(partial, gwp, elems, int(splits));
+      ADDERNET_KERNEL_LAUNCH_CHECK();
+    }
+  });
   return gw;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(addernet, CUDA, m) {
-  m.impl("adder2d_weight_grad", &adder2d_weight_grad_cuda);
+STABLE_TORCH_LIBRARY_IMPL(addernet, CUDA, m) {
+  m.impl("adder2d_weight_grad", TORCH_BOX(&adder2d_weight_grad_cuda));
 }
 
 }  // namespace cuda
