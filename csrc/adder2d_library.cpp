@@ -5,9 +5,9 @@
 //   adder2d_weight_grad(dY, X, W)  dW = sum dY * (Xp - W)   full precision   [Co, C/g, KH, KW]
 //
 // adder2d's `input_grad` ("hardtanh" or "exact") only selects the rule its autograd formula
-// uses for dX. The bias gradient is sum(dY) over (n, oh, ow) and needs no op of its own. Autograd and
-// fake (meta) kernels are registered in Python (addernet_cuda/ops.py); the CPU kernels in
-// cpu/adder2d_cpu.cpp, the CUDA kernels in cuda/*.cu (a library of their own).
+// uses for dX. The bias gradient is sum(dY) over (n, oh, ow) and needs no op of its own.
+// Autograd and fake (meta) kernels are registered in Python (addernet_cuda/ops.py); the CPU
+// kernels in cpu/adder2d_cpu.cpp, the CUDA kernels in cuda/*.cu (a library of their own).
 #include <torch/csrc/stable/library.h>
 
 STABLE_TORCH_LIBRARY(addernet, m) {
