@@ -175,7 +175,7 @@ def _mutated_tree(name, tmp_root):
 
 
 @pytest.fixture(scope="session")
-def emulators(tmp_path_factory):
+def emulators(tmp_path_factory, pytestconfig):
     """All emulation executables (the full one and one per mutation), built two at a time."""
     _compiler()
     tmp = tmp_path_factory.mktemp("mutations")
@@ -188,11 +188,18 @@ def emulators(tmp_path_factory):
         futures = {k: pool.submit(_build, k, root, d) for k, (root, d) in jobs.items()}
         built = {k: f.result() for k, f in futures.items()}
     n = sum(t > 0 for _, t in built.values())
-    print(
+    _report(
+        pytestconfig,
         f"\nemulation builds: {n} of {len(jobs)} compiled (the rest cached) in "
-        f"{time.monotonic() - start:.1f} s wall, {_children_cpu() - cpu:.1f} s CPU"
+        f"{time.monotonic() - start:.1f} s wall, {_children_cpu() - cpu:.1f} s CPU",
     )
     return {k: exe for k, (exe, _) in built.items()}
+
+
+def _report(config, text):
+    """Prints past pytest's output capture: the build times and the table show without -s."""
+    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(text)
 
 
 def _children_cpu():
@@ -214,7 +221,7 @@ def _run(exe, cases, tmp_path, timeout=600, env=None):
     return r, (time.monotonic() - start, _children_cpu() - cpu)
 
 
-def test_emulated_kernels(emulators, tmp_path):
+def test_emulated_kernels(emulators, tmp_path, pytestconfig):
     """Every case of EMULATION_CASES under the emulation: no failure, and every kernel variant
     reached in every dtype it is compiled for, the forward ones as the launcher's pick at each
     of 1, 108 and 132 SMs (float32) and at 1 SM (every dtype)."""
@@ -228,12 +235,13 @@ def test_emulated_kernels(emulators, tmp_path):
         if line.startswith("COUNT "):
             _, kernel, dtype, *n = line.split()
             counts[(kernel, dtype)] = [int(v) for v in n]
-    print(f"\nemulated in {wall:.1f} s wall, {cpu:.1f} s CPU; cases per kernel variant")
-    print(
-        f"{'kernel':28} {'dtype':5} {'cases':>5} {'@1SM':>5} {'@108':>5} {'@132':>5} {'forced':>6}"
-    )
+    table = [
+        f"\nemulated in {wall:.1f} s wall, {cpu:.1f} s CPU; cases per kernel variant",
+        f"{'kernel':28} {'dtype':5} {'cases':>5} {'@1SM':>5} {'@108':>5} {'@132':>5} {'forced':>6}",
+    ]
     for (kernel, dtype), n in sorted(counts.items()):
-        print(f"{kernel:28} {dtype:5} " + " ".join(f"{v:>5}" for v in n))
+        table.append(f"{kernel:28} {dtype:5} " + " ".join(f"{v:>5}" for v in n))
+    _report(pytestconfig, "\n".join(table))
     forward = {
         "forward_direct": ("f32", "f64", "f16", "bf16"),
         "forward_tiled_64x64": ("f32", "f64", "f16", "bf16"),
