@@ -56,6 +56,18 @@ KernelSet<double> kernels<double>() {
   return use_avx2() ? avx2_kernels_double() : base_kernels_double();
 }
 
+// ADDERNET_CPU_WEIGHT_GRAD=direct (read at every call) selects the direct weight-gradient kernel;
+// unset or "decomposition" the decomposed one. Both are deterministic.
+bool use_direct_weight_grad() {
+  const char* env = std::getenv("ADDERNET_CPU_WEIGHT_GRAD");
+  if (env == nullptr || std::string(env) == "decomposition" || std::string(env).empty())
+    return false;
+  TORCH_CHECK(std::string(env) == "direct",
+              "ADDERNET_CPU_WEIGHT_GRAD must be \"direct\" or \"decomposition\", got \"", env,
+              "\"");
+  return true;
+}
+
 bool is_reduced_float(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
 }
@@ -189,14 +201,15 @@ at::Tensor adder2d_weight_grad_cpu(const at::Tensor& grad_output, const at::Tens
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     const int64_t cog = s.out_channels_per_group;
     const int64_t blocks = (s.taps + ks.weight_grad_taps - 1) / ks.weight_grad_taps;
+    const auto block =
+        use_direct_weight_grad() ? ks.weight_grad_block_direct : ks.weight_grad_block;
     // Work item = (group, block of taps) for all the group's output channels: each reduces in a
     // fixed order whatever the thread count.
     at::parallel_for(0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
         const int64_t g = i / blocks, k0 = (i % blocks) * ks.weight_grad_taps;
-        ks.weight_grad_block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0,
-                             scratch.data());
+        block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0, scratch.data());
       }
     });
   });

@@ -344,12 +344,13 @@ constexpr int64_t weight_grad_taps() {
   return int64_t(2 * sizeof(typename Vec<T>::type) / sizeof(T));
 }
 
-// Scratch elements weight_grad_block needs.
+// Scratch elements the weight-gradient kernels need (either of them).
 template <typename T>
 static int64_t weight_grad_scratch(const Adder2dShape& s) {
-  // panel (T) + per-channel accumulators (double, counted as 2 T when T is float)
-  return WG_PIXELS * weight_grad_taps<T>() +
-         s.out_channels_per_group * weight_grad_taps<T>() * int64_t(sizeof(double) / sizeof(T));
+  // panel and centre (T) + per-channel accumulators and dY sums (double, counted as
+  // sizeof(double) / sizeof(T) elements of T each)
+  constexpr int64_t KB = weight_grad_taps<T>(), DT = int64_t(sizeof(double) / sizeof(T));
+  return WG_PIXELS * KB + KB + s.out_channels_per_group * (KB + 1) * DT;
 }
 
 // The weight gradient's panel, transposed: panel[p][j] for the block's taps, taps past nk zero.
@@ -395,19 +396,19 @@ static void weight_grad_micro(const T* panel, int64_t np, const T* dy, int64_t L
   }
 }
 
-// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + KB) of one block:
-// reduced over all images and pixels in a fixed order (chunks of WG_PIXELS pixels summed in T,
-// chunks accumulated in double), whatever the thread count. dy, x: the whole dY and X; w, gw:
-// W[g*Cog] and dW[g*Cog] (row stride s.taps).
+// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + KB) of one block, the
+// direct way (a subtraction and an FMA per tap): reduced over all images and pixels in a fixed
+// order (chunks of WG_PIXELS pixels summed in T, chunks accumulated in double), whatever the
+// thread count. dy, x: the whole dY and X; w, gw: W[g*Cog] and dW[g*Cog] (row stride s.taps).
 template <typename T>
-void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw, int64_t g,
-                       int64_t k0, T* scratch) {
+void weight_grad_block_direct(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
+                              int64_t g, int64_t k0, T* scratch) {
   constexpr int64_t KB = weight_grad_taps<T>();
   constexpr int R = 3;
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
   const int64_t nk = min_i64(KB, K - k0);
   T* panel = scratch;
-  double* acc = reinterpret_cast<double*>(scratch + WG_PIXELS * KB);
+  double* acc = reinterpret_cast<double*>(scratch + WG_PIXELS * KB + KB);
   for (int64_t i = 0; i < cog * KB; ++i) acc[i] = 0.0;
   for (int64_t n = 0; n < s.batch; ++n) {
     const T* xn = x + (n * s.in_channels + g * s.in_channels_per_group) * s.in_h * s.in_w;
@@ -428,15 +429,113 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
     for (int64_t j = 0; j < nk; ++j) gw[co * K + k0 + j] = T(acc[co * KB + j]);
 }
 
+// Output channels per register block of the decomposed weight gradient: R x 2 accumulators,
+// two panel vectors and a broadcast fit the 16 vector registers of AVX2.
+constexpr int WG_ROWS = 6;
+
+// acc[r][j] += sum_p dy[r*L + p] * panel[p][j] for R output channels and the block's taps (two
+// vectors) over np pixels: one FMA per tap. The pixel sum runs in T in registers (in pixel
+// order), then is added to the double accumulator.
+template <typename T, int R>
+static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, double* acc) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
+  V part[R][2];
+  for (int r = 0; r < R; ++r) part[r][0] = part[r][1] = V{};
+  for (int64_t p = 0; p < np; ++p) {
+    V x0, x1;
+    __builtin_memcpy(&x0, panel + p * KB, sizeof(V));
+    __builtin_memcpy(&x1, panel + p * KB + VL, sizeof(V));
+    for (int r = 0; r < R; ++r) {
+      const V d = dy[r * L + p] - V{};  // broadcast
+      part[r][0] += d * x0;
+      part[r][1] += d * x1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    T out[KB];
+    __builtin_memcpy(out, &part[r][0], sizeof(V));
+    __builtin_memcpy(out + VL, &part[r][1], sizeof(V));
+    for (int64_t j = 0; j < KB; ++j) acc[r * KB + j] += double(out[j]);
+  }
+}
+
+// sum_p dy[p] over np pixels in T, vector lanes first then lanes in order (fixed order).
+template <typename T>
+static T sum_chunk(const T* dy, int64_t np) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  V a = V{};
+  int64_t p = 0;
+  for (; p + VL <= np; p += VL) {
+    V d;
+    __builtin_memcpy(&d, dy + p, sizeof(V));
+    a += d;
+  }
+  T lanes[VL];
+  __builtin_memcpy(lanes, &a, sizeof(V));
+  T sum = T(0);
+  for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
+  for (; p < np; ++p) sum += dy[p];
+  return sum;
+}
+
+// The same block of dW by the decomposition (one FMA per tap):
+//   dW[co,k] = sum_p dY[co,p] * (Xp[k,p] - c_k) - (W[co,k] - c_k) * sum_p dY[co,p]
+// exact for any c_k; c_k = mean over the group's output channels of W[co,k] (rounded to T) keeps
+// the cancellation small when the weights share an offset (|W| large against |Xp - W|). The
+// panel holds Xp - c_k; the pixel sums run in the direct kernel's order (chunks of WG_PIXELS
+// pixels in T, chunks in double), and so do the sums of dY; the correction is applied in double.
+// Rounding error (u = unit roundoff of T, m = WG_PIXELS):
+//   |err| <= u |dW| + (m + 2) u sum_p |dY[co,p]| (|Xp[k,p] - W[co,k]| + 2 |W[co,k] - c_k|)
+// to first order, against (m + 2) u sum_p |dY| |Xp - W| for the direct kernel.
+template <typename T>
+void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw, int64_t g,
+                       int64_t k0, T* scratch) {
+  constexpr int64_t KB = weight_grad_taps<T>();
+  const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
+  const int64_t nk = min_i64(KB, K - k0);
+  T* panel = scratch;
+  T* centre = scratch + WG_PIXELS * KB;
+  double* acc = reinterpret_cast<double*>(centre + KB);
+  double* dysum = acc + cog * KB;
+  for (int64_t j = 0; j < KB; ++j) {
+    double c = 0.0;
+    if (j < nk)
+      for (int64_t co = 0; co < cog; ++co) c += double(w[co * K + k0 + j]);
+    centre[j] = T(c / double(cog));
+  }
+  for (int64_t i = 0; i < cog * KB; ++i) acc[i] = 0.0;
+  for (int64_t co = 0; co < cog; ++co) dysum[co] = 0.0;
+  for (int64_t n = 0; n < s.batch; ++n) {
+    const T* xn = x + (n * s.in_channels + g * s.in_channels_per_group) * s.in_h * s.in_w;
+    const T* dyn = dy + (n * s.out_channels + g * cog) * L;
+    for (int64_t p0 = 0; p0 < L; p0 += WG_PIXELS) {
+      const int64_t np = min_i64(WG_PIXELS, L - p0);
+      pack_panel_transposed(s, xn, p0, np, k0, nk, panel);
+      for (int64_t p = 0; p < np; ++p)
+        for (int64_t j = 0; j < KB; ++j) panel[p * KB + j] -= centre[j];
+      for (int64_t co = 0; co < cog; ++co) dysum[co] += double(sum_chunk(dyn + co * L + p0, np));
+      int64_t co = 0;
+      for (; co + WG_ROWS <= cog; co += WG_ROWS)
+        weight_grad_fma<T, WG_ROWS>(panel, np, dyn + co * L + p0, L, acc + co * KB);
+      for (; co + 2 <= cog; co += 2)
+        weight_grad_fma<T, 2>(panel, np, dyn + co * L + p0, L, acc + co * KB);
+      for (; co < cog; ++co) weight_grad_fma<T, 1>(panel, np, dyn + co * L + p0, L, acc + co * KB);
+    }
+  }
+  for (int64_t co = 0; co < cog; ++co)
+    for (int64_t j = 0; j < nk; ++j)
+      gw[co * K + k0 + j] =
+          T(acc[co * KB + j] - (double(w[co * K + k0 + j]) - double(centre[j])) * dysum[co]);
+}
+
 template <typename T>
 KernelSet<T> make_kernel_set() {
-  return KernelSet<T>{&forward_tile<T>,
-                      &input_grad_plane<T>,
-                      &weight_grad_block<T>,
-                      &input_grad_scratch<T>,
-                      &weight_grad_scratch<T>,
-                      weight_grad_taps<T>(),
-                      TILE_P,
+  return KernelSet<T>{&forward_tile<T>,       &input_grad_plane<T>,
+                      &weight_grad_block<T>,  &weight_grad_block_direct<T>,
+                      &input_grad_scratch<T>, &weight_grad_scratch<T>,
+                      weight_grad_taps<T>(),  TILE_P,
                       TILE_K * TILE_P};
 }
 
