@@ -200,15 +200,16 @@ at::Tensor adder2d_weight_grad_cpu(const at::Tensor& grad_output, const at::Tens
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     const int64_t cog = s.out_channels_per_group;
-    const int64_t blocks = (s.taps + ks.weight_grad_taps - 1) / ks.weight_grad_taps;
-    const auto block =
-        use_direct_weight_grad() ? ks.weight_grad_block_direct : ks.weight_grad_block;
+    const bool direct = use_direct_weight_grad();
+    const auto block = direct ? ks.weight_grad_block_direct : ks.weight_grad_block;
+    const int64_t item_taps = direct ? ks.weight_grad_taps : ks.weight_grad_item_taps(s);
+    const int64_t blocks = (s.taps + item_taps - 1) / item_taps;
     // Work item = (group, block of taps) for all the group's output channels: each reduces in a
     // fixed order whatever the thread count.
     at::parallel_for(0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t g = i / blocks, k0 = (i % blocks) * ks.weight_grad_taps;
+        const int64_t g = i / blocks, k0 = (i % blocks) * item_taps;
         block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0, scratch.data());
       }
     });

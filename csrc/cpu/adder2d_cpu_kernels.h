@@ -337,6 +337,7 @@ void input_grad_plane(const Adder2dShape& s, const T* dy, const T* x, const T* w
 }
 
 constexpr int64_t WG_PIXELS = 64;  // pixels per packed chunk of the weight gradient
+constexpr int64_t WG_SUB = 4;      // most blocks of taps per work item (decomposition)
 
 // Taps per weight-gradient block: two vectors.
 template <typename T>
@@ -347,10 +348,10 @@ constexpr int64_t weight_grad_taps() {
 // Scratch elements the weight-gradient kernels need (either of them).
 template <typename T>
 static int64_t weight_grad_scratch(const Adder2dShape& s) {
-  // panel and centre (T) + per-channel accumulators and dY sums (double, counted as
+  // panel and centre (T) + per-channel accumulators and dY lane sums (double, counted as
   // sizeof(double) / sizeof(T) elements of T each)
   constexpr int64_t KB = weight_grad_taps<T>(), DT = int64_t(sizeof(double) / sizeof(T));
-  return WG_PIXELS * KB + KB + s.out_channels_per_group * (KB + 1) * DT;
+  return WG_PIXELS * KB + WG_SUB * KB + s.out_channels_per_group * (WG_SUB * KB + KB / 2) * DT;
 }
 
 // The weight gradient's panel, transposed: panel[p][j] for the block's taps, taps past nk zero.
@@ -408,7 +409,7 @@ void weight_grad_block_direct(const Adder2dShape& s, const T* dy, const T* x, co
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
   const int64_t nk = min_i64(KB, K - k0);
   T* panel = scratch;
-  double* acc = reinterpret_cast<double*>(scratch + WG_PIXELS * KB + KB);
+  double* acc = reinterpret_cast<double*>(scratch + WG_PIXELS * KB + WG_SUB * KB);
   for (int64_t i = 0; i < cog * KB; ++i) acc[i] = 0.0;
   for (int64_t n = 0; n < s.batch; ++n) {
     const T* xn = x + (n * s.in_channels + g * s.in_channels_per_group) * s.in_h * s.in_w;
@@ -433,6 +434,28 @@ void weight_grad_block_direct(const Adder2dShape& s, const T* dy, const T* x, co
 // two panel vectors and a broadcast fit the 16 vector registers of AVX2.
 constexpr int WG_ROWS = 6;
 
+// acc[0..VL) += v in double, vectorised (the conversion of float lanes is exact).
+typedef double DVec __attribute__((vector_size(32)));
+static inline void add_to_double(double* acc, Vec<float>::type v) {
+  typedef float F4 __attribute__((vector_size(16)));
+  F4 lo, hi;
+  __builtin_memcpy(&lo, &v, sizeof(F4));
+  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(F4), sizeof(F4));
+  DVec a0, a1;
+  __builtin_memcpy(&a0, acc, sizeof(DVec));
+  __builtin_memcpy(&a1, acc + 4, sizeof(DVec));
+  a0 += __builtin_convertvector(lo, DVec);
+  a1 += __builtin_convertvector(hi, DVec);
+  __builtin_memcpy(acc, &a0, sizeof(DVec));
+  __builtin_memcpy(acc + 4, &a1, sizeof(DVec));
+}
+static inline void add_to_double(double* acc, Vec<double>::type v) {
+  DVec a;
+  __builtin_memcpy(&a, acc, sizeof(DVec));
+  a += v;
+  __builtin_memcpy(acc, &a, sizeof(DVec));
+}
+
 // acc[r][j] += sum_p dy[r*L + p] * panel[p][j] for R output channels and the block's taps (two
 // vectors) over np pixels: one FMA per tap. The pixel sum runs in T in registers (in pixel
 // order), then is added to the double accumulator.
@@ -453,31 +476,30 @@ static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, 
     }
   }
   for (int r = 0; r < R; ++r) {
-    T out[KB];
-    __builtin_memcpy(out, &part[r][0], sizeof(V));
-    __builtin_memcpy(out + VL, &part[r][1], sizeof(V));
-    for (int64_t j = 0; j < KB; ++j) acc[r * KB + j] += double(out[j]);
+    add_to_double(acc + r * KB, part[r][0]);
+    add_to_double(acc + r * KB + VL, part[r][1]);
   }
 }
 
-// sum_p dy[p] over np pixels in T, vector lanes first then lanes in order (fixed order).
+// sum[l] += the lanes of dy[0..n) (l = index mod the vector width VL; sum has VL doubles): each
+// chunk of WG_PIXELS pixels summed in T vectors, then added in double; a chunk's scalar tail
+// goes to lane 0. The order depends on n only.
 template <typename T>
-static T sum_chunk(const T* dy, int64_t np) {
+static void sum_row(const T* dy, int64_t n, double* sum) {
   typedef typename Vec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
-  V a = V{};
-  int64_t p = 0;
-  for (; p + VL <= np; p += VL) {
-    V d;
-    __builtin_memcpy(&d, dy + p, sizeof(V));
-    a += d;
+  for (int64_t p0 = 0; p0 < n; p0 += WG_PIXELS) {
+    const int64_t np = min_i64(WG_PIXELS, n - p0);
+    V a = V{};
+    int64_t p = 0;
+    for (; p + VL <= np; p += VL) {
+      V d;
+      __builtin_memcpy(&d, dy + p0 + p, sizeof(V));
+      a += d;
+    }
+    add_to_double(sum, a);
+    for (; p < np; ++p) sum[0] += double(dy[p0 + p]);
   }
-  T lanes[VL];
-  __builtin_memcpy(lanes, &a, sizeof(V));
-  T sum = T(0);
-  for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
-  for (; p < np; ++p) sum += dy[p];
-  return sum;
 }
 
 // The same block of dW by the decomposition (one FMA per tap):
@@ -489,53 +511,93 @@ static T sum_chunk(const T* dy, int64_t np) {
 // Rounding error (u = unit roundoff of T, m = WG_PIXELS):
 //   |err| <= u |dW| + (m + 2) u sum_p |dY[co,p]| (|Xp[k,p] - W[co,k]| + 2 |W[co,k] - c_k|)
 // to first order, against (m + 2) u sum_p |dY| |Xp - W| for the direct kernel.
+// Taps per work item of the decomposed weight gradient: up to WG_SUB blocks of KB taps, so that
+// each chunk of dY (all the group's output channels x WG_PIXELS pixels) is reused from cache by
+// WG_SUB panels instead of being streamed from memory once per block; fewer when that would
+// leave under 8 work items. Each tap's reduction order does not depend on the grouping.
+template <typename T>
+static int64_t weight_grad_item_taps(const Adder2dShape& s) {
+  constexpr int64_t KB = weight_grad_taps<T>();
+  int64_t sub = WG_SUB;
+  while (sub > 1 && s.groups * ((s.taps + sub * KB - 1) / (sub * KB)) < 8) sub /= 2;
+  return sub * KB;
+}
+
+// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + weight_grad_item_taps)
+// by the decomposition (one FMA per tap):
+//   dW[co,k] = sum_p dY[co,p] * (Xp[k,p] - c_k) - (W[co,k] - c_k) * sum_p dY[co,p]
+// exact for any c_k; c_k = mean over the group's output channels of W[co,k] (rounded to T) keeps
+// the cancellation small when the weights share an offset (|W| large against |Xp - W|). The
+// panel holds Xp - c_k; the pixel sums run in the direct kernel's order (chunks of WG_PIXELS
+// pixels in T, chunks in double); sum_p dY in sum_row's order; the correction in double.
+// Rounding error (u = unit roundoff of T, m = WG_PIXELS):
+//   |err| <= u |dW| + (m + 2) u sum_p |dY[co,p]| (|Xp[k,p] - W[co,k]| + 2 |W[co,k] - c_k|)
+// to first order, against (m + 2) u sum_p |dY| |Xp - W| for the direct kernel.
 template <typename T>
 void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw, int64_t g,
                        int64_t k0, T* scratch) {
-  constexpr int64_t KB = weight_grad_taps<T>();
+  constexpr int64_t KB = weight_grad_taps<T>(), VL = KB / 2;
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
-  const int64_t nk = min_i64(KB, K - k0);
+  const int64_t nt = min_i64(weight_grad_item_taps<T>(s), K - k0), nsub = (nt + KB - 1) / KB;
   T* panel = scratch;
-  T* centre = scratch + WG_PIXELS * KB;
-  double* acc = reinterpret_cast<double*>(centre + KB);
-  double* dysum = acc + cog * KB;
-  for (int64_t j = 0; j < KB; ++j) {
-    double c = 0.0;
-    if (j < nk)
-      for (int64_t co = 0; co < cog; ++co) c += double(w[co * K + k0 + j]);
-    centre[j] = T(c / double(cog));
+  T* centre = scratch + WG_PIXELS * KB;                           // nsub * KB
+  double* acc = reinterpret_cast<double*>(centre + WG_SUB * KB);  // [sub][co][KB]
+  double* dysum = acc + WG_SUB * cog * KB;  // cog x VL lanes, then summed into dysum[co]
+  {
+    double* c = acc;  // acc is free until zeroed below
+    for (int64_t j = 0; j < nsub * KB; ++j) c[j] = 0.0;
+    for (int64_t co = 0; co < cog; ++co)
+      for (int64_t j = 0; j < nt; ++j) c[j] += double(w[co * K + k0 + j]);
+    for (int64_t j = 0; j < nsub * KB; ++j) centre[j] = T(c[j] / double(cog));
   }
-  for (int64_t i = 0; i < cog * KB; ++i) acc[i] = 0.0;
-  for (int64_t co = 0; co < cog; ++co) dysum[co] = 0.0;
+  for (int64_t i = 0; i < nsub * cog * KB; ++i) acc[i] = 0.0;
+  for (int64_t i = 0; i < cog * VL; ++i) dysum[i] = 0.0;
+  for (int64_t n = 0; n < s.batch; ++n)
+    for (int64_t co = 0; co < cog; ++co)
+      sum_row(dy + (n * s.out_channels + g * cog + co) * L, L, dysum + co * VL);
+  for (int64_t co = 0; co < cog; ++co) {
+    double t = 0.0;
+    for (int64_t l = 0; l < VL; ++l) t += dysum[co * VL + l];
+    dysum[co] = t;  // lanes of co are at co * VL >= co: already read
+  }
   for (int64_t n = 0; n < s.batch; ++n) {
     const T* xn = x + (n * s.in_channels + g * s.in_channels_per_group) * s.in_h * s.in_w;
     const T* dyn = dy + (n * s.out_channels + g * cog) * L;
     for (int64_t p0 = 0; p0 < L; p0 += WG_PIXELS) {
       const int64_t np = min_i64(WG_PIXELS, L - p0);
-      pack_panel_transposed(s, xn, p0, np, k0, nk, panel);
-      for (int64_t p = 0; p < np; ++p)
-        for (int64_t j = 0; j < KB; ++j) panel[p * KB + j] -= centre[j];
-      for (int64_t co = 0; co < cog; ++co) dysum[co] += double(sum_chunk(dyn + co * L + p0, np));
-      int64_t co = 0;
-      for (; co + WG_ROWS <= cog; co += WG_ROWS)
-        weight_grad_fma<T, WG_ROWS>(panel, np, dyn + co * L + p0, L, acc + co * KB);
-      for (; co + 2 <= cog; co += 2)
-        weight_grad_fma<T, 2>(panel, np, dyn + co * L + p0, L, acc + co * KB);
-      for (; co < cog; ++co) weight_grad_fma<T, 1>(panel, np, dyn + co * L + p0, L, acc + co * KB);
+      for (int64_t sub = 0; sub < nsub; ++sub) {
+        const T* cs = centre + sub * KB;
+        double* as = acc + sub * cog * KB;
+        pack_panel_transposed(s, xn, p0, np, k0 + sub * KB, min_i64(KB, nt - sub * KB), panel);
+        for (int64_t p = 0; p < np; ++p)
+          for (int64_t j = 0; j < KB; ++j) panel[p * KB + j] -= cs[j];
+        int64_t co = 0;
+        for (; co + WG_ROWS <= cog; co += WG_ROWS)
+          weight_grad_fma<T, WG_ROWS>(panel, np, dyn + co * L + p0, L, as + co * KB);
+        for (; co + 2 <= cog; co += 2)
+          weight_grad_fma<T, 2>(panel, np, dyn + co * L + p0, L, as + co * KB);
+        for (; co < cog; ++co) weight_grad_fma<T, 1>(panel, np, dyn + co * L + p0, L, as + co * KB);
+      }
     }
   }
   for (int64_t co = 0; co < cog; ++co)
-    for (int64_t j = 0; j < nk; ++j)
-      gw[co * K + k0 + j] =
-          T(acc[co * KB + j] - (double(w[co * K + k0 + j]) - double(centre[j])) * dysum[co]);
+    for (int64_t j = 0; j < nt; ++j) {
+      const double* a = acc + (j / KB) * cog * KB + co * KB + j % KB;
+      gw[co * K + k0 + j] = T(*a - (double(w[co * K + k0 + j]) - double(centre[j])) * dysum[co]);
+    }
 }
 
 template <typename T>
 KernelSet<T> make_kernel_set() {
-  return KernelSet<T>{&forward_tile<T>,       &input_grad_plane<T>,
-                      &weight_grad_block<T>,  &weight_grad_block_direct<T>,
-                      &input_grad_scratch<T>, &weight_grad_scratch<T>,
-                      weight_grad_taps<T>(),  TILE_P,
+  return KernelSet<T>{&forward_tile<T>,
+                      &input_grad_plane<T>,
+                      &weight_grad_block<T>,
+                      &weight_grad_block_direct<T>,
+                      &input_grad_scratch<T>,
+                      &weight_grad_scratch<T>,
+                      &weight_grad_item_taps<T>,
+                      weight_grad_taps<T>(),
+                      TILE_P,
                       TILE_K * TILE_P};
 }
 
