@@ -166,37 +166,36 @@ static inline V input_grad_weight(V z, V one) {
   return (z > one) ? one : z;
 }
 
-// gr[j] += sum_co dy[co*L + j] * HT(w[co] - x[j]) for j < n: one output row's contribution,
-// through one tap, to one input row at stride 1, all the group's output channels at once so that
-// the input row is read and written once per tap (and every store lands where the next load of
-// it reads, which keeps store-to-load forwarding working).
-template <typename T, bool SIGN>
-static void input_grad_row(const T* dy, int64_t L, const T* x, const T* w, int64_t cog, T* gr,
-                           int64_t n) {
+// gr[u] += sum_co dy[u][co*L] * HT(w[co] - x[u]) for U whole vectors (distinct gradient
+// vectors) at stride 1: one output row's contribution, through one tap, to input pixels, all the
+// group's output channels at once so that each gradient vector is read and written once per tap
+// (and every store lands where the next tap's load of it reads, which keeps store-to-load
+// forwarding working). U independent accumulators hide the FMA latency one accumulator running
+// through the output channels would wait on, and share the weight broadcast.
+template <typename T, bool SIGN, int U>
+static void input_grad_vectors(const T* const* dy, int64_t L, const T* const* x, const T* w,
+                               int64_t cog, T* const* gr) {
   typedef typename Vec<T>::type V;
-  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
   const V one = V{} + T(1);
-  int64_t j = 0;
-  for (; j + VL <= n; j += VL) {
-    V acc, xv;
-    __builtin_memcpy(&acc, gr + j, sizeof(V));
-    __builtin_memcpy(&xv, x + j, sizeof(V));
-    for (int64_t co = 0; co < cog; ++co) {
+  V acc[U], xv[U];
+  for (int u = 0; u < U; ++u) {
+    __builtin_memcpy(&acc[u], gr[u], sizeof(V));
+    __builtin_memcpy(&xv[u], x[u], sizeof(V));
+  }
+  for (int64_t co = 0; co < cog; ++co) {
+    const V wv = w[co] - V{};  // broadcast
+    for (int u = 0; u < U; ++u) {
       V d;
-      __builtin_memcpy(&d, dy + co * L + j, sizeof(V));
-      acc += d * input_grad_weight<V, SIGN>(w[co] - xv, one);
+      __builtin_memcpy(&d, dy[u] + co * L, sizeof(V));
+      acc[u] += d * input_grad_weight<V, SIGN>(wv - xv[u], one);
     }
-    __builtin_memcpy(gr + j, &acc, sizeof(V));
   }
-  for (; j < n; ++j) {
-    T acc = gr[j];
-    for (int64_t co = 0; co < cog; ++co)
-      acc += dy[co * L + j] * input_grad_weight<T, SIGN>(w[co] - x[j], T(1));
-    gr[j] = acc;
-  }
+  for (int u = 0; u < U; ++u) __builtin_memcpy(gr[u], &acc[u], sizeof(V));
 }
 
-// The same at stride > 1, where the input pixels of one row are `step` apart: dyt holds dY
+constexpr int IG_VECTORS = 4;  // vectors per input_grad_vectors call
+
+// One output row's contribution at stride > 1, where the input pixels of one row are `step` apart: dyt holds dY
 // transposed ([pixel][co]) so that the sum over output channels is the vectorised loop.
 template <typename T, bool SIGN>
 static void input_grad_row_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
@@ -304,11 +303,27 @@ static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x
       if (unit_stride) {
         // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
         const int64_t ow0 = s.pad_w - kw * s.dilation_w;
+        // Rows of wp elements are whole vectors: the tap's vectors (oh, j) go IG_VECTORS at a
+        // time, across rows when rows are short.
+        constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+        const T* dyv[IG_VECTORS];
+        const T* xv[IG_VECTORS];
+        T* gv[IG_VECTORS];
+        int u = 0;
         for (int64_t oh = oh0; oh < oh1; ++oh) {
           const int64_t ih = adder2d_in_index(oh, kh, 1, s.pad_h, s.dilation_h);
-          input_grad_row<T, SIGN>(dyc + oh * row + border + ow0, s.out_h * row, xs + ih * wp, wtap,
-                                  cog, gs + ih * wp, wp);
+          for (int64_t j = 0; j < wp; j += VL) {
+            dyv[u] = dyc + oh * row + border + ow0 + j;
+            xv[u] = xs + ih * wp + j;
+            gv[u] = gs + ih * wp + j;
+            if (++u == IG_VECTORS) {
+              input_grad_vectors<T, SIGN, IG_VECTORS>(dyv, s.out_h * row, xv, wtap, cog, gv);
+              u = 0;
+            }
+          }
         }
+        for (int i = 0; i < u; ++i)
+          input_grad_vectors<T, SIGN, 1>(dyv + i, s.out_h * row, xv + i, wtap, cog, gv + i);
       } else {
         // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
         int64_t ow0, ow1;
