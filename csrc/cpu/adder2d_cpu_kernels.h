@@ -195,32 +195,52 @@ static void input_grad_vectors(const T* const* dy, int64_t L, const T* const* x,
 
 constexpr int IG_VECTORS = 4;  // vectors per input_grad_vectors call
 
-// One output row's contribution at stride > 1, where the input pixels of one row are `step` apart: dyt holds dY
-// transposed ([pixel][co]) so that the sum over output channels is the vectorised loop.
-template <typename T, bool SIGN>
-static void input_grad_row_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
-                                   int64_t n, int64_t step) {
+// gr[j * step] += sum_co dyt[j*cog + co] * HT(w[co] - x[j * step]) for U consecutive j: the
+// sum over output channels is the vectorised loop (tail first, then the lanes in order), U
+// pixels at once so that their accumulators are independent chains.
+template <typename T, bool SIGN, int U>
+static void input_grad_pixels_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
+                                      int64_t step) {
   typedef typename Vec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
   const V one = V{} + T(1);
-  for (int64_t j = 0; j < n; ++j) {
-    const T xs = x[j * step];
-    const T* d = dyt + j * cog;
-    V acc = V{};
-    int64_t co = 0;
-    for (; co + VL <= cog; co += VL) {
-      V dv, wv;
-      __builtin_memcpy(&dv, d + co, sizeof(V));
-      __builtin_memcpy(&wv, w + co, sizeof(V));
-      acc += dv * input_grad_weight<V, SIGN>(wv - xs, one);
-    }
-    T sum = T(0);
-    for (; co < cog; ++co) sum += d[co] * input_grad_weight<T, SIGN>(w[co] - xs, T(1));
-    T lanes[VL];
-    __builtin_memcpy(lanes, &acc, sizeof(V));
-    for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
-    gr[j * step] += sum;
+  V acc[U];
+  T xs[U];
+  for (int u = 0; u < U; ++u) {
+    acc[u] = V{};
+    xs[u] = x[u * step];
   }
+  int64_t co = 0;
+  for (; co + VL <= cog; co += VL) {
+    V wv;
+    __builtin_memcpy(&wv, w + co, sizeof(V));
+    for (int u = 0; u < U; ++u) {
+      V dv;
+      __builtin_memcpy(&dv, dyt + u * cog + co, sizeof(V));
+      acc[u] += dv * input_grad_weight<V, SIGN>(wv - xs[u], one);
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    T sum = T(0);
+    for (int64_t c = co; c < cog; ++c)
+      sum += dyt[u * cog + c] * input_grad_weight<T, SIGN>(w[c] - xs[u], T(1));
+    T lanes[VL];
+    __builtin_memcpy(lanes, &acc[u], sizeof(V));
+    for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
+    gr[u * step] += sum;
+  }
+}
+
+// One output row's contribution at stride > 1, where the input pixels of one row are `step`
+// apart: dyt holds dY transposed ([pixel][co]).
+template <typename T, bool SIGN>
+static void input_grad_row_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
+                                   int64_t n, int64_t step) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4)
+    input_grad_pixels_strided<T, SIGN, 4>(dyt + j * cog, x + j * step, w, cog, gr + j * step, step);
+  for (; j < n; ++j)
+    input_grad_pixels_strided<T, SIGN, 1>(dyt + j * cog, x + j * step, w, cog, gr + j * step, step);
 }
 
 // Left/right zero border of the padded dY rows used at stride 1: wide enough that every input
