@@ -71,3 +71,23 @@ def test_committed_cpu_results_cover_every_layer():
         result = json.load(f)
     assert {r["shape"] for r in result["rows"]} == set(bench_adder2d.SHAPES)
     assert result["device"] == "cpu" and result["environment"]["cpu_model"]
+
+
+def test_interleaved_rounds_alternate_and_ratios_pair_rounds():
+    calls = []
+
+    def run(fn, repeats, warmup):
+        for _ in range(warmup):
+            fn()
+        return [fn() for _ in range(repeats)]
+
+    clock = iter(range(1, 100))
+    fns = {
+        "a": lambda: calls.append("a") or 2.0 * next(clock),
+        "b": lambda: calls.append("b") or 1.0 * next(clock),
+    }
+    times = bench_adder2d.interleaved(run, fns, 3, 1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert len(times["a"]) == len(times["b"]) == 3
+    ratio = bench_adder2d.ratio_stats([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+    assert ratio == {"median": 2.0, "p20": 2.0, "p80": 3.0}
