@@ -6,30 +6,14 @@ Y = -sum |Xp - W| (+ b); dX = sum dY * HT(W - X) (or sign); dW = sum dY * (Xp - 
 import pytest
 import torch
 import torch.nn.functional as F
+from adder2d_cases import CPU_CASES
 from conftest import cpu_isas, devices
 
 import addernet_cuda
 from addernet_cuda import reference
 
-# (N, C, H, W, Co, KH, KW, stride, padding, dilation, groups)
-SHAPES = [
-    pytest.param((2, 3, 8, 8, 4, 3, 3, 1, 1, 1, 1), id="3x3"),
-    pytest.param((2, 4, 9, 7, 6, 3, 3, 2, 1, 1, 1), id="stride2-pad1"),
-    pytest.param((2, 4, 9, 9, 6, 3, 3, 2, 0, 1, 1), id="stride2-pad0"),
-    pytest.param((2, 3, 10, 10, 5, 3, 3, 3, 2, 1, 1), id="stride3-pad2"),
-    pytest.param((1, 4, 10, 11, 4, 3, 3, 1, 2, 2, 1), id="dilation2"),
-    pytest.param((2, 6, 7, 7, 9, 3, 2, (2, 1), (1, 0), (1, 2), 3), id="groups-rect-pairs"),
-    pytest.param((2, 5, 8, 8, 5, 3, 3, 1, 1, 1, 5), id="depthwise"),
-    pytest.param((2, 4, 8, 8, 8, 3, 3, 2, 1, 1, 4), id="depthwise-x2-stride2"),
-    pytest.param((2, 8, 5, 5, 10, 1, 1, 1, 0, 1, 1), id="1x1"),
-    pytest.param((2, 8, 6, 6, 4, 1, 1, 2, 0, 1, 2), id="1x1-stride2-groups"),
-    pytest.param((1, 2, 3, 3, 3, 5, 5, 1, 1, 1, 1), id="kernel-equals-padded-image"),
-    pytest.param((1, 3, 13, 17, 7, 5, 3, 3, 2, 1, 1), id="odd-sizes"),
-    pytest.param((1, 64, 6, 6, 5, 3, 3, 1, 1, 1, 1), id="taps-over-one-panel"),
-    pytest.param((1, 3, 6, 40, 6, 3, 3, 1, 1, 1, 1), id="rows-longer-than-tile"),
-    pytest.param((1, 1, 1, 1, 2, 1, 1, 1, 0, 1, 1), id="single-pixel"),
-    pytest.param((0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1), id="batch0"),
-]
+# (N, C, H, W, Co, KH, KW, stride, padding, dilation, groups), from the shared case table
+SHAPES = [case.param() for case in CPU_CASES]
 
 
 def make(shape, dtype=torch.float64, device="cpu", bias=True, seed=0):

@@ -14,6 +14,7 @@ import os
 
 import pytest
 import torch
+from adder2d_cases import CUDA_CASES, CUDA_LARGE, Case
 
 import addernet_cuda
 from addernet_cuda import reference
@@ -58,50 +59,9 @@ def poison_allocator():
     del big, small
 
 
-class Case:
-    def __init__(self, name, n, c, h, w, co, kh, kw, stride=1, padding=0, dilation=1, groups=1):
-        self.name = name
-        self.n, self.c, self.h, self.w, self.co, self.kh, self.kw = n, c, h, w, co, kh, kw
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-        self.stride, self.padding, self.dilation = pair(stride), pair(padding), pair(dilation)
-        self.groups = groups
-        self.oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        self.ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-
-    @property
-    def args(self):
-        return (list(self.stride), list(self.padding), list(self.dilation), self.groups)
-
-    @property
-    def taps(self):
-        return self.c // self.groups * self.kh * self.kw
-
-    def __repr__(self):
-        return self.name
-
-
-# Shapes chosen to reach every kernel path: direct forward (<= 4 output channels per group),
-# small (5..32), medium (33..127) and large (>= 128, enough blocks) forward tiles, and the weight
-# gradient with one split and with many.
-CASES = [
-    Case("basic3x3", 2, 3, 8, 8, 4, 3, 3, padding=1),
-    Case("stride2_pad1", 2, 8, 9, 9, 16, 3, 3, stride=2, padding=1),
-    Case("stride2_nopad", 2, 8, 10, 10, 16, 3, 3, stride=2),
-    Case("stride3_pad2", 2, 5, 13, 11, 6, 3, 3, stride=3, padding=2),
-    Case("dilation2", 1, 4, 11, 11, 40, 3, 3, padding=2, dilation=2),
-    Case("groups4", 2, 8, 7, 7, 12, 3, 3, padding=1, groups=4),
-    Case("depthwise", 2, 16, 8, 8, 16, 3, 3, padding=1, groups=16),
-    Case("depthwise_x2_stride2", 2, 16, 9, 9, 32, 3, 3, stride=2, padding=1, groups=16),
-    Case("pointwise", 2, 32, 6, 6, 64, 1, 1),
-    Case("pointwise_stride2", 2, 16, 7, 7, 48, 1, 1, stride=2),
-    Case("rectangular", 2, 5, 9, 12, 7, 2, 5, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
-    Case("batch1_5x5", 1, 3, 5, 5, 2, 5, 5, padding=2),
-    Case("batch0", 0, 4, 6, 6, 8, 3, 3, padding=1),
-    Case("wide_k", 1, 70, 5, 5, 130, 3, 3, padding=1),
-    Case("many_pixels", 4, 8, 32, 32, 16, 3, 3, padding=1),
-    Case("one_pixel_out", 1, 6, 3, 3, 9, 3, 3),
-]
-LARGE = Case("large_tile", 4, 32, 64, 64, 300, 3, 3, padding=1)
+# The shared case table (adder2d_cases.py): shapes chosen to reach every kernel path.
+CASES = CUDA_CASES
+LARGE = CUDA_LARGE
 
 
 def make_inputs(case, dtype, layout, seed=0):
