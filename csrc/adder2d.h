@@ -1,9 +1,10 @@
 // Host-side declarations shared by the adder2d backends: argument validation that turns the
 // op arguments into an Adder2dShape (adder2d_shape.h), and the input-gradient modes.
 //
-//   Y[n,co,oh,ow] = -sum_{ci,kh,kw} |Xp[n, g*C/g+ci, ih, iw] - W[co,ci,kh,kw]|  (+ bias[co])
+//   Y[n,co,oh,ow] = -sum_{ci,kh,kw} |Xp[n, c, ih, iw] - W[co,ci,kh,kw]|  (+ bias[co])
 //
-// with Xp the zero-padded input (padded taps count) and ih, iw as in adder2d_shape.h.
+// with c = grp(co) * (C/groups) + ci, grp(co) = co / (Co/groups) the group of output channel co,
+// Xp the zero-padded input (padded taps count) and ih, iw as in adder2d_shape.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -6,41 +6,18 @@ Y = -sum |Xp - W| (+ b); dX = sum dY * HT(W - X) (or sign); dW = sum dY * (Xp - 
 import pytest
 import torch
 import torch.nn.functional as F
+from adder2d_cases import CPU_CASES
 from conftest import cpu_isas, devices
 
 import addernet_cuda
 from addernet_cuda import reference
 
-# (N, C, H, W, Co, KH, KW, stride, padding, dilation, groups)
-SHAPES = [
-    pytest.param((2, 3, 8, 8, 4, 3, 3, 1, 1, 1, 1), id="3x3"),
-    pytest.param((2, 4, 9, 7, 6, 3, 3, 2, 1, 1, 1), id="stride2-pad1"),
-    pytest.param((2, 4, 9, 9, 6, 3, 3, 2, 0, 1, 1), id="stride2-pad0"),
-    pytest.param((2, 3, 10, 10, 5, 3, 3, 3, 2, 1, 1), id="stride3-pad2"),
-    pytest.param((1, 4, 10, 11, 4, 3, 3, 1, 2, 2, 1), id="dilation2"),
-    pytest.param((2, 6, 7, 7, 9, 3, 2, (2, 1), (1, 0), (1, 2), 3), id="groups-rect-pairs"),
-    pytest.param((2, 5, 8, 8, 5, 3, 3, 1, 1, 1, 5), id="depthwise"),
-    pytest.param((2, 4, 8, 8, 8, 3, 3, 2, 1, 1, 4), id="depthwise-x2-stride2"),
-    pytest.param((2, 8, 5, 5, 10, 1, 1, 1, 0, 1, 1), id="1x1"),
-    pytest.param((2, 8, 6, 6, 4, 1, 1, 2, 0, 1, 2), id="1x1-stride2-groups"),
-    pytest.param((1, 2, 3, 3, 3, 5, 5, 1, 1, 1, 1), id="kernel-equals-padded-image"),
-    pytest.param((1, 3, 13, 17, 7, 5, 3, 3, 2, 1, 1), id="odd-sizes"),
-    pytest.param((1, 64, 6, 6, 5, 3, 3, 1, 1, 1, 1), id="taps-over-one-panel"),
-    pytest.param((1, 3, 6, 40, 6, 3, 3, 1, 1, 1, 1), id="rows-longer-than-tile"),
-    pytest.param((1, 1, 1, 1, 2, 1, 1, 1, 0, 1, 1), id="single-pixel"),
-    pytest.param((0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1), id="batch0"),
-]
+SHAPES = CPU_CASES
 
 
-def make(shape, dtype=torch.float64, device="cpu", bias=True, seed=0):
-    if hasattr(shape, "values"):  # a pytest.param
-        shape = shape.values[0]
-    n, c, h, w, co, kh, kw, stride, padding, dilation, groups = shape
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=g, dtype=dtype).to(device)
-    wt = torch.randn(co, c // groups, kh, kw, generator=g, dtype=dtype).to(device)
-    b = torch.randn(co, generator=g, dtype=dtype).to(device) if bias else None
-    return x, wt, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+def make(case, dtype=torch.float64, device="cpu", bias=True, seed=0):
+    """x, w, bias and adder2d's keyword arguments for one case of the shared table."""
+    return (*case.tensors(dtype, device, bias, seed), case.kwargs)
 
 
 def grads(fn, x, w, b, kwargs, dy):
@@ -53,7 +30,7 @@ def grads(fn, x, w, b, kwargs, dy):
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=repr)
 @pytest.mark.parametrize("mode", ["hardtanh", "exact"])
 def test_three_ops_match_reference_float64(shape, mode, cpu_isa):
     x, w, b, kw = make(shape)
@@ -66,7 +43,7 @@ def test_three_ops_match_reference_float64(shape, mode, cpu_isa):
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
-@pytest.mark.parametrize("shape", SHAPES[:12])
+@pytest.mark.parametrize("shape", SHAPES[:12], ids=repr)
 def test_float32_matches_float64(shape, cpu_isa):
     x, w, b, kw = make(shape)
     dy = torch.randn(reference.adder2d(x, w, b, **kw).shape, dtype=torch.float64)
@@ -88,7 +65,7 @@ def test_padded_taps_count():
     assert y.item() == pytest.approx(expected.item())
 
 
-@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], SHAPES[7], SHAPES[11]])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], SHAPES[7], SHAPES[11]], ids=repr)
 def test_gradcheck_exact_mode_input_and_bias(shape):
     x, w, b, kw = make(shape, seed=3)
     x.requires_grad_()
@@ -214,8 +191,7 @@ def opcheck_samples():
 @pytest.mark.parametrize("index", range(len(opcheck_samples())))
 def test_opcheck(index):
     x, w, b, kw = opcheck_samples()[index]
-    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
-    args = [pair(kw["stride"]), pair(kw["padding"]), pair(kw["dilation"]), kw["groups"]]
+    args = [list(kw["stride"]), list(kw["padding"]), list(kw["dilation"]), kw["groups"]]
     torch.library.opcheck(torch.ops.addernet.adder2d.default, (x, w, b, *args, "hardtanh"))
     y = torch.ops.addernet.adder2d(x, w, b, *args)
     dy = torch.randn_like(y)

@@ -100,10 +100,8 @@ def test_head_loss_trains_the_model_head(head):
     assert all(id(p) in own for p in criterion.parameters())  # shared, not copied
     assert all(p.grad is not None for p in model.head.parameters() if p.requires_grad)
     assert criterion.last_logits.shape == (8, 10)
-    torch.testing.assert_close(
-        criterion.last_logits if head != "linear" else model.head(features).detach(),
-        head_logits(model.head, features).detach(),
-    )
+    # the scores kept by the loss are the head's scores of the same features
+    torch.testing.assert_close(criterion.last_logits, head_logits(model.head, features).detach())
     if head == "slac":
         assert set(criterion.last_terms) == {"loss", "ce", "nll", "ac"}
 
@@ -170,27 +168,24 @@ MULTIPLICATIVE = 442_368 + 640  # the ANN's first conv and 1x1 classifier (10 cl
 
 
 def test_op_count_cnn_resnets():
-    assert count_ops(resnet20(cnn=True)).mul == R20_CNN
-    r32 = count_ops(resnet32(cnn=True))
+    r20, r32 = count_ops(resnet20(cnn=True)), count_ops(resnet32(cnn=True))
+    assert r20.mul == r20.add == R20_CNN
     assert r32.mul == r32.add == R32_CNN
-    assert round(R32_CNN / 1e6, 2) == 69.12  # the paper's ResNet-32 CNN count, reproduced
+    assert round(r32.mul / 1e6, 2) == 69.12  # the paper's ResNet-32 CNN count, reproduced
     # The paper's ResNet-20 count (41.17M) is not reproduced, by any per-layer convention that also
     # gives its ResNet-32 count: ResNet-32 has exactly 12 more 16/32/64-channel 3x3 convolutions,
-    # each 2,359,296 MACs, so the two counts must differ by 28.31M; the paper's differ by 27.95M.
-    assert R32_CNN - R20_CNN == 12 * 2_359_296
-    assert round(69.12 - 41.17, 2) == 27.95
-    assert abs(R20_CNN / 1e6 - 41.17) > 0.3
+    # each 16 * 16 * 9 * 32 * 32 = 2,359,296 MACs, so the two counts must differ by 28.31M; the
+    # paper's differ by 69.12M - 41.17M = 27.95M.
+    assert r32.mul - r20.mul == 12 * 16 * 16 * 9 * 32 * 32
+    assert abs(r20.mul / 1e6 - 41.17) > 0.3
 
 
 def test_op_count_ann_resnets():
     r20, r32 = count_ops(resnet20()), count_ops(resnet32())
     assert r20.mul == r32.mul == MULTIPLICATIVE  # 0.443M; the paper prints 0.45M
-    assert r20.add == 2 * (R20_CNN - MULTIPLICATIVE) + MULTIPLICATIVE == 81_183_360  # paper 81.89M
-    assert (
-        r32.add == 2 * (R32_CNN - MULTIPLICATIVE) + MULTIPLICATIVE == 137_806_464
-    )  # paper 137.79M
-    # The paper's ANN rows are 2 x its CNN count - 0.45M, from rounded numbers:
-    assert round(2 * 41.17 - 0.45, 2) == 81.89 and round(2 * 69.12 - 0.45, 2) == 137.79
+    # The paper's ANN rows are 2 x its CNN count - 0.45M, from rounded numbers (81.89M, 137.79M).
+    assert r20.add == 2 * (R20_CNN - MULTIPLICATIVE) + MULTIPLICATIVE  # 81,183,360
+    assert r32.add == 2 * (R32_CNN - MULTIPLICATIVE) + MULTIPLICATIVE  # 137,806,464
     assert count_ops(resnet20(cnn=True)).bn_mul == r20.bn_mul == 200_704 + 10
 
 

@@ -22,7 +22,7 @@ The pass runs under ``FakeTensorMode``: shapes only, no arithmetic, so ResNet-50
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
@@ -48,18 +48,6 @@ class OpCount:
         self.layers.append({"name": name, "type": kind, "mul": int(mul), "add": int(add)})
         self.mul += int(mul)
         self.add += int(add)
-
-    def by_type(self) -> dict:
-        out: dict = {}
-        for row in self.layers:
-            entry = out.setdefault(row["type"], {"mul": 0, "add": 0, "layers": 0})
-            entry["mul"] += row["mul"]
-            entry["add"] += row["add"]
-            entry["layers"] += 1
-        return out
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def __str__(self) -> str:
         return (

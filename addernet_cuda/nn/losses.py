@@ -211,10 +211,6 @@ class MoMLoss(_GaussianMixtureLoss):
             torch.zeros(num_classes, num_components, device=device, dtype=dtype)
         )
 
-    def mixing_weights(self) -> torch.Tensor:
-        """``pi``, ``[K, C]``, rows summing to 1."""
-        return self.mix_logits.softmax(1)
-
     def _log_mixing(self) -> torch.Tensor:
         return self.mix_logits.log_softmax(1)
 

@@ -1,0 +1,114 @@
+"""The one table of adder2d shapes for the CPU tests (test_adder2d.py), the CUDA tests
+(test_adder2d_cuda.py) and the compute-sanitizer program (cuda_sanitizer_case.py).
+
+A case is input X[N, C, H, W], weight W[Co, C/groups, KH, KW], stride, padding, dilation and
+groups; OH = floor((H + 2ph - dh(KH-1) - 1) / sh) + 1, likewise OW.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class Case:
+    """One adder2d shape, named for test ids."""
+
+    def __init__(self, name, n, c, h, w, co, kh, kw, stride=1, padding=0, dilation=1, groups=1):
+        self.name = name
+        self.n, self.c, self.h, self.w, self.co, self.kh, self.kw = n, c, h, w, co, kh, kw
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.groups = groups
+        self.oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        self.ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+
+    @property
+    def args(self):
+        """stride, padding, dilation, groups as the raw torch.ops.addernet ops take them."""
+        return (list(self.stride), list(self.padding), list(self.dilation), self.groups)
+
+    @property
+    def kwargs(self):
+        """stride, padding, dilation, groups as keyword arguments of addernet_cuda.adder2d."""
+        return dict(
+            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups
+        )
+
+    @property
+    def taps(self):
+        return self.c // self.groups * self.kh * self.kw
+
+    def tensors(self, dtype=torch.float64, device="cpu", bias=True, seed=0):
+        """x, w, bias (or None) drawn from N(0, 1) with a fixed seed, in `dtype` on `device`."""
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(self.n, self.c, self.h, self.w, generator=g, dtype=torch.float64)
+        w = torch.randn(
+            self.co, self.c // self.groups, self.kh, self.kw, generator=g, dtype=torch.float64
+        )
+        b = torch.randn(self.co, generator=g, dtype=torch.float64) if bias else None
+        to = lambda t: t.to(device, dtype) if t is not None else None  # noqa: E731
+        return to(x), to(w), to(b)
+
+    def __repr__(self):
+        return self.name
+
+
+# CPU kernels: every geometry the packed-panel and row-tile code distinguishes.
+CPU_CASES = [
+    Case("3x3", 2, 3, 8, 8, 4, 3, 3, padding=1),
+    Case("stride2-pad1", 2, 4, 9, 7, 6, 3, 3, stride=2, padding=1),
+    Case("stride2-pad0", 2, 4, 9, 9, 6, 3, 3, stride=2),
+    Case("stride3-pad2", 2, 3, 10, 10, 5, 3, 3, stride=3, padding=2),
+    Case("dilation2", 1, 4, 10, 11, 4, 3, 3, padding=2, dilation=2),
+    Case("groups-rect-pairs", 2, 6, 7, 7, 9, 3, 2, (2, 1), (1, 0), (1, 2), groups=3),
+    Case("depthwise", 2, 5, 8, 8, 5, 3, 3, padding=1, groups=5),
+    Case("depthwise-x2-stride2", 2, 4, 8, 8, 8, 3, 3, stride=2, padding=1, groups=4),
+    Case("1x1", 2, 8, 5, 5, 10, 1, 1),
+    Case("1x1-stride2-groups", 2, 8, 6, 6, 4, 1, 1, stride=2, groups=2),
+    Case("kernel-equals-padded-image", 1, 2, 3, 3, 3, 5, 5, padding=1),
+    Case("odd-sizes", 1, 3, 13, 17, 7, 5, 3, stride=3, padding=2),
+    Case("taps-over-one-panel", 1, 64, 6, 6, 5, 3, 3, padding=1),
+    Case("rows-longer-than-tile", 1, 3, 6, 40, 6, 3, 3, padding=1),
+    Case("single-pixel", 1, 1, 1, 1, 2, 1, 1),
+    Case("batch0", 0, 3, 5, 5, 4, 3, 3, padding=1),
+]
+
+# CUDA kernels: direct forward (<= 4 output channels per group), small (5..32), medium (33..127)
+# and large (>= 128, enough blocks) forward tiles, and the weight gradient with one split and
+# with many.
+CUDA_CASES = [
+    Case("basic3x3", 2, 3, 8, 8, 4, 3, 3, padding=1),
+    Case("stride2_pad1", 2, 8, 9, 9, 16, 3, 3, stride=2, padding=1),
+    Case("stride2_nopad", 2, 8, 10, 10, 16, 3, 3, stride=2),
+    Case("stride3_pad2", 2, 5, 13, 11, 6, 3, 3, stride=3, padding=2),
+    Case("dilation2", 1, 4, 11, 11, 40, 3, 3, padding=2, dilation=2),
+    Case("groups4", 2, 8, 7, 7, 12, 3, 3, padding=1, groups=4),
+    Case("depthwise", 2, 16, 8, 8, 16, 3, 3, padding=1, groups=16),
+    Case("depthwise_x2_stride2", 2, 16, 9, 9, 32, 3, 3, stride=2, padding=1, groups=16),
+    Case("pointwise", 2, 32, 6, 6, 64, 1, 1),
+    Case("pointwise_stride2", 2, 16, 7, 7, 48, 1, 1, stride=2),
+    Case("rectangular", 2, 5, 9, 12, 7, 2, 5, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    Case("batch1_5x5", 1, 3, 5, 5, 2, 5, 5, padding=2),
+    Case("batch0", 0, 4, 6, 6, 8, 3, 3, padding=1),
+    Case("wide_k", 1, 70, 5, 5, 130, 3, 3, padding=1),
+    Case("many_pixels", 4, 8, 32, 32, 16, 3, 3, padding=1),
+    Case("one_pixel_out", 1, 6, 3, 3, 9, 3, 3),
+]
+CUDA_LARGE = Case("large_tile", 4, 32, 64, 64, 300, 3, 3, padding=1)
+
+
+def sanitizer_cases(sm_count):
+    """The shapes run under compute-sanitizer: every CUDA kernel path once, kept small, and a
+    1x1 layer with enough 128-pixel tiles to fill `sm_count` multiprocessors twice."""
+    side = int((2 * sm_count * 128) ** 0.5) + 2
+    return [
+        Case("stride2_pad1", 2, 3, 9, 9, 4, 3, 3, stride=2, padding=1),
+        Case("stride2_nopad", 2, 8, 10, 10, 16, 3, 3, stride=2),
+        Case("groups_dilation", 1, 6, 7, 9, 40, 2, 3, (1, 2), (1, 0), (2, 1), groups=2),
+        Case("depthwise", 2, 16, 8, 8, 16, 3, 3, padding=1, groups=16),
+        Case("many_pixels", 4, 8, 32, 32, 16, 3, 3, padding=1),
+        Case("large_tile_1x1", 1, 8, side, side, 128, 1, 1),
+    ]
