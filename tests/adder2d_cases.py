@@ -112,3 +112,88 @@ def sanitizer_cases(sm_count):
         Case("many_pixels", 4, 8, 32, 32, 16, 3, 3, padding=1),
         Case("large_tile_1x1", 1, 8, side, side, 128, 1, 1),
     ]
+
+
+# Bad input: one row per argument check (test_adder2d.py, test_adder2d_cuda.py). A row is (id, op,
+# a function of the valid arguments returning the ones to change, the message pattern both the
+# Python and the C++ check must match, whether the raw op can be called with it).
+def valid_args(op):
+    """Valid keyword arguments of addernet_cuda.ops.<op> (x [2, 4, 8, 8], w [6, 4, 3, 3])."""
+    args = dict(input=torch.randn(2, 4, 8, 8), weight=torch.randn(6, 4, 3, 3))
+    args.update(stride=1, padding=0, dilation=1, groups=1)
+    if op == "adder2d":
+        args.update(bias=None, input_grad="hardtanh")
+    else:
+        args["grad_output"] = torch.randn(2, 6, 6, 6)
+    if op == "adder2d_input_grad":
+        args["mode"] = "hardtanh"
+    return args
+
+
+BAD_INPUT = [  # id, op, the changed arguments (from the valid ones), message pattern, raw
+    ("input-3d", "adder2d", lambda a: dict(input=a["input"][0]),
+     r"adder2d: input must be 4-D \[N, C, H, W\], got 3-D with shape", True),
+    ("weight-3d", "adder2d", lambda a: dict(weight=a["weight"][0]),
+     r"adder2d: weight must be 4-D \[out_channels, in_channels/groups, kH, kW\], got 3-D", True),
+    ("input-not-float", "adder2d", lambda a: dict(input=a["input"].long(), weight=a["weight"].long()),
+     "adder2d: input must be a floating-point tensor, got", True),
+    ("weight-dtype", "adder2d", lambda a: dict(weight=a["weight"].double()),
+     "adder2d: weight dtype .* does not match input dtype", True),
+    ("bias-dtype", "adder2d", lambda a: dict(bias=torch.randn(6, dtype=torch.float64)),
+     "adder2d: bias dtype .* does not match input dtype", True),
+    ("weight-device", "adder2d", lambda a: dict(weight=a["weight"].to("meta")),
+     "adder2d: weight is on meta but input is on cpu", False),
+    ("stride-0", "adder2d", lambda a: dict(stride=0),
+     r"adder2d: stride must be >= 1, got \[0, 0\]", True),
+    ("padding-negative", "adder2d", lambda a: dict(padding=-1),
+     r"adder2d: padding must be >= 0, got \[-1, -1\]", True),
+    ("dilation-0", "adder2d", lambda a: dict(dilation=(1, 0)),
+     r"adder2d: dilation must be >= 1, got \[1, 0\]", True),
+    ("stride-triple", "adder2d", lambda a: dict(stride=(1, 2, 3)),
+     "adder2d: stride must be an int or a pair of ints", False),
+    ("groups-0", "adder2d", lambda a: dict(groups=0), "adder2d: groups must be >= 1, got 0", True),
+    ("groups-bool", "adder2d", lambda a: dict(groups=True),
+     "adder2d: groups must be an int, got True", False),
+    ("groups-input-channels", "adder2d", lambda a: dict(weight=torch.randn(6, 1, 3, 3), groups=3),
+     r"adder2d: groups \(3\) must divide the input channels \(4\)", True),
+    ("groups-output-channels", "adder2d", lambda a: dict(weight=torch.randn(6, 1, 3, 3), groups=4),
+     r"adder2d: groups \(4\) must divide the output channels, weight.size\(0\) = 6", True),
+    ("weight-channels", "adder2d", lambda a: dict(weight=torch.randn(6, 3, 3, 3)),
+     r"adder2d: weight.size\(1\) must be in_channels / groups = 4 / 1 = 4, got weight of shape", True),
+    ("kernel-empty", "adder2d", lambda a: dict(weight=torch.randn(6, 4, 0, 3)),
+     "adder2d: weight kernel size must be >= 1, got", True),
+    ("kernel-too-large", "adder2d", lambda a: dict(weight=torch.randn(6, 4, 11, 3), padding=1),
+     r"adder2d: kernel \(11x3, dilated to 11x3\) is larger than the padded input \(10x10\)", True),
+    ("bias-shape", "adder2d", lambda a: dict(bias=torch.randn(5)),
+     r"adder2d: bias must have shape \[6\], got", True),
+    ("input-grad-mode", "adder2d", lambda a: dict(input_grad="sign"),
+     'adder2d: input_grad must be "hardtanh" or "exact", got "sign"', True),
+    ("mode", "adder2d_input_grad", lambda a: dict(mode="sign"),
+     'adder2d_input_grad: mode must be "hardtanh" or "exact", got "sign"', True),
+    ("grad-output-dtype", "adder2d_input_grad", lambda a: dict(grad_output=a["grad_output"].double()),
+     "adder2d_input_grad: grad_output dtype .* does not match input dtype", True),
+    ("grad-output-shape", "adder2d_weight_grad", lambda a: dict(grad_output=torch.randn(2, 6, 5, 5)),
+     r"adder2d_weight_grad: grad_output must have the output's shape \[2, 6, 6, 6\], got", True),
+    ("weight-channels-grad", "adder2d_weight_grad", lambda a: dict(weight=torch.randn(6, 2, 3, 3)),
+     r"adder2d_weight_grad: weight.size\(1\) must be in_channels / groups", True),
+]  # fmt: skip
+RAW_ORDER = {
+    "adder2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups", "input_grad"),
+    "adder2d_input_grad": ("grad_output", "input", "weight", "stride", "padding", "dilation",
+                           "groups", "mode"),
+    "adder2d_weight_grad": ("grad_output", "input", "weight", "stride", "padding", "dilation",
+                            "groups"),
+}  # fmt: skip
+
+
+def call_raw(op, args):
+    """torch.ops.addernet.<op> with the keyword arguments of addernet_cuda.ops.<op>."""
+    args = dict(args)
+    for name in ("stride", "padding", "dilation"):
+        args[name] = [args[name]] * 2 if isinstance(args[name], int) else list(args[name])
+    return getattr(torch.ops.addernet, op)(*(args[name] for name in RAW_ORDER[op]))
+
+
+def to_device(args, device):
+    """The arguments with every tensor on `device`."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}

@@ -14,7 +14,15 @@ import os
 
 import pytest
 import torch
-from adder2d_cases import CUDA_CASES, CUDA_LARGE, Case
+from adder2d_cases import (
+    BAD_INPUT,
+    CUDA_CASES,
+    CUDA_LARGE,
+    Case,
+    call_raw,
+    to_device,
+    valid_args,
+)
 
 import addernet_cuda
 from addernet_cuda import reference
@@ -331,29 +339,23 @@ def test_opcheck(case):
 
 
 @requires_cuda
-def test_errors_match_cpu():
-    x = torch.randn(1, 4, 5, 5)
-    w = torch.randn(6, 2, 3, 3)
-    for dev in ("cpu", DEVICE):
-        with pytest.raises(
-            RuntimeError, match=r"groups \(3\) must divide the input channels \(4\)"
-        ):
-            torch.ops.addernet.adder2d(
-                x.to(dev), w.to(dev), None, [1, 1], [0, 0], [1, 1], 3, "hardtanh"
-            )
-    with pytest.raises(RuntimeError, match="weight is on cpu but input is on cuda"):
-        torch.ops.addernet.adder2d(x.to(DEVICE), w, None, [1, 1], [0, 0], [1, 1], 2, "hardtanh")
-    with pytest.raises(RuntimeError, match='mode\\) must be "hardtanh" or "exact"'):
-        torch.ops.addernet.adder2d_input_grad(
-            torch.randn(1, 6, 3, 3, device=DEVICE),
-            x.to(DEVICE),
-            w.to(DEVICE),
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            2,
-            "relu",
-        )
+@pytest.mark.parametrize("row", [r for r in BAD_INPUT if r[4]], ids=lambda r: r[0])
+def test_errors_match_cpu(row):
+    """Every raw-op row of the shared error table, on CUDA tensors: the C++ check refuses with
+    the message the CPU op gives."""
+    _, op, change, pattern, _ = row
+    args = valid_args(op)
+    args = to_device({**args, **change(args)}, DEVICE)
+    with pytest.raises(RuntimeError, match=pattern):
+        call_raw(op, args)
+
+
+@requires_cuda
+def test_errors_device_mismatch():
+    args = to_device(valid_args("adder2d"), DEVICE)
+    args["weight"] = args["weight"].cpu()
+    with pytest.raises(RuntimeError, match="adder2d: weight is on cpu but input is on cuda"):
+        call_raw("adder2d", args)
 
 
 @requires_cuda
