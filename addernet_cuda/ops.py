@@ -59,13 +59,8 @@ def _geometry(stride: IntPair, padding: IntPair, dilation: IntPair, groups: int)
     return _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
 
 
-def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_output=None):
-    """Validates adder2d arguments and returns the output shape (N, Co, OH, OW).
-
-    The public check: ValueError/TypeError naming the argument, raised by :func:`adder2d`, the
-    gradient wrappers and the fake kernels. The C++ check (``check_adder2d_args``) applies the
-    same rules with the same messages as a RuntimeError, for raw ``torch.ops.addernet`` calls;
-    ``tests/adder2d_cases.py`` holds one row per check and asserts the text through both."""
+def _check_tensors(op, input, weight, bias, grad_output) -> None:
+    """The ranks, dtypes and devices of check_args's tensors."""
     if not isinstance(input, Tensor) or input.dim() != 4:
         got = (
             f"{input.dim()}-D with shape {tuple(input.shape)}"
@@ -93,6 +88,16 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
             )
         if t.device != input.device:
             raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
+
+
+def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_output=None):
+    """Validates adder2d arguments and returns the output shape (N, Co, OH, OW).
+
+    The public check: ValueError/TypeError naming the argument, raised by :func:`adder2d`, the
+    gradient wrappers and the fake kernels. The C++ check (``check_adder2d_args``) applies the
+    same rules with the same messages as a RuntimeError, for raw ``torch.ops.addernet`` calls;
+    ``tests/adder2d_cases.py`` holds one row per check and asserts the text through both."""
+    _check_tensors(op, input, weight, bias, grad_output)
     for name, value, low in (
         ("stride", stride, 1),
         ("padding", padding, 0),

@@ -45,7 +45,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data as data_mod
-from .models import HEADS, MODELS, HeadLoss, build_model, count_ops, head_param_groups
+from .models import (
+    HEADS,
+    MODELS,
+    HeadLoss,
+    build_model,
+    count_ops,
+    head_param_groups,
+    model_input_size,
+)
 from .version import __version__
 
 __all__ = [
@@ -447,6 +455,27 @@ def _loaders(cfg: Config, bundle, ctx: _Dist, device, per_rank_batch: int):
 # Model, optimiser, checkpoint
 
 
+def _load_data(cfg: Config):
+    """The dataset, after checking that its images have the size the model is built for (the
+    synthetic set is made in the model's size)."""
+    size = tuple(model_input_size(cfg.model))
+    synthetic = cfg.dataset == "synthetic"
+    bundle = data_mod.load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        image_size=size if synthetic else None,
+        synthetic_size=cfg.synthetic_size,
+    )
+    if tuple(bundle.image_size) != size:
+        fmt = "x".join
+        raise ValueError(
+            f"--dataset {cfg.dataset} has {fmt(map(str, bundle.image_size))} images but "
+            f"--model {cfg.model} takes {fmt(map(str, size))}; choose a model for this dataset "
+            f"(the default for {cfg.dataset} is {DATASET_DEFAULTS[cfg.dataset]['model']})"
+        )
+    return bundle
+
+
 def _build_model(cfg: Config, num_classes: int):
     head_kwargs = dict(
         lgm_alpha=cfg.lgm_alpha,
@@ -624,13 +653,7 @@ def _run(cfg: Config, ctx: _Dist, device: torch.device, return_model: bool):
         )
     per_rank_batch = cfg.batch_size // ctx.world
     _seed_everything(cfg.seed)
-    image_size = None
-    if cfg.dataset == "synthetic":
-        image_size = _build_model(cfg, 10).input_size
-        _seed_everything(cfg.seed)
-    bundle = data_mod.load_dataset(
-        cfg.dataset, cfg.data_dir, image_size=image_size, synthetic_size=cfg.synthetic_size
-    )
+    bundle = _load_data(cfg)
     model = _build_model(cfg, bundle.num_classes).to(device)
     criterion = HeadLoss(
         model.head, lam=cfg.lam, beta=cfg.beta, detach_target=not cfg.full_ac_gradient
