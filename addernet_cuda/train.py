@@ -484,6 +484,9 @@ def _build_model(cfg: Config, num_classes: int):
         freeze_location=cfg.freeze_location,
         freeze_covariance=cfg.freeze_covariance,
         freeze_skewness=cfg.freeze_skewness,
+        lam=cfg.lam,
+        beta=cfg.beta,
+        detach_target=not cfg.full_ac_gradient,
     )
     return build_model(
         cfg.model,
@@ -621,7 +624,7 @@ def _train_epoch(
         count += n
         correct += (criterion.last_logits.argmax(1) == y).sum().item()
         for key, value in criterion.last_terms.items():
-            if value is not None and value.numel() == 1 and key != "lambda":
+            if value is not None:
                 sums[key] = sums.get(key, 0.0) + float(value) * n
         if progress and (step % 10 == 0 or step == len(loader) - 1):
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", acc=f"{correct / count:.4f}")
@@ -655,9 +658,7 @@ def _run(cfg: Config, ctx: _Dist, device: torch.device, return_model: bool):
     _seed_everything(cfg.seed)
     bundle = _load_data(cfg)
     model = _build_model(cfg, bundle.num_classes).to(device)
-    criterion = HeadLoss(
-        model.head, lam=cfg.lam, beta=cfg.beta, detach_target=not cfg.full_ac_gradient
-    )
+    criterion = HeadLoss(model.head)
     optimizer = torch.optim.SGD(
         _param_groups(cfg, model), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )

@@ -13,8 +13,10 @@ from addernet_cuda.models import (
     LinearHead,
     build_model,
     count_ops,
+    head_kind,
     head_logits,
     head_param_groups,
+    make_head,
     resnet20,
     resnet32,
     resnet50,
@@ -90,7 +92,7 @@ def test_heads_and_feature_size(name, head):
 def test_head_loss_trains_the_model_head(head):
     torch.manual_seed(0)
     model = build_model("lenet5", 10, head=head, feat_dim=3, cnn=True)
-    criterion = HeadLoss(model.head, lam=0.01, beta=0.1)
+    criterion = HeadLoss(model.head)
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
     features = model(x, return_features=True)
     loss = criterion(features, y)
@@ -106,11 +108,69 @@ def test_head_loss_trains_the_model_head(head):
         assert set(criterion.last_terms) == {"loss", "ce", "nll", "ac"}
 
 
-def test_slac_beta_zero_and_frozen_parameters():
-    model = build_model(
-        "lenet5", 10, head="slac", head_kwargs={"freeze_covariance": True, "freeze_skewness": True}
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_has_the_protocol(head):
+    """One protocol, one registry: logits, loss (loss, terms, logits from one pass),
+    optimizer_groups and op_count on every head; the registry names each head's kind."""
+    torch.manual_seed(0)
+    module = make_head(head, 5, 3)
+    assert head_kind(module) == head
+    x, y = torch.randn(6, 3), torch.arange(6) % 5
+    out = module.loss(x, y)
+    assert out.loss.dim() == 0 and out.loss.requires_grad and out.terms["loss"] is not None
+    torch.testing.assert_close(out.logits, module.logits(x))
+    groups = module.optimizer_groups(
+        0.1, weight_decay=5e-4, head_weight_decay=0.0, cov_lr_scale=100
     )
-    criterion = HeadLoss(model.head, beta=0.0)
+    listed = [p for g in groups for p in g["params"]]
+    assert sorted(map(id, listed)) == sorted(id(p) for p in module.parameters())
+    mul, add = module.op_count()
+    assert (mul, add) == ((0, 0) if head == "linear" else (mul, add)) and add >= mul >= 0
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_head_loss_runs_the_head_once(head, monkeypatch):
+    """HeadLoss takes the logits from the loss's own pass: every head's scores are computed
+    once per step (the baselines' used to be computed a second time)."""
+    model = build_model("lenet5", 10, head=head, feat_dim=3)
+    calls = []
+    original = type(model.head).logits
+    monkeypatch.setattr(
+        type(model.head), "logits", lambda self, x: calls.append(1) or original(self, x)
+    )
+    if head in ("lgm", "mom"):
+        inner = type(model.head)._component_terms
+        monkeypatch.setattr(
+            type(model.head), "_component_terms", lambda self, x: calls.append(1) or inner(self, x)
+        )
+    criterion = HeadLoss(model.head)
+    criterion(torch.randn(4, 3), torch.arange(4))
+    assert len(calls) <= 1, calls
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_empty_batch_loss_is_zero(head):
+    """Every head averages over max(B, 1): an empty batch adds 0 to the loss, not NaN (the
+    linear head's mean cross-entropy gave NaN)."""
+    model = build_model("lenet5", 10, head=head, feat_dim=3).eval()
+    criterion = HeadLoss(model.head)
+    loss = criterion(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    # SLAC's angle constraint depends on the parameters only
+    rest = 0.1 * criterion.last_terms["ac"].item() if head == "slac" else 0.0
+    assert loss.item() == pytest.approx(rest, rel=1e-6)
+
+
+def test_make_head_refuses_unknown_options():
+    with pytest.raises(TypeError, match="unknown options"):
+        make_head("slac", 10, 2, lgm_alpah=0.2)
+    with pytest.raises(ValueError, match="head must be one of"):
+        make_head("arcface", 10, 2)
+
+
+def test_slac_beta_zero_and_frozen_parameters():
+    frozen = {"freeze_covariance": True, "freeze_skewness": True}
+    model = build_model("lenet5", 10, head="slac", head_kwargs={**frozen, "beta": 0.0})
+    criterion = HeadLoss(model.head)
     criterion(model(torch.randn(4, 1, 28, 28), return_features=True), torch.arange(4))
     assert criterion.last_terms["ac"] is None
     assert model.head.frozen == {"location": False, "covariance": True, "skewness": True}

@@ -18,7 +18,16 @@ multiplications and additions per image (the papers' #Mul./#Add.). Heads and the
 
 from .base import Classifier, conv_layer
 from .counting import OpCount, count_ops, head_ops
-from .heads import HEADS, HeadLoss, LinearHead, head_logits, head_param_groups, make_head
+from .heads import (
+    HEAD_REGISTRY,
+    HEADS,
+    HeadLoss,
+    LinearHead,
+    head_kind,
+    head_logits,
+    head_param_groups,
+    make_head,
+)
 from .lenet import LeNet5, lenet5
 from .resnet import CifarResNet, ImageNetResNet, resnet18, resnet20, resnet32, resnet50
 from .vgg import VGGSmall, vgg_small
@@ -62,6 +71,8 @@ def build_model(name: str, num_classes: int, **options) -> Classifier:
 __all__ = [
     "MODELS",
     "HEADS",
+    "HEAD_REGISTRY",
+    "head_kind",
     "build_model",
     "model_input_size",
     "Classifier",

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from ..nn import AdderConv2d, LGMLoss, LSoftmaxLoss, MoMLoss, SkewLaplaceMixture
+from ..nn import AdderConv2d
 
 __all__ = ["OpCount", "count_ops", "head_ops"]
 
@@ -57,17 +57,10 @@ class OpCount:
 
 
 def head_ops(head: nn.Module) -> Tuple[int, int]:
-    """``(mul, add)`` per image of a distribution head (see the module docstring); (0, 0) for
-    other modules (the linear head's convolution is counted as a layer)."""
-    if isinstance(head, SkewLaplaceMixture):
-        k, d = head.num_classes, head.feat_dim
-        return 3 * k * d + k, 3 * k * d + 2 * k
-    if isinstance(head, (LGMLoss, MoMLoss)):
-        k, c, d = head.num_classes, head.num_components, head.feat_dim
-        return 2 * k * c * d + k * c, 2 * k * c * d + k * c + k * (c - 1)
-    if isinstance(head, LSoftmaxLoss):
-        return head.num_classes * head.feat_dim, head.num_classes * head.feat_dim
-    return 0, 0
+    """``(mul, add)`` per image of a head (``head.op_count()``, see the module docstring); (0, 0)
+    for a module without it (the linear head's convolution is counted as a layer)."""
+    op_count = getattr(head, "op_count", None)
+    return op_count() if op_count is not None else (0, 0)
 
 
 def count_ops(model: nn.Module, input_size: Optional[Tuple[int, ...]] = None) -> OpCount:
