@@ -18,6 +18,7 @@ Batch means divide by ``max(B, 1)``, so an empty batch gives a loss of 0 rather 
 from __future__ import annotations
 
 import contextlib
+import operator
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -47,6 +48,38 @@ class LossHead(nn.Module):
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """The class of highest score, ``[B]``."""
         return self.logits(features).argmax(1)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a head computes in: float32 for float16/bfloat16, else its own dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, or a TypeError/ValueError naming ``name``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # also numpy and 0-d tensor integers
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def class_targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Integer class-index targets ``[B]`` as int64 on the logits' device; float, bool and
+    complex targets are refused (they would be truncated to a class index)."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a tensor of class indices, got {type(targets).__name__}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(
+            f"targets must be class indices of an integer dtype (torch.long), got {targets.dtype}"
+        )
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets must be [{logits.shape[0]}], got {list(targets.shape)}")
+    return targets.to(device=logits.device, dtype=torch.long)
 
 
 def batch_mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,8 @@ separate terms, detached, in ``.last_terms``.
 
 The Gaussian quadratic forms are expanded into matrix products as in :mod:`.slac`; nothing of size
 ``B x K x d`` is formed.
+As in :mod:`.slac`, a float16/bfloat16 loss computes in float32 (its parameters cast up, the
+logits and the loss in float32), and targets must be class indices of an integer dtype.
 """
 
 from __future__ import annotations
@@ -45,14 +47,18 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ._head_common import (
     HeadOutput,
     LossHead,
     PlainClassifierGroups,
     batch_mean_cross_entropy,
+    class_targets,
+    compute_dtype,
     distribution_groups,
     no_autocast,
+    positive_int,
     sq_mahalanobis,
 )
 
@@ -62,14 +68,12 @@ __all__ = ["LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]
 def _check(features: torch.Tensor, feat_dim: int, param: torch.Tensor) -> torch.Tensor:
     if features.dim() != 2 or features.shape[1] != feat_dim:
         raise ValueError(f"features must be [B, {feat_dim}], got {list(features.shape)}")
-    return features.to(param.dtype)
+    return features.to(compute_dtype(param.dtype))
 
 
-def _targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    targets = targets.to(device=logits.device, dtype=torch.long)
-    if targets.shape != logits.shape[:1]:
-        raise ValueError(f"targets must be [{logits.shape[0]}], got {list(targets.shape)}")
-    return targets
+def _up(param: torch.Tensor) -> torch.Tensor:
+    """``param`` in the compute dtype (float32 for float16/bfloat16; see :mod:`.slac`)."""
+    return param.to(compute_dtype(param.dtype))
 
 
 class _GaussianMixtureLoss(LossHead):
@@ -86,8 +90,9 @@ class _GaussianMixtureLoss(LossHead):
         dtype=None,
     ):
         super().__init__()
-        if num_classes < 1 or feat_dim < 1 or num_components < 1:
-            raise ValueError("num_classes, feat_dim and num_components must be >= 1")
+        num_classes = positive_int("num_classes", num_classes)
+        feat_dim = positive_int("feat_dim", feat_dim)
+        num_components = positive_int("num_components", num_components)
         if alpha < 0:
             raise ValueError(f"alpha (the margin) must be >= 0, got {alpha}")
         factory = {"device": device, "dtype": dtype}
@@ -109,9 +114,10 @@ class _GaussianMixtureLoss(LossHead):
 
     def _component_terms(self, x: torch.Tensor):
         """``d_kc`` and ``-1/2 log|Sigma_kc|``, as ``[B, K, C]`` and ``[K, C]``."""
-        q, _, _ = sq_mahalanobis(x, self.means, torch.exp(-self.log_var))
+        log_var = _up(self.log_var)
+        q, _, _ = sq_mahalanobis(x, _up(self.means), torch.exp(-log_var))
         k, c = self.num_classes, self.num_components
-        return 0.5 * q.view(-1, k, c), -0.5 * self.log_var.sum(1).view(k, c)
+        return 0.5 * q.view(-1, k, c), -0.5 * log_var.sum(1).view(k, c)
 
     def _log_mixing(self) -> Optional[torch.Tensor]:
         return None
@@ -139,7 +145,7 @@ class _GaussianMixtureLoss(LossHead):
             dist, half_logdet = self._component_terms(x)
             comp_const = self._comp_const(half_logdet)
             logits = self._class_logits(dist, comp_const)
-            y = _targets(targets, logits)
+            y = class_targets(targets, logits)
             # The target class's log-likelihood with every component distance scaled by 1 + alpha.
             dist_y = dist.gather(1, y.view(-1, 1, 1).expand(-1, 1, self.num_components)).squeeze(1)
             margin_y = self._class_logits((1.0 + self.alpha) * dist_y, comp_const[y])
@@ -208,7 +214,7 @@ class MoMLoss(_GaussianMixtureLoss):
         self.mix_logits = nn.Parameter(torch.zeros(num_classes, num_components, **factory))
 
     def _log_mixing(self) -> torch.Tensor:
-        return self.mix_logits.log_softmax(1)
+        return _up(self.mix_logits).log_softmax(1)
 
 
 class LSoftmaxLoss(PlainClassifierGroups, LossHead):
@@ -244,7 +250,9 @@ class LSoftmaxLoss(PlainClassifierGroups, LossHead):
         super().__init__()
         if int(margin) != margin or margin < 1:
             raise ValueError(f"margin must be a positive integer, got {margin}")
-        self.num_classes, self.feat_dim, self.margin = int(num_classes), int(feat_dim), int(margin)
+        self.num_classes = positive_int("num_classes", num_classes)
+        self.feat_dim = positive_int("feat_dim", feat_dim)
+        self.margin = int(margin)
         self.base, self.gamma, self.power, self.lambda_min = (
             float(base),
             float(gamma),
@@ -283,17 +291,18 @@ class LSoftmaxLoss(PlainClassifierGroups, LossHead):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Plain logits ``x @ weight^T``, ``[B, K]``."""
-        return _check(features, self.feat_dim, self.weight) @ self.weight.t()
+        return _check(features, self.feat_dim, self.weight) @ _up(self.weight).t()
 
     def loss(self, features: torch.Tensor, targets: torch.Tensor) -> HeadOutput:
         """The loss and the plain logits, from one pass (the head protocol). A training-mode
         pass with gradients advances the annealing step."""
         x = _check(features, self.feat_dim, self.weight)
-        logits = x @ self.weight.t()
-        y = _targets(targets, logits)
+        weight = _up(self.weight)
+        logits = x @ weight.t()
+        y = class_targets(targets, logits)
         lam = self.current_lambda()
         wx = logits.gather(1, y.unsqueeze(1)).squeeze(1)
-        norms = self.weight.norm(dim=1)[y] * x.norm(dim=1)
+        norms = weight.norm(dim=1)[y] * x.norm(dim=1)
         cos = (wx / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
         target_logit = (lam * wx + norms * self.psi(cos)) / (1.0 + lam)
         margin_logits = logits.scatter(1, y.unsqueeze(1), target_logit.unsqueeze(1))
@@ -320,14 +329,16 @@ class SoftmaxLoss(LossHead):
         self, num_classes: int, feat_dim: int, bias: bool = True, *, device=None, dtype=None
     ):
         super().__init__()
-        self.num_classes, self.feat_dim = int(num_classes), int(feat_dim)
+        self.num_classes = positive_int("num_classes", num_classes)
+        self.feat_dim = positive_int("feat_dim", feat_dim)
         self.fc = nn.Linear(feat_dim, num_classes, bias=bias, device=device, dtype=dtype)
         self.last_terms: Dict[str, torch.Tensor] = {}
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(_check(features, self.feat_dim, self.fc.weight))
+        bias = None if self.fc.bias is None else _up(self.fc.bias)
+        return F.linear(_check(features, self.feat_dim, self.fc.weight), _up(self.fc.weight), bias)
 
     def loss(self, features: torch.Tensor, targets: torch.Tensor) -> HeadOutput:
         logits = self.logits(features)
-        loss = batch_mean_cross_entropy(logits, _targets(targets, logits))
+        loss = batch_mean_cross_entropy(logits, class_targets(targets, logits))
         return HeadOutput(loss, {"loss": loss.detach()}, logits)

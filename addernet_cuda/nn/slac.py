@@ -33,13 +33,20 @@ are expanded into matrix products, e.g. ``Q = (x*x) @ P^T - 2 x @ (P*mu)^T + sum
 ``[K, K]`` buffers besides its ``[K, d]`` parameters. Both sides are first centred on the mean
 location (a constant shift, which leaves ``Q`` unchanged) to limit float32 cancellation; what
 cancellation is left is handled by clamping ``Q`` and ``D_mu`` at 0 and setting ``D_mu``'s
-diagonal to exactly 0. ``sqrt(Q)`` is taken of ``max(Q, eps)`` (``eps`` the dtype's machine
-epsilon), so its gradient stays bounded where a feature sits on a location; the cosine divides by
-``max(||gamma||, 1e-8)``, so ``gamma = 0`` (the initial value) gives a cosine of 0, not NaN.
+diagonal to exactly 0. ``sqrt(Q)`` is taken of ``max(Q, eps)`` (``eps`` the compute dtype's
+machine epsilon), so its gradient stays bounded where a feature sits on a location; the cosine
+divides by ``max(||gamma||, 1e-8)``, so ``gamma = 0`` (the initial value) gives a cosine of 0, not
+NaN.
 
-The head computes in its own dtype with autocast disabled: the expanded quadratic form does not
-survive float16/bfloat16. It does not change the global TF32 setting; with TF32 matmuls enabled
-on a GPU, ``Q`` carries TF32's ~1e-3 relative error of ``|x|^2``.
+The head computes with autocast disabled, in its own dtype when that is float32 or float64 and in
+float32 when it is float16 or bfloat16 (its parameters are cast up for the computation, and the
+logits and losses come out in float32): the expanded quadratic form does not survive half
+precision, and the epsilons above (1e-8 underflows to 0 in float16) are only valid in float32 and
+float64. It does not change the global TF32 setting; with TF32 matmuls enabled on a GPU, ``Q``
+carries TF32's ~1e-3 relative error of ``|x|^2``.
+
+Targets are class indices of an integer dtype, as :func:`torch.nn.functional.cross_entropy`
+requires; float and bool targets are refused rather than truncated.
 """
 
 from __future__ import annotations
@@ -53,14 +60,17 @@ import torch.nn as nn
 from ._head_common import (
     HeadOutput,
     batch_mean_cross_entropy,
+    class_targets,
+    compute_dtype,
     distribution_groups,
     no_autocast,
+    positive_int,
     sq_mahalanobis,
 )
 
 __all__ = ["SkewLaplaceMixture", "SLACLoss", "skew_laplace_log_norm"]
 
-_COS_EPS = 1e-8
+_COS_EPS = 1e-8  # valid in float32 and float64, the only dtypes the heads compute in
 
 
 def skew_laplace_log_norm(d: int) -> float:
@@ -114,10 +124,8 @@ class SkewLaplaceMixture(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if num_classes < 1 or feat_dim < 1:
-            raise ValueError(
-                f"num_classes and feat_dim must be >= 1, got {num_classes} and {feat_dim}"
-            )
+        num_classes = positive_int("num_classes", num_classes)
+        feat_dim = positive_int("feat_dim", feat_dim)
         factory = {"device": device, "dtype": dtype}
         self.num_classes = int(num_classes)
         self.feat_dim = int(feat_dim)
@@ -177,23 +185,29 @@ class SkewLaplaceMixture(nn.Module):
     def log_prior(self) -> float:
         return -math.log(self.num_classes)
 
+    def _params(self):
+        """``(mu, gamma, log_var)`` in the compute dtype (float32 for a half-precision head)."""
+        dtype = compute_dtype(self.mu.dtype)
+        return self.mu.to(dtype), self.gamma.to(dtype), self.log_var.to(dtype)
+
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.feat_dim:
             raise ValueError(f"features must be [B, {self.feat_dim}], got {list(x.shape)}")
-        return x.to(self.mu.dtype)
+        return x.to(compute_dtype(self.mu.dtype))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log f_k(x)`` for every feature and class, ``[B, K]`` (normalised, ``c_d`` included)."""
         with no_autocast(x.device.type):
             x = self._check(x)
-            prec = self.precision()
-            q, xc, mc = sq_mahalanobis(x, self.mu, prec)
-            pg = prec * self.gamma
+            mu, gamma, log_var = self._params()
+            prec = torch.exp(-log_var)
+            q, xc, mc = sq_mahalanobis(x, mu, prec)
+            pg = prec * gamma
             # (x - mu_k)^T Sigma_k^-1 gamma_k = xc @ pg^T - sum_j mc pg
             skew = torch.addmm(-(pg * mc).sum(1).unsqueeze(0), xc, pg.t())
-            alpha = torch.sqrt(1.0 + (pg * self.gamma).sum(1))
+            alpha = torch.sqrt(1.0 + (pg * gamma).sum(1))
             root = q.clamp_min(torch.finfo(q.dtype).eps).sqrt()
-            const = -0.5 * self.log_var.sum(1) - alpha.log() - self.log_norm_const
+            const = -0.5 * log_var.sum(1) - alpha.log() - self.log_norm_const
             return skew - alpha * root + const
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,14 +223,16 @@ class SkewLaplaceMixture(nn.Module):
         """``D_mu(m, n) = (mu_m - mu_n)^T Sigma_n^-1 (mu_m - mu_n)``, ``[K, K]`` (Eq. 7), by
         expansion; clamped at 0 and with a diagonal of exactly 0."""
         with no_autocast(self.mu.device.type):
-            d_mu, _, _ = sq_mahalanobis(self.mu, self.mu, self.precision())
+            mu, _, log_var = self._params()
+            d_mu, _, _ = sq_mahalanobis(mu, mu, torch.exp(-log_var))
             eye = torch.eye(self.num_classes, dtype=torch.bool, device=d_mu.device)
             return d_mu.masked_fill(eye, 0.0)
 
     def skewness_cosines(self) -> torch.Tensor:
         """``D_gamma(m, n) = cos(gamma_m, gamma_n)``, ``[K, K]`` (Eq. 6); 0 where a skewness is 0."""
         with no_autocast(self.gamma.device.type):
-            unit = self.gamma / self.gamma.norm(dim=1, keepdim=True).clamp_min(_COS_EPS)
+            gamma = self._params()[1]
+            unit = gamma / gamma.norm(dim=1, keepdim=True).clamp_min(_COS_EPS)
             return unit @ unit.t()
 
     def angle_target(self, detach: bool = True) -> torch.Tensor:
@@ -316,9 +332,7 @@ def slac_loss(
     """``L = L_c + lam * L_nll + beta * L_ac`` (Eq. 9) on ``mixture``, with its terms (``"ac"``
     None when ``beta = 0``) and the logits."""
     logits = mixture(features)
-    targets = targets.to(device=logits.device, dtype=torch.long)
-    if targets.shape != logits.shape[:1]:
-        raise ValueError(f"targets must be [{logits.shape[0]}], got {list(targets.shape)}")
+    targets = class_targets(targets, logits)
     ce = batch_mean_cross_entropy(logits, targets)
     nll = -logits.gather(1, targets.unsqueeze(1)).sum() / max(logits.shape[0], 1)
     loss = ce + lam * nll
