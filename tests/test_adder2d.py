@@ -189,8 +189,7 @@ def test_autocast_casts_up_never_down(dtype, expected, autocast_dtype, device):
     x, w, b, kw = make(SHAPES[1], dtype=dtype, device=device)
     x, w = x.requires_grad_(), w.requires_grad_()
     layer = addernet_cuda.AdderConv2d(4, 6, 3, stride=2, padding=1, dtype=dtype, device=device)
-    pad = list(kw["padding"]) if isinstance(kw["padding"], tuple) else [kw["padding"]] * 2
-    args = ([kw["stride"]] * 2, pad, [kw["dilation"]] * 2, kw["groups"], "hardtanh")
+    args = (*SHAPES[1].args, "hardtanh")
     with torch.autocast(device, dtype=autocast_dtype):
         y = addernet_cuda.adder2d(x, w, b, **kw)
         raw = torch.ops.addernet.adder2d(x, w, b, *args)

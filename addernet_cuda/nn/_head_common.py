@@ -1,5 +1,6 @@
-r"""What the classifier heads share: the head protocol's result type, the batch-mean
-cross-entropy, the quadratic form by expansion, and the optimizer groups.
+r"""What the classifier heads share: the head protocol's result type, argument checks, the
+compute dtype, the batch-mean cross-entropy, the quadratic form by expansion, the optimizer
+groups, and the base class of the heads that are losses.
 
 Every head (:class:`~addernet_cuda.models.heads.LinearHead`,
 :class:`~addernet_cuda.nn.SkewLaplaceMixture`, :class:`~addernet_cuda.nn.LGMLoss`,
@@ -13,6 +14,8 @@ Every head (:class:`~addernet_cuda.models.heads.LinearHead`,
 - ``op_count()``: ``(mul, add)`` per image of what the op counter's layer hooks do not see.
 
 Batch means divide by ``max(B, 1)``, so an empty batch gives a loss of 0 rather than NaN.
+float16/bfloat16 heads compute in float32 (:func:`compute_dtype`); targets are integer class
+indices (:func:`class_targets`).
 """
 
 from __future__ import annotations

@@ -49,18 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._head_common import (
-    HeadOutput,
-    LossHead,
-    PlainClassifierGroups,
-    batch_mean_cross_entropy,
-    class_targets,
-    compute_dtype,
-    distribution_groups,
-    no_autocast,
-    positive_int,
-    sq_mahalanobis,
-)
+from . import _head_common as hc
 
 __all__ = ["LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]
 
@@ -68,15 +57,15 @@ __all__ = ["LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]
 def _check(features: torch.Tensor, feat_dim: int, param: torch.Tensor) -> torch.Tensor:
     if features.dim() != 2 or features.shape[1] != feat_dim:
         raise ValueError(f"features must be [B, {feat_dim}], got {list(features.shape)}")
-    return features.to(compute_dtype(param.dtype))
+    return features.to(hc.compute_dtype(param.dtype))
 
 
 def _up(param: torch.Tensor) -> torch.Tensor:
     """``param`` in the compute dtype (float32 for float16/bfloat16; see :mod:`.slac`)."""
-    return param.to(compute_dtype(param.dtype))
+    return param.to(hc.compute_dtype(param.dtype))
 
 
-class _GaussianMixtureLoss(LossHead):
+class _GaussianMixtureLoss(hc.LossHead):
     """Shared part of LGM and MoM: ``C`` diagonal Gaussian components per class."""
 
     def __init__(
@@ -90,9 +79,9 @@ class _GaussianMixtureLoss(LossHead):
         dtype=None,
     ):
         super().__init__()
-        num_classes = positive_int("num_classes", num_classes)
-        feat_dim = positive_int("feat_dim", feat_dim)
-        num_components = positive_int("num_components", num_components)
+        num_classes = hc.positive_int("num_classes", num_classes)
+        feat_dim = hc.positive_int("feat_dim", feat_dim)
+        num_components = hc.positive_int("num_components", num_components)
         if alpha < 0:
             raise ValueError(f"alpha (the margin) must be >= 0, got {alpha}")
         factory = {"device": device, "dtype": dtype}
@@ -115,7 +104,7 @@ class _GaussianMixtureLoss(LossHead):
     def _component_terms(self, x: torch.Tensor):
         """``d_kc`` and ``-1/2 log|Sigma_kc|``, as ``[B, K, C]`` and ``[K, C]``."""
         log_var = _up(self.log_var)
-        q, _, _ = sq_mahalanobis(x, _up(self.means), torch.exp(-log_var))
+        q, _, _ = hc.sq_mahalanobis(x, _up(self.means), torch.exp(-log_var))
         k, c = self.num_classes, self.num_components
         return 0.5 * q.view(-1, k, c), -0.5 * log_var.sum(1).view(k, c)
 
@@ -133,28 +122,28 @@ class _GaussianMixtureLoss(LossHead):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Margin-free logits (log-likelihood up to a common constant), ``[B, K]``."""
-        with no_autocast(features.device.type):
+        with hc.no_autocast(features.device.type):
             x = _check(features, self.feat_dim, self.means)
             dist, half_logdet = self._component_terms(x)
             return self._class_logits(dist, self._comp_const(half_logdet))
 
-    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> HeadOutput:
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> hc.HeadOutput:
         """The loss, its terms and the margin-free logits, from one pass (the head protocol)."""
-        with no_autocast(features.device.type):
+        with hc.no_autocast(features.device.type):
             x = _check(features, self.feat_dim, self.means)
             dist, half_logdet = self._component_terms(x)
             comp_const = self._comp_const(half_logdet)
             logits = self._class_logits(dist, comp_const)
-            y = class_targets(targets, logits)
+            y = hc.class_targets(targets, logits)
             # The target class's log-likelihood with every component distance scaled by 1 + alpha.
             dist_y = dist.gather(1, y.view(-1, 1, 1).expand(-1, 1, self.num_components)).squeeze(1)
             margin_y = self._class_logits((1.0 + self.alpha) * dist_y, comp_const[y])
             margin_logits = logits.scatter(1, y.unsqueeze(1), margin_y.unsqueeze(1))
-            ce = batch_mean_cross_entropy(margin_logits, y)
+            ce = hc.batch_mean_cross_entropy(margin_logits, y)
             nll = -logits.gather(1, y.unsqueeze(1)).sum() / max(logits.shape[0], 1)
             loss = ce + self.lam * nll
         terms = {"loss": loss.detach(), "ce": ce.detach(), "nll": nll.detach()}
-        return HeadOutput(loss, terms, logits)
+        return hc.HeadOutput(loss, terms, logits)
 
     def optimizer_groups(
         self, lr: float, *, weight_decay: float, head_weight_decay: float, cov_lr_scale: float
@@ -162,7 +151,7 @@ class _GaussianMixtureLoss(LossHead):
         """Means (and mixing weights) at ``lr``, covariances at ``lr / cov_lr_scale``, both with
         ``head_weight_decay``: trained as the SLAC head, so the compared heads are alike."""
         main = [p for n, p in self.named_parameters() if n != "log_var"]
-        return distribution_groups(
+        return hc.distribution_groups(
             ("head", "head_covariance"), main, self.log_var, lr, head_weight_decay, cov_lr_scale
         )
 
@@ -217,7 +206,7 @@ class MoMLoss(_GaussianMixtureLoss):
         return _up(self.mix_logits).log_softmax(1)
 
 
-class LSoftmaxLoss(PlainClassifierGroups, LossHead):
+class LSoftmaxLoss(hc.PlainClassifierGroups, hc.LossHead):
     r"""Large-margin softmax loss (Liu et al., ICML 2016) on a bias-free linear head ``weight[K, d]``.
 
     Target logit ``f_y = |w_y||x| (lambda cos(theta) + psi(theta)) / (1 + lambda)`` with
@@ -250,8 +239,8 @@ class LSoftmaxLoss(PlainClassifierGroups, LossHead):
         super().__init__()
         if int(margin) != margin or margin < 1:
             raise ValueError(f"margin must be a positive integer, got {margin}")
-        self.num_classes = positive_int("num_classes", num_classes)
-        self.feat_dim = positive_int("feat_dim", feat_dim)
+        self.num_classes = hc.positive_int("num_classes", num_classes)
+        self.feat_dim = hc.positive_int("feat_dim", feat_dim)
         self.margin = int(margin)
         self.base, self.gamma, self.power, self.lambda_min = (
             float(base),
@@ -293,23 +282,23 @@ class LSoftmaxLoss(PlainClassifierGroups, LossHead):
         """Plain logits ``x @ weight^T``, ``[B, K]``."""
         return _check(features, self.feat_dim, self.weight) @ _up(self.weight).t()
 
-    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> HeadOutput:
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> hc.HeadOutput:
         """The loss and the plain logits, from one pass (the head protocol). A training-mode
         pass with gradients advances the annealing step."""
         x = _check(features, self.feat_dim, self.weight)
         weight = _up(self.weight)
         logits = x @ weight.t()
-        y = class_targets(targets, logits)
+        y = hc.class_targets(targets, logits)
         lam = self.current_lambda()
         wx = logits.gather(1, y.unsqueeze(1)).squeeze(1)
         norms = weight.norm(dim=1)[y] * x.norm(dim=1)
         cos = (wx / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
         target_logit = (lam * wx + norms * self.psi(cos)) / (1.0 + lam)
         margin_logits = logits.scatter(1, y.unsqueeze(1), target_logit.unsqueeze(1))
-        loss = batch_mean_cross_entropy(margin_logits, y)
+        loss = hc.batch_mean_cross_entropy(margin_logits, y)
         if self.training and torch.is_grad_enabled():
             self.iteration += 1
-        return HeadOutput(loss, {"loss": loss.detach()}, logits)
+        return hc.HeadOutput(loss, {"loss": loss.detach()}, logits)
 
     def op_count(self) -> Tuple[int, int]:
         """``Kd`` multiplications and additions per image (the plain logits at inference)."""
@@ -322,15 +311,15 @@ class LSoftmaxLoss(PlainClassifierGroups, LossHead):
         )
 
 
-class SoftmaxLoss(LossHead):
+class SoftmaxLoss(hc.LossHead):
     """Cross-entropy on a linear head ``fc = nn.Linear(feat_dim, num_classes)`` (with bias)."""
 
     def __init__(
         self, num_classes: int, feat_dim: int, bias: bool = True, *, device=None, dtype=None
     ):
         super().__init__()
-        self.num_classes = positive_int("num_classes", num_classes)
-        self.feat_dim = positive_int("feat_dim", feat_dim)
+        self.num_classes = hc.positive_int("num_classes", num_classes)
+        self.feat_dim = hc.positive_int("feat_dim", feat_dim)
         self.fc = nn.Linear(feat_dim, num_classes, bias=bias, device=device, dtype=dtype)
         self.last_terms: Dict[str, torch.Tensor] = {}
 
@@ -338,7 +327,7 @@ class SoftmaxLoss(LossHead):
         bias = None if self.fc.bias is None else _up(self.fc.bias)
         return F.linear(_check(features, self.feat_dim, self.fc.weight), _up(self.fc.weight), bias)
 
-    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> HeadOutput:
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> hc.HeadOutput:
         logits = self.logits(features)
-        loss = batch_mean_cross_entropy(logits, class_targets(targets, logits))
-        return HeadOutput(loss, {"loss": loss.detach()}, logits)
+        loss = hc.batch_mean_cross_entropy(logits, hc.class_targets(targets, logits))
+        return hc.HeadOutput(loss, {"loss": loss.detach()}, logits)
