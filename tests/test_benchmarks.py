@@ -101,7 +101,8 @@ def test_gpu_check_summary_counts_junit_results(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["bench_adder2d", "bench_slac_head", "check_regression", "reproduce_mnist"]
+    "script",
+    ["bench_adder2d", "bench_slac_head", "check_regression", "reproduce_mnist", "sass_report"],
 )
 def test_scripts_run_as_modules(script):
     """Every script starts as ``python -m benchmarks.X`` from the checkout (no sys.path edits)."""
@@ -117,3 +118,23 @@ def test_scripts_run_as_modules(script):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage:" in out.stdout
+
+
+def test_interleaved_rounds_alternate_and_ratios_pair_rounds():
+    calls = []
+
+    def run(fn, repeats, warmup):
+        for _ in range(warmup):
+            fn()
+        return [fn() for _ in range(repeats)]
+
+    clock = iter(range(1, 100))
+    fns = {
+        "a": lambda: calls.append("a") or 2.0 * next(clock),
+        "b": lambda: calls.append("b") or 1.0 * next(clock),
+    }
+    times = bench_adder2d.interleaved(run, fns, 3, 1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert len(times["a"]) == len(times["b"]) == 3
+    ratio = bench_adder2d.ratio_stats([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+    assert ratio == {"median": 2.0, "p20": 2.0, "p80": 3.0}

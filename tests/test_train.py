@@ -17,9 +17,6 @@ from addernet_cuda import data as data_mod
 from addernet_cuda.models import HEADS
 from addernet_cuda.train import Config, parse_config, run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 # Small models: one thread is as fast, and immune to OpenMP threads competing with other jobs.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -289,7 +286,9 @@ def test_ddp_two_processes_torchrun(tmp_path):
     out.mkdir()
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    # The copy of the package under test (the source tree's, or an installed wheel's).
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(train_mod.__file__)))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", PYTHONPATH=package_parent)
     cmd = [
         sys.executable,
         "-m",

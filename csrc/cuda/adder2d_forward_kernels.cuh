@@ -1,5 +1,6 @@
-// Device code of the adder2d forward (schema in adder2d.cpp), free of torch headers: included
-// by the CUDA launcher (adder2d_cuda.cu) and by the CPU emulation (tests/cuda_emulation/).
+// Device code of the adder2d forward (schema in adder2d_library.cpp), free of torch headers:
+// included by the CUDA launcher (adder2d_cuda.cu) and by the CPU emulation
+// (tests/cuda_emulation/).
 //
 //
 //   Y[n,co,oh,ow] = bias[co] - sum_{ci,kh,kw} |Xp[n, c, oh*sh+kh*dh-ph, ow*sw+kw*dw-pw] - W[co,ci,kh,kw]|

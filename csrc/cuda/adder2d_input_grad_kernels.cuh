@@ -1,5 +1,5 @@
-// Device code of the adder2d input gradient (schema in adder2d.cpp), free of torch headers:
-// included by the CUDA launcher (adder2d_input_grad_cuda.cu) and by the CPU emulation.
+// Device code of the adder2d input gradient (schema in adder2d_library.cpp), free of torch
+// headers: included by the CUDA launcher (adder2d_input_grad_cuda.cu) and by the CPU emulation.
 //
 //
 //   dX[n,c,h,w] = sum over every (co, kh, kw, oh, ow) whose tap lands on (h, w) of

@@ -1,5 +1,5 @@
-// Device code of the adder2d weight gradient (schema in adder2d.cpp), free of torch headers:
-// included by the CUDA launcher (adder2d_weight_grad_cuda.cu) and by the CPU emulation.
+// Device code of the adder2d weight gradient (schema in adder2d_library.cpp), free of torch
+// headers: included by the CUDA launcher (adder2d_weight_grad_cuda.cu) and by the CPU emulation.
 // AdderNet's full-precision rule:
 //
 //   dW[co,ci,kh,kw] = sum_{n,oh,ow} dY[n,co,oh,ow] * (Xp[n, c, oh*sh+kh*dh-ph, ow*sw+kw*dw-pw] - W[co,ci,kh,kw])
