@@ -44,13 +44,28 @@ template <typename T>
 static void pack_patches(const Adder2dShape& s, const T* x, int64_t p0, int64_t np, int64_t k0,
                          int64_t nk, T* dst, int64_t tap_stride, int64_t pixel_stride) {
   const int64_t KHW = s.kernel_h * s.kernel_w, HW = s.in_h * s.in_w;
+  // Index math hoisted out of the tap loop (it cost more than the copies on small layers): the
+  // output columns each kw reads inside the image, the first pixel's row and column, and
+  // (ci, kh, kw) stepped from k0 instead of divided out per tap.
+  constexpr int64_t KW_CACHED = 16;
+  int64_t lo_of[KW_CACHED], hi_of[KW_CACHED];
+  const int64_t cached = min_i64(s.kernel_w, KW_CACHED);
+  for (int64_t kw = 0; kw < cached; ++kw)
+    adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &lo_of[kw],
+                            &hi_of[kw]);
+  const int64_t oh_first = p0 / s.out_w, ow_first = p0 % s.out_w;
+  int64_t ci = k0 / KHW, kh = (k0 % KHW) / s.kernel_w, kw = k0 % s.kernel_w;
   for (int64_t j = 0; j < nk; ++j) {
-    const int64_t k = k0 + j;
-    const int64_t ci = k / KHW, kh = (k % KHW) / s.kernel_w, kw = k % s.kernel_w;
     int64_t ow_lo, ow_hi;  // output columns whose tap kw reads inside the image
-    adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow_lo, &ow_hi);
+    if (kw < cached) {
+      ow_lo = lo_of[kw];
+      ow_hi = hi_of[kw];
+    } else {
+      adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow_lo,
+                              &ow_hi);
+    }
     const T* xc = x + ci * HW + (kw * s.dilation_w - s.pad_w);
-    int64_t oh = p0 / s.out_w, ow = p0 % s.out_w, p = 0;
+    int64_t oh = oh_first, ow = ow_first, p = 0;
     while (p < np) {
       const int64_t seg = min_i64(np - p, s.out_w - ow);
       const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
@@ -71,6 +86,13 @@ static void pack_patches(const Adder2dShape& s, const T* x, int64_t p0, int64_t 
       p += seg;
       ow = 0;
       ++oh;
+    }
+    if (++kw == s.kernel_w) {
+      kw = 0;
+      if (++kh == s.kernel_h) {
+        kh = 0;
+        ++ci;
+      }
     }
   }
 }
