@@ -14,7 +14,15 @@ import os
 
 import pytest
 import torch
-from adder2d_cases import CUDA_CASES, CUDA_LARGE, Case
+from adder2d_cases import (
+    BAD_INPUT,
+    CUDA_CASES,
+    CUDA_LARGE,
+    Case,
+    call_raw,
+    to_device,
+    valid_args,
+)
 
 import addernet_cuda
 from addernet_cuda import reference
@@ -49,8 +57,6 @@ def test_build_has_cuda_kernels():
 def poison_allocator():
     """Fills cached CUDA memory with 0xFF bytes (NaN in float16, bfloat16, float32 and float64)
     and frees it, so the next allocations reuse poisoned blocks (large and small pools)."""
-    if DEVICE != "cuda":
-        return
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     big = torch.full((256 * 2**20,), 255, dtype=torch.uint8, device=DEVICE)
@@ -59,19 +65,15 @@ def poison_allocator():
     del big, small
 
 
-# The shared case table (adder2d_cases.py): shapes chosen to reach every kernel path.
+# Shapes chosen to reach every kernel path (the shared table in adder2d_cases.py).
 CASES = CUDA_CASES
 LARGE = CUDA_LARGE
 
 
 def make_inputs(case, dtype, layout, seed=0):
     """x, w, bias, dy on DEVICE in `dtype` with the requested memory layout."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(case.n, case.c, case.h, case.w, generator=g, dtype=torch.float64)
-    w = torch.randn(
-        case.co, case.c // case.groups, case.kh, case.kw, generator=g, dtype=torch.float64
-    )
-    b = torch.randn(case.co, generator=g, dtype=torch.float64)
+    x, w, b = case.tensors(torch.float64, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
     dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=g, dtype=torch.float64)
     tensors = [t.to(DEVICE, dtype) for t in (x, w, b, dy)]
     if layout == "channels_last":
@@ -111,8 +113,7 @@ def cuda_results(case, x, w, b, dy):
     out["gx_exact"] = ops.adder2d_input_grad(dy, x, w, *case.args, "exact")
     poison_allocator()
     out["gw"] = ops.adder2d_weight_grad(dy, x, w, *case.args)
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
     return out
 
 
@@ -338,29 +339,23 @@ def test_opcheck(case):
 
 
 @requires_cuda
-def test_errors_match_cpu():
-    x = torch.randn(1, 4, 5, 5)
-    w = torch.randn(6, 2, 3, 3)
-    for dev in ("cpu", DEVICE):
-        with pytest.raises(
-            RuntimeError, match=r"groups \(3\) must divide the input channels \(4\)"
-        ):
-            torch.ops.addernet.adder2d(
-                x.to(dev), w.to(dev), None, [1, 1], [0, 0], [1, 1], 3, "hardtanh"
-            )
-    with pytest.raises(RuntimeError, match="weight is on cpu but input is on cuda"):
-        torch.ops.addernet.adder2d(x.to(DEVICE), w, None, [1, 1], [0, 0], [1, 1], 2, "hardtanh")
-    with pytest.raises(RuntimeError, match='mode\\) must be "hardtanh" or "exact"'):
-        torch.ops.addernet.adder2d_input_grad(
-            torch.randn(1, 6, 3, 3, device=DEVICE),
-            x.to(DEVICE),
-            w.to(DEVICE),
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            2,
-            "relu",
-        )
+@pytest.mark.parametrize("row", [r for r in BAD_INPUT if r[4]], ids=lambda r: r[0])
+def test_errors_match_cpu(row):
+    """Every raw-op row of the shared error table, on CUDA tensors: the C++ check refuses with
+    the message the CPU op gives."""
+    _, op, change, pattern, _ = row
+    args = valid_args(op)
+    args = to_device({**args, **change(args)}, DEVICE)
+    with pytest.raises(RuntimeError, match=pattern):
+        call_raw(op, args)
+
+
+@requires_cuda
+def test_errors_device_mismatch():
+    args = to_device(valid_args("adder2d"), DEVICE)
+    args["weight"] = args["weight"].cpu()
+    with pytest.raises(RuntimeError, match="adder2d: weight is on cpu but input is on cuda"):
+        call_raw("adder2d", args)
 
 
 @requires_cuda
@@ -382,23 +377,53 @@ def test_zero_size():
 
 
 @requires_cuda
-def test_current_device_and_stream():
-    """Runs on the current stream of the tensors' device."""
+def test_current_stream_captured_in_a_cuda_graph():
+    """The three ops launch on the current stream: captured into a CUDA graph (which captures
+    the side stream torch.cuda.graph makes current), then replayed on new input values into
+    NaN-filled outputs. A kernel launched on any other stream is either refused during capture
+    (the legacy default stream) or not part of the graph, and the replay then leaves NaN or the
+    old values behind."""
     case = CASES[1]
     x, w, b, dy = make_inputs(case, torch.float32, "contiguous")
-    want = cpu_expected(case, x, w, b, dy)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        y = torch.ops.addernet.adder2d(x, w, b, *case.args, "hardtanh")
-    stream.synchronize()
-    bnd = bounds(case, x, w, b, dy)
-    assert_matches(y, want["y"], bnd["y"], TOL[torch.float32], "stream")
-    if torch.cuda.device_count() > 1:
-        x1, w1, b1 = (t.to("cuda:1") for t in (x, w, b))
-        y1 = torch.ops.addernet.adder2d(x1, w1, b1, *case.args, "hardtanh")
-        assert y1.device == torch.device("cuda:1")
-        assert_matches(y1, want["y"], bnd["y"], TOL[torch.float32], "cuda:1")
+    ops = torch.ops.addernet
+
+    def run_ops():
+        return (
+            ops.adder2d(x, w, b, *case.args, "hardtanh"),
+            ops.adder2d_input_grad(dy, x, w, *case.args, "hardtanh"),
+            ops.adder2d_weight_grad(dy, x, w, *case.args),
+        )
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture
+        run_ops()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = run_ops()
+    x2, w2, b2, dy2 = make_inputs(case, torch.float32, "contiguous", seed=5)
+    for t, new in ((x, x2), (w, w2), (b, b2), (dy, dy2)):
+        t.copy_(new)
+    for out in outputs:
+        out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    want = cpu_expected(case, x2, w2, b2, dy2)
+    bnd = bounds(case, x2, w2, b2, dy2)
+    for key, got in zip(("y", "gx_hardtanh", "gw"), outputs):
+        assert_matches(got, want[key], bnd[key], TOL[torch.float32], f"graph replay {key}")
+
+
+@pytest.mark.skipif(not CUDA_OK or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_second_device():
+    """Tensors on cuda:1 run there (the device guard), with the same result."""
+    case = CASES[1]
+    x, w, b, dy = (t.to("cuda:1") for t in make_inputs(case, torch.float32, "contiguous"))
+    y = torch.ops.addernet.adder2d(x, w, b, *case.args, "hardtanh")
+    assert y.device == torch.device("cuda:1")
+    want, bnd = cpu_expected(case, x, w, b, dy), bounds(case, x, w, b, dy)
+    assert_matches(y, want["y"], bnd["y"], TOL[torch.float32], "cuda:1")
 
 
 @requires_cuda
