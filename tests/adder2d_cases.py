@@ -224,7 +224,7 @@ BAD_INPUT = [  # id, op, the changed arguments (from the valid ones), message pa
     ("weight-3d", "adder2d", lambda a: dict(weight=a["weight"][0]),
      r"adder2d: weight must be 4-D \[out_channels, in_channels/groups, kH, kW\], got 3-D", True),
     ("input-not-float", "adder2d", lambda a: dict(input=a["input"].long(), weight=a["weight"].long()),
-     "adder2d: input must be a floating-point tensor, got", True),
+     r"adder2d: input must be a floating-point tensor \(float32, float64, float16 or bfloat16\), got", True),
     ("weight-dtype", "adder2d", lambda a: dict(weight=a["weight"].double()),
      "adder2d: weight dtype .* does not match input dtype", True),
     ("bias-dtype", "adder2d", lambda a: dict(bias=torch.randn(6, dtype=torch.float64)),
