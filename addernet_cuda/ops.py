@@ -52,6 +52,43 @@ def out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _check_int64(cond, message) -> None:
+    """ValueError(message()) unless ``cond``; with symbolic sizes (torch.compile) a runtime
+    assertion, so compiled code refuses what the C++ check refuses, overflow included."""
+    torch._check_value(cond, message)
+
+
+def _check_geometry(op, size, kernel, padding, dilation) -> None:
+    """The padded input and the dilated kernel fit in int64, and the kernel fits the input
+    (the C++ check computes the same with overflow-checked arithmetic)."""
+    padded = [size[i] + 2 * padding[i] for i in range(2)]
+    span = [dilation[i] * (kernel[i] - 1) + 1 for i in range(2)]
+    for i in range(2):
+        _check_int64(
+            padded[i] <= INT64_MAX,
+            lambda: (
+                f"{op}: padding {list(padding)} is too large: the padded input size overflows int64"
+            ),
+        )
+        _check_int64(
+            span[i] <= INT64_MAX,
+            lambda: (
+                f"{op}: dilation {list(dilation)} is too large: the dilated kernel size "
+                "overflows int64"
+            ),
+        )
+        _check_int64(
+            span[i] <= padded[i],
+            lambda: (
+                f"{op}: kernel ({kernel[0]}x{kernel[1]}, dilated to {span[0]}x{span[1]}) "
+                f"is larger than the padded input ({padded[0]}x{padded[1]})"
+            ),
+        )
+
+
 def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_output=None):
     """Validates adder2d arguments (the same rules and messages as the C++ checks) and returns
     the output shape (N, Co, OH, OW)."""
@@ -91,8 +128,10 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
             raise ValueError(f"{op}: {name} must have 2 elements (height, width), got {len(value)}")
         if value[0] < low or value[1] < low:
             raise ValueError(f"{op}: {name} must be >= {low}, got {list(value)}")
-    if groups < 1:
-        raise ValueError(f"{op}: groups must be >= 1, got {groups}")
+        if value[0] > INT64_MAX or value[1] > INT64_MAX:
+            raise ValueError(f"{op}: {name} must be <= 2**63 - 1, got {list(value)}")
+    if groups < 1 or groups > INT64_MAX:
+        raise ValueError(f"{op}: groups must be >= 1 and <= 2**63 - 1, got {groups}")
     n, c, h, w = input.shape
     co, cig, kh, kw = weight.shape
     if c % groups != 0:
@@ -108,12 +147,7 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
         )
     if kh < 1 or kw < 1:
         raise ValueError(f"{op}: weight kernel size must be >= 1, got {tuple(weight.shape)}")
-    span_h, span_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
-    if span_h > h + 2 * padding[0] or span_w > w + 2 * padding[1]:
-        raise ValueError(
-            f"{op}: kernel ({kh}x{kw}, dilated to {span_h}x{span_w}) is larger than the padded "
-            f"input ({h + 2 * padding[0]}x{w + 2 * padding[1]})"
-        )
+    _check_geometry(op, (h, w), (kh, kw), padding, dilation)
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != co):
         raise ValueError(f"{op}: bias must have shape [{co}], got {tuple(bias.shape)}")
     shape = (
@@ -121,6 +155,13 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
         co,
         out_size(h, kh, stride[0], padding[0], dilation[0]),
         out_size(w, kw, stride[1], padding[1], dilation[1]),
+    )
+    _check_int64(
+        shape[0] * shape[1] * shape[2] * shape[3] <= INT64_MAX,
+        lambda: (
+            f"{op}: the output {list(shape)} has too many elements for int64 "
+            f"(padding {list(padding)}, stride {list(stride)})"
+        ),
     )
     if grad_output is not None and tuple(grad_output.shape) != shape:
         raise ValueError(

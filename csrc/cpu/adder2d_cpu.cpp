@@ -142,6 +142,8 @@ at::Tensor adder2d_input_grad_cpu(const at::Tensor& grad_output, const at::Tenso
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adder2d_input_grad_cpu", [&] {
     const KernelSet<scalar_t> ks = kernels<scalar_t>();
+    TORCH_CHECK(ks.input_grad_scratch(s) >= 0, "adder2d_input_grad: padding ", padding,
+                " and dilation ", dilation, " are too large: the work buffer overflows int64");
     const int64_t L = s.out_h * s.out_w, HW = s.in_h * s.in_w;
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
