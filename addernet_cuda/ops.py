@@ -98,7 +98,9 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
             if isinstance(input, Tensor)
             else type(input).__name__
         )
-        raise ValueError(f"{op}: input must be 4-D [N, C, H, W], got {got}")
+        raise ValueError(
+            f"{op}: input must be 4-D [N, C, H, W] (or 3-D [C, H, W] for adder2d), got {got}"
+        )
     if not isinstance(weight, Tensor) or weight.dim() != 4:
         got = (
             f"{weight.dim()}-D with shape {tuple(weight.shape)}"
@@ -244,20 +246,45 @@ for _device in ("cpu", "cuda"):
     torch.library.register_autocast("addernet::adder2d", _device, torch.float32)
 
 
+def _string_padding(padding: str, input: Tensor, weight, stride, dilation):
+    """(input, numeric padding) for F.conv2d's ``padding="valid"`` or ``"same"``; an asymmetric
+    "same" (an even dilated kernel) pads the input explicitly, with zeros, the extra on the
+    bottom/right as F.conv2d does."""
+    if padding == "valid":
+        return input, (0, 0)
+    if padding != "same":
+        raise ValueError(
+            f"adder2d: padding must be 'same', 'valid', an int or a pair, got {padding!r}"
+        )
+    if stride != (1, 1):
+        raise ValueError(
+            f"adder2d: padding='same' is not supported for strided convolutions, got stride {list(stride)}"
+        )
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        return input, (0, 0)  # check_args names the weight
+    totals = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+    left = [t // 2 for t in totals]
+    if totals[0] % 2 == 0 and totals[1] % 2 == 0:
+        return input, (left[0], left[1])
+    explicit = [left[1], totals[1] - left[1], left[0], totals[0] - left[0]]
+    return torch.nn.functional.pad(input, explicit), (0, 0)
+
+
 def adder2d(
     input: Tensor,
     weight: Tensor,
     bias: Optional[Tensor] = None,
     stride: IntPair = 1,
-    padding: IntPair = 0,
+    padding: Union[IntPair, str] = 0,
     dilation: IntPair = 1,
     groups: int = 1,
     input_grad: str = "hardtanh",
 ) -> Tensor:
     """Adder convolution: ``Y = -sum |Xp - W| (+ bias)`` over each output's receptive field.
 
-    Arguments follow :func:`torch.nn.functional.conv2d` (``padding`` is numeric; zero padding,
-    and padded taps contribute ``-|W|``). ``input_grad`` selects the rule for the input
+    Arguments follow :func:`torch.nn.functional.conv2d`: ``input`` is ``[N, C, H, W]`` or
+    unbatched ``[C, H, W]`` (then so is the result), ``padding`` an int, a pair, ``"valid"`` or
+    ``"same"`` (stride 1 only); zero padding, and padded taps contribute ``-|W|``. ``input_grad`` selects the rule for the input
     gradient: ``"hardtanh"`` (AdderNet: ``dY * clamp(W - X, -1, 1)``) or ``"exact"``
     (``dY * sign(W - X)``). The weight gradient is always AdderNet's full-precision
     ``dY * (X - W)``; the bias gradient is ``sum(dY)``. Gradients are raw (no adaptive scaling).
@@ -266,11 +293,16 @@ def adder2d(
     contiguous ``[N, Co, OH, OW]`` tensor of the input's dtype. Double backward is not supported.
     """
     stride = _pair(stride, "stride")
-    padding = _pair(padding, "padding")
     dilation = _pair(dilation, "dilation")
     _check_mode(input_grad)
     if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
         raise TypeError(f"adder2d: groups must be an int, got {groups!r}")
+    unbatched = isinstance(input, Tensor) and input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    if isinstance(padding, str):
+        input, padding = _string_padding(padding, input, weight, stride, dilation)
+    padding = _pair(padding, "padding")
     if not (
         isinstance(input, Tensor)
         and input.device.type in ("cpu", "cuda")
@@ -278,9 +310,10 @@ def adder2d(
     ):
         # Under autocast the op's policy casts first and the C++ checks (same rules) run after.
         check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
-    return torch.ops.addernet.adder2d(
+    out = torch.ops.addernet.adder2d(
         input, weight, bias, stride, padding, dilation, groups, input_grad
     )
+    return out.squeeze(0) if unbatched else out
 
 
 def adder2d_input_grad(

@@ -508,3 +508,72 @@ def test_extreme_arguments_never_crash():
     assert not problems, f"{len(problems)} problems, first ones: {problems[:5]}"
     public_errors = sum("error" in r["public"] for r in results)
     assert 0 < public_errors < len(cases)  # both outcomes are exercised
+
+
+# ----------------------------------------------------------------------------------------------
+# Drop-in: PyTorch's own test inputs for F.conv2d (its OpInfo), shapes against conv2d, values
+# against the reference (on the explicitly padded, batched input).
+
+
+def conv2d_opinfo_samples():
+    """PyTorch's OpInfo sample inputs of nn.functional.conv2d (float64, CPU)."""
+    common = pytest.importorskip(
+        "torch.testing._internal.common_methods_invocations",
+        reason="torch.testing._internal needs expecttest (requirements.txt)",
+    )
+    (info,) = [op for op in common.op_db if op.name == "nn.functional.conv2d"]
+    return list(info.sample_inputs("cpu", torch.float64, requires_grad=False))
+
+
+def reference_drop_in(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """The reference on an explicitly zero-padded, batched input (F.conv2d's padding rules)."""
+    unbatched = x.dim() == 3
+    x = x.unsqueeze(0) if unbatched else x
+    st = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    dl = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+    if padding == "valid":
+        padding = 0
+    if padding == "same":
+        totals = [dl[i] * (w.shape[2 + i] - 1) for i in range(2)]
+        x = F.pad(
+            x,
+            [
+                totals[1] // 2,
+                totals[1] - totals[1] // 2,
+                totals[0] // 2,
+                totals[0] - totals[0] // 2,
+            ],
+        )
+        padding = 0
+    y = reference.adder2d(x, w, b, st, padding, dl, groups)
+    return y.squeeze(0) if unbatched else y
+
+
+def test_pytorch_conv2d_opinfo_samples_run_as_adder2d():
+    samples = conv2d_opinfo_samples()
+    kinds = {"unbatched": 0, "same": 0, "valid": 0}
+    for sample in samples:
+        x, (w, *rest), kwargs = sample.input, sample.args, dict(sample.kwargs)
+        b = rest[0] if rest else None
+        want_shape = F.conv2d(x, w, b, **kwargs).shape
+        got = addernet_cuda.adder2d(x, w, b, **kwargs)
+        assert got.shape == want_shape, (tuple(x.shape), kwargs)
+        torch.testing.assert_close(got, reference_drop_in(x, w, b, **kwargs))
+        kinds["unbatched"] += x.dim() == 3
+        kinds["same"] += kwargs.get("padding") == "same"
+        kinds["valid"] += kwargs.get("padding") == "valid"
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        addernet_cuda.adder2d(xg, wg, b, **kwargs).sum().backward()
+        assert xg.grad.shape == x.shape and wg.grad.shape == w.shape
+    assert len(samples) >= 30 and min(kinds.values()) > 0, kinds
+
+
+def test_string_padding_and_unbatched_errors():
+    x, w = torch.randn(3, 5, 5), torch.randn(2, 3, 3, 3)
+    with pytest.raises(ValueError, match="padding must be 'same', 'valid'"):
+        addernet_cuda.adder2d(x, w, padding="full")
+    with pytest.raises(ValueError, match="not supported for strided"):
+        addernet_cuda.adder2d(x, w, padding="same", stride=2)
+    with pytest.raises(ValueError, match="input must be 4-D"):
+        addernet_cuda.adder2d(x[0], w)
+    assert addernet_cuda.adder2d(x, w, padding="same").shape == (2, 5, 5)
