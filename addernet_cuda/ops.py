@@ -52,6 +52,44 @@ def out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _geometry(stride: IntPair, padding: IntPair, dilation: IntPair, groups: int):
+    """stride, padding and dilation as pairs, after the type checks (TypeError) of all four."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
+        raise TypeError(f"adder2d: groups must be an int, got {groups!r}")
+    return _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+
+
+def _check_tensors(op, input, weight, bias, grad_output) -> None:
+    """The ranks, dtypes and devices of check_args's tensors."""
+    if not isinstance(input, Tensor) or input.dim() != 4:
+        got = (
+            f"{input.dim()}-D with shape {tuple(input.shape)}"
+            if isinstance(input, Tensor)
+            else type(input).__name__
+        )
+        raise ValueError(f"{op}: input must be 4-D [N, C, H, W], got {got}")
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        got = (
+            f"{weight.dim()}-D with shape {tuple(weight.shape)}"
+            if isinstance(weight, Tensor)
+            else type(weight).__name__
+        )
+        raise ValueError(
+            f"{op}: weight must be 4-D [out_channels, in_channels/groups, kH, kW], got {got}"
+        )
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
+    for name, t in (("weight", weight), ("bias", bias), ("grad_output", grad_output)):
+        if t is None:
+            continue
+        if t.dtype != input.dtype:
+            raise TypeError(
+                f"{op}: {name} dtype {t.dtype} does not match input dtype {input.dtype}"
+            )
+        if t.device != input.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
+
+
 INT64_MAX = 2**63 - 1
 
 
@@ -90,37 +128,13 @@ def _check_geometry(op, size, kernel, padding, dilation) -> None:
 
 
 def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_output=None):
-    """Validates adder2d arguments (the same rules and messages as the C++ checks) and returns
-    the output shape (N, Co, OH, OW)."""
-    if not isinstance(input, Tensor) or input.dim() != 4:
-        got = (
-            f"{input.dim()}-D with shape {tuple(input.shape)}"
-            if isinstance(input, Tensor)
-            else type(input).__name__
-        )
-        raise ValueError(
-            f"{op}: input must be 4-D [N, C, H, W] (or 3-D [C, H, W] for adder2d), got {got}"
-        )
-    if not isinstance(weight, Tensor) or weight.dim() != 4:
-        got = (
-            f"{weight.dim()}-D with shape {tuple(weight.shape)}"
-            if isinstance(weight, Tensor)
-            else type(weight).__name__
-        )
-        raise ValueError(
-            f"{op}: weight must be 4-D [out_channels, in_channels/groups, kH, kW], got {got}"
-        )
-    if not input.dtype.is_floating_point:
-        raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
-    for name, t in (("weight", weight), ("bias", bias), ("grad_output", grad_output)):
-        if t is None:
-            continue
-        if t.dtype != input.dtype:
-            raise TypeError(
-                f"{op}: {name} dtype {t.dtype} does not match input dtype {input.dtype}"
-            )
-        if t.device != input.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
+    """Validates adder2d arguments and returns the output shape (N, Co, OH, OW).
+
+    The public check: ValueError/TypeError naming the argument, raised by :func:`adder2d`, the
+    gradient wrappers and the fake kernels. The C++ check (``check_adder2d_args``) applies the
+    same rules with the same messages as a RuntimeError, for raw ``torch.ops.addernet`` calls;
+    ``tests/adder2d_cases.py`` holds one row per check and asserts the text through both."""
+    _check_tensors(op, input, weight, bias, grad_output)
     for name, value, low in (
         ("stride", stride, 1),
         ("padding", padding, 0),
@@ -132,8 +146,10 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
             raise ValueError(f"{op}: {name} must be >= {low}, got {list(value)}")
         if value[0] > INT64_MAX or value[1] > INT64_MAX:
             raise ValueError(f"{op}: {name} must be <= 2**63 - 1, got {list(value)}")
-    if groups < 1 or groups > INT64_MAX:
-        raise ValueError(f"{op}: groups must be >= 1 and <= 2**63 - 1, got {groups}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups}")
+    if groups > INT64_MAX:
+        raise ValueError(f"{op}: groups must be <= 2**63 - 1, got {groups}")
     n, c, h, w = input.shape
     co, cig, kh, kw = weight.shape
     if c % groups != 0:
@@ -172,21 +188,25 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
     return shape
 
 
-def _check_mode(mode: str) -> None:
+def check_input_grad_mode(mode: str, what: str = "adder2d: input_grad") -> None:
+    """Refuses an input-gradient rule other than "hardtanh" or "exact" (the one check, used by
+    the ops, the reference and AdderConv2d; the C++ kernels' parse_input_grad_mode says the same
+    with a RuntimeError). `what` names the argument as the message starts."""
     if mode not in INPUT_GRAD_MODES:
-        raise ValueError(f'adder2d: input_grad must be "hardtanh" or "exact", got {mode!r}')
+        got = f'"{mode}"' if isinstance(mode, str) else repr(mode)
+        raise ValueError(f'{what} must be "hardtanh" or "exact", got {got}')
 
 
 @torch.library.register_fake("addernet::adder2d")
 def _adder2d_fake(input, weight, bias, stride, padding, dilation, groups, input_grad="hardtanh"):
-    _check_mode(input_grad)
+    check_input_grad_mode(input_grad)
     shape = check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
     return input.new_empty(shape)
 
 
 @torch.library.register_fake("addernet::adder2d_input_grad")
 def _adder2d_input_grad_fake(grad_output, input, weight, stride, padding, dilation, groups, mode):
-    _check_mode(mode)
+    check_input_grad_mode(mode, "adder2d_input_grad: mode")
     check_args(
         "adder2d_input_grad", input, weight, None, stride, padding, dilation, groups, grad_output
     )
@@ -292,17 +312,15 @@ def adder2d(
     Runs the C++ kernels on CPU tensors and the CUDA kernels on CUDA tensors. Returns a
     contiguous ``[N, Co, OH, OW]`` tensor of the input's dtype. Double backward is not supported.
     """
-    stride = _pair(stride, "stride")
-    dilation = _pair(dilation, "dilation")
-    _check_mode(input_grad)
-    if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
-        raise TypeError(f"adder2d: groups must be an int, got {groups!r}")
+    text_padding = padding if isinstance(padding, str) else None
+    numeric = 0 if text_padding is not None else padding
+    stride, padding, dilation = _geometry(stride, numeric, dilation, groups)
+    check_input_grad_mode(input_grad)
     unbatched = isinstance(input, Tensor) and input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    if isinstance(padding, str):
-        input, padding = _string_padding(padding, input, weight, stride, dilation)
-    padding = _pair(padding, "padding")
+    if text_padding is not None:
+        input, padding = _string_padding(text_padding, input, weight, stride, dilation)
     if not (
         isinstance(input, Tensor)
         and input.device.type in ("cpu", "cuda")
@@ -320,28 +338,25 @@ def adder2d_input_grad(
     grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, mode="hardtanh"
 ):
     """The input-gradient op: ``dX = sum dY * HT(W - X)`` (``mode="hardtanh"``) or with sign
-    (``mode="exact"``), summed over every output whose tap reads the input element."""
+    (``mode="exact"``), summed over every output whose tap reads the input element. Bad
+    arguments raise ValueError/TypeError, as for :func:`adder2d`."""
+    stride, padding, dilation = _geometry(stride, padding, dilation, groups)
+    check_input_grad_mode(mode, "adder2d_input_grad: mode")
+    check_args(
+        "adder2d_input_grad", input, weight, None, stride, padding, dilation, groups, grad_output
+    )
     return torch.ops.addernet.adder2d_input_grad(
-        grad_output,
-        input,
-        weight,
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
-        groups,
-        mode,
+        grad_output, input, weight, stride, padding, dilation, groups, mode
     )
 
 
 def adder2d_weight_grad(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1):
     """The weight-gradient op: ``dW = sum_{n,oh,ow} dY * (Xp - W)`` (full precision, padded taps
-    included with Xp = 0)."""
+    included with Xp = 0). Bad arguments raise ValueError/TypeError, as for :func:`adder2d`."""
+    stride, padding, dilation = _geometry(stride, padding, dilation, groups)
+    check_args(
+        "adder2d_weight_grad", input, weight, None, stride, padding, dilation, groups, grad_output
+    )
     return torch.ops.addernet.adder2d_weight_grad(
-        grad_output,
-        input,
-        weight,
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
-        groups,
+        grad_output, input, weight, stride, padding, dilation, groups
     )
