@@ -152,13 +152,52 @@ def _cifar_dir(name: str, data_dir: Optional[str]) -> str:
     )
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles containers and numpy arrays only: a data file never runs code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_file(path: str, label_key: bytes):
+    """(images [n, 3, 32, 32] uint8, labels [n] int64) of one batch file; a truncated or
+    malformed file is a RuntimeError naming it."""
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="bytes").load()
+        data = np.asarray(entry[b"data"], dtype=np.uint8)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+        images = data.reshape(-1, 3, 32, 32)
+    except (EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, IndexError) as e:
+        raise RuntimeError(
+            f"CIFAR file {path} is truncated or corrupted ({type(e).__name__}: {e}); "
+            "download the data set again"
+        ) from None
+    if len(images) != len(labels):
+        raise RuntimeError(
+            f"CIFAR file {path} is truncated or corrupted: {len(images)} images, "
+            f"{len(labels)} labels; download the data set again"
+        )
+    return images, labels
+
+
 def _read_cifar_files(root: str, files, label_key: bytes) -> Split:
     images, labels = [], []
     for name in files:
-        with open(os.path.join(root, name), "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(entry[label_key], dtype=np.int64))
+        x, y = _read_cifar_file(os.path.join(root, name), label_key)
+        images.append(x)
+        labels.append(y)
     return Split(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
 

@@ -96,6 +96,43 @@ def _check_tensors(op, input, weight, bias, grad_output) -> None:
             raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _check_int64(cond, message) -> None:
+    """ValueError(message()) unless ``cond``; with symbolic sizes (torch.compile) a runtime
+    assertion, so compiled code refuses what the C++ check refuses, overflow included."""
+    torch._check_value(cond, message)
+
+
+def _check_geometry(op, size, kernel, padding, dilation) -> None:
+    """The padded input and the dilated kernel fit in int64, and the kernel fits the input
+    (the C++ check computes the same with overflow-checked arithmetic)."""
+    padded = [size[i] + 2 * padding[i] for i in range(2)]
+    span = [dilation[i] * (kernel[i] - 1) + 1 for i in range(2)]
+    for i in range(2):
+        _check_int64(
+            padded[i] <= INT64_MAX,
+            lambda: (
+                f"{op}: padding {list(padding)} is too large: the padded input size overflows int64"
+            ),
+        )
+        _check_int64(
+            span[i] <= INT64_MAX,
+            lambda: (
+                f"{op}: dilation {list(dilation)} is too large: the dilated kernel size "
+                "overflows int64"
+            ),
+        )
+        _check_int64(
+            span[i] <= padded[i],
+            lambda: (
+                f"{op}: kernel ({kernel[0]}x{kernel[1]}, dilated to {span[0]}x{span[1]}) "
+                f"is larger than the padded input ({padded[0]}x{padded[1]})"
+            ),
+        )
+
+
 def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_output=None):
     """Validates adder2d arguments and returns the output shape (N, Co, OH, OW).
 
@@ -113,8 +150,12 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
             raise ValueError(f"{op}: {name} must have 2 elements (height, width), got {len(value)}")
         if value[0] < low or value[1] < low:
             raise ValueError(f"{op}: {name} must be >= {low}, got {list(value)}")
+        if value[0] > INT64_MAX or value[1] > INT64_MAX:
+            raise ValueError(f"{op}: {name} must be <= 2**63 - 1, got {list(value)}")
     if groups < 1:
         raise ValueError(f"{op}: groups must be >= 1, got {groups}")
+    if groups > INT64_MAX:
+        raise ValueError(f"{op}: groups must be <= 2**63 - 1, got {groups}")
     n, c, h, w = input.shape
     co, cig, kh, kw = weight.shape
     if c % groups != 0:
@@ -130,12 +171,7 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
         )
     if kh < 1 or kw < 1:
         raise ValueError(f"{op}: weight kernel size must be >= 1, got {tuple(weight.shape)}")
-    span_h, span_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
-    if span_h > h + 2 * padding[0] or span_w > w + 2 * padding[1]:
-        raise ValueError(
-            f"{op}: kernel ({kh}x{kw}, dilated to {span_h}x{span_w}) is larger than the padded "
-            f"input ({h + 2 * padding[0]}x{w + 2 * padding[1]})"
-        )
+    _check_geometry(op, (h, w), (kh, kw), padding, dilation)
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != co):
         raise ValueError(f"{op}: bias must have shape [{co}], got {tuple(bias.shape)}")
     shape = (
@@ -143,6 +179,13 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
         co,
         out_size(h, kh, stride[0], padding[0], dilation[0]),
         out_size(w, kw, stride[1], padding[1], dilation[1]),
+    )
+    _check_int64(
+        shape[0] * shape[1] * shape[2] * shape[3] <= INT64_MAX,
+        lambda: (
+            f"{op}: the output {list(shape)} has too many elements for int64 "
+            f"(padding {list(padding)}, stride {list(stride)})"
+        ),
     )
     if grad_output is not None and tuple(grad_output.shape) != shape:
         raise ValueError(
@@ -229,20 +272,45 @@ for _device in ("cpu", "cuda"):
     torch.library.register_autocast("addernet::adder2d", _device, torch.float32)
 
 
+def _string_padding(padding: str, input: Tensor, weight, stride, dilation):
+    """(input, numeric padding) for F.conv2d's ``padding="valid"`` or ``"same"``; an asymmetric
+    "same" (an even dilated kernel) pads the input explicitly, with zeros, the extra on the
+    bottom/right as F.conv2d does."""
+    if padding == "valid":
+        return input, (0, 0)
+    if padding != "same":
+        raise ValueError(
+            f"adder2d: padding must be 'same', 'valid', an int or a pair, got {padding!r}"
+        )
+    if stride != (1, 1):
+        raise ValueError(
+            f"adder2d: padding='same' is not supported for strided convolutions, got stride {list(stride)}"
+        )
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        return input, (0, 0)  # check_args names the weight
+    totals = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+    left = [t // 2 for t in totals]
+    if totals[0] % 2 == 0 and totals[1] % 2 == 0:
+        return input, (left[0], left[1])
+    explicit = [left[1], totals[1] - left[1], left[0], totals[0] - left[0]]
+    return torch.nn.functional.pad(input, explicit), (0, 0)
+
+
 def adder2d(
     input: Tensor,
     weight: Tensor,
     bias: Optional[Tensor] = None,
     stride: IntPair = 1,
-    padding: IntPair = 0,
+    padding: Union[IntPair, str] = 0,
     dilation: IntPair = 1,
     groups: int = 1,
     input_grad: str = "hardtanh",
 ) -> Tensor:
     """Adder convolution: ``Y = -sum |Xp - W| (+ bias)`` over each output's receptive field.
 
-    Arguments follow :func:`torch.nn.functional.conv2d` (``padding`` is numeric; zero padding,
-    and padded taps contribute ``-|W|``). ``input_grad`` selects the rule for the input
+    Arguments follow :func:`torch.nn.functional.conv2d`: ``input`` is ``[N, C, H, W]`` or
+    unbatched ``[C, H, W]`` (then so is the result), ``padding`` an int, a pair, ``"valid"`` or
+    ``"same"`` (stride 1 only); zero padding, and padded taps contribute ``-|W|``. ``input_grad`` selects the rule for the input
     gradient: ``"hardtanh"`` (AdderNet: ``dY * clamp(W - X, -1, 1)``) or ``"exact"``
     (``dY * sign(W - X)``). The weight gradient is always AdderNet's full-precision
     ``dY * (X - W)``; the bias gradient is ``sum(dY)``. Gradients are raw (no adaptive scaling).
@@ -250,8 +318,15 @@ def adder2d(
     Runs the C++ kernels on CPU tensors and the CUDA kernels on CUDA tensors. Returns a
     contiguous ``[N, Co, OH, OW]`` tensor of the input's dtype. Double backward is not supported.
     """
-    stride, padding, dilation = _geometry(stride, padding, dilation, groups)
+    text_padding = padding if isinstance(padding, str) else None
+    numeric = 0 if text_padding is not None else padding
+    stride, padding, dilation = _geometry(stride, numeric, dilation, groups)
     check_input_grad_mode(input_grad)
+    unbatched = isinstance(input, Tensor) and input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    if text_padding is not None:
+        input, padding = _string_padding(text_padding, input, weight, stride, dilation)
     if not (
         isinstance(input, Tensor)
         and input.device.type in ("cpu", "cuda")
@@ -259,9 +334,10 @@ def adder2d(
     ):
         # Under autocast the op's policy casts first and the C++ checks (same rules) run after.
         check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
-    return torch.ops.addernet.adder2d(
+    out = torch.ops.addernet.adder2d(
         input, weight, bias, stride, padding, dilation, groups, input_grad
     )
+    return out.squeeze(0) if unbatched else out
 
 
 def adder2d_input_grad(

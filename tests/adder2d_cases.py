@@ -219,8 +219,8 @@ def valid_args(op):
 
 
 BAD_INPUT = [  # id, op, the changed arguments (from the valid ones), message pattern, raw
-    ("input-3d", "adder2d", lambda a: dict(input=a["input"][0]),
-     r"adder2d: input must be 4-D \[N, C, H, W\], got 3-D with shape", True),
+    ("input-2d", "adder2d", lambda a: dict(input=a["input"][0, 0]),
+     r"adder2d: input must be 4-D \[N, C, H, W\], got 2-D with shape", True),
     ("weight-3d", "adder2d", lambda a: dict(weight=a["weight"][0]),
      r"adder2d: weight must be 4-D \[out_channels, in_channels/groups, kH, kW\], got 3-D", True),
     ("input-not-float", "adder2d", lambda a: dict(input=a["input"].long(), weight=a["weight"].long()),
@@ -252,6 +252,18 @@ BAD_INPUT = [  # id, op, the changed arguments (from the valid ones), message pa
      "adder2d: weight kernel size must be >= 1, got", True),
     ("kernel-too-large", "adder2d", lambda a: dict(weight=torch.randn(6, 4, 11, 3), padding=1),
      r"adder2d: kernel \(11x3, dilated to 11x3\) is larger than the padded input \(10x10\)", True),
+    ("padding-overflow", "adder2d", lambda a: dict(padding=(0, 2**62)),
+     r"adder2d: padding \[0, 4611686018427387904\] is too large: the padded input size "
+     "overflows int64", True),
+    ("dilation-overflow", "adder2d", lambda a: dict(dilation=(1, 2**62)),
+     r"adder2d: dilation \[1, 4611686018427387904\] is too large: the dilated kernel size "
+     "overflows int64", True),
+    ("output-overflow", "adder2d", lambda a: dict(padding=2**30),
+     r"adder2d: the output \[2, 6, 2147483654, 2147483654\] has too many elements for int64 "
+     r"\(padding \[1073741824, 1073741824\], stride \[1, 1\]\)", True),
+    ("padding-beyond-int64", "adder2d", lambda a: dict(padding=2**63),
+     r"adder2d: padding must be <= 2\*\*63 - 1, got \[9223372036854775808, 9223372036854775808\]",
+     False),
     ("bias-shape", "adder2d", lambda a: dict(bias=torch.randn(5)),
      r"adder2d: bias must have shape \[6\], got", True),
     ("input-grad-mode", "adder2d", lambda a: dict(input_grad="sign"),

@@ -296,3 +296,214 @@ def test_bad_input(row, path):
     else:
         with pytest.raises(RuntimeError, match=pattern):
             call_raw(op, args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Extreme arguments: overflow-checked shape arithmetic (a wrapped int64 once gave a wrong output
+# shape and a segmentation fault). The cases run in subprocesses (tests/adder2d_extreme_worker.py),
+# about 50 per interpreter; the worker prints one line per finished case, so a crash pins down its
+# case, which is recorded, and the rest of the batch goes on in a fresh interpreter.
+
+EXTREME_VALUES = [0, 1, 2, 3, 7, 2**31 - 1, 2**31, 2**32 + 1, 2**62, 2**63 - 500000, 2**63 - 1]
+EXTREME_VALUES += [6148914691236517206, -1, -(2**63), 2**63, 2**64 + 1]
+ARGUMENT_WORDS = ("stride", "padding", "dilation", "groups", "kernel", "weight", "input")
+ARGUMENT_WORDS += ("grad_output", "output", "allocate", "memory")
+ISSUE_CASES = [  # the two reported segmentation faults
+    dict(
+        x=[1, 1, 2, 1000001],
+        w=[1, 1, 1, 1],
+        stride=[1, 1],
+        padding=[0, 2**63 - 500000],
+        dilation=[1, 1],
+        groups=1,
+    ),
+    dict(
+        x=[1, 1, 1, 4],
+        w=[1, 1, 1, 4],
+        stride=[1, 1],
+        padding=[0, 0],
+        dilation=[1, 6148914691236517206],
+        groups=1,
+    ),
+]
+
+
+def extreme_cases(count, seed=0):
+    """Small tensors; per case one or two of the six geometry values extreme (from
+    EXTREME_VALUES or random 63-bit), or a valid geometry with huge padding, stride and dilation
+    (a huge padding with a stride that brings the output back to a few pixels)."""
+    import random
+
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        groups = rng.choice([1, 1, 2])
+        c, co = groups * rng.choice([1, 2]), groups * rng.choice([1, 2])
+        x = [rng.choice([0, 1, 2]), c, rng.choice([1, 2, 5]), rng.choice([1, 3, 6])]
+        w = [co, c // groups, rng.choice([1, 2, 3]), rng.choice([1, 3])]
+        geometry = [[rng.choice([1, 2]), 1], [rng.choice([0, 1]), 1], [1, rng.choice([1, 2])]]
+        if (
+            rng.random() < 0.35
+        ):  # valid, huge: padding P, dilation up to the padded size, stride >= P
+            for dim in range(2):
+                pad = rng.randrange(2**20, 2**61)
+                span = x[2 + dim] + 2 * pad
+                dilation = rng.randrange(1, span // max(w[2 + dim] - 1, 1) + 1)
+                geometry[0][dim] = rng.randrange(pad, 2**63)
+                geometry[1][dim], geometry[2][dim] = pad, dilation
+        else:
+            for _ in range(rng.choice([1, 2])):
+                value = rng.choice(EXTREME_VALUES + [rng.randrange(2**63)])
+                if rng.random() < 0.15:
+                    groups = value
+                else:
+                    geometry[rng.randrange(3)][rng.randrange(2)] = value
+        stride, padding, dilation = geometry
+        cases.append(
+            dict(x=x, w=w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        )
+    return cases
+
+
+def run_extreme_batch(cases):
+    """Outcomes of ``cases`` (a dict per case, or "crash: ..." for a case that killed its
+    interpreter); each batch of cases shares one interpreter until one crashes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    worker, root = os.path.join(here, "adder2d_extreme_worker.py"), os.path.dirname(here)
+    results = []
+    while len(results) < len(cases):
+        todo = cases[len(results) :]
+        proc = subprocess.run(
+            [sys.executable, worker],
+            input=json.dumps(todo),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1"),
+        )
+        lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        results += lines
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-1:] or [""]
+            results.append(f"crash: exit status {proc.returncode} {tail[0]}")
+            if sum(isinstance(r, str) for r in results) >= 3:  # broken: do not grind on
+                results += ["not run: earlier crashes"] * (len(cases) - len(results))
+    return results
+
+
+def check_extreme_outcome(case, result):
+    """Each call either succeeds with the exactly computed shape or raises an error that names
+    an argument (or fails to allocate an enormous but valid output)."""
+    problems = []
+    if isinstance(result, str):
+        return [result]
+    x_shape, w_shape = case["x"], case["w"]
+    wanted = {
+        "public": result["expected"],
+        "fake": result["expected"],
+        "input_grad": x_shape,
+        "weight_grad": w_shape,
+    }
+    for call, want in wanted.items():
+        got = result[call]
+        if "error" in got:
+            if not any(word in got["message"] for word in ARGUMENT_WORDS):
+                problems.append(f"{call}: message names no argument: {got}")
+        elif got["shape"] != want:
+            problems.append(f"{call}: shape {got['shape']}, expected {want}")
+    return problems
+
+
+def test_extreme_arguments_never_crash():
+    """Hundreds of random extreme stride/padding/dilation/groups combinations (and the two
+    reported crashes) through the wrapper, the raw gradient ops and the fake kernel: the process
+    never dies, shapes are exact, and errors name the argument."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = ISSUE_CASES + extreme_cases(300)
+    batches = [cases[i : i + 50] for i in range(0, len(cases), 50)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = [r for batch in pool.map(run_extreme_batch, batches) for r in batch]
+    assert len(results) == len(cases)
+    problems = [
+        (case, problem)
+        for case, result in zip(cases, results)
+        for problem in check_extreme_outcome(case, result)
+    ]
+    assert not problems, f"{len(problems)} problems, first ones: {problems[:5]}"
+    public_errors = sum("error" in r["public"] for r in results)
+    assert 0 < public_errors < len(cases)  # both outcomes are exercised
+
+
+# ----------------------------------------------------------------------------------------------
+# Drop-in: PyTorch's own test inputs for F.conv2d (its OpInfo), shapes against conv2d, values
+# against the reference (on the explicitly padded, batched input).
+
+
+def conv2d_opinfo_samples():
+    """PyTorch's OpInfo sample inputs of nn.functional.conv2d (float64, CPU)."""
+    common = pytest.importorskip(
+        "torch.testing._internal.common_methods_invocations",
+        reason="torch.testing._internal needs expecttest (requirements.txt)",
+    )
+    (info,) = [op for op in common.op_db if op.name == "nn.functional.conv2d"]
+    return list(info.sample_inputs("cpu", torch.float64, requires_grad=False))
+
+
+def reference_drop_in(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """The reference on an explicitly zero-padded, batched input (F.conv2d's padding rules)."""
+    unbatched = x.dim() == 3
+    x = x.unsqueeze(0) if unbatched else x
+    st = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    dl = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+    if padding == "valid":
+        padding = 0
+    if padding == "same":
+        totals = [dl[i] * (w.shape[2 + i] - 1) for i in range(2)]
+        x = F.pad(
+            x,
+            [
+                totals[1] // 2,
+                totals[1] - totals[1] // 2,
+                totals[0] // 2,
+                totals[0] - totals[0] // 2,
+            ],
+        )
+        padding = 0
+    y = reference.adder2d(x, w, b, st, padding, dl, groups)
+    return y.squeeze(0) if unbatched else y
+
+
+def test_pytorch_conv2d_opinfo_samples_run_as_adder2d():
+    samples = conv2d_opinfo_samples()
+    kinds = {"unbatched": 0, "same": 0, "valid": 0}
+    for sample in samples:
+        x, (w, *rest), kwargs = sample.input, sample.args, dict(sample.kwargs)
+        b = rest[0] if rest else None
+        want_shape = F.conv2d(x, w, b, **kwargs).shape
+        got = addernet_cuda.adder2d(x, w, b, **kwargs)
+        assert got.shape == want_shape, (tuple(x.shape), kwargs)
+        torch.testing.assert_close(got, reference_drop_in(x, w, b, **kwargs))
+        kinds["unbatched"] += x.dim() == 3
+        kinds["same"] += kwargs.get("padding") == "same"
+        kinds["valid"] += kwargs.get("padding") == "valid"
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        addernet_cuda.adder2d(xg, wg, b, **kwargs).sum().backward()
+        assert xg.grad.shape == x.shape and wg.grad.shape == w.shape
+    assert len(samples) >= 30 and min(kinds.values()) > 0, kinds
+
+
+def test_string_padding_and_unbatched_errors():
+    x, w = torch.randn(3, 5, 5), torch.randn(2, 3, 3, 3)
+    with pytest.raises(ValueError, match="padding must be 'same', 'valid'"):
+        addernet_cuda.adder2d(x, w, padding="full")
+    with pytest.raises(ValueError, match="not supported for strided"):
+        addernet_cuda.adder2d(x, w, padding="same", stride=2)
+    with pytest.raises(ValueError, match="input must be 4-D"):
+        addernet_cuda.adder2d(x[0], w)
+    assert addernet_cuda.adder2d(x, w, padding="same").shape == (2, 5, 5)

@@ -531,3 +531,30 @@ def test_adaptive_lr_under_ddp_two_processes(tmp_path):
             pytest.fail("DDP worker did not finish in 120 s")
         assert p.exitcode == 0, f"DDP worker exited with {p.exitcode}"
     assert_same_params(torch.load(out), train_official())
+
+
+def test_pytorch_conv2d_moduleinfo_inputs_run_as_adder_conv2d():
+    """nn.Conv2d's ModuleInfo inputs (unbatched ones and padding='same' included) through
+    AdderConv2d: shapes as nn.Conv2d's, values as the reference on the padded input."""
+    common = pytest.importorskip(
+        "torch.testing._internal.common_modules",
+        reason="torch.testing._internal needs expecttest (requirements.txt)",
+    )
+    (info,) = [m for m in common.module_db if m.module_cls is nn.Conv2d]
+    inputs = info.module_inputs_func(
+        info, device="cpu", dtype=torch.float64, requires_grad=False, training=True
+    )
+    unbatched = 0
+    for module_input in inputs:
+        args, kwargs = module_input.constructor_input.args, module_input.constructor_input.kwargs
+        conv = nn.Conv2d(*args, **kwargs, dtype=torch.float64)
+        adder = AdderConv2d(*args, **kwargs, dtype=torch.float64)
+        (x,) = module_input.forward_input.args
+        y = adder(x)
+        assert y.shape == conv(x).shape
+        batched = x if x.dim() == 4 else x.unsqueeze(0)
+        xp = F.pad(batched, conv._reversed_padding_repeated_twice)
+        want = reference.adder2d(xp, adder.weight, adder.bias, adder.stride, 0, adder.dilation)
+        torch.testing.assert_close(y, want if x.dim() == 4 else want.squeeze(0))
+        unbatched += x.dim() == 3
+    assert len(inputs) >= 4 and unbatched >= 2

@@ -333,3 +333,233 @@ def test_ddp_two_processes_torchrun(tmp_path):
     assert not torch.equal(init["head.mu"], s0["head.mu"]) and not torch.equal(
         init["head.gamma"], s0["head.gamma"]
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Safety: arguments, resume, checkpoints, interruptions
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--batch-size", "-4"], "--batch-size"),
+        (["--max-steps-per-epoch", "0"], "--max-steps-per-epoch"),
+        (["--max-steps-per-epoch", "-1"], "--max-steps-per-epoch"),
+        (["--synthetic-size", "0"], "--synthetic-size"),
+        (["--epochs", "-1"], "--epochs"),
+        (["--epochs", "0"], "--epochs"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs"),
+        (["--eval-batch-size", "0"], "--eval-batch-size"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "-0.1"], "--lr"),
+        (["--weight-decay", "inf"], "--weight-decay"),
+        (["--cov-lr-scale", "0"], "--cov-lr-scale"),
+        (["--eta", "-0.2"], "--eta"),
+        (["--eta", "nan"], "--eta"),
+        (["--feat-dim", "0"], "--feat-dim"),
+        (["--threads", "0"], "--threads"),
+        (["--workers", "-1"], "--workers"),
+        (["--lsoftmax-margin", "0"], "--lsoftmax-margin"),
+        (["--beta", "-1"], "--beta"),
+        (["--batch-size", "2.5"], "--batch-size"),
+        (["--dataset", "mnist", "--data-dir", "/tmp"], "--data-dir"),
+    ],
+)
+def test_cli_rejects_bad_arguments_up_front(args, option, tmp_path, capsys, monkeypatch):
+    """Each bad value is an argparse error (exit status 2, the option named, no traceback)
+    before any data is loaded or any step is trained."""
+    monkeypatch.setattr(data_mod, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.main(["--dataset", "synthetic", "--out", str(tmp_path / "o"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err, err
+
+
+def test_programmatic_config_is_validated_too(tmp_path):
+    for bad in (dict(batch_size=0), dict(epochs=-1), dict(eta="0.2"), dict(lr=float("nan"))):
+        with pytest.raises(ValueError, match="--"):
+            run(cfg(tmp_path, **bad))
+
+
+def test_unwritable_out_fails_before_training(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(train_mod, "_train_epoch", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.main(["--dataset", "synthetic", "--no-progress", "--out", str(blocker / "run")])
+    assert exit_info.value.code == 2 and "is not writable" in capsys.readouterr().err
+
+
+def test_resume_refuses_every_training_setting(tmp_path):
+    settings = dict(head="slac", epochs=2, synthetic_size=32, batch_size=16, max_steps_per_epoch=1)
+    run(cfg(tmp_path, **settings))
+    changed = dict(settings, lr=0.5, batch_size=8, eta=None)
+    with pytest.raises(ValueError, match="other settings") as error:
+        run(cfg(tmp_path, resume="auto", **changed))
+    message = str(error.value)
+    for option in ("--lr: 0.05 in the checkpoint, 0.5 now", "--batch-size: 16", "--eta: 0.2"):
+        assert option in message, message
+    assert "--head" not in message
+    # What cannot change the results may differ.
+    metrics = run(cfg(tmp_path, resume="auto", progress=True, workers=0, **settings))
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+
+
+def test_checkpoint_is_plain_data_with_a_digest(tmp_path):
+    run(cfg(tmp_path, max_steps_per_epoch=1, batch_size=16))
+    path = tmp_path / "run" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)  # no pickled code needed
+    assert ckpt["epoch"] == 1 and ckpt["world_size"] == 1
+    digest = (tmp_path / "run" / "checkpoint.pt.sha256").read_text().split()
+    assert digest == [train_mod._sha256(str(path)), "checkpoint.pt"]
+    assert sorted(os.listdir(tmp_path / "run")) == [
+        "checkpoint.pt",
+        "checkpoint.pt.sha256",
+        "metrics.csv",
+        "metrics.json",
+    ]
+
+
+class _Payload:
+    """Unpickling this calls os.system: what weights_only loading must refuse."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoints_never_unpickle_code(tmp_path):
+    run(cfg(tmp_path, max_steps_per_epoch=1, batch_size=16))
+    path = tmp_path / "run" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    marker = tmp_path / "code-ran"
+    ckpt["history"] = [_Payload(marker)]
+    torch.save(ckpt, path)
+    (tmp_path / "run" / "checkpoint.pt.sha256").unlink()
+    with pytest.warns(UserWarning, match="integrity is not checked"):
+        with pytest.raises(train_mod.CorruptCheckpointError, match="cannot be read"):
+            train_mod.load_checkpoint_model(str(path))
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError):
+        run(cfg(tmp_path, resume="auto", epochs=2, max_steps_per_epoch=1, batch_size=16))
+    assert not marker.exists()
+
+
+def _corrupt(path, how):
+    raw = path.read_bytes()
+    if how == "zeroed":
+        middle = len(raw) // 2
+        path.write_bytes(raw[:middle] + bytes(64) + raw[middle + 64 :])
+    elif how == "truncated":
+        path.write_bytes(raw[: len(raw) // 3])
+    else:
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["zeroed", "truncated", "empty"])
+def test_corrupted_checkpoint_is_refused(tmp_path, how, capsys):
+    settings = dict(epochs=1, max_steps_per_epoch=1, batch_size=16)
+    run(cfg(tmp_path, **settings))
+    path = tmp_path / "run" / "checkpoint.pt"
+    _corrupt(path, how)
+    match = f"corrupted checkpoint {path}: "
+    with pytest.raises(train_mod.CorruptCheckpointError, match=match):
+        train_mod.load_checkpoint_model(str(path))
+    with pytest.raises(train_mod.CorruptCheckpointError, match=match):
+        run(cfg(tmp_path, resume="auto", **settings))
+    with pytest.raises(SystemExit):
+        train_mod.main(
+            ["--dataset", "synthetic", "--synthetic-size", "64", "--epochs", "1"]
+            + ["--max-steps-per-epoch", "1", "--batch-size", "16", "--no-progress"]
+            + ["--out", str(tmp_path / "run"), "--resume"]
+        )
+    assert "corrupted checkpoint" in capsys.readouterr().err
+    if how == "zeroed":  # without its digest, the damage cannot be seen: a warning says so
+        (tmp_path / "run" / "checkpoint.pt.sha256").unlink()
+        with pytest.warns(UserWarning, match="integrity is not checked"):
+            try:
+                train_mod.load_checkpoint_model(str(path))
+            except train_mod.CorruptCheckpointError:
+                pass
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def test_interrupted_saves_leave_whole_files_and_no_temporaries(tmp_path, monkeypatch):
+    settings = dict(epochs=2, max_steps_per_epoch=1, batch_size=16)
+    out = tmp_path / "run"
+    save, saves = torch.save, []
+
+    def torn_second_save(obj, f, *args, **kwargs):  # epoch 2: half a file, then an interrupt
+        saves.append(f)
+        save(obj, f, *args, **kwargs)
+        if len(saves) == 2:
+            with open(f, "r+b") as handle:
+                handle.truncate(os.path.getsize(f) // 2)
+            raise _Interrupted
+
+    monkeypatch.setattr(torch, "save", torn_second_save)
+    with pytest.raises(_Interrupted):
+        run(cfg(tmp_path, **settings))
+    monkeypatch.undo()
+    # Epoch 1's checkpoint and metrics are whole and agree; the torn file is gone.
+    assert sorted(os.listdir(out)) == [
+        "checkpoint.pt",
+        "checkpoint.pt.sha256",
+        "metrics.csv",
+        "metrics.json",
+    ]
+    assert train_mod.read_checkpoint(str(out / "checkpoint.pt"))["epoch"] == 1
+    assert json.loads((out / "metrics.json").read_text())["epochs_done"] == 1
+    # An interrupt while the metrics are written (after the checkpoint): the checkpoint holds
+    # the epoch, so resuming does not train it again.
+    monkeypatch.setattr(train_mod, "_write_metrics", lambda *a: (_ for _ in ()).throw(_Interrupted))
+    with pytest.raises(_Interrupted):
+        run(cfg(tmp_path, resume="auto", **settings))
+    monkeypatch.undo()
+    assert train_mod.read_checkpoint(str(out / "checkpoint.pt"))["epoch"] == 2
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    metrics = run(cfg(tmp_path, resume="auto", **settings))
+    assert metrics["epochs_done"] == 2 and metrics["finished"]
+    assert json.loads((out / "metrics.json").read_text())["epochs_done"] == 2
+
+
+def test_non_finite_gradient_stops_training(tmp_path, monkeypatch):
+    build = train_mod._build_model
+
+    def poisoned(cfg, num_classes):
+        model = build(cfg, num_classes)
+        weight = next(p for n, p in model.named_parameters() if "head" not in n)
+        weight.register_hook(lambda g: g.clone().index_fill_(0, torch.tensor([0]), float("nan")))
+        return model
+
+    monkeypatch.setattr(train_mod, "_build_model", poisoned)
+    with pytest.raises(FloatingPointError, match=r"step 0: non-finite gradient in \['"):
+        run(cfg(tmp_path, max_steps_per_epoch=2, batch_size=16))
+
+
+def test_truncated_cifar_file_is_named(tmp_path):
+    root = data_mod.write_fake_cifar(str(tmp_path), "cifar10", train_per_file=8, test=4)
+    path = os.path.join(root, "data_batch_3")
+    raw = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(raw[: len(raw) // 2])
+    with pytest.raises(RuntimeError, match=f"CIFAR file {path} is truncated or corrupted"):
+        data_mod.load_cifar("cifar10", str(tmp_path))
+
+
+def test_cifar_files_never_unpickle_code(tmp_path):
+    import pickle
+
+    root = data_mod.write_fake_cifar(str(tmp_path), "cifar10", train_per_file=8, test=4)
+    marker = tmp_path / "code-ran"
+    with open(os.path.join(root, "data_batch_1"), "wb") as f:
+        pickle.dump({b"data": _Payload(marker), b"labels": [0]}, f)
+    with pytest.raises(RuntimeError, match="refusing to load"):
+        data_mod.load_cifar("cifar10", str(tmp_path))
+    assert not marker.exists()

@@ -165,6 +165,8 @@ Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, co
   const Tensor w = torch::stable::contiguous(weight);
   ADDERNET_DISPATCH_FLOAT_DOUBLE(x.scalar_type(), "adder2d_input_grad_cpu", [&] {
     const KernelSet<scalar_t> ks = kernels<scalar_t>();
+    ADDERNET_CHECK(ks.input_grad_scratch(s) >= 0, "adder2d_input_grad: padding ", padding,
+                   " and dilation ", dilation, " are too large: the work buffer overflows int64");
     const int64_t L = s.out_h * s.out_w;
     const int64_t HW = s.in_h * s.in_w;
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();

@@ -287,13 +287,24 @@ static inline int64_t input_grad_dy_row(const Adder2dShape& s, int64_t wp) {
   return a > b ? a : b;
 }
 
-// Scratch elements input_grad_plane needs.
+// Scratch elements input_grad_plane needs, or -1 when the count overflows int64 (huge
+// padding or dilation; the caller refuses the call).
 template <typename T>
 static int64_t input_grad_scratch(const Adder2dShape& s) {
   const int64_t cog = s.out_channels_per_group;
-  if (s.stride_h != 1 || s.stride_w != 1) return cog * (1 + s.out_h * s.out_w);
+  int64_t rows, n, extra = 0;
+  if (s.stride_h != 1 || s.stride_w != 1) {
+    if (adder2d_mul_add_overflows(s.out_h, s.out_w, 1, &rows) ||
+        adder2d_mul_add_overflows(cog, rows, 0, &n))
+      return -1;
+    return n;
+  }
   const int64_t wp = input_grad_row_width<T>(s);
-  return cog * (1 + s.out_h * input_grad_dy_row(s, wp)) + (wp != s.in_w ? 2 * s.in_h * wp : 0);
+  if (wp != s.in_w && adder2d_mul_add_overflows(2 * s.in_h, wp, 0, &extra)) return -1;
+  if (adder2d_mul_add_overflows(s.out_h, input_grad_dy_row(s, wp), 1, &rows) ||
+      adder2d_mul_add_overflows(cog, rows, extra, &n))
+    return -1;
+  return n;
 }
 
 // dX of one input plane (n, c). dy: dY[n, g*Cog] (the group's output channels), x and gx: the

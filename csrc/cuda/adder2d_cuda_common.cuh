@@ -41,16 +41,41 @@ struct Adder2dGeom {
 };
 
 inline bool adder2d_geom_fits(const Adder2dShape& s) {
-  const int64_t lim = INT32_MAX;
-  const int64_t v[] = {s.in_h, s.in_w, s.out_h, s.out_w, s.kernel_h, s.kernel_w, s.stride_h,
-                       s.stride_w, s.pad_h, s.pad_w, s.dilation_h, s.dilation_w, s.groups,
-                       s.in_channels_per_group, s.out_channels_per_group, s.kernel_h * s.kernel_w,
-                       // in + pad and k * dilation in adder2d_*_index_t<int>
-                       s.in_h + 2 * s.pad_h, s.in_w + 2 * s.pad_w, s.dilation_h * s.kernel_h,
-                       s.dilation_w * s.kernel_w, s.out_h * s.stride_h + s.dilation_h * s.kernel_h,
-                       s.out_w * s.stride_w + s.dilation_w * s.kernel_w};
+  // in + 2 * pad, k * dilation and out * stride + k * dilation in adder2d_*_index_t<int>,
+  // computed with overflow checks (a wrapped product must not pass as small).
+  int64_t area, padded_h, padded_w, reach_h, reach_w, last_h, last_w;
+  if (adder2d_mul_add_overflows(s.kernel_h, s.kernel_w, 0, &area) ||
+      adder2d_padded_overflows(s.in_h, s.pad_h, &padded_h) ||
+      adder2d_padded_overflows(s.in_w, s.pad_w, &padded_w) ||
+      adder2d_mul_add_overflows(s.dilation_h, s.kernel_h, 0, &reach_h) ||
+      adder2d_mul_add_overflows(s.dilation_w, s.kernel_w, 0, &reach_w) ||
+      adder2d_mul_add_overflows(s.out_h, s.stride_h, reach_h, &last_h) ||
+      adder2d_mul_add_overflows(s.out_w, s.stride_w, reach_w, &last_w))
+    return false;
+  const int64_t v[] = {s.in_h,
+                       s.in_w,
+                       s.out_h,
+                       s.out_w,
+                       s.kernel_h,
+                       s.kernel_w,
+                       s.stride_h,
+                       s.stride_w,
+                       s.pad_h,
+                       s.pad_w,
+                       s.dilation_h,
+                       s.dilation_w,
+                       s.groups,
+                       s.in_channels_per_group,
+                       s.out_channels_per_group,
+                       area,
+                       padded_h,
+                       padded_w,
+                       reach_h,
+                       reach_w,
+                       last_h,
+                       last_w};
   for (int64_t x : v)
-    if (x > lim) return false;
+    if (x > INT32_MAX) return false;
   return true;
 }
 
