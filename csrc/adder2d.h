@@ -2,9 +2,10 @@
 // op arguments into an Adder2dShape (adder2d_shape.h), the input-gradient modes, and the error
 // macro of every op entry.
 //
-//   Y[n,co,oh,ow] = -sum_{ci,kh,kw} |Xp[n, g*C/g+ci, ih, iw] - W[co,ci,kh,kw]|  (+ bias[co])
+//   Y[n,co,oh,ow] = -sum_{ci,kh,kw} |Xp[n, c, ih, iw] - W[co,ci,kh,kw]|  (+ bias[co])
 //
-// with Xp the zero-padded input (padded taps count) and ih, iw as in adder2d_shape.h.
+// with c = grp(co) * (C/groups) + ci, grp(co) = co / (Co/groups) the group of output channel co,
+// Xp the zero-padded input (padded taps count) and ih, iw as in adder2d_shape.h.
 //
 // Everything here is on torch's stable ABI (torch/csrc/stable, torch/headeronly): one build of
 // the op libraries runs on every torch from the TORCH_TARGET_VERSION that setup.py sets.

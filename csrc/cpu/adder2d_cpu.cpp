@@ -57,6 +57,18 @@ KernelSet<double> kernels<double>() {
 
 using torch::headeronly::ScalarType;
 
+// ADDERNET_CPU_WEIGHT_GRAD=direct (read at every call) selects the direct weight-gradient kernel;
+// unset or "decomposition" the decomposed one. Both are deterministic.
+bool use_direct_weight_grad() {
+  const char* env = std::getenv("ADDERNET_CPU_WEIGHT_GRAD");
+  if (env == nullptr || std::string(env) == "decomposition" || std::string(env).empty())
+    return false;
+  ADDERNET_CHECK(std::string(env) == "direct",
+                 "ADDERNET_CPU_WEIGHT_GRAD must be \"direct\" or \"decomposition\", got \"", env,
+                 "\"");
+  return true;
+}
+
 bool is_reduced_float(const Tensor& t) {
   return t.scalar_type() == ScalarType::Half || t.scalar_type() == ScalarType::BFloat16;
 }
@@ -201,15 +213,17 @@ Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, c
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     const int64_t cog = s.out_channels_per_group;
-    const int64_t blocks = (s.taps + ks.weight_grad_taps - 1) / ks.weight_grad_taps;
+    const bool direct = use_direct_weight_grad();
+    const auto block = direct ? ks.weight_grad_block_direct : ks.weight_grad_block;
+    const int64_t item_taps = direct ? ks.weight_grad_taps : ks.weight_grad_item_taps(s);
+    const int64_t blocks = (s.taps + item_taps - 1) / item_taps;
     // Work item = (group, block of taps) for all the group's output channels: each reduces in a
     // fixed order whatever the thread count.
     torch::stable::parallel_for(0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t g = i / blocks, k0 = (i % blocks) * ks.weight_grad_taps;
-        ks.weight_grad_block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0,
-                             scratch.data());
+        const int64_t g = i / blocks, k0 = (i % blocks) * item_taps;
+        block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0, scratch.data());
       }
     });
   });

@@ -5,7 +5,7 @@
 //   dX[n,c,h,w] = sum over every (co, kh, kw, oh, ow) whose tap lands on (h, w) of
 //                 dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
 //
-// with c = g*C/groups + ci, co running over the output channels of group g, and
+// with c = grp * (C/groups) + ci, co running over the output channels of group grp, and
 // HT(z) = clamp(z, -1, 1) (mode "hardtanh", AdderNet's rule) or sign(z) (mode "exact").
 //
 // Gather formulation: one thread owns one input element. For each tap (kh, kw) it computes the
