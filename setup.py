@@ -21,12 +21,43 @@ Environment switches:
 
 import glob
 import os
+import shutil
 
 import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def has_cuda_runtime(home):
+    return any(glob.glob(os.path.join(home, lib, "libcudart.so*")) for lib in ("lib64", "lib"))
+
+
+def find_cuda_home():
+    """CUDA_HOME, else the toolkit of the nvcc on PATH, else /usr/local/cuda: the first that has
+    the CUDA runtime library to link against. (torch takes nvcc's grandparent directory, which for
+    a wrapper script such as /usr/local/bin/nvcc is /usr/local, where no libcudart lies.)"""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    for home in candidates + ["/usr/local/cuda"]:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and has_cuda_runtime(home):
+            return home
+    return None
+
+
+# Before torch.utils.cpp_extension reads it at import.
+if find_cuda_home() is not None:
+    os.environ["CUDA_HOME"] = find_cuda_home()
+
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
+
 # Warnings and language standard: the same in CMakeLists.txt.
 WARNINGS = ["-Wall", "-Wno-psabi"]
 STD = "-std=c++20"
@@ -47,7 +78,14 @@ def target_version_define(stable_abi):
 def want_cuda():
     if os.environ.get("ADDERNET_FORCE_CPU", "0") == "1":
         return False
-    return torch.version.cuda is not None and CUDA_HOME is not None and bool(cuda_sources())
+    if torch.version.cuda is None or CUDA_HOME is None or not cuda_sources():
+        return False
+    if not has_cuda_runtime(CUDA_HOME):
+        print(
+            f"addernet_cuda: no CUDA runtime library under CUDA_HOME={CUDA_HOME}: CPU kernels only"
+        )
+        return False
+    return True
 
 
 def cuda_sources():
