@@ -78,7 +78,10 @@ def _check_tensors(op, input, weight, bias, grad_output) -> None:
             f"{op}: weight must be 4-D [out_channels, in_channels/groups, kH, kW], got {got}"
         )
     if not input.dtype.is_floating_point:
-        raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
+        raise TypeError(
+            f"{op}: input must be a floating-point tensor (float32, float64, float16 or "
+            f"bfloat16), got {input.dtype}"
+        )
     for name, t in (("weight", weight), ("bias", bias), ("grad_output", grad_output)):
         if t is None:
             continue
