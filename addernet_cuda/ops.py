@@ -52,6 +52,9 @@ def out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def _geometry(stride: IntPair, padding: IntPair, dilation: IntPair, groups: int):
     """stride, padding and dilation as pairs, after the type checks (TypeError) of all four."""
     if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
@@ -77,7 +80,7 @@ def _check_tensors(op, input, weight, bias, grad_output) -> None:
         raise ValueError(
             f"{op}: weight must be 4-D [out_channels, in_channels/groups, kH, kW], got {got}"
         )
-    if not input.dtype.is_floating_point:
+    if input.dtype not in _FLOAT_DTYPES:
         raise TypeError(
             f"{op}: input must be a floating-point tensor (float32, float64, float16 or "
             f"bfloat16), got {input.dtype}"

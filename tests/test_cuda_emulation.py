@@ -102,7 +102,28 @@ MUTATIONS = {
         [EmulationCase(Case("mut_split", 3, 2, 10, 10, 3, 1, 1), ("f32",), False, ops=("wgrad",))],
         r"FAIL mut_split f32 weight_grad tiles=1 splits=3 .*float64 reference",
     ),
+    "forward_shared_store_out_of_bounds": (
+        "cuda/adder2d_forward_kernels.cuh",
+        "xs[buf][lr + j * XSTEP][lc] = xr[j];",
+        "xs[buf][lr + j * XSTEP][lc + 1] = xr[j];",
+        K_MEDIUM,
+        1,
+        [EmulationCase(Case("mut_oob", 1, 20, 6, 6, 40, 3, 3, padding=1), ("f32",), False)],
+        r"adder2d_forward_kernels.cuh:\d+:\d+: runtime error: index 64 out of bounds for type "
+        r"'float \[64\]'",
+    ),
+    "forward_direct_endless_loop": (
+        "cuda/adder2d_forward_kernels.cuh",
+        "idx < total; idx += step) {",
+        "idx < total; idx += 0) {",
+        K_DIRECT,
+        1,
+        [EmulationCase(Case("mut_hang", 1, 2, 4, 4, 2, 3, 3), ("f32",), False, ops=("fwd",))],
+        r"WATCHDOG: kernel forward_direct<f32>, block 0 \(linear\), thread \d+ neither reached",
+    ),
 }
+# Environment of a mutation's run: the hang is reported after 3 s instead of 120.
+MUTATION_ENV = {"forward_direct_endless_loop": {"EMU_WATCHDOG_SECONDS": "3"}}
 
 
 def _compiler():
@@ -154,7 +175,7 @@ def _mutated_tree(name, tmp_root):
 
 
 @pytest.fixture(scope="session")
-def emulators(tmp_path_factory):
+def emulators(tmp_path_factory, pytestconfig):
     """All emulation executables (the full one and one per mutation), built two at a time."""
     _compiler()
     tmp = tmp_path_factory.mktemp("mutations")
@@ -167,11 +188,18 @@ def emulators(tmp_path_factory):
         futures = {k: pool.submit(_build, k, root, d) for k, (root, d) in jobs.items()}
         built = {k: f.result() for k, f in futures.items()}
     n = sum(t > 0 for _, t in built.values())
-    print(
+    _report(
+        pytestconfig,
         f"\nemulation builds: {n} of {len(jobs)} compiled (the rest cached) in "
-        f"{time.monotonic() - start:.1f} s wall, {_children_cpu() - cpu:.1f} s CPU"
+        f"{time.monotonic() - start:.1f} s wall, {_children_cpu() - cpu:.1f} s CPU",
     )
     return {k: exe for k, (exe, _) in built.items()}
+
+
+def _report(config, text):
+    """Prints past pytest's output capture: the build times and the table show without -s."""
+    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(text)
 
 
 def _children_cpu():
@@ -179,17 +207,21 @@ def _children_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def _run(exe, cases, tmp_path, timeout=600):
+def _run(exe, cases, tmp_path, timeout=600, env=None):
     case_file = tmp_path / "cases.txt"
     case_file.write_text("".join(c.line() + "\n" for c in cases))
     start, cpu = time.monotonic(), _children_cpu()
     r = subprocess.run(
-        [str(exe), str(case_file)], capture_output=True, text=True, env=ENV, timeout=timeout
+        [str(exe), str(case_file)],
+        capture_output=True,
+        text=True,
+        env=dict(ENV, **(env or {})),
+        timeout=timeout,
     )
     return r, (time.monotonic() - start, _children_cpu() - cpu)
 
 
-def test_emulated_kernels(emulators, tmp_path):
+def test_emulated_kernels(emulators, tmp_path, pytestconfig):
     """Every case of EMULATION_CASES under the emulation: no failure, and every kernel variant
     reached in every dtype it is compiled for, the forward ones as the launcher's pick at each
     of 1, 108 and 132 SMs (float32) and at 1 SM (every dtype)."""
@@ -203,12 +235,13 @@ def test_emulated_kernels(emulators, tmp_path):
         if line.startswith("COUNT "):
             _, kernel, dtype, *n = line.split()
             counts[(kernel, dtype)] = [int(v) for v in n]
-    print(f"\nemulated in {wall:.1f} s wall, {cpu:.1f} s CPU; cases per kernel variant")
-    print(
-        f"{'kernel':28} {'dtype':5} {'cases':>5} {'@1SM':>5} {'@108':>5} {'@132':>5} {'forced':>6}"
-    )
+    table = [
+        f"\nemulated in {wall:.1f} s wall, {cpu:.1f} s CPU; cases per kernel variant",
+        f"{'kernel':28} {'dtype':5} {'cases':>5} {'@1SM':>5} {'@108':>5} {'@132':>5} {'forced':>6}",
+    ]
     for (kernel, dtype), n in sorted(counts.items()):
-        print(f"{kernel:28} {dtype:5} " + " ".join(f"{v:>5}" for v in n))
+        table.append(f"{kernel:28} {dtype:5} " + " ".join(f"{v:>5}" for v in n))
+    _report(pytestconfig, "\n".join(table))
     forward = {
         "forward_direct": ("f32", "f64", "f16", "bf16"),
         "forward_tiled_64x64": ("f32", "f64", "f16", "bf16"),
@@ -241,7 +274,7 @@ def test_emulated_kernels(emulators, tmp_path):
 def test_mutation_is_reported(emulators, tmp_path, mutation):
     """A deliberately broken copy of one kernel makes the emulation fail with the right report."""
     *_, cases, expected = MUTATIONS[mutation]
-    r, _ = _run(emulators[mutation], cases, tmp_path, timeout=300)
+    r, _ = _run(emulators[mutation], cases, tmp_path, timeout=300, env=MUTATION_ENV.get(mutation))
     out = r.stdout + r.stderr
     assert r.returncode != 0, f"mutation {mutation} not detected:\n{out[-4000:]}"
     assert re.search(expected, out), f"mutation {mutation}: unexpected report\n{out[-4000:]}"

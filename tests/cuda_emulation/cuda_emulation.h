@@ -247,8 +247,11 @@ class Device {
     for (Fiber& f : fibers_) munmap(f.stack, kStack);
   }
 
-  // A thread that neither reaches a barrier nor returns within this time ends the process.
-  double watchdog_seconds = 120.0;
+  // A thread that neither reaches a barrier nor returns within this time ends the process
+  // (environment variable EMU_WATCHDOG_SECONDS, default 120).
+  double watchdog_seconds = std::getenv("EMU_WATCHDOG_SECONDS") != nullptr
+                                ? std::atof(std::getenv("EMU_WATCHDOG_SECONDS"))
+                                : 120.0;
   const std::vector<SharedArray>& shared_arrays() const { return shared_; }
 
   // Runs body() as every thread of every block of a grid x block launch. Returns an empty string,
