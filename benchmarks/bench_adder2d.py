@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -22,7 +23,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,17 @@ from tqdm import tqdm
 
 import addernet_cuda
 from addernet_cuda import reference
+from addernet_cuda.ops import out_size
+
+from ._common import (
+    ROOT,
+    git_commit,
+    percentile,
+    reset_peak_rss,
+    stats,
+    status_kib,
+    time_calls,
+)
 
 # Adder layers of the paper's networks: (name, C, H, W, Co, k, stride, padding), with the batch
 # per family on (CPU, CUDA). The first conv and the classifier stay multiplicative, so they are
@@ -88,46 +99,9 @@ QUICK = ["res20.s1.3x3", "res20.s2.down3x3", "res20.s2.3x3", "res20.s3.3x3", "le
 REFERENCE_MAX_TERMS = 3e9
 
 
-def percentile(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
-
-
-def timer(device, cpu_time=False):
-    """run(fn, repeats, warmup) -> seconds per call: CUDA events, wall clock, or with cpu_time
-    the process's CPU time (time.process_time: on a machine shared with other work it counts
-    only the cycles this process got; with several threads it also counts their spinning)."""
-    if device == "cuda":
-
-        def run(fn, repeats, warmup):
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(repeats):
-                start, end = (
-                    torch.cuda.Event(enable_timing=True),
-                    torch.cuda.Event(enable_timing=True),
-                )
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            return times
-    else:
-
-        def run(fn, repeats, warmup):
-            for _ in range(warmup):
-                fn()
-            clock = time.process_time if cpu_time else time.perf_counter
-            times = []
-            for _ in range(repeats):
-                t0 = clock()
-                fn()
-                times.append(clock() - t0)
-            return times
-
-    return run
+def _dilation(shape):
+    """A shape is (name, C, H, W, Co, k, stride, padding) with an optional dilation last."""
+    return shape[8] if len(shape) > 8 else 1
 
 
 def interleaved(run, fns, repeats, warmup):
@@ -160,11 +134,11 @@ def spread(s):
 
 
 def make_case(shape, batch, device, dtype=torch.float32, seed=0):
-    name, c, h, w, co, k, stride, padding = shape
+    name, c, h, w, co, k, stride, padding = shape[:8]
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, c, h, w, generator=g, dtype=dtype).to(device)
     wt = torch.randn(co, c, k, k, generator=g, dtype=dtype).to(device)
-    return x, wt, dict(stride=stride, padding=padding)
+    return x, wt, dict(stride=stride, padding=padding, dilation=_dilation(shape))
 
 
 def impls():
@@ -189,9 +163,9 @@ def fwd_bwd(fn, x, w, kw):
 def weight_grad_decomposition(dy, x, w, kw):
     """dW = conv_weight_grad(Xp, dY) - W * sum_{n,oh,ow} dY[n, co]: the vendor convolution's weight
     gradient (oneDNN on the CPU, cuDNN on CUDA) minus W scaled per output channel."""
-    stride, padding = _pair(kw["stride"]), _pair(kw["padding"])
+    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
     _, gw, _ = torch.ops.aten.convolution_backward(
-        dy, x, w, None, stride, padding, [1, 1], False, [0, 0], 1, [False, True, False]
+        dy, x, w, None, stride, padding, dilation, False, [0, 0], 1, [False, True, False]
     )
     return gw - w * dy.sum((0, 2, 3)).view(-1, 1, 1, 1)
 
@@ -202,9 +176,9 @@ def _pair(v):
 
 def conv2d_weight_grad(dy, x, w, kw):
     """conv2d's weight gradient alone (the vendor convolution's backward for the weight)."""
-    stride, padding = _pair(kw["stride"]), _pair(kw["padding"])
+    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
     return torch.ops.aten.convolution_backward(
-        dy, x, w, None, stride, padding, [1, 1], False, [0, 0], 1, [False, True, False]
+        dy, x, w, None, stride, padding, dilation, False, [0, 0], 1, [False, True, False]
     )[1]
 
 
@@ -260,7 +234,7 @@ def measure_memory_cpu(shape_name, impl, batch):
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=ROOT,
     )
     if out.returncode != 0:
         raise RuntimeError(f"memory case {shape_name}/{impl} failed: {out.stderr[-2000:]}")
@@ -280,16 +254,13 @@ def peak_memory(device, impl, x, w, kw, shape, batch):
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
-
-
 def terms(shape, batch):
-    """Number of |x - w| terms of one forward: N * OH * OW * Co * C * k * k."""
-    name, c, h, w, co, k, stride, padding = shape
-    oh = (h + 2 * padding - k) // stride + 1
-    ow = (w + 2 * padding - k) // stride + 1
+    """Number of |x - w| terms of one forward: N * OH * OW * Co * C * k * k, where
+    OH = floor((H + 2p - d(k-1) - 1) / s) + 1 (likewise OW) with the dilation d."""
+    name, c, h, w, co, k, stride, padding = shape[:8]
+    d = _dilation(shape)
+    oh = out_size(h, k, stride, padding, d)
+    ow = out_size(w, k, stride, padding, d)
     return batch * oh * ow * co * c * k * k
 
 
@@ -299,11 +270,10 @@ def memory_case(shape_name, impl, batch):
     do not count; ru_maxrss would also carry the parent's peak across fork+exec."""
     x, w, kw = make_case(SHAPES[shape_name][2], batch, "cpu")
     run = fwd_bwd(impls()[impl], x, w, kw)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    rss_after_setup = _status_kib("VmRSS")
+    reset_peak_rss()
+    rss_after_setup = status_kib("VmRSS")
     run()
-    print((_status_kib("VmHWM") - rss_after_setup) / 1024)
+    print((status_kib("VmHWM") - rss_after_setup) / 1024)
 
 
 def environment(device):
@@ -324,28 +294,8 @@ def environment(device):
             )
     except (OSError, StopIteration):
         info["cpu_model"] = platform.processor()
-    try:
-        info["commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=os.path.dirname(os.path.abspath(__file__)),
-            ).stdout.strip()
-            or None
-        )
-    except OSError:
-        info["commit"] = None
+    info["commit"] = git_commit()
     return info
-
-
-def stats(times):
-    return {
-        "median_s": statistics.median(times),
-        "p20_s": percentile(times, 0.2),
-        "p80_s": percentile(times, 0.8),
-        "runs": len(times),
-    }
 
 
 def main(argv=None):
@@ -397,7 +347,7 @@ def main(argv=None):
     names = args.shapes or (list(SHAPES) if args.full else QUICK)
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     os.makedirs(out_dir, exist_ok=True)
-    run = timer(device, args.cpu_time)
+    run = functools.partial(time_calls, device=device, cpu_time=args.cpu_time)
     env = environment(device)
     env.update(
         repeats=args.repeats,
@@ -426,6 +376,7 @@ def main(argv=None):
             "k": shape[5],
             "stride": shape[6],
             "padding": shape[7],
+            "dilation": _dilation(shape),
             "terms": terms(shape, batch),
         }
         fns = impls()
