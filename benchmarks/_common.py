@@ -68,9 +68,13 @@ def stats(times) -> dict:
     }
 
 
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int, device: str = "cpu") -> List:
+def time_calls(
+    fn: Callable[[], object], repeats: int, warmup: int, device: str = "cpu", cpu_time: bool = False
+) -> List:
     """Runs ``fn`` ``warmup`` times, then times ``repeats`` calls one by one (seconds each):
-    with CUDA events on ``device="cuda"``, with the wall clock otherwise."""
+    with CUDA events on ``device="cuda"``, with the wall clock otherwise, or with ``cpu_time``
+    the process's CPU time (``time.process_time``: on a machine shared with other work it counts
+    only the cycles this process got; with several threads it also counts their spinning)."""
     import torch  # here, so that the other helpers work where torch is not importable
 
     for _ in range(warmup):
@@ -85,7 +89,8 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int, device: str 
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
-            t0 = time.perf_counter()
+            clock = time.process_time if cpu_time else time.perf_counter
+            t0 = clock()
             fn()
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
     return times

@@ -322,6 +322,14 @@ def main(argv=None):
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory measurements"
     )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the (slow) unfused reference"
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="CPU: time with the process's CPU time instead of the wall clock (a loaded machine)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/out/)")
     parser.add_argument(
         "--memory-case", nargs=3, metavar=("SHAPE", "IMPL", "BATCH"), help=argparse.SUPPRESS
@@ -339,9 +347,14 @@ def main(argv=None):
     names = args.shapes or (list(SHAPES) if args.full else QUICK)
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     os.makedirs(out_dir, exist_ok=True)
-    run = functools.partial(time_calls, device=device)
+    run = functools.partial(time_calls, device=device, cpu_time=args.cpu_time)
     env = environment(device)
-    env.update(repeats=args.repeats, reference_repeats=args.reference_repeats)
+    env.update(
+        repeats=args.repeats,
+        reference_repeats=args.reference_repeats,
+        clock="process CPU time" if args.cpu_time and device == "cpu" else "wall clock",
+        load_average=round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
+    )
     print(
         f"adder2d benchmark on {env['device']} ({env.get('cpu_model')}), torch {env['torch']}, "
         f"{env['threads']} threads",
@@ -383,7 +396,9 @@ def main(argv=None):
             row[f"{what}.vs_conv2d"] = ratio["median"]
             row[f"{what}.vs_conv2d_p20_p80"] = [ratio["p20"], ratio["p80"]]
             row[f"conv2d.{what}_spread"] = spread(row[f"conv2d.{what}"])
-        if row["terms"] > REFERENCE_MAX_TERMS:
+        if args.no_reference:
+            row["reference.skipped"] = "--no-reference"
+        elif row["terms"] > REFERENCE_MAX_TERMS:
             row["reference.skipped"] = (
                 f"{row['terms']:.2g} |x - w| terms per forward exceed "
                 f"{REFERENCE_MAX_TERMS:.0e}: seconds to minutes per call"
@@ -480,7 +495,8 @@ def markdown(result, no_memory):
     rows = result["rows"]
     lines = [
         f"adder2d benchmark on {result['device']}: {env['device']} ({env.get('cpu_model')}), torch {env['torch']}, "
-        f"{env['threads']} threads, CPU kernels {env['cpu_isa']}, commit {env.get('commit')}, {env['date']}",
+        f"{env['threads']} threads, CPU kernels {env['cpu_isa']}, commit {env.get('commit')}, {env['date']}, "
+        f"timed by {env.get('clock', 'wall clock')}, load average at the start {env.get('load_average')}",
         "",
         "Times are medians in ms [p20, p80] of repeated runs after warm-up. adder2d and conv2d run "
         "interleaved (one call of each per round): `vs conv2d` is the median [p20, p80] of the "
