@@ -45,7 +45,9 @@ def cuda_sources():
 def extension():
     debug = os.environ.get("ADDERNET_DEBUG", "0") == "1"
     with_cuda = want_cuda()
-    sources = ["csrc/module.cpp", "csrc/adder2d.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/module.cpp", "csrc/adder2d.cpp", "csrc/adder2d_int8.cpp"] + sorted(
+        glob.glob("csrc/cpu/*.cpp")
+    )
     cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
     if platform.system() != "Windows":
         # at::parallel_for is OpenMP code inlined from ATen's headers: without -fopenmp it runs
