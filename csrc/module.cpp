@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "cpu/adder2d_cpu.h"
+#include "cpu/adder2d_int8_cpu.h"
 
 #ifndef ADDERNET_TORCH_VERSION
 #define ADDERNET_TORCH_VERSION "unknown"
@@ -52,6 +53,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "torch_version", [] { return std::string(ADDERNET_TORCH_VERSION); },
       "The torch version this extension was compiled against");
   m.def("cpu_isa", &addernet::cpu::cpu_isa, "The instruction set the CPU kernels use now");
+  m.def("int8_sad_ceiling", &addernet::cpu::int8_sad_ceiling_avx2, py::arg("iterations"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Byte-taps per second of a register-resident AVX2 vpsadbw loop on this thread (0 without "
+        "AVX2 kernels); the benchmark's ceiling");
   m.def("set_cpu_isa", &addernet::cpu::set_cpu_isa, py::arg("isa"),
         "Use the \"base\" or \"avx2\" CPU kernels (for tests and benchmarks)");
 }

@@ -29,6 +29,9 @@ INT8_SHAPES = SHAPES + [
     pytest.param((70, 16, 5, 5, 5, 5, 5, 1, 0, 1, 1), id="one-pixel-per-image"),
     pytest.param((3, 9, 11, 5, 3, 3, 3, 1, 1, 1, 1), id="nine-channels"),
     pytest.param((2, 24, 6, 9, 6, 2, 3, (1, 2), (0, 1), (2, 1), 2), id="rect-groups-dilation"),
+    pytest.param((2, 40, 4, 37, 6, 3, 3, 1, 1, 1, 1), id="transposed-16x16-blocks-and-tails"),
+    pytest.param((1, 96, 3, 20, 6, 3, 1, 1, (1, 0), 1, 3), id="16-channel-blocks-per-group"),
+    pytest.param((2, 32, 3, 12, 4, 1, 3, 1, 0, 1, 1), id="transposed-8-pixel-block"),
 ]
 
 

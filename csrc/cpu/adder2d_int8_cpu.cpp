@@ -34,7 +34,7 @@ Int8Geom make_geom(const Adder2dShape& s) {
   gm.kp = round_up(s.kernel_h * s.kernel_w * gm.cpg, 32);
   gm.pixels = s.batch * s.out_h * s.out_w;
   // A panel of about 128 KiB (in L2), 8 to 64 pixels.
-  const int64_t tp = (128 * 1024 / gm.kp) / 4 * 4;
+  const int64_t tp = (16 * 1024 / gm.kp) / 4 * 4;
   gm.tile_pixels = tp < 8 ? 8 : (tp > 64 ? 64 : tp);
   return gm;
 }

@@ -48,22 +48,96 @@ static inline uint8_t quantize_code(float v, float scale) {
   return static_cast<uint8_t>(static_cast<int>(t) + 128);
 }
 
+// codes[i] = q(src[i]) + 128 for i < n; 16 at a time with SSE2 (also in the AVX2 copy):
+// divide, clamp (NaN -> -127, as the scalar code), round half to even (cvtps2dq under the
+// default rounding mode), pack to bytes. Identical to quantize_code element by element.
+static inline void quantize_row(const float* src, int64_t n, float scale, uint8_t* codes) {
+  int64_t i = 0;
+#if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
+  const __m128 vs = _mm_set1_ps(scale), lo = _mm_set1_ps(-127.0f), hi = _mm_set1_ps(127.0f);
+  const __m128i off = _mm_set1_epi32(128);
+  for (; i + 16 <= n; i += 16) {
+    __m128i q[4];
+    for (int j = 0; j < 4; ++j) {
+      __m128 t = _mm_div_ps(_mm_loadu_ps(src + i + 4 * j), vs);
+      t = _mm_min_ps(_mm_max_ps(t, lo), hi);
+      q[j] = _mm_add_epi32(_mm_cvtps_epi32(t), off);
+    }
+    const __m128i w = _mm_packus_epi16(_mm_packs_epi32(q[0], q[1]), _mm_packs_epi32(q[2], q[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), w);
+  }
+#endif
+  for (; i < n; ++i) codes[i] = quantize_code(src[i], scale);
+}
+
+// dst[w * dst_stride + c] = src[c * n + w] for c < nc, w < n: 16 x 16 blocks through SSE2
+// (four rounds of interleaving rows i and i + 8 transpose a block), the rest element by element.
+static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, uint8_t* dst,
+                                   int64_t dst_stride) {
+  int64_t c0 = 0;
+#if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
+  for (; c0 + 16 <= nc; c0 += 16) {
+    int64_t w0 = 0;
+    for (; w0 + 16 <= n; w0 += 16) {
+      __m128i a[16], b[16];
+      for (int i = 0; i < 16; ++i)
+        a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (c0 + i) * n + w0));
+      for (int round = 0; round < 4; ++round) {
+        for (int i = 0; i < 8; ++i) {
+          b[2 * i] = _mm_unpacklo_epi8(a[i], a[i + 8]);
+          b[2 * i + 1] = _mm_unpackhi_epi8(a[i], a[i + 8]);
+        }
+        for (int i = 0; i < 16; ++i) a[i] = b[i];
+      }
+      for (int i = 0; i < 16; ++i)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (w0 + i) * dst_stride + c0), a[i]);
+    }
+    if (w0 + 8 <= n) {  // 8 pixels: the upper half of each row zero, the first 8 rows kept
+      __m128i a[16], b[16];
+      for (int i = 0; i < 16; ++i)
+        a[i] = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + (c0 + i) * n + w0));
+      for (int round = 0; round < 4; ++round) {
+        for (int i = 0; i < 8; ++i) {
+          b[2 * i] = _mm_unpacklo_epi8(a[i], a[i + 8]);
+          b[2 * i + 1] = _mm_unpackhi_epi8(a[i], a[i + 8]);
+        }
+        for (int i = 0; i < 16; ++i) a[i] = b[i];
+      }
+      for (int i = 0; i < 8; ++i)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (w0 + i) * dst_stride + c0), a[i]);
+      w0 += 8;
+    }
+    for (; w0 < n; ++w0)
+      for (int64_t c = c0; c < c0 + 16; ++c) dst[w0 * dst_stride + c] = src[c * n + w0];
+  }
+#endif
+  for (int64_t w = 0; w < n; ++w) {
+    const uint8_t* col = src + c0 * n + w;
+    uint8_t* out = dst + w * dst_stride;
+    for (int64_t c = c0; c < nc; ++c, col += n) out[c] = *col;
+  }
+}
+
+// One image: per input row and group, the group's channel rows are quantized contiguously into
+// `rows` (cig x W codes), then transposed into the channels-last padded layout.
 static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint8_t* xq) {
   const Adder2dShape& s = gm.s;
   const int64_t cig = s.in_channels_per_group, HW = s.in_h * s.in_w;
   __builtin_memset(xq, CODE_ZERO, s.groups * gm.hp * gm.wp * gm.cpg);
-  uint8_t row[256];
+  constexpr int64_t CHUNK = 4096;  // codes per pass of the transposition
+  uint8_t rows[CHUNK];
+  const int64_t wchunk = CHUNK / cig < 1 ? 1 : (CHUNK / cig < s.in_w ? CHUNK / cig : s.in_w);
   for (int64_t g = 0; g < s.groups; ++g) {
     uint8_t* xg = xq + g * gm.hp * gm.wp * gm.cpg;
-    for (int64_t ci = 0; ci < cig; ++ci) {
-      const float* xc = x + (g * cig + ci) * HW;
-      for (int64_t h = 0; h < s.in_h; ++h) {
-        uint8_t* dst = xg + ((h + s.pad_h) * gm.wp + s.pad_w) * gm.cpg + ci;
-        for (int64_t w0 = 0; w0 < s.in_w; w0 += 256) {
-          const int64_t nw = s.in_w - w0 < 256 ? s.in_w - w0 : 256;
-          const float* src = xc + h * s.in_w + w0;
-          for (int64_t w = 0; w < nw; ++w) row[w] = quantize_code(src[w], scale);
-          for (int64_t w = 0; w < nw; ++w) dst[(w0 + w) * gm.cpg] = row[w];
+    for (int64_t h = 0; h < s.in_h; ++h) {
+      for (int64_t w0 = 0; w0 < s.in_w; w0 += wchunk) {
+        const int64_t nw = s.in_w - w0 < wchunk ? s.in_w - w0 : wchunk;
+        for (int64_t c0 = 0; c0 < cig; c0 += CHUNK / nw) {
+          const int64_t nc = cig - c0 < CHUNK / nw ? cig - c0 : CHUNK / nw;
+          for (int64_t ci = 0; ci < nc; ++ci)
+            quantize_row(x + (g * cig + c0 + ci) * HW + h * s.in_w + w0, nw, scale, rows + ci * nw);
+          uint8_t* dst = xg + ((h + s.pad_h) * gm.wp + s.pad_w + w0) * gm.cpg + c0;
+          transpose_codes(rows, nc, nw, dst, gm.cpg);
         }
       }
     }
@@ -81,35 +155,64 @@ static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
             static_cast<uint8_t>(static_cast<int>(w[(co * cig + ci) * KHW + k]) + 128);
 }
 
+// Copies `bytes` (a multiple of 8) with inline vector moves: a library memcpy call per kernel row
+// (48-192 bytes) cost more than the SAD work on ResNet-20's layers.
+static inline void copy_codes(uint8_t* dst, const uint8_t* src, int64_t bytes) {
+#if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
+  int64_t j = 0;
+  for (; j + 16 <= bytes; j += 16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j)));
+  if (j < bytes)
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + j),
+                     _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + j)));
+#else
+  __builtin_memcpy(dst, src, bytes);
+#endif
+}
+
+// Fills `bytes` (a multiple of 8) with code 0 (byte 128).
+static inline void fill_code_zero(uint8_t* dst, int64_t bytes) {
+  const uint64_t word = 0x8080808080808080ull;
+  for (int64_t j = 0; j < bytes; j += 8) __builtin_memcpy(dst + j, &word, 8);
+}
+
 // Panel rows [0, tile_pixels) = patches of pixels q0.. of group g; yoff[i] = offset of pixel i's
-// output for channel 0 of the layer (n * Co * L + p), -1 past the last pixel.
-static void pack_panel(const Int8Geom& gm, const uint8_t* xq, int64_t g, int64_t q0,
-                       uint8_t* panel, int64_t* yoff) {
+// output for channel 0 of the layer (n * Co * L + p), -1 past the last pixel. The pixel
+// coordinates are stepped, not divided out per pixel.
+static void pack_panel(const Int8Geom& gm, const uint8_t* xq, int64_t g, int64_t q0, uint8_t* panel,
+                       int64_t* yoff) {
   const Adder2dShape& s = gm.s;
   const int64_t L = s.out_h * s.out_w, run = s.kernel_w * gm.cpg;
-  const int64_t used = s.kernel_h * run, plane = gm.hp * gm.wp * gm.cpg;
+  const int64_t used = s.kernel_h * run, plane = gm.hp * gm.wp * gm.cpg, row_bytes = gm.wp * gm.cpg;
+  int64_t n = q0 / L, oh = (q0 % L) / s.out_w, ow = (q0 % L) % s.out_w;
   for (int64_t i = 0; i < gm.tile_pixels; ++i) {
     uint8_t* row = panel + i * gm.kp;
-    const int64_t q = q0 + i;
-    if (q >= gm.pixels) {
-      __builtin_memset(row, CODE_ZERO, gm.kp);
+    if (q0 + i >= gm.pixels) {
+      fill_code_zero(row, gm.kp);
       yoff[i] = -1;
       continue;
     }
-    const int64_t n = q / L, p = q % L, oh = p / s.out_w, ow = p % s.out_w;
-    yoff[i] = n * s.out_channels * L + p;
+    yoff[i] = n * s.out_channels * L + oh * s.out_w + ow;
     const uint8_t* img = xq + (n * s.groups + g) * plane + ow * s.stride_w * gm.cpg;
     for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      const uint8_t* src = img + (oh * s.stride_h + kh * s.dilation_h) * gm.wp * gm.cpg;
+      const uint8_t* src = img + (oh * s.stride_h + kh * s.dilation_h) * row_bytes;
       uint8_t* dst = row + kh * run;
       if (s.dilation_w == 1) {
-        __builtin_memcpy(dst, src, run);
+        copy_codes(dst, src, run);
       } else {
         for (int64_t kw = 0; kw < s.kernel_w; ++kw)
-          __builtin_memcpy(dst + kw * gm.cpg, src + kw * s.dilation_w * gm.cpg, gm.cpg);
+          copy_codes(dst + kw * gm.cpg, src + kw * s.dilation_w * gm.cpg, gm.cpg);
       }
     }
-    __builtin_memset(row + used, CODE_ZERO, gm.kp - used);
+    fill_code_zero(row + used, gm.kp - used);
+    if (++ow == s.out_w) {
+      ow = 0;
+      if (++oh == s.out_h) {
+        oh = 0;
+        ++n;
+      }
+    }
   }
 }
 
@@ -153,24 +256,33 @@ static inline __m128i reduce4(Vec a, Vec b, Vec c, Vec d) {
 }
 #endif
 
-// sums[m] = the 4 pixels' int32 sums of weight row m.
+// sums[m] = the 4 pixels' int32 sums of weight row m (M = 1 or 2). Written out with named
+// accumulators: as arrays, GCC kept reloading the pixel vectors and copying accumulators.
 template <int M>
 static inline void micro_tile(const uint8_t* w, const uint8_t* x, int64_t kp, __m128i* sums) {
-  Vec acc[M][NR];
-  for (int m = 0; m < M; ++m)
-    for (int j = 0; j < NR; ++j) acc[m][j] = vzero();
+  Vec a00 = vzero(), a01 = vzero(), a02 = vzero(), a03 = vzero();
+  Vec a10 = vzero(), a11 = vzero(), a12 = vzero(), a13 = vzero();
+  const uint8_t* x1p = x + kp;
+  const uint8_t* x2p = x + 2 * kp;
+  const uint8_t* x3p = x + 3 * kp;
+  const uint8_t* w1p = w + kp;
   for (int64_t k = 0; k < kp; k += VEC_BYTES) {
-    const Vec x0 = vload(x + k), x1 = vload(x + kp + k);
-    const Vec x2 = vload(x + 2 * kp + k), x3 = vload(x + 3 * kp + k);
-    for (int m = 0; m < M; ++m) {
-      const Vec wv = vload(w + m * kp + k);
-      acc[m][0] = vsad_add(acc[m][0], x0, wv);
-      acc[m][1] = vsad_add(acc[m][1], x1, wv);
-      acc[m][2] = vsad_add(acc[m][2], x2, wv);
-      acc[m][3] = vsad_add(acc[m][3], x3, wv);
+    const Vec x0 = vload(x + k), x1 = vload(x1p + k), x2 = vload(x2p + k), x3 = vload(x3p + k);
+    const Vec w0 = vload(w + k);
+    a00 = vsad_add(a00, x0, w0);
+    a01 = vsad_add(a01, x1, w0);
+    a02 = vsad_add(a02, x2, w0);
+    a03 = vsad_add(a03, x3, w0);
+    if (M == 2) {
+      const Vec w1 = vload(w1p + k);
+      a10 = vsad_add(a10, x0, w1);
+      a11 = vsad_add(a11, x1, w1);
+      a12 = vsad_add(a12, x2, w1);
+      a13 = vsad_add(a13, x3, w1);
     }
   }
-  for (int m = 0; m < M; ++m) sums[m] = reduce4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+  sums[0] = reduce4(a00, a01, a02, a03);
+  if (M == 2) sums[1] = reduce4(a10, a11, a12, a13);
 }
 
 // alpha * S + beta (+ relu) for 4 pixels of one channel, stored at y[yoff[j]].
