@@ -195,12 +195,12 @@ for _op in ("adder2d_input_grad", "adder2d_weight_grad"):
     )
 
 
-# Autocast policy: adder2d runs in float32 under autocast (its inputs are cast up, never down).
-# |x - w| summed over thousands of taps loses too much in float16/bfloat16 to be a silent
-# default; call it on half tensors outside autocast to choose half precision explicitly.
-if hasattr(torch.library, "register_autocast"):
-    for _device in ("cpu", "cuda"):
-        torch.library.register_autocast("addernet::adder2d", _device, torch.float32)
+# Autocast policy, the only one: under autocast adder2d runs in float32; float16 and bfloat16
+# inputs are cast up, float64 ones stay float64 (autocast never casts float64). |x - w| summed
+# over thousands of taps loses too much in float16/bfloat16 to be a silent default; call it on
+# half tensors outside autocast to choose half precision explicitly.
+for _device in ("cpu", "cuda"):
+    torch.library.register_autocast("addernet::adder2d", _device, torch.float32)
 
 
 def adder2d(
@@ -230,15 +230,13 @@ def adder2d(
     _check_mode(input_grad)
     if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
         raise TypeError(f"adder2d: groups must be an int, got {groups!r}")
-    if (
+    if not (
         isinstance(input, Tensor)
         and input.device.type in ("cpu", "cuda")
         and torch.is_autocast_enabled(input.device.type)
     ):
-        # The autocast policy above, applied before the dtype checks see mixed dtypes.
-        input, weight = input.float(), weight.float()
-        bias = bias.float() if bias is not None else None
-    check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
+        # Under autocast the op's policy casts first and the C++ checks (same rules) run after.
+        check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
     return torch.ops.addernet.adder2d(
         input, weight, bias, stride, padding, dilation, groups, input_grad
     )

@@ -194,6 +194,39 @@ def test_autocast_runs_in_float32(device):
     torch.testing.assert_close(y, addernet_cuda.adder2d(x.to(dtype).float(), w, b, **kw))
 
 
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [
+        (torch.float64, torch.float64),
+        (torch.float32, torch.float32),
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+    ],
+)
+def test_autocast_casts_up_never_down(dtype, expected, autocast_dtype, device):
+    """One autocast policy for the wrapper, the raw op and AdderConv2d: half inputs run in
+    float32, float64 stays float64 (as F.conv2d keeps it), and the gradients keep each
+    tensor's own dtype."""
+    x, w, b, kw = make(SHAPES[1], dtype=dtype, device=device)
+    x, w = x.requires_grad_(), w.requires_grad_()
+    layer = addernet_cuda.AdderConv2d(4, 6, 3, stride=2, padding=1, dtype=dtype, device=device)
+    pad = list(kw["padding"]) if isinstance(kw["padding"], tuple) else [kw["padding"]] * 2
+    args = ([kw["stride"]] * 2, pad, [kw["dilation"]] * 2, kw["groups"], "hardtanh")
+    with torch.autocast(device, dtype=autocast_dtype):
+        y = addernet_cuda.adder2d(x, w, b, **kw)
+        raw = torch.ops.addernet.adder2d(x, w, b, *args)
+        out = layer(x)
+    assert (y.dtype, raw.dtype, out.dtype) == (expected,) * 3
+    torch.testing.assert_close(
+        y, addernet_cuda.adder2d(x.to(expected), w.to(expected), b.to(expected), **kw)
+    )
+    torch.testing.assert_close(raw, y)
+    (y.sum() + out.sum()).backward()
+    assert x.grad.dtype == dtype and w.grad.dtype == dtype and layer.weight.grad.dtype == dtype
+
+
 def test_meta_tensors_give_shapes():
     x, w = torch.empty(2, 4, 9, 7, device="meta"), torch.empty(6, 2, 3, 3, device="meta")
     y = addernet_cuda.adder2d(x, w, stride=2, padding=1, groups=2)

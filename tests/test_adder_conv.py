@@ -1,8 +1,10 @@
 """Tests of AdderConv2d, adderize and AdderNet's adaptive learning rate (addernet_cuda/nn)."""
 
 import copy
+import io
 import math
 import os
+import pickle
 import socket
 import warnings
 
@@ -105,6 +107,102 @@ def test_device_dtype_copies_and_reassignment_keep_the_tag(tmp_path):
     assert loaded.eta == 0.3 and tagged(loaded) == 0.3
 
 
+def _stepped_grad_norm(layer):
+    """The norm of the weight gradient the optimizer sees after the step pre-hook."""
+    opt = torch.optim.SGD(layer.parameters(), lr=0.0)
+    x = torch.randn(2, 4, 9, 9, dtype=layer.weight.dtype, device=layer.weight.device)
+    layer(x).sum().backward()
+    opt.step()
+    return layer.weight.grad.norm().item()
+
+
+def _meta_to_empty(layer):
+    with torch.device("meta"):
+        built = AdderConv2d(4, 6, 3, eta=0.2)
+    built = built.to_empty(device="cpu")
+    built.reset_parameters()
+    return built
+
+
+def _swapped_double(layer):
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        return layer.double()
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)
+
+
+def _assign_state(layer):
+    state = {"weight": torch.randn(6, 4, 3, 3), "bias": torch.randn(6)}
+    layer.load_state_dict(state, assign=True)
+    return layer
+
+
+def _to_meta_and_back(layer):
+    layer = layer.to("meta").to_empty(device="cpu")
+    layer.reset_parameters()
+    return layer
+
+
+def _pickled(layer):
+    return pickle.loads(pickle.dumps(layer))
+
+
+def _saved(layer):
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def _new_parameter(layer):
+    layer.weight = nn.Parameter(torch.randn(6, 4, 3, 3))
+    return layer
+
+
+REBUILDS = {
+    "meta-to_empty": _meta_to_empty,
+    "to-meta-and-back": _to_meta_and_back,
+    "swap-double": _swapped_double,
+    "double": lambda m: m.double(),
+    "half-and-back": lambda m: m.half().float(),
+    "share_memory": lambda m: m.share_memory(),
+    "load_state_dict-assign": _assign_state,
+    "deepcopy": copy.deepcopy,
+    "pickle": _pickled,
+    "torch-save-load": _saved,
+    "assign-parameter": _new_parameter,
+    "in-sequential-deepcopy": lambda m: copy.deepcopy(nn.Sequential(m))[0],
+}
+
+
+@pytest.mark.parametrize("rebuild", REBUILDS.values(), ids=REBUILDS.keys())
+def test_adaptive_lr_survives_every_parameter_rebuild(rebuild):
+    """After any way of rebuilding the weight Parameter, the step still rescales the gradient
+    to eta * sqrt(numel) (it used to be silently skipped: a norm of about 1400)."""
+    torch.manual_seed(0)
+    layer = rebuild(AdderConv2d(4, 6, 3, eta=0.2))
+    assert layer.eta == 0.2
+    assert addernet_cuda.nn.adaptive_lr.adaptive_lr_eta(layer.weight) == 0.2
+    assert _stepped_grad_norm(layer) == pytest.approx(0.2 * math.sqrt(6 * 4 * 9), rel=1e-5)
+    layer.eta = None
+    layer.zero_grad()
+    assert _stepped_grad_norm(layer) > 100  # off: the raw gradient
+
+
+@pytest.mark.parametrize("eta", ["0.2", True, torch.tensor(0.2), [0.2]])
+def test_eta_must_be_a_number(eta):
+    with pytest.raises(TypeError, match="eta must be a positive finite number or None"):
+        AdderConv2d(4, 6, 3, eta=eta)
+    with pytest.raises(TypeError, match="eta must be a positive finite number or None"):
+        addernet_cuda.set_adaptive_lr(nn.Parameter(torch.ones(1)), eta)
+    for bad in (0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eta must be a positive"):
+            AdderConv2d(4, 6, 3, eta=bad)
+    assert AdderConv2d(4, 6, 3, eta=1).eta == 1.0
+
+
 class PlainNet(nn.Module):
     """conv -> adder -> conv, with BatchNorm only after the first adder layer."""
 
@@ -163,6 +261,60 @@ def test_adderize_options():
     )
     adderize(seq)
     assert type(seq[0]) is nn.Conv2d and isinstance(seq[2], AdderConv2d)
+
+
+class SharedConvNet(nn.Module):
+    """One convolution registered under two names (``shared`` and ``again``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.shared = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.again = self.shared
+        self.bn2 = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.bn2(self.again(self.bn1(self.shared(self.stem(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_adderize_keeps_shared_modules_shared():
+    model = adderize(SharedConvNet())
+    assert isinstance(model.shared, AdderConv2d) and model.again is model.shared
+    assert len(list(model.parameters())) == len(list(SharedConvNet().parameters()))
+    assert model(torch.randn(2, 3, 6, 6)).shape == (2, 2)
+    kept = adderize(SharedConvNet(), exclude=["again"])
+    assert type(kept.shared) is nn.Conv2d and kept.again is kept.shared
+
+
+class WeightStandardisedConv(nn.Conv2d):
+    def forward(self, x):
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / 2
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_adderize_names_conv2d_subclasses_it_leaves_alone():
+    def net():
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 1),
+            WeightStandardisedConv(4, 4, 1),
+            nn.BatchNorm2d(4),
+            nn.Conv2d(4, 4, 1),
+            nn.BatchNorm2d(4),
+            nn.Flatten(),
+            nn.Linear(4, 2),
+        )
+
+    with pytest.warns(UserWarning, match=r"nn.Conv2d subclasses left unconverted.*\['1'\]"):
+        model = adderize(net())
+    assert type(model[1]) is WeightStandardisedConv and isinstance(model[3], AdderConv2d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adderize(net(), exclude=["1"])
+    with pytest.raises(TypeError, match="eta must be"):
+        adderize(net(), eta="0.2")
 
 
 # Adaptive learning rate: the same update in every training set-up. The model has no BatchNorm

@@ -659,3 +659,60 @@ def test_head_ignores_autocast():
         value = loss(x, y)
     assert logits.dtype == torch.float32
     torch.testing.assert_close(value, ref)
+
+
+LOSSES = [SLACLoss, LGMLoss, MoMLoss, LSoftmaxLoss, SoftmaxLoss]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cls", LOSSES, ids=lambda c: c.__name__)
+def test_half_precision_head_is_finite_at_init(cls, dtype):
+    """A float16/bfloat16 head computes in float32: finite loss and gradients at initialisation
+    (gamma = 0), where float16 epsilons would underflow to 0 and give 0/0."""
+    torch.manual_seed(0)
+    loss = cls(10, 16, dtype=dtype)
+    x = torch.randn(8, 16, dtype=dtype, requires_grad=True)
+    value = loss(x, torch.arange(8) % 10)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value), value
+    assert torch.isfinite(x.grad).all() and x.grad.dtype == dtype
+    for p in loss.parameters():
+        assert p.dtype == dtype
+        assert p.grad is None or torch.isfinite(p.grad).all()
+    if cls is SLACLoss:
+        assert torch.isfinite(loss.mixture.skewness_cosines()).all()
+        ref = SLACLoss(10, 16, mixture=random_mixture(10, 16, dtype=torch.float32))
+        with torch.no_grad():
+            for p, q in zip(ref.parameters(), loss.parameters()):
+                p.copy_(q.float())
+        torch.testing.assert_close(value, ref(x.detach().float(), torch.arange(8) % 10))
+
+
+@pytest.mark.parametrize("cls", LOSSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bool, torch.complex64])
+def test_targets_must_be_integer_class_indices(cls, dtype):
+    """Float and bool targets are refused (they used to be truncated: 2.7 -> 2), as
+    F.cross_entropy refuses them for class indices; every integer dtype is accepted."""
+    loss = cls(3, 4)
+    x = torch.randn(2, 4)
+    with pytest.raises(TypeError, match="integer dtype"):
+        loss(x, torch.tensor([2.7, 1.0]).to(dtype))
+    for int_dtype in (torch.int64, torch.int32, torch.uint8):
+        assert torch.isfinite(loss(x, torch.tensor([2, 1], dtype=int_dtype)))
+
+
+@pytest.mark.parametrize("cls", LOSSES + [SkewLaplaceMixture], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "k, d, error, match",
+    [
+        (2.5, 4, TypeError, "num_classes must be an int, got 2.5"),
+        (True, 4, TypeError, "num_classes must be an int, got True"),
+        ("3", 4, TypeError, "num_classes must be an int"),
+        (0, 4, ValueError, "num_classes must be >= 1, got 0"),
+        (3, -1, ValueError, "feat_dim must be >= 1, got -1"),
+        (3, 4.0, TypeError, "feat_dim must be an int"),
+    ],
+)
+def test_class_and_feature_counts_validated(cls, k, d, error, match):
+    with pytest.raises(error, match=match):
+        cls(k, d)

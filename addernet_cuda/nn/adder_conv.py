@@ -18,7 +18,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.utils import _pair
 
 from ..ops import INPUT_GRAD_MODES, adder2d
-from .adaptive_lr import adaptive_lr_eta, set_adaptive_lr
+from .adaptive_lr import check_eta, register_adaptive_module
 
 _NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
@@ -91,26 +91,21 @@ class AdderConv2d(_ConvNd):
         self.input_grad = input_grad
         self.eta = eta
 
-    # eta lives on the module and is mirrored as a tag on the weight, which the optimizer hook
-    # reads. The tag is renewed whenever the weight Parameter is replaced (assignment,
-    # load_state_dict(assign=True)) or the module is copied or unpickled.
+    # eta lives on the module only: the optimizer hook resolves it from the module's current
+    # weight at step time, so no Parameter rebuild (to_empty, meta, swapped conversion,
+    # load_state_dict(assign=True), copy, unpickling) can lose it.
     @property
     def eta(self) -> Optional[float]:
         return self._eta
 
     @eta.setter
     def eta(self, value: Optional[float]) -> None:
-        set_adaptive_lr(self.weight, value)
-        self._eta = adaptive_lr_eta(self.weight)
-
-    def __setattr__(self, name, value):
-        super().__setattr__(name, value)
-        if name == "weight" and isinstance(value, nn.Parameter) and "_eta" in self.__dict__:
-            set_adaptive_lr(value, self._eta)
+        self._eta = check_eta(value)
+        register_adaptive_module(self)
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        set_adaptive_lr(self.weight, self.__dict__.get("_eta"))
+        register_adaptive_module(self)
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight, 0.0, 1.0)
@@ -187,6 +182,26 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _kept_convs(leaves, exclude, keep_first, keep_classifier):
+    """The ids of the nn.Conv2d modules ``adderize`` leaves multiplicative."""
+    convs = [(n, m) for n, m in leaves if type(m) is nn.Conv2d]
+    keep = {id(m) for n, m in leaves if n in exclude}
+    if keep_first and convs:
+        keep.add(id(convs[0][1]))
+    if keep_classifier and convs:
+        last = convs[-1][1]
+        index = max(i for i, (_, m) in enumerate(leaves) if m is last)
+        if not any(isinstance(m, nn.Linear) for _, m in leaves[index + 1 :]):
+            keep.add(id(last))
+    return keep
+
+
+def _followed_by_norm(leaves, i: int) -> bool:
+    skip = (nn.Identity, nn.Dropout)
+    following = next((m for _, m in leaves[i + 1 :] if not isinstance(m, skip)), None)
+    return isinstance(following, _NORM_TYPES)
+
+
 def adderize(
     model: nn.Module,
     keep_first: bool = True,
@@ -205,43 +220,50 @@ def adderize(
     order, which is also how "first", "last" and "followed by" are judged: a warning names every
     adder layer whose next module is not a normalisation layer (adder outputs are large and
     negative, and train poorly without one).
+
+    A convolution shared under several names becomes one AdderConv2d shared under all of them
+    (naming one in ``exclude`` keeps it). ``nn.Conv2d`` subclasses may compute something else,
+    so they are not converted: a warning names them unless ``exclude`` does.
     """
+    check_eta(eta)
     exclude = set(exclude)
-    leaves = [(n, m) for n, m in model.named_modules() if len(list(m.children())) == 0]
-    convs = [n for n, m in leaves if type(m) is nn.Conv2d]
-    keep = set(exclude)
-    if keep_first and convs:
-        keep.add(convs[0])
-    if keep_classifier and convs:
-        last = convs[-1]
-        index = [n for n, _ in leaves].index(last)
-        if not any(isinstance(m, nn.Linear) for _, m in leaves[index + 1 :]):
-            keep.add(last)
+    leaves = [
+        (n, m) for n, m in model.named_modules(remove_duplicate=False) if not any(m.children())
+    ]
     missing = exclude - {n for n, _ in leaves}
     if missing:
         raise ValueError(
             f"adderize: exclude names modules that are not in the model: {sorted(missing)}"
         )
-    unnormalised = []
+    keep = _kept_convs(leaves, exclude, keep_first, keep_classifier)
+    adders, unnormalised = {}, []
     for i, (name, module) in enumerate(leaves):
-        if type(module) is not nn.Conv2d or name in keep:
+        if type(module) is not nn.Conv2d or id(module) in keep:
             continue
-        _set_submodule(
-            model,
-            name,
-            AdderConv2d.from_conv(
+        if id(module) not in adders:
+            adders[id(module)] = AdderConv2d.from_conv(
                 module, eta=eta, input_grad=input_grad, copy_weights=copy_weights
-            ),
-        )
-        following = next(
-            (m for _, m in leaves[i + 1 :] if not isinstance(m, (nn.Identity, nn.Dropout))), None
-        )
-        if not isinstance(following, _NORM_TYPES):
+            )
+        _set_submodule(model, name, adders[id(module)])
+        if not _followed_by_norm(leaves, i):
             unnormalised.append(name)
-    if unnormalised:
-        warnings.warn(
-            f"adderize: adder layers not followed by a normalisation layer: {unnormalised}. Adder "
-            "outputs are large negative numbers; add BatchNorm after them.",
-            stacklevel=2,
-        )
+    _warn(
+        unnormalised,
+        "adder layers not followed by a normalisation layer: {}. Adder outputs are large "
+        "negative numbers; add BatchNorm after them.",
+    )
+    _warn(
+        [
+            n
+            for n, m in leaves
+            if isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d and id(m) not in keep
+        ],
+        "nn.Conv2d subclasses left unconverted (their forward may differ from a plain "
+        "convolution; name them in exclude to silence this): {}",
+    )
     return model
+
+
+def _warn(names, message: str) -> None:
+    if names:
+        warnings.warn("adderize: " + message.format(names), stacklevel=3)

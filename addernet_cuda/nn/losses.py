@@ -36,6 +36,8 @@ separate terms, detached, in ``.last_terms``.
 
 The Gaussian quadratic forms are expanded into matrix products as in :mod:`.slac`; nothing of size
 ``B x K x d`` is formed.
+As in :mod:`.slac`, a float16/bfloat16 loss computes in float32 (its parameters cast up, the
+logits and the loss in float32), and targets must be class indices of an integer dtype.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .slac import _no_autocast, _sq_mahalanobis
+from .slac import _class_targets, _compute_dtype, _no_autocast, _positive_int, _sq_mahalanobis
 
 __all__ = ["LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]
 
@@ -55,14 +57,15 @@ __all__ = ["LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]
 def _check(features: torch.Tensor, feat_dim: int, param: torch.Tensor) -> torch.Tensor:
     if features.dim() != 2 or features.shape[1] != feat_dim:
         raise ValueError(f"features must be [B, {feat_dim}], got {list(features.shape)}")
-    return features.to(param.dtype)
+    return features.to(_compute_dtype(param.dtype))
 
 
-def _targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    targets = targets.to(device=logits.device, dtype=torch.long)
-    if targets.shape != logits.shape[:1]:
-        raise ValueError(f"targets must be [{logits.shape[0]}], got {list(targets.shape)}")
-    return targets
+def _up(param: torch.Tensor) -> torch.Tensor:
+    """``param`` in the compute dtype (float32 for float16/bfloat16; see :mod:`.slac`)."""
+    return param.to(_compute_dtype(param.dtype))
+
+
+_targets = _class_targets
 
 
 class _GaussianMixtureLoss(nn.Module):
@@ -79,8 +82,9 @@ class _GaussianMixtureLoss(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if num_classes < 1 or feat_dim < 1 or num_components < 1:
-            raise ValueError("num_classes, feat_dim and num_components must be >= 1")
+        num_classes = _positive_int("num_classes", num_classes)
+        feat_dim = _positive_int("feat_dim", feat_dim)
+        num_components = _positive_int("num_components", num_components)
         if alpha < 0:
             raise ValueError(f"alpha (the margin) must be >= 0, got {alpha}")
         factory = {"device": device, "dtype": dtype}
@@ -102,9 +106,10 @@ class _GaussianMixtureLoss(nn.Module):
 
     def _component_terms(self, x: torch.Tensor):
         """``d_kc`` and ``-1/2 log|Sigma_kc|``, as ``[B, K, C]`` and ``[K, C]``."""
-        q, _, _ = _sq_mahalanobis(x, self.means, torch.exp(-self.log_var))
+        log_var = _up(self.log_var)
+        q, _, _ = _sq_mahalanobis(x, _up(self.means), torch.exp(-log_var))
         k, c = self.num_classes, self.num_components
-        return 0.5 * q.view(-1, k, c), -0.5 * self.log_var.sum(1).view(k, c)
+        return 0.5 * q.view(-1, k, c), -0.5 * log_var.sum(1).view(k, c)
 
     def _log_mixing(self) -> Optional[torch.Tensor]:
         return None
@@ -216,7 +221,7 @@ class MoMLoss(_GaussianMixtureLoss):
         return self.mix_logits.softmax(1)
 
     def _log_mixing(self) -> torch.Tensor:
-        return self.mix_logits.log_softmax(1)
+        return _up(self.mix_logits).log_softmax(1)
 
 
 class LSoftmaxLoss(nn.Module):
@@ -252,7 +257,9 @@ class LSoftmaxLoss(nn.Module):
         super().__init__()
         if int(margin) != margin or margin < 1:
             raise ValueError(f"margin must be a positive integer, got {margin}")
-        self.num_classes, self.feat_dim, self.margin = int(num_classes), int(feat_dim), int(margin)
+        self.num_classes = _positive_int("num_classes", num_classes)
+        self.feat_dim = _positive_int("feat_dim", feat_dim)
+        self.margin = int(margin)
         self.base, self.gamma, self.power, self.lambda_min = (
             float(base),
             float(gamma),
@@ -291,15 +298,16 @@ class LSoftmaxLoss(nn.Module):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Plain logits ``x @ weight^T``, ``[B, K]``."""
-        return _check(features, self.feat_dim, self.weight) @ self.weight.t()
+        return _check(features, self.feat_dim, self.weight) @ _up(self.weight).t()
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = _check(features, self.feat_dim, self.weight)
-        logits = x @ self.weight.t()
+        weight = _up(self.weight)
+        logits = x @ weight.t()
         y = _targets(targets, logits)
         lam = self.current_lambda()
         wx = logits.gather(1, y.unsqueeze(1)).squeeze(1)
-        norms = self.weight.norm(dim=1)[y] * x.norm(dim=1)
+        norms = weight.norm(dim=1)[y] * x.norm(dim=1)
         cos = (wx / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
         target_logit = (lam * wx + norms * self.psi(cos)) / (1.0 + lam)
         margin_logits = logits.scatter(1, y.unsqueeze(1), target_logit.unsqueeze(1))
@@ -327,12 +335,14 @@ class SoftmaxLoss(nn.Module):
         self, num_classes: int, feat_dim: int, bias: bool = True, *, device=None, dtype=None
     ):
         super().__init__()
-        self.num_classes, self.feat_dim = int(num_classes), int(feat_dim)
+        self.num_classes = _positive_int("num_classes", num_classes)
+        self.feat_dim = _positive_int("feat_dim", feat_dim)
         self.fc = nn.Linear(feat_dim, num_classes, bias=bias, device=device, dtype=dtype)
         self.last_terms: Dict[str, torch.Tensor] = {}
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(_check(features, self.feat_dim, self.fc.weight))
+        bias = None if self.fc.bias is None else _up(self.fc.bias)
+        return F.linear(_check(features, self.feat_dim, self.fc.weight), _up(self.fc.weight), bias)
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self.logits(features)

@@ -33,19 +33,27 @@ are expanded into matrix products, e.g. ``Q = (x*x) @ P^T - 2 x @ (P*mu)^T + sum
 ``[K, K]`` buffers besides its ``[K, d]`` parameters. Both sides are first centred on the mean
 location (a constant shift, which leaves ``Q`` unchanged) to limit float32 cancellation; what
 cancellation is left is handled by clamping ``Q`` and ``D_mu`` at 0 and setting ``D_mu``'s
-diagonal to exactly 0. ``sqrt(Q)`` is taken of ``max(Q, eps)`` (``eps`` the dtype's machine
-epsilon), so its gradient stays bounded where a feature sits on a location; the cosine divides by
-``max(||gamma||, 1e-8)``, so ``gamma = 0`` (the initial value) gives a cosine of 0, not NaN.
+diagonal to exactly 0. ``sqrt(Q)`` is taken of ``max(Q, eps)`` (``eps`` the compute dtype's
+machine epsilon), so its gradient stays bounded where a feature sits on a location; the cosine
+divides by ``max(||gamma||, 1e-8)``, so ``gamma = 0`` (the initial value) gives a cosine of 0, not
+NaN.
 
-The head computes in its own dtype with autocast disabled: the expanded quadratic form does not
-survive float16/bfloat16. It does not change the global TF32 setting; with TF32 matmuls enabled
-on a GPU, ``Q`` carries TF32's ~1e-3 relative error of ``|x|^2``.
+The head computes with autocast disabled, in its own dtype when that is float32 or float64 and in
+float32 when it is float16 or bfloat16 (its parameters are cast up for the computation, and the
+logits and losses come out in float32): the expanded quadratic form does not survive half
+precision, and the epsilons above (1e-8 underflows to 0 in float16) are only valid in float32 and
+float64. It does not change the global TF32 setting; with TF32 matmuls enabled on a GPU, ``Q``
+carries TF32's ~1e-3 relative error of ``|x|^2``.
+
+Targets are class indices of an integer dtype, as :func:`torch.nn.functional.cross_entropy`
+requires; float and bool targets are refused rather than truncated.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from typing import Dict, List, Optional
 
 import torch
@@ -54,7 +62,39 @@ import torch.nn.functional as F
 
 __all__ = ["SkewLaplaceMixture", "SLACLoss", "skew_laplace_log_norm"]
 
-_COS_EPS = 1e-8
+_COS_EPS = 1e-8  # valid in float32 and float64, the only dtypes the heads compute in
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a head computes in: float32 for float16/bfloat16, else its own dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, or a TypeError/ValueError naming ``name``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # also numpy and 0-d tensor integers
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _class_targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Integer class-index targets ``[B]`` as int64 on the logits' device; float, bool and
+    complex targets are refused (they would be truncated to a class index)."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a tensor of class indices, got {type(targets).__name__}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(
+            f"targets must be class indices of an integer dtype (torch.long), got {targets.dtype}"
+        )
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets must be [{logits.shape[0]}], got {list(targets.shape)}")
+    return targets.to(device=logits.device, dtype=torch.long)
 
 
 def skew_laplace_log_norm(d: int) -> float:
@@ -124,10 +164,8 @@ class SkewLaplaceMixture(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if num_classes < 1 or feat_dim < 1:
-            raise ValueError(
-                f"num_classes and feat_dim must be >= 1, got {num_classes} and {feat_dim}"
-            )
+        num_classes = _positive_int("num_classes", num_classes)
+        feat_dim = _positive_int("feat_dim", feat_dim)
         factory = {"device": device, "dtype": dtype}
         self.num_classes = int(num_classes)
         self.feat_dim = int(feat_dim)
@@ -186,23 +224,29 @@ class SkewLaplaceMixture(nn.Module):
     def log_prior(self) -> float:
         return -math.log(self.num_classes)
 
+    def _params(self):
+        """``(mu, gamma, log_var)`` in the compute dtype (float32 for a half-precision head)."""
+        dtype = _compute_dtype(self.mu.dtype)
+        return self.mu.to(dtype), self.gamma.to(dtype), self.log_var.to(dtype)
+
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.feat_dim:
             raise ValueError(f"features must be [B, {self.feat_dim}], got {list(x.shape)}")
-        return x.to(self.mu.dtype)
+        return x.to(_compute_dtype(self.mu.dtype))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log f_k(x)`` for every feature and class, ``[B, K]`` (normalised, ``c_d`` included)."""
         with _no_autocast(x.device.type):
             x = self._check(x)
-            prec = self.precision()
-            q, xc, mc = _sq_mahalanobis(x, self.mu, prec)
-            pg = prec * self.gamma
+            mu, gamma, log_var = self._params()
+            prec = torch.exp(-log_var)
+            q, xc, mc = _sq_mahalanobis(x, mu, prec)
+            pg = prec * gamma
             # (x - mu_k)^T Sigma_k^-1 gamma_k = xc @ pg^T - sum_j mc pg
             skew = torch.addmm(-(pg * mc).sum(1).unsqueeze(0), xc, pg.t())
-            alpha = torch.sqrt(1.0 + (pg * self.gamma).sum(1))
+            alpha = torch.sqrt(1.0 + (pg * gamma).sum(1))
             root = q.clamp_min(torch.finfo(q.dtype).eps).sqrt()
-            const = -0.5 * self.log_var.sum(1) - alpha.log() - self.log_norm_const
+            const = -0.5 * log_var.sum(1) - alpha.log() - self.log_norm_const
             return skew - alpha * root + const
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,14 +262,16 @@ class SkewLaplaceMixture(nn.Module):
         """``D_mu(m, n) = (mu_m - mu_n)^T Sigma_n^-1 (mu_m - mu_n)``, ``[K, K]`` (Eq. 7), by
         expansion; clamped at 0 and with a diagonal of exactly 0."""
         with _no_autocast(self.mu.device.type):
-            d_mu, _, _ = _sq_mahalanobis(self.mu, self.mu, self.precision())
+            mu, _, log_var = self._params()
+            d_mu, _, _ = _sq_mahalanobis(mu, mu, torch.exp(-log_var))
             eye = torch.eye(self.num_classes, dtype=torch.bool, device=d_mu.device)
             return d_mu.masked_fill(eye, 0.0)
 
     def skewness_cosines(self) -> torch.Tensor:
         """``D_gamma(m, n) = cos(gamma_m, gamma_n)``, ``[K, K]`` (Eq. 6); 0 where a skewness is 0."""
         with _no_autocast(self.gamma.device.type):
-            unit = self.gamma / self.gamma.norm(dim=1, keepdim=True).clamp_min(_COS_EPS)
+            gamma = self._params()[1]
+            unit = gamma / gamma.norm(dim=1, keepdim=True).clamp_min(_COS_EPS)
             return unit @ unit.t()
 
     def angle_target(self, detach: bool = True) -> torch.Tensor:
@@ -394,9 +440,7 @@ class SLACLoss(nn.Module):
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self.mixture(features)
-        targets = targets.to(device=logits.device, dtype=torch.long)
-        if targets.shape != logits.shape[:1]:
-            raise ValueError(f"targets must be [{logits.shape[0]}], got {list(targets.shape)}")
+        targets = _class_targets(targets, logits)
         n = max(logits.shape[0], 1)  # an empty batch gives L_c = L_nll = 0 rather than NaN
         ce = F.cross_entropy(logits, targets, reduction="sum") / n
         nll = -logits.gather(1, targets.unsqueeze(1)).sum() / n

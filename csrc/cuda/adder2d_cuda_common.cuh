@@ -1,6 +1,7 @@
-// Device-side pieces shared by the adder2d CUDA kernels (adder2d_cuda.cu,
-// adder2d_input_grad_cuda.cu, adder2d_weight_grad_cuda.cu). Free of torch headers: the kernels
-// work on raw pointers and an Adder2dGeom; only the op entry functions in the .cu files use ATen.
+// Pieces shared by the adder2d CUDA kernels (adder2d_forward_kernels.cuh,
+// adder2d_input_grad_kernels.cuh, adder2d_weight_grad_kernels.cuh). Free of torch headers: the
+// kernels work on raw pointers and an Adder2dGeom, and the same source is compiled by nvcc and by
+// the CPU emulation (tests/cuda_emulation/); only the op entry functions in the .cu files use ATen.
 //
 // Accumulation type: float for float, float16 and bfloat16, double for double. Tensors are
 // contiguous NCHW (input, grad_output) and [Co, C/groups, KH, KW] (weight).
@@ -83,6 +84,16 @@ inline Adder2dGeom adder2d_geom(const Adder2dShape& s) {
 inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
+
+// What a launch configuration may depend on besides the shape: the device's SM count and the grid
+// caps. The defaults are the GPU's caps; the emulation lowers them (to 2 or 3) to run the
+// grid-stride and split loops that the real caps reach only with gigabytes of data.
+struct LaunchLimits {
+  int sm_count = 1;
+  int64_t max_blocks_1d = int64_t(1) << 20;   // grid-stride kernels: direct forward, input grad
+  int64_t max_grid_y = 65535;                 // tiled forward's grid.y, weight-gradient splits
+  int64_t max_sum_blocks = int64_t(1) << 16;  // the weight gradient's split sum
+};
 
 // q = a / b, r = a % b for a >= 0, b > 0, with 32-bit division when both fit.
 __device__ __forceinline__ void divmod_nonneg(int64_t a, int64_t b, int64_t& q, int64_t& r) {
