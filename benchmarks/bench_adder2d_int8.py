@@ -195,7 +195,8 @@ def markdown(result: dict) -> str:
         "",
         f"Byte-SAD ceiling measured in this run (register-resident vpsadbw + vpaddq on "
         f"{env['threads']} threads): {ceiling:.0f} G byte-taps/s. Times: medians in ms [p20, p80] "
-        "of interleaved rounds, float32 in and out; ratios are time / time (lower is better).",
+        f"of interleaved rounds ({result['clock']}), float32 in and out; ratios are time / time "
+        "(lower is better).",
         "",
         "| layer | batch | int8 adder | conv2d | torch int8 conv | torch int8 (int8 i/o) | "
         "adder / conv2d | adder / torch int8 | torch int8 / conv2d | G taps/s | padded G bytes/s | "

@@ -3,6 +3,8 @@
 import json
 import os
 
+import torch
+
 from benchmarks import bench_adder2d, check_regression
 
 
@@ -71,3 +73,24 @@ def test_committed_cpu_results_cover_every_layer():
         result = json.load(f)
     assert {r["shape"] for r in result["rows"]} == set(bench_adder2d.SHAPES)
     assert result["device"] == "cpu" and result["environment"]["cpu_model"]
+
+
+def test_int8_benchmark_runs_and_writes_results(tmp_path):
+    from benchmarks import bench_adder2d_int8
+
+    threads = torch.get_num_threads()
+    try:
+        bench_adder2d_int8.main(
+            ["--shapes", "lenet5.c2", "--repeats", "2", "--batch", "4", "--no-whole"]
+            + ["--out", str(tmp_path)]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    with open(tmp_path / "results_int8.json") as f:
+        result = json.load(f)
+    row = result["rows"][0]
+    assert row["shape"] == "lenet5.c2" and row["batch"] == 4
+    assert row["int8_adder"]["median_s"] > 0 and row["conv2d"]["median_s"] > 0
+    assert "torch_int8_conv" in row or "torch_int8_conv.skipped" in row
+    assert result["sad_ceiling_gbytes_per_s"] > 0
+    assert "int8 adder benchmark" in (tmp_path / "results_int8.md").read_text()

@@ -217,6 +217,7 @@ def _capture(model: nn.Module, names: List[str], calibration, max_images: int):
         with torch.no_grad():
             for batch in calibration:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                x = x.cpu()  # the quantized copy lives on the CPU
                 model(x)
                 seen += x.shape[0]
     finally:

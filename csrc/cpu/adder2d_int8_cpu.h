@@ -43,7 +43,7 @@ struct Int8KernelSet {
 Int8KernelSet int8_base_kernels();
 // Register-resident ceiling of the AVX2 byte SAD on this thread: byte-taps per second of a loop
 // of independent vpsadbw + vpaddq (12 accumulators, no memory traffic) run for `iterations`
-// steps; 0 when the build has no AVX2 kernels. The benchmark compares the kernel against it.
+// steps, timed in thread CPU time; 0 when the build has no AVX2 kernels. The benchmark compares the kernel against it.
 double int8_sad_ceiling_avx2(int64_t iterations);
 // The AVX2 table; the baseline one when the build has no AVX2 kernels.
 Int8KernelSet int8_avx2_kernels();
