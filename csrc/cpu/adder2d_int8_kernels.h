@@ -267,7 +267,9 @@ static inline void micro_tile(const uint8_t* w, const uint8_t* x, int64_t kp, __
   const uint8_t* x3p = x + 3 * kp;
   const uint8_t* w1p = w + kp;
   for (int64_t k = 0; k < kp; k += VEC_BYTES) {
-    const Vec x0 = vload(x + k), x1 = vload(x1p + k), x2 = vload(x2p + k), x3 = vload(x3p + k);
+    Vec x0 = vload(x + k), x1 = vload(x1p + k), x2 = vload(x2p + k), x3 = vload(x3p + k);
+    // Pins the pixel vectors in registers: without it GCC reloaded each one for every use.
+    __asm__("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3));
     const Vec w0 = vload(w + k);
     a00 = vsad_add(a00, x0, w0);
     a01 = vsad_add(a01, x1, w0);
@@ -281,6 +283,9 @@ static inline void micro_tile(const uint8_t* w, const uint8_t* x, int64_t kp, __
       a13 = vsad_add(a13, x3, w1);
     }
   }
+  // Keeps the accumulators where the loop left them (GCC copied four of them every step).
+  __asm__("" : "+x"(a00), "+x"(a01), "+x"(a02), "+x"(a03));
+  __asm__("" : "+x"(a10), "+x"(a11), "+x"(a12), "+x"(a13));
   sums[0] = reduce4(a00, a01, a02, a03);
   if (M == 2) sums[1] = reduce4(a10, a11, a12, a13);
 }
