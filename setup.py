@@ -1,7 +1,15 @@
-"""Build of addernet_cuda and its extension module addernet_cuda._C.
+"""Build of addernet_cuda: the extension modules addernet_cuda._C and addernet_cuda._C_cuda.
 
-The C++ CPU kernels are always compiled; the CUDA kernels (csrc/cuda/*.cu) whenever the
-installed torch is a CUDA build, nvcc is found (CUDA_HOME) and ADDERNET_FORCE_CPU is not 1.
+Both are built on torch's stable ABI (TORCH_TARGET_VERSION = addernet_cuda.version.STABLE_ABI)
+and Python's limited API, so one build runs on that torch and every later one, and on every
+Python from 3.9 (an abi3 wheel). A plain ``pip install .`` builds against whatever torch the
+isolated build environment gets; the result runs with the torch already installed.
+
+  addernet_cuda._C       op schemas, CPU kernels, build information (needs only torch's CPU
+                         libraries: imports under a CPU-only torch)
+  addernet_cuda._C_cuda  the CUDA kernels, built whenever the building torch is a CUDA build,
+                         nvcc is found (CUDA_HOME) and ADDERNET_FORCE_CPU is not 1; loaded only
+                         when the running torch has CUDA (addernet_cuda/_extension.py)
 
 Environment switches:
   ADDERNET_FORCE_CPU=1     compile the CPU kernels only
@@ -9,27 +17,31 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST     CUDA architectures, e.g. "8.0;9.0" (default: the visible GPU's, or
                            "8.0;9.0" when no GPU is visible)
   MAX_JOBS                 parallel compile jobs (ninja)
-
-Build against the torch you run with: ``pip install --no-build-isolation .``. The package
-refuses to import an extension built against another torch (addernet_cuda/_extension.py).
 """
 
 import glob
 import os
-import platform
 
 import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Warnings and language standard: the same in CMakeLists.txt.
+WARNINGS = ["-Wall", "-Wno-psabi"]
+STD = "-std=c++20"
 
 
-def version():
+def package_info():
     about = {}
     with open(os.path.join(ROOT, "addernet_cuda", "version.py")) as f:
         exec(f.read(), about)
-    return about["__version__"]
+    return about
+
+
+def target_version_define(stable_abi):
+    major, minor = (int(part) for part in stable_abi.split("."))
+    return f"-DTORCH_TARGET_VERSION=0x{major:02x}{minor:02x}000000000000"
 
 
 def want_cuda():
@@ -42,52 +54,58 @@ def cuda_sources():
     return sorted(glob.glob("csrc/cuda/*.cu"))
 
 
-def extension():
+def compile_args(stable_abi, with_cuda):
     debug = os.environ.get("ADDERNET_DEBUG", "0") == "1"
-    with_cuda = want_cuda()
-    sources = ["csrc/module.cpp", "csrc/adder2d.cpp", "csrc/adder2d_int8.cpp"] + sorted(
-        glob.glob("csrc/cpu/*.cpp")
-    )
-    cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
-    if platform.system() != "Windows":
-        # at::parallel_for is OpenMP code inlined from ATen's headers: without -fopenmp it runs
-        # on one thread. The AVX2 kernels get their flags from a pragma (adder2d_cpu_avx2.cpp).
-        # -Wno-psabi: the kernels pass 32-byte vectors between static inline functions, which
-        # GCC flags in the baseline build although no ABI boundary is crossed.
-        cxx += ["-fopenmp", "-Wno-psabi"]
-    nvcc = ["-O0", "-g", "-G", "-lineinfo"] if debug else ["-O3", "-DNDEBUG", "-lineinfo"]
+    # -Wno-psabi: the kernels pass 32-byte vectors between static inline functions, which GCC
+    # flags in the baseline build although no ABI boundary is crossed. The AVX2 kernels get
+    # their flags from a pragma (adder2d_cpu_avx2.cpp).
+    cxx = [STD] + (["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]) + WARNINGS
+    nvcc = [STD] + (["-O0", "-g", "-G", "-lineinfo"] if debug else ["-O3", "-DNDEBUG", "-lineinfo"])
     nvcc += ["--expt-relaxed-constexpr", "-Xptxas=-warn-spills"]
     archs = ""
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPU")
-        sources += cuda_sources()
         cxx.append("-DADDERNET_WITH_CUDA")
         nvcc.append("-DADDERNET_WITH_CUDA")
     flags = " ".join(cxx + (nvcc if with_cuda else []))
     defines = [
+        target_version_define(stable_abi),
+        f'-DADDERNET_STABLE_ABI="{stable_abi}"',
         f'-DADDERNET_TORCH_VERSION="{torch.__version__}"',
         f'-DADDERNET_CUDA_ARCHS="{archs}"',
         f'-DADDERNET_BUILD_FLAGS="{flags}"',
     ]
-    args = {"cxx": cxx + defines}
+    return {"cxx": cxx + defines, "nvcc": nvcc + defines}
+
+
+def extensions(stable_abi):
+    with_cuda = want_cuda()
+    args = compile_args(stable_abi, with_cuda)
+    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=True)
+    cpu_sources = ["csrc/module.cpp", "csrc/adder2d.cpp", "csrc/adder2d_library.cpp"]
+    cpu_sources += ["csrc/adder2d_int8.cpp"]
+    cpu_sources += sorted(glob.glob("csrc/cpu/*.cpp"))
+    exts = [
+        CppExtension(
+            "addernet_cuda._C", cpu_sources, extra_compile_args={"cxx": args["cxx"]}, **common
+        )
+    ]
     if with_cuda:
-        args["nvcc"] = nvcc + defines
-    kind = CUDAExtension if with_cuda else CppExtension
-    return kind(
-        name="addernet_cuda._C",
-        sources=sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args=args,
-        extra_link_args=["-fopenmp"] if platform.system() != "Windows" else [],
-    )
+        sources = sorted(glob.glob("csrc/cuda/*.cpp")) + cuda_sources()
+        exts.append(
+            CUDAExtension("addernet_cuda._C_cuda", sources, extra_compile_args=args, **common)
+        )
+    return exts
 
 
+about = package_info()
 setup(
     name="addernet_cuda",
-    version=version(),
+    version=about["__version__"],
     packages=find_packages(include=["addernet_cuda", "addernet_cuda.*"]),
-    ext_modules=[extension()],
+    ext_modules=extensions(about["STABLE_ABI"]),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -1,48 +1,81 @@
-"""Loads the compiled extension addernet_cuda._C, which registers torch.ops.addernet.*.
+"""Loads the compiled extension: addernet_cuda._C (op schemas and CPU kernels) and, when the
+running torch has CUDA, addernet_cuda._C_cuda (the CUDA kernels), which registers
+torch.ops.addernet.*.
 
-An extension compiled against one torch and loaded with another fails in obscure ways
-(undefined symbols, or worse, silent ABI mismatches). This module refuses both cases with an
-instruction to rebuild.
+Both are built on torch's stable ABI for version STABLE_ABI (addernet_cuda/version.py): one
+build runs on that torch and every later one. An older torch is refused before anything is
+loaded, with the versions named.
 """
 
 import importlib
+import re
 
 import torch
 
-REBUILD = (
-    "Rebuild it against the installed torch: `pip install --no-build-isolation --force-reinstall "
-    "--no-deps .` in the addernet_cuda source tree (or run scripts/test.sh, which rebuilds)."
+from .version import STABLE_ABI
+
+REINSTALL = (
+    "Install torch >= {abi} (`pip install 'torch>={abi}'`), or reinstall addernet_cuda with "
+    "`pip install --force-reinstall --no-deps .` in its source tree."
 )
 
 
-def _load():
+def _major_minor(version):
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        raise ImportError(f"addernet_cuda: cannot read the torch version {version!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _check_torch_version():
+    if _major_minor(torch.__version__) < _major_minor(STABLE_ABI):
+        raise ImportError(
+            f"addernet_cuda: the extension is built for the torch stable ABI {STABLE_ABI} and runs "
+            f"with torch >= {STABLE_ABI}, but torch {torch.__version__} is running. "
+            + REINSTALL.format(abi=STABLE_ABI)
+        )
+
+
+def _import(name):
     try:
-        module = importlib.import_module("addernet_cuda._C")
+        return importlib.import_module(name)
     except ImportError as error:
         raise ImportError(
-            f"addernet_cuda: cannot load the compiled extension addernet_cuda._C ({error}). "
-            f"It is missing or was built against another torch than torch {torch.__version__}. "
-            + REBUILD
+            f"addernet_cuda: cannot load the compiled extension {name} ({error}) with torch "
+            f"{torch.__version__}. " + REINSTALL.format(abi=STABLE_ABI)
         ) from error
-    built = module.torch_version()
-    if built != torch.__version__:
+
+
+def _load():
+    _check_torch_version()
+    module = _import("addernet_cuda._C")
+    built_for = module.build_info()["stable_abi"]
+    if built_for != STABLE_ABI:
         raise ImportError(
-            f"addernet_cuda: the extension was built against torch {built} but torch "
-            f"{torch.__version__} is running. " + REBUILD
+            f"addernet_cuda: the compiled extension is built for the torch stable ABI {built_for} "
+            f"but this package's Python code expects {STABLE_ABI}: a stale build. "
+            + REINSTALL.format(abi=STABLE_ABI)
         )
-    return module
+    cuda = None
+    if module.build_info()["cuda_compiled"] and torch.version.cuda is not None:
+        cuda = _import("addernet_cuda._C_cuda")
+    return module, cuda
 
 
-_C = _load()
+_C, _C_cuda = _load()
 
 
 def build_info():
-    """How the extension was built.
+    """How the extension was built and what this process loaded.
 
-    Returns a dict with ``backends`` (``["cpu"]`` or ``["cpu", "cuda"]``), ``torch_version``
-    (the torch it was compiled against), ``cuda_archs`` (``TORCH_CUDA_ARCH_LIST`` of the CUDA
-    build), ``flags`` (compiler flags), ``debug``, ``openmp``, ``cpu_avx2_compiled`` and
-    ``cpu_isa`` (the instruction set the CPU kernels use on this machine: ``"avx2"`` or
-    ``"base"``; ``ADDERNET_CPU_ISA=base`` forces the latter).
+    Returns a dict with ``backends`` (the kernels loaded: ``["cpu"]`` or ``["cpu", "cuda"]``;
+    a build with CUDA kernels loads them only under a CUDA build of torch), ``cuda_compiled``
+    (whether the build has CUDA kernels), ``torch_version`` (the torch it was compiled with),
+    ``stable_abi`` (the oldest torch it runs on: every later one works too), ``cuda_archs``
+    (``TORCH_CUDA_ARCH_LIST`` of the CUDA build), ``flags`` (compiler flags), ``debug``,
+    ``cpu_avx2_compiled`` and ``cpu_isa`` (the instruction set the CPU kernels use on this
+    machine: ``"avx2"`` or ``"base"``; ``ADDERNET_CPU_ISA=base`` forces the latter).
     """
-    return dict(_C.build_info())
+    info = dict(_C.build_info())
+    info["backends"] = ["cpu"] + (["cuda"] if _C_cuda is not None else [])
+    return info

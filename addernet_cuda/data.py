@@ -358,15 +358,22 @@ class TensorLoader:
     def _indices(self) -> torch.Tensor:
         n = len(self.split)
         if not self.shuffle:
-            return torch.arange(self.rank, n, self.world)
+            return torch.arange(n)[self.rank :: self.world]
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         perm = torch.randperm(n, generator=g)
         perm = perm[: n - n % self.world] if n >= self.world else perm
         return perm[self.rank :: self.world]
 
+    def _shard_size(self) -> int:
+        """``len(self._indices())`` by arithmetic, without drawing the permutation: a training
+        permutation cut to a multiple of ``world`` gives each process ``n // world`` samples."""
+        n = len(self.split)
+        if self.shuffle and n >= self.world:
+            return n // self.world
+        return len(range(self.rank, n, self.world))
+
     def __len__(self) -> int:
-        n = len(self._indices())
-        steps = math.ceil(n / self.batch_size)
+        steps = math.ceil(self._shard_size() / self.batch_size)
         return steps if self.max_batches is None else min(steps, self.max_batches)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

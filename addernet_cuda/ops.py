@@ -52,9 +52,15 @@ def out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_output=None):
-    """Validates adder2d arguments (the same rules and messages as the C++ checks) and returns
-    the output shape (N, Co, OH, OW)."""
+def _geometry(stride: IntPair, padding: IntPair, dilation: IntPair, groups: int):
+    """stride, padding and dilation as pairs, after the type checks (TypeError) of all four."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
+        raise TypeError(f"adder2d: groups must be an int, got {groups!r}")
+    return _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+
+
+def _check_tensors(op, input, weight, bias, grad_output) -> None:
+    """The ranks, dtypes and devices of check_args's tensors."""
     if not isinstance(input, Tensor) or input.dim() != 4:
         got = (
             f"{input.dim()}-D with shape {tuple(input.shape)}"
@@ -82,6 +88,16 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
             )
         if t.device != input.device:
             raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
+
+
+def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_output=None):
+    """Validates adder2d arguments and returns the output shape (N, Co, OH, OW).
+
+    The public check: ValueError/TypeError naming the argument, raised by :func:`adder2d`, the
+    gradient wrappers and the fake kernels. The C++ check (``check_adder2d_args``) applies the
+    same rules with the same messages as a RuntimeError, for raw ``torch.ops.addernet`` calls;
+    ``tests/adder2d_cases.py`` holds one row per check and asserts the text through both."""
+    _check_tensors(op, input, weight, bias, grad_output)
     for name, value, low in (
         ("stride", stride, 1),
         ("padding", padding, 0),
@@ -129,21 +145,25 @@ def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_
     return shape
 
 
-def _check_mode(mode: str) -> None:
+def check_input_grad_mode(mode: str, what: str = "adder2d: input_grad") -> None:
+    """Refuses an input-gradient rule other than "hardtanh" or "exact" (the one check, used by
+    the ops, the reference and AdderConv2d; the C++ kernels' parse_input_grad_mode says the same
+    with a RuntimeError). `what` names the argument as the message starts."""
     if mode not in INPUT_GRAD_MODES:
-        raise ValueError(f'adder2d: input_grad must be "hardtanh" or "exact", got {mode!r}')
+        got = f'"{mode}"' if isinstance(mode, str) else repr(mode)
+        raise ValueError(f'{what} must be "hardtanh" or "exact", got {got}')
 
 
 @torch.library.register_fake("addernet::adder2d")
 def _adder2d_fake(input, weight, bias, stride, padding, dilation, groups, input_grad="hardtanh"):
-    _check_mode(input_grad)
+    check_input_grad_mode(input_grad)
     shape = check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
     return input.new_empty(shape)
 
 
 @torch.library.register_fake("addernet::adder2d_input_grad")
 def _adder2d_input_grad_fake(grad_output, input, weight, stride, padding, dilation, groups, mode):
-    _check_mode(mode)
+    check_input_grad_mode(mode, "adder2d_input_grad: mode")
     check_args(
         "adder2d_input_grad", input, weight, None, stride, padding, dilation, groups, grad_output
     )
@@ -224,12 +244,8 @@ def adder2d(
     Runs the C++ kernels on CPU tensors and the CUDA kernels on CUDA tensors. Returns a
     contiguous ``[N, Co, OH, OW]`` tensor of the input's dtype. Double backward is not supported.
     """
-    stride = _pair(stride, "stride")
-    padding = _pair(padding, "padding")
-    dilation = _pair(dilation, "dilation")
-    _check_mode(input_grad)
-    if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
-        raise TypeError(f"adder2d: groups must be an int, got {groups!r}")
+    stride, padding, dilation = _geometry(stride, padding, dilation, groups)
+    check_input_grad_mode(input_grad)
     if not (
         isinstance(input, Tensor)
         and input.device.type in ("cpu", "cuda")
@@ -246,30 +262,27 @@ def adder2d_input_grad(
     grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, mode="hardtanh"
 ):
     """The input-gradient op: ``dX = sum dY * HT(W - X)`` (``mode="hardtanh"``) or with sign
-    (``mode="exact"``), summed over every output whose tap reads the input element."""
+    (``mode="exact"``), summed over every output whose tap reads the input element. Bad
+    arguments raise ValueError/TypeError, as for :func:`adder2d`."""
+    stride, padding, dilation = _geometry(stride, padding, dilation, groups)
+    check_input_grad_mode(mode, "adder2d_input_grad: mode")
+    check_args(
+        "adder2d_input_grad", input, weight, None, stride, padding, dilation, groups, grad_output
+    )
     return torch.ops.addernet.adder2d_input_grad(
-        grad_output,
-        input,
-        weight,
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
-        groups,
-        mode,
+        grad_output, input, weight, stride, padding, dilation, groups, mode
     )
 
 
 def adder2d_weight_grad(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1):
     """The weight-gradient op: ``dW = sum_{n,oh,ow} dY * (Xp - W)`` (full precision, padded taps
-    included with Xp = 0)."""
+    included with Xp = 0). Bad arguments raise ValueError/TypeError, as for :func:`adder2d`."""
+    stride, padding, dilation = _geometry(stride, padding, dilation, groups)
+    check_args(
+        "adder2d_weight_grad", input, weight, None, stride, padding, dilation, groups, grad_output
+    )
     return torch.ops.addernet.adder2d_weight_grad(
-        grad_output,
-        input,
-        weight,
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
-        groups,
+        grad_output, input, weight, stride, padding, dilation, groups
     )
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .ops import INPUT_GRAD_MODES, _pair, check_args
+from .ops import _geometry as _parse_geometry
+from .ops import check_args, check_input_grad_mode
 
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
 
@@ -150,18 +151,10 @@ def adder2d(
 ):
     """Reference adder2d with the same arguments, result and gradient rules as
     :func:`addernet_cuda.adder2d` (raw gradients), computed by the official unfold algorithm."""
-    if input_grad not in INPUT_GRAD_MODES:
-        raise ValueError(f'adder2d: input_grad must be "hardtanh" or "exact", got {input_grad!r}')
+    check_input_grad_mode(input_grad)
+    stride, padding, dilation = _parse_geometry(stride, padding, dilation, groups)
     return _Adder2dReference.apply(
-        input,
-        weight,
-        bias,
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
-        groups,
-        input_grad,
-        max_chunk_bytes,
+        input, weight, bias, stride, padding, dilation, groups, input_grad, max_chunk_bytes
     )
 
 

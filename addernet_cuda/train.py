@@ -45,7 +45,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data as data_mod
-from .models import HEADS, MODELS, HeadLoss, build_model, count_ops, head_param_groups
+from .models import (
+    HEADS,
+    MODELS,
+    HeadLoss,
+    build_model,
+    count_ops,
+    head_param_groups,
+    model_input_size,
+)
 from .version import __version__
 
 __all__ = [
@@ -156,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = Config()
+    for add in (_data_arguments, _optimisation_arguments, _head_arguments, _run_arguments):
+        add(p, d)
+    return p
+
+
+def _data_arguments(p: argparse.ArgumentParser, d: Config) -> None:
+    """The data set, the model and its head."""
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default=d.dataset, choices=data_mod.DATASETS)
     g.add_argument(
@@ -186,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.synthetic_size,
         help="training images of --dataset synthetic",
     )
+
+
+def _optimisation_arguments(p: argparse.ArgumentParser, d: Config) -> None:
+    """Optimiser, schedule and AdderNet's adaptive learning rate (unset: the dataset's defaults)."""
     g = p.add_argument_group("optimisation (unset values: the dataset's defaults)")
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument(
@@ -209,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--eta", type=_eta, default=d.eta, help="AdderNet adaptive learning rate ('none': off)"
     )
     g.add_argument("--input-grad", default=d.input_grad, choices=("hardtanh", "exact"))
+
+
+def _head_arguments(p: argparse.ArgumentParser, d: Config) -> None:
+    """The loss settings of SLAC and the baselines."""
     g = p.add_argument_group(
         "SLAC and the baselines (Table 4 ablations: --freeze-*, --lam, --beta)"
     )
@@ -229,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lgm-alpha", type=float, default=d.lgm_alpha, help="LGM/MoM margin")
     g.add_argument("--lgm-lam", type=float, default=d.lgm_lam, help="LGM/MoM likelihood weight")
     g.add_argument("--lsoftmax-margin", type=int, default=d.lsoftmax_margin)
+
+
+def _run_arguments(p: argparse.ArgumentParser, d: Config) -> None:
+    """Seed, device, precision, processes, outputs and resumption."""
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
@@ -264,7 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps-per-epoch", type=int, default=None, help="cut epochs short (smoke tests)"
     )
     g.add_argument("--dist-timeout", type=float, default=d.dist_timeout, help="seconds")
-    return p
 
 
 def parse_config(argv: Optional[List[str]] = None) -> Config:
@@ -447,6 +473,27 @@ def _loaders(cfg: Config, bundle, ctx: _Dist, device, per_rank_batch: int):
 # Model, optimiser, checkpoint
 
 
+def _load_data(cfg: Config):
+    """The dataset, after checking that its images have the size the model is built for (the
+    synthetic set is made in the model's size)."""
+    size = tuple(model_input_size(cfg.model))
+    synthetic = cfg.dataset == "synthetic"
+    bundle = data_mod.load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        image_size=size if synthetic else None,
+        synthetic_size=cfg.synthetic_size,
+    )
+    if tuple(bundle.image_size) != size:
+        fmt = "x".join
+        raise ValueError(
+            f"--dataset {cfg.dataset} has {fmt(map(str, bundle.image_size))} images but "
+            f"--model {cfg.model} takes {fmt(map(str, size))}; choose a model for this dataset "
+            f"(the default for {cfg.dataset} is {DATASET_DEFAULTS[cfg.dataset]['model']})"
+        )
+    return bundle
+
+
 def _build_model(cfg: Config, num_classes: int):
     head_kwargs = dict(
         lgm_alpha=cfg.lgm_alpha,
@@ -455,6 +502,9 @@ def _build_model(cfg: Config, num_classes: int):
         freeze_location=cfg.freeze_location,
         freeze_covariance=cfg.freeze_covariance,
         freeze_skewness=cfg.freeze_skewness,
+        lam=cfg.lam,
+        beta=cfg.beta,
+        detach_target=not cfg.full_ac_gradient,
     )
     return build_model(
         cfg.model,
@@ -527,15 +577,16 @@ def _write_metrics(out: str, metrics: dict) -> None:
 # Loops
 
 
+def _autocast(device: torch.device, amp_dtype):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+
 @torch.no_grad()
 def _evaluate(model, loader, ctx: _Dist, device, amp_dtype) -> Dict[str, float]:
     model.eval()
     correct = count = loss = 0.0
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    )
     for x, y in loader:
-        with autocast:
+        with _autocast(device, amp_dtype):
             logits = model(x)
         logits = logits.float()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
@@ -545,59 +596,44 @@ def _evaluate(model, loader, ctx: _Dist, device, amp_dtype) -> Dict[str, float]:
     return {"acc": correct / max(count, 1), "loss": loss / max(count, 1), "samples": int(count)}
 
 
-def _train_epoch(
-    net,
-    criterion,
-    optimizer,
-    scheduler,
-    scaler,
-    loader,
-    ctx: _Dist,
-    device,
-    amp_dtype,
-    desc: str,
-    progress: bool,
-) -> Dict[str, float]:
-    net.train()
+def _step(r: "_Run", x: torch.Tensor, y: torch.Tensor, where: str) -> None:
+    """One optimiser step on a batch (through the GradScaler with float16), and the schedule's."""
+    with _autocast(r.device, r.amp_dtype):
+        loss = r.criterion(r.net(x, return_features=True), y)
+    if r.scaler is None and not torch.isfinite(loss):
+        raise FloatingPointError(f"{where}: the loss is {loss.item()}")
+    r.optimizer.zero_grad(set_to_none=True)
+    if r.scaler is not None:
+        r.scaler.scale(loss).backward()
+        r.scaler.step(r.optimizer)
+        r.scaler.update()
+    else:
+        loss.backward()
+        r.optimizer.step()
+    r.scheduler.step()
+
+
+def _train_epoch(r: "_Run", epoch: int) -> Dict[str, float]:
+    """One pass over the training shard: the steps, then the loss terms and the accuracy
+    averaged over every process's samples."""
+    desc, progress = f"epoch {epoch + 1}/{r.cfg.epochs}", r.cfg.progress and r.ctx.main
+    r.net.train()
     sums: Dict[str, float] = {}
     correct = count = 0.0
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    )
-    bar = tqdm(
-        loader,
-        total=len(loader),
-        desc=desc,
-        leave=False,
-        dynamic_ncols=True,
-        disable=not progress,
-        file=sys.stderr,
-    )
+    bar = tqdm(r.train_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress,
+               file=sys.stderr)  # fmt: skip
     for step, (x, y) in enumerate(bar):
-        with autocast:
-            features = net(x, return_features=True)
-            loss = criterion(features, y)
-        if scaler is None and not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: the loss is {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+        _step(r, x, y, f"{desc} step {step}")
         n = y.numel()
         count += n
-        correct += (criterion.last_logits.argmax(1) == y).sum().item()
-        for key, value in criterion.last_terms.items():
-            if value is not None and value.numel() == 1 and key != "lambda":
+        correct += (r.criterion.last_logits.argmax(1) == y).sum().item()
+        for key, value in r.criterion.last_terms.items():
+            if value is not None:
                 sums[key] = sums.get(key, 0.0) + float(value) * n
-        if progress and (step % 10 == 0 or step == len(loader) - 1):
+        if progress and (step % 10 == 0 or step == len(bar) - 1):
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", acc=f"{correct / count:.4f}")
     keys = sorted(sums)
-    totals = ctx.all_sum([correct, count] + [sums[k] for k in keys], device)
+    totals = r.ctx.all_sum([correct, count] + [sums[k] for k in keys], r.device)
     correct, count = totals[0], totals[1]
     out = {"train_acc": correct / max(count, 1), "train_samples": int(count)}
     for key, value in zip(keys, totals[2:]):
@@ -616,172 +652,200 @@ def run(cfg: Config, return_model: bool = False):
             dist.destroy_process_group()
 
 
+@dataclasses.dataclass
+class _Run:
+    """Everything one training run holds, built by _set_up and advanced epoch by epoch."""
+
+    cfg: Config
+    ctx: _Dist
+    device: torch.device
+    bundle: Any
+    model: Any
+    criterion: HeadLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    amp_dtype: Any
+    train_loader: Any
+    test_loader: Any
+    val_loader: Any
+    t_start: float
+    net: Any = None
+    start_epoch: int = 0
+    history: List[dict] = dataclasses.field(default_factory=list)
+    metrics: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.cfg.out, "checkpoint.pt")
+
+
 def _run(cfg: Config, ctx: _Dist, device: torch.device, return_model: bool):
+    r = _set_up(cfg, ctx, device)
+    if cfg.resume:
+        _resume(r)
+    r.net = r.model
+    if ctx.world > 1:
+        r.net = torch.nn.parallel.DistributedDataParallel(
+            r.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    r.metrics = _run_metadata(r)
+    for epoch in range(r.start_epoch, cfg.epochs):
+        r.history.append(_one_epoch(r, epoch))
+        if ctx.main:
+            _publish(r, checkpoint_epoch=epoch + 1 if cfg.checkpoint else None)
+        ctx.barrier()
+    if ctx.main:
+        _publish(r, checkpoint_epoch=None)
+    return (r.metrics, r.model) if return_model else r.metrics
+
+
+def _set_up(cfg: Config, ctx: _Dist, device: torch.device) -> _Run:
+    """Seeding, data, model, loss, optimiser, schedule and precision: a fresh run."""
     t_start = time.time()
     if cfg.batch_size % ctx.world != 0:
         raise ValueError(
             f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world} processes"
         )
-    per_rank_batch = cfg.batch_size // ctx.world
     _seed_everything(cfg.seed)
-    image_size = None
-    if cfg.dataset == "synthetic":
-        image_size = _build_model(cfg, 10).input_size
-        _seed_everything(cfg.seed)
-    bundle = data_mod.load_dataset(
-        cfg.dataset, cfg.data_dir, image_size=image_size, synthetic_size=cfg.synthetic_size
-    )
+    bundle = _load_data(cfg)
     model = _build_model(cfg, bundle.num_classes).to(device)
-    criterion = HeadLoss(
-        model.head, lam=cfg.lam, beta=cfg.beta, detach_target=not cfg.full_ac_gradient
-    )
     optimizer = torch.optim.SGD(
         _param_groups(cfg, model), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    train_loader, test_loader, val_loader = _loaders(cfg, bundle, ctx, device, per_rank_batch)
-    steps_per_epoch = len(train_loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    loaders = _loaders(cfg, bundle, ctx, device, cfg.batch_size // ctx.world)
+    total_steps = cfg.epochs * len(loaders[0])
+    warmup = int(round(cfg.warmup_epochs * len(loaders[0])))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, total_steps, warmup)
+        optimizer, lambda step: _lr_factor(step, total_steps, warmup)
     )
     amp_dtype, scaler = _amp(cfg, device)
-
     if ctx.main:
         os.makedirs(cfg.out, exist_ok=True)
-    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
-    history: List[dict] = []
-    start_epoch = 0
-    if cfg.resume:
-        path = ckpt_path if cfg.resume == "auto" else cfg.resume
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        mismatch = {
-            k: (ckpt["config"].get(k), getattr(cfg, k))
-            for k in _IDENTITY_KEYS
-            if ckpt["config"].get(k) != getattr(cfg, k)
-        }
-        if mismatch:
-            raise ValueError(
-                f"--resume: the checkpoint was made with other settings (checkpoint, now): {mismatch}"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, history = ckpt["epoch"], list(ckpt["history"])
+    return _Run(cfg, ctx, device, bundle, model, HeadLoss(model.head), optimizer, scheduler,
+                scaler, amp_dtype, *loaders, t_start)  # fmt: skip
 
-    net = model
-    if ctx.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+
+def _resume(r: _Run) -> None:
+    """Loads the checkpoint ``--resume`` names into the run, after checking that it was made
+    with the same dataset, model, head, feature size and epochs."""
+    cfg = r.cfg
+    path = r.checkpoint_path if cfg.resume == "auto" else cfg.resume
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=r.device, weights_only=False)
+    mismatch = {
+        k: (ckpt["config"].get(k), getattr(cfg, k))
+        for k in _IDENTITY_KEYS
+        if ckpt["config"].get(k) != getattr(cfg, k)
+    }
+    if mismatch:
+        raise ValueError(
+            f"--resume: the checkpoint was made with other settings (checkpoint, now): {mismatch}"
         )
+    r.model.load_state_dict(ckpt["model"])
+    r.optimizer.load_state_dict(ckpt["optimizer"])
+    r.scheduler.load_state_dict(ckpt["scheduler"])
+    if r.scaler is not None and ckpt.get("scaler"):
+        r.scaler.load_state_dict(ckpt["scaler"])
+    r.start_epoch, r.history = ckpt["epoch"], list(ckpt["history"])
 
+
+def _run_metadata(r: _Run) -> Dict[str, Any]:
+    """The metrics' fixed part (configuration, environment, sizes, operation counts); rank 0
+    announces the run."""
+    cfg, device = r.cfg, r.device
     metrics: Dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
-        "num_classes": bundle.num_classes,
-        "environment": {
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else platform.processor() or platform.machine(),
-            "world_size": ctx.world,
-            "threads_per_process": torch.get_num_threads(),
-            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-            "torch": torch.__version__,
-            "addernet_cuda": __version__,
-            "python": platform.python_version(),
-        },
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "steps_per_epoch": steps_per_epoch,
+        "num_classes": r.bundle.num_classes,
+        "environment": _environment(r),
+        "parameters": sum(p.numel() for p in r.model.parameters()),
+        "steps_per_epoch": len(r.train_loader),
     }
-    if ctx.main:
+    if r.ctx.main:
         try:
-            ops = count_ops(model)
+            ops = count_ops(r.model)
             metrics["ops_per_image"] = {
                 "mul": ops.mul,
                 "add": ops.add,
                 "bn_mul": ops.bn_mul,
                 "bn_add": ops.bn_add,
             }
-        except (
-            Exception
-        ) as error:  # counting is informative only; a model it cannot trace still trains
+        except Exception as error:  # counting is informative only; an untraceable model trains
             metrics["ops_per_image"] = {"error": repr(error)}
         print(
-            f"[train] {cfg.dataset} {cfg.model}{' (CNN)' if cfg.cnn else ''} head={cfg.head} d={model.feat_dim} "
-            f"epochs={cfg.epochs} batch={cfg.batch_size} lr={cfg.lr} on {device} x{ctx.world}"
-            + (f", resuming after epoch {start_epoch}" if start_epoch else ""),
+            f"[train] {cfg.dataset} {cfg.model}{' (CNN)' if cfg.cnn else ''} head={cfg.head} "
+            f"d={r.model.feat_dim} epochs={cfg.epochs} batch={cfg.batch_size} lr={cfg.lr} on "
+            f"{device} x{r.ctx.world}"
+            + (f", resuming after epoch {r.start_epoch}" if r.start_epoch else ""),
             flush=True,
         )
+    return metrics
 
-    for epoch in range(start_epoch, cfg.epochs):
-        train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        t0 = time.time()
-        record: Dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-        record.update(
-            _train_epoch(
-                net,
-                criterion,
-                optimizer,
-                scheduler,
-                scaler,
-                train_loader,
-                ctx,
-                device,
-                amp_dtype,
-                f"epoch {epoch + 1}/{cfg.epochs}",
-                cfg.progress and ctx.main,
-            )
+
+def _environment(r: _Run) -> Dict[str, Any]:
+    device = r.device
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "world_size": r.ctx.world,
+        "threads_per_process": torch.get_num_threads(),
+        "amp": str(r.amp_dtype).replace("torch.", "") if r.amp_dtype else "off",
+        "torch": torch.__version__,
+        "addernet_cuda": __version__,
+        "python": platform.python_version(),
+    }
+
+
+def _one_epoch(r: _Run, epoch: int) -> Dict[str, Any]:
+    """Trains one epoch and evaluates on the test (and validation) split: the epoch's record."""
+    r.train_loader.set_epoch(epoch)
+    record: Dict[str, Any] = {"epoch": epoch + 1, "lr": r.optimizer.param_groups[0]["lr"]}
+    t0 = time.time()
+    record.update(_train_epoch(r, epoch))
+    if r.device.type == "cuda":
+        torch.cuda.synchronize(r.device)
+    record["train_time_s"] = time.time() - t0
+    t1 = time.time()
+    test = _evaluate(r.model, r.test_loader, r.ctx, r.device, r.amp_dtype)
+    record.update(test_acc=test["acc"], test_loss=test["loss"])
+    if r.val_loader is not None:
+        val = _evaluate(r.model, r.val_loader, r.ctx, r.device, r.amp_dtype)
+        record.update(val_acc=val["acc"], val_loss=val["loss"])
+    record["eval_time_s"] = time.time() - t1
+    record["samples_per_s"] = record["train_samples"] / max(record["train_time_s"], 1e-9)
+    if r.ctx.main:
+        print(
+            f"[train] epoch {epoch + 1}/{r.cfg.epochs}: loss {record['train_loss']:.4f} "
+            f"train {record['train_acc']:.4f} test {record['test_acc']:.4f}"
+            + (f" val {record['val_acc']:.4f}" if "val_acc" in record else "")
+            + f" ({record['train_time_s']:.1f} s + {record['eval_time_s']:.1f} s eval)",
+            flush=True,
         )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        record["train_time_s"] = time.time() - t0
-        t1 = time.time()
-        test = _evaluate(model, test_loader, ctx, device, amp_dtype)
-        record.update(test_acc=test["acc"], test_loss=test["loss"])
-        if val_loader is not None:
-            val = _evaluate(model, val_loader, ctx, device, amp_dtype)
-            record.update(val_acc=val["acc"], val_loss=val["loss"])
-        record["eval_time_s"] = time.time() - t1
-        record["samples_per_s"] = record["train_samples"] / max(record["train_time_s"], 1e-9)
-        history.append(record)
-        if ctx.main:
-            print(
-                f"[train] epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f} "
-                f"train {record['train_acc']:.4f} test {record['test_acc']:.4f}"
-                + (f" val {record['val_acc']:.4f}" if "val_acc" in record else "")
-                + f" ({record['train_time_s']:.1f} s + {record['eval_time_s']:.1f} s eval)",
-                flush=True,
-            )
-            metrics.update(_summary(history, cfg.epochs, time.time() - t_start))
-            metrics["history"] = history
-            os.makedirs(cfg.out, exist_ok=True)
-            _write_metrics(cfg.out, metrics)
-            if cfg.checkpoint:
-                _save_atomic(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler else None,
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "config": dataclasses.asdict(cfg),
-                        "num_classes": bundle.num_classes,
-                    },
-                    ckpt_path,
-                )
-        ctx.barrier()
-    if ctx.main:
-        metrics.update(_summary(history, cfg.epochs, time.time() - t_start))
-        metrics["history"] = history
-        os.makedirs(cfg.out, exist_ok=True)
-        _write_metrics(cfg.out, metrics)
-    return (metrics, model) if return_model else metrics
+    return record
+
+
+def _publish(r: _Run, checkpoint_epoch: Optional[int]) -> None:
+    """Rank 0's outputs, the one place they are written: metrics.json and metrics.csv, and, after
+    epoch ``checkpoint_epoch`` (None: no checkpoint), checkpoint.pt."""
+    r.metrics.update(_summary(r.history, r.cfg.epochs, time.time() - r.t_start))
+    r.metrics["history"] = r.history
+    os.makedirs(r.cfg.out, exist_ok=True)
+    _write_metrics(r.cfg.out, r.metrics)
+    if checkpoint_epoch is not None:
+        state = {
+            "model": r.model.state_dict(),
+            "optimizer": r.optimizer.state_dict(),
+            "scheduler": r.scheduler.state_dict(),
+            "scaler": r.scaler.state_dict() if r.scaler else None,
+            "epoch": checkpoint_epoch,
+            "history": r.history,
+            "config": dataclasses.asdict(r.cfg),
+            "num_classes": r.bundle.num_classes,
+        }
+        _save_atomic(state, r.checkpoint_path)
 
 
 def _summary(history: List[dict], epochs: int, elapsed: float) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -22,7 +23,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,17 @@ from tqdm import tqdm
 
 import addernet_cuda
 from addernet_cuda import reference
+from addernet_cuda.ops import out_size
+
+from ._common import (
+    ROOT,
+    git_commit,
+    percentile,
+    reset_peak_rss,
+    stats,
+    status_kib,
+    time_calls,
+)
 
 # Adder layers of the paper's networks: (name, C, H, W, Co, k, stride, padding), with the batch
 # per family on (CPU, CUDA). The first conv and the classifier stay multiplicative, so they are
@@ -88,50 +99,46 @@ QUICK = ["res20.s1.3x3", "res20.s2.down3x3", "res20.s2.3x3", "res20.s3.3x3", "le
 REFERENCE_MAX_TERMS = 3e9
 
 
-def percentile(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+def _dilation(shape):
+    """A shape is (name, C, H, W, Co, k, stride, padding) with an optional dilation last."""
+    return shape[8] if len(shape) > 8 else 1
 
 
-def timer(device):
-    if device == "cuda":
+def interleaved(run, fns, repeats, warmup):
+    """Times several functions in alternating rounds (one call of each per round, the order
+    rotated every round) so that load changes on the machine hit them alike. Returns the times
+    of each, by name, round by round."""
+    names = list(fns)
+    for name in names:
+        run(fns[name], 0, warmup)
+    times = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            times[name] += run(fns[name], 1, 0)
+    return times
 
-        def run(fn, repeats, warmup):
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(repeats):
-                start, end = (
-                    torch.cuda.Event(enable_timing=True),
-                    torch.cuda.Event(enable_timing=True),
-                )
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            return times
-    else:
 
-        def run(fn, repeats, warmup):
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return times
+def ratio_stats(ours, theirs):
+    """Median and p20/p80 of the per-round ratios ours[i] / theirs[i]."""
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    return {
+        "median": statistics.median(ratios),
+        "p20": percentile(ratios, 0.2),
+        "p80": percentile(ratios, 0.8),
+    }
 
-    return run
+
+def spread(s):
+    """A timing's relative spread: (p80 - p20) / median."""
+    return (s["p80_s"] - s["p20_s"]) / s["median_s"]
 
 
 def make_case(shape, batch, device, dtype=torch.float32, seed=0):
-    name, c, h, w, co, k, stride, padding = shape
+    name, c, h, w, co, k, stride, padding = shape[:8]
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, c, h, w, generator=g, dtype=dtype).to(device)
     wt = torch.randn(co, c, k, k, generator=g, dtype=dtype).to(device)
-    return x, wt, dict(stride=stride, padding=padding)
+    return x, wt, dict(stride=stride, padding=padding, dilation=_dilation(shape))
 
 
 def impls():
@@ -156,9 +163,9 @@ def fwd_bwd(fn, x, w, kw):
 def weight_grad_decomposition(dy, x, w, kw):
     """dW = conv_weight_grad(Xp, dY) - W * sum_{n,oh,ow} dY[n, co]: the vendor convolution's weight
     gradient (oneDNN on the CPU, cuDNN on CUDA) minus W scaled per output channel."""
-    stride, padding = _pair(kw["stride"]), _pair(kw["padding"])
+    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
     _, gw, _ = torch.ops.aten.convolution_backward(
-        dy, x, w, None, stride, padding, [1, 1], False, [0, 0], 1, [False, True, False]
+        dy, x, w, None, stride, padding, dilation, False, [0, 0], 1, [False, True, False]
     )
     return gw - w * dy.sum((0, 2, 3)).view(-1, 1, 1, 1)
 
@@ -167,23 +174,48 @@ def _pair(v):
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
+def conv2d_weight_grad(dy, x, w, kw):
+    """conv2d's weight gradient alone (the vendor convolution's backward for the weight)."""
+    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
+    return torch.ops.aten.convolution_backward(
+        dy, x, w, None, stride, padding, dilation, False, [0, 0], 1, [False, True, False]
+    )[1]
+
+
+def direct_weight_grad(dy, x, w, kw):
+    """The direct CPU kernel, sum dY * (Xp - W) (ADDERNET_CPU_WEIGHT_GRAD=direct)."""
+    previous = os.environ.get("ADDERNET_CPU_WEIGHT_GRAD")
+    os.environ["ADDERNET_CPU_WEIGHT_GRAD"] = "direct"
+    try:
+        return addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw)
+    finally:
+        if previous is None:
+            del os.environ["ADDERNET_CPU_WEIGHT_GRAD"]
+        else:
+            os.environ["ADDERNET_CPU_WEIGHT_GRAD"] = previous
+
+
 def weight_grad_comparison(x, w, kw, run, repeats):
-    """Times the direct weight-gradient kernel and the decomposition; their max relative gap."""
+    """Times, interleaved: our weight gradient (the default kernel), conv2d's weight gradient,
+    the direct kernel (CPU) and the vendor decomposition; their max errors against float64."""
     dy = torch.randn(addernet_cuda.adder2d(x, w, None, **kw).shape, device=x.device, dtype=x.dtype)
-    direct = lambda: addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw)  # noqa: E731
-    decomposed = lambda: weight_grad_decomposition(dy, x, w, kw)  # noqa: E731
+    fns = {
+        "ours": lambda: addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw),
+        "conv2d": lambda: conv2d_weight_grad(dy, x, w, kw),
+        "vendor_decomposition": lambda: weight_grad_decomposition(dy, x, w, kw),
+    }
+    if x.device.type == "cpu":
+        fns["direct"] = lambda: direct_weight_grad(dy, x, w, kw)
+    times = interleaved(run, fns, repeats, 2)
     exact = addernet_cuda.ops.adder2d_weight_grad(dy.double(), x.double(), w.double(), **kw)
     scale = exact.abs().max().item()
-    return {
-        "weight_grad.direct": stats(run(direct, repeats, 2)),
-        "weight_grad.decomposition": stats(run(decomposed, repeats, 2)),
-        "weight_grad.direct_max_rel_error": (direct().double() - exact).abs().max().item() / scale,
-        "weight_grad.decomposition_max_rel_error": (decomposed().double() - exact)
-        .abs()
-        .max()
-        .item()
-        / scale,
-    }
+    out = {f"weight_grad.{name}": stats(t) for name, t in times.items()}
+    out["weight_grad.vs_conv2d"] = ratio_stats(times["ours"], times["conv2d"])
+    for name in fns:
+        if name != "conv2d":
+            err = (fns[name]().double() - exact).abs().max().item() / scale
+            out[f"weight_grad.{name}_max_rel_error"] = err
+    return out
 
 
 def measure_memory_cpu(shape_name, impl, batch):
@@ -202,23 +234,33 @@ def measure_memory_cpu(shape_name, impl, batch):
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=ROOT,
     )
     if out.returncode != 0:
         raise RuntimeError(f"memory case {shape_name}/{impl} failed: {out.stderr[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
+def peak_memory(device, impl, x, w, kw, shape, batch):
+    """Peak memory (MiB) of one forward+backward of impl: CUDA allocator peak, or the peak RSS of
+    a fresh subprocess on the CPU."""
+    if device != "cuda":
+        return measure_memory_cpu(shape[0], impl, batch)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fwd_bwd(impls()[impl], x, w, kw)()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def terms(shape, batch):
-    """Number of |x - w| terms of one forward: N * OH * OW * Co * C * k * k."""
-    name, c, h, w, co, k, stride, padding = shape
-    oh = (h + 2 * padding - k) // stride + 1
-    ow = (w + 2 * padding - k) // stride + 1
+    """Number of |x - w| terms of one forward: N * OH * OW * Co * C * k * k, where
+    OH = floor((H + 2p - d(k-1) - 1) / s) + 1 (likewise OW) with the dilation d."""
+    name, c, h, w, co, k, stride, padding = shape[:8]
+    d = _dilation(shape)
+    oh = out_size(h, k, stride, padding, d)
+    ow = out_size(w, k, stride, padding, d)
     return batch * oh * ow * co * c * k * k
 
 
@@ -228,11 +270,10 @@ def memory_case(shape_name, impl, batch):
     do not count; ru_maxrss would also carry the parent's peak across fork+exec."""
     x, w, kw = make_case(SHAPES[shape_name][2], batch, "cpu")
     run = fwd_bwd(impls()[impl], x, w, kw)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    rss_after_setup = _status_kib("VmRSS")
+    reset_peak_rss()
+    rss_after_setup = status_kib("VmRSS")
     run()
-    print((_status_kib("VmHWM") - rss_after_setup) / 1024)
+    print((status_kib("VmHWM") - rss_after_setup) / 1024)
 
 
 def environment(device):
@@ -253,28 +294,8 @@ def environment(device):
             )
     except (OSError, StopIteration):
         info["cpu_model"] = platform.processor()
-    try:
-        info["commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=os.path.dirname(os.path.abspath(__file__)),
-            ).stdout.strip()
-            or None
-        )
-    except OSError:
-        info["commit"] = None
+    info["commit"] = git_commit()
     return info
-
-
-def stats(times):
-    return {
-        "median_s": statistics.median(times),
-        "p20_s": percentile(times, 0.2),
-        "p80_s": percentile(times, 0.8),
-        "runs": len(times),
-    }
 
 
 def main(argv=None):
@@ -318,7 +339,7 @@ def main(argv=None):
     names = args.shapes or (list(SHAPES) if args.full else QUICK)
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     os.makedirs(out_dir, exist_ok=True)
-    run = timer(device)
+    run = functools.partial(time_calls, device=device)
     env = environment(device)
     env.update(repeats=args.repeats, reference_repeats=args.reference_repeats)
     print(
@@ -342,33 +363,45 @@ def main(argv=None):
             "k": shape[5],
             "stride": shape[6],
             "padding": shape[7],
+            "dilation": _dilation(shape),
             "terms": terms(shape, batch),
         }
-        for impl, fn in impls().items():
-            if impl == "reference" and row["terms"] > REFERENCE_MAX_TERMS:
-                row["reference.skipped"] = (
-                    f"{row['terms']:.2g} |x - w| terms per forward exceed "
-                    f"{REFERENCE_MAX_TERMS:.0e}: seconds to minutes per call"
-                )
-                continue
-            repeats = args.reference_repeats if impl == "reference" else args.repeats
-            warmup = 1 if impl == "reference" else 2
+        fns = impls()
+        for what in ("forward", "forward_backward"):
+            # adder2d and conv2d interleaved: their ratio per round cancels the machine's load
+            calls = {
+                impl: (lambda fn=fns[impl]: fn(x, w, kw))
+                if what == "forward"
+                else fwd_bwd(fns[impl], x, w, kw)
+                for impl in ("adder2d", "conv2d")
+            }
+            with torch.set_grad_enabled(what != "forward"):
+                times = interleaved(run, calls, args.repeats, 2)
+            for impl, t in times.items():
+                row[f"{impl}.{what}"] = stats(t)
+            ratio = ratio_stats(times["adder2d"], times["conv2d"])
+            row[f"{what}.vs_conv2d"] = ratio["median"]
+            row[f"{what}.vs_conv2d_p20_p80"] = [ratio["p20"], ratio["p80"]]
+            row[f"conv2d.{what}_spread"] = spread(row[f"conv2d.{what}"])
+        if row["terms"] > REFERENCE_MAX_TERMS:
+            row["reference.skipped"] = (
+                f"{row['terms']:.2g} |x - w| terms per forward exceed "
+                f"{REFERENCE_MAX_TERMS:.0e}: seconds to minutes per call"
+            )
+        else:
+            ref = fns["reference"]
             with torch.no_grad():
-                row[f"{impl}.forward"] = stats(run(lambda: fn(x, w, kw), repeats, warmup))
-            row[f"{impl}.forward_backward"] = stats(run(fwd_bwd(fn, x, w, kw), repeats, warmup))
-            if not args.no_memory:
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                    fwd_bwd(fn, x, w, kw)()
-                    torch.cuda.synchronize()
-                    row[f"{impl}.peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-                else:
-                    row[f"{impl}.peak_mib"] = measure_memory_cpu(shape[0], impl, batch)
+                row["reference.forward"] = stats(
+                    run(lambda: ref(x, w, kw), args.reference_repeats, 1)
+                )
+            row["reference.forward_backward"] = stats(
+                run(fwd_bwd(ref, x, w, kw), args.reference_repeats, 1)
+            )
+        for impl in fns:
+            if not args.no_memory and not (impl == "reference" and "reference.skipped" in row):
+                row[f"{impl}.peak_mib"] = peak_memory(device, impl, x, w, kw, shape, batch)
         for what in ("forward", "forward_backward"):
             ours = row[f"adder2d.{what}"]["median_s"]
-            row[f"{what}.vs_conv2d"] = ours / row[f"conv2d.{what}"]["median_s"]
             if f"reference.{what}" in row:
                 row[f"{what}.speedup_vs_reference"] = row[f"reference.{what}"]["median_s"] / ours
         row.update(weight_grad_comparison(x, w, kw, run, args.repeats))
@@ -449,15 +482,26 @@ def markdown(result, no_memory):
         f"adder2d benchmark on {result['device']}: {env['device']} ({env.get('cpu_model')}), torch {env['torch']}, "
         f"{env['threads']} threads, CPU kernels {env['cpu_isa']}, commit {env.get('commit')}, {env['date']}",
         "",
-        "Times are medians in ms [p20, p80] of repeated runs after warm-up; `vs conv2d` is our time / conv2d's "
-        "(lower is better), `vs reference` the reference's time / ours. Gterm/s: |x - w| terms per second.",
+        "Times are medians in ms [p20, p80] of repeated runs after warm-up. adder2d and conv2d run "
+        "interleaved (one call of each per round): `vs conv2d` is the median [p20, p80] of the "
+        "per-round ratios our time / conv2d's (lower is better), `conv2d spread` conv2d's own "
+        "(p80 - p20) / median, the noise a ratio carries. `vs reference`: the reference's time / "
+        "ours. Gterm/s: |x - w| terms per second.",
         "",
-        "| layer | batch | adder2d fwd | conv2d fwd | reference fwd | fwd vs conv2d | fwd vs reference | Gterm/s | "
-        "adder2d fwd+bwd | conv2d fwd+bwd | fwd+bwd vs conv2d |"
-        + (" peak MiB adder2d / conv2d / reference |" if not no_memory else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if not no_memory else ""),
+        "| layer | batch | adder2d fwd | conv2d fwd | reference fwd | fwd vs conv2d | conv2d spread | "
+        "fwd vs reference | Gterm/s | adder2d fwd+bwd | conv2d fwd+bwd | fwd+bwd vs conv2d | "
+        "conv2d spread |" + (" peak MiB adder2d / conv2d / reference |" if not no_memory else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if not no_memory else ""),
     ]
     fmt = lambda s: f"{s['median_s'] * 1e3:.2f} [{s['p20_s'] * 1e3:.2f}, {s['p80_s'] * 1e3:.2f}]"  # noqa: E731
+
+    def ratio(r, what):
+        lo, hi = r.get(f"{what}.vs_conv2d_p20_p80", [r[f"{what}.vs_conv2d"]] * 2)
+        return f"{r[f'{what}.vs_conv2d']:.2f}x [{lo:.2f}, {hi:.2f}]"
+
+    def conv_spread(r, what):
+        return f"{r.get(f'conv2d.{what}_spread', spread(r[f'conv2d.{what}'])):.0%}"
+
     for r in rows:
         ref = fmt(r["reference.forward"]) if "reference.forward" in r else "skipped"
         vs_ref = (
@@ -467,9 +511,10 @@ def markdown(result, no_memory):
         )
         line = (
             f"| {r['shape']} | {r['batch']} | {fmt(r['adder2d.forward'])} | {fmt(r['conv2d.forward'])} | {ref} | "
-            f"{r['forward.vs_conv2d']:.2f}x | {vs_ref} | {r['adder2d.forward_gterms_per_s']:.1f} | "
+            f"{ratio(r, 'forward')} | {conv_spread(r, 'forward')} | {vs_ref} | "
+            f"{r['adder2d.forward_gterms_per_s']:.1f} | "
             f"{fmt(r['adder2d.forward_backward'])} | {fmt(r['conv2d.forward_backward'])} | "
-            f"{r['forward_backward.vs_conv2d']:.2f}x |"
+            f"{ratio(r, 'forward_backward')} | {conv_spread(r, 'forward_backward')} |"
         )
         if not no_memory:
             ref_mem = f"{r['reference.peak_mib']:.1f}" if "reference.peak_mib" in r else "skipped"
@@ -477,18 +522,29 @@ def markdown(result, no_memory):
         lines.append(line)
     lines += [
         "",
-        "Weight gradient: the direct kernel (default: deterministic) against the decomposition "
-        "`conv_weight_grad(Xp, dY) - W * sum(dY)` through the vendor convolution; errors are max |dW - exact| / "
-        "max |exact|, exact = the float64 kernel.",
+        "Weight gradient alone, interleaved: ours (the default kernel: on the CPU the decomposition "
+        "`sum dY*(Xp - c) - (W - c)*sum dY`, deterministic), conv2d's weight gradient, the direct "
+        "kernel `sum dY*(Xp - W)` (CPU) and the vendor decomposition `conv_weight_grad(Xp, dY) - "
+        "W*sum(dY)` (not deterministic across thread counts). Errors: max |dW - exact| / max |exact|, "
+        "exact = the float64 kernel.",
         "",
-        "| layer | direct ms | decomposition ms | decomposition / direct | direct error | decomposition error |",
-        "|---|---|---|---|---|---|",
+        "| layer | ours ms | conv2d ms | ours vs conv2d | conv2d spread | direct ms | vendor decomposition ms "
+        "| ours error | direct error | vendor decomposition error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        d, c = r["weight_grad.direct"]["median_s"], r["weight_grad.decomposition"]["median_s"]
+        if "weight_grad.ours" not in r:
+            continue
+        ms = lambda key: f"{r[key]['median_s'] * 1e3:.2f}" if key in r else "-"  # noqa: E731
+        err = lambda key: f"{r[key]:.1e}" if key in r else "-"  # noqa: E731
+        v = r["weight_grad.vs_conv2d"]
         lines.append(
-            f"| {r['shape']} | {d * 1e3:.2f} | {c * 1e3:.2f} | {c / d:.2f}x | "
-            f"{r['weight_grad.direct_max_rel_error']:.1e} | {r['weight_grad.decomposition_max_rel_error']:.1e} |"
+            f"| {r['shape']} | {ms('weight_grad.ours')} | {ms('weight_grad.conv2d')} | "
+            f"{v['median']:.2f}x [{v['p20']:.2f}, {v['p80']:.2f}] | "
+            f"{spread(r['weight_grad.conv2d']):.0%} | {ms('weight_grad.direct')} | "
+            f"{ms('weight_grad.vendor_decomposition')} | {err('weight_grad.ours_max_rel_error')} | "
+            f"{err('weight_grad.direct_max_rel_error')} | "
+            f"{err('weight_grad.vendor_decomposition_max_rel_error')} |"
         )
     lines.append("")
     for family in dict.fromkeys(r["family"] for r in rows):
@@ -496,7 +552,9 @@ def markdown(result, no_memory):
         lines.append(
             f"- {family}: geometric mean over {len(fam)} layers: forward "
             f"{geomean([r['forward.vs_conv2d'] for r in fam]):.2f}x conv2d, forward+backward "
-            f"{geomean([r['forward_backward.vs_conv2d'] for r in fam]):.2f}x conv2d"
+            f"{geomean([r['forward_backward.vs_conv2d'] for r in fam]):.2f}x conv2d, weight "
+            f"gradient {geomean([r.get('weight_grad.vs_conv2d', {}).get('median') for r in fam]):.2f}x "
+            "conv2d's"
             + (
                 f", forward {geomean([r.get('forward.speedup_vs_reference') for r in fam]):.0f}x faster than the reference"
                 if any("forward.speedup_vs_reference" in r for r in fam)

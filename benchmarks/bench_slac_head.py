@@ -10,7 +10,7 @@ the current RSS after the set-up where the kernel allows (``/proc/self/clear_ref
 ``ru_maxrss``, which keeps the parent's peak across ``fork``/``vfork`` + ``exec``. Time: median (with p20/p80) of ``--repeats``
 forward + backward passes after ``--warmup`` passes. Prints one JSON object.
 
-    python benchmarks/bench_slac_head.py [--batch 256 --classes 1000 --dim 2048 --beta 0.1 ...]
+    python -m benchmarks.bench_slac_head [--batch 256 --classes 1000 --dim 2048 --beta 0.1 ...]
 
 By default it measures both heads, each in its own fresh process: the SLAC loss and the
 baseline it replaces, a linear layer with softmax cross-entropy (``--head slac`` or
@@ -21,38 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
-sys.path.insert(
-    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-)  # run from a checkout
+from ._common import ROOT, git_commit, reset_peak_rss, stats, status_kib, time_calls
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # reported in kB
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--classes", type=int, default=1000)
@@ -71,12 +49,13 @@ def main() -> None:
         default="both",
         help="slac: SLACLoss; linear: nn.Linear + cross-entropy; both: each in a fresh process",
     )
-    args = ap.parse_args()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args(argv)
     if args.head == "both":
         results = {}
         for head in ("slac", "linear"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--head", head] + sys.argv[1:]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            cmd = [sys.executable, "-m", "benchmarks.bench_slac_head", "--head", head, *argv]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
             results[head] = json.loads(out.stdout)
         results["slac_over_linear"] = {
             "time": results["slac"]["time_s"]["median"] / results["linear"]["time_s"]["median"],
@@ -109,29 +88,12 @@ def main() -> None:
         loss_fn.zero_grad(set_to_none=True)
         return loss
 
-    peak_reset = _reset_peak_rss()
-    rss_setup = _status_bytes("VmRSS")
+    peak_reset = reset_peak_rss()
+    rss_setup = status_kib("VmRSS") * 1024
     step()
-    peak_delta = _status_bytes("VmHWM") - rss_setup
+    peak_delta = status_kib("VmHWM") * 1024 - rss_setup
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    q = statistics.quantiles(times, n=5) if len(times) > 1 else times * 4
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    times = stats(time_calls(step, args.repeats, args.warmup))
     bkd = args.batch * args.classes * args.dim * torch.finfo(dtype).bits // 8
     print(
         json.dumps(
@@ -146,10 +108,10 @@ def main() -> None:
                     "beta": args.beta,
                 },
                 "time_s": {
-                    "median": statistics.median(times),
-                    "p20": q[0],
-                    "p80": q[3],
-                    "repeats": args.repeats,
+                    "median": times["median_s"],
+                    "p20": times["p20_s"],
+                    "p80": times["p80_s"],
+                    "repeats": times["runs"],
                 },
                 "peak_rss_minus_setup_MiB": round(peak_delta / 2**20, 1),
                 "rss_after_setup_MiB": round(rss_setup / 2**20, 1),
@@ -157,7 +119,7 @@ def main() -> None:
                 "a_B_x_K_x_d_tensor_would_be_MiB": round(bkd / 2**20, 1),
                 "device": f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                 "torch": torch.__version__,
-                "commit": commit,
+                "commit": git_commit() or "",
             },
             indent=1,
         )

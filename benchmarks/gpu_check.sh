@@ -10,14 +10,14 @@
 #   tests      pytest tests/test_adder2d_cuda.py tests/test_adder2d.py (those present), with
 #              ADDERNET_EXPECT_CUDA=1; junit XML in OUTDIR/junit.xml
 #   memcheck   compute-sanitizer --tool memcheck on a small forward + backward script
-#              (OUTDIR/sanitizer_case.py), with the caching allocator off so every tensor is
+#              (tests/cuda_sanitizer_case.py), with the caching allocator off so every tensor is
 #              its own allocation
 #   racecheck  compute-sanitizer --tool racecheck on the same script (float32 only)
 #   bench      python -m benchmarks.bench_adder2d --device cuda --out OUTDIR/bench
 #              ("missing" when that module is absent)
-# After every stage OUTDIR/summary.json is rewritten (device, torch version, each stage's status
-# and duration, test counts), so a run cut off midway still reports what it did; each stage's
-# output is in OUTDIR/<stage>.log.
+# After every stage benchmarks/gpu_check_summary.py rewrites OUTDIR/summary.json (device, torch
+# version, each stage's status and duration, test counts), so a run cut off midway still reports
+# what it did; each stage's output is in OUTDIR/<stage>.log.
 #
 # Without a GPU (no nvidia-smi, or torch.cuda.is_available() False) it says so and exits 0.
 # Exit status otherwise: 0 when no stage failed or timed out, 1 if one did.
@@ -45,44 +45,8 @@ FAILED=0
 
 # Rewrites OUTDIR/summary.json from OUTDIR/stages.jsonl (atomically: write, then rename).
 write_summary() {
-  "$PY" - "$OUT" "$DEVICE_NAME" "$TORCH_VERSION" "$START" <<'PYEOF' || echo "[gpu_check] could not write summary.json" >&2
-import json, os, subprocess, sys, time
-import xml.etree.ElementTree as ET
-out, device, torch_version, start = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-stages = []
-with open(os.path.join(out, "stages.jsonl")) as f:
-    for line in f:
-        if line.strip():
-            stages.append(json.loads(line))
-summary = {
-    "device": device or None,
-    "torch_version": torch_version or None,
-    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
-    "elapsed_s": int(time.time()) - start,
-    "last_stage": stages[-1]["stage"] if stages else None,
-    "stages": stages,
-}
-try:
-    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    summary["commit"] = git.stdout.strip() if git.returncode == 0 else None
-except Exception:
-    summary["commit"] = None
-junit = os.path.join(out, "junit.xml")
-if os.path.exists(junit):
-    try:
-        root = ET.parse(junit).getroot()
-        suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-        counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-        counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-        summary["tests"] = counts
-    except Exception as error:
-        summary["tests"] = {"unreadable": str(error)}
-tmp = os.path.join(out, ".summary.json.tmp")
-with open(tmp, "w") as f:
-    json.dump(summary, f, indent=2)
-    f.write("\n")
-os.replace(tmp, os.path.join(out, "summary.json"))
-PYEOF
+  "$PY" -m benchmarks.gpu_check_summary "$OUT" "$DEVICE_NAME" "$TORCH_VERSION" "$START" \
+    || echo "[gpu_check] could not write summary.json" >&2
 }
 
 # record STAGE STATUS DURATION_S [EXTRA_JSON_FIELDS]
@@ -168,39 +132,6 @@ record tests "$STATUS" "$DURATION" "\"files\": \"${tests[*]}\""
 tail -n 5 "$OUT/tests.log"
 
 # --- compute-sanitizer ---------------------------------------------------------------------------
-cat > "$OUT/sanitizer_case.py" <<'PYEOF'
-"""Forward and backward (both input-gradient modes) of adder2d on CUDA over shapes that reach
-every kernel: direct and small/medium/large tiled forward, depthwise, one and many weight-gradient
-splits. usage: sanitizer_case.py DTYPE... (float32, float16, float64)"""
-import sys
-
-import torch
-
-import addernet_cuda
-
-torch.manual_seed(0)
-sms = torch.cuda.get_device_properties(0).multi_processor_count
-side = int((2 * sms * 128) ** 0.5) + 2  # enough 128-pixel tiles for the large forward tile
-cases = [  # N, C, H, W, Co, KH, KW, stride, padding, dilation, groups
-    (2, 3, 9, 9, 4, 3, 3, 2, 1, 1, 1),
-    (2, 8, 10, 10, 16, 3, 3, 2, 0, 1, 1),
-    (1, 6, 7, 9, 40, 2, 3, (1, 2), (1, 0), (2, 1), 2),
-    (2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 16),
-    (4, 8, 32, 32, 16, 3, 3, 1, 1, 1, 1),
-    (1, 8, side, side, 128, 1, 1, 1, 0, 1, 1),
-]
-for name in sys.argv[1:] or ["float32"]:
-    dtype = getattr(torch, name)
-    for n, c, h, w, co, kh, kw, s, p, d, g in cases:
-        x = torch.randn(n, c, h, w, device="cuda", dtype=dtype, requires_grad=True)
-        wt = torch.randn(co, c // g, kh, kw, device="cuda", dtype=dtype, requires_grad=True)
-        b = torch.randn(co, device="cuda", dtype=dtype, requires_grad=True)
-        for mode in ("hardtanh", "exact"):
-            y = addernet_cuda.adder2d(x, wt, b, s, p, d, g, input_grad=mode)
-            y.backward(torch.randn_like(y))
-torch.cuda.synchronize()
-print("sanitizer case done:", sys.argv[1:] or ["float32"])
-PYEOF
 SANITIZER=$(command -v compute-sanitizer || { [ -n "${CUDA_HOME:-}" ] && ls "$CUDA_HOME/bin/compute-sanitizer" 2> /dev/null; })
 for tool in memcheck racecheck; do
   if [ -z "$SANITIZER" ]; then
@@ -209,10 +140,10 @@ for tool in memcheck racecheck; do
   fi
   if [ $tool = memcheck ]; then
     run_stage $tool 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
-      --error-exitcode 1 "$PY" "$OUT/sanitizer_case.py" float32 float16 float64
+      --error-exitcode 1 "$PY" tests/cuda_sanitizer_case.py float32 float16 float64
   else
     run_stage $tool 60 "$SANITIZER" --tool racecheck --error-exitcode 1 \
-      "$PY" "$OUT/sanitizer_case.py" float32
+      "$PY" tests/cuda_sanitizer_case.py float32
   fi
   line=$(grep -E "(ERROR|RACECHECK) SUMMARY" "$OUT/$tool.log" 2> /dev/null | tail -n 1 | tr -d '"\\')
   record $tool "$STATUS" "$DURATION" "\"summary\": \"${line}\""

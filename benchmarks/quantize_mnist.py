@@ -13,8 +13,8 @@
 
 Writes OUT/quantize_mnist.{md,json} and prints the tables.
 
-    python benchmarks/quantize_mnist.py                 # 1 epoch per model
-    python benchmarks/quantize_mnist.py --epochs 5
+    python -m benchmarks.quantize_mnist                 # 1 epoch per model
+    python -m benchmarks.quantize_mnist --epochs 5
 """
 
 from __future__ import annotations
@@ -29,14 +29,12 @@ import time
 import torch
 import torch.nn as nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import addernet_cuda
+from addernet_cuda import data as data_mod
+from addernet_cuda.models import resnet20
 
-import addernet_cuda  # noqa: E402
-from addernet_cuda import data as data_mod  # noqa: E402
-from addernet_cuda.models import resnet20  # noqa: E402
-from benchmarks.reproduce_mnist import _commit, _config, _train_or_reuse  # noqa: E402
+from ._common import ROOT, git_commit
+from .reproduce_mnist import _config, _train_or_reuse
 
 HEADS = {"softmax": "linear", "SLAC": "slac"}
 
@@ -181,7 +179,7 @@ def main(argv=None) -> int:
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     bundle = data_mod.load_mnist()
     result = {
-        "commit": _commit(),
+        "commit": git_commit() or "unknown",
         "epochs": args.epochs,
         "calibration": args.calibration,
         "load_average": load,

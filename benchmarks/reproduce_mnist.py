@@ -23,8 +23,8 @@ Writes ``OUT/mnist_losses.{md,json}`` and ``OUT/mnist_features.png``; each train
 metrics and checkpoint under ``--work``, and a finished run found there is reused (so an
 interrupted reproduction continues where it stopped).
 
-    python benchmarks/reproduce_mnist.py      # 4 losses x 3 seeds x 2 epochs, 4 x 1 epoch of 2-d features
-    python benchmarks/reproduce_mnist.py --epochs 10 --seeds 0 1 2 3 4
+    python -m benchmarks.reproduce_mnist      # 4 losses x 3 seeds x 2 epochs, 4 x 1 epoch of 2-d features
+    python -m benchmarks.reproduce_mnist --epochs 10 --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -33,19 +33,16 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from addernet_cuda import data as data_mod
+from addernet_cuda.train import Config, load_checkpoint_model, run
 
-from addernet_cuda import data as data_mod  # noqa: E402
-from addernet_cuda.train import Config, load_checkpoint_model, run  # noqa: E402
+from ._common import ROOT, git_commit
 
 LOSSES = {  # name: (head, SLAC beta)
     "softmax": ("linear", 0.1),
@@ -188,19 +185,6 @@ def _plot(points: dict, path: str) -> None:
     plt.close(fig)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=2)
@@ -331,7 +315,7 @@ def main(argv=None) -> int:
     result = {
         "description": "LeNet-5 ANN (and its CNN twin) on MNIST (50k train / 10k test), losses of the SLAC "
         "paper's Table 3",
-        "command": "python benchmarks/reproduce_mnist.py "
+        "command": "python -m benchmarks.reproduce_mnist "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "epochs": args.epochs,
         "seeds": args.seeds,
@@ -365,7 +349,7 @@ def main(argv=None) -> int:
             "cpu_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "commit": _commit(),
+            "commit": git_commit() or "unknown",
         },
         "summary": summary,
         "runs": runs,

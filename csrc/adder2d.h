@@ -1,31 +1,90 @@
 // Host-side declarations shared by the adder2d backends: argument validation that turns the
-// op arguments into an Adder2dShape (adder2d_shape.h), and the input-gradient modes.
+// op arguments into an Adder2dShape (adder2d_shape.h), the input-gradient modes, and the error
+// macro of every op entry.
 //
-//   Y[n,co,oh,ow] = -sum_{ci,kh,kw} |Xp[n, g*C/g+ci, ih, iw] - W[co,ci,kh,kw]|  (+ bias[co])
+//   Y[n,co,oh,ow] = -sum_{ci,kh,kw} |Xp[n, c, ih, iw] - W[co,ci,kh,kw]|  (+ bias[co])
 //
-// with Xp the zero-padded input (padded taps count) and ih, iw as in adder2d_shape.h.
+// with c = grp(co) * (C/groups) + ci, grp(co) = co / (Co/groups) the group of output channel co,
+// Xp the zero-padded input (padded taps count) and ih, iw as in adder2d_shape.h.
+//
+// Everything here is on torch's stable ABI (torch/csrc/stable, torch/headeronly): one build of
+// the op libraries runs on every torch from the TORCH_TARGET_VERSION that setup.py sets.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Optional.h>
-#include <c10/util/string_view.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/Dispatch_v2.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/HeaderOnlyArrayRef.h>
+
+#include <cstdint>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
 
 #include "adder2d_shape.h"
 
 namespace addernet {
+
+using Tensor = torch::stable::Tensor;
+using IntArrayRef = torch::headeronly::IntHeaderOnlyArrayRef;
+
+namespace detail {
+
+inline void append(std::ostringstream& out, IntArrayRef v) {
+  out << '[';
+  for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+  out << ']';
+}
+inline void append(std::ostringstream& out, const torch::stable::Device& d) {
+  out << (d.is_cuda() ? "cuda" : d.is_cpu() ? "cpu" : "device type ");
+  if (!d.is_cuda() && !d.is_cpu()) out << static_cast<int>(d.type());
+  if (d.has_index() && !d.is_cpu()) out << ':' << static_cast<int>(d.index());
+}
+template <typename T>
+void append(std::ostringstream& out, const T& v) {
+  out << v;
+}
+
+template <typename... Args>
+std::string message(const Args&... args) {
+  std::ostringstream out;
+  (append(out, args), ...);
+  return out.str();
+}
+
+}  // namespace detail
+
+// Throws std::runtime_error (RuntimeError in Python) with the concatenated message. Unlike
+// STD_TORCH_CHECK it adds no function name, source path or line: the message is what the user
+// reads, and a build directory's path means nothing to them.
+#define ADDERNET_CHECK(cond, ...)                                                    \
+  do {                                                                               \
+    if (!(cond)) throw std::runtime_error(::addernet::detail::message(__VA_ARGS__)); \
+  } while (0)
+
+// Header-only dtype dispatch: runs the lambda (a body using scalar_t) for float and double, or
+// also for float16 and bfloat16. THO_DISPATCH_V2 hands its body through several macros without
+// wrapping it again, so it goes in parentheses: no comma inside it (template arguments, kernel
+// launches) can split it.
+#define ADDERNET_DISPATCH_FLOAT_DOUBLE(TYPE, NAME, ...) \
+  THO_DISPATCH_V2(TYPE, NAME, AT_WRAP((__VA_ARGS__)), AT_EXPAND(AT_FLOATING_TYPES))
+#define ADDERNET_DISPATCH_FLOATING_AND_HALF(TYPE, NAME, ...)                        \
+  THO_DISPATCH_V2(TYPE, NAME, AT_WRAP((__VA_ARGS__)), AT_EXPAND(AT_FLOATING_TYPES), \
+                  torch::headeronly::ScalarType::Half, torch::headeronly::ScalarType::BFloat16)
 
 // How adder2d_input_grad turns (W - X) into a gradient weight: clamp to [-1, 1] (AdderNet's
 // HardTanh rule) or sign (the true derivative of -|X - W|).
 enum class InputGradMode { HardTanh, Sign };
 
 // `what` names the argument in the error message, e.g. "adder2d_input_grad: mode".
-InputGradMode parse_input_grad_mode(const char* what, c10::string_view mode);
+InputGradMode parse_input_grad_mode(const char* what, const std::string& mode);
 
 // Validates the arguments of every adder2d op and returns the sizes. `op` names the op in
-// error messages. `grad_output`, when defined, must have the output's shape.
-Adder2dShape check_adder2d_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                const at::Tensor& grad_output = at::Tensor());
+// error messages. `grad_output`, when given, must have the output's shape.
+Adder2dShape check_adder2d_args(const char* op, const Tensor& input, const Tensor& weight,
+                                const std::optional<Tensor>& bias, IntArrayRef stride,
+                                IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                                const std::optional<Tensor>& grad_output = std::nullopt);
 
 }  // namespace addernet

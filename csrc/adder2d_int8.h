@@ -4,20 +4,18 @@
 //   Y[n,co,p] = alpha[co] * S + beta[co]      (max(Y, 0) if relu)       float32
 //
 // q(v) = clamp(round(v / scale), -127, 127) (round half to even), Wq the weight's int8 codes
-// on the same scale, Xp the zero-padded input (padded taps count, code 0).
+// on the same scale, Xp the zero-padded input (padded taps count, code 0). On torch's stable
+// ABI, as the other op entries (adder2d.h).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
-#include "adder2d_shape.h"
+#include "adder2d.h"
 
 namespace addernet {
 
 // Validates adder2d_int8's arguments (naming `op` in messages) and returns the sizes.
-Adder2dShape check_adder2d_int8_args(const char* op, const at::Tensor& input,
-                                     const at::Tensor& weight, const at::Tensor& scale,
-                                     const at::Tensor& alpha, const at::Tensor& beta,
-                                     at::IntArrayRef stride, at::IntArrayRef padding,
-                                     at::IntArrayRef dilation, int64_t groups);
+Adder2dShape check_adder2d_int8_args(const char* op, const Tensor& input, const Tensor& weight,
+                                     const Tensor& scale, const Tensor& alpha, const Tensor& beta,
+                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                     int64_t groups);
 
 }  // namespace addernet

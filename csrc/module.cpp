@@ -1,13 +1,23 @@
 // The Python extension module addernet_cuda._C. Loading it registers the adder2d ops with the
-// dispatcher (torch.ops.addernet.*); the module itself only reports how it was built and lets
-// tests choose the CPU instruction set.
-#include <torch/extension.h>
+// dispatcher (torch.ops.addernet.*: the schemas in adder2d_library.cpp, the CPU kernels in
+// cpu/adder2d_cpu.cpp, all in this shared object); the module itself only reports how it was
+// built and lets tests choose the CPU instruction set.
+//
+// No torch header here and Python's limited API only (Py_LIMITED_API, set by setup.py): nothing
+// in this file ties the build to one torch or one Python version.
+#include <Python.h>
+
+#include <exception>
+#include <string>
 
 #include "cpu/adder2d_cpu.h"
 #include "cpu/adder2d_int8_cpu.h"
 
 #ifndef ADDERNET_TORCH_VERSION
 #define ADDERNET_TORCH_VERSION "unknown"
+#endif
+#ifndef ADDERNET_STABLE_ABI
+#define ADDERNET_STABLE_ABI "unknown"
 #endif
 #ifndef ADDERNET_CUDA_ARCHS
 #define ADDERNET_CUDA_ARCHS ""
@@ -18,45 +28,95 @@
 
 namespace {
 
-py::dict build_info() {
-  py::dict info;
-  py::list backends;
-  backends.append("cpu");
+bool set_item(PyObject* dict, const char* key, PyObject* value) {
+  if (value == nullptr) return false;
+  const int rc = PyDict_SetItemString(dict, key, value);
+  Py_DECREF(value);
+  return rc == 0;
+}
+
+PyObject* build_info(PyObject*, PyObject*) {
 #ifdef ADDERNET_WITH_CUDA
-  backends.append("cuda");
+  const bool cuda_compiled = true;
+#else
+  const bool cuda_compiled = false;
 #endif
-  info["backends"] = backends;
-  info["torch_version"] = ADDERNET_TORCH_VERSION;
-  info["cuda_archs"] = ADDERNET_CUDA_ARCHS;
-  info["flags"] = ADDERNET_BUILD_FLAGS;
 #ifdef NDEBUG
-  info["debug"] = false;
+  const bool debug = false;
 #else
-  info["debug"] = true;
+  const bool debug = true;
 #endif
-#ifdef _OPENMP
-  info["openmp"] = true;
-#else
-  info["openmp"] = false;
-#endif
-  info["cpu_avx2_compiled"] = addernet::cpu::avx2_compiled();
-  info["cpu_isa"] = addernet::cpu::cpu_isa();
+  PyObject* info = PyDict_New();
+  if (info == nullptr) return nullptr;
+  const bool ok =
+      set_item(info, "torch_version", PyUnicode_FromString(ADDERNET_TORCH_VERSION)) &&
+      set_item(info, "stable_abi", PyUnicode_FromString(ADDERNET_STABLE_ABI)) &&
+      set_item(info, "cuda_compiled", PyBool_FromLong(cuda_compiled)) &&
+      set_item(info, "cuda_archs", PyUnicode_FromString(ADDERNET_CUDA_ARCHS)) &&
+      set_item(info, "flags", PyUnicode_FromString(ADDERNET_BUILD_FLAGS)) &&
+      set_item(info, "debug", PyBool_FromLong(debug)) &&
+      set_item(info, "cpu_avx2_compiled", PyBool_FromLong(addernet::cpu::avx2_compiled())) &&
+      set_item(info, "cpu_isa", PyUnicode_FromString(addernet::cpu::cpu_isa().c_str()));
+  if (!ok) {
+    Py_DECREF(info);
+    return nullptr;
+  }
   return info;
 }
 
+PyObject* cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(addernet::cpu::cpu_isa().c_str());
+}
+
+PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
+  PyObject* bytes = PyUnicode_AsUTF8String(arg);
+  if (bytes == nullptr) return nullptr;
+  const std::string isa = PyBytes_AsString(bytes);
+  Py_DECREF(bytes);
+  try {
+    addernet::cpu::set_cpu_isa(isa);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+// int8_sad_ceiling(iterations): the register-resident AVX2 vpsadbw ceiling on this thread (byte-taps
+// per second of thread CPU time; 0 without AVX2 kernels). Releases the GIL, so several Python
+// threads can measure at once.
+PyObject* int8_sad_ceiling(PyObject*, PyObject* arg) {
+  const long long iterations = PyLong_AsLongLong(arg);
+  if (iterations == -1 && PyErr_Occurred()) return nullptr;
+  double rate = 0.0;
+  Py_BEGIN_ALLOW_THREADS rate = addernet::cpu::int8_sad_ceiling_avx2(iterations);
+  Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
+}
+
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS,
+     "Torch version and stable ABI, CUDA archs, flags and CPU instruction set of this build"},
+    {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now"},
+    {"int8_sad_ceiling", int8_sad_ceiling, METH_O,
+     "int8_sad_ceiling(iterations): byte-taps per second of a register-resident AVX2 vpsadbw "
+     "loop on this thread (0 without AVX2 kernels); the int8 benchmark's ceiling"},
+    {"set_cpu_isa", set_cpu_isa, METH_O,
+     "set_cpu_isa(isa): use the \"base\" or \"avx2\" CPU kernels (for tests and benchmarks)"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT,
+                          "_C",
+                          "adder2d kernels (registered as torch.ops.addernet.*) and build "
+                          "information",
+                          -1,
+                          methods,
+                          nullptr,
+                          nullptr,
+                          nullptr,
+                          nullptr};
+
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "adder2d kernels (registered as torch.ops.addernet.*) and build information";
-  m.def("build_info", &build_info, "Backends, torch version, CUDA archs and flags of this build");
-  m.def(
-      "torch_version", [] { return std::string(ADDERNET_TORCH_VERSION); },
-      "The torch version this extension was compiled against");
-  m.def("cpu_isa", &addernet::cpu::cpu_isa, "The instruction set the CPU kernels use now");
-  m.def("int8_sad_ceiling", &addernet::cpu::int8_sad_ceiling_avx2, py::arg("iterations"),
-        py::call_guard<py::gil_scoped_release>(),
-        "Byte-taps per second of a register-resident AVX2 vpsadbw loop on this thread (0 without "
-        "AVX2 kernels); the benchmark's ceiling");
-  m.def("set_cpu_isa", &addernet::cpu::set_cpu_isa, py::arg("isa"),
-        "Use the \"base\" or \"avx2\" CPU kernels (for tests and benchmarks)");
+PyMODINIT_FUNC PyInit__C() {
+  return PyModule_Create(&module_def);
 }

@@ -6,41 +6,18 @@ Y = -sum |Xp - W| (+ b); dX = sum dY * HT(W - X) (or sign); dW = sum dY * (Xp - 
 import pytest
 import torch
 import torch.nn.functional as F
+from adder2d_cases import BAD_INPUT, CPU_CASES, call_raw, valid_args
 from conftest import cpu_isas, devices
 
 import addernet_cuda
 from addernet_cuda import reference
 
-# (N, C, H, W, Co, KH, KW, stride, padding, dilation, groups)
-SHAPES = [
-    pytest.param((2, 3, 8, 8, 4, 3, 3, 1, 1, 1, 1), id="3x3"),
-    pytest.param((2, 4, 9, 7, 6, 3, 3, 2, 1, 1, 1), id="stride2-pad1"),
-    pytest.param((2, 4, 9, 9, 6, 3, 3, 2, 0, 1, 1), id="stride2-pad0"),
-    pytest.param((2, 3, 10, 10, 5, 3, 3, 3, 2, 1, 1), id="stride3-pad2"),
-    pytest.param((1, 4, 10, 11, 4, 3, 3, 1, 2, 2, 1), id="dilation2"),
-    pytest.param((2, 6, 7, 7, 9, 3, 2, (2, 1), (1, 0), (1, 2), 3), id="groups-rect-pairs"),
-    pytest.param((2, 5, 8, 8, 5, 3, 3, 1, 1, 1, 5), id="depthwise"),
-    pytest.param((2, 4, 8, 8, 8, 3, 3, 2, 1, 1, 4), id="depthwise-x2-stride2"),
-    pytest.param((2, 8, 5, 5, 10, 1, 1, 1, 0, 1, 1), id="1x1"),
-    pytest.param((2, 8, 6, 6, 4, 1, 1, 2, 0, 1, 2), id="1x1-stride2-groups"),
-    pytest.param((1, 2, 3, 3, 3, 5, 5, 1, 1, 1, 1), id="kernel-equals-padded-image"),
-    pytest.param((1, 3, 13, 17, 7, 5, 3, 3, 2, 1, 1), id="odd-sizes"),
-    pytest.param((1, 64, 6, 6, 5, 3, 3, 1, 1, 1, 1), id="taps-over-one-panel"),
-    pytest.param((1, 3, 6, 40, 6, 3, 3, 1, 1, 1, 1), id="rows-longer-than-tile"),
-    pytest.param((1, 1, 1, 1, 2, 1, 1, 1, 0, 1, 1), id="single-pixel"),
-    pytest.param((0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1), id="batch0"),
-]
+SHAPES = CPU_CASES
 
 
-def make(shape, dtype=torch.float64, device="cpu", bias=True, seed=0):
-    if hasattr(shape, "values"):  # a pytest.param
-        shape = shape.values[0]
-    n, c, h, w, co, kh, kw, stride, padding, dilation, groups = shape
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=g, dtype=dtype).to(device)
-    wt = torch.randn(co, c // groups, kh, kw, generator=g, dtype=dtype).to(device)
-    b = torch.randn(co, generator=g, dtype=dtype).to(device) if bias else None
-    return x, wt, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+def make(case, dtype=torch.float64, device="cpu", bias=True, seed=0):
+    """x, w, bias and adder2d's keyword arguments for one case of the shared table."""
+    return (*case.tensors(dtype, device, bias, seed), case.kwargs)
 
 
 def grads(fn, x, w, b, kwargs, dy):
@@ -53,7 +30,7 @@ def grads(fn, x, w, b, kwargs, dy):
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=repr)
 @pytest.mark.parametrize("mode", ["hardtanh", "exact"])
 def test_three_ops_match_reference_float64(shape, mode, cpu_isa):
     x, w, b, kw = make(shape)
@@ -66,7 +43,7 @@ def test_three_ops_match_reference_float64(shape, mode, cpu_isa):
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
-@pytest.mark.parametrize("shape", SHAPES[:12])
+@pytest.mark.parametrize("shape", SHAPES[:12], ids=repr)
 def test_float32_matches_float64(shape, cpu_isa):
     x, w, b, kw = make(shape)
     dy = torch.randn(reference.adder2d(x, w, b, **kw).shape, dtype=torch.float64)
@@ -88,7 +65,7 @@ def test_padded_taps_count():
     assert y.item() == pytest.approx(expected.item())
 
 
-@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], SHAPES[7], SHAPES[11]])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], SHAPES[7], SHAPES[11]], ids=repr)
 def test_gradcheck_exact_mode_input_and_bias(shape):
     x, w, b, kw = make(shape, seed=3)
     x.requires_grad_()
@@ -212,8 +189,7 @@ def test_autocast_casts_up_never_down(dtype, expected, autocast_dtype, device):
     x, w, b, kw = make(SHAPES[1], dtype=dtype, device=device)
     x, w = x.requires_grad_(), w.requires_grad_()
     layer = addernet_cuda.AdderConv2d(4, 6, 3, stride=2, padding=1, dtype=dtype, device=device)
-    pad = list(kw["padding"]) if isinstance(kw["padding"], tuple) else [kw["padding"]] * 2
-    args = ([kw["stride"]] * 2, pad, [kw["dilation"]] * 2, kw["groups"], "hardtanh")
+    args = (*SHAPES[1].args, "hardtanh")
     with torch.autocast(device, dtype=autocast_dtype):
         y = addernet_cuda.adder2d(x, w, b, **kw)
         raw = torch.ops.addernet.adder2d(x, w, b, *args)
@@ -247,8 +223,7 @@ def opcheck_samples():
 @pytest.mark.parametrize("index", range(len(opcheck_samples())))
 def test_opcheck(index):
     x, w, b, kw = opcheck_samples()[index]
-    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
-    args = [pair(kw["stride"]), pair(kw["padding"]), pair(kw["dilation"]), kw["groups"]]
+    args = [list(kw["stride"]), list(kw["padding"]), list(kw["dilation"]), kw["groups"]]
     torch.library.opcheck(torch.ops.addernet.adder2d.default, (x, w, b, *args, "hardtanh"))
     y = torch.ops.addernet.adder2d(x, w, b, *args)
     dy = torch.randn_like(y)
@@ -297,72 +272,27 @@ def test_torch_export():
     torch.testing.assert_close(exported.module()(x), model(x))
 
 
-# Bad input: each error names the argument and says what was expected and what came.
-def _bad_calls():
-    x = torch.randn(2, 4, 8, 8)
-    w = torch.randn(6, 4, 3, 3)
-    return [
-        ("input must be 4-D", lambda: addernet_cuda.adder2d(x[0], w)),
-        ("weight must be 4-D", lambda: addernet_cuda.adder2d(x, w[0])),
-        (
-            "weight.size\\(1\\) must be in_channels / groups",
-            lambda: addernet_cuda.adder2d(x, torch.randn(6, 3, 3, 3)),
-        ),
-        (
-            "groups \\(3\\) must divide the input channels",
-            lambda: addernet_cuda.adder2d(x, torch.randn(6, 1, 3, 3), groups=3),
-        ),
-        (
-            "groups \\(4\\) must divide the output channels",
-            lambda: addernet_cuda.adder2d(x, torch.randn(6, 1, 3, 3), groups=4),
-        ),
-        (
-            "weight dtype torch.float64 does not match input dtype torch.float32",
-            lambda: addernet_cuda.adder2d(x, w.double()),
-        ),
-        ("weight is on meta but input is on cpu", lambda: addernet_cuda.adder2d(x, w.to("meta"))),
-        ("bias must have shape \\[6\\]", lambda: addernet_cuda.adder2d(x, w, torch.randn(5))),
-        ("padding must be >= 0", lambda: addernet_cuda.adder2d(x, w, padding=-1)),
-        ("stride must be >= 1", lambda: addernet_cuda.adder2d(x, w, stride=0)),
-        ("dilation must be >= 1", lambda: addernet_cuda.adder2d(x, w, dilation=(1, 0))),
-        (
-            "stride must be an int or a pair of ints",
-            lambda: addernet_cuda.adder2d(x, w, stride=(1, 2, 3)),
-        ),
-        (
-            "larger than the padded input",
-            lambda: addernet_cuda.adder2d(x, torch.randn(6, 4, 11, 3), padding=1),
-        ),
-        (
-            'input_grad must be "hardtanh" or "exact"',
-            lambda: addernet_cuda.adder2d(x, w, input_grad="sign"),
-        ),
-        (
-            "input must be a floating-point tensor",
-            lambda: addernet_cuda.adder2d(x.long(), w.long()),
-        ),
-    ]
+# Bad input: one table of error cases (adder2d_cases.BAD_INPUT) for both checks. The Python check (ops.check_args and the
+# argument parsing of addernet_cuda.adder2d and the gradient wrappers) is the public surface and
+# raises ValueError/TypeError naming the argument; the C++ check (check_adder2d_args in
+# csrc/adder2d.cpp) is the backstop for raw torch.ops.addernet calls and raises RuntimeError. Each
+# row's message pattern must match both: dtypes print as torch.float64 in Python and as Double in
+# C++, and shapes as (5,) and [5], so the patterns stop before those. A row with raw=False is a
+# Python-only case (argument parsing the schema does differently, or a tensor on the meta device,
+# which the raw op sends to the fake kernel, i.e. the Python check itself).
+_BAD_PARAMS = [pytest.param(row, "python", id=f"{row[0]}-python") for row in BAD_INPUT] + [
+    pytest.param(row, "torch.ops", id=f"{row[0]}-torch.ops") for row in BAD_INPUT if row[4]
+]
 
 
-@pytest.mark.parametrize("index", range(len(_bad_calls())))
-def test_bad_input_python(index):
-    pattern, call = _bad_calls()[index]
-    with pytest.raises((ValueError, TypeError), match=pattern):
-        call()
-
-
-def test_bad_input_reaches_cpp_checks_too():
-    # The raw op, without the Python wrapper, must refuse with the same message.
-    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 3, 3, 3)
-    with pytest.raises(RuntimeError, match="weight.size\\(1\\) must be in_channels / groups"):
-        torch.ops.addernet.adder2d(x, w, None, [1, 1], [0, 0], [1, 1], 1)
-    with pytest.raises(RuntimeError, match="larger than the padded input"):
-        torch.ops.addernet.adder2d(x, torch.randn(6, 4, 9, 9), None, [1, 1], [0, 0], [1, 1], 1)
-    with pytest.raises(RuntimeError, match="grad_output must have the output's shape"):
-        torch.ops.addernet.adder2d_weight_grad(
-            torch.randn(2, 6, 5, 5), x, torch.randn(6, 4, 3, 3), [1, 1], [0, 0], [1, 1], 1
-        )
-    with pytest.raises(RuntimeError, match="mode must be"):
-        torch.ops.addernet.adder2d_input_grad(
-            torch.randn(2, 6, 6, 6), x, torch.randn(6, 4, 3, 3), [1, 1], [0, 0], [1, 1], 1, "sign"
-        )
+@pytest.mark.parametrize("row,path", _BAD_PARAMS)
+def test_bad_input(row, path):
+    _, op, change, pattern, _ = row
+    args = valid_args(op)
+    args.update(change(args))
+    if path == "python":
+        with pytest.raises((ValueError, TypeError), match=pattern):
+            getattr(addernet_cuda.ops, op)(**args)
+    else:
+        with pytest.raises(RuntimeError, match=pattern):
+            call_raw(op, args)

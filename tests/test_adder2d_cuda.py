@@ -14,6 +14,15 @@ import os
 
 import pytest
 import torch
+from adder2d_cases import (
+    BAD_INPUT,
+    CUDA_CASES,
+    CUDA_LARGE,
+    Case,
+    call_raw,
+    to_device,
+    valid_args,
+)
 
 import addernet_cuda
 from addernet_cuda import reference
@@ -48,8 +57,6 @@ def test_build_has_cuda_kernels():
 def poison_allocator():
     """Fills cached CUDA memory with 0xFF bytes (NaN in float16, bfloat16, float32 and float64)
     and frees it, so the next allocations reuse poisoned blocks (large and small pools)."""
-    if DEVICE != "cuda":
-        return
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     big = torch.full((256 * 2**20,), 255, dtype=torch.uint8, device=DEVICE)
@@ -58,60 +65,15 @@ def poison_allocator():
     del big, small
 
 
-class Case:
-    def __init__(self, name, n, c, h, w, co, kh, kw, stride=1, padding=0, dilation=1, groups=1):
-        self.name = name
-        self.n, self.c, self.h, self.w, self.co, self.kh, self.kw = n, c, h, w, co, kh, kw
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-        self.stride, self.padding, self.dilation = pair(stride), pair(padding), pair(dilation)
-        self.groups = groups
-        self.oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        self.ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-
-    @property
-    def args(self):
-        return (list(self.stride), list(self.padding), list(self.dilation), self.groups)
-
-    @property
-    def taps(self):
-        return self.c // self.groups * self.kh * self.kw
-
-    def __repr__(self):
-        return self.name
-
-
-# Shapes chosen to reach every kernel path: direct forward (<= 4 output channels per group),
-# small (5..32), medium (33..127) and large (>= 128, enough blocks) forward tiles, and the weight
-# gradient with one split and with many.
-CASES = [
-    Case("basic3x3", 2, 3, 8, 8, 4, 3, 3, padding=1),
-    Case("stride2_pad1", 2, 8, 9, 9, 16, 3, 3, stride=2, padding=1),
-    Case("stride2_nopad", 2, 8, 10, 10, 16, 3, 3, stride=2),
-    Case("stride3_pad2", 2, 5, 13, 11, 6, 3, 3, stride=3, padding=2),
-    Case("dilation2", 1, 4, 11, 11, 40, 3, 3, padding=2, dilation=2),
-    Case("groups4", 2, 8, 7, 7, 12, 3, 3, padding=1, groups=4),
-    Case("depthwise", 2, 16, 8, 8, 16, 3, 3, padding=1, groups=16),
-    Case("depthwise_x2_stride2", 2, 16, 9, 9, 32, 3, 3, stride=2, padding=1, groups=16),
-    Case("pointwise", 2, 32, 6, 6, 64, 1, 1),
-    Case("pointwise_stride2", 2, 16, 7, 7, 48, 1, 1, stride=2),
-    Case("rectangular", 2, 5, 9, 12, 7, 2, 5, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
-    Case("batch1_5x5", 1, 3, 5, 5, 2, 5, 5, padding=2),
-    Case("batch0", 0, 4, 6, 6, 8, 3, 3, padding=1),
-    Case("wide_k", 1, 70, 5, 5, 130, 3, 3, padding=1),
-    Case("many_pixels", 4, 8, 32, 32, 16, 3, 3, padding=1),
-    Case("one_pixel_out", 1, 6, 3, 3, 9, 3, 3),
-]
-LARGE = Case("large_tile", 4, 32, 64, 64, 300, 3, 3, padding=1)
+# Shapes chosen to reach every kernel path (the shared table in adder2d_cases.py).
+CASES = CUDA_CASES
+LARGE = CUDA_LARGE
 
 
 def make_inputs(case, dtype, layout, seed=0):
     """x, w, bias, dy on DEVICE in `dtype` with the requested memory layout."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(case.n, case.c, case.h, case.w, generator=g, dtype=torch.float64)
-    w = torch.randn(
-        case.co, case.c // case.groups, case.kh, case.kw, generator=g, dtype=torch.float64
-    )
-    b = torch.randn(case.co, generator=g, dtype=torch.float64)
+    x, w, b = case.tensors(torch.float64, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
     dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=g, dtype=torch.float64)
     tensors = [t.to(DEVICE, dtype) for t in (x, w, b, dy)]
     if layout == "channels_last":
@@ -151,8 +113,7 @@ def cuda_results(case, x, w, b, dy):
     out["gx_exact"] = ops.adder2d_input_grad(dy, x, w, *case.args, "exact")
     poison_allocator()
     out["gw"] = ops.adder2d_weight_grad(dy, x, w, *case.args)
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
     return out
 
 
@@ -378,29 +339,23 @@ def test_opcheck(case):
 
 
 @requires_cuda
-def test_errors_match_cpu():
-    x = torch.randn(1, 4, 5, 5)
-    w = torch.randn(6, 2, 3, 3)
-    for dev in ("cpu", DEVICE):
-        with pytest.raises(
-            RuntimeError, match=r"groups \(3\) must divide the input channels \(4\)"
-        ):
-            torch.ops.addernet.adder2d(
-                x.to(dev), w.to(dev), None, [1, 1], [0, 0], [1, 1], 3, "hardtanh"
-            )
-    with pytest.raises(RuntimeError, match="weight is on cpu but input is on cuda"):
-        torch.ops.addernet.adder2d(x.to(DEVICE), w, None, [1, 1], [0, 0], [1, 1], 2, "hardtanh")
-    with pytest.raises(RuntimeError, match='mode\\) must be "hardtanh" or "exact"'):
-        torch.ops.addernet.adder2d_input_grad(
-            torch.randn(1, 6, 3, 3, device=DEVICE),
-            x.to(DEVICE),
-            w.to(DEVICE),
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            2,
-            "relu",
-        )
+@pytest.mark.parametrize("row", [r for r in BAD_INPUT if r[4]], ids=lambda r: r[0])
+def test_errors_match_cpu(row):
+    """Every raw-op row of the shared error table, on CUDA tensors: the C++ check refuses with
+    the message the CPU op gives."""
+    _, op, change, pattern, _ = row
+    args = valid_args(op)
+    args = to_device({**args, **change(args)}, DEVICE)
+    with pytest.raises(RuntimeError, match=pattern):
+        call_raw(op, args)
+
+
+@requires_cuda
+def test_errors_device_mismatch():
+    args = to_device(valid_args("adder2d"), DEVICE)
+    args["weight"] = args["weight"].cpu()
+    with pytest.raises(RuntimeError, match="adder2d: weight is on cpu but input is on cuda"):
+        call_raw("adder2d", args)
 
 
 @requires_cuda
@@ -422,23 +377,53 @@ def test_zero_size():
 
 
 @requires_cuda
-def test_current_device_and_stream():
-    """Runs on the current stream of the tensors' device."""
+def test_current_stream_captured_in_a_cuda_graph():
+    """The three ops launch on the current stream: captured into a CUDA graph (which captures
+    the side stream torch.cuda.graph makes current), then replayed on new input values into
+    NaN-filled outputs. A kernel launched on any other stream is either refused during capture
+    (the legacy default stream) or not part of the graph, and the replay then leaves NaN or the
+    old values behind."""
     case = CASES[1]
     x, w, b, dy = make_inputs(case, torch.float32, "contiguous")
-    want = cpu_expected(case, x, w, b, dy)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        y = torch.ops.addernet.adder2d(x, w, b, *case.args, "hardtanh")
-    stream.synchronize()
-    bnd = bounds(case, x, w, b, dy)
-    assert_matches(y, want["y"], bnd["y"], TOL[torch.float32], "stream")
-    if torch.cuda.device_count() > 1:
-        x1, w1, b1 = (t.to("cuda:1") for t in (x, w, b))
-        y1 = torch.ops.addernet.adder2d(x1, w1, b1, *case.args, "hardtanh")
-        assert y1.device == torch.device("cuda:1")
-        assert_matches(y1, want["y"], bnd["y"], TOL[torch.float32], "cuda:1")
+    ops = torch.ops.addernet
+
+    def run_ops():
+        return (
+            ops.adder2d(x, w, b, *case.args, "hardtanh"),
+            ops.adder2d_input_grad(dy, x, w, *case.args, "hardtanh"),
+            ops.adder2d_weight_grad(dy, x, w, *case.args),
+        )
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture
+        run_ops()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = run_ops()
+    x2, w2, b2, dy2 = make_inputs(case, torch.float32, "contiguous", seed=5)
+    for t, new in ((x, x2), (w, w2), (b, b2), (dy, dy2)):
+        t.copy_(new)
+    for out in outputs:
+        out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    want = cpu_expected(case, x2, w2, b2, dy2)
+    bnd = bounds(case, x2, w2, b2, dy2)
+    for key, got in zip(("y", "gx_hardtanh", "gw"), outputs):
+        assert_matches(got, want[key], bnd[key], TOL[torch.float32], f"graph replay {key}")
+
+
+@pytest.mark.skipif(not CUDA_OK or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_second_device():
+    """Tensors on cuda:1 run there (the device guard), with the same result."""
+    case = CASES[1]
+    x, w, b, dy = (t.to("cuda:1") for t in make_inputs(case, torch.float32, "contiguous"))
+    y = torch.ops.addernet.adder2d(x, w, b, *case.args, "hardtanh")
+    assert y.device == torch.device("cuda:1")
+    want, bnd = cpu_expected(case, x, w, b, dy), bounds(case, x, w, b, dy)
+    assert_matches(y, want["y"], bnd["y"], TOL[torch.float32], "cuda:1")
 
 
 @requires_cuda

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from adder2d_cases import CPU_CASES, Case
 from conftest import cpu_isas
-from test_adder2d import SHAPES
 
 import addernet_cuda
 from addernet_cuda import ops, reference
@@ -23,38 +23,31 @@ from addernet_cuda.nn.quantized import QuantizedAdderConv2d, quantize
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Shapes that stress the int8 packing: channel padding to 8, reductions that are not a multiple
-# of 32 bytes or span several panels' worth, pixel tiles spanning images, output-channel tails.
-INT8_SHAPES = SHAPES + [
-    pytest.param((3, 64, 6, 6, 7, 5, 5, 1, 2, 1, 1), id="long-reduction-odd-co"),
-    pytest.param((70, 16, 5, 5, 5, 5, 5, 1, 0, 1, 1), id="one-pixel-per-image"),
-    pytest.param((3, 9, 11, 5, 3, 3, 3, 1, 1, 1, 1), id="nine-channels"),
-    pytest.param((2, 24, 6, 9, 6, 2, 3, (1, 2), (0, 1), (2, 1), 2), id="rect-groups-dilation"),
-    pytest.param((2, 40, 4, 37, 6, 3, 3, 1, 1, 1, 1), id="transposed-16x16-blocks-and-tails"),
-    pytest.param((1, 96, 3, 20, 6, 3, 1, 1, (1, 0), 1, 3), id="16-channel-blocks-per-group"),
-    pytest.param((2, 32, 3, 12, 4, 1, 3, 1, 0, 1, 1), id="transposed-8-pixel-block"),
+# of 32 bytes or span several panels' worth, pixel tiles spanning images, output-channel tails,
+# and the input transposition's 16 x 16 and 16 x 8 blocks with their tails.
+INT8_SHAPES = CPU_CASES + [
+    Case("long-reduction-odd-co", 3, 64, 6, 6, 7, 5, 5, padding=2),
+    Case("one-pixel-per-image", 70, 16, 5, 5, 5, 5, 5),
+    Case("nine-channels", 3, 9, 11, 5, 3, 3, 3, padding=1),
+    Case("rect-groups-dilation", 2, 24, 6, 9, 6, 2, 3, (1, 2), (0, 1), (2, 1), groups=2),
+    Case("transposed-16x16-blocks-and-tails", 2, 40, 4, 37, 6, 3, 3, padding=1),
+    Case("16-channel-blocks-per-group", 1, 96, 3, 20, 6, 3, 1, padding=(1, 0), groups=3),
+    Case("transposed-8-pixel-block", 2, 32, 3, 12, 4, 1, 3),
 ]
 
 
-def make_codes(shape, seed=0, scale=0.05):
-    if hasattr(shape, "values"):
-        shape = shape.values[0]
-    n, c, h, w, co, kh, kw, stride, padding, dilation, groups = shape
+def make_codes(case, seed=0, scale=0.05):
     g = torch.Generator().manual_seed(seed)
     # Spread over more than the code range, so clamping happens too.
-    x = torch.randn(n, c, h, w, generator=g) * (60 * scale)
-    wq = torch.randint(-127, 128, (co, c // groups, kh, kw), generator=g, dtype=torch.int8)
-    pair = ops._pair
-    kwargs = dict(
-        stride=pair(stride, "stride"),
-        padding=pair(padding, "padding"),
-        dilation=pair(dilation, "dilation"),
-        groups=groups,
+    x = torch.randn(case.n, case.c, case.h, case.w, generator=g) * (60 * scale)
+    wq = torch.randint(
+        -127, 128, (case.co, case.c // case.groups, case.kh, case.kw), generator=g, dtype=torch.int8
     )
-    return x, wq, torch.tensor([scale]), kwargs
+    return x, wq, torch.tensor([scale]), case.kwargs
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
-@pytest.mark.parametrize("shape", INT8_SHAPES)
+@pytest.mark.parametrize("shape", INT8_SHAPES, ids=repr)
 def test_sums_equal_reference_bitwise(shape, cpu_isa):
     x, wq, s, kw = make_codes(shape)
     co = wq.shape[0]
@@ -66,7 +59,7 @@ def test_sums_equal_reference_bitwise(shape, cpu_isa):
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
-@pytest.mark.parametrize("shape", INT8_SHAPES[::3])
+@pytest.mark.parametrize("shape", INT8_SHAPES[::3], ids=repr)
 @pytest.mark.parametrize("relu", [False, True])
 def test_epilogue_equals_reference_bitwise(shape, relu, cpu_isa):
     x, wq, s, kw = make_codes(shape, seed=1)

@@ -464,15 +464,26 @@ def test_grad_scaler_skipped_step_leaves_weights_alone():
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
 
 
-def test_step_pre_hook_is_idempotent():
+def test_step_pre_hook_rescales_once_and_is_idempotent():
+    """Through the global optimizer step pre-hook: a step with lr 0 leaves the parameters alone,
+    so what it does to the gradients is the hook's rescaling; a second step changes nothing."""
     model = make_model()
     x, y = make_data()
     loss_fn(model, x, y).backward()
-    addernet_cuda.rescale_adder_grads(model.parameters())
-    once = model[1].weight.grad.clone()
-    addernet_cuda.rescale_adder_grads(model.parameters())
-    torch.testing.assert_close(model[1].weight.grad, once)
-    assert once.norm().item() == pytest.approx(0.2 * math.sqrt(model[1].weight.numel()), rel=1e-5)
+    raw = [p.grad.clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt.step()
+    once = [p.grad.clone() for p in model.parameters()]
+    for i, (p, g, r) in enumerate(zip(model.parameters(), once, raw)):
+        if i in ADDER_PARAMS:
+            eta = 0.2 if i == ADDER_PARAMS[0] else 0.1
+            assert g.norm().item() == pytest.approx(eta * math.sqrt(p.numel()), rel=1e-5)
+            torch.testing.assert_close(g / g.norm(), r / r.norm())  # a rescaling, nothing else
+        else:
+            assert torch.equal(g, r), f"untagged parameter {i} was rescaled"
+    opt.step()
+    for g, again in zip(once, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(again, g, rtol=1e-6, atol=0)
 
 
 def _free_port():

@@ -2,10 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
 
+import pytest
 import torch
 
-from benchmarks import bench_adder2d, check_regression
+import addernet_cuda
+from benchmarks import bench_adder2d, check_regression, gpu_check_summary
 
 
 def _result(ratios):
@@ -73,6 +77,75 @@ def test_committed_cpu_results_cover_every_layer():
         result = json.load(f)
     assert {r["shape"] for r in result["rows"]} == set(bench_adder2d.SHAPES)
     assert result["device"] == "cpu" and result["environment"]["cpu_model"]
+
+
+def test_term_count_follows_the_output_size_with_dilation():
+    # (name, C, H, W, Co, k, stride, padding, dilation): OH = (10 + 2 - 2*2 - 1) // 1 + 1 = 8
+    shape = ("dilated", 3, 10, 9, 4, 3, 1, 1, 2)
+    x, w, kw = bench_adder2d.make_case(shape, 2, "cpu")
+    y = addernet_cuda.adder2d(x, w, **kw)
+    assert kw["dilation"] == 2 and y.shape == (2, 4, 8, 7)
+    assert bench_adder2d.terms(shape, 2) == y.numel() * 3 * 3 * 3
+    assert bench_adder2d.terms(shape[:8], 2) == 2 * 4 * 10 * 9 * 3 * 3 * 3  # dilation 1
+
+
+def test_gpu_check_summary_counts_junit_results(tmp_path):
+    (tmp_path / "stages.jsonl").write_text('{"stage": "build", "status": "passed"}\n')
+    (tmp_path / "junit.xml").write_text(
+        '<testsuites><testsuite tests="5" failures="1" errors="0" skipped="2"/></testsuites>'
+    )
+    gpu_check_summary.main([str(tmp_path), "GPU", torch.__version__, "0"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["last_stage"] == "build" and summary["device"] == "GPU"
+    assert summary["tests"] == {"tests": 5, "failures": 1, "errors": 0, "skipped": 2, "passed": 2}
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "bench_adder2d",
+        "bench_adder2d_int8",
+        "bench_slac_head",
+        "check_regression",
+        "quantize_mnist",
+        "reproduce_mnist",
+        "sass_report",
+    ],
+)
+def test_scripts_run_as_modules(script):
+    """Every script starts as ``python -m benchmarks.X`` from the checkout (no sys.path edits)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{script}", "--help"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage:" in out.stdout
+
+
+def test_interleaved_rounds_alternate_and_ratios_pair_rounds():
+    calls = []
+
+    def run(fn, repeats, warmup):
+        for _ in range(warmup):
+            fn()
+        return [fn() for _ in range(repeats)]
+
+    clock = iter(range(1, 100))
+    fns = {
+        "a": lambda: calls.append("a") or 2.0 * next(clock),
+        "b": lambda: calls.append("b") or 1.0 * next(clock),
+    }
+    times = bench_adder2d.interleaved(run, fns, 3, 1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert len(times["a"]) == len(times["b"]) == 3
+    ratio = bench_adder2d.ratio_stats([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+    assert ratio == {"median": 2.0, "p20": 2.0, "p80": 3.0}
 
 
 def test_int8_benchmark_runs_and_writes_results(tmp_path):

@@ -1,7 +1,10 @@
 """Tests of the build and import checks (setup.py, addernet_cuda/_extension.py)."""
 
+import glob
 import importlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +13,7 @@ import torch
 
 import addernet_cuda
 from addernet_cuda import _extension
+from addernet_cuda.version import STABLE_ABI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,8 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_build_info():
     info = addernet_cuda.build_info()
     assert "cpu" in info["backends"]
-    assert info["torch_version"] == torch.__version__
-    assert info["openmp"] is True, "at::parallel_for would run on one thread without OpenMP"
+    assert info["stable_abi"] == STABLE_ABI
+    assert ("cuda" in info["backends"]) == (
+        info["cuda_compiled"] and torch.version.cuda is not None
+    )
+    # Built with any torch >= STABLE_ABI (the isolated build takes the newest), runs with this one.
+    assert _extension._major_minor(info["torch_version"]) >= _extension._major_minor(STABLE_ABI)
     assert info["cpu_isa"] in ("avx2", "base")
     assert isinstance(addernet_cuda.__version__, str) and addernet_cuda.__version__.count(".") == 2
 
@@ -28,12 +36,83 @@ def test_ops_are_registered_for_cpu():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"addernet::{op}", "CPU"), op
 
 
-def test_refuses_extension_built_against_another_torch(monkeypatch):
-    monkeypatch.setattr(torch, "__version__", "0.0.1")
-    with pytest.raises(
-        ImportError, match=r"built against torch .* but torch 0.0.1 is running.*Rebuild"
-    ):
+def test_accepts_every_torch_from_the_stable_abi_on(monkeypatch):
+    for version in (STABLE_ABI + ".0", "2.13.0+cpu", "2.99.1", "3.0.0a0+git123"):
+        monkeypatch.setattr(torch, "__version__", version)
+        _extension._check_torch_version()
+
+
+def test_refuses_torch_older_than_the_stable_abi(monkeypatch):
+    major, minor = _extension._major_minor(STABLE_ABI)
+    older = f"{major}.{minor - 1}.3"
+    monkeypatch.setattr(torch, "__version__", older)
+    expected = rf"built for the torch stable ABI {STABLE_ABI} and runs with torch >= {STABLE_ABI}"
+    with pytest.raises(ImportError, match=rf"{expected}, but torch {older} is running.*Install"):
         _extension._load()
+
+
+class _FakeC:
+    """Stands in for addernet_cuda._C: a build with CUDA kernels."""
+
+    @staticmethod
+    def build_info():
+        return {"stable_abi": STABLE_ABI, "cuda_compiled": True}
+
+
+@pytest.mark.parametrize("torch_cuda", [None, "13.0"])
+def test_cuda_library_loaded_only_under_cuda_torch(monkeypatch, torch_cuda):
+    # A wheel built with a CUDA torch must import under a CPU-only torch: its CUDA library (which
+    # needs libtorch_cuda) is loaded only when the running torch has CUDA.
+    loaded = []
+
+    def fake_import(name):
+        loaded.append(name)
+        return _FakeC if name == "addernet_cuda._C" else object()
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    monkeypatch.setattr(torch.version, "cuda", torch_cuda)
+    module, cuda = _extension._load()
+    assert module is _FakeC
+    expected = ["addernet_cuda._C"] + (["addernet_cuda._C_cuda"] if torch_cuda else [])
+    assert loaded == expected
+    assert (cuda is not None) == (torch_cuda is not None)
+
+
+def test_pyproject_requires_the_stable_abi_torch():
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        text = f.read()
+    dependencies = re.search(r"^dependencies = \[(.*)\]", text, re.MULTILINE).group(1)
+    assert f'"torch>={STABLE_ABI}"' in dependencies
+
+
+def _op_libraries():
+    package = os.path.dirname(addernet_cuda.__file__)
+    return sorted(glob.glob(os.path.join(package, "_C*.so")))
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+def test_op_libraries_use_only_the_stable_c_abi_of_torch():
+    # A C++ symbol of ATen, c10 or torch (or libtorch_python) would tie the build to one torch.
+    libraries = _op_libraries()
+    assert libraries, "no compiled extension found next to addernet_cuda/__init__.py"
+    for library in libraries:
+        out = subprocess.run(
+            ["nm", "-D", "--undefined-only", library], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        bound = [s for s in out.stdout.split() if re.match(r"_Z\w*(3c10|2at|5torch)", s)]
+        assert not bound, f"{os.path.basename(library)} uses torch C++ symbols: {bound[:5]}"
+        needed = subprocess.run(["readelf", "-d", library], capture_output=True, text=True).stdout
+        assert "libtorch_python" not in needed, os.path.basename(library)
+
+
+def test_cpp_errors_show_no_source_path():
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 3, 3, 3)
+    with pytest.raises(RuntimeError) as error:
+        torch.ops.addernet.adder2d(x, w, None, [1, 1], [0, 0], [1, 1], 1)
+    message = str(error.value)
+    assert message.startswith("adder2d: weight.size(1) must be in_channels / groups"), message
+    assert ".cpp" not in message and "csrc" not in message, message
 
 
 def test_refuses_unloadable_extension_with_rebuild_instruction(monkeypatch):
@@ -42,14 +121,16 @@ def test_refuses_unloadable_extension_with_rebuild_instruction(monkeypatch):
 
     monkeypatch.setattr(importlib, "import_module", fail)
     with pytest.raises(
-        ImportError, match="cannot load the compiled extension.*undefined symbol.*Rebuild"
+        ImportError, match="cannot load the compiled extension.*undefined symbol.*Install torch"
     ):
         _extension._load()
 
 
 def test_isa_switch_from_environment():
     code = "import addernet_cuda; print(addernet_cuda.build_info()['cpu_isa'])"
-    env = dict(os.environ, ADDERNET_CPU_ISA="base", PYTHONPATH=ROOT)
+    # The copy of the package under test (the source tree's, or an installed wheel's).
+    package_parent = os.path.dirname(os.path.dirname(addernet_cuda.__file__))
+    env = dict(os.environ, ADDERNET_CPU_ISA="base", PYTHONPATH=package_parent)
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )

@@ -13,8 +13,10 @@ from addernet_cuda.models import (
     LinearHead,
     build_model,
     count_ops,
+    head_kind,
     head_logits,
     head_param_groups,
+    make_head,
     resnet20,
     resnet32,
     resnet50,
@@ -90,7 +92,7 @@ def test_heads_and_feature_size(name, head):
 def test_head_loss_trains_the_model_head(head):
     torch.manual_seed(0)
     model = build_model("lenet5", 10, head=head, feat_dim=3, cnn=True)
-    criterion = HeadLoss(model.head, lam=0.01, beta=0.1)
+    criterion = HeadLoss(model.head)
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
     features = model(x, return_features=True)
     loss = criterion(features, y)
@@ -100,19 +102,75 @@ def test_head_loss_trains_the_model_head(head):
     assert all(id(p) in own for p in criterion.parameters())  # shared, not copied
     assert all(p.grad is not None for p in model.head.parameters() if p.requires_grad)
     assert criterion.last_logits.shape == (8, 10)
-    torch.testing.assert_close(
-        criterion.last_logits if head != "linear" else model.head(features).detach(),
-        head_logits(model.head, features).detach(),
-    )
+    # the scores kept by the loss are the head's scores of the same features
+    torch.testing.assert_close(criterion.last_logits, head_logits(model.head, features).detach())
     if head == "slac":
         assert set(criterion.last_terms) == {"loss", "ce", "nll", "ac"}
 
 
-def test_slac_beta_zero_and_frozen_parameters():
-    model = build_model(
-        "lenet5", 10, head="slac", head_kwargs={"freeze_covariance": True, "freeze_skewness": True}
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_has_the_protocol(head):
+    """One protocol, one registry: logits, loss (loss, terms, logits from one pass),
+    optimizer_groups and op_count on every head; the registry names each head's kind."""
+    torch.manual_seed(0)
+    module = make_head(head, 5, 3)
+    assert head_kind(module) == head
+    x, y = torch.randn(6, 3), torch.arange(6) % 5
+    out = module.loss(x, y)
+    assert out.loss.dim() == 0 and out.loss.requires_grad and out.terms["loss"] is not None
+    torch.testing.assert_close(out.logits, module.logits(x))
+    groups = module.optimizer_groups(
+        0.1, weight_decay=5e-4, head_weight_decay=0.0, cov_lr_scale=100
     )
-    criterion = HeadLoss(model.head, beta=0.0)
+    listed = [p for g in groups for p in g["params"]]
+    assert sorted(map(id, listed)) == sorted(id(p) for p in module.parameters())
+    mul, add = module.op_count()
+    assert (mul, add) == ((0, 0) if head == "linear" else (mul, add)) and add >= mul >= 0
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_head_loss_runs_the_head_once(head, monkeypatch):
+    """HeadLoss takes the logits from the loss's own pass: every head's scores are computed
+    once per step (the baselines' used to be computed a second time)."""
+    model = build_model("lenet5", 10, head=head, feat_dim=3)
+    calls = []
+    original = type(model.head).logits
+    monkeypatch.setattr(
+        type(model.head), "logits", lambda self, x: calls.append(1) or original(self, x)
+    )
+    if head in ("lgm", "mom"):
+        inner = type(model.head)._component_terms
+        monkeypatch.setattr(
+            type(model.head), "_component_terms", lambda self, x: calls.append(1) or inner(self, x)
+        )
+    criterion = HeadLoss(model.head)
+    criterion(torch.randn(4, 3), torch.arange(4))
+    assert len(calls) <= 1, calls
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_empty_batch_loss_is_zero(head):
+    """Every head averages over max(B, 1): an empty batch adds 0 to the loss, not NaN (the
+    linear head's mean cross-entropy gave NaN)."""
+    model = build_model("lenet5", 10, head=head, feat_dim=3).eval()
+    criterion = HeadLoss(model.head)
+    loss = criterion(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    # SLAC's angle constraint depends on the parameters only
+    rest = 0.1 * criterion.last_terms["ac"].item() if head == "slac" else 0.0
+    assert loss.item() == pytest.approx(rest, rel=1e-6)
+
+
+def test_make_head_refuses_unknown_options():
+    with pytest.raises(TypeError, match="unknown options"):
+        make_head("slac", 10, 2, lgm_alpah=0.2)
+    with pytest.raises(ValueError, match="head must be one of"):
+        make_head("arcface", 10, 2)
+
+
+def test_slac_beta_zero_and_frozen_parameters():
+    frozen = {"freeze_covariance": True, "freeze_skewness": True}
+    model = build_model("lenet5", 10, head="slac", head_kwargs={**frozen, "beta": 0.0})
+    criterion = HeadLoss(model.head)
     criterion(model(torch.randn(4, 1, 28, 28), return_features=True), torch.arange(4))
     assert criterion.last_terms["ac"] is None
     assert model.head.frozen == {"location": False, "covariance": True, "skewness": True}
@@ -170,27 +228,24 @@ MULTIPLICATIVE = 442_368 + 640  # the ANN's first conv and 1x1 classifier (10 cl
 
 
 def test_op_count_cnn_resnets():
-    assert count_ops(resnet20(cnn=True)).mul == R20_CNN
-    r32 = count_ops(resnet32(cnn=True))
+    r20, r32 = count_ops(resnet20(cnn=True)), count_ops(resnet32(cnn=True))
+    assert r20.mul == r20.add == R20_CNN
     assert r32.mul == r32.add == R32_CNN
-    assert round(R32_CNN / 1e6, 2) == 69.12  # the paper's ResNet-32 CNN count, reproduced
+    assert round(r32.mul / 1e6, 2) == 69.12  # the paper's ResNet-32 CNN count, reproduced
     # The paper's ResNet-20 count (41.17M) is not reproduced, by any per-layer convention that also
     # gives its ResNet-32 count: ResNet-32 has exactly 12 more 16/32/64-channel 3x3 convolutions,
-    # each 2,359,296 MACs, so the two counts must differ by 28.31M; the paper's differ by 27.95M.
-    assert R32_CNN - R20_CNN == 12 * 2_359_296
-    assert round(69.12 - 41.17, 2) == 27.95
-    assert abs(R20_CNN / 1e6 - 41.17) > 0.3
+    # each 16 * 16 * 9 * 32 * 32 = 2,359,296 MACs, so the two counts must differ by 28.31M; the
+    # paper's differ by 69.12M - 41.17M = 27.95M.
+    assert r32.mul - r20.mul == 12 * 16 * 16 * 9 * 32 * 32
+    assert abs(r20.mul / 1e6 - 41.17) > 0.3
 
 
 def test_op_count_ann_resnets():
     r20, r32 = count_ops(resnet20()), count_ops(resnet32())
     assert r20.mul == r32.mul == MULTIPLICATIVE  # 0.443M; the paper prints 0.45M
-    assert r20.add == 2 * (R20_CNN - MULTIPLICATIVE) + MULTIPLICATIVE == 81_183_360  # paper 81.89M
-    assert (
-        r32.add == 2 * (R32_CNN - MULTIPLICATIVE) + MULTIPLICATIVE == 137_806_464
-    )  # paper 137.79M
-    # The paper's ANN rows are 2 x its CNN count - 0.45M, from rounded numbers:
-    assert round(2 * 41.17 - 0.45, 2) == 81.89 and round(2 * 69.12 - 0.45, 2) == 137.79
+    # The paper's ANN rows are 2 x its CNN count - 0.45M, from rounded numbers (81.89M, 137.79M).
+    assert r20.add == 2 * (R20_CNN - MULTIPLICATIVE) + MULTIPLICATIVE  # 81,183,360
+    assert r32.add == 2 * (R32_CNN - MULTIPLICATIVE) + MULTIPLICATIVE  # 137,806,464
     assert count_ops(resnet20(cnn=True)).bn_mul == r20.bn_mul == 200_704 + 10
 
 

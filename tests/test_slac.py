@@ -557,7 +557,8 @@ def test_imagenet_head_memory():
     out = subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, "benchmarks", "bench_slac_head.py"),
+            "-m",
+            "benchmarks.bench_slac_head",
             "--head",
             "slac",
             "--warmup",
@@ -565,6 +566,7 @@ def test_imagenet_head_memory():
             "--repeats",
             "1",
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

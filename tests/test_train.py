@@ -17,9 +17,6 @@ from addernet_cuda import data as data_mod
 from addernet_cuda.models import HEADS
 from addernet_cuda.train import Config, parse_config, run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 # Small models: one thread is as fast, and immune to OpenMP threads competing with other jobs.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -184,6 +181,22 @@ def test_loader_shards_cover_the_split_once():
             assert sorted(torch.cat(seen).tolist()) == list(range(10))
 
 
+def test_loader_length_is_arithmetic_and_matches_iteration(monkeypatch):
+    """len() is the number of batches iteration yields, for every shard, computed without
+    drawing the epoch's permutation (the progress bar asks for it at every step)."""
+    for n, world, batch in [(10, 3, 2), (10, 1, 3), (2, 3, 1), (0, 2, 4), (12, 4, 5)]:
+        split = data_mod.Split(torch.zeros(n, 1, 1, 1), torch.arange(n))
+        for shuffle in (True, False):
+            for rank in range(world):
+                loader = data_mod.TensorLoader(
+                    split, batch, shuffle=shuffle, mean=(0.0,), std=(1.0,), rank=rank, world=world
+                )
+                expected = sum(1 for _ in loader)
+                with monkeypatch.context() as m:
+                    m.setattr(torch, "randperm", lambda *a, **k: pytest.fail("randperm in len()"))
+                    assert len(loader) == expected, (n, world, batch, shuffle, rank)
+
+
 def test_cifar_pickle_loader_and_a_resnet20_step(tmp_path):
     data_mod.write_fake_cifar(str(tmp_path), "cifar10", train_per_file=8, test=12)
     bundle = data_mod.load_cifar("cifar10", str(tmp_path))
@@ -211,6 +224,18 @@ def test_cifar_pickle_loader_and_a_resnet20_step(tmp_path):
     assert metrics["ops_per_image"]["add"] == 81_184_660
     with pytest.raises(RuntimeError, match="cifar-100-python"):
         data_mod.load_cifar("cifar100", str(tmp_path / "nowhere"))
+
+
+def test_dataset_and_model_image_sizes_must_match(tmp_path):
+    """CIFAR's 3x32x32 images and LeNet-5's 1x28x28 input: refused before any training, with
+    both sizes named (it used to fail inside the first convolution)."""
+    data_mod.write_fake_cifar(str(tmp_path), "cifar10", train_per_file=2, test=2)
+    settings = dict(dataset="cifar10", data_dir=str(tmp_path), model="lenet5", batch_size=2)
+    with pytest.raises(
+        ValueError, match="cifar10 has 3x32x32 images but --model lenet5 takes 1x28x28"
+    ):
+        run(cfg(tmp_path, **settings))
+    assert not os.path.exists(tmp_path / "run" / "metrics.json")
 
 
 def test_missing_data_messages(monkeypatch):
@@ -261,7 +286,9 @@ def test_ddp_two_processes_torchrun(tmp_path):
     out.mkdir()
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    # The copy of the package under test (the source tree's, or an installed wheel's).
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(train_mod.__file__)))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", PYTHONPATH=package_parent)
     cmd = [
         sys.executable,
         "-m",

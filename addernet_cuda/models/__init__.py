@@ -16,11 +16,18 @@ multiplications and additions per image (the papers' #Mul./#Add.). Heads and the
 :mod:`addernet_cuda.models.heads`.
 """
 
-from typing import Optional
-
 from .base import Classifier, conv_layer
 from .counting import OpCount, count_ops, head_ops
-from .heads import HEADS, HeadLoss, LinearHead, head_logits, head_param_groups, make_head
+from .heads import (
+    HEAD_REGISTRY,
+    HEADS,
+    HeadLoss,
+    LinearHead,
+    head_kind,
+    head_logits,
+    head_param_groups,
+    make_head,
+)
 from .lenet import LeNet5, lenet5
 from .resnet import CifarResNet, ImageNetResNet, resnet18, resnet20, resnet32, resnet50
 from .vgg import VGGSmall, vgg_small
@@ -35,35 +42,39 @@ MODELS = {
 }
 
 
-def build_model(
-    name: str,
-    num_classes: int,
-    *,
-    head: str = "linear",
-    feat_dim: Optional[int] = None,
-    cnn: bool = False,
-    eta: Optional[float] = 0.2,
-    input_grad: str = "hardtanh",
-    head_kwargs: Optional[dict] = None,
-) -> Classifier:
-    """The model ``name`` (one of :data:`MODELS`); see the classes for the arguments."""
+_INPUT_SIZES = {
+    "lenet5": LeNet5.input_size,
+    "resnet20": CifarResNet.input_size,
+    "resnet32": CifarResNet.input_size,
+    "vgg_small": VGGSmall.input_size,
+    "resnet18": ImageNetResNet.input_size,
+    "resnet50": ImageNetResNet.input_size,
+}
+
+
+def model_input_size(name: str):
+    """The image size ``(C, H, W)`` the model ``name`` is built for, without building it."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name](
-        num_classes,
-        head=head,
-        feat_dim=feat_dim,
-        cnn=cnn,
-        eta=eta,
-        input_grad=input_grad,
-        head_kwargs=head_kwargs,
-    )
+    return _INPUT_SIZES[name]
+
+
+def build_model(name: str, num_classes: int, **options) -> Classifier:
+    """The model ``name`` (one of :data:`MODELS`); ``options`` (``head``, ``feat_dim``, ``cnn``,
+    ``eta``, ``input_grad``, ``head_kwargs``, and ``stride_in_1x1`` for the ImageNet ResNets) as
+    :class:`~addernet_cuda.models.base.Classifier` documents them."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+    return MODELS[name](num_classes, **options)
 
 
 __all__ = [
     "MODELS",
     "HEADS",
+    "HEAD_REGISTRY",
+    "head_kind",
     "build_model",
+    "model_input_size",
     "Classifier",
     "conv_layer",
     "count_ops",

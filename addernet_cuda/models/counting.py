@@ -22,14 +22,14 @@ The pass runs under ``FakeTensorMode``: shapes only, no arithmetic, so ResNet-50
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from ..nn import AdderConv2d, LGMLoss, LSoftmaxLoss, MoMLoss, SkewLaplaceMixture
+from ..nn import AdderConv2d
 
 __all__ = ["OpCount", "count_ops", "head_ops"]
 
@@ -49,18 +49,6 @@ class OpCount:
         self.mul += int(mul)
         self.add += int(add)
 
-    def by_type(self) -> dict:
-        out: dict = {}
-        for row in self.layers:
-            entry = out.setdefault(row["type"], {"mul": 0, "add": 0, "layers": 0})
-            entry["mul"] += row["mul"]
-            entry["add"] += row["add"]
-            entry["layers"] += 1
-        return out
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
     def __str__(self) -> str:
         return (
             f"{self.mul / 1e6:.2f}M mul, {self.add / 1e6:.2f}M add "
@@ -69,17 +57,10 @@ class OpCount:
 
 
 def head_ops(head: nn.Module) -> Tuple[int, int]:
-    """``(mul, add)`` per image of a distribution head (see the module docstring); (0, 0) for
-    other modules (the linear head's convolution is counted as a layer)."""
-    if isinstance(head, SkewLaplaceMixture):
-        k, d = head.num_classes, head.feat_dim
-        return 3 * k * d + k, 3 * k * d + 2 * k
-    if isinstance(head, (LGMLoss, MoMLoss)):
-        k, c, d = head.num_classes, head.num_components, head.feat_dim
-        return 2 * k * c * d + k * c, 2 * k * c * d + k * c + k * (c - 1)
-    if isinstance(head, LSoftmaxLoss):
-        return head.num_classes * head.feat_dim, head.num_classes * head.feat_dim
-    return 0, 0
+    """``(mul, add)`` per image of a head (``head.op_count()``, see the module docstring); (0, 0)
+    for a module without it (the linear head's convolution is counted as a layer)."""
+    op_count = getattr(head, "op_count", None)
+    return op_count() if op_count is not None else (0, 0)
 
 
 def count_ops(model: nn.Module, input_size: Optional[Tuple[int, ...]] = None) -> OpCount:

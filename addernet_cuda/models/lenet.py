@@ -16,52 +16,34 @@ BatchNorm output with no ReLU, so they can take any sign, as the distribution he
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 
-from .base import Classifier, conv_layer
+from .base import Classifier
 
 __all__ = ["LeNet5", "lenet5"]
 
 
 class LeNet5(Classifier):
-    """Arguments as :class:`~addernet_cuda.models.resnet.CifarResNet`; natural feature size 84."""
+    """Options as :class:`~addernet_cuda.models.base.Classifier`; natural feature size 84 (a
+    ``feat_dim`` sets f6's outputs: no projection)."""
 
     input_size = (1, 28, 28)
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        head: str = "linear",
-        feat_dim: Optional[int] = None,
-        cnn: bool = False,
-        eta: Optional[float] = 0.2,
-        input_grad: str = "hardtanh",
-        head_kwargs: Optional[dict] = None,
-    ):
-        super().__init__()
-        d = 84 if feat_dim is None else int(feat_dim)
-        opts = {"eta": eta, "input_grad": input_grad}
+    def __init__(self, num_classes: int = 10, **options):
+        super().__init__(num_classes, **options)
+        d = 84 if self._requested_feat_dim is None else int(self._requested_feat_dim)
         self.c1 = nn.Conv2d(1, 6, 5, 1, 2, bias=False)
         self.bn1 = nn.BatchNorm2d(6)
-        self.c3 = conv_layer(cnn, 6, 16, 5, **opts)
+        self.c3 = self.conv(6, 16, 5)
         self.bn3 = nn.BatchNorm2d(16)
-        self.c5 = conv_layer(cnn, 16, 120, 5, **opts)
+        self.c5 = self.conv(16, 120, 5)
         self.bn5 = nn.BatchNorm2d(120)
-        self.f6 = conv_layer(cnn, 120, d, 1, **opts)
+        self.f6 = self.conv(120, d, 1)
         self.bn6 = nn.BatchNorm2d(d)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(2, 2)
-        self._finish(
-            num_classes=num_classes,
-            natural_dim=d,
-            feat_dim=d,
-            head=head,
-            cnn=cnn,
-            head_kwargs=head_kwargs,
-        )
+        self._finish(natural_dim=d)
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.relu(self.bn1(self.c1(x))))

@@ -25,7 +25,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from .base import Classifier, conv_layer
+from .base import Classifier
 
 __all__ = ["CifarResNet", "ImageNetResNet", "resnet20", "resnet32", "resnet18", "resnet50"]
 
@@ -90,46 +90,24 @@ def _make_stage(block, layer, inplanes: int, planes: int, blocks: int, stride: i
     return nn.Sequential(*layers), planes * block.expansion
 
 
-def _layer_factory(cnn: bool, eta: Optional[float], input_grad: str):
-    def layer(cin, cout, k, stride, padding):
-        return conv_layer(cnn, cin, cout, k, stride, padding, eta=eta, input_grad=input_grad)
-
-    return layer
-
-
 class CifarResNet(Classifier):
     """ResNet-(6n+2) for 32x32 inputs: 16-32-64 channels, ``n`` basic blocks per stage.
 
     Args:
         depth: 20 (n = 3) or 32 (n = 5), or any 6n + 2.
         num_classes: 10 or 100.
-        head: one of ``linear`` (default), ``slac``, ``lgm``, ``mom``, ``lsoftmax``.
-        feat_dim: feature size; default (``None``) the natural 64. Another size adds a
-            ``Linear(64, feat_dim) + BatchNorm1d`` projection (e.g. 2 for plots).
-        cnn: the CNN twin.
-        eta, input_grad: passed to every ``AdderConv2d``.
-        head_kwargs: passed to :func:`~addernet_cuda.models.heads.make_head`.
+        options: as :class:`~addernet_cuda.models.base.Classifier` (natural feature size 64).
     """
 
     input_size = (3, 32, 32)
 
-    def __init__(
-        self,
-        depth: int = 20,
-        num_classes: int = 10,
-        head: str = "linear",
-        feat_dim: Optional[int] = None,
-        cnn: bool = False,
-        eta: Optional[float] = 0.2,
-        input_grad: str = "hardtanh",
-        head_kwargs: Optional[dict] = None,
-    ):
-        super().__init__()
+    def __init__(self, depth: int = 20, num_classes: int = 10, **options):
+        super().__init__(num_classes, **options)
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
         n = (depth - 2) // 6
         self.depth = depth
-        layer = _layer_factory(cnn, eta, input_grad)
+        layer = self.conv
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
@@ -137,14 +115,7 @@ class CifarResNet(Classifier):
         self.layer2, c = _make_stage(BasicBlock, layer, c, 32, n, 2)
         self.layer3, c = _make_stage(BasicBlock, layer, c, 64, n, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self._finish(
-            num_classes=num_classes,
-            natural_dim=c,
-            feat_dim=feat_dim,
-            head=head,
-            cnn=cnn,
-            head_kwargs=head_kwargs,
-        )
+        self._finish(natural_dim=c)
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -166,18 +137,9 @@ class ImageNetResNet(Classifier):
     input_size = (3, 224, 224)
 
     def __init__(
-        self,
-        depth: int = 18,
-        num_classes: int = 1000,
-        head: str = "linear",
-        feat_dim: Optional[int] = None,
-        cnn: bool = False,
-        eta: Optional[float] = 0.2,
-        input_grad: str = "hardtanh",
-        head_kwargs: Optional[dict] = None,
-        stride_in_1x1: bool = False,
+        self, depth: int = 18, num_classes: int = 1000, stride_in_1x1: bool = False, **options
     ):
-        super().__init__()
+        super().__init__(num_classes, **options)
         configs = {
             18: (BasicBlock, [2, 2, 2, 2]),
             34: (BasicBlock, [3, 4, 6, 3]),
@@ -191,7 +153,7 @@ class ImageNetResNet(Classifier):
         if stride_in_1x1 and block is Bottleneck:
             block = _BottleneckStrideIn1x1
         self.depth = depth
-        layer = _layer_factory(cnn, eta, input_grad)
+        layer = self.conv
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -203,14 +165,7 @@ class ImageNetResNet(Classifier):
             stages.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self._finish(
-            num_classes=num_classes,
-            natural_dim=c,
-            feat_dim=feat_dim,
-            head=head,
-            cnn=cnn,
-            head_kwargs=head_kwargs,
-        )
+        self._finish(natural_dim=c)
         for m in self.modules():
             if type(m) is nn.Conv2d:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.utils import _pair
 
-from ..ops import INPUT_GRAD_MODES, adder2d
+from ..ops import adder2d, check_input_grad_mode
 from .adaptive_lr import check_eta, register_adaptive_module
 
 _NORM_TYPES = (
@@ -65,10 +65,7 @@ class AdderConv2d(_ConvNd):
         device=None,
         dtype=None,
     ):
-        if input_grad not in INPUT_GRAD_MODES:
-            raise ValueError(
-                f'AdderConv2d: input_grad must be "hardtanh" or "exact", got {input_grad!r}'
-            )
+        check_input_grad_mode(input_grad, "AdderConv2d: input_grad")
         factory_kwargs = {"device": device, "dtype": dtype}
         kernel_size_ = _pair(kernel_size)
         stride_ = _pair(stride)

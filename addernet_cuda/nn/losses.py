@@ -43,13 +43,13 @@ logits and the loss in float32), and targets must be class indices of an integer
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .slac import _class_targets, _compute_dtype, _no_autocast, _positive_int, _sq_mahalanobis
+from . import _head_common as hc
 
 __all__ = ["LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]
 
@@ -57,18 +57,15 @@ __all__ = ["LGMLoss", "MoMLoss", "LSoftmaxLoss", "SoftmaxLoss"]
 def _check(features: torch.Tensor, feat_dim: int, param: torch.Tensor) -> torch.Tensor:
     if features.dim() != 2 or features.shape[1] != feat_dim:
         raise ValueError(f"features must be [B, {feat_dim}], got {list(features.shape)}")
-    return features.to(_compute_dtype(param.dtype))
+    return features.to(hc.compute_dtype(param.dtype))
 
 
 def _up(param: torch.Tensor) -> torch.Tensor:
     """``param`` in the compute dtype (float32 for float16/bfloat16; see :mod:`.slac`)."""
-    return param.to(_compute_dtype(param.dtype))
+    return param.to(hc.compute_dtype(param.dtype))
 
 
-_targets = _class_targets
-
-
-class _GaussianMixtureLoss(nn.Module):
+class _GaussianMixtureLoss(hc.LossHead):
     """Shared part of LGM and MoM: ``C`` diagonal Gaussian components per class."""
 
     def __init__(
@@ -82,9 +79,9 @@ class _GaussianMixtureLoss(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        num_classes = _positive_int("num_classes", num_classes)
-        feat_dim = _positive_int("feat_dim", feat_dim)
-        num_components = _positive_int("num_components", num_components)
+        num_classes = hc.positive_int("num_classes", num_classes)
+        feat_dim = hc.positive_int("feat_dim", feat_dim)
+        num_components = hc.positive_int("num_components", num_components)
         if alpha < 0:
             raise ValueError(f"alpha (the margin) must be >= 0, got {alpha}")
         factory = {"device": device, "dtype": dtype}
@@ -107,7 +104,7 @@ class _GaussianMixtureLoss(nn.Module):
     def _component_terms(self, x: torch.Tensor):
         """``d_kc`` and ``-1/2 log|Sigma_kc|``, as ``[B, K, C]`` and ``[K, C]``."""
         log_var = _up(self.log_var)
-        q, _, _ = _sq_mahalanobis(x, _up(self.means), torch.exp(-log_var))
+        q, _, _ = hc.sq_mahalanobis(x, _up(self.means), torch.exp(-log_var))
         k, c = self.num_classes, self.num_components
         return 0.5 * q.view(-1, k, c), -0.5 * log_var.sum(1).view(k, c)
 
@@ -125,32 +122,43 @@ class _GaussianMixtureLoss(nn.Module):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Margin-free logits (log-likelihood up to a common constant), ``[B, K]``."""
-        with _no_autocast(features.device.type):
+        with hc.no_autocast(features.device.type):
             x = _check(features, self.feat_dim, self.means)
             dist, half_logdet = self._component_terms(x)
             return self._class_logits(dist, self._comp_const(half_logdet))
 
-    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with _no_autocast(features.device.type):
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> hc.HeadOutput:
+        """The loss, its terms and the margin-free logits, from one pass (the head protocol)."""
+        with hc.no_autocast(features.device.type):
             x = _check(features, self.feat_dim, self.means)
             dist, half_logdet = self._component_terms(x)
             comp_const = self._comp_const(half_logdet)
             logits = self._class_logits(dist, comp_const)
-            y = _targets(targets, logits)
+            y = hc.class_targets(targets, logits)
             # The target class's log-likelihood with every component distance scaled by 1 + alpha.
             dist_y = dist.gather(1, y.view(-1, 1, 1).expand(-1, 1, self.num_components)).squeeze(1)
             margin_y = self._class_logits((1.0 + self.alpha) * dist_y, comp_const[y])
             margin_logits = logits.scatter(1, y.unsqueeze(1), margin_y.unsqueeze(1))
-            n = max(logits.shape[0], 1)
-            ce = F.cross_entropy(margin_logits, y, reduction="sum") / n
-            nll = -logits.gather(1, y.unsqueeze(1)).sum() / n
+            ce = hc.batch_mean_cross_entropy(margin_logits, y)
+            nll = -logits.gather(1, y.unsqueeze(1)).sum() / max(logits.shape[0], 1)
             loss = ce + self.lam * nll
-        self.last_terms = {"loss": loss.detach(), "ce": ce.detach(), "nll": nll.detach()}
-        return loss
+        terms = {"loss": loss.detach(), "ce": ce.detach(), "nll": nll.detach()}
+        return hc.HeadOutput(loss, terms, logits)
 
-    @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(1)
+    def optimizer_groups(
+        self, lr: float, *, weight_decay: float, head_weight_decay: float, cov_lr_scale: float
+    ) -> List[dict]:
+        """Means (and mixing weights) at ``lr``, covariances at ``lr / cov_lr_scale``, both with
+        ``head_weight_decay``: trained as the SLAC head, so the compared heads are alike."""
+        main = [p for n, p in self.named_parameters() if n != "log_var"]
+        return hc.distribution_groups(
+            ("head", "head_covariance"), main, self.log_var, lr, head_weight_decay, cov_lr_scale
+        )
+
+    def op_count(self) -> Tuple[int, int]:
+        """``2KCd + KC`` multiplications and ``2KCd + KC + K(C-1)`` additions per image."""
+        k, c, d = self.num_classes, self.num_components, self.feat_dim
+        return 2 * k * c * d + k * c, 2 * k * c * d + k * c + k * (c - 1)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, alpha={self.alpha}, lam={self.lam}"
@@ -166,22 +174,14 @@ class LGMLoss(_GaussianMixtureLoss):
     Args:
         alpha: classification margin. 0.1.
         lam: likelihood-regularisation weight; the term is the batch mean. 0.01.
+        factory: ``device`` and ``dtype`` of the parameters.
 
     Parameters: ``means`` ``[K, d]`` (Xavier-uniform) and ``log_var`` ``[K, d]`` (0: identity
     covariance). Wan et al. tune ``alpha`` and ``lam`` per data set; set them accordingly.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        feat_dim: int,
-        alpha: float = 0.1,
-        lam: float = 0.01,
-        *,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(num_classes, feat_dim, 1, alpha, lam, device=device, dtype=dtype)
+    def __init__(self, num_classes: int, feat_dim: int, alpha=0.1, lam=0.01, **factory):
+        super().__init__(num_classes, feat_dim, 1, alpha, lam, **factory)
 
 
 class MoMLoss(_GaussianMixtureLoss):
@@ -198,33 +198,15 @@ class MoMLoss(_GaussianMixtureLoss):
     Parameters: ``means`` and ``log_var`` ``[K * C, d]`` (row ``k * C + c``), ``mix_logits`` ``[K, C]``.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        feat_dim: int,
-        alpha: float = 0.1,
-        lam: float = 0.01,
-        num_components: int = 2,
-        *,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            num_classes, feat_dim, num_components, alpha, lam, device=device, dtype=dtype
-        )
-        self.mix_logits = nn.Parameter(
-            torch.zeros(num_classes, num_components, device=device, dtype=dtype)
-        )
-
-    def mixing_weights(self) -> torch.Tensor:
-        """``pi``, ``[K, C]``, rows summing to 1."""
-        return self.mix_logits.softmax(1)
+    def __init__(self, num_classes, feat_dim, alpha=0.1, lam=0.01, num_components=2, **factory):
+        super().__init__(num_classes, feat_dim, num_components, alpha, lam, **factory)
+        self.mix_logits = nn.Parameter(torch.zeros(num_classes, num_components, **factory))
 
     def _log_mixing(self) -> torch.Tensor:
         return _up(self.mix_logits).log_softmax(1)
 
 
-class LSoftmaxLoss(nn.Module):
+class LSoftmaxLoss(hc.PlainClassifierGroups, hc.LossHead):
     r"""Large-margin softmax loss (Liu et al., ICML 2016) on a bias-free linear head ``weight[K, d]``.
 
     Target logit ``f_y = |w_y||x| (lambda cos(theta) + psi(theta)) / (1 + lambda)`` with
@@ -257,8 +239,8 @@ class LSoftmaxLoss(nn.Module):
         super().__init__()
         if int(margin) != margin or margin < 1:
             raise ValueError(f"margin must be a positive integer, got {margin}")
-        self.num_classes = _positive_int("num_classes", num_classes)
-        self.feat_dim = _positive_int("feat_dim", feat_dim)
+        self.num_classes = hc.positive_int("num_classes", num_classes)
+        self.feat_dim = hc.positive_int("feat_dim", feat_dim)
         self.margin = int(margin)
         self.base, self.gamma, self.power, self.lambda_min = (
             float(base),
@@ -300,26 +282,27 @@ class LSoftmaxLoss(nn.Module):
         """Plain logits ``x @ weight^T``, ``[B, K]``."""
         return _check(features, self.feat_dim, self.weight) @ _up(self.weight).t()
 
-    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> hc.HeadOutput:
+        """The loss and the plain logits, from one pass (the head protocol). A training-mode
+        pass with gradients advances the annealing step."""
         x = _check(features, self.feat_dim, self.weight)
         weight = _up(self.weight)
         logits = x @ weight.t()
-        y = _targets(targets, logits)
+        y = hc.class_targets(targets, logits)
         lam = self.current_lambda()
         wx = logits.gather(1, y.unsqueeze(1)).squeeze(1)
         norms = weight.norm(dim=1)[y] * x.norm(dim=1)
         cos = (wx / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
         target_logit = (lam * wx + norms * self.psi(cos)) / (1.0 + lam)
         margin_logits = logits.scatter(1, y.unsqueeze(1), target_logit.unsqueeze(1))
-        loss = F.cross_entropy(margin_logits, y, reduction="sum") / max(logits.shape[0], 1)
+        loss = hc.batch_mean_cross_entropy(margin_logits, y)
         if self.training and torch.is_grad_enabled():
             self.iteration += 1
-        self.last_terms = {"loss": loss.detach(), "lambda": torch.tensor(lam)}
-        return loss
+        return hc.HeadOutput(loss, {"loss": loss.detach()}, logits)
 
-    @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(1)
+    def op_count(self) -> Tuple[int, int]:
+        """``Kd`` multiplications and additions per image (the plain logits at inference)."""
+        return self.num_classes * self.feat_dim, self.num_classes * self.feat_dim
 
     def extra_repr(self) -> str:
         return (
@@ -328,15 +311,15 @@ class LSoftmaxLoss(nn.Module):
         )
 
 
-class SoftmaxLoss(nn.Module):
+class SoftmaxLoss(hc.LossHead):
     """Cross-entropy on a linear head ``fc = nn.Linear(feat_dim, num_classes)`` (with bias)."""
 
     def __init__(
         self, num_classes: int, feat_dim: int, bias: bool = True, *, device=None, dtype=None
     ):
         super().__init__()
-        self.num_classes = _positive_int("num_classes", num_classes)
-        self.feat_dim = _positive_int("feat_dim", feat_dim)
+        self.num_classes = hc.positive_int("num_classes", num_classes)
+        self.feat_dim = hc.positive_int("feat_dim", feat_dim)
         self.fc = nn.Linear(feat_dim, num_classes, bias=bias, device=device, dtype=dtype)
         self.last_terms: Dict[str, torch.Tensor] = {}
 
@@ -344,13 +327,7 @@ class SoftmaxLoss(nn.Module):
         bias = None if self.fc.bias is None else _up(self.fc.bias)
         return F.linear(_check(features, self.feat_dim, self.fc.weight), _up(self.fc.weight), bias)
 
-    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> hc.HeadOutput:
         logits = self.logits(features)
-        y = _targets(targets, logits)
-        loss = F.cross_entropy(logits, y, reduction="sum") / max(logits.shape[0], 1)
-        self.last_terms = {"loss": loss.detach()}
-        return loss
-
-    @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(1)
+        loss = hc.batch_mean_cross_entropy(logits, hc.class_targets(targets, logits))
+        return hc.HeadOutput(loss, {"loss": loss.detach()}, logits)

@@ -51,78 +51,31 @@ requires; float and bool targets are refused rather than truncated.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import operator
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ._head_common import (
+    HeadOutput,
+    batch_mean_cross_entropy,
+    class_targets,
+    compute_dtype,
+    distribution_groups,
+    no_autocast,
+    positive_int,
+    sq_mahalanobis,
+)
 
 __all__ = ["SkewLaplaceMixture", "SLACLoss", "skew_laplace_log_norm"]
 
 _COS_EPS = 1e-8  # valid in float32 and float64, the only dtypes the heads compute in
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a head computes in: float32 for float16/bfloat16, else its own dtype."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _positive_int(name: str, value) -> int:
-    """``value`` as an int >= 1, or a TypeError/ValueError naming ``name``."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)  # also numpy and 0-d tensor integers
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _class_targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Integer class-index targets ``[B]`` as int64 on the logits' device; float, bool and
-    complex targets are refused (they would be truncated to a class index)."""
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be a tensor of class indices, got {type(targets).__name__}")
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise TypeError(
-            f"targets must be class indices of an integer dtype (torch.long), got {targets.dtype}"
-        )
-    if targets.shape != logits.shape[:1]:
-        raise ValueError(f"targets must be [{logits.shape[0]}], got {list(targets.shape)}")
-    return targets.to(device=logits.device, dtype=torch.long)
-
-
 def skew_laplace_log_norm(d: int) -> float:
     """``c_d = d log 2 + (d-1)/2 log pi + log Gamma((d+1)/2)``, the log of the density's constant."""
     return d * math.log(2.0) + 0.5 * (d - 1) * math.log(math.pi) + math.lgamma(0.5 * (d + 1))
-
-
-def _sq_mahalanobis(x: torch.Tensor, loc: torch.Tensor, prec: torch.Tensor):
-    """``Q[b, k] = sum_j prec[k, j] (x[b, j] - loc[k, j])^2`` by expansion, clamped at 0.
-
-    ``x [B, d]``, ``loc [K, d]``, ``prec [K, d]``. Both sides are shifted by the (detached) mean
-    location first, which leaves Q unchanged and reduces float32 cancellation when the features
-    and locations sit far from the origin. Returns ``(Q [B, K], x - c, loc - c)``.
-    """
-    c = loc.detach().mean(0)
-    xc = x - c
-    lc = loc - c
-    pl = prec * lc
-    q = torch.addmm((pl * lc).sum(1).unsqueeze(0), xc * xc, prec.t())
-    q = torch.addmm(q, xc, pl.t(), alpha=-2.0)
-    return q.clamp_min(0.0), xc, lc
-
-
-def _no_autocast(device_type: str):
-    try:
-        return torch.autocast(device_type=device_type, enabled=False)
-    except RuntimeError:  # a device type without autocast support
-        return contextlib.nullcontext()
 
 
 class SkewLaplaceMixture(nn.Module):
@@ -146,8 +99,12 @@ class SkewLaplaceMixture(nn.Module):
         freeze_location, freeze_covariance, freeze_skewness: keep that parameter at its initial
             value (``requires_grad = False``), the "fixed after initialization" rows of the
             paper's Table 4. :meth:`set_frozen` changes them later.
+        lam, beta, detach_target: the SLAC loss that :meth:`loss` computes (as
+            :class:`SLACLoss`; ``beta = 0`` is the paper's "SL").
 
-    ``forward(x)`` returns the logits ``log f_k(x) + log(1/K)`` ``[B, K]``; :meth:`log_prob` the
+    ``forward(x)`` and :meth:`logits` return ``log f_k(x) + log(1/K)`` ``[B, K]``; :meth:`loss`
+    the SLAC loss with its terms and the logits (the head protocol of
+    :mod:`addernet_cuda.nn._head_common`); :meth:`log_prob` the
     normalised ``log f_k(x)``; :meth:`predict` the most probable class; :meth:`angle_constraint`
     ``L_ac`` (Eq. 8). Inputs are cast to the head's dtype and computed with autocast disabled.
     """
@@ -160,12 +117,15 @@ class SkewLaplaceMixture(nn.Module):
         freeze_location: bool = False,
         freeze_covariance: bool = False,
         freeze_skewness: bool = False,
+        lam: float = 0.01,
+        beta: float = 0.1,
+        detach_target: bool = True,
         device=None,
         dtype=None,
     ):
         super().__init__()
-        num_classes = _positive_int("num_classes", num_classes)
-        feat_dim = _positive_int("feat_dim", feat_dim)
+        num_classes = positive_int("num_classes", num_classes)
+        feat_dim = positive_int("feat_dim", feat_dim)
         factory = {"device": device, "dtype": dtype}
         self.num_classes = int(num_classes)
         self.feat_dim = int(feat_dim)
@@ -177,6 +137,7 @@ class SkewLaplaceMixture(nn.Module):
         self.set_frozen(
             location=freeze_location, covariance=freeze_covariance, skewness=freeze_skewness
         )
+        self.lam, self.beta, self.detach_target = float(lam), float(beta), bool(detach_target)
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.mu)
@@ -226,21 +187,21 @@ class SkewLaplaceMixture(nn.Module):
 
     def _params(self):
         """``(mu, gamma, log_var)`` in the compute dtype (float32 for a half-precision head)."""
-        dtype = _compute_dtype(self.mu.dtype)
+        dtype = compute_dtype(self.mu.dtype)
         return self.mu.to(dtype), self.gamma.to(dtype), self.log_var.to(dtype)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.feat_dim:
             raise ValueError(f"features must be [B, {self.feat_dim}], got {list(x.shape)}")
-        return x.to(_compute_dtype(self.mu.dtype))
+        return x.to(compute_dtype(self.mu.dtype))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log f_k(x)`` for every feature and class, ``[B, K]`` (normalised, ``c_d`` included)."""
-        with _no_autocast(x.device.type):
+        with no_autocast(x.device.type):
             x = self._check(x)
             mu, gamma, log_var = self._params()
             prec = torch.exp(-log_var)
-            q, xc, mc = _sq_mahalanobis(x, mu, prec)
+            q, xc, mc = sq_mahalanobis(x, mu, prec)
             pg = prec * gamma
             # (x - mu_k)^T Sigma_k^-1 gamma_k = xc @ pg^T - sum_j mc pg
             skew = torch.addmm(-(pg * mc).sum(1).unsqueeze(0), xc, pg.t())
@@ -261,15 +222,15 @@ class SkewLaplaceMixture(nn.Module):
     def location_distances(self) -> torch.Tensor:
         """``D_mu(m, n) = (mu_m - mu_n)^T Sigma_n^-1 (mu_m - mu_n)``, ``[K, K]`` (Eq. 7), by
         expansion; clamped at 0 and with a diagonal of exactly 0."""
-        with _no_autocast(self.mu.device.type):
+        with no_autocast(self.mu.device.type):
             mu, _, log_var = self._params()
-            d_mu, _, _ = _sq_mahalanobis(mu, mu, torch.exp(-log_var))
+            d_mu, _, _ = sq_mahalanobis(mu, mu, torch.exp(-log_var))
             eye = torch.eye(self.num_classes, dtype=torch.bool, device=d_mu.device)
             return d_mu.masked_fill(eye, 0.0)
 
     def skewness_cosines(self) -> torch.Tensor:
         """``D_gamma(m, n) = cos(gamma_m, gamma_n)``, ``[K, K]`` (Eq. 6); 0 where a skewness is 0."""
-        with _no_autocast(self.gamma.device.type):
+        with no_autocast(self.gamma.device.type):
             gamma = self._params()[1]
             unit = gamma / gamma.norm(dim=1, keepdim=True).clamp_min(_COS_EPS)
             return unit @ unit.t()
@@ -322,35 +283,67 @@ class SkewLaplaceMixture(nn.Module):
         SGD the decay of the covariance group is scaled by its divided rate as well.
 
         Frozen parameters are left out; call this after setting the freeze switches."""
-        if cov_lr_scale <= 0:
-            raise ValueError(f"cov_lr_scale must be positive, got {cov_lr_scale}")
-        groups = []
-        main = [p for p in (self.mu, self.gamma) if p.requires_grad]
-        if main:
-            groups.append(
-                {
-                    "params": main,
-                    "lr": lr,
-                    "weight_decay": weight_decay,
-                    "name": "slac_location_skewness",
-                }
-            )
-        if self.log_var.requires_grad:
-            groups.append(
-                {
-                    "params": [self.log_var],
-                    "lr": lr / cov_lr_scale,
-                    "weight_decay": weight_decay,
-                    "name": "slac_covariance",
-                }
-            )
-        return groups
+        return distribution_groups(
+            ("slac_location_skewness", "slac_covariance"),
+            (self.mu, self.gamma),
+            self.log_var,
+            lr,
+            weight_decay,
+            cov_lr_scale,
+        )
+
+    # The head protocol (see addernet_cuda.nn._head_common).
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> HeadOutput:
+        """The SLAC loss with this head's ``lam``, ``beta`` and ``detach_target``."""
+        return slac_loss(self, x, targets, self.lam, self.beta, self.detach_target)
+
+    def optimizer_groups(
+        self, lr: float, *, weight_decay: float, head_weight_decay: float, cov_lr_scale: float
+    ) -> List[dict]:
+        """:meth:`param_groups` with ``head_weight_decay`` (the model's ``weight_decay`` does not
+        reach the distribution parameters)."""
+        return self.param_groups(lr, weight_decay=head_weight_decay, cov_lr_scale=cov_lr_scale)
+
+    def op_count(self) -> Tuple[int, int]:
+        """``3Kd + K`` multiplications and ``3Kd + 2K`` additions per image (``Q_k`` and the skew
+        term over ``x - mu_k``, with what depends on the parameters only precomputed)."""
+        k, d = self.num_classes, self.feat_dim
+        return 3 * k * d + k, 3 * k * d + 2 * k
 
     def extra_repr(self) -> str:
         frozen = [k for k, v in self.frozen.items() if v]
         return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}" + (
             f", frozen={frozen}" if frozen else ""
         )
+
+
+def slac_loss(
+    mixture: SkewLaplaceMixture,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    lam: float,
+    beta: float,
+    detach_target: bool,
+) -> HeadOutput:
+    """``L = L_c + lam * L_nll + beta * L_ac`` (Eq. 9) on ``mixture``, with its terms (``"ac"``
+    None when ``beta = 0``) and the logits."""
+    logits = mixture(features)
+    targets = class_targets(targets, logits)
+    ce = batch_mean_cross_entropy(logits, targets)
+    nll = -logits.gather(1, targets.unsqueeze(1)).sum() / max(logits.shape[0], 1)
+    loss = ce + lam * nll
+    ac = None
+    if beta != 0.0:
+        ac = mixture.angle_constraint(detach_target=detach_target)
+        loss = loss + beta * ac
+    terms = {"loss": loss, "ce": ce, "nll": nll, "ac": ac}
+    return HeadOutput(
+        loss, {k: None if v is None else v.detach() for k, v in terms.items()}, logits
+    )
 
 
 class SLACLoss(nn.Module):
@@ -439,24 +432,9 @@ class SLACLoss(nn.Module):
         return self.mixture.feat_dim
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.mixture(features)
-        targets = _class_targets(targets, logits)
-        n = max(logits.shape[0], 1)  # an empty batch gives L_c = L_nll = 0 rather than NaN
-        ce = F.cross_entropy(logits, targets, reduction="sum") / n
-        nll = -logits.gather(1, targets.unsqueeze(1)).sum() / n
-        loss = ce + self.lam * nll
-        ac = None
-        if self.beta != 0.0:
-            ac = self.mixture.angle_constraint(detach_target=self.detach_target)
-            loss = loss + self.beta * ac
-        self.last_terms = {
-            "loss": loss.detach(),
-            "ce": ce.detach(),
-            "nll": nll.detach(),
-            "ac": None if ac is None else ac.detach(),
-        }
-        self.last_logits = logits.detach()
-        return loss
+        out = slac_loss(self.mixture, features, targets, self.lam, self.beta, self.detach_target)
+        self.last_terms, self.last_logits = out.terms, out.logits.detach()
+        return out.loss
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.mixture(features)

@@ -1,16 +1,15 @@
-// CPU implementations of the adder2d ops (schemas and math in adder2d.cpp): argument checks,
-// contiguous layout, threading with at::parallel_for, and the choice of instruction set. The
-// arithmetic lives in adder2d_cpu_kernels.h.
+// CPU implementations of the adder2d ops (schemas and math in adder2d_library.cpp): argument
+// checks, contiguous layout, threading with torch::stable::parallel_for, and the choice of
+// instruction set, all on torch's stable ABI. The arithmetic lives in adder2d_cpu_kernels.h.
 //
 // float and double run natively; float16 and bfloat16 are computed in float and rounded once.
 // Outputs are contiguous NCHW (and the fake kernels in ops.py say so too).
 #include "adder2d_cpu.h"
 
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -56,13 +55,35 @@ KernelSet<double> kernels<double>() {
   return use_avx2() ? avx2_kernels_double() : base_kernels_double();
 }
 
-bool is_reduced_float(const at::Tensor& t) {
-  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+using torch::headeronly::ScalarType;
+
+// ADDERNET_CPU_WEIGHT_GRAD=direct (read at every call) selects the direct weight-gradient kernel;
+// unset or "decomposition" the decomposed one. Both are deterministic.
+bool use_direct_weight_grad() {
+  const char* env = std::getenv("ADDERNET_CPU_WEIGHT_GRAD");
+  if (env == nullptr || std::string(env) == "decomposition" || std::string(env).empty())
+    return false;
+  ADDERNET_CHECK(std::string(env) == "direct",
+                 "ADDERNET_CPU_WEIGHT_GRAD must be \"direct\" or \"decomposition\", got \"", env,
+                 "\"");
+  return true;
 }
 
-std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
+bool is_reduced_float(const Tensor& t) {
+  return t.scalar_type() == ScalarType::Half || t.scalar_type() == ScalarType::BFloat16;
+}
+
+Tensor to_float(const Tensor& t) {
+  return torch::stable::to(t, ScalarType::Float);
+}
+
+std::optional<Tensor> to_float(const std::optional<Tensor>& t) {
   if (!t.has_value() || !t->defined()) return t;
-  return t->to(at::kFloat);
+  return to_float(*t);
+}
+
+Tensor empty_like_input(IntArrayRef sizes, const Tensor& input) {
+  return torch::stable::empty(sizes, input.scalar_type(), std::nullopt, input.device());
 }
 
 }  // namespace
@@ -72,43 +93,45 @@ std::string cpu_isa() {
 }
 
 void set_cpu_isa(const std::string& isa) {
-  TORCH_CHECK(isa == "base" || isa == "avx2",
-              "set_cpu_isa: isa must be \"base\" or \"avx2\", got \"", isa, "\"");
+  ADDERNET_CHECK(isa == "base" || isa == "avx2",
+                 "set_cpu_isa: isa must be \"base\" or \"avx2\", got \"", isa, "\"");
   if (isa == "avx2") {
-    TORCH_CHECK(avx2_compiled(), "set_cpu_isa: this build has no AVX2 kernels");
-    TORCH_CHECK(cpu_has_avx2(), "set_cpu_isa: this CPU lacks AVX2 or FMA");
+    ADDERNET_CHECK(avx2_compiled(), "set_cpu_isa: this build has no AVX2 kernels");
+    ADDERNET_CHECK(cpu_has_avx2(), "set_cpu_isa: this CPU lacks AVX2 or FMA");
   }
   use_avx2() = (isa == "avx2");
 }
 
-at::Tensor adder2d_cpu(const at::Tensor& input, const at::Tensor& weight,
-                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                       c10::string_view input_grad) {
+Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                   const std::string& input_grad) {
   const Adder2dShape s =
       check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
   parse_input_grad_mode("adder2d: input_grad", input_grad);
   if (is_reduced_float(input)) {
-    return adder2d_cpu(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias), stride, padding,
-                       dilation, groups, input_grad)
-        .to(input.scalar_type());
+    return torch::stable::to(adder2d_cpu(to_float(input), to_float(weight), to_float(bias), stride,
+                                         padding, dilation, groups, input_grad),
+                             input.scalar_type());
   }
-  at::Tensor y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
+  Tensor y = empty_like_input({s.batch, s.out_channels, s.out_h, s.out_w}, input);
   if (y.numel() == 0) return y;
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adder2d_cpu", [&] {
+  const Tensor x = torch::stable::contiguous(input);
+  const Tensor w = torch::stable::contiguous(weight);
+  const bool has_bias = bias.has_value() && bias->defined();
+  const std::optional<Tensor> b =
+      has_bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
+  ADDERNET_DISPATCH_FLOAT_DOUBLE(x.scalar_type(), "adder2d_cpu", [&] {
     const KernelSet<scalar_t> ks = kernels<scalar_t>();
     const int64_t L = s.out_h * s.out_w;
     const int64_t tiles = (L + ks.tile_pixels - 1) / ks.tile_pixels;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
-    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = has_bias ? b->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const int64_t cig = s.in_channels_per_group, cog = s.out_channels_per_group;
+    const int64_t cig = s.in_channels_per_group;
+    const int64_t cog = s.out_channels_per_group;
     // Work item = (image, group, pixel tile); each owns its outputs.
-    at::parallel_for(0, s.batch * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, s.batch * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.forward_scratch + cog * ks.tile_pixels);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t tile = i % tiles, g = (i / tiles) % s.groups, n = i / (tiles * s.groups);
@@ -122,34 +145,36 @@ at::Tensor adder2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   return y;
 }
 
-at::Tensor adder2d_input_grad_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                  const at::Tensor& weight, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                  c10::string_view mode) {
+Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+                              IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                              int64_t groups, const std::string& mode) {
   const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
                                             stride, padding, dilation, groups, grad_output);
   const bool sign_mode =
       parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
   if (is_reduced_float(input)) {
-    return adder2d_input_grad_cpu(grad_output.to(at::kFloat), input.to(at::kFloat),
-                                  weight.to(at::kFloat), stride, padding, dilation, groups, mode)
-        .to(input.scalar_type());
+    return torch::stable::to(
+        adder2d_input_grad_cpu(to_float(grad_output), to_float(input), to_float(weight), stride,
+                               padding, dilation, groups, mode),
+        input.scalar_type());
   }
-  at::Tensor gx = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, input.options());
+  Tensor gx = empty_like_input({s.batch, s.in_channels, s.in_h, s.in_w}, input);
   if (gx.numel() == 0) return gx;
-  const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adder2d_input_grad_cpu", [&] {
+  const Tensor dy = torch::stable::contiguous(grad_output);
+  const Tensor x = torch::stable::contiguous(input);
+  const Tensor w = torch::stable::contiguous(weight);
+  ADDERNET_DISPATCH_FLOAT_DOUBLE(x.scalar_type(), "adder2d_input_grad_cpu", [&] {
     const KernelSet<scalar_t> ks = kernels<scalar_t>();
-    const int64_t L = s.out_h * s.out_w, HW = s.in_h * s.in_w;
+    const int64_t L = s.out_h * s.out_w;
+    const int64_t HW = s.in_h * s.in_w;
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    const int64_t cig = s.in_channels_per_group, cog = s.out_channels_per_group;
+    const int64_t cig = s.in_channels_per_group;
+    const int64_t cog = s.out_channels_per_group;
     // Work item = one input plane (n, c); each owns its gradient.
-    at::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.input_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
         const int64_t c = i % s.in_channels, n = i / s.in_channels;
@@ -165,48 +190,50 @@ at::Tensor adder2d_input_grad_cpu(const at::Tensor& grad_output, const at::Tenso
   return gx;
 }
 
-at::Tensor adder2d_weight_grad_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                   const at::Tensor& weight, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, at::IntArrayRef dilation,
-                                   int64_t groups) {
+Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+                               IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                               int64_t groups) {
   const Adder2dShape s = check_adder2d_args("adder2d_weight_grad", input, weight, std::nullopt,
                                             stride, padding, dilation, groups, grad_output);
   if (is_reduced_float(input)) {
-    return adder2d_weight_grad_cpu(grad_output.to(at::kFloat), input.to(at::kFloat),
-                                   weight.to(at::kFloat), stride, padding, dilation, groups)
-        .to(input.scalar_type());
+    return torch::stable::to(
+        adder2d_weight_grad_cpu(to_float(grad_output), to_float(input), to_float(weight), stride,
+                                padding, dilation, groups),
+        input.scalar_type());
   }
-  at::Tensor gw = at::empty(weight.sizes(), weight.options());
+  Tensor gw = empty_like_input(weight.sizes(), weight);
   if (gw.numel() == 0) return gw;
-  const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adder2d_weight_grad_cpu", [&] {
+  const Tensor dy = torch::stable::contiguous(grad_output);
+  const Tensor x = torch::stable::contiguous(input);
+  const Tensor w = torch::stable::contiguous(weight);
+  ADDERNET_DISPATCH_FLOAT_DOUBLE(x.scalar_type(), "adder2d_weight_grad_cpu", [&] {
     const KernelSet<scalar_t> ks = kernels<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     const int64_t cog = s.out_channels_per_group;
-    const int64_t blocks = (s.taps + ks.weight_grad_taps - 1) / ks.weight_grad_taps;
+    const bool direct = use_direct_weight_grad();
+    const auto block = direct ? ks.weight_grad_block_direct : ks.weight_grad_block;
+    const int64_t item_taps = direct ? ks.weight_grad_taps : ks.weight_grad_item_taps(s);
+    const int64_t blocks = (s.taps + item_taps - 1) / item_taps;
     // Work item = (group, block of taps) for all the group's output channels: each reduces in a
     // fixed order whatever the thread count.
-    at::parallel_for(0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t g = i / blocks, k0 = (i % blocks) * ks.weight_grad_taps;
-        ks.weight_grad_block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0,
-                             scratch.data());
+        const int64_t g = i / blocks, k0 = (i % blocks) * item_taps;
+        block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0, scratch.data());
       }
     });
   });
   return gw;
 }
 
-TORCH_LIBRARY_IMPL(addernet, CPU, m) {
-  m.impl("adder2d", &adder2d_cpu);
-  m.impl("adder2d_input_grad", &adder2d_input_grad_cpu);
-  m.impl("adder2d_weight_grad", &adder2d_weight_grad_cpu);
+STABLE_TORCH_LIBRARY_IMPL(addernet, CPU, m) {
+  m.impl("adder2d", TORCH_BOX(&adder2d_cpu));
+  m.impl("adder2d_input_grad", TORCH_BOX(&adder2d_input_grad_cpu));
+  m.impl("adder2d_weight_grad", TORCH_BOX(&adder2d_weight_grad_cpu));
 }
 
 }  // namespace cpu

@@ -20,11 +20,16 @@ struct KernelSet {
   // the same dy.
   void (*input_grad_plane)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,
                            bool sign_mode, T* scratch, bool reuse);
-  // dW of the taps [k0, k0 + weight_grad_taps) of every output channel of group g.
+  // dW of every output channel of group g: taps [k0, k0 + weight_grad_item_taps(shape)) by the
+  // decomposition sum dY*Xp - W*sum dY (default), or taps [k0, k0 + weight_grad_taps) directly
+  // as sum dY*(Xp - W).
   void (*weight_grad_block)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
                             int64_t g, int64_t k0, T* scratch);
+  void (*weight_grad_block_direct)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
+                                   int64_t g, int64_t k0, T* scratch);
   int64_t (*input_grad_scratch)(const Adder2dShape&);
   int64_t (*weight_grad_scratch)(const Adder2dShape&);
+  int64_t (*weight_grad_item_taps)(const Adder2dShape&);
   int64_t weight_grad_taps;
   int64_t tile_pixels;
   // forward_tile's scratch is forward_scratch + out_channels_per_group * tile_pixels elements.

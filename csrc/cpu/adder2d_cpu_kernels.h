@@ -44,13 +44,28 @@ template <typename T>
 static void pack_patches(const Adder2dShape& s, const T* x, int64_t p0, int64_t np, int64_t k0,
                          int64_t nk, T* dst, int64_t tap_stride, int64_t pixel_stride) {
   const int64_t KHW = s.kernel_h * s.kernel_w, HW = s.in_h * s.in_w;
+  // Index math hoisted out of the tap loop (it cost more than the copies on small layers): the
+  // output columns each kw reads inside the image, the first pixel's row and column, and
+  // (ci, kh, kw) stepped from k0 instead of divided out per tap.
+  constexpr int64_t KW_CACHED = 16;
+  int64_t lo_of[KW_CACHED], hi_of[KW_CACHED];
+  const int64_t cached = min_i64(s.kernel_w, KW_CACHED);
+  for (int64_t kw = 0; kw < cached; ++kw)
+    adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &lo_of[kw],
+                            &hi_of[kw]);
+  const int64_t oh_first = p0 / s.out_w, ow_first = p0 % s.out_w;
+  int64_t ci = k0 / KHW, kh = (k0 % KHW) / s.kernel_w, kw = k0 % s.kernel_w;
   for (int64_t j = 0; j < nk; ++j) {
-    const int64_t k = k0 + j;
-    const int64_t ci = k / KHW, kh = (k % KHW) / s.kernel_w, kw = k % s.kernel_w;
     int64_t ow_lo, ow_hi;  // output columns whose tap kw reads inside the image
-    adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow_lo, &ow_hi);
+    if (kw < cached) {
+      ow_lo = lo_of[kw];
+      ow_hi = hi_of[kw];
+    } else {
+      adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow_lo,
+                              &ow_hi);
+    }
     const T* xc = x + ci * HW + (kw * s.dilation_w - s.pad_w);
-    int64_t oh = p0 / s.out_w, ow = p0 % s.out_w, p = 0;
+    int64_t oh = oh_first, ow = ow_first, p = 0;
     while (p < np) {
       const int64_t seg = min_i64(np - p, s.out_w - ow);
       const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
@@ -71,6 +86,13 @@ static void pack_patches(const Adder2dShape& s, const T* x, int64_t p0, int64_t 
       p += seg;
       ow = 0;
       ++oh;
+    }
+    if (++kw == s.kernel_w) {
+      kw = 0;
+      if (++kh == s.kernel_h) {
+        kh = 0;
+        ++ci;
+      }
     }
   }
 }
@@ -166,62 +188,81 @@ static inline V input_grad_weight(V z, V one) {
   return (z > one) ? one : z;
 }
 
-// gr[j] += sum_co dy[co*L + j] * HT(w[co] - x[j]) for j < n: one output row's contribution,
-// through one tap, to one input row at stride 1, all the group's output channels at once so that
-// the input row is read and written once per tap (and every store lands where the next load of
-// it reads, which keeps store-to-load forwarding working).
-template <typename T, bool SIGN>
-static void input_grad_row(const T* dy, int64_t L, const T* x, const T* w, int64_t cog, T* gr,
-                           int64_t n) {
+// gr[u] += sum_co dy[u][co*L] * HT(w[co] - x[u]) for U whole vectors (distinct gradient
+// vectors) at stride 1: one output row's contribution, through one tap, to input pixels, all the
+// group's output channels at once so that each gradient vector is read and written once per tap
+// (and every store lands where the next tap's load of it reads, which keeps store-to-load
+// forwarding working). U independent accumulators hide the FMA latency one accumulator running
+// through the output channels would wait on, and share the weight broadcast.
+template <typename T, bool SIGN, int U>
+static void input_grad_vectors(const T* const* dy, int64_t L, const T* const* x, const T* w,
+                               int64_t cog, T* const* gr) {
+  typedef typename Vec<T>::type V;
+  const V one = V{} + T(1);
+  V acc[U], xv[U];
+  for (int u = 0; u < U; ++u) {
+    __builtin_memcpy(&acc[u], gr[u], sizeof(V));
+    __builtin_memcpy(&xv[u], x[u], sizeof(V));
+  }
+  for (int64_t co = 0; co < cog; ++co) {
+    const V wv = w[co] - V{};  // broadcast
+    for (int u = 0; u < U; ++u) {
+      V d;
+      __builtin_memcpy(&d, dy[u] + co * L, sizeof(V));
+      acc[u] += d * input_grad_weight<V, SIGN>(wv - xv[u], one);
+    }
+  }
+  for (int u = 0; u < U; ++u) __builtin_memcpy(gr[u], &acc[u], sizeof(V));
+}
+
+constexpr int IG_VECTORS = 4;  // vectors per input_grad_vectors call
+
+// gr[j * step] += sum_co dyt[j*cog + co] * HT(w[co] - x[j * step]) for U consecutive j: the
+// sum over output channels is the vectorised loop (tail first, then the lanes in order), U
+// pixels at once so that their accumulators are independent chains.
+template <typename T, bool SIGN, int U>
+static void input_grad_pixels_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
+                                      int64_t step) {
   typedef typename Vec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
   const V one = V{} + T(1);
-  int64_t j = 0;
-  for (; j + VL <= n; j += VL) {
-    V acc, xv;
-    __builtin_memcpy(&acc, gr + j, sizeof(V));
-    __builtin_memcpy(&xv, x + j, sizeof(V));
-    for (int64_t co = 0; co < cog; ++co) {
-      V d;
-      __builtin_memcpy(&d, dy + co * L + j, sizeof(V));
-      acc += d * input_grad_weight<V, SIGN>(w[co] - xv, one);
-    }
-    __builtin_memcpy(gr + j, &acc, sizeof(V));
+  V acc[U];
+  T xs[U];
+  for (int u = 0; u < U; ++u) {
+    acc[u] = V{};
+    xs[u] = x[u * step];
   }
-  for (; j < n; ++j) {
-    T acc = gr[j];
-    for (int64_t co = 0; co < cog; ++co)
-      acc += dy[co * L + j] * input_grad_weight<T, SIGN>(w[co] - x[j], T(1));
-    gr[j] = acc;
+  int64_t co = 0;
+  for (; co + VL <= cog; co += VL) {
+    V wv;
+    __builtin_memcpy(&wv, w + co, sizeof(V));
+    for (int u = 0; u < U; ++u) {
+      V dv;
+      __builtin_memcpy(&dv, dyt + u * cog + co, sizeof(V));
+      acc[u] += dv * input_grad_weight<V, SIGN>(wv - xs[u], one);
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    T sum = T(0);
+    for (int64_t c = co; c < cog; ++c)
+      sum += dyt[u * cog + c] * input_grad_weight<T, SIGN>(w[c] - xs[u], T(1));
+    T lanes[VL];
+    __builtin_memcpy(lanes, &acc[u], sizeof(V));
+    for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
+    gr[u * step] += sum;
   }
 }
 
-// The same at stride > 1, where the input pixels of one row are `step` apart: dyt holds dY
-// transposed ([pixel][co]) so that the sum over output channels is the vectorised loop.
+// One output row's contribution at stride > 1, where the input pixels of one row are `step`
+// apart: dyt holds dY transposed ([pixel][co]).
 template <typename T, bool SIGN>
 static void input_grad_row_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
                                    int64_t n, int64_t step) {
-  typedef typename Vec<T>::type V;
-  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
-  const V one = V{} + T(1);
-  for (int64_t j = 0; j < n; ++j) {
-    const T xs = x[j * step];
-    const T* d = dyt + j * cog;
-    V acc = V{};
-    int64_t co = 0;
-    for (; co + VL <= cog; co += VL) {
-      V dv, wv;
-      __builtin_memcpy(&dv, d + co, sizeof(V));
-      __builtin_memcpy(&wv, w + co, sizeof(V));
-      acc += dv * input_grad_weight<V, SIGN>(wv - xs, one);
-    }
-    T sum = T(0);
-    for (; co < cog; ++co) sum += d[co] * input_grad_weight<T, SIGN>(w[co] - xs, T(1));
-    T lanes[VL];
-    __builtin_memcpy(lanes, &acc, sizeof(V));
-    for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
-    gr[j * step] += sum;
-  }
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4)
+    input_grad_pixels_strided<T, SIGN, 4>(dyt + j * cog, x + j * step, w, cog, gr + j * step, step);
+  for (; j < n; ++j)
+    input_grad_pixels_strided<T, SIGN, 1>(dyt + j * cog, x + j * step, w, cog, gr + j * step, step);
 }
 
 // Left/right zero border of the padded dY rows used at stride 1: wide enough that every input
@@ -304,11 +345,27 @@ static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x
       if (unit_stride) {
         // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
         const int64_t ow0 = s.pad_w - kw * s.dilation_w;
+        // Rows of wp elements are whole vectors: the tap's vectors (oh, j) go IG_VECTORS at a
+        // time, across rows when rows are short.
+        constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+        const T* dyv[IG_VECTORS];
+        const T* xv[IG_VECTORS];
+        T* gv[IG_VECTORS];
+        int u = 0;
         for (int64_t oh = oh0; oh < oh1; ++oh) {
           const int64_t ih = adder2d_in_index(oh, kh, 1, s.pad_h, s.dilation_h);
-          input_grad_row<T, SIGN>(dyc + oh * row + border + ow0, s.out_h * row, xs + ih * wp, wtap,
-                                  cog, gs + ih * wp, wp);
+          for (int64_t j = 0; j < wp; j += VL) {
+            dyv[u] = dyc + oh * row + border + ow0 + j;
+            xv[u] = xs + ih * wp + j;
+            gv[u] = gs + ih * wp + j;
+            if (++u == IG_VECTORS) {
+              input_grad_vectors<T, SIGN, IG_VECTORS>(dyv, s.out_h * row, xv, wtap, cog, gv);
+              u = 0;
+            }
+          }
         }
+        for (int i = 0; i < u; ++i)
+          input_grad_vectors<T, SIGN, 1>(dyv + i, s.out_h * row, xv + i, wtap, cog, gv + i);
       } else {
         // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
         int64_t ow0, ow1;
@@ -337,6 +394,7 @@ void input_grad_plane(const Adder2dShape& s, const T* dy, const T* x, const T* w
 }
 
 constexpr int64_t WG_PIXELS = 64;  // pixels per packed chunk of the weight gradient
+constexpr int64_t WG_SUB = 4;      // most blocks of taps per work item (decomposition)
 
 // Taps per weight-gradient block: two vectors.
 template <typename T>
@@ -344,12 +402,13 @@ constexpr int64_t weight_grad_taps() {
   return int64_t(2 * sizeof(typename Vec<T>::type) / sizeof(T));
 }
 
-// Scratch elements weight_grad_block needs.
+// Scratch elements the weight-gradient kernels need (either of them).
 template <typename T>
 static int64_t weight_grad_scratch(const Adder2dShape& s) {
-  // panel (T) + per-channel accumulators (double, counted as 2 T when T is float)
-  return WG_PIXELS * weight_grad_taps<T>() +
-         s.out_channels_per_group * weight_grad_taps<T>() * int64_t(sizeof(double) / sizeof(T));
+  // panel and centre (T) + per-channel accumulators and dY lane sums (double, counted as
+  // sizeof(double) / sizeof(T) elements of T each)
+  constexpr int64_t KB = weight_grad_taps<T>(), DT = int64_t(sizeof(double) / sizeof(T));
+  return WG_PIXELS * KB + WG_SUB * KB + s.out_channels_per_group * (WG_SUB * KB + KB / 2) * DT;
 }
 
 // The weight gradient's panel, transposed: panel[p][j] for the block's taps, taps past nk zero.
@@ -395,19 +454,19 @@ static void weight_grad_micro(const T* panel, int64_t np, const T* dy, int64_t L
   }
 }
 
-// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + KB) of one block:
-// reduced over all images and pixels in a fixed order (chunks of WG_PIXELS pixels summed in T,
-// chunks accumulated in double), whatever the thread count. dy, x: the whole dY and X; w, gw:
-// W[g*Cog] and dW[g*Cog] (row stride s.taps).
+// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + KB) of one block, the
+// direct way (a subtraction and an FMA per tap): reduced over all images and pixels in a fixed
+// order (chunks of WG_PIXELS pixels summed in T, chunks accumulated in double), whatever the
+// thread count. dy, x: the whole dY and X; w, gw: W[g*Cog] and dW[g*Cog] (row stride s.taps).
 template <typename T>
-void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw, int64_t g,
-                       int64_t k0, T* scratch) {
+void weight_grad_block_direct(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
+                              int64_t g, int64_t k0, T* scratch) {
   constexpr int64_t KB = weight_grad_taps<T>();
   constexpr int R = 3;
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
   const int64_t nk = min_i64(KB, K - k0);
   T* panel = scratch;
-  double* acc = reinterpret_cast<double*>(scratch + WG_PIXELS * KB);
+  double* acc = reinterpret_cast<double*>(scratch + WG_PIXELS * KB + WG_SUB * KB);
   for (int64_t i = 0; i < cog * KB; ++i) acc[i] = 0.0;
   for (int64_t n = 0; n < s.batch; ++n) {
     const T* xn = x + (n * s.in_channels + g * s.in_channels_per_group) * s.in_h * s.in_w;
@@ -428,13 +487,172 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
     for (int64_t j = 0; j < nk; ++j) gw[co * K + k0 + j] = T(acc[co * KB + j]);
 }
 
+// Output channels per register block of the decomposed weight gradient: R x 2 accumulators,
+// two panel vectors and a broadcast fit the 16 vector registers of AVX2.
+constexpr int WG_ROWS = 6;
+
+// acc[0..VL) += v in double, vectorised (the conversion of float lanes is exact).
+typedef double DVec __attribute__((vector_size(32)));
+static inline void add_to_double(double* acc, Vec<float>::type v) {
+  typedef float F4 __attribute__((vector_size(16)));
+  F4 lo, hi;
+  __builtin_memcpy(&lo, &v, sizeof(F4));
+  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(F4), sizeof(F4));
+  DVec a0, a1;
+  __builtin_memcpy(&a0, acc, sizeof(DVec));
+  __builtin_memcpy(&a1, acc + 4, sizeof(DVec));
+  a0 += __builtin_convertvector(lo, DVec);
+  a1 += __builtin_convertvector(hi, DVec);
+  __builtin_memcpy(acc, &a0, sizeof(DVec));
+  __builtin_memcpy(acc + 4, &a1, sizeof(DVec));
+}
+static inline void add_to_double(double* acc, Vec<double>::type v) {
+  DVec a;
+  __builtin_memcpy(&a, acc, sizeof(DVec));
+  a += v;
+  __builtin_memcpy(acc, &a, sizeof(DVec));
+}
+
+// acc[r][j] += sum_p dy[r*L + p] * panel[p][j] for R output channels and the block's taps (two
+// vectors) over np pixels: one FMA per tap. The pixel sum runs in T in registers (in pixel
+// order), then is added to the double accumulator.
+template <typename T, int R>
+static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, double* acc) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
+  V part[R][2];
+  for (int r = 0; r < R; ++r) part[r][0] = part[r][1] = V{};
+  for (int64_t p = 0; p < np; ++p) {
+    V x0, x1;
+    __builtin_memcpy(&x0, panel + p * KB, sizeof(V));
+    __builtin_memcpy(&x1, panel + p * KB + VL, sizeof(V));
+    for (int r = 0; r < R; ++r) {
+      const V d = dy[r * L + p] - V{};  // broadcast
+      part[r][0] += d * x0;
+      part[r][1] += d * x1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    add_to_double(acc + r * KB, part[r][0]);
+    add_to_double(acc + r * KB + VL, part[r][1]);
+  }
+}
+
+// sum[l] += the lanes of dy[0..n) (l = index mod the vector width VL; sum has VL doubles): each
+// chunk of WG_PIXELS pixels summed in T vectors, then added in double; a chunk's scalar tail
+// goes to lane 0. The order depends on n only.
+template <typename T>
+static void sum_row(const T* dy, int64_t n, double* sum) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  for (int64_t p0 = 0; p0 < n; p0 += WG_PIXELS) {
+    const int64_t np = min_i64(WG_PIXELS, n - p0);
+    V a = V{};
+    int64_t p = 0;
+    for (; p + VL <= np; p += VL) {
+      V d;
+      __builtin_memcpy(&d, dy + p0 + p, sizeof(V));
+      a += d;
+    }
+    add_to_double(sum, a);
+    for (; p < np; ++p) sum[0] += double(dy[p0 + p]);
+  }
+}
+
+// The same block of dW by the decomposition (one FMA per tap):
+//   dW[co,k] = sum_p dY[co,p] * (Xp[k,p] - c_k) - (W[co,k] - c_k) * sum_p dY[co,p]
+// exact for any c_k; c_k = mean over the group's output channels of W[co,k] (rounded to T) keeps
+// the cancellation small when the weights share an offset (|W| large against |Xp - W|). The
+// panel holds Xp - c_k; the pixel sums run in the direct kernel's order (chunks of WG_PIXELS
+// pixels in T, chunks in double), and so do the sums of dY; the correction is applied in double.
+// Rounding error (u = unit roundoff of T, m = WG_PIXELS):
+//   |err| <= u |dW| + (m + 2) u sum_p |dY[co,p]| (|Xp[k,p] - W[co,k]| + 2 |W[co,k] - c_k|)
+// to first order, against (m + 2) u sum_p |dY| |Xp - W| for the direct kernel.
+// Taps per work item of the decomposed weight gradient: up to WG_SUB blocks of KB taps, so that
+// each chunk of dY (all the group's output channels x WG_PIXELS pixels) is reused from cache by
+// WG_SUB panels instead of being streamed from memory once per block; fewer when that would
+// leave under 8 work items. Each tap's reduction order does not depend on the grouping.
+template <typename T>
+static int64_t weight_grad_item_taps(const Adder2dShape& s) {
+  constexpr int64_t KB = weight_grad_taps<T>();
+  int64_t sub = WG_SUB;
+  while (sub > 1 && s.groups * ((s.taps + sub * KB - 1) / (sub * KB)) < 8) sub /= 2;
+  return sub * KB;
+}
+
+// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + weight_grad_item_taps)
+// by the decomposition (one FMA per tap):
+//   dW[co,k] = sum_p dY[co,p] * (Xp[k,p] - c_k) - (W[co,k] - c_k) * sum_p dY[co,p]
+// exact for any c_k; c_k = mean over the group's output channels of W[co,k] (rounded to T) keeps
+// the cancellation small when the weights share an offset (|W| large against |Xp - W|). The
+// panel holds Xp - c_k; the pixel sums run in the direct kernel's order (chunks of WG_PIXELS
+// pixels in T, chunks in double); sum_p dY in sum_row's order; the correction in double.
+// Rounding error (u = unit roundoff of T, m = WG_PIXELS):
+//   |err| <= u |dW| + (m + 2) u sum_p |dY[co,p]| (|Xp[k,p] - W[co,k]| + 2 |W[co,k] - c_k|)
+// to first order, against (m + 2) u sum_p |dY| |Xp - W| for the direct kernel.
+template <typename T>
+void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw, int64_t g,
+                       int64_t k0, T* scratch) {
+  constexpr int64_t KB = weight_grad_taps<T>(), VL = KB / 2;
+  const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
+  const int64_t nt = min_i64(weight_grad_item_taps<T>(s), K - k0), nsub = (nt + KB - 1) / KB;
+  T* panel = scratch;
+  T* centre = scratch + WG_PIXELS * KB;                           // nsub * KB
+  double* acc = reinterpret_cast<double*>(centre + WG_SUB * KB);  // [sub][co][KB]
+  double* dysum = acc + WG_SUB * cog * KB;  // cog x VL lanes, then summed into dysum[co]
+  {
+    double* c = acc;  // acc is free until zeroed below
+    for (int64_t j = 0; j < nsub * KB; ++j) c[j] = 0.0;
+    for (int64_t co = 0; co < cog; ++co)
+      for (int64_t j = 0; j < nt; ++j) c[j] += double(w[co * K + k0 + j]);
+    for (int64_t j = 0; j < nsub * KB; ++j) centre[j] = T(c[j] / double(cog));
+  }
+  for (int64_t i = 0; i < nsub * cog * KB; ++i) acc[i] = 0.0;
+  for (int64_t i = 0; i < cog * VL; ++i) dysum[i] = 0.0;
+  for (int64_t n = 0; n < s.batch; ++n)
+    for (int64_t co = 0; co < cog; ++co)
+      sum_row(dy + (n * s.out_channels + g * cog + co) * L, L, dysum + co * VL);
+  for (int64_t co = 0; co < cog; ++co) {
+    double t = 0.0;
+    for (int64_t l = 0; l < VL; ++l) t += dysum[co * VL + l];
+    dysum[co] = t;  // lanes of co are at co * VL >= co: already read
+  }
+  for (int64_t n = 0; n < s.batch; ++n) {
+    const T* xn = x + (n * s.in_channels + g * s.in_channels_per_group) * s.in_h * s.in_w;
+    const T* dyn = dy + (n * s.out_channels + g * cog) * L;
+    for (int64_t p0 = 0; p0 < L; p0 += WG_PIXELS) {
+      const int64_t np = min_i64(WG_PIXELS, L - p0);
+      for (int64_t sub = 0; sub < nsub; ++sub) {
+        const T* cs = centre + sub * KB;
+        double* as = acc + sub * cog * KB;
+        pack_panel_transposed(s, xn, p0, np, k0 + sub * KB, min_i64(KB, nt - sub * KB), panel);
+        for (int64_t p = 0; p < np; ++p)
+          for (int64_t j = 0; j < KB; ++j) panel[p * KB + j] -= cs[j];
+        int64_t co = 0;
+        for (; co + WG_ROWS <= cog; co += WG_ROWS)
+          weight_grad_fma<T, WG_ROWS>(panel, np, dyn + co * L + p0, L, as + co * KB);
+        for (; co + 2 <= cog; co += 2)
+          weight_grad_fma<T, 2>(panel, np, dyn + co * L + p0, L, as + co * KB);
+        for (; co < cog; ++co) weight_grad_fma<T, 1>(panel, np, dyn + co * L + p0, L, as + co * KB);
+      }
+    }
+  }
+  for (int64_t co = 0; co < cog; ++co)
+    for (int64_t j = 0; j < nt; ++j) {
+      const double* a = acc + (j / KB) * cog * KB + co * KB + j % KB;
+      gw[co * K + k0 + j] = T(*a - (double(w[co * K + k0 + j]) - double(centre[j])) * dysum[co]);
+    }
+}
+
 template <typename T>
 KernelSet<T> make_kernel_set() {
   return KernelSet<T>{&forward_tile<T>,
                       &input_grad_plane<T>,
                       &weight_grad_block<T>,
+                      &weight_grad_block_direct<T>,
                       &input_grad_scratch<T>,
                       &weight_grad_scratch<T>,
+                      &weight_grad_item_taps<T>,
                       weight_grad_taps<T>(),
                       TILE_P,
                       TILE_K * TILE_P};

@@ -3,13 +3,14 @@
 // channels-last code buffer (parallel over images), packs the weight codes, then runs the
 // byte-SAD implicit GEMM over (group, tile of output pixels) work items, each owning its outputs.
 // Integer sums make the result independent of the thread count and of the instruction set.
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "../adder2d_int8.h"
@@ -18,6 +19,8 @@
 
 namespace addernet {
 namespace cpu {
+
+using torch::headeronly::ScalarType;
 
 namespace {
 
@@ -41,35 +44,40 @@ Int8Geom make_geom(const Adder2dShape& s) {
 
 }  // namespace
 
-at::Tensor adder2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight,
-                            const at::Tensor& scale, const at::Tensor& alpha,
-                            const at::Tensor& beta, at::IntArrayRef stride, at::IntArrayRef padding,
-                            at::IntArrayRef dilation, int64_t groups, bool relu) {
+Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor& scale,
+                        const Tensor& alpha, const Tensor& beta, IntArrayRef stride,
+                        IntArrayRef padding, IntArrayRef dilation, int64_t groups, bool relu) {
   const Adder2dShape s = check_adder2d_int8_args("adder2d_int8", input, weight, scale, alpha, beta,
                                                  stride, padding, dilation, groups);
-  const float sc = scale.item<float>();
-  TORCH_CHECK(std::isfinite(sc) && sc > 0.0f, "adder2d_int8: scale must be finite and > 0, got ",
-              sc);
+  ADDERNET_CHECK(scale.device().is_cpu(), "adder2d_int8: scale must be on the CPU, got ",
+                 scale.device());
+  const float sc = *torch::stable::contiguous(scale).const_data_ptr<float>();
+  ADDERNET_CHECK(std::isfinite(sc) && sc > 0.0f, "adder2d_int8: scale must be finite and > 0, got ",
+                 sc);
   const Int8Geom gm = make_geom(s);
-  TORCH_CHECK(gm.kp <= std::numeric_limits<int32_t>::max() / 255, "adder2d_int8: the reduction (",
-              gm.kp, " bytes per output after padding) is too long for exact int32 sums (at most ",
-              std::numeric_limits<int32_t>::max() / 255, ")");
-  at::Tensor y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
+  ADDERNET_CHECK(gm.kp <= std::numeric_limits<int32_t>::max() / 255,
+                 "adder2d_int8: the reduction (", gm.kp,
+                 " bytes per output after padding) is too long for exact int32 sums (at most ",
+                 std::numeric_limits<int32_t>::max() / 255, ")");
+  Tensor y = torch::stable::empty({s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float,
+                                  std::nullopt, input.device());
   if (y.numel() == 0) return y;
   const Int8KernelSet ks = cpu_isa() == "avx2" ? int8_avx2_kernels() : int8_base_kernels();
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor a = alpha.contiguous();
-  const at::Tensor b = beta.contiguous();
+  const Tensor x = torch::stable::contiguous(input);
+  const Tensor w = torch::stable::contiguous(weight);
+  const Tensor a = torch::stable::contiguous(alpha);
+  const Tensor b = torch::stable::contiguous(beta);
   const int64_t image_codes = s.groups * gm.hp * gm.wp * gm.cpg;
-  at::Tensor xq = at::empty({s.batch * image_codes}, input.options().dtype(at::kByte));
-  at::Tensor wpk = at::empty({s.out_channels * gm.kp}, input.options().dtype(at::kByte));
+  Tensor xq =
+      torch::stable::empty({s.batch * image_codes}, ScalarType::Byte, std::nullopt, input.device());
+  Tensor wpk = torch::stable::empty({s.out_channels * gm.kp}, ScalarType::Byte, std::nullopt,
+                                    input.device());
   uint8_t* xqp = xq.mutable_data_ptr<uint8_t>();
   uint8_t* wpkp = wpk.mutable_data_ptr<uint8_t>();
   ks.pack_weight(gm, w.const_data_ptr<int8_t>(), wpkp);
   const float* xp = x.const_data_ptr<float>();
   const int64_t image_floats = s.in_channels * s.in_h * s.in_w;
-  at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n)
       ks.quantize_image(gm, xp + n * image_floats, sc, xqp + n * image_codes);
   });
@@ -77,7 +85,7 @@ at::Tensor adder2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight,
   const float* bp = b.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   const int64_t tiles = (gm.pixels + gm.tile_pixels - 1) / gm.tile_pixels;
-  at::parallel_for(0, s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> scratch(gm.tile_pixels * (gm.kp + 8) / 8 + 1);
     uint8_t* sp = reinterpret_cast<uint8_t*>(scratch.data());
     for (int64_t i = begin; i < end; ++i) {
@@ -88,8 +96,8 @@ at::Tensor adder2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight,
   return y;
 }
 
-TORCH_LIBRARY_IMPL(addernet, CPU, m) {
-  m.impl("adder2d_int8", &adder2d_int8_cpu);
+STABLE_TORCH_LIBRARY_IMPL(addernet, CPU, m) {
+  m.impl("adder2d_int8", TORCH_BOX(&adder2d_int8_cpu));
 }
 
 }  // namespace cpu

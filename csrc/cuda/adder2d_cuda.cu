@@ -1,14 +1,11 @@
-// CUDA op entry of the adder2d forward (schema in adder2d.cpp): argument check, allocation,
+// CUDA op entry of the adder2d forward (schema in adder2d_library.cpp): argument check, allocation,
 // stream, and the launch that adder2d_forward_launch chooses. The kernels, their math and the
 // launch configuration live in adder2d_forward_kernels.cuh (torch-free, shared with the CPU
 // emulation in tests/cuda_emulation/).
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
 
 #include <atomic>
 #include <memory>
@@ -16,6 +13,7 @@
 
 #include "../adder2d.h"
 #include "adder2d_forward_kernels.cuh"
+#include "adder2d_cuda_stable.h"
 
 namespace addernet {
 namespace cuda {
@@ -27,14 +25,14 @@ namespace {
 int multiprocessor_count(int device) {
   static const int devices = [] {
     int n = 0;
-    C10_CUDA_CHECK(cudaGetDeviceCount(&n));
+    ADDERNET_CUDA_CHECK(cudaGetDeviceCount(&n));
     return n;
   }();
   static const std::unique_ptr<std::atomic<int>[]> cache(new std::atomic<int>[devices]());
-  TORCH_CHECK(device >= 0 && device < devices, "adder2d: CUDA device ", device, " out of range");
+  ADDERNET_CHECK(device >= 0 && device < devices, "adder2d: CUDA device ", device, " out of range");
   int sms = cache[device].load(std::memory_order_relaxed);
   if (sms == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    ADDERNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     cache[device].store(sms, std::memory_order_relaxed);
   }
   return sms;
@@ -45,47 +43,51 @@ void launch_tiled(const T* x, const T* wt, const T* bias, T* y, const Adder2dGeo
                   const ForwardLaunch& c, cudaStream_t stream) {
   const dim3 grid{unsigned(c.grid_x), unsigned(c.grid_y)};
   adder2d_forward_tiled<T, A, Tile><<<grid, kThreads, 0, stream>>>(x, wt, bias, y, g);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ADDERNET_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor adder2d_cuda(const at::Tensor& input, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                        c10::string_view input_grad) {
+Tensor adder2d_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                    const std::string& input_grad) {
   const Adder2dShape s =
       check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
   parse_input_grad_mode("adder2d: input_grad", input_grad);
-  TORCH_CHECK(adder2d_geom_fits(s), "adder2d: the CUDA kernels need spatial sizes, strides, ",
-              "paddings, dilations and channels per group below 2^31");
-  const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
+  ADDERNET_CHECK(adder2d_geom_fits(s), "adder2d: the CUDA kernels need spatial sizes, strides, ",
+                 "paddings, dilations and channels per group below 2^31");
+  const torch::stable::accelerator::DeviceGuard guard(input.get_device_index());
+  Tensor y = empty_like_device({s.batch, s.out_channels, s.out_h, s.out_w}, input);
   if (y.numel() == 0) return y;
-  const at::Tensor x = input.contiguous();
+  const Tensor x = torch::stable::contiguous(input);
   const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  const std::optional<Tensor> b =
+      has_bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
   const Adder2dGeom g = adder2d_geom(s);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream(input.get_device_index());
   LaunchLimits lim;
-  lim.sm_count = multiprocessor_count(input.get_device());
-  const ForwardLaunch c = adder2d_forward_launch(g, x.scalar_type() == at::kDouble, lim);
-  TORCH_CHECK(c.fits, "adder2d: batch * OH * OW = ", g.columns,
-              " is too large for the CUDA kernel");
+  lim.sm_count = multiprocessor_count(input.get_device_index());
+  const ForwardLaunch c =
+      adder2d_forward_launch(g, x.scalar_type() == torch::headeronly::ScalarType::Double, lim);
+  ADDERNET_CHECK(c.fits, "adder2d: batch * OH * OW = ", g.columns,
+                 " is too large for the CUDA kernel");
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adder2d_cuda", [&] {
+  ADDERNET_DISPATCH_FLOATING_AND_HALF(x.scalar_type(), "adder2d_cuda", [&] {
     using A = typename AccType<scalar_t>::type;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = has_bias ? b->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     if (c.variant == ForwardVariant::Direct) {
-      const at::Tensor w = weight.contiguous();
+      const Tensor w = torch::stable::contiguous(weight);
       adder2d_forward_direct<scalar_t, A><<<unsigned(c.grid_x), kThreads, 0, stream>>>(
           xp, w.const_data_ptr<scalar_t>(), bp, yp, g, c.total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      ADDERNET_KERNEL_LAUNCH_CHECK();
       return;
     }
     // [Co, C/g, KH, KW] -> [KH, KW, C/g, Co]: a slice of BK channels x BM output channels of
-    // one tap is then BK coalesced rows.
-    const at::Tensor wt = weight.permute({2, 3, 1, 0}).contiguous();
+    // one tap is then BK coalesced rows. Three transposes (torch::stable::permute's header is
+    // newer than the oldest torch this builds with): [KH, C/g, Co, KW], [KH, KW, Co, C/g], then
+    // [KH, KW, C/g, Co].
+    const Tensor wt = torch::stable::contiguous(torch::stable::transpose(
+        torch::stable::transpose(torch::stable::transpose(weight, 0, 2), 1, 3), 2, 3));
     const scalar_t* wtp = wt.const_data_ptr<scalar_t>();
     if (c.variant == ForwardVariant::TiledMedium) {
       launch_tiled<scalar_t, A, TileMedium>(xp, wtp, bp, yp, g, c, stream);
@@ -105,8 +107,8 @@ at::Tensor adder2d_cuda(const at::Tensor& input, const at::Tensor& weight,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(addernet, CUDA, m) {
-  m.impl("adder2d", &adder2d_cuda);
+STABLE_TORCH_LIBRARY_IMPL(addernet, CUDA, m) {
+  m.impl("adder2d", TORCH_BOX(&adder2d_cuda));
 }
 
 }  // namespace cuda

@@ -1,7 +1,8 @@
 // Pieces shared by the adder2d CUDA kernels (adder2d_forward_kernels.cuh,
 // adder2d_input_grad_kernels.cuh, adder2d_weight_grad_kernels.cuh). Free of torch headers: the
 // kernels work on raw pointers and an Adder2dGeom, and the same source is compiled by nvcc and by
-// the CPU emulation (tests/cuda_emulation/); only the op entry functions in the .cu files use ATen.
+// the CPU emulation (tests/cuda_emulation/); only the op entry functions in the .cu files use
+// torch (its stable ABI).
 //
 // Accumulation type: float for float, float16 and bfloat16, double for double. Tensors are
 // contiguous NCHW (input, grad_output) and [Co, C/groups, KH, KW] (weight).

@@ -1,10 +1,12 @@
-// Device code of the adder2d forward (schema in adder2d.cpp), free of torch headers: included
-// by the CUDA launcher (adder2d_cuda.cu) and by the CPU emulation (tests/cuda_emulation/).
+// Device code of the adder2d forward (schema in adder2d_library.cpp), free of torch headers:
+// included by the CUDA launcher (adder2d_cuda.cu) and by the CPU emulation
+// (tests/cuda_emulation/).
 //
 //
-//   Y[n,co,oh,ow] = bias[co] - sum_{ci,kh,kw} |Xp[n, g*C/g+ci, oh*sh+kh*dh-ph, ow*sw+kw*dw-pw] - W[co,ci,kh,kw]|
+//   Y[n,co,oh,ow] = bias[co] - sum_{ci,kh,kw} |Xp[n, c, oh*sh+kh*dh-ph, ow*sw+kw*dw-pw] - W[co,ci,kh,kw]|
 //
-// with Xp the zero-padded input: padded taps count and add -|W|.
+// with c = grp(co) * (C/groups) + ci, grp(co) = co / (Co/groups) the group of output channel co,
+// and Xp the zero-padded input: padded taps count and add -|W|.
 //
 // Implicit GEMM per group: M = output channels of the group, N = batch*OH*OW output pixels,
 // K = (C/groups)*KH*KW taps. A block owns a BM x BN tile of Y. K is walked tap by tap (kh, kw)

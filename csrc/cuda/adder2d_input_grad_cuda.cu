@@ -1,68 +1,64 @@
-// CUDA op entry of the adder2d input gradient (schema in adder2d.cpp): argument check,
+// CUDA op entry of the adder2d input gradient (schema in adder2d_library.cpp): argument check,
 // allocation, stream, and the launch that adder2d_input_grad_launch chooses. The kernel, its math
 // and the launch configuration live in adder2d_input_grad_kernels.cuh (torch-free, shared with
 // the CPU emulation in tests/cuda_emulation/).
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
 
 #include "../adder2d.h"
 #include "adder2d_input_grad_kernels.cuh"
+#include "adder2d_cuda_stable.h"
 
 namespace addernet {
 namespace cuda {
 
 namespace {
 
-at::Tensor adder2d_input_grad_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                   const at::Tensor& weight, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, at::IntArrayRef dilation,
-                                   int64_t groups, c10::string_view mode) {
+Tensor adder2d_input_grad_cuda(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+                               IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                               int64_t groups, const std::string& mode) {
   const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
                                             stride, padding, dilation, groups, grad_output);
   const bool sign_mode =
       parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
-  TORCH_CHECK(adder2d_geom_fits(s), "adder2d_input_grad: the CUDA kernels need spatial sizes, ",
-              "strides, paddings, dilations and channels per group below 2^31");
-  const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor gx = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, input.options());
+  ADDERNET_CHECK(adder2d_geom_fits(s), "adder2d_input_grad: the CUDA kernels need spatial sizes, ",
+                 "strides, paddings, dilations and channels per group below 2^31");
+  const torch::stable::accelerator::DeviceGuard guard(input.get_device_index());
+  Tensor gx = empty_like_device({s.batch, s.in_channels, s.in_h, s.in_w}, input);
   if (gx.numel() == 0) return gx;
-  const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
+  const Tensor dy = torch::stable::contiguous(grad_output);
+  const Tensor x = torch::stable::contiguous(input);
+  const Tensor w = torch::stable::contiguous(weight);
   const Adder2dGeom g = adder2d_geom(s);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream(input.get_device_index());
   const InputGradLaunch c = adder2d_input_grad_launch(g, LaunchLimits());
   const unsigned blocks = unsigned(c.grid_x);
   const int64_t total = c.total;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "adder2d_input_grad_cuda", [&] {
-        using A = typename AccType<scalar_t>::type;
-        const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-        const scalar_t* xp = x.const_data_ptr<scalar_t>();
-        const scalar_t* wp = w.const_data_ptr<scalar_t>();
-        scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-        if (sign_mode) {
-          adder2d_input_grad_gather<scalar_t, A, true>
-              <<<blocks, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, total);
-        } else {
-          adder2d_input_grad_gather<scalar_t, A, false>
-              <<<blocks, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, total);
-        }
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  ADDERNET_DISPATCH_FLOATING_AND_HALF(x.scalar_type(), "adder2d_input_grad_cuda", [&] {
+    using A = typename AccType<scalar_t>::type;
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    if (sign_mode) {
+      adder2d_input_grad_gather<scalar_t, A, true>
+          <<<blocks, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, total);
+    } else {
+      adder2d_input_grad_gather<scalar_t, A, false>
+          <<<blocks, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, total);
+    }
+    ADDERNET_KERNEL_LAUNCH_CHECK();
+  });
   return gx;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(addernet, CUDA, m) {
-  m.impl("adder2d_input_grad", &adder2d_input_grad_cuda);
+STABLE_TORCH_LIBRARY_IMPL(addernet, CUDA, m) {
+  m.impl("adder2d_input_grad", TORCH_BOX(&adder2d_input_grad_cuda));
 }
 
 }  // namespace cuda

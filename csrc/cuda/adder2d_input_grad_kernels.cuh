@@ -1,11 +1,11 @@
-// Device code of the adder2d input gradient (schema in adder2d.cpp), free of torch headers:
-// included by the CUDA launcher (adder2d_input_grad_cuda.cu) and by the CPU emulation.
+// Device code of the adder2d input gradient (schema in adder2d_library.cpp), free of torch
+// headers: included by the CUDA launcher (adder2d_input_grad_cuda.cu) and by the CPU emulation.
 //
 //
 //   dX[n,c,h,w] = sum over every (co, kh, kw, oh, ow) whose tap lands on (h, w) of
 //                 dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
 //
-// with c = g*C/groups + ci, co running over the output channels of group g, and
+// with c = grp * (C/groups) + ci, co running over the output channels of group grp, and
 // HT(z) = clamp(z, -1, 1) (mode "hardtanh", AdderNet's rule) or sign(z) (mode "exact").
 //
 // Gather formulation: one thread owns one input element. For each tap (kh, kw) it computes the

@@ -1,10 +1,11 @@
-// Device code of the adder2d weight gradient (schema in adder2d.cpp), free of torch headers:
-// included by the CUDA launcher (adder2d_weight_grad_cuda.cu) and by the CPU emulation.
+// Device code of the adder2d weight gradient (schema in adder2d_library.cpp), free of torch
+// headers: included by the CUDA launcher (adder2d_weight_grad_cuda.cu) and by the CPU emulation.
 // AdderNet's full-precision rule:
 //
-//   dW[co,ci,kh,kw] = sum_{n,oh,ow} dY[n,co,oh,ow] * (Xp[n, g*C/g+ci, oh*sh+kh*dh-ph, ow*sw+kw*dw-pw] - W[co,ci,kh,kw])
+//   dW[co,ci,kh,kw] = sum_{n,oh,ow} dY[n,co,oh,ow] * (Xp[n, c, oh*sh+kh*dh-ph, ow*sw+kw*dw-pw] - W[co,ci,kh,kw])
 //
-// with Xp the zero-padded input: padded taps count and add dY * (0 - W).
+// with c = grp(co) * (C/groups) + ci, grp(co) = co / (Co/groups) the group of output channel co,
+// and Xp the zero-padded input: padded taps count and add dY * (0 - W).
 //
 // A GEMM-shaped reduction per group: dW is [Co/g, K] with K = (C/g)*KH*KW, reduced over the
 // P = N*OH*OW output pixels. A block owns a 64 x 64 tile of dW (output channels x taps) and one

@@ -1,0 +1,254 @@
+"""The CUDA kernels' own source run on the CPU under an emulated CUDA execution model
+(tests/cuda_emulation/, docs/cuda_emulation.md).
+
+tests/cuda_emulation/emulate_adder2d.cpp includes csrc/cuda/*_kernels.cuh, the headers nvcc
+compiles, and is built with g++ -fsanitize=address,undefined into a standalone executable
+(AddressSanitizer cannot be loaded into the Python process), cached under build/cuda_emulation/
+by a hash of its sources and flags. It runs the case table EMULATION_CASES of adder2d_cases.py:
+every kernel variant the launch configuration picks at 1, 108 and 132 SMs and every compiled
+variant forced onto unusual shapes, in four dtypes, under three thread/block schedules, checking
+barriers, races, writes and bounds, and the error against a float64 reference.
+
+The mutation tests rebuild one kernel in one dtype from a copy of the headers with a deliberate
+bug and assert that the emulation reports it: a harness that cannot fail proves nothing.
+Without a C++ compiler the tests skip with the reason (they fail when ADDERNET_EXPECT_CUDA=1, as
+in CI).
+"""
+
+import concurrent.futures
+import hashlib
+import os
+import re
+import resource
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from adder2d_cases import EMULATION_CASES, Case, EmulationCase
+
+pytestmark = pytest.mark.cuda_emulation
+
+ROOT = Path(__file__).resolve().parent.parent
+EMU_DIR = ROOT / "tests" / "cuda_emulation"
+CSRC = ROOT / "csrc"
+BUILD_DIR = ROOT / "build" / "cuda_emulation"
+CXX = os.environ.get("CXX", "g++")
+FLAGS = [
+    "-std=c++20",
+    "-O1",
+    "-g1",
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-strict-aliasing",
+    "-fno-omit-frame-pointer",
+    "-Wall",
+    "-Wno-unknown-pragmas",
+    "-pthread",
+]
+ENV = dict(
+    os.environ,
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+)
+# The sources a build depends on, relative to the csrc root it is given (the real one or a copy).
+KERNEL_HEADERS = [
+    "adder2d_shape.h",
+    "cuda/adder2d_cuda_common.cuh",
+    "cuda/adder2d_forward_kernels.cuh",
+    "cuda/adder2d_input_grad_kernels.cuh",
+    "cuda/adder2d_weight_grad_kernels.cuh",
+]
+# EMU_KERNELS bits (emulate_adder2d.cpp)
+K_DIRECT, K_LARGE, K_MEDIUM, K_SMALL, K_IGRAD, K_WGRAD = 1, 2, 4, 8, 16, 32
+
+# Each mutation: header, exact text (must occur once), replacement, kernels and dtype to build
+# (EMU_KERNELS, EMU_DTYPES masks), cases to run, and what the report must contain.
+MUTATIONS = {
+    "forward_double_buffer_barrier_removed": (
+        "cuda/adder2d_forward_kernels.cuh",
+        "      if (more) stash(buf ^ 1);\n      __syncthreads();\n",
+        "      if (more) stash(buf ^ 1);\n",
+        K_MEDIUM,
+        1,
+        [EmulationCase(Case("mut_fwd", 1, 20, 6, 6, 40, 3, 3, padding=1), ("f32",), False)],
+        r"FAIL mut_fwd f32 forward_tiled_64x64 .*(differs from schedule|float64 reference)",
+    ),
+    "input_grad_gather_bounds_check_dropped": (
+        "cuda/adder2d_input_grad_kernels.cuh",
+        "      if (oh < 0) continue;\n",
+        "",
+        K_IGRAD,
+        1,
+        [EmulationCase(Case("mut_igrad", 1, 2, 5, 5, 3, 3, 3), ("f32",), False, ops=("igrad",))],
+        r"ERROR: AddressSanitizer: heap-buffer-overflow[\s\S]*adder2d_input_grad_gather",
+    ),
+    "weight_grad_threads_skip_barrier": (
+        "cuda/adder2d_weight_grad_kernels.cuh",
+        "  __syncthreads();\n\n  for (int64_t p0 = p_begin;",
+        "  if (tid >= 8) __syncthreads();\n\n  for (int64_t p0 = p_begin;",
+        K_WGRAD,
+        1,
+        [EmulationCase(Case("mut_skip", 1, 3, 6, 6, 5, 3, 3), ("f32",), False, ops=("wgrad",))],
+        r"FAIL mut_skip f32 weight_grad .*DIVERGENT BARRIER: kernel weight_grad_tiled<f32>",
+    ),
+    "weight_grad_split_dropped_from_sum": (
+        "cuda/adder2d_weight_grad_kernels.cuh",
+        "for (int s = 0; s < splits; ++s) sum += partial[s * elems + e];",
+        "for (int s = 1; s < splits; ++s) sum += partial[s * elems + e];",
+        K_WGRAD,
+        1,
+        [EmulationCase(Case("mut_split", 3, 2, 10, 10, 3, 1, 1), ("f32",), False, ops=("wgrad",))],
+        r"FAIL mut_split f32 weight_grad tiles=1 splits=3 .*float64 reference",
+    ),
+}
+
+
+def _compiler():
+    path = shutil.which(CXX)
+    if path is None:
+        reason = f"no C++ compiler: {CXX!r} is not on PATH (set CXX to one)"
+        if os.environ.get("ADDERNET_EXPECT_CUDA") == "1":  # CI: the emulation must run
+            pytest.fail(reason + " and ADDERNET_EXPECT_CUDA=1")
+        pytest.skip(reason)
+    return path
+
+
+def _build(name, csrc_root, defines=()):
+    """Compiles emulate_adder2d.cpp against the kernel headers under csrc_root into
+    build/cuda_emulation/NAME-HASH, unless that file exists. Returns (path, seconds spent)."""
+    cxx = _compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    h = hashlib.sha256(version.encode())
+    h.update(" ".join(FLAGS + list(defines)).encode())
+    for p in [EMU_DIR / "cuda_emulation.h", EMU_DIR / "emulate_adder2d.cpp"]:
+        h.update(p.read_bytes())
+    for rel in KERNEL_HEADERS:
+        h.update(rel.encode() + (Path(csrc_root) / rel).read_bytes())
+    exe = BUILD_DIR / f"{name}-{h.hexdigest()[:16]}"
+    if exe.exists():
+        return exe, 0.0
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    tmp = exe.with_suffix(f".tmp{os.getpid()}")
+    cmd = [cxx, *FLAGS, *defines, f"-I{csrc_root}", f"-I{EMU_DIR}"]
+    cmd += [str(EMU_DIR / "emulate_adder2d.cpp"), "-o", str(tmp)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"emulation build failed: {' '.join(cmd)}\n{r.stderr[-6000:]}")
+    tmp.replace(exe)
+    return exe, time.monotonic() - start
+
+
+def _mutated_tree(name, tmp_root):
+    header, old, new, *_ = MUTATIONS[name]
+    root = Path(tmp_root) / name / "csrc"
+    for rel in KERNEL_HEADERS:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(CSRC / rel, root / rel)
+    text = (root / header).read_text()
+    assert text.count(old) == 1, f"mutation {name}: the text to mutate is not in {header} once"
+    (root / header).write_text(text.replace(old, new))
+    return root
+
+
+@pytest.fixture(scope="session")
+def emulators(tmp_path_factory):
+    """All emulation executables (the full one and one per mutation), built two at a time."""
+    _compiler()
+    tmp = tmp_path_factory.mktemp("mutations")
+    jobs = {"full": (CSRC, ())}
+    for name, (_, _, _, kernels, dtypes, *_) in MUTATIONS.items():
+        defines = (f"-DEMU_KERNELS={kernels}", f"-DEMU_DTYPES={dtypes}")
+        jobs[name] = (_mutated_tree(name, tmp), defines)
+    start, cpu = time.monotonic(), _children_cpu()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(_build, k, root, d) for k, (root, d) in jobs.items()}
+        built = {k: f.result() for k, f in futures.items()}
+    n = sum(t > 0 for _, t in built.values())
+    print(
+        f"\nemulation builds: {n} of {len(jobs)} compiled (the rest cached) in "
+        f"{time.monotonic() - start:.1f} s wall, {_children_cpu() - cpu:.1f} s CPU"
+    )
+    return {k: exe for k, (exe, _) in built.items()}
+
+
+def _children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _run(exe, cases, tmp_path, timeout=600):
+    case_file = tmp_path / "cases.txt"
+    case_file.write_text("".join(c.line() + "\n" for c in cases))
+    start, cpu = time.monotonic(), _children_cpu()
+    r = subprocess.run(
+        [str(exe), str(case_file)], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
+    return r, (time.monotonic() - start, _children_cpu() - cpu)
+
+
+def test_emulated_kernels(emulators, tmp_path):
+    """Every case of EMULATION_CASES under the emulation: no failure, and every kernel variant
+    reached in every dtype it is compiled for, the forward ones as the launcher's pick at each
+    of 1, 108 and 132 SMs (float32) and at 1 SM (every dtype)."""
+    r, (wall, cpu) = _run(emulators["full"], EMULATION_CASES, tmp_path)
+    fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
+    assert r.returncode == 0 and not fails, (
+        f"exit {r.returncode}\n" + "\n".join(fails[:20]) + "\n" + r.stderr[-6000:]
+    )
+    counts = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("COUNT "):
+            _, kernel, dtype, *n = line.split()
+            counts[(kernel, dtype)] = [int(v) for v in n]
+    print(f"\nemulated in {wall:.1f} s wall, {cpu:.1f} s CPU; cases per kernel variant")
+    print(
+        f"{'kernel':28} {'dtype':5} {'cases':>5} {'@1SM':>5} {'@108':>5} {'@132':>5} {'forced':>6}"
+    )
+    for (kernel, dtype), n in sorted(counts.items()):
+        print(f"{kernel:28} {dtype:5} " + " ".join(f"{v:>5}" for v in n))
+    forward = {
+        "forward_direct": ("f32", "f64", "f16", "bf16"),
+        "forward_tiled_64x64": ("f32", "f64", "f16", "bf16"),
+        "forward_tiled_32x128": ("f32", "f16", "bf16"),
+        "forward_tiled_128x128": ("f32", "f16", "bf16"),
+    }
+    for kernel, dtypes in forward.items():
+        for dtype in dtypes:
+            cases, at1, at108, at132, forced = counts.get((kernel, dtype), [0] * 5)
+            assert at1 > 0 and forced > 0, (kernel, dtype, "not picked at 1 SM or never forced")
+            if dtype == "f32" or kernel != "forward_tiled_128x128":
+                assert at108 > 0 and at132 > 0, (kernel, dtype, "not picked at 108 or 132 SMs")
+    for kernel in (
+        "input_grad_gather_hardtanh",
+        "input_grad_gather_exact",
+        "weight_grad_tiled",
+        "weight_grad_tiled_split",
+        "weight_grad_sum_splits",
+    ):
+        for dtype in ("f32", "f64", "f16", "bf16"):
+            assert counts.get((kernel, dtype), [0])[0] > 0, (kernel, dtype, "never emulated")
+    m = re.search(r"DONE cases=(\d+) failures=0 shared_arrays=(\d+)", r.stdout)
+    assert m and int(m.group(1)) == len(EMULATION_CASES), r.stdout[-2000:]
+    # ws, xs of 10 forward tiles (3 tiles x 3 dtypes + float64 64x64); ds, xs, tap_offset, tap_kh,
+    # tap_kw of the weight-gradient kernel in 4 dtypes
+    assert int(m.group(2)) == 2 * 10 + 5 * 4, "shared arrays found for poisoning"
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_mutation_is_reported(emulators, tmp_path, mutation):
+    """A deliberately broken copy of one kernel makes the emulation fail with the right report."""
+    *_, cases, expected = MUTATIONS[mutation]
+    r, _ = _run(emulators[mutation], cases, tmp_path, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, f"mutation {mutation} not detected:\n{out[-4000:]}"
+    assert re.search(expected, out), f"mutation {mutation}: unexpected report\n{out[-4000:]}"
+
+
+def test_unmutated_copy_passes(emulators, tmp_path):
+    """The mutation cases pass on the real kernels: each failure above comes from its mutation."""
+    cases = [c for *_, cs, _ in MUTATIONS.values() for c in cs]
+    r, _ = _run(emulators["full"], cases, tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
