@@ -123,6 +123,7 @@ def extensions(stable_abi):
     args = compile_args(stable_abi, with_cuda)
     common = dict(include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=True)
     cpu_sources = ["csrc/module.cpp", "csrc/adder2d.cpp", "csrc/adder2d_library.cpp"]
+    cpu_sources += ["csrc/adder2d_int8.cpp"]
     cpu_sources += sorted(glob.glob("csrc/cpu/*.cpp"))
     exts = [
         CppExtension(

@@ -5,7 +5,9 @@ of a dot product. This package provides the op as compiled C++ (CPU) and CUDA ke
 with the dispatcher (``torch.ops.addernet.adder2d``, ``adder2d_input_grad``,
 ``adder2d_weight_grad``), the functional :func:`adder2d`, the module :class:`AdderConv2d` with
 AdderNet's adaptive learning rate, :func:`adderize` to convert existing models, and an unfused
-reference (:mod:`addernet_cuda.reference`). For classification it provides the skew Laplace mixture
+reference (:mod:`addernet_cuda.reference`). For inference, :func:`quantize` turns a trained model's
+adder layers into 8-bit ones (:class:`QuantizedAdderConv2d`, the op :func:`adder2d_int8`: byte
+SAD on int8 codes). For classification it provides the skew Laplace mixture
 head and the SLAC loss (:class:`SkewLaplaceMixture`, :class:`SLACLoss`) and the baseline losses
 :class:`LGMLoss`, :class:`MoMLoss`, :class:`LSoftmaxLoss` and :class:`SoftmaxLoss`.
 """
@@ -17,19 +19,24 @@ from .nn import (
     LGMLoss,
     LSoftmaxLoss,
     MoMLoss,
+    QuantizedAdderConv2d,
     SkewLaplaceMixture,
     SLACLoss,
     SoftmaxLoss,
     adderize,
+    quantize,
     rescale_adder_grads,
     set_adaptive_lr,
 )
-from .ops import adder2d
+from .ops import adder2d, adder2d_int8
 from .version import __version__
 
 __all__ = [
     "AdderConv2d",
     "adder2d",
+    "adder2d_int8",
+    "QuantizedAdderConv2d",
+    "quantize",
     "adderize",
     "build_info",
     "reference",

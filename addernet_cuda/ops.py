@@ -366,3 +366,108 @@ def adder2d_weight_grad(grad_output, input, weight, stride=1, padding=0, dilatio
     return torch.ops.addernet.adder2d_weight_grad(
         grad_output, input, weight, stride, padding, dilation, groups
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# adder2d_int8: the 8-bit adder forward (inference only). With codes q(v) = clamp(round(v / s),
+# -127, 127) on one scale s for input and weight:
+#
+#     S[n,co,p] = sum_{ci,kh,kw} |q(Xp[n,c,ih,iw]) - Wq[co,ci,kh,kw]|     exact (int32)
+#     Y[n,co,p] = alpha[co] * S + beta[co]        (then max(Y, 0) if relu)
+#
+# alpha = -s, beta = bias give Y = bias - s * S; a following BatchNorm folds into alpha, beta.
+
+
+def check_int8_args(input, weight, scale, alpha, beta, stride, padding, dilation, groups):
+    """Validates adder2d_int8 arguments (the C++ rules and messages) and returns the output
+    shape (N, Co, OH, OW)."""
+    op = "adder2d_int8"
+    if not isinstance(input, Tensor) or input.dim() != 4 or input.dtype != torch.float32:
+        got = (
+            f"{input.dtype} of shape {tuple(input.shape)}"
+            if isinstance(input, Tensor)
+            else type(input).__name__
+        )
+        raise ValueError(f"{op}: input must be a 4-D float32 tensor [N, C, H, W], got {got}")
+    if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.dtype != torch.int8:
+        got = (
+            f"{weight.dtype} of shape {tuple(weight.shape)}"
+            if isinstance(weight, Tensor)
+            else type(weight).__name__
+        )
+        raise ValueError(
+            f"{op}: weight must be 4-D int8 codes [out_channels, in_channels/groups, kH, kW], "
+            f"got {got}"
+        )
+    if scale.dtype != torch.float32 or scale.numel() != 1:
+        raise ValueError(
+            f"{op}: scale must be a float32 tensor with one element, got {scale.dtype} of "
+            f"shape {tuple(scale.shape)}"
+        )
+    co = weight.shape[0]
+    for name, t in (("alpha", alpha), ("beta", beta)):
+        if t.dtype != torch.float32 or t.dim() != 1 or t.shape[0] != co:
+            raise ValueError(
+                f"{op}: {name} must be float32 of shape [{co}], got {t.dtype} of shape "
+                f"{tuple(t.shape)}"
+            )
+    for name, t in (("weight", weight), ("alpha", alpha), ("beta", beta)):
+        if t.device != input.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
+    # The geometry rules are adder2d's: check them on a float view of the weight's shape.
+    return check_args(
+        op, input, input.new_empty(weight.shape), None, stride, padding, dilation, groups
+    )
+
+
+@torch.library.register_fake("addernet::adder2d_int8")
+def _adder2d_int8_fake(
+    input, weight, scale, alpha, beta, stride, padding, dilation, groups, relu=False
+):
+    shape = check_int8_args(input, weight, scale, alpha, beta, stride, padding, dilation, groups)
+    return input.new_empty(shape)
+
+
+def _int8_no_backward(ctx, grad):
+    raise RuntimeError(
+        "addernet::adder2d_int8 is inference only and has no gradient: train the float model "
+        "(AdderConv2d) and quantize it afterwards"
+    )
+
+
+torch.library.register_autograd(
+    "addernet::adder2d_int8",
+    _int8_no_backward,
+    setup_context=lambda ctx, inputs, output: None,
+)
+
+
+def adder2d_int8(
+    input: Tensor,
+    weight: Tensor,
+    scale: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    relu: bool = False,
+) -> Tensor:
+    """8-bit adder convolution: ``Y = alpha * sum |q(Xp) - weight| + beta`` (``relu``: then
+    ``max(Y, 0)``), ``q(v) = clamp(round(v / scale), -127, 127)``.
+
+    ``input`` is float32 ``[N, C, H, W]`` (quantized inside the op), ``weight`` the int8 codes
+    ``[Co, C/groups, KH, KW]`` on the same ``scale`` (a one-element float32 tensor, > 0),
+    ``alpha`` and ``beta`` float32 ``[Co]`` (``alpha = -scale``, ``beta = bias`` give the adder
+    layer ``bias - scale * sum``; a following BatchNorm folds into them). The sums are exact
+    (int32); stride, padding (zero, padded taps count) and dilation as in :func:`adder2d`.
+    Returns contiguous float32 ``[N, Co, OH, OW]``. CPU only; no gradient.
+    """
+    stride = _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    dilation = _pair(dilation, "dilation")
+    check_int8_args(input, weight, scale, alpha, beta, stride, padding, dilation, groups)
+    return torch.ops.addernet.adder2d_int8(
+        input, weight, scale, alpha, beta, stride, padding, dilation, groups, bool(relu)
+    )

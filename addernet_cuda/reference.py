@@ -156,3 +156,26 @@ def adder2d(
     return _Adder2dReference.apply(
         input, weight, bias, stride, padding, dilation, groups, input_grad, max_chunk_bytes
     )
+
+
+def quantize_codes(v, scale):
+    """The int8 codes of the 8-bit adder: ``clamp(round(v / scale), -127, 127)`` computed in
+    float32 (round half to even), as ``adder2d_int8`` computes them."""
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    return torch.clamp(torch.round(v.float() / scale), -127, 127).to(torch.int8)
+
+
+def adder2d_int8_sums(x_codes, w_codes, stride, padding, dilation, groups):
+    """``S = sum |Xq_pad - Wq|`` of integer codes (zero-padded), exact, as int64: the unfold
+    reference in float64 (integers below 2^53 are exact)."""
+    y = forward(x_codes.double(), w_codes.double(), None, stride, padding, dilation, groups)
+    return (-y).round().to(torch.int64)
+
+
+def adder2d_int8(x, w_codes, scale, alpha, beta, stride, padding, dilation, groups, relu=False):
+    """Reference of ``ops.adder2d_int8``: codes of x, exact sums, then ``alpha * S + beta``
+    (a float32 multiply, then an add) and the optional ReLU."""
+    s = adder2d_int8_sums(quantize_codes(x, scale), w_codes, stride, padding, dilation, groups)
+    y = s.float() * alpha.view(1, -1, 1, 1)
+    y = y + beta.view(1, -1, 1, 1)
+    return torch.relu(y) if relu else y

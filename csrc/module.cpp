@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cpu/adder2d_cpu.h"
+#include "cpu/adder2d_int8_cpu.h"
 
 #ifndef ADDERNET_TORCH_VERSION
 #define ADDERNET_TORCH_VERSION "unknown"
@@ -81,10 +82,24 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
+// int8_sad_ceiling(iterations): the register-resident AVX2 vpsadbw ceiling on this thread (byte-taps
+// per second of thread CPU time; 0 without AVX2 kernels). Releases the GIL, so several Python
+// threads can measure at once.
+PyObject* int8_sad_ceiling(PyObject*, PyObject* arg) {
+  const long long iterations = PyLong_AsLongLong(arg);
+  if (iterations == -1 && PyErr_Occurred()) return nullptr;
+  double rate = 0.0;
+  Py_BEGIN_ALLOW_THREADS rate = addernet::cpu::int8_sad_ceiling_avx2(iterations);
+  Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
      "Torch version and stable ABI, CUDA archs, flags and CPU instruction set of this build"},
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now"},
+    {"int8_sad_ceiling", int8_sad_ceiling, METH_O,
+     "int8_sad_ceiling(iterations): byte-taps per second of a register-resident AVX2 vpsadbw "
+     "loop on this thread (0 without AVX2 kernels); the int8 benchmark's ceiling"},
     {"set_cpu_isa", set_cpu_isa, METH_O,
      "set_cpu_isa(isa): use the \"base\" or \"avx2\" CPU kernels (for tests and benchmarks)"},
     {nullptr, nullptr, 0, nullptr}};

@@ -102,7 +102,15 @@ def test_gpu_check_summary_counts_junit_results(tmp_path):
 
 @pytest.mark.parametrize(
     "script",
-    ["bench_adder2d", "bench_slac_head", "check_regression", "reproduce_mnist", "sass_report"],
+    [
+        "bench_adder2d",
+        "bench_adder2d_int8",
+        "bench_slac_head",
+        "check_regression",
+        "quantize_mnist",
+        "reproduce_mnist",
+        "sass_report",
+    ],
 )
 def test_scripts_run_as_modules(script):
     """Every script starts as ``python -m benchmarks.X`` from the checkout (no sys.path edits)."""
@@ -138,3 +146,24 @@ def test_interleaved_rounds_alternate_and_ratios_pair_rounds():
     assert len(times["a"]) == len(times["b"]) == 3
     ratio = bench_adder2d.ratio_stats([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
     assert ratio == {"median": 2.0, "p20": 2.0, "p80": 3.0}
+
+
+def test_int8_benchmark_runs_and_writes_results(tmp_path):
+    from benchmarks import bench_adder2d_int8
+
+    threads = torch.get_num_threads()
+    try:
+        bench_adder2d_int8.main(
+            ["--shapes", "lenet5.c2", "--repeats", "2", "--batch", "4", "--no-whole"]
+            + ["--out", str(tmp_path)]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    with open(tmp_path / "results_int8.json") as f:
+        result = json.load(f)
+    row = result["rows"][0]
+    assert row["shape"] == "lenet5.c2" and row["batch"] == 4
+    assert row["int8_adder"]["median_s"] > 0 and row["conv2d"]["median_s"] > 0
+    assert "torch_int8_conv" in row or "torch_int8_conv.skipped" in row
+    assert result["sad_ceiling_gbytes_per_s"] > 0
+    assert "int8 adder benchmark" in (tmp_path / "results_int8.md").read_text()

@@ -1,0 +1,297 @@
+"""The 8-bit rows of the adder2d benchmark: int8 adder forward against float32 conv2d and
+PyTorch's int8 convolution on the same layers, in one process, with interleaved runs.
+
+Per layer (batch 32 by default), each timed float32 in, float32 out:
+
+- ``int8 adder``: ``ops.adder2d_int8`` (quantizes the NCHW input inside, byte-SAD GEMM, float32
+  epilogue) with the weight codes prepared beforehand;
+- ``conv2d``: ``torch.nn.functional.conv2d`` in float32 (NCHW);
+- ``torch int8 conv``: ``torch.ao.nn.quantized.Conv2d`` on the x86 engine: ``quantize_per_tensor``
+  of a channels-last float input to quint8, the convolution (per-channel qint8 weights), then
+  ``dequantize``; also timed int8 in, int8 out (the convolution alone). Skipped with the reason
+  where these deprecated APIs are gone.
+
+Runs are interleaved (one call of each implementation per round) and medians reported, so a
+change in machine load hits all alike; on one thread (the default) the clock is the thread's CPU
+time, which leaves out the time the process spends descheduled on a shared machine. The byte-SAD ceiling (``_C.int8_sad_ceiling``: a
+register-resident vpsadbw + vpaddq loop, one per thread, run concurrently) is measured in the
+same run; ``G taps/s`` counts real |x - w| terms, ``bytes/s`` the padded bytes the kernel sums
+(channels padded to 8, reductions to 32). Also one whole ResNet-20 ANN forward quantized to int8
+against its float32 CNN twin (and the float32 ANN).
+
+    python -m benchmarks.bench_adder2d_int8                  # every ResNet-20, VGG-small, LeNet-5 layer
+    python -m benchmarks.bench_adder2d_int8 --repeats 30 --shapes res20.s3.3x3
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import addernet_cuda
+from addernet_cuda import ops, reference
+from addernet_cuda._extension import _C
+from addernet_cuda.models import resnet20
+
+from .bench_adder2d import FAMILIES, SHAPES, environment, percentile, terms
+
+INT8_FAMILIES = ("resnet20", "vgg_small", "lenet5")
+
+
+def sad_ceiling(threads: int, seconds: float = 0.3) -> float:
+    """Byte-taps per second of the register-resident vpsadbw loop on ``threads`` threads at once."""
+    iterations = max(1, int(_C.int8_sad_ceiling(10000) * seconds / (12 * 32)))
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(lambda _: _C.int8_sad_ceiling(iterations), range(threads)))
+
+
+def torch_int8_conv(x, w, stride, padding):
+    """(float in/out callable, int8 in/out callable) of torch.ao's quantized Conv2d, or a reason."""
+    try:
+        torch.backends.quantized.engine = "x86"
+        from torch.ao.nn.quantized import Conv2d as QConv2d
+    except (ImportError, RuntimeError, AttributeError) as error:
+        return None, None, f"torch.ao.nn.quantized.Conv2d / the x86 engine unavailable: {error}"
+    co, c, k = w.shape[0], w.shape[1], w.shape[2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qconv = QConv2d(c, co, k, stride=stride, padding=padding, bias=False)
+        w_scales = (w.abs().amax((1, 2, 3)) / 127).clamp_min(1e-8).double()
+        qw = torch.quantize_per_channel(
+            w, w_scales, torch.zeros(co, dtype=torch.long), 0, torch.qint8
+        )
+        qconv.set_weight_bias(qw, None)
+        y = F.conv2d(x, w, None, stride, padding)
+        qconv.scale, qconv.zero_point = float((y.max() - y.min()) / 255), int(128)
+    x_scale = float(x.abs().max() / 127)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    xq = torch.quantize_per_tensor(x_cl, x_scale, 128, torch.quint8)
+
+    def float_path():
+        return qconv(torch.quantize_per_tensor(x_cl, x_scale, 128, torch.quint8)).dequantize()
+
+    return float_path, (lambda: qconv(xq)), None
+
+
+def clock():
+    """The timer: this thread's CPU time on one thread (time spent descheduled by other work on a
+    shared machine does not count), wall time on several (OpenMP workers are other threads)."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Medians [p20, p80] of ``repeats`` rounds, each calling every function once."""
+    now = clock()
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = now()
+            fn()
+            times[name].append(now() - t0)
+    return {
+        name: {
+            "median_s": statistics.median(t),
+            "p20_s": percentile(t, 0.2),
+            "p80_s": percentile(t, 0.8),
+        }
+        for name, t in times.items()
+    }
+
+
+def layer_row(name: str, batch: int, repeats: int) -> dict:
+    family, _, shape = SHAPES[name]
+    _, c, h, w_, co, k, stride, padding = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, w_, generator=g).relu()
+    w = torch.randn(co, c, k, k, generator=g)
+    scale = torch.tensor([float(max(x.abs().max(), w.abs().max())) / 127])
+    wq = reference.quantize_codes(w, scale)
+    alpha, beta = -scale.expand(co).contiguous(), torch.zeros(co)
+    fns = {
+        "int8_adder": lambda: ops.adder2d_int8(x, wq, scale, alpha, beta, stride, padding),
+        "conv2d": lambda: F.conv2d(x, w, None, stride, padding),
+    }
+    float_path, int8_path, reason = torch_int8_conv(x, w, stride, padding)
+    if reason is None:
+        fns["torch_int8_conv"] = float_path
+        fns["torch_int8_conv.int8_io"] = int8_path
+    with torch.no_grad():
+        timed = interleaved(fns, repeats)
+    n_terms = terms(shape, batch)
+    cpg = -(-c // 8) * 8
+    padded = n_terms // (c * k * k) * (-(-(cpg * k * k) // 32) * 32)
+    row = {"shape": name, "family": family, "batch": batch, "terms": n_terms, **timed}
+    ours = timed["int8_adder"]["median_s"]
+    row["int8_adder.vs_conv2d"] = ours / timed["conv2d"]["median_s"]
+    row["int8_adder.gterms_per_s"] = n_terms / ours / 1e9
+    row["int8_adder.padded_gbytes_per_s"] = padded / ours / 1e9
+    if reason is None:
+        row["int8_adder.vs_torch_int8"] = ours / timed["torch_int8_conv"]["median_s"]
+        row["torch_int8_conv.vs_conv2d"] = (
+            timed["torch_int8_conv"]["median_s"] / timed["conv2d"]["median_s"]
+        )
+    else:
+        row["torch_int8_conv.skipped"] = reason
+    return row
+
+
+def _bn_stats(model: nn.Module, batches) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    return model.eval()
+
+
+def resnet20_row(batch: int, repeats: int) -> dict:
+    """Whole ResNet-20 forward: int8 ANN (quantized, BN statistics from random calibration
+    images) against the float32 CNN twin and the float32 ANN, interleaved."""
+    torch.manual_seed(0)
+    calib = [torch.randn(32, 3, 32, 32) for _ in range(2)]
+    ann = _bn_stats(resnet20(), calib)
+    cnn = _bn_stats(resnet20(cnn=True), calib)
+    q = addernet_cuda.quantize(ann, calib, max_images=32)
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        timed = interleaved(
+            {"int8_ann": lambda: q(x), "float_cnn": lambda: cnn(x), "float_ann": lambda: ann(x)},
+            repeats,
+        )
+    row = {"shape": "resnet20.whole", "batch": batch, **timed}
+    row["int8_ann.vs_float_cnn"] = timed["int8_ann"]["median_s"] / timed["float_cnn"]["median_s"]
+    row["int8_ann.vs_float_ann"] = timed["int8_ann"]["median_s"] / timed["float_ann"]["median_s"]
+    return row
+
+
+def geomean(values):
+    values = [v for v in values if v is not None]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def markdown(result: dict) -> str:
+    env, rows = result["environment"], result["rows"]
+    ceiling = result["sad_ceiling_gbytes_per_s"]
+    lines = [
+        f"int8 adder benchmark: {env.get('cpu_model')}, torch {env['torch']}, {env['threads']} "
+        f"threads, CPU kernels {env['cpu_isa']}, commit {env.get('commit')}, {env['date']}, "
+        f"load average at start {result['load_average']}",
+        "",
+        f"Byte-SAD ceiling measured in this run (register-resident vpsadbw + vpaddq on "
+        f"{env['threads']} threads): {ceiling:.0f} G byte-taps/s. Times: medians in ms [p20, p80] "
+        f"of interleaved rounds ({result['clock']}), float32 in and out; ratios are time / time "
+        "(lower is better).",
+        "",
+        "| layer | batch | int8 adder | conv2d | torch int8 conv | torch int8 (int8 i/o) | "
+        "adder / conv2d | adder / torch int8 | torch int8 / conv2d | G taps/s | padded G bytes/s | "
+        "% of ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda s: f"{s['median_s'] * 1e3:.2f} [{s['p20_s'] * 1e3:.2f}, {s['p80_s'] * 1e3:.2f}]"  # noqa: E731
+    for r in rows:
+        t8 = fmt(r["torch_int8_conv"]) if "torch_int8_conv" in r else "skipped"
+        t8io = fmt(r["torch_int8_conv.int8_io"]) if "torch_int8_conv" in r else "skipped"
+        vs8 = f"{r['int8_adder.vs_torch_int8']:.2f}x" if "int8_adder.vs_torch_int8" in r else "-"
+        t8c = f"{r['torch_int8_conv.vs_conv2d']:.2f}x" if "torch_int8_conv.vs_conv2d" in r else "-"
+        pct = 100 * r["int8_adder.padded_gbytes_per_s"] / ceiling
+        lines.append(
+            f"| {r['shape']} | {r['batch']} | {fmt(r['int8_adder'])} | {fmt(r['conv2d'])} | {t8} | "
+            f"{t8io} | {r['int8_adder.vs_conv2d']:.2f}x | {vs8} | {t8c} | "
+            f"{r['int8_adder.gterms_per_s']:.1f} | {r['int8_adder.padded_gbytes_per_s']:.1f} | {pct:.0f}% |"
+        )
+    for key, value in result["summary"].items():
+        lines.append(f"\n{key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows, whole) -> dict:
+    res3 = [r for r in rows if r["shape"].startswith("res20") and "3x3" in r["shape"]]
+    out = {
+        "ResNet-20 3x3 layers, geometric mean of int8 adder / conv2d": geomean(
+            [r["int8_adder.vs_conv2d"] for r in res3]
+        ),
+        "ResNet-20 3x3 layers, geometric mean of int8 adder / torch int8 conv (target <= 1)": geomean(
+            [r.get("int8_adder.vs_torch_int8") for r in res3]
+        ),
+        "ResNet-20 3x3 layers, geometric mean of torch int8 conv / conv2d": geomean(
+            [r.get("torch_int8_conv.vs_conv2d") for r in res3]
+        ),
+    }
+    if whole:
+        out["Whole ResNet-20 forward, int8 ANN / float32 CNN twin (target <= 0.5)"] = whole[
+            "int8_ann.vs_float_cnn"
+        ]
+        out["Whole ResNet-20 forward, int8 ANN / float32 ANN"] = whole["int8_ann.vs_float_ann"]
+        out["Whole ResNet-20 forward medians (ms): int8 ANN / float32 CNN / float32 ANN"] = (
+            " / ".join(
+                f"{whole[k]['median_s'] * 1e3:.2f}" for k in ("int8_ann", "float_cnn", "float_ann")
+            )
+        )
+    return {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    names = [s[0] for f in INT8_FAMILIES for s in FAMILIES[f][1]]
+    p.add_argument("--shapes", nargs="+", choices=names, default=names)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared machine a descheduled OpenMP thread stalls "
+        "every parallel region, which swamps multi-threaded timings)",
+    )
+    p.add_argument("--no-whole", action="store_true", help="skip the whole ResNet-20 forward")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    env = environment("cpu")
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    threads = torch.get_num_threads()
+    ceilings = [sad_ceiling(threads)]
+    rows = []
+    for name in args.shapes:
+        rows.append(layer_row(name, args.batch, args.repeats))
+        ceilings.append(sad_ceiling(threads))
+        print(f"{name}: int8 adder {rows[-1]['int8_adder.vs_conv2d']:.2f}x conv2d", flush=True)
+    whole = None if args.no_whole else resnet20_row(args.batch, args.repeats)
+    result = {
+        "environment": env,
+        "load_average": load,
+        "clock": "thread CPU time" if args.threads == 1 else "wall time",
+        "sad_ceiling_gbytes_per_s": statistics.median(ceilings) / 1e9,
+        "rows": rows,
+        "whole": whole,
+        "summary": summary(rows, whole),
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results_int8.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    text = markdown(result)
+    with open(os.path.join(args.out, "results_int8.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

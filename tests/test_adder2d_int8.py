@@ -1,0 +1,329 @@
+"""Tests of the 8-bit adder: the adder2d_int8 op (csrc/cpu/adder2d_int8_kernels.h) against the
+reference of the quantized math, and quantize() / QuantizedAdderConv2d (addernet_cuda/nn/quantized.py).
+
+S = sum |q(Xp) - Wq| exact; Y = alpha * S + beta (relu optional); q(v) = clamp(round(v/s), -127, 127).
+"""
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from adder2d_cases import CPU_CASES, Case
+from conftest import cpu_isas
+
+import addernet_cuda
+from addernet_cuda import ops, reference
+from addernet_cuda.models import lenet5, resnet20
+from addernet_cuda.nn.quantized import QuantizedAdderConv2d, quantize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Shapes that stress the int8 packing: channel padding to 8, reductions that are not a multiple
+# of 32 bytes or span several panels' worth, pixel tiles spanning images, output-channel tails,
+# and the input transposition's 16 x 16 and 16 x 8 blocks with their tails.
+INT8_SHAPES = CPU_CASES + [
+    Case("long-reduction-odd-co", 3, 64, 6, 6, 7, 5, 5, padding=2),
+    Case("one-pixel-per-image", 70, 16, 5, 5, 5, 5, 5),
+    Case("nine-channels", 3, 9, 11, 5, 3, 3, 3, padding=1),
+    Case("rect-groups-dilation", 2, 24, 6, 9, 6, 2, 3, (1, 2), (0, 1), (2, 1), groups=2),
+    Case("transposed-16x16-blocks-and-tails", 2, 40, 4, 37, 6, 3, 3, padding=1),
+    Case("16-channel-blocks-per-group", 1, 96, 3, 20, 6, 3, 1, padding=(1, 0), groups=3),
+    Case("transposed-8-pixel-block", 2, 32, 3, 12, 4, 1, 3),
+]
+
+
+def make_codes(case, seed=0, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    # Spread over more than the code range, so clamping happens too.
+    x = torch.randn(case.n, case.c, case.h, case.w, generator=g) * (60 * scale)
+    wq = torch.randint(
+        -127, 128, (case.co, case.c // case.groups, case.kh, case.kw), generator=g, dtype=torch.int8
+    )
+    return x, wq, torch.tensor([scale]), case.kwargs
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("shape", INT8_SHAPES, ids=repr)
+def test_sums_equal_reference_bitwise(shape, cpu_isa):
+    x, wq, s, kw = make_codes(shape)
+    co = wq.shape[0]
+    y = ops.adder2d_int8(x, wq, s, torch.ones(co), torch.zeros(co), **kw)
+    sums = reference.adder2d_int8_sums(reference.quantize_codes(x, s), wq, **kw)
+    assert sums.abs().max().item() < 2**24 if sums.numel() else True  # float32 holds them exactly
+    assert y.dtype == torch.float32 and y.is_contiguous()
+    assert torch.equal(y, sums.float())
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("shape", INT8_SHAPES[::3], ids=repr)
+@pytest.mark.parametrize("relu", [False, True])
+def test_epilogue_equals_reference_bitwise(shape, relu, cpu_isa):
+    x, wq, s, kw = make_codes(shape, seed=1)
+    co = wq.shape[0]
+    alpha, beta = torch.randn(co) * 0.01, torch.randn(co) * 5
+    y = ops.adder2d_int8(x, wq, s, alpha, beta, **kw, relu=relu)
+    ref = reference.adder2d_int8(x, wq, s, alpha, beta, **kw, relu=relu)
+    assert torch.equal(y, ref)
+
+
+def test_codes_round_half_to_even_and_clamp():
+    s = torch.tensor([0.5])
+    x = torch.tensor([0.25, 0.75, 1.25, -0.25, -0.75, 63.4, 63.5, 64.0, -70.0, 0.0]).view(
+        1, 1, 1, -1
+    )
+    wq = torch.zeros(1, 1, 1, 1, dtype=torch.int8)
+    y = ops.adder2d_int8(x, wq, s, torch.ones(1), torch.zeros(1))
+    # |q(x) - 0|: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0, -1.5 -> -2, 126.8 -> 127, 127, 128 and
+    # -140 clamp to +-127.
+    assert y.flatten().tolist() == [0, 2, 2, 0, 2, 127, 127, 127, 127, 0]
+    assert torch.equal(reference.quantize_codes(x, s).abs().float().flatten(), y.flatten())
+
+
+def test_padded_taps_count_as_code_zero():
+    x = torch.zeros(1, 1, 1, 1)
+    wq = torch.tensor([[[[3, -5, 7]]]], dtype=torch.int8)
+    y = ops.adder2d_int8(x, wq, torch.tensor([1.0]), torch.ones(1), torch.zeros(1), padding=(0, 1))
+    assert y.item() == 3 + 5 + 7
+
+
+def test_base_and_avx2_bitwise_equal_across_processes():
+    if addernet_cuda.build_info()["cpu_isa"] != "avx2":
+        pytest.skip("the AVX2 kernels are not in use on this machine (not compiled or no AVX2)")
+    code = (
+        "import sys, torch; sys.path.insert(0, 'tests');"
+        "from test_adder2d_int8 import INT8_SHAPES, make_codes; from addernet_cuda import ops;"
+        "import addernet_cuda; assert addernet_cuda.build_info()['cpu_isa'] == 'base';"
+        "out = [];\n"
+        "for i, sh in enumerate(INT8_SHAPES):\n"
+        "    x, wq, s, kw = make_codes(sh, seed=i); co = wq.shape[0]\n"
+        "    g = torch.Generator().manual_seed(i)\n"
+        "    a, b = torch.randn(co, generator=g), torch.randn(co, generator=g)\n"
+        "    out.append(ops.adder2d_int8(x, wq, s, a, b, **kw, relu=i % 2 == 1))\n"
+        "torch.save(out, sys.argv[1])"
+    )
+    path = os.path.join(ROOT, "build", "int8_base_outputs.pt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    env = dict(os.environ, ADDERNET_CPU_ISA="base", PYTHONPATH=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code, path],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    base = torch.load(path)
+    for i, sh in enumerate(INT8_SHAPES):
+        x, wq, s, kw = make_codes(sh, seed=i)
+        g = torch.Generator().manual_seed(i)
+        a, b = torch.randn(wq.shape[0], generator=g), torch.randn(wq.shape[0], generator=g)
+        assert torch.equal(ops.adder2d_int8(x, wq, s, a, b, **kw, relu=i % 2 == 1), base[i]), i
+
+
+def test_thread_count_does_not_change_the_result():
+    x, wq, s, kw = make_codes(INT8_SHAPES[-3])
+    a, b = torch.randn(wq.shape[0]), torch.randn(wq.shape[0])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.adder2d_int8(x, wq, s, a, b, **kw)
+        torch.set_num_threads(max(threads, 2))
+        assert torch.equal(ops.adder2d_int8(x, wq, s, a, b, **kw), one)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bad_int8_calls():
+    x, wq = torch.randn(2, 4, 8, 8), torch.zeros(6, 4, 3, 3, dtype=torch.int8)
+    s, a, b = torch.tensor([0.1]), torch.ones(6), torch.zeros(6)
+    op = torch.ops.addernet.adder2d_int8
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    return [
+        ("input must be a 4-D float32", lambda: ops.adder2d_int8(x.double(), wq, s, a, b)),
+        ("weight must be 4-D int8 codes", lambda: ops.adder2d_int8(x, wq.float(), s, a, b)),
+        ("alpha must be float32 of shape \\[6\\]", lambda: ops.adder2d_int8(x, wq, s, a[:5], b)),
+        (
+            "scale must be a float32 tensor with one element",
+            lambda: ops.adder2d_int8(x, wq, a, a, b),
+        ),
+        ("input must be float32, got Double", lambda: op(x.double(), wq, s, a, b, *args)),
+        ("weight must be int8 codes, got Float", lambda: op(x, wq.float(), s, a, b, *args)),
+        ("beta must have shape \\[6\\]", lambda: op(x, wq, s, a, b[:2], *args)),
+        ("scale must be finite and > 0, got 0", lambda: op(x, wq, s * 0, a, b, *args)),
+        ("groups \\(3\\) must divide the input channels", lambda: op(x, wq, s, a, b, *args[:3], 3)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_bad_int8_calls())))
+def test_bad_arguments_raise_clear_errors(index):
+    match, call = _bad_int8_calls()[index]
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        call()
+
+
+def test_no_gradient():
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    y = ops.adder2d_int8(
+        x,
+        torch.zeros(3, 2, 1, 1, dtype=torch.int8),
+        torch.tensor([0.1]),
+        torch.ones(3),
+        torch.zeros(3),
+    )
+    with pytest.raises(RuntimeError, match="inference only and has no gradient"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("index", [0, 5, 6, len(INT8_SHAPES) - 2])
+def test_opcheck(index):
+    x, wq, s, kw = make_codes(INT8_SHAPES[index], seed=index)
+    co = wq.shape[0]
+    args = (x, wq, s, torch.randn(co), torch.randn(co), list(kw["stride"]), list(kw["padding"]))
+    args += (list(kw["dilation"]), kw["groups"], True)
+    torch.library.opcheck(torch.ops.addernet.adder2d_int8.default, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize() and QuantizedAdderConv2d
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.adder = addernet_cuda.AdderConv2d(8, 16, 3, stride=2, padding=1, bias=True)
+        self.bn = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        self.adder2 = addernet_cuda.AdderConv2d(16, 16, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.adder(self.conv(x))))
+        x = self.relu(x + self.bn2(self.adder2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _bn_stats_from(model, batches):
+    """BatchNorm running statistics = the exact averages over ``batches`` (momentum None)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    return model.eval()
+
+
+@pytest.fixture
+def block_and_data():
+    torch.manual_seed(0)
+    batches = [torch.randn(16, 3, 12, 12) for _ in range(4)]
+    return _bn_stats_from(Block(), batches), batches
+
+
+def test_quantize_folds_batchnorm_and_relu(block_and_data):
+    model, batches = block_and_data
+    q = quantize(model, batches)
+    assert isinstance(q.adder, QuantizedAdderConv2d) and isinstance(q.bn, nn.Identity)
+    assert q.adder.relu and not q.adder2.relu and isinstance(q.bn2, nn.Identity)
+    assert isinstance(model.adder, addernet_cuda.AdderConv2d)  # the original is untouched
+    x = torch.randn(8, 3, 12, 12)
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    assert (out - ref).norm() / ref.norm() < 0.05
+    assert set(q.quantization_errors) == {"adder", "adder2"}
+
+
+def test_quantized_layer_equals_the_op_with_folded_affine(block_and_data):
+    model, batches = block_and_data
+    q = quantize(model, batches, fold=False)
+    assert isinstance(q.bn, nn.BatchNorm2d)  # not folded
+    layer, x = q.adder, torch.randn(2, 8, 6, 6)
+    s = layer.scale
+    ref = reference.adder2d_int8(
+        x, layer.weight, s, -s.expand(16), model.adder.bias.detach(), (2, 2), (1, 1), (1, 1), 1
+    )
+    assert torch.equal(layer(x), ref)
+    assert torch.equal(layer.weight, reference.quantize_codes(model.adder.weight, s))
+
+
+def test_state_dict_and_torch_save_round_trip(block_and_data):
+    model, batches = block_and_data
+    q = quantize(model, batches, scale_groups=4)
+    buffer = io.BytesIO()
+    torch.save(q.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer)
+    assert state["adder.weight"].dtype == torch.int8 and state["adder.scale"].shape == (4,)
+    other = quantize(model, batches[:1], scale_groups=4, candidates=3)
+    other.load_state_dict(state)
+    x = torch.randn(4, 3, 12, 12)
+    assert torch.equal(other(x), q(x))
+
+
+def test_grouped_scales_are_no_worse(block_and_data):
+    model, batches = block_and_data
+    one = quantize(model, batches)
+    four = quantize(model, batches, scale_groups=4)
+    for name, errors in one.quantization_errors.items():
+        assert max(four.quantization_errors[name]) <= errors[0] * 1.5 + 1e-3
+
+
+def test_training_mode_and_bad_calibration_raise(block_and_data):
+    model, batches = block_and_data
+    q = quantize(model, batches)
+    q.train()
+    with pytest.raises(RuntimeError, match="inference only: call model.eval"):
+        q(batches[0])
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        quantize(model, [])
+    with pytest.raises(ValueError, match="no AdderConv2d layer"):
+        quantize(nn.Sequential(nn.Conv2d(3, 3, 1)), batches)
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(nn.Sequential(q.adder.eval(), addernet_cuda.AdderConv2d(16, 4, 1)), batches)
+
+
+def test_torch_compile_and_export(block_and_data):
+    model, batches = block_and_data
+    q = quantize(model, batches)
+    x = torch.randn(4, 3, 12, 12)
+    eager = q(x)
+    compiled = torch.compile(q, fullgraph=True)
+    # Inductor computes the float layers around the op in another order: a code may flip.
+    torch.testing.assert_close(compiled(x), eager, rtol=1e-3, atol=1e-3)
+    exported = torch.export.export(q, (x,))
+    assert any("addernet.adder2d_int8" in str(n.target) for n in exported.graph.nodes)
+    assert torch.equal(exported.module()(x), eager)
+
+
+def test_lenet5_quantizes_every_adder_layer():
+    torch.manual_seed(0)
+    batches = [torch.randn(32, 1, 28, 28) for _ in range(2)]
+    model = _bn_stats_from(lenet5(head="linear"), batches)
+    q = quantize(model, batches)
+    kinds = {n: type(m).__name__ for n, m in q.named_modules()}
+    assert kinds["c3"] == kinds["c5"] == kinds["f6"] == "QuantizedAdderConv2d"
+    assert kinds["c1"] == "Conv2d"  # the multiplicative first layer stays float32
+    assert kinds["bn3"] == kinds["bn5"] == kinds["bn6"] == "Identity"
+    assert q.c3.relu and q.c5.relu and not q.f6.relu
+
+
+def test_resnet20_per_layer_error_at_most_two_percent():
+    """Relative L2 error of every quantized layer's output after the folded BatchNorm, BatchNorm
+    statistics from the calibration data, per-layer scales."""
+    torch.manual_seed(0)
+    batches = [torch.randn(32, 3, 32, 32) for _ in range(2)]
+    model = _bn_stats_from(resnet20(), batches)
+    q = quantize(model, batches, max_images=32)
+    errors = {name: e[0] for name, e in q.quantization_errors.items()}
+    assert len(errors) == 20  # 18 3x3 layers and the two 1x1 stride-2 shortcuts
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 0.02, f"{worst}: {errors[worst]:.4f}"
