@@ -55,7 +55,9 @@ Adder2dShape check_adder2d_args(const char* op, const Tensor& input, const Tenso
   ADDERNET_CHECK(weight.dim() == 4, op, ": weight must be 4-D [out_channels, in_channels/groups, ",
                  "kH, kW], got ", weight.dim(), "-D with shape ", weight.sizes());
   ADDERNET_CHECK(is_supported_float(input.scalar_type()), op,
-                 ": input must be a floating-point tensor, got ", input.scalar_type());
+                 ": input must be a floating-point tensor (float32, float64, float16 or "
+                 "bfloat16), got ",
+                 input.scalar_type());
   check_like_input(op, "weight", weight, input);
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
