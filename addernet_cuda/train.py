@@ -297,54 +297,35 @@ def _data_arguments(p: argparse.ArgumentParser, d: Config) -> None:
         "--cnn", action="store_true", help="the CNN twin (nn.Conv2d in place of the adder layers)"
     )
     g.add_argument("--head", default=d.head, choices=HEADS)
-    g.add_argument(
-        "--feat-dim",
-        type=_arg_type("feat_dim"),
-        default=None,
-        help="feature size (default: the model's natural size)",
-    )
-    g.add_argument(
-        "--synthetic-size",
-        type=_arg_type("synthetic_size"),
-        default=d.synthetic_size,
-        help="training images of --dataset synthetic",
-    )
+    _number(g, "feat_dim", None, "feature size (default: the model's natural size)")
+    _number(g, "synthetic_size", d.synthetic_size, "training images of --dataset synthetic")
+
+
+def _number(group, name: str, default, help: Optional[str] = None) -> None:
+    """A numeric option ``--name-with-dashes`` for Config field ``name``, checked against its
+    limits (``_LIMITS``) as argparse parses it."""
+    group.add_argument(_option(name), type=_arg_type(name), default=default, help=help)
 
 
 def _optimisation_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     """Optimiser, schedule and AdderNet's adaptive learning rate (unset: the dataset's defaults)."""
     g = p.add_argument_group("optimisation (unset values: the dataset's defaults)")
-    g.add_argument("--epochs", type=_arg_type("epochs"), default=None)
-    g.add_argument(
-        "--batch-size",
-        type=_arg_type("batch_size"),
-        default=None,
-        help="global batch (split over processes)",
-    )
-    g.add_argument(
-        "--eval-batch-size",
-        type=_arg_type("eval_batch_size"),
-        default=d.eval_batch_size,
-        help="per process",
-    )
-    g.add_argument("--lr", type=_arg_type("lr"), default=None)
-    g.add_argument("--momentum", type=_arg_type("momentum"), default=d.momentum)
+    _number(g, "epochs", None)
+    _number(g, "batch_size", None, "global batch (split over processes)")
+    _number(g, "eval_batch_size", d.eval_batch_size, "per process")
+    _number(g, "lr", None)
+    _number(g, "momentum", d.momentum)
     g.add_argument(
         "--weight-decay", "--wd", dest="weight_decay", type=_arg_type("weight_decay"), default=None
     )
-    g.add_argument(
-        "--head-weight-decay",
-        type=_arg_type("head_weight_decay"),
-        default=d.head_weight_decay,
-        help="weight decay of the distribution parameters (SLAC, LGM, MoM)",
+    _number(
+        g,
+        "head_weight_decay",
+        d.head_weight_decay,
+        "weight decay of the distribution parameters (SLAC, LGM, MoM)",
     )
-    g.add_argument(
-        "--cov-lr-scale",
-        type=_arg_type("cov_lr_scale"),
-        default=None,
-        help="the covariance learning rate is lr / this",
-    )
-    g.add_argument("--warmup-epochs", type=_arg_type("warmup_epochs"), default=d.warmup_epochs)
+    _number(g, "cov_lr_scale", None, "the covariance learning rate is lr / this")
+    _number(g, "warmup_epochs", d.warmup_epochs)
     g.add_argument(
         "--eta", type=_eta, default=d.eta, help="AdderNet adaptive learning rate ('none': off)"
     )
@@ -356,18 +337,8 @@ def _head_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     g = p.add_argument_group(
         "SLAC and the baselines (Table 4 ablations: --freeze-*, --lam, --beta)"
     )
-    g.add_argument(
-        "--lam",
-        type=_arg_type("lam"),
-        default=d.lam,
-        help="SLAC: weight of the negative log-likelihood",
-    )
-    g.add_argument(
-        "--beta",
-        type=_arg_type("beta"),
-        default=d.beta,
-        help="SLAC: weight of the angle constraint (0: 'SL')",
-    )
+    _number(g, "lam", d.lam, "SLAC: weight of the negative log-likelihood")
+    _number(g, "beta", d.beta, "SLAC: weight of the angle constraint (0: 'SL')")
     g.add_argument(
         "--full-ac-gradient",
         action="store_true",
@@ -376,12 +347,8 @@ def _head_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     g.add_argument("--freeze-location", action="store_true")
     g.add_argument("--freeze-covariance", action="store_true")
     g.add_argument("--freeze-skewness", action="store_true")
-    g.add_argument(
-        "--lgm-alpha", type=_arg_type("lgm_alpha"), default=d.lgm_alpha, help="LGM/MoM margin"
-    )
-    g.add_argument(
-        "--lgm-lam", type=_arg_type("lgm_lam"), default=d.lgm_lam, help="LGM/MoM likelihood weight"
-    )
+    _number(g, "lgm_alpha", d.lgm_alpha, "LGM/MoM margin")
+    _number(g, "lgm_lam", d.lgm_lam, "LGM/MoM likelihood weight")
     g.add_argument(
         "--lsoftmax-margin", type=_arg_type("lsoftmax_margin"), default=d.lsoftmax_margin
     )
@@ -399,18 +366,13 @@ def _run_arguments(p: argparse.ArgumentParser, d: Config) -> None:
         help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with a GradScaler); "
         "never on the CPU",
     )
-    g.add_argument(
-        "--threads",
-        type=_arg_type("threads"),
-        default=None,
-        help="CPU threads per process (default: torch's, or cores / processes under torchrun)",
+    _number(
+        g,
+        "threads",
+        None,
+        "CPU threads per process (default: torch's, or cores / processes under torchrun)",
     )
-    g.add_argument(
-        "--workers",
-        type=_arg_type("workers"),
-        default=d.workers,
-        help="ImageNet data-loading workers per process",
-    )
+    _number(g, "workers", d.workers, "ImageNet data-loading workers per process")
     g.add_argument(
         "--out", default=None, help="output folder (default runs/DATASET-MODEL-HEAD-sSEED)"
     )
@@ -423,15 +385,8 @@ def _run_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     )
     g.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
     g.add_argument("--no-progress", dest="progress", action="store_false")
-    g.add_argument(
-        "--max-steps-per-epoch",
-        type=_arg_type("max_steps_per_epoch"),
-        default=None,
-        help="cut epochs short (smoke tests)",
-    )
-    g.add_argument(
-        "--dist-timeout", type=_arg_type("dist_timeout"), default=d.dist_timeout, help="seconds"
-    )
+    _number(g, "max_steps_per_epoch", None, "cut epochs short (smoke tests)")
+    _number(g, "dist_timeout", d.dist_timeout, "seconds")
 
 
 def parse_config(argv: Optional[List[str]] = None) -> Config:
