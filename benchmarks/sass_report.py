@@ -79,6 +79,16 @@ def find_tool(name):
     )
 
 
+def default_binary(root=ROOT):
+    """The built extension holding the CUDA kernels: addernet_cuda/_C_cuda*.so where the CUDA
+    kernels are a separate extension, else addernet_cuda/_C*.so; None if neither exists."""
+    for pattern in ("_C_cuda*.so", "_C*.so"):
+        found = sorted(glob.glob(os.path.join(root, "addernet_cuda", pattern)))
+        if found:
+            return found[0]
+    return None
+
+
 def cuobjdump(args, path):
     tool = find_tool("cuobjdump")
     env = dict(os.environ)
@@ -273,9 +283,7 @@ def main(argv=None):
     ap.add_argument("--check", help="committed JSON to compare against (exit 1 on a failure)")
     ap.add_argument("--tolerance", type=float, default=0.10)
     args = ap.parse_args(argv)
-    binary = args.binary or next(
-        iter(sorted(glob.glob(os.path.join(ROOT, "addernet_cuda", "_C*.so")))), None
-    )
+    binary = args.binary or default_binary()
     if binary is None:
         raise SystemExit("sass_report: no addernet_cuda/_C*.so: build the extension first")
     kernels = parse(binary)
