@@ -133,4 +133,23 @@ Adder2dShape check_adder2d_args(const char* op, const Tensor& input, const Tenso
   return s;
 }
 
+Adder2dShape check_adder2d_forward_args(const Tensor& input, const Tensor& weight,
+                                        const std::optional<Tensor>& bias, IntArrayRef stride,
+                                        IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                                        const std::string& input_grad) {
+  const Adder2dShape s =
+      check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
+  parse_input_grad_mode("adder2d: input_grad", input_grad);
+  return s;
+}
+
+Adder2dInputGradArgs check_adder2d_input_grad_args(const Tensor& grad_output, const Tensor& input,
+                                                   const Tensor& weight, IntArrayRef stride,
+                                                   IntArrayRef padding, IntArrayRef dilation,
+                                                   int64_t groups, const std::string& mode) {
+  const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
+                                            stride, padding, dilation, groups, grad_output);
+  return {s, parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign};
+}
+
 }  // namespace addernet
