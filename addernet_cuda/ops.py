@@ -62,21 +62,23 @@ def _geometry(stride: IntPair, padding: IntPair, dilation: IntPair, groups: int)
     return _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
 
 
+def _describe(x, dtype: bool = False) -> str:
+    """What an error message says was passed: a tensor's rank (or dtype) and shape, or the type
+    of anything else."""
+    if not isinstance(x, Tensor):
+        return type(x).__name__
+    if dtype:
+        return f"{x.dtype} of shape {tuple(x.shape)}"
+    return f"{x.dim()}-D with shape {tuple(x.shape)}"
+
+
 def _check_tensors(op, input, weight, bias, grad_output) -> None:
     """The ranks, dtypes and devices of check_args's tensors."""
     if not isinstance(input, Tensor) or input.dim() != 4:
-        got = (
-            f"{input.dim()}-D with shape {tuple(input.shape)}"
-            if isinstance(input, Tensor)
-            else type(input).__name__
-        )
+        got = _describe(input)
         raise ValueError(f"{op}: input must be 4-D [N, C, H, W], got {got}")
     if not isinstance(weight, Tensor) or weight.dim() != 4:
-        got = (
-            f"{weight.dim()}-D with shape {tuple(weight.shape)}"
-            if isinstance(weight, Tensor)
-            else type(weight).__name__
-        )
+        got = _describe(weight)
         raise ValueError(
             f"{op}: weight must be 4-D [out_channels, in_channels/groups, kH, kW], got {got}"
         )
@@ -383,18 +385,10 @@ def check_int8_args(input, weight, scale, alpha, beta, stride, padding, dilation
     shape (N, Co, OH, OW)."""
     op = "adder2d_int8"
     if not isinstance(input, Tensor) or input.dim() != 4 or input.dtype != torch.float32:
-        got = (
-            f"{input.dtype} of shape {tuple(input.shape)}"
-            if isinstance(input, Tensor)
-            else type(input).__name__
-        )
+        got = _describe(input, dtype=True)
         raise ValueError(f"{op}: input must be a 4-D float32 tensor [N, C, H, W], got {got}")
     if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.dtype != torch.int8:
-        got = (
-            f"{weight.dtype} of shape {tuple(weight.shape)}"
-            if isinstance(weight, Tensor)
-            else type(weight).__name__
-        )
+        got = _describe(weight, dtype=True)
         raise ValueError(
             f"{op}: weight must be 4-D int8 codes [out_channels, in_channels/groups, kH, kW], "
             f"got {got}"

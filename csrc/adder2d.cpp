@@ -46,19 +46,9 @@ void check_like_input(const char* op, const char* name, const Tensor& t, const T
 
 }  // namespace
 
-Adder2dShape check_adder2d_args(const char* op, const Tensor& input, const Tensor& weight,
-                                const std::optional<Tensor>& bias, IntArrayRef stride,
-                                IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                                const std::optional<Tensor>& grad_output) {
-  ADDERNET_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C, H, W], got ", input.dim(),
-                 "-D with shape ", input.sizes());
-  ADDERNET_CHECK(weight.dim() == 4, op, ": weight must be 4-D [out_channels, in_channels/groups, ",
-                 "kH, kW], got ", weight.dim(), "-D with shape ", weight.sizes());
-  ADDERNET_CHECK(is_supported_float(input.scalar_type()), op,
-                 ": input must be a floating-point tensor (float32, float64, float16 or "
-                 "bfloat16), got ",
-                 input.scalar_type());
-  check_like_input(op, "weight", weight, input);
+Adder2dShape check_adder2d_geometry(const char* op, const Tensor& input, const Tensor& weight,
+                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                    int64_t groups) {
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
   check_pair(op, "dilation", dilation, 1);
@@ -108,7 +98,24 @@ Adder2dShape check_adder2d_args(const char* op, const Tensor& input, const Tenso
                  ", ", s.out_channels, ", ", s.out_h, ", ", s.out_w,
                  "] has too many elements for int64 (padding ", padding, ", stride ", stride, ")");
   s.taps = s.in_channels_per_group * s.kernel_h * s.kernel_w;
+  return s;
+}
 
+Adder2dShape check_adder2d_args(const char* op, const Tensor& input, const Tensor& weight,
+                                const std::optional<Tensor>& bias, IntArrayRef stride,
+                                IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                                const std::optional<Tensor>& grad_output) {
+  ADDERNET_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C, H, W], got ", input.dim(),
+                 "-D with shape ", input.sizes());
+  ADDERNET_CHECK(weight.dim() == 4, op, ": weight must be 4-D [out_channels, in_channels/groups, ",
+                 "kH, kW], got ", weight.dim(), "-D with shape ", weight.sizes());
+  ADDERNET_CHECK(is_supported_float(input.scalar_type()), op,
+                 ": input must be a floating-point tensor (float32, float64, float16 or "
+                 "bfloat16), got ",
+                 input.scalar_type());
+  check_like_input(op, "weight", weight, input);
+  const Adder2dShape s =
+      check_adder2d_geometry(op, input, weight, stride, padding, dilation, groups);
   if (bias.has_value() && bias->defined()) {
     ADDERNET_CHECK(bias->dim() == 1 && bias->size(0) == s.out_channels, op,
                    ": bias must have shape [", s.out_channels, "], got ", bias->sizes());
@@ -124,6 +131,25 @@ Adder2dShape check_adder2d_args(const char* op, const Tensor& input, const Tenso
     check_like_input(op, "grad_output", *grad_output, input);
   }
   return s;
+}
+
+Adder2dShape check_adder2d_forward_args(const Tensor& input, const Tensor& weight,
+                                        const std::optional<Tensor>& bias, IntArrayRef stride,
+                                        IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                                        const std::string& input_grad) {
+  const Adder2dShape s =
+      check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
+  parse_input_grad_mode("adder2d: input_grad", input_grad);
+  return s;
+}
+
+Adder2dInputGradArgs check_adder2d_input_grad_args(const Tensor& grad_output, const Tensor& input,
+                                                   const Tensor& weight, IntArrayRef stride,
+                                                   IntArrayRef padding, IntArrayRef dilation,
+                                                   int64_t groups, const std::string& mode) {
+  const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
+                                            stride, padding, dilation, groups, grad_output);
+  return {s, parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign};
 }
 
 }  // namespace addernet

@@ -80,6 +80,29 @@ enum class InputGradMode { HardTanh, Sign };
 // `what` names the argument in the error message, e.g. "adder2d_input_grad: mode".
 InputGradMode parse_input_grad_mode(const char* what, const std::string& mode);
 
+// The checks every adder2d op shares, the int8 one included, once the ranks (4-D input and
+// weight), dtypes and devices are checked: stride, padding, dilation and groups, the channel
+// counts, the kernel against the padded input, int64 overflow of the sizes. Returns the sizes.
+Adder2dShape check_adder2d_geometry(const char* op, const Tensor& input, const Tensor& weight,
+                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                    int64_t groups);
+
+// The preamble of the adder2d op entries of every backend: check_adder2d_args under the op's
+// name, then the input-gradient mode (its error names the argument). The forward returns the
+// sizes; the input gradient the sizes and whether the mode is "exact" (sign).
+Adder2dShape check_adder2d_forward_args(const Tensor& input, const Tensor& weight,
+                                        const std::optional<Tensor>& bias, IntArrayRef stride,
+                                        IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                                        const std::string& input_grad);
+struct Adder2dInputGradArgs {
+  Adder2dShape shape;
+  bool sign_mode;
+};
+Adder2dInputGradArgs check_adder2d_input_grad_args(const Tensor& grad_output, const Tensor& input,
+                                                   const Tensor& weight, IntArrayRef stride,
+                                                   IntArrayRef padding, IntArrayRef dilation,
+                                                   int64_t groups, const std::string& mode);
+
 // Validates the arguments of every adder2d op and returns the sizes. `op` names the op in
 // error messages. `grad_output`, when given, must have the output's shape.
 Adder2dShape check_adder2d_args(const char* op, const Tensor& input, const Tensor& weight,

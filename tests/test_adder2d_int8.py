@@ -156,6 +156,14 @@ def _bad_int8_calls():
         ("beta must have shape \\[6\\]", lambda: op(x, wq, s, a, b[:2], *args)),
         ("scale must be finite and > 0, got 0", lambda: op(x, wq, s * 0, a, b, *args)),
         ("groups \\(3\\) must divide the input channels", lambda: op(x, wq, s, a, b, *args[:3], 3)),
+        (
+            "padded input size overflows int64",
+            lambda: op(x, wq, s, a, b, [1, 1], [0, 2**62], [1, 1], 1),
+        ),
+        (
+            "has too many elements for int64",
+            lambda: op(x, wq, s, a, b, [1, 1], [2**30] * 2, [1, 1], 1),
+        ),
     ]
 
 

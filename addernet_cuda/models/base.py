@@ -12,7 +12,7 @@ and state-dict keys (the adder weight is ``weight`` as in ``nn.Conv2d``).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -25,9 +25,9 @@ def conv_layer(
     cnn: bool,
     in_channels: int,
     out_channels: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: int = 0,
+    kernel_size: Union[int, Tuple[int, int]],
+    stride: Union[int, Tuple[int, int]] = 1,
+    padding: Union[int, Tuple[int, int]] = 0,
     *,
     eta: Optional[float] = 0.2,
     input_grad: str = "hardtanh",

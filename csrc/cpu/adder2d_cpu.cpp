@@ -105,9 +105,8 @@ void set_cpu_isa(const std::string& isa) {
 Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
                    const std::string& input_grad) {
-  const Adder2dShape s =
-      check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
-  parse_input_grad_mode("adder2d: input_grad", input_grad);
+  const Adder2dShape s = check_adder2d_forward_args(input, weight, bias, stride, padding, dilation,
+                                                    groups, input_grad);
   if (is_reduced_float(input)) {
     return torch::stable::to(adder2d_cpu(to_float(input), to_float(weight), to_float(bias), stride,
                                          padding, dilation, groups, input_grad),
@@ -148,10 +147,8 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
 Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                               IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                               int64_t groups, const std::string& mode) {
-  const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
-                                            stride, padding, dilation, groups, grad_output);
-  const bool sign_mode =
-      parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
+  const auto [s, sign_mode] = check_adder2d_input_grad_args(grad_output, input, weight, stride,
+                                                            padding, dilation, groups, mode);
   if (is_reduced_float(input)) {
     return torch::stable::to(
         adder2d_input_grad_cpu(to_float(grad_output), to_float(input), to_float(weight), stride,

@@ -16,11 +16,7 @@
 #define ADDER_CPU_ISA avx2
 #include "adder2d_cpu_kernels.h"
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "adder2d_target_pop.h"
 #endif
 
 namespace addernet {

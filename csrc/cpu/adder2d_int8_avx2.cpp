@@ -51,11 +51,7 @@ static void sad_ceiling_loop(int64_t iterations) {
 }  // namespace cpu
 }  // namespace addernet
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "adder2d_target_pop.h"
 #endif
 
 namespace addernet {

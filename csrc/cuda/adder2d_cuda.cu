@@ -49,9 +49,8 @@ void launch_tiled(const T* x, const T* wt, const T* bias, T* y, const Adder2dGeo
 Tensor adder2d_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
                     const std::string& input_grad) {
-  const Adder2dShape s =
-      check_adder2d_args("adder2d", input, weight, bias, stride, padding, dilation, groups);
-  parse_input_grad_mode("adder2d: input_grad", input_grad);
+  const Adder2dShape s = check_adder2d_forward_args(input, weight, bias, stride, padding, dilation,
+                                                    groups, input_grad);
   ADDERNET_CHECK(adder2d_geom_fits(s), "adder2d: the CUDA kernels need spatial sizes, strides, ",
                  "paddings, dilations and channels per group below 2^31");
   const torch::stable::accelerator::DeviceGuard guard(input.get_device_index());

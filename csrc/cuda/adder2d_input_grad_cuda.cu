@@ -19,10 +19,8 @@ namespace {
 Tensor adder2d_input_grad_cuda(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                int64_t groups, const std::string& mode) {
-  const Adder2dShape s = check_adder2d_args("adder2d_input_grad", input, weight, std::nullopt,
-                                            stride, padding, dilation, groups, grad_output);
-  const bool sign_mode =
-      parse_input_grad_mode("adder2d_input_grad: mode", mode) == InputGradMode::Sign;
+  const auto [s, sign_mode] = check_adder2d_input_grad_args(grad_output, input, weight, stride,
+                                                            padding, dilation, groups, mode);
   ADDERNET_CHECK(adder2d_geom_fits(s), "adder2d_input_grad: the CUDA kernels need spatial sizes, ",
                  "strides, paddings, dilations and channels per group below 2^31");
   const torch::stable::accelerator::DeviceGuard guard(input.get_device_index());
