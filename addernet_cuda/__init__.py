@@ -12,41 +12,10 @@ head and the SLAC loss (:class:`SkewLaplaceMixture`, :class:`SLACLoss`) and the 
 :class:`LGMLoss`, :class:`MoMLoss`, :class:`LSoftmaxLoss` and :class:`SoftmaxLoss`.
 """
 
-from . import reference
+from . import nn, reference
 from ._extension import build_info
-from .nn import (
-    AdderConv2d,
-    LGMLoss,
-    LSoftmaxLoss,
-    MoMLoss,
-    QuantizedAdderConv2d,
-    SkewLaplaceMixture,
-    SLACLoss,
-    SoftmaxLoss,
-    adderize,
-    quantize,
-    rescale_adder_grads,
-    set_adaptive_lr,
-)
+from .nn import *  # noqa: F403  (the modules and losses, listed once in nn.__all__)
 from .ops import adder2d, adder2d_int8
 from .version import __version__
 
-__all__ = [
-    "AdderConv2d",
-    "adder2d",
-    "adder2d_int8",
-    "QuantizedAdderConv2d",
-    "quantize",
-    "adderize",
-    "build_info",
-    "reference",
-    "rescale_adder_grads",
-    "set_adaptive_lr",
-    "__version__",
-    "SkewLaplaceMixture",
-    "SLACLoss",
-    "LGMLoss",
-    "MoMLoss",
-    "LSoftmaxLoss",
-    "SoftmaxLoss",
-]
+__all__ = ["adder2d", "adder2d_int8", "build_info", "reference", "__version__", *nn.__all__]
