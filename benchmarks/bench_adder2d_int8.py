@@ -35,13 +35,13 @@ import time
 import warnings
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import addernet_cuda
 from addernet_cuda import ops, reference
 from addernet_cuda._extension import _C
 from addernet_cuda.models import resnet20
+from addernet_cuda.nn.quantized import recalibrate_batchnorm
 
 from .bench_adder2d import FAMILIES, SHAPES, environment, percentile, terms
 
@@ -148,25 +148,13 @@ def layer_row(name: str, batch: int, repeats: int) -> dict:
     return row
 
 
-def _bn_stats(model: nn.Module, batches) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for b in batches:
-            model(b)
-    return model.eval()
-
-
 def resnet20_row(batch: int, repeats: int) -> dict:
     """Whole ResNet-20 forward: int8 ANN (quantized, BN statistics from random calibration
     images) against the float32 CNN twin and the float32 ANN, interleaved."""
     torch.manual_seed(0)
     calib = [torch.randn(32, 3, 32, 32) for _ in range(2)]
-    ann = _bn_stats(resnet20(), calib)
-    cnn = _bn_stats(resnet20(cnn=True), calib)
+    ann = recalibrate_batchnorm(resnet20(), calib)
+    cnn = recalibrate_batchnorm(resnet20(cnn=True), calib)
     q = addernet_cuda.quantize(ann, calib, max_images=32)
     x = torch.randn(batch, 3, 32, 32)
     with torch.no_grad():

@@ -27,11 +27,11 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 
 import addernet_cuda
 from addernet_cuda import data as data_mod
 from addernet_cuda.models import resnet20
+from addernet_cuda.nn.quantized import recalibrate_batchnorm
 
 from ._common import ROOT, git_commit
 from .reproduce_mnist import _config, _train_or_reuse
@@ -103,22 +103,10 @@ def lenet_results(args, bundle) -> dict:
     return out
 
 
-def _bn_stats(model: nn.Module, batches) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for b in batches:
-            model(b)
-    return model.eval()
-
-
 def resnet_errors(args) -> dict:
     torch.manual_seed(0)
     calib = [torch.randn(64, 3, 32, 32) for _ in range(2)]
-    model = _bn_stats(resnet20(), calib)
+    model = recalibrate_batchnorm(resnet20(), calib)
     out = {}
     for groups in (1, args.scale_groups):
         q = addernet_cuda.quantize(model, calib, scale_groups=groups, max_images=64)

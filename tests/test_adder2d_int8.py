@@ -18,7 +18,7 @@ from conftest import cpu_isas
 import addernet_cuda
 from addernet_cuda import ops, reference
 from addernet_cuda.models import lenet5, resnet20
-from addernet_cuda.nn.quantized import QuantizedAdderConv2d, quantize
+from addernet_cuda.nn.quantized import QuantizedAdderConv2d, quantize, recalibrate_batchnorm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -217,24 +217,11 @@ class Block(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _bn_stats_from(model, batches):
-    """BatchNorm running statistics = the exact averages over ``batches`` (momentum None)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    return model.eval()
-
-
 @pytest.fixture
 def block_and_data():
     torch.manual_seed(0)
     batches = [torch.randn(16, 3, 12, 12) for _ in range(4)]
-    return _bn_stats_from(Block(), batches), batches
+    return recalibrate_batchnorm(Block(), batches), batches
 
 
 def test_quantize_folds_batchnorm_and_relu(block_and_data):
@@ -315,7 +302,7 @@ def test_torch_compile_and_export(block_and_data):
 def test_lenet5_quantizes_every_adder_layer():
     torch.manual_seed(0)
     batches = [torch.randn(32, 1, 28, 28) for _ in range(2)]
-    model = _bn_stats_from(lenet5(head="linear"), batches)
+    model = recalibrate_batchnorm(lenet5(head="linear"), batches)
     q = quantize(model, batches)
     kinds = {n: type(m).__name__ for n, m in q.named_modules()}
     assert kinds["c3"] == kinds["c5"] == kinds["f6"] == "QuantizedAdderConv2d"
@@ -329,7 +316,7 @@ def test_resnet20_per_layer_error_at_most_two_percent():
     statistics from the calibration data, per-layer scales."""
     torch.manual_seed(0)
     batches = [torch.randn(32, 3, 32, 32) for _ in range(2)]
-    model = _bn_stats_from(resnet20(), batches)
+    model = recalibrate_batchnorm(resnet20(), batches)
     q = quantize(model, batches, max_images=32)
     errors = {name: e[0] for name, e in q.quantization_errors.items()}
     assert len(errors) == 20  # 18 3x3 layers and the two 1x1 stride-2 shortcuts

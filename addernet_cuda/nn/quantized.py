@@ -30,7 +30,7 @@ from .. import ops
 from ..reference import quantize_codes
 from .adder_conv import AdderConv2d, _set_submodule
 
-__all__ = ["QuantizedAdderConv2d", "quantize"]
+__all__ = ["QuantizedAdderConv2d", "quantize", "recalibrate_batchnorm"]
 
 
 class QuantizedAdderConv2d(nn.Module):
@@ -356,3 +356,22 @@ def quantize(
             _set_submodule(qmodel, bn_name, nn.Identity())
     qmodel.quantization_errors = errors
     return qmodel
+
+
+def recalibrate_batchnorm(model: nn.Module, batches) -> nn.Module:
+    """Sets every BatchNorm's running statistics to the exact averages over ``batches`` (an
+    iterable of input batches; momentum ``None``) and returns the model in eval mode.
+
+    For a model that has not been trained on the data it will see (a randomly initialised
+    network in a test or benchmark), so that the BatchNorm layers :func:`quantize` folds hold
+    statistics of that data. The model's momentum settings are replaced.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    return model.eval()
