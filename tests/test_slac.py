@@ -473,22 +473,23 @@ def test_every_loss_fits_separable_data(make):
     assert acc == 1.0
 
 
+# Every head as loss(num_classes, feat_dim); SLAC differentiates its angle constraint fully.
+LOSS_MAKERS = {
+    "slac": lambda k, d: SLACLoss(k, d, detach_target=False),
+    "lgm": lambda k, d: LGMLoss(k, d),
+    "mom": lambda k, d: MoMLoss(k, d),
+    "lsoftmax": lambda k, d: LSoftmaxLoss(k, d),
+    "softmax": lambda k, d: SoftmaxLoss(k, d),
+}
+DISTRIBUTION_LOSSES = ["slac", "lgm", "mom", "lsoftmax"]  # the heads that could form B x K x d
+
+
 # ----------------------------------------------------------------------------------------------
 # Robustness and memory
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda k, d: SLACLoss(k, d, detach_target=False),
-        lambda k, d: LGMLoss(k, d),
-        lambda k, d: MoMLoss(k, d),
-        lambda k, d: LSoftmaxLoss(k, d),
-        lambda k, d: SoftmaxLoss(k, d),
-    ],
-    ids=["slac", "lgm", "mom", "lsoftmax", "softmax"],
-)
+@pytest.mark.parametrize("make", list(LOSS_MAKERS.values()), ids=list(LOSS_MAKERS))
 def test_extreme_features_stay_finite(make, device):
     torch.manual_seed(0)
     loss = make(10, 64).to(device)
@@ -529,14 +530,7 @@ class _LargestTensor(TorchDispatchMode):
 
 
 @pytest.mark.parametrize(
-    "make",
-    [
-        lambda k, d: SLACLoss(k, d, detach_target=False),
-        lambda k, d: LGMLoss(k, d),
-        lambda k, d: MoMLoss(k, d),
-        lambda k, d: LSoftmaxLoss(k, d),
-    ],
-    ids=["slac", "lgm", "mom", "lsoftmax"],
+    "make", [LOSS_MAKERS[n] for n in DISTRIBUTION_LOSSES], ids=DISTRIBUTION_LOSSES
 )
 def test_no_batch_by_class_by_dim_tensor(make):
     """Forward + backward never form a tensor of B x K x d (385) or K x K x d (175) elements."""
