@@ -72,8 +72,15 @@ def _describe(x, dtype: bool = False) -> str:
     return f"{x.dim()}-D with shape {tuple(x.shape)}"
 
 
-def _check_tensors(op, input, weight, bias, grad_output) -> None:
-    """The ranks, dtypes and devices of check_args's tensors."""
+def _autocast_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor has after adder2d's autocast policy: float16, bfloat16 and float32 run
+    in float32; float64 and non-floating tensors are left alone, as autocast leaves them."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _check_tensors(op, input, weight, bias, grad_output, autocast=False) -> None:
+    """The ranks, dtypes and devices of check_args's tensors; with ``autocast`` the dtypes are
+    compared as the autocast policy will have cast them."""
     if not isinstance(input, Tensor) or input.dim() != 4:
         got = _describe(input)
         raise ValueError(f"{op}: input must be 4-D [N, C, H, W], got {got}")
@@ -87,10 +94,11 @@ def _check_tensors(op, input, weight, bias, grad_output) -> None:
             f"{op}: input must be a floating-point tensor (float32, float64, float16 or "
             f"bfloat16), got {input.dtype}"
         )
+    cast = _autocast_dtype if autocast else (lambda dtype: dtype)
     for name, t in (("weight", weight), ("bias", bias), ("grad_output", grad_output)):
         if t is None:
             continue
-        if t.dtype != input.dtype:
+        if cast(t.dtype) != cast(input.dtype):
             raise TypeError(
                 f"{op}: {name} dtype {t.dtype} does not match input dtype {input.dtype}"
             )
@@ -135,14 +143,18 @@ def _check_geometry(op, size, kernel, padding, dilation) -> None:
         )
 
 
-def check_args(op, input, weight, bias, stride, padding, dilation, groups, grad_output=None):
+def check_args(
+    op, input, weight, bias, stride, padding, dilation, groups, grad_output=None, autocast=False
+):
     """Validates adder2d arguments and returns the output shape (N, Co, OH, OW).
 
     The public check: ValueError/TypeError naming the argument, raised by :func:`adder2d`, the
     gradient wrappers and the fake kernels. The C++ check (``check_adder2d_args``) applies the
     same rules with the same messages as a RuntimeError, for raw ``torch.ops.addernet`` calls;
-    ``tests/adder2d_cases.py`` holds one row per check and asserts the text through both."""
-    _check_tensors(op, input, weight, bias, grad_output)
+    ``tests/adder2d_cases.py`` holds one row per check and asserts the text through both.
+    ``autocast``: compare dtypes as adder2d's autocast policy casts them (float16, bfloat16 and
+    float32 all become float32)."""
+    _check_tensors(op, input, weight, bias, grad_output, autocast)
     for name, value, low in (
         ("stride", stride, 1),
         ("padding", padding, 0),
@@ -329,13 +341,12 @@ def adder2d(
         input = input.unsqueeze(0)
     if text_padding is not None:
         input, padding = _string_padding(text_padding, input, weight, stride, dilation)
-    if not (
+    autocast = (
         isinstance(input, Tensor)
         and input.device.type in ("cpu", "cuda")
         and torch.is_autocast_enabled(input.device.type)
-    ):
-        # Under autocast the op's policy casts first and the C++ checks (same rules) run after.
-        check_args("adder2d", input, weight, bias, stride, padding, dilation, groups)
+    )
+    check_args("adder2d", input, weight, bias, stride, padding, dilation, groups, autocast=autocast)
     out = torch.ops.addernet.adder2d(
         input, weight, bias, stride, padding, dilation, groups, input_grad
     )

@@ -298,6 +298,26 @@ def test_bad_input(row, path):
             call_raw(op, args)
 
 
+@pytest.mark.parametrize("row", [r for r in BAD_INPUT if r[1] == "adder2d"], ids=lambda r: r[0])
+def test_bad_input_under_autocast(row):
+    """Under autocast adder2d raises the same ValueError/TypeError as outside it (the check
+    compares dtypes as the autocast policy casts them), not the C++ check's RuntimeError."""
+    _, op, change, pattern, _ = row
+    args = valid_args(op)
+    args.update(change(args))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises((ValueError, TypeError), match=pattern):
+            addernet_cuda.adder2d(**args)
+
+
+def test_autocast_accepts_mixed_half_and_float32():
+    """bfloat16 input with a float32 weight is valid under autocast (both run in float32)."""
+    x, w, b, kw = make(SHAPES[0], dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = addernet_cuda.adder2d(x.bfloat16(), w, b, **kw)
+    torch.testing.assert_close(y, addernet_cuda.adder2d(x.bfloat16().float(), w, b, **kw))
+
+
 # ----------------------------------------------------------------------------------------------
 # Extreme arguments: overflow-checked shape arithmetic (a wrapped int64 once gave a wrong output
 # shape and a segmentation fault). The cases run in subprocesses (tests/adder2d_extreme_worker.py),
