@@ -126,18 +126,23 @@ class EmulationCase:
     """A Case for the CUDA emulation: the dtypes to run; force=True also runs every forward
     variant compiled for the dtype (not only the launcher's picks for 1, 108 and 132 SMs);
     cap > 0 lowers every grid cap to `cap` blocks (grid-stride and split loops); ops: which of
-    the forward, input gradient (both modes) and weight gradient to run."""
+    the forward, input gradient (both modes) and weight gradient to run; offset != 0: X and W
+    share that offset (X in offset +- 0.5, W in offset +- 0.2) instead of being uniform in
+    [-2, 2]."""
 
-    def __init__(self, case, dtypes=ALL_DTYPES, force=True, cap=0, ops=("fwd", "igrad", "wgrad")):
+    def __init__(
+        self, case, dtypes=ALL_DTYPES, force=True, cap=0, ops=("fwd", "igrad", "wgrad"), offset=0
+    ):
         self.case, self.dtypes, self.force, self.cap = case, tuple(dtypes), force, cap
         self.ops = tuple(ops)
+        self.offset = offset
 
     def line(self):
         c = self.case
         fields = [
             c.name, c.n, c.c, c.h, c.w, c.co, c.kh, c.kw, *c.stride, *c.padding, *c.dilation,
             c.groups, int(c.bias), ",".join(self.dtypes), int(self.force), self.cap, ",".join(self.ops),
-        ]  # fmt: skip
+        ] + ([self.offset] if self.offset else [])  # fmt: skip
         return " ".join(str(f) for f in fields)
 
 
@@ -184,6 +189,10 @@ EMULATION_CASES = [
     E(Case("batch0", 0, 4, 6, 6, 8, 3, 3, padding=1)),
     # Weight gradient: 300 pixels = 19 steps of 16, 3 splits of 7 steps, the last of 5.
     E(Case("wgrad_splits", 3, 2, 10, 10, 3, 1, 1), force=False),
+    # Weight gradient with X and W sharing an offset of 4 (|W| about 8x |Xp - W|, zero-padded
+    # borders where |Xp - W| = |W|): the centring c_k carries the accuracy. 2 channel tiles
+    # (64 + 6 channels: each its own centre), 2 tap tiles (64 + 8), 162 pixels in 2 splits.
+    E(Case("wgrad_offset4", 2, 8, 9, 9, 70, 3, 3, padding=1), ops=("wgrad",), offset=4),
     # Grids past lowered caps: tiled forward's grid.y loop (4 groups x 1 tile > 2), the direct
     # forward's and the input gradient's grid-stride loops, weight-gradient splits capped at 2
     # (10 steps each: chunks of 160 and 140 pixels), the split sum's grid-stride loop.

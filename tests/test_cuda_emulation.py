@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from adder2d_cases import EMULATION_CASES, Case, EmulationCase
+from cuda_weight_grad_bound import weight_grad_chunking
 
 pytestmark = pytest.mark.cuda_emulation
 
@@ -101,6 +102,43 @@ MUTATIONS = {
         1,
         [EmulationCase(Case("mut_split", 3, 2, 10, 10, 3, 1, 1), ("f32",), False, ops=("wgrad",))],
         r"FAIL mut_split f32 weight_grad tiles=1 splits=3 .*float64 reference",
+    ),
+    # The correction uses W where the staged input used Xp - c: off by c sum dY.
+    "weight_grad_correction_without_centre": (
+        "cuda/adder2d_weight_grad_kernels.cuh",
+        "(static_cast<A>(w[e]) - centre[tx + 16 * j])",
+        "static_cast<A>(w[e])",
+        K_WGRAD,
+        1,
+        [
+            EmulationCase(
+                Case("mut_centre", 2, 8, 9, 9, 70, 3, 3, padding=1),
+                ("f32",),
+                False,
+                ops=("wgrad",),
+                offset=4,
+            )
+        ],  # fmt: skip
+        r"FAIL mut_centre f32 weight_grad tiles=4 splits=2 .*float64 reference",
+    ),
+    # No centring (c = 0): within the worst-case bound, but its error on offset statistics is
+    # about 7x the centred one's, above the emulation's limit for offset cases.
+    "weight_grad_not_centred": (
+        "cuda/adder2d_weight_grad_kernels.cuh",
+        "centre[tid] = s / static_cast<A>(channels);",
+        "centre[tid] = A(0) * s;",
+        K_WGRAD,
+        1,
+        [
+            EmulationCase(
+                Case("mut_uncentred", 2, 8, 9, 9, 70, 3, 3, padding=1),
+                ("f32",),
+                False,
+                ops=("wgrad",),
+                offset=4,
+            )
+        ],  # fmt: skip
+        r"FAIL mut_uncentred f32 weight_grad .*on offset statistics, above 0.15 \(not centred\?\)",
     ),
     "forward_shared_store_out_of_bounds": (
         "cuda/adder2d_forward_kernels.cuh",
@@ -266,8 +304,34 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
     m = re.search(r"DONE cases=(\d+) failures=0 shared_arrays=(\d+)", r.stdout)
     assert m and int(m.group(1)) == len(EMULATION_CASES), r.stdout[-2000:]
     # ws, xs of 10 forward tiles (3 tiles x 3 dtypes + float64 64x64); ds, xs, tap_offset, tap_kh,
-    # tap_kw of the weight-gradient kernel in 4 dtypes
-    assert int(m.group(2)) == 2 * 10 + 5 * 4, "shared arrays found for poisoning"
+    # tap_kw, centre, dy_sum of the weight-gradient kernel in 4 dtypes
+    assert int(m.group(2)) == 2 * 10 + 7 * 4, "shared arrays found for poisoning"
+    _check_weight_grad_runs(r.stdout, pytestconfig)
+
+
+def _check_weight_grad_runs(stdout, pytestconfig):
+    """The WGRAD lines: the launch's tiles, splits and chunk equal the mirror used for the GPU
+    tests' bound (cuda_weight_grad_bound.py), the offset case ran in every dtype, and the table
+    of the largest error / documented bound per dtype."""
+    cases = {e.case.name: e for e in EMULATION_CASES}
+    worst, offset_runs = {}, set()
+    for line in stdout.splitlines():
+        if not line.startswith("WGRAD "):
+            continue
+        _, name, dtype, tiles, splits, chunk, ratio = line.split()
+        e = cases[name]
+        launch = (int(tiles), int(splits), int(chunk))
+        expected = weight_grad_chunking(e.case, e.cap if e.cap > 0 else 65535)
+        assert launch == expected, (name, "launch", launch, "mirror", expected)
+        worst[dtype] = max(worst.get(dtype, (0.0, "")), (float(ratio), name))
+        if e.offset:
+            offset_runs.add(dtype)
+    assert offset_runs == {"f32", "f64", "f16", "bf16"}, offset_runs
+    _report(
+        pytestconfig,
+        "weight gradient, largest error / documented bound: "
+        + ", ".join(f"{d} {r:.3g} ({n})" for d, (r, n) in sorted(worst.items())),
+    )
 
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))

@@ -9,16 +9,35 @@
 //
 // A GEMM-shaped reduction per group: dW is [Co/g, K] with K = (C/g)*KH*KW, reduced over the
 // P = N*OH*OW output pixels. A block owns a 64 x 64 tile of dW (output channels x taps) and one
-// contiguous chunk of pixels; it stages 16 pixels at a time of dY (64 channels) and of the
-// gathered input patches (64 taps, zeros for padded taps) in shared memory, and each thread
-// accumulates a 4 x 4 register micro-tile of dY * (x - w) with its 16 weights held in registers.
-// Each 16-pixel step is summed into a fresh partial first, then added to the running sum.
+// contiguous chunk of pixels, and computes the chunk's part of dW by the decomposition
+//
+//   sum_{p in chunk} dY[co,p] (Xp[k,p] - W[co,k])
+//     = sum_{p in chunk} dY[co,p] (Xp[k,p] - c_k) - (W[co,k] - c_k) sum_{p in chunk} dY[co,p],
+//
+// exact for any c_k, so each chunk's partial is the exact chunk sum whatever c_k it uses. Here
+// c_k = mean of W[co,k] over the tile's channels (summed in a fixed order in the accumulation
+// type), which keeps the cancellation between the two terms small when the weights share an
+// offset (|W| large against |Xp - W|, as in trained networks). The block stages 16 pixels at a
+// time of dY (64 channels) and of Xp - c_k (64 taps, Xp = 0 for padded taps) in shared memory;
+// each thread accumulates a 4 x 4 register micro-tile of dY * (Xp - c), one FMA per tap, into a
+// fresh partial per 16-pixel step that is then added to the running sum. Threads 0-63 (two whole
+// warps) sum dY per channel alongside (16 pixels in order, then step by step); the
+// -(W - c) sum dY term is applied once at the end.
 //
 // Deterministic, no floating-point atomics: the number of pixel chunks (splits) depends only on
 // the shape; with one split the block writes dW directly, otherwise each split writes its partial
 // tile to a workspace [splits, Co, K] and a second kernel adds the splits in a fixed order.
 // Accumulation is in float (float, float16, bfloat16) or double (float64), and so is the
 // workspace; the result is rounded once to the weight's dtype.
+//
+// Rounding error, to first order, with u the unit roundoff of the accumulation type, u_T that of
+// the weight's dtype, S the 16-pixel steps per split and m = WG_BP + S + splits the most roundings
+// a term goes through (Xp - c, the FMA chain of a step, the running sum, the correction, the split
+// sum):
+//   |err| <= u_T |dW| + (m + 2) u sum_p |dY[co,p]| (|Xp[k,p] - W[co,k]| + 2 |W[co,k] - c_k|),
+// with c_k the centre of the tile holding co, against about m u sum_p |dY| |Xp - W| for the direct
+// form dY * (Xp - W) in the same order. tests/cuda_emulation/emulate_adder2d.cpp checks it
+// elementwise with the launch's S and splits, and tests/test_adder2d_cuda.py on the GPU.
 #pragma once
 
 #include <algorithm>
@@ -42,14 +61,17 @@ __global__ void __launch_bounds__(kThreads, sizeof(A) == 4 ? 2 : 1)
                               Adder2dGeom g, int64_t chunk) {
   static_assert((WG_BM / WG_T) * (WG_BK / WG_T) == kThreads, "one micro-tile per thread");
   static_assert(kThreads % WG_BP == 0 && WG_BM == WG_BK, "load layout");
+  static_assert(kThreads / WG_BK <= WG_BP + WG_PAD, "centre sums fit in a row of xs");
   constexpr int LR = kThreads / WG_BP;  // rows loaded per pass
   constexpr int LN = WG_BM / LR;        // passes
 
   __shared__ __align__(16) A ds[WG_BM][WG_BP + WG_PAD];
-  __shared__ __align__(16) A xs[WG_BK][WG_BP + WG_PAD];
+  __shared__ __align__(16) A xs[WG_BK][WG_BP + WG_PAD];  // Xp - c of the tile's taps
   // The tile's taps decoded once: input channel offset ci*H*W (-1 past K), kh and kw.
   __shared__ int64_t tap_offset[WG_BK];
   __shared__ int tap_kh[WG_BK], tap_kw[WG_BK];
+  __shared__ A centre[WG_BK];  // c_k: mean of W over the tile's channels
+  __shared__ A dy_sum[WG_BM];  // sum of dY over the block's pixels, per channel
 
   const int cig = g.in_per_group, cog = g.out_per_group;
   const int mtiles = (cog + WG_BM - 1) / WG_BM;
@@ -60,6 +82,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(A) == 4 ? 2 : 1)
   const int64_t k0 = kt * WG_BK;
   const int64_t p_begin = int64_t(blockIdx.y) * chunk;
   const int64_t p_end = std::min(g.columns, p_begin + chunk);
+  const int channels = cog - m0 < WG_BM ? cog - m0 : WG_BM;  // valid channels of the tile
 
   const int tid = threadIdx.x;
   // Compute layout: thread (ty, tx) owns channels m0 + ty + 16*i and taps k0 + tx + 16*j.
@@ -74,18 +97,33 @@ __global__ void __launch_bounds__(kThreads, sizeof(A) == 4 ? 2 : 1)
     tap_kh[tid] = int(tap / g.kernel_w);
     tap_kw[tid] = int(tap % g.kernel_w);
   }
-
-  A wr[WG_T][WG_T], acc[WG_T][WG_T];
+  // The centre, in a fixed order: thread (part, kk) sums W over the channels part, part + 4, ...
+  // of tap k0 + kk into xs[kk][part] (xs is free until the pixel loop); thread kk adds the 4.
+  {
+    constexpr int PARTS = kThreads / WG_BK;
+    const int kk = tid % WG_BK, part = tid / WG_BK;
+    const int64_t k = k0 + kk;
+    A s = A(0);
 #pragma unroll
-  for (int i = 0; i < WG_T; ++i) {
-    const int m = m0 + ty + 16 * i;
-#pragma unroll
-    for (int j = 0; j < WG_T; ++j) {
-      const int64_t k = k0 + tx + 16 * j;
-      wr[i][j] = (m < cog && k < g.taps) ? static_cast<A>(w[(grp * cog + m) * g.taps + k]) : A(0);
-      acc[i][j] = A(0);
+    for (int u = 0; u < WG_BM / PARTS; ++u) {
+      const int t = part + PARTS * u;
+      if (t < channels && k < g.taps) s += static_cast<A>(w[(grp * cog + m0 + t) * g.taps + k]);
     }
+    xs[kk][part] = s;
   }
+  __syncthreads();
+  if (tid < WG_BK) {
+    A s = A(0);
+#pragma unroll
+    for (int part = 0; part < kThreads / WG_BK; ++part) s += xs[tid][part];
+    centre[tid] = s / static_cast<A>(channels);
+  }
+  if (tid < WG_BM) dy_sum[tid] = A(0);  // from here on thread tid's alone until the loop ends
+  A acc[WG_T][WG_T];
+#pragma unroll
+  for (int i = 0; i < WG_T; ++i)
+#pragma unroll
+    for (int j = 0; j < WG_T; ++j) acc[i][j] = A(0);
   __syncthreads();
 
   for (int64_t p0 = p_begin; p0 < p_end; p0 += WG_BP) {
@@ -107,9 +145,21 @@ __global__ void __launch_bounds__(kThreads, sizeof(A) == 4 ? 2 : 1)
       const int iw = adder2d_in_index_t<int>(int(ow), tap_kw[r], g.stride_w, g.pad_w, g.dilation_w);
       const bool ok =
           p_ok && off >= 0 && unsigned(ih) < unsigned(g.in_h) && unsigned(iw) < unsigned(g.in_w);
-      xs[r][lp] = ok ? static_cast<A>(xg[off + int64_t(ih) * g.in_w + iw]) : A(0);
+      // Pixels past the chunk hold dY = 0: whatever xs holds there adds nothing.
+      xs[r][lp] = (ok ? static_cast<A>(xg[off + int64_t(ih) * g.in_w + iw]) : A(0)) - centre[r];
     }
     __syncthreads();
+    if (tid < WG_BM) {  // whole warps: sum dY of the step, in pixel order
+      A s = A(0);
+#pragma unroll
+      for (int q0 = 0; q0 < WG_BP; q0 += 4) {
+        A d[4];
+        load4(&ds[tid][q0], d);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) s += d[q];
+      }
+      dy_sum[tid] += s;
+    }
     A part[WG_T][WG_T];
 #pragma unroll
     for (int i = 0; i < WG_T; ++i)
@@ -127,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(A) == 4 ? 2 : 1)
 #pragma unroll
         for (int q = 0; q < 4; ++q)
 #pragma unroll
-          for (int j = 0; j < WG_T; ++j) part[i][j] += d[q] * (xv[j][q] - wr[i][j]);
+          for (int j = 0; j < WG_T; ++j) part[i][j] += d[q] * xv[j][q];
       }
     }
 #pragma unroll
@@ -137,6 +187,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(A) == 4 ? 2 : 1)
     __syncthreads();
   }
 
+  // This chunk's exact partial: sum dY (Xp - c) - (W - c) sum dY.
   const int64_t elems = g.out_channels * g.taps;
 #pragma unroll
   for (int i = 0; i < WG_T; ++i) {
@@ -147,10 +198,11 @@ __global__ void __launch_bounds__(kThreads, sizeof(A) == 4 ? 2 : 1)
       const int64_t k = k0 + tx + 16 * j;
       if (k >= g.taps) continue;
       const int64_t e = (grp * cog + m) * g.taps + k;
+      const A dw = acc[i][j] - (static_cast<A>(w[e]) - centre[tx + 16 * j]) * dy_sum[ty + 16 * i];
       if (partial != nullptr) {
-        partial[blockIdx.y * elems + e] = acc[i][j];
+        partial[blockIdx.y * elems + e] = dw;
       } else {
-        out[e] = static_cast<T>(acc[i][j]);
+        out[e] = static_cast<T>(dw);
       }
     }
   }

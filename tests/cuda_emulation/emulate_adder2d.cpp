@@ -5,11 +5,12 @@
 // usage: emulate_adder2d CASE_FILE      (tests/test_cuda_emulation.py writes it from the shared
 //                                        case table tests/adder2d_cases.py)
 // One case per line:
-//   name N C H W CO KH KW SH SW PH PW DH DW GROUPS BIAS DTYPES FORCE CAP OPS
+//   name N C H W CO KH KW SH SW PH PW DH DW GROUPS BIAS DTYPES FORCE CAP OPS [OFFSET]
 // DTYPES is a comma list of f32,f64,f16,bf16; FORCE=1 also runs every forward variant compiled
 // for the dtype (not only the launcher's choices for 1, 108 and 132 SMs); CAP > 0 lowers every
 // grid cap (LaunchLimits) to CAP, which runs the grid-stride and split loops; OPS is a comma list
-// of fwd,igrad,wgrad.
+// of fwd,igrad,wgrad. Values are uniform in [-2, 2]; OFFSET != 0 (default 0) gives X and W that
+// share an offset instead, as in trained networks: X in OFFSET +- 0.5, W in OFFSET +- 0.2.
 //
 // For each case and dtype: the forward (each variant), the input gradient in both modes and the
 // weight gradient (one split or several, then the split sum), each under every schedule (threads
@@ -17,11 +18,14 @@
 // Checked: no divergent barrier; every output element written exactly once (outputs pre-filled
 // with NaN, writes counted); bitwise equal outputs across schedules; and the error against a
 // float64 reference computed here, within tol * bound + unit * |ref|, where bound is the sum of
-// |terms| bound of tests/test_adder2d_cuda.py and unit the output dtype's unit roundoff. Buffers
-// are allocated at their exact size, so ASan reports any out-of-bounds global access.
+// |terms| bound of tests/test_adder2d_cuda.py and unit the output dtype's unit roundoff; the
+// weight gradient within the decomposition's elementwise bound (adder2d_weight_grad_kernels.cuh)
+// for the launch's steps per split and splits. Buffers are allocated at their exact size, so ASan
+// reports any out-of-bounds global access.
 //
-// Prints "FAIL ..." lines and exits 1 on any failure; prints at the end, per kernel variant and
-// dtype, "COUNT kernel dtype cases picked@1SM picked@108SMs picked@132SMs forced".
+// Prints "FAIL ..." lines and exits 1 on any failure; per weight gradient run
+// "WGRAD case dtype tiles splits chunk max_err/bound"; at the end, per kernel variant and dtype,
+// "COUNT kernel dtype cases picked@1SM picked@108SMs picked@132SMs forced".
 //
 // Build-time selection (the mutation test rebuilds one kernel in one dtype): EMU_KERNELS, a mask
 // of 1 direct, 2 tiled 128x128, 4 tiled 64x64, 8 tiled 32x128, 16 input grad, 32 weight grad;
@@ -72,6 +76,7 @@ struct Spec {
   std::vector<std::string> dtypes;
   int64_t cap;
   std::set<std::string> ops;
+  double offset = 0;  // != 0: X and W share this offset
 };
 
 int g_failures = 0;
@@ -105,24 +110,28 @@ struct Dtype<emu::F32> {
   static constexpr const char* name = "f32";
   static constexpr int bit = 1;
   static constexpr double tol = 2e-6, unit = 0;
+  static constexpr double roundoff = 0x1p-24, acc_roundoff = 0x1p-24;
 };
 template <>
 struct Dtype<emu::F64> {
   static constexpr const char* name = "f64";
   static constexpr int bit = 2;
   static constexpr double tol = 1e-13, unit = 0;
+  static constexpr double roundoff = 0x1p-53, acc_roundoff = 0x1p-53;
 };
 template <>
 struct Dtype<emu::Half> {
   static constexpr const char* name = "f16";
   static constexpr int bit = 4;
   static constexpr double tol = 2e-6, unit = 1.0 / 2048;
+  static constexpr double roundoff = 0x1p-11, acc_roundoff = 0x1p-24;
 };
 template <>
 struct Dtype<emu::BFloat16> {
   static constexpr const char* name = "bf16";
   static constexpr int bit = 8;
   static constexpr double tol = 2e-6, unit = 1.0 / 256;
+  static constexpr double roundoff = 0x1p-8, acc_roundoff = 0x1p-24;
 };
 
 Adder2dShape shape_of(const Spec& c) {
@@ -169,8 +178,9 @@ struct Data {
         ddy(size_t(s.batch * s.out_channels * s.out_h * s.out_w)) {
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<double> u(-2.0, 2.0);
-    fill(x, dx, rng, u, amax_x);
-    fill(w, dw, rng, u, amax_w);
+    const double off = c.offset;
+    fill(x, dx, rng, u, amax_x, off, off ? 0.25 : 1.0);
+    fill(w, dw, rng, u, amax_w, off, off ? 0.1 : 1.0);
     fill(b, db, rng, u, amax_b);
     fill(dy, ddy, rng, u, amax_dy);
     const int64_t cig = s.in_channels_per_group, kk = s.kernel_h * s.kernel_w;
@@ -180,11 +190,13 @@ struct Data {
           dwt.data()[(k * cig + ci) * s.out_channels + co] = dw.data()[(co * cig + ci) * kk + k];
   }
 
+  // offset + scale * dist, rounded to T
   template <typename R, typename D>
-  static void fill(std::vector<double>& host, Buffer<T>& dev, R& rng, D& dist, double& amax) {
+  static void fill(std::vector<double>& host, Buffer<T>& dev, R& rng, D& dist, double& amax,
+                   double offset = 0, double scale = 1) {
     host.resize(dev.n);
     for (size_t i = 0; i < dev.n; ++i) {
-      dev.data()[i] = T(A(dist(rng)));
+      dev.data()[i] = T(A(offset + scale * dist(rng)));
       host[i] = double(A(dev.data()[i]));
       amax = std::max(amax, std::fabs(host[i]));
     }
@@ -252,9 +264,14 @@ std::vector<double> ref_input_grad(const Adder2dShape& s, const std::vector<doub
   return gx;
 }
 
+// dW, and in `terms` the elementwise scale of the decomposition's rounding error
+// (adder2d_weight_grad_kernels.cuh): sum_p |dY| (|Xp - W| + 2 |W - c|), with c the mean of W over
+// the kernel's 64-channel tile holding co (WG_BM), per tap.
 std::vector<double> ref_weight_grad(const Adder2dShape& s, const std::vector<double>& dy,
-                                    const std::vector<double>& x, const std::vector<double>& w) {
+                                    const std::vector<double>& x, const std::vector<double>& w,
+                                    std::vector<double>& terms) {
   std::vector<double> gw(w.size());
+  terms.assign(w.size(), 0.0);
   const int64_t cig = s.in_channels_per_group, cog = s.out_channels_per_group;
   size_t i = 0;
   for (int64_t co = 0; co < s.out_channels; ++co)
@@ -262,7 +279,14 @@ std::vector<double> ref_weight_grad(const Adder2dShape& s, const std::vector<dou
       for (int64_t kh = 0; kh < s.kernel_h; ++kh)
         for (int64_t kw = 0; kw < s.kernel_w; ++kw, ++i) {
           const int64_t c = co / cog * cig + ci;
-          double acc = 0;
+          const int64_t grp = co / cog, m0 = (co % cog) / WG_BM * WG_BM;
+          const int64_t m1 = std::min<int64_t>(m0 + WG_BM, cog);
+          double centre = 0;
+          for (int64_t m = m0; m < m1; ++m)
+            centre += w[size_t((grp * cog + m) * s.taps) + i % size_t(s.taps)];
+          centre /= double(m1 - m0);
+          long double acc = 0;  // the float64 weight gradient's bound is below double's own error
+          double abs_diff = 0, abs_dy = 0;
           for (int64_t n = 0; n < s.batch; ++n)
             for (int64_t oh = 0; oh < s.out_h; ++oh)
               for (int64_t ow = 0; ow < s.out_w; ++ow) {
@@ -271,10 +295,14 @@ std::vector<double> ref_weight_grad(const Adder2dShape& s, const std::vector<dou
                 const bool in = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
                 const double xv =
                     in ? x[size_t(((n * s.in_channels + c) * s.in_h + ih) * s.in_w + iw)] : 0.0;
-                acc += dy[size_t(((n * s.out_channels + co) * s.out_h + oh) * s.out_w + ow)] *
-                       (xv - w[i]);
+                const double d =
+                    dy[size_t(((n * s.out_channels + co) * s.out_h + oh) * s.out_w + ow)];
+                acc += d * (xv - w[i]);
+                abs_diff += std::fabs(d) * std::fabs(xv - w[i]);
+                abs_dy += std::fabs(d);
               }
-          gw[i] = acc;
+          gw[i] = double(acc);
+          terms[i] = abs_diff + 2 * std::fabs(w[i] - centre) * abs_dy;
         }
   return gw;
 }
@@ -285,11 +313,15 @@ std::vector<double> ref_weight_grad(const Adder2dShape& s, const std::vector<dou
 template <typename T>
 using OpRun = std::function<std::string(T* out, const emu::Schedule& sched)>;
 
+// The error allowed against ref: tol * bound + unit * |ref| (see Dtype), or allowed[i] if given.
+// Returns the largest error / allowed error (0 after a failure).
 template <typename T>
-void check_op(const std::string& label, size_t out_size, const OpRun<T>& run,
-              const std::vector<double>& ref, double bound) {
+double check_op(const std::string& label, size_t out_size, const OpRun<T>& run,
+                const std::vector<double>& ref, double bound,
+                const std::vector<double>* allowed_at = nullptr) {
   using A = typename AccType<T>::type;
   std::vector<std::vector<unsigned char>> results;
+  double ratio = 0;
   for (const emu::Schedule& sched : kSchedules) {
     Buffer<T> out(out_size);
     for (size_t i = 0; i < out_size; ++i) out.data()[i] = T(A(NAN));
@@ -304,13 +336,13 @@ void check_op(const std::string& label, size_t out_size, const OpRun<T>& run,
     const std::string where = label + " schedule=" + sched.name;
     if (!err.empty()) {
       fail(where + ": " + err);
-      return;
+      return 0;
     }
     for (size_t i = 0; i < out_size; ++i) {
       if (wc.counts[i] != 1) {
         fail(where + ": output element " + std::to_string(i) + " written " +
              std::to_string(wc.counts[i]) + " times (expected exactly once)");
-        return;
+        return 0;
       }
     }
     std::vector<unsigned char> bytes(out_size * sizeof(T));
@@ -321,25 +353,28 @@ void check_op(const std::string& label, size_t out_size, const OpRun<T>& run,
         ++first;
       fail(where + ": output differs from schedule " + kSchedules[0].name + " at element " +
            std::to_string(first) + " (a race on shared or global memory)");
-      return;
+      return 0;
     }
     results.push_back(std::move(bytes));
     if (results.size() == 1) {
       for (size_t i = 0; i < out_size; ++i) {
         const double got = double(A(out.data()[i]));
-        const double allowed =
-            Dtype<T>::tol * (1 + Dtype<T>::unit) * bound + Dtype<T>::unit * std::fabs(ref[i]);
+        const double allowed = allowed_at ? (*allowed_at)[i]
+                                          : Dtype<T>::tol * (1 + Dtype<T>::unit) * bound +
+                                                Dtype<T>::unit * std::fabs(ref[i]);
         if (!(std::fabs(got - ref[i]) <= allowed)) {
           char msg[256];
           std::snprintf(msg, sizeof msg,
                         ": element %zu is %.17g, float64 reference %.17g (allowed error %.3g)", i,
                         got, ref[i], allowed);
           fail(where + msg);
-          return;
+          return 0;
         }
+        if (allowed > 0) ratio = std::max(ratio, std::fabs(got - ref[i]) / allowed);
       }
     }
   }
+  return ratio;
 }
 
 template <typename T, typename A, typename Tile>
@@ -470,9 +505,14 @@ template <typename T>
 void run_weight_grad(const Spec& c, Data<T>& d) {
   using A = typename AccType<T>::type;
   const WeightGradLaunch cfg = adder2d_weight_grad_launch(d.g, limits(c, 1));
-  const std::vector<double> ref = ref_weight_grad(d.s, d.dy, d.x, d.w);
-  const double pixels = double(d.s.batch * d.s.out_h * d.s.out_w);
-  const double bound = pixels * d.amax_dy * (d.amax_x + d.amax_w) + 1.0;
+  std::vector<double> terms;
+  const std::vector<double> ref = ref_weight_grad(d.s, d.dy, d.x, d.w, terms);
+  // |err| <= u_T |dW| + (m + 2) u sum_p |dY| (|Xp - W| + 2 |W - c|), m = WG_BP + steps + splits
+  const double m = double(WG_BP + cfg.chunk / WG_BP + cfg.splits);
+  std::vector<double> allowed(ref.size());
+  for (size_t i = 0; i < ref.size(); ++i)
+    allowed[i] =
+        Dtype<T>::roundoff * std::fabs(ref[i]) + (m + 2) * Dtype<T>::acc_roundoff * terms[i];
   const std::string label =
       c.name + " " + Dtype<T>::name + " weight_grad tiles=" + std::to_string(cfg.tiles) +
       " splits=" + std::to_string(cfg.splits) + " chunk=" + std::to_string(cfg.chunk);
@@ -501,7 +541,21 @@ void run_weight_grad(const Spec& c, Data<T>& d) {
           dim3(unsigned(cfg.sum_blocks)), dim3(kThreads), sched,
           [&] { adder2d_weight_grad_sum_splits<T, A>(pp, gw, cfg.elems, int(cfg.splits)); });
     };
-    check_op<T>(label, size_t(cfg.elems), op, ref, bound);
+    const double ratio = check_op<T>(label, size_t(cfg.elems), op, ref, 0.0, &allowed);
+    std::printf("WGRAD %s %s %lld %lld %lld %.3g\n", c.name.c_str(), Dtype<T>::name,
+                (long long)cfg.tiles, (long long)cfg.splits, (long long)cfg.chunk, ratio);
+    // The bound is a worst case that an uncentred decomposition (c = 0) still meets on small
+    // cases; its error is larger all the same. On offset statistics in float32 the centred one
+    // measured 0.048 of the bound (wgrad_offset4), c = 0 gave 0.335: the centring is required
+    // here, with 3x margin.
+    constexpr double kCentredOffsetRatio = 0.15;
+    if (c.offset != 0 && std::is_same<T, emu::F32>::value && ratio > kCentredOffsetRatio) {
+      char msg[160];
+      std::snprintf(msg, sizeof msg,
+                    ": error %.3g of the bound on offset statistics, above %.3g (not centred?)",
+                    ratio, kCentredOffsetRatio);
+      fail(label + msg);
+    }
   }
   count(cfg.splits > 1 ? "weight_grad_tiled_split" : "weight_grad_tiled", Dtype<T>::name, kAllSms);
   if (cfg.splits > 1) count("weight_grad_sum_splits", Dtype<T>::name, kAllSms);
@@ -528,6 +582,7 @@ bool parse(const std::string& line, Spec& c) {
   if (!(in >> c.name >> c.n >> c.c >> c.h >> c.w >> c.co >> c.kh >> c.kw >> c.sh >> c.sw >> c.ph >>
         c.pw >> c.dh >> c.dw >> c.groups >> c.bias >> dtypes >> c.force >> c.cap >> ops))
     return false;
+  if (!(in >> c.offset)) c.offset = 0;  // optional
   std::stringstream ds(dtypes), os(ops);
   for (std::string t; std::getline(ds, t, ',');) c.dtypes.push_back(t);
   for (std::string t; std::getline(os, t, ',');) c.ops.insert(t);
