@@ -48,32 +48,56 @@ static inline uint8_t quantize_code(float v, float scale) {
   return static_cast<uint8_t>(static_cast<int>(t) + 128);
 }
 
-// codes[i] = q(src[i]) + 128 for i < n; 16 at a time with SSE2 (also in the AVX2 copy):
-// divide, clamp (NaN -> -127, as the scalar code), round half to even (cvtps2dq under the
-// default rounding mode), pack to bytes. Identical to quantize_code element by element.
+// codes[i] = q(src[i]) + 128 for i < n, vectorized (32 at a time in the AVX2 copy, 16 with
+// SSE2): divide, clamp (maxps returns its second operand for NaN, so NaN -> -127 as in the
+// scalar code), round half to even (cvtps2dq under the default rounding mode), pack to bytes with
+// signed saturation (the codes fit), then flip the sign bit (+128). Identical to quantize_code
+// element by element.
 static inline void quantize_row(const float* src, int64_t n, float scale, uint8_t* codes) {
   int64_t i = 0;
+#if defined(ADDER_INT8_AVX2)
+  {
+    const __m256 vs = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-127.0f),
+                 hi = _mm256_set1_ps(127.0f);
+    const __m256i sign = _mm256_set1_epi8(static_cast<char>(0x80));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; i + 32 <= n; i += 32) {
+      __m256i q[4];
+      for (int j = 0; j < 4; ++j) {
+        __m256 t = _mm256_div_ps(_mm256_loadu_ps(src + i + 8 * j), vs);
+        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        q[j] = _mm256_cvtps_epi32(t);
+      }
+      // packs work within 128-bit lanes: dword k of the packed vector holds q[k % 4] elements
+      // 4 * (k / 4) ..; the permutation restores the element order.
+      __m256i v =
+          _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      v = _mm256_xor_si256(_mm256_permutevar8x32_epi32(v, order), sign);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), v);
+    }
+  }
+#endif
 #if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
   const __m128 vs = _mm_set1_ps(scale), lo = _mm_set1_ps(-127.0f), hi = _mm_set1_ps(127.0f);
-  const __m128i off = _mm_set1_epi32(128);
+  const __m128i sign = _mm_set1_epi8(static_cast<char>(0x80));
   for (; i + 16 <= n; i += 16) {
     __m128i q[4];
     for (int j = 0; j < 4; ++j) {
       __m128 t = _mm_div_ps(_mm_loadu_ps(src + i + 4 * j), vs);
       t = _mm_min_ps(_mm_max_ps(t, lo), hi);
-      q[j] = _mm_add_epi32(_mm_cvtps_epi32(t), off);
+      q[j] = _mm_cvtps_epi32(t);
     }
-    const __m128i w = _mm_packus_epi16(_mm_packs_epi32(q[0], q[1]), _mm_packs_epi32(q[2], q[3]));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), w);
+    const __m128i w = _mm_packs_epi16(_mm_packs_epi32(q[0], q[1]), _mm_packs_epi32(q[2], q[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm_xor_si128(w, sign));
   }
 #endif
   for (; i < n; ++i) codes[i] = quantize_code(src[i], scale);
 }
 
-// dst[w * dst_stride + c] = src[c * n + w] for c < nc, w < n: 16 x 16 blocks through SSE2
-// (four rounds of interleaving rows i and i + 8 transpose a block), the rest element by element.
-static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, uint8_t* dst,
-                                   int64_t dst_stride) {
+// dst[w][c] = src[c * n + w] for c < nc, w < n (dst[w] a row pointer per pixel): 16 x 16 blocks
+// through SSE2 (four rounds of interleaving rows i and i + 8 transpose a block), the rest element
+// by element.
+static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, uint8_t* const* dst) {
   int64_t c0 = 0;
 #if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
   for (; c0 + 16 <= nc; c0 += 16) {
@@ -90,7 +114,7 @@ static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, ui
         for (int i = 0; i < 16; ++i) a[i] = b[i];
       }
       for (int i = 0; i < 16; ++i)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (w0 + i) * dst_stride + c0), a[i]);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst[w0 + i] + c0), a[i]);
     }
     if (w0 + 8 <= n) {  // 8 pixels: the upper half of each row zero, the first 8 rows kept
       __m128i a[16], b[16];
@@ -104,41 +128,55 @@ static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, ui
         for (int i = 0; i < 16; ++i) a[i] = b[i];
       }
       for (int i = 0; i < 8; ++i)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (w0 + i) * dst_stride + c0), a[i]);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst[w0 + i] + c0), a[i]);
       w0 += 8;
     }
     for (; w0 < n; ++w0)
-      for (int64_t c = c0; c < c0 + 16; ++c) dst[w0 * dst_stride + c] = src[c * n + w0];
+      for (int64_t c = c0; c < c0 + 16; ++c) dst[w0][c] = src[c * n + w0];
   }
 #endif
   for (int64_t w = 0; w < n; ++w) {
     const uint8_t* col = src + c0 * n + w;
-    uint8_t* out = dst + w * dst_stride;
+    uint8_t* out = dst[w];
     for (int64_t c = c0; c < nc; ++c, col += n) out[c] = *col;
   }
 }
 
-// One image: per input row and group, the group's channel rows are quantized contiguously into
-// `rows` (cig x W codes), then transposed into the channels-last padded layout.
+// One image: per group, chunks of consecutive pixels of the H * W plane (whole rows or not): each
+// channel's run of the chunk is quantized contiguously into `rows` (channels x pixels codes), then
+// transposed into the channels-last padded layout (a row pointer per pixel).
 static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint8_t* xq) {
   const Adder2dShape& s = gm.s;
   const int64_t cig = s.in_channels_per_group, HW = s.in_h * s.in_w;
   __builtin_memset(xq, CODE_ZERO, s.groups * gm.hp * gm.wp * gm.cpg);
-  constexpr int64_t CHUNK = 4096;  // codes per pass of the transposition
+  constexpr int64_t CHUNK = 8192;  // codes per pass of the transposition
+  constexpr int64_t MAX_PIXELS = 512;
   uint8_t rows[CHUNK];
-  const int64_t wchunk = CHUNK / cig < 1 ? 1 : (CHUNK / cig < s.in_w ? CHUNK / cig : s.in_w);
+  uint8_t* dst[MAX_PIXELS];
+  // Pixels per chunk: a multiple of 16 where the channels allow, all of the plane if it fits.
+  int64_t np = CHUNK / cig >= 16 ? CHUNK / cig / 16 * 16 : 1;
+  if (np > MAX_PIXELS) np = MAX_PIXELS;
+  if (np > HW) np = HW;
+  const int64_t cstep = CHUNK / np;  // channels per pass (all of them unless cig > CHUNK / 16)
   for (int64_t g = 0; g < s.groups; ++g) {
-    uint8_t* xg = xq + g * gm.hp * gm.wp * gm.cpg;
-    for (int64_t h = 0; h < s.in_h; ++h) {
-      for (int64_t w0 = 0; w0 < s.in_w; w0 += wchunk) {
-        const int64_t nw = s.in_w - w0 < wchunk ? s.in_w - w0 : wchunk;
-        for (int64_t c0 = 0; c0 < cig; c0 += CHUNK / nw) {
-          const int64_t nc = cig - c0 < CHUNK / nw ? cig - c0 : CHUNK / nw;
-          for (int64_t ci = 0; ci < nc; ++ci)
-            quantize_row(x + (g * cig + c0 + ci) * HW + h * s.in_w + w0, nw, scale, rows + ci * nw);
-          uint8_t* dst = xg + ((h + s.pad_h) * gm.wp + s.pad_w + w0) * gm.cpg + c0;
-          transpose_codes(rows, nc, nw, dst, gm.cpg);
+    uint8_t* xg = xq + g * gm.hp * gm.wp * gm.cpg + (s.pad_h * gm.wp + s.pad_w) * gm.cpg;
+    for (int64_t p0 = 0; p0 < HW; p0 += np) {
+      const int64_t n = HW - p0 < np ? HW - p0 : np;
+      int64_t h = p0 / s.in_w, w = p0 % s.in_w;
+      for (int64_t i = 0; i < n; ++i) {
+        dst[i] = xg + (h * gm.wp + w) * gm.cpg;
+        if (++w == s.in_w) {
+          w = 0;
+          ++h;
         }
+      }
+      for (int64_t c0 = 0; c0 < cig; c0 += cstep) {
+        const int64_t nc = cig - c0 < cstep ? cig - c0 : cstep;
+        for (int64_t ci = 0; ci < nc; ++ci)
+          quantize_row(x + (g * cig + c0 + ci) * HW + p0, n, scale, rows + ci * n);
+        if (c0 > 0)
+          for (int64_t i = 0; i < n; ++i) dst[i] += cstep;
+        transpose_codes(rows, nc, n, dst);
       }
     }
   }
