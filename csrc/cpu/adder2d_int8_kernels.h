@@ -182,15 +182,49 @@ static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint
   }
 }
 
+// Weight byte of tap (kh, kw, ci) in a row of wpk: kernel rows of kp / KH... see
+// adder2d_int8_cpu.h. b is the tap's byte within its kernel row (kw * cpg + ci).
+static inline int64_t weight_offset(const Int8Geom& gm, int64_t kh, int64_t b) {
+  if (!gm.direct) return kh * gm.run + b;
+  const int64_t full = (gm.nv - 1) * gm.vec;  // bytes summed by the unmasked vectors
+  return kh * gm.nv * gm.vec + (b < full ? b : b + gm.nv * gm.vec - gm.run);
+}
+
 static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
   const Adder2dShape& s = gm.s;
-  const int64_t KHW = s.kernel_h * s.kernel_w, cig = s.in_channels_per_group;
-  __builtin_memset(wpk, CODE_ZERO, s.out_channels * gm.kp);
+  const int64_t KW = s.kernel_w, cig = s.in_channels_per_group;
+  __builtin_memset(wpk, CODE_ZERO, s.out_channels * gm.wrow);
   for (int64_t co = 0; co < s.out_channels; ++co)
     for (int64_t ci = 0; ci < cig; ++ci)
-      for (int64_t k = 0; k < KHW; ++k)
-        wpk[co * gm.kp + k * gm.cpg + ci] =
-            static_cast<uint8_t>(static_cast<int>(w[(co * cig + ci) * KHW + k]) + 128);
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+        for (int64_t kw = 0; kw < KW; ++kw)
+          wpk[co * gm.wrow + weight_offset(gm, kh, kw * gm.cpg + ci)] = static_cast<uint8_t>(
+              static_cast<int>(w[((co * cig + ci) * s.kernel_h + kh) * KW + kw]) + 128);
+}
+
+// xoff[i] = offset in xq of pixel i's patch (its first kernel row) in group g, yoff[i] = offset
+// of its output for channel 0 of the layer (n * Co * L + p); past the last pixel, yoff = -1 and
+// xoff repeats the last pixel's. The pixel coordinates are stepped, not divided out per pixel.
+static void tile_offsets(const Int8Geom& gm, int64_t g, int64_t q0, int64_t* xoff, int64_t* yoff) {
+  const Adder2dShape& s = gm.s;
+  const int64_t L = s.out_h * s.out_w, plane = gm.hp * gm.wp * gm.cpg;
+  int64_t n = q0 / L, oh = (q0 % L) / s.out_w, ow = (q0 % L) % s.out_w;
+  for (int64_t i = 0; i < gm.tile_pixels; ++i) {
+    if (q0 + i >= gm.pixels) {
+      xoff[i] = xoff[i - 1];
+      yoff[i] = -1;
+      continue;
+    }
+    yoff[i] = n * s.out_channels * L + oh * s.out_w + ow;
+    xoff[i] = (n * s.groups + g) * plane + (oh * s.stride_h * gm.wp + ow * s.stride_w) * gm.cpg;
+    if (++ow == s.out_w) {
+      ow = 0;
+      if (++oh == s.out_h) {
+        oh = 0;
+        ++n;
+      }
+    }
+  }
 }
 
 // Copies `bytes` (a multiple of 8) with inline vector moves: a library memcpy call per kernel row
@@ -254,6 +288,21 @@ static void pack_panel(const Int8Geom& gm, const uint8_t* xq, int64_t g, int64_t
   }
 }
 
+// The reduction of one output as the GEMM walks it: `segments` kernel rows, `rstep` bytes apart
+// in the input and `wseg` in the weight row, each `full` unmasked vector bytes, then (TAIL) one
+// vector at input offset `tail` whose first bytes are masked to code 0.
+struct Walk {
+  int64_t segments, rstep, wseg, full, tail;
+};
+
+static inline Walk make_walk(const Int8Geom& gm) {
+  if (!gm.direct) return Walk{1, 0, gm.kp, gm.kp, 0};
+  const int64_t full = (gm.nv - 1) * gm.vec;
+  const bool tail = gm.run % gm.vec != 0;
+  return Walk{gm.s.kernel_h, gm.s.dilation_h * gm.wp * gm.cpg, gm.nv * gm.vec,
+              tail ? full : gm.nv * gm.vec, gm.run - gm.vec};
+}
+
 #if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
 
 #if defined(ADDER_INT8_AVX2)
@@ -267,6 +316,15 @@ static inline Vec vzero() {
 }
 static inline Vec vsad_add(Vec acc, Vec a, Vec b) {
   return _mm256_add_epi64(acc, _mm256_sad_epu8(a, b));
+}
+// Bytes of x where mask is set replaced by code 0.
+static inline Vec vmask(Vec x, Vec mask) {
+  return _mm256_blendv_epi8(x, _mm256_set1_epi8(static_cast<char>(CODE_ZERO)), mask);
+}
+static inline Vec vfirst_bytes_mask(int64_t bytes) {
+  alignas(32) uint8_t m[32];
+  for (int i = 0; i < 32; ++i) m[i] = i < bytes ? 0xff : 0;
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
 }
 // Four accumulators (64-bit lanes, each < 2^32) -> their four totals as int32.
 static inline __m128i reduce4(Vec a, Vec b, Vec c, Vec d) {
@@ -287,6 +345,15 @@ static inline Vec vzero() {
 static inline Vec vsad_add(Vec acc, Vec a, Vec b) {
   return _mm_add_epi64(acc, _mm_sad_epu8(a, b));
 }
+static inline Vec vmask(Vec x, Vec mask) {
+  return _mm_or_si128(_mm_andnot_si128(mask, x),
+                      _mm_and_si128(mask, _mm_set1_epi8(static_cast<char>(CODE_ZERO))));
+}
+static inline Vec vfirst_bytes_mask(int64_t bytes) {
+  alignas(16) uint8_t m[16];
+  for (int i = 0; i < 16; ++i) m[i] = i < bytes ? 0xff : 0;
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(m));
+}
 static inline __m128i reduce4(Vec a, Vec b, Vec c, Vec d) {
   const Vec ab = _mm_or_si128(a, _mm_slli_epi64(b, 32));
   const Vec cd = _mm_or_si128(c, _mm_slli_epi64(d, 32));
@@ -294,32 +361,58 @@ static inline __m128i reduce4(Vec a, Vec b, Vec c, Vec d) {
 }
 #endif
 
-// sums[m] = the 4 pixels' int32 sums of weight row m (M = 1 or 2). Written out with named
-// accumulators: as arrays, GCC kept reloading the pixel vectors and copying accumulators.
-template <int M>
-static inline void micro_tile(const uint8_t* w, const uint8_t* x, int64_t kp, __m128i* sums) {
+// sums[m] = the int32 sums of weight row m (M = 1 or 2, rows wrow apart) against the 4 pixels
+// whose reductions start at x0..x3. Written out with named accumulators: as arrays, GCC kept
+// reloading the pixel vectors and copying accumulators.
+template <int M, bool TAIL>
+static inline void micro_tile(const uint8_t* w, int64_t wrow, const uint8_t* x0, const uint8_t* x1,
+                              const uint8_t* x2, const uint8_t* x3, const Walk& walk, Vec mask,
+                              __m128i* sums) {
   Vec a00 = vzero(), a01 = vzero(), a02 = vzero(), a03 = vzero();
   Vec a10 = vzero(), a11 = vzero(), a12 = vzero(), a13 = vzero();
-  const uint8_t* x1p = x + kp;
-  const uint8_t* x2p = x + 2 * kp;
-  const uint8_t* x3p = x + 3 * kp;
-  const uint8_t* w1p = w + kp;
-  for (int64_t k = 0; k < kp; k += VEC_BYTES) {
-    Vec x0 = vload(x + k), x1 = vload(x1p + k), x2 = vload(x2p + k), x3 = vload(x3p + k);
-    // Pins the pixel vectors in registers: without it GCC reloaded each one for every use.
-    __asm__("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3));
-    const Vec w0 = vload(w + k);
-    a00 = vsad_add(a00, x0, w0);
-    a01 = vsad_add(a01, x1, w0);
-    a02 = vsad_add(a02, x2, w0);
-    a03 = vsad_add(a03, x3, w0);
-    if (M == 2) {
-      const Vec w1 = vload(w1p + k);
-      a10 = vsad_add(a10, x0, w1);
-      a11 = vsad_add(a11, x1, w1);
-      a12 = vsad_add(a12, x2, w1);
-      a13 = vsad_add(a13, x3, w1);
+  const uint8_t* w1 = w + wrow;
+  for (int64_t seg = 0; seg < walk.segments; ++seg) {
+    for (int64_t k = 0; k < walk.full; k += VEC_BYTES) {
+      Vec v0 = vload(x0 + k), v1 = vload(x1 + k), v2 = vload(x2 + k), v3 = vload(x3 + k);
+      // Pins the pixel vectors in registers: without it GCC reloaded each one for every use.
+      __asm__("" : "+x"(v0), "+x"(v1), "+x"(v2), "+x"(v3));
+      const Vec w0 = vload(w + k);
+      a00 = vsad_add(a00, v0, w0);
+      a01 = vsad_add(a01, v1, w0);
+      a02 = vsad_add(a02, v2, w0);
+      a03 = vsad_add(a03, v3, w0);
+      if (M == 2) {
+        const Vec w1v = vload(w1 + k);
+        a10 = vsad_add(a10, v0, w1v);
+        a11 = vsad_add(a11, v1, w1v);
+        a12 = vsad_add(a12, v2, w1v);
+        a13 = vsad_add(a13, v3, w1v);
+      }
     }
+    if (TAIL) {
+      const int64_t t = walk.tail, k = walk.full;
+      Vec v0 = vmask(vload(x0 + t), mask), v1 = vmask(vload(x1 + t), mask);
+      Vec v2 = vmask(vload(x2 + t), mask), v3 = vmask(vload(x3 + t), mask);
+      __asm__("" : "+x"(v0), "+x"(v1), "+x"(v2), "+x"(v3));
+      const Vec w0 = vload(w + k);
+      a00 = vsad_add(a00, v0, w0);
+      a01 = vsad_add(a01, v1, w0);
+      a02 = vsad_add(a02, v2, w0);
+      a03 = vsad_add(a03, v3, w0);
+      if (M == 2) {
+        const Vec w1v = vload(w1 + k);
+        a10 = vsad_add(a10, v0, w1v);
+        a11 = vsad_add(a11, v1, w1v);
+        a12 = vsad_add(a12, v2, w1v);
+        a13 = vsad_add(a13, v3, w1v);
+      }
+    }
+    x0 += walk.rstep;
+    x1 += walk.rstep;
+    x2 += walk.rstep;
+    x3 += walk.rstep;
+    w += walk.wseg;
+    w1 += walk.wseg;
   }
   // Keeps the accumulators where the loop left them (GCC copied four of them every step).
   __asm__("" : "+x"(a00), "+x"(a01), "+x"(a02), "+x"(a03));
@@ -329,9 +422,9 @@ static inline void micro_tile(const uint8_t* w, const uint8_t* x, int64_t kp, __
 }
 
 // alpha * S + beta (+ relu) for 4 pixels of one channel, stored at y[yoff[j]].
-static inline void epilogue4(__m128i sum, float alpha, float beta, bool relu, float* y,
+static inline void epilogue4(__m128i sum, __m128 alpha, __m128 beta, bool relu, float* y,
                              const int64_t* yoff) {
-  __m128 v = _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(sum), _mm_set1_ps(alpha)), _mm_set1_ps(beta));
+  __m128 v = _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(sum), alpha), beta);
   if (relu) v = _mm_max_ps(_mm_setzero_ps(), v);
   if (yoff[3] == yoff[0] + 3) {
     _mm_storeu_ps(y + yoff[0], v);
@@ -343,32 +436,60 @@ static inline void epilogue4(__m128i sum, float alpha, float beta, bool relu, fl
     if (yoff[j] >= 0) y[yoff[j]] = out[j];
 }
 
-template <int M>
-static inline void tile_channels(const uint8_t* w, const uint8_t* panel, int64_t kp,
+// M output channels (from w, alpha, beta, y) x the tile's pixels, 4 at a time; pixel i's
+// reduction starts at x + xoff[i].
+template <int M, bool TAIL>
+static inline void tile_channels(const uint8_t* w, int64_t wrow, const uint8_t* x,
+                                 const int64_t* xoff, const Walk& walk, Vec mask,
                                  int64_t tile_pixels, const float* alpha, const float* beta,
                                  bool relu, float* y, int64_t L, const int64_t* yoff) {
+  __m128 va[M], vb[M];
+  for (int m = 0; m < M; ++m) {
+    va[m] = _mm_set1_ps(alpha[m]);
+    vb[m] = _mm_set1_ps(beta[m]);
+  }
   for (int64_t i = 0; i < tile_pixels; i += NR) {
     if (yoff[i] < 0) break;
     __m128i sums[M];
-    micro_tile<M>(w, panel + i * kp, kp, sums);
-    for (int m = 0; m < M; ++m) epilogue4(sums[m], alpha[m], beta[m], relu, y + m * L, yoff + i);
+    micro_tile<M, TAIL>(w, wrow, x + xoff[i], x + xoff[i + 1], x + xoff[i + 2], x + xoff[i + 3],
+                        walk, mask, sums);
+    for (int m = 0; m < M; ++m) epilogue4(sums[m], va[m], vb[m], relu, y + m * L, yoff + i);
   }
 }
 
-#else  // portable scalar copy
+template <bool TAIL>
+static void tile_all_channels(const Int8Geom& gm, const uint8_t* wg, const uint8_t* x,
+                              const int64_t* xoff, const Walk& walk, const float* alpha,
+                              const float* beta, bool relu, float* y, const int64_t* yoff) {
+  const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const Vec mask = vfirst_bytes_mask(gm.nv * VEC_BYTES - gm.run);
+  int64_t m = 0;
+  for (; m + MR <= cog; m += MR)
+    tile_channels<MR, TAIL>(wg + m * gm.wrow, gm.wrow, x, xoff, walk, mask, gm.tile_pixels,
+                            alpha + m, beta + m, relu, y + m * L, L, yoff);
+  if (m < cog)
+    tile_channels<1, TAIL>(wg + m * gm.wrow, gm.wrow, x, xoff, walk, mask, gm.tile_pixels,
+                           alpha + m, beta + m, relu, y + m * L, L, yoff);
+}
 
-template <int M>
-static inline void tile_channels(const uint8_t* w, const uint8_t* panel, int64_t kp,
-                                 int64_t tile_pixels, const float* alpha, const float* beta,
-                                 bool relu, float* y, int64_t L, const int64_t* yoff) {
-  for (int64_t i = 0; i < tile_pixels; ++i) {
-    if (yoff[i] < 0) break;
-    const uint8_t* x = panel + i * kp;
-    for (int m = 0; m < M; ++m) {
+#else  // portable scalar copy (Int8Geom::vec = 8: no masked tail)
+
+template <bool TAIL>
+static void tile_all_channels(const Int8Geom& gm, const uint8_t* wg, const uint8_t* x,
+                              const int64_t* xoff, const Walk& walk, const float* alpha,
+                              const float* beta, bool relu, float* y, const int64_t* yoff) {
+  const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  for (int64_t m = 0; m < cog; ++m) {
+    for (int64_t i = 0; i < gm.tile_pixels; ++i) {
+      if (yoff[i] < 0) break;
       int32_t sum = 0;
-      for (int64_t k = 0; k < kp; ++k) {
-        const int32_t d = static_cast<int32_t>(x[k]) - static_cast<int32_t>(w[m * kp + k]);
-        sum += d < 0 ? -d : d;
+      for (int64_t seg = 0; seg < walk.segments; ++seg) {
+        const uint8_t* xs = x + xoff[i] + seg * walk.rstep;
+        const uint8_t* ws = wg + m * gm.wrow + seg * walk.wseg;
+        for (int64_t k = 0; k < walk.full; ++k) {
+          const int32_t d = static_cast<int32_t>(xs[k]) - static_cast<int32_t>(ws[k]);
+          sum += d < 0 ? -d : d;
+        }
       }
       float v = static_cast<float>(sum) * alpha[m];
       v = v + beta[m];
@@ -383,23 +504,34 @@ static inline void tile_channels(const uint8_t* w, const uint8_t* panel, int64_t
 static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const uint8_t* wpk,
                          const float* alpha, const float* beta, bool relu, float* y, int64_t g,
                          int64_t q0, uint8_t* scratch) {
-  const Adder2dShape& s = gm.s;
   int64_t* yoff = reinterpret_cast<int64_t*>(scratch);
-  uint8_t* panel = scratch + gm.tile_pixels * 8;
+  int64_t* xoff = yoff + gm.tile_pixels;
+  const int64_t co0 = g * gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const uint8_t* wg = wpk + co0 * gm.wrow;
+  const Walk walk = make_walk(gm);
+  if (gm.direct) {
+    tile_offsets(gm, g, q0, xoff, yoff);
+    if (gm.run % gm.vec != 0)
+      tile_all_channels<true>(gm, wg, xq, xoff, walk, alpha + co0, beta + co0, relu, y + co0 * L,
+                              yoff);
+    else
+      tile_all_channels<false>(gm, wg, xq, xoff, walk, alpha + co0, beta + co0, relu, y + co0 * L,
+                               yoff);
+    return;
+  }
+  uint8_t* panel = scratch + gm.tile_pixels * 16;
   pack_panel(gm, xq, g, q0, panel, yoff);
-  const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
-  const int64_t co0 = g * cog;
-  int64_t m = 0;
-  for (; m + MR <= cog; m += MR)
-    tile_channels<MR>(wpk + (co0 + m) * gm.kp, panel, gm.kp, gm.tile_pixels, alpha + co0 + m,
-                      beta + co0 + m, relu, y + (co0 + m) * L, L, yoff);
-  if (m < cog)
-    tile_channels<1>(wpk + (co0 + m) * gm.kp, panel, gm.kp, gm.tile_pixels, alpha + co0 + m,
-                     beta + co0 + m, relu, y + (co0 + m) * L, L, yoff);
+  for (int64_t i = 0; i < gm.tile_pixels; ++i) xoff[i] = i * gm.kp;
+  tile_all_channels<false>(gm, wg, panel, xoff, walk, alpha + co0, beta + co0, relu, y + co0 * L,
+                           yoff);
 }
 
 static inline Int8KernelSet make_int8_kernel_set() {
-  return Int8KernelSet{&quantize_image, &pack_weight, &forward_tile};
+#if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
+  return Int8KernelSet{VEC_BYTES, &quantize_image, &pack_weight, &forward_tile};
+#else
+  return Int8KernelSet{8, &quantize_image, &pack_weight, &forward_tile};
+#endif
 }
 
 }  // namespace int8
