@@ -8,7 +8,6 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -34,9 +33,9 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   ADDERNET_CHECK(std::isfinite(sc) && sc > 0.0f, "adder2d_int8: scale must be finite and > 0, got ",
                  sc);
   const Int8KernelSet ks = cpu_isa() == "avx2" ? int8_avx2_kernels() : int8_base_kernels();
-  const Int8Geom gm = make_int8_geom(s, ks.vec);
-  ADDERNET_CHECK(gm.wrow <= std::numeric_limits<int32_t>::max() / 255,
-                 "adder2d_int8: the reduction (", gm.wrow,
+  const Int8Geom gm = make_int8_geom(s);
+  ADDERNET_CHECK(gm.kq <= std::numeric_limits<int32_t>::max() / 255,
+                 "adder2d_int8: the reduction (", gm.kq,
                  " bytes per output after padding) is too long for exact int32 sums (at most ",
                  std::numeric_limits<int32_t>::max() / 255, ")");
   Tensor y = torch::stable::empty({s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float,
@@ -47,12 +46,11 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   const Tensor a = torch::stable::contiguous(alpha);
   const Tensor b = torch::stable::contiguous(beta);
   const int64_t image_codes = s.groups * gm.hp * gm.wp * gm.cpg;
-  Tensor xq = torch::stable::empty({INT8_XQ_MARGIN + s.batch * image_codes}, ScalarType::Byte,
-                                   std::nullopt, input.device());
-  Tensor wpk = torch::stable::empty({s.out_channels * gm.wrow}, ScalarType::Byte, std::nullopt,
-                                    input.device());
-  uint8_t* xqp = xq.mutable_data_ptr<uint8_t>() + INT8_XQ_MARGIN;
-  std::fill(xqp - INT8_XQ_MARGIN, xqp, static_cast<uint8_t>(128));
+  Tensor xq =
+      torch::stable::empty({s.batch * image_codes}, ScalarType::Byte, std::nullopt, input.device());
+  Tensor wpk = torch::stable::empty({s.groups * gm.octets * 8 * gm.kq}, ScalarType::Byte,
+                                    std::nullopt, input.device());
+  uint8_t* xqp = xq.mutable_data_ptr<uint8_t>();
   uint8_t* wpkp = wpk.mutable_data_ptr<uint8_t>();
   ks.pack_weight(gm, w.const_data_ptr<int8_t>(), wpkp);
   const float* xp = x.const_data_ptr<float>();
@@ -66,7 +64,7 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   float* yp = y.mutable_data_ptr<float>();
   const int64_t tiles = (gm.pixels + gm.tile_pixels - 1) / gm.tile_pixels;
   torch::stable::parallel_for(0, s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> scratch(gm.tile_pixels * (gm.kp + 16) / 8 + 1);
+    std::vector<int64_t> scratch(2 * gm.tile_pixels);
     uint8_t* sp = reinterpret_cast<uint8_t*>(scratch.data());
     for (int64_t i = begin; i < end; ++i) {
       const int64_t g = i / tiles, tile = i % tiles;

@@ -11,18 +11,20 @@
 //   Y[n,co,p] = alpha[co] * S + beta[co]        (then max(Y, 0) if relu), float32
 //
 // alpha = -s and beta = bias give the adder layer Y = bias - s * S; a following BatchNorm folds
-// into alpha and beta. S <= 254 * kp, which the host checks against 2^31.
+// into alpha and beta. S <= 254 * kq, which the host checks against 2^31.
 //
 // Byte SAD: on codes offset by 128, |(a+128) - (b+128)| = |a - b|, and psadbw / vpsadbw sums 8
-// such terms per 64-bit lane (2 lanes in SSE2, 4 in AVX2) in one instruction. The reduction is
-// packed so that every aligned 8 bytes belong to one pixel and one tap (channels last, channels
-// padded to 8): implicit GEMM, a panel of tile_pixels output pixels x kp bytes packed from the
-// padded channels-last input, a register micro-tile of 2 output channels x 4 pixels (8
-// accumulators, 4 pixel vectors, 1 weight vector, 1 temporary: 14 of the 16 vector registers)
-// walking kp in vectors. Lanes hold < 2^32, so 4 accumulators merge into one vector of 4 int32
-// sums with shifts, ors, unpacks and adds, and the epilogue (int32 -> float, alpha, beta, relu)
-// runs on 4 pixels at once. The float epilogue is a multiply then an add in both copies (the
-// AVX2 copy is compiled without FMA), so the two copies are bitwise equal.
+// such terms per 64-bit lane (2 lanes in SSE2, 4 in AVX2) in one instruction. Channels last,
+// padded to 8, make every aligned 8 bytes of a patch one tap of 8 channels (a chunk). Implicit
+// GEMM without packing the input: per pixel, each 8-byte chunk of its patch is read straight from
+// the padded channels-last codes and broadcast to every lane, and the weights hold, per chunk,
+// the chunks of 8 output channels side by side (an octet). One vpsadbw then adds chunk terms of
+// one pixel for 4 channels, one per lane: every lane accumulates one output, so the reduction
+// needs no horizontal sums. AVX2 micro-tile: 4 pixels x 8 channels (8 accumulators, 2 weight
+// vectors, 1 broadcast), then per pixel the channels 0-3 and 4-7 lanes interleave into 8 int32,
+// the float epilogue (int32 -> float, alpha, beta, relu) runs on 8 outputs at once, and a 4 x 8
+// transposition stores 4 consecutive pixels per channel. The float epilogue is a multiply then an
+// add in every copy (the AVX2 copy is compiled without FMA), so the copies are bitwise equal.
 
 #ifndef ADDER_CPU_ISA
 #error "define ADDER_CPU_ISA before including adder2d_int8_kernels.h"
@@ -33,8 +35,7 @@ namespace cpu {
 namespace ADDER_CPU_ISA {
 namespace int8 {
 
-constexpr int MR = 2;  // output channels per micro-tile
-constexpr int NR = 4;  // pixels per micro-tile
+constexpr int NR = 4;  // pixels per micro-tile (8 output channels: an octet)
 constexpr unsigned char CODE_ZERO = 128;
 
 // q(v) + 128. Clamping to the integer bounds first and then rounding equals rounding then
@@ -182,29 +183,29 @@ static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint
   }
 }
 
-// Weight byte of tap (kh, kw, ci) in a row of wpk: kernel rows of kp / KH... see
-// adder2d_int8_cpu.h. b is the tap's byte within its kernel row (kw * cpg + ci).
-static inline int64_t weight_offset(const Int8Geom& gm, int64_t kh, int64_t b) {
-  if (!gm.direct) return kh * gm.run + b;
-  const int64_t full = (gm.nv - 1) * gm.vec;  // bytes summed by the unmasked vectors
-  return kh * gm.nv * gm.vec + (b < full ? b : b + gm.nv * gm.vec - gm.run);
-}
-
+// wpk from w [Co][cig][KH][KW]: channel co of the group is lane co % 8 of octet co / 8; the
+// reduction byte of tap (kh, kw, ci) is (kh * KW + kw) * cpg + ci, in chunk byte / 8.
 static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
   const Adder2dShape& s = gm.s;
-  const int64_t KW = s.kernel_w, cig = s.in_channels_per_group;
-  __builtin_memset(wpk, CODE_ZERO, s.out_channels * gm.wrow);
-  for (int64_t co = 0; co < s.out_channels; ++co)
-    for (int64_t ci = 0; ci < cig; ++ci)
-      for (int64_t kh = 0; kh < s.kernel_h; ++kh)
-        for (int64_t kw = 0; kw < KW; ++kw)
-          wpk[co * gm.wrow + weight_offset(gm, kh, kw * gm.cpg + ci)] = static_cast<uint8_t>(
-              static_cast<int>(w[((co * cig + ci) * s.kernel_h + kh) * KW + kw]) + 128);
+  const int64_t KHW = s.kernel_h * s.kernel_w, cig = s.in_channels_per_group;
+  const int64_t cog = s.out_channels_per_group, group_bytes = gm.octets * 8 * gm.kq;
+  __builtin_memset(wpk, CODE_ZERO, s.groups * group_bytes);
+  for (int64_t co = 0; co < s.out_channels; ++co) {
+    const int64_t g = co / cog, m = co % cog;
+    uint8_t* dst = wpk + g * group_bytes + (m / 8) * 8 * gm.kq + (m % 8) * 8;
+    for (int64_t ci = 0; ci < cig; ++ci) {
+      const int8_t* src = w + (co * cig + ci) * KHW;
+      for (int64_t t = 0; t < KHW; ++t) {
+        const int64_t byte = t * gm.cpg + ci;
+        dst[(byte / 8) * 64 + byte % 8] = static_cast<uint8_t>(static_cast<int>(src[t]) + 128);
+      }
+    }
+  }
 }
 
-// xoff[i] = offset in xq of pixel i's patch (its first kernel row) in group g, yoff[i] = offset
-// of its output for channel 0 of the layer (n * Co * L + p); past the last pixel, yoff = -1 and
-// xoff repeats the last pixel's. The pixel coordinates are stepped, not divided out per pixel.
+// xoff[i] = offset in xq of pixel i's patch (tap (0, 0)) in group g, yoff[i] = offset of its
+// output for channel 0 of the layer (n * Co * L + p); past the last pixel, yoff = -1 and xoff
+// repeats the last pixel's. The pixel coordinates are stepped, not divided out per pixel.
 static void tile_offsets(const Int8Geom& gm, int64_t g, int64_t q0, int64_t* xoff, int64_t* yoff) {
   const Adder2dShape& s = gm.s;
   const int64_t L = s.out_h * s.out_w, plane = gm.hp * gm.wp * gm.cpg;
@@ -227,274 +228,236 @@ static void tile_offsets(const Int8Geom& gm, int64_t g, int64_t q0, int64_t* xof
   }
 }
 
-// Copies `bytes` (a multiple of 8) with inline vector moves: a library memcpy call per kernel row
-// (48-192 bytes) cost more than the SAD work on ResNet-20's layers.
-static inline void copy_codes(uint8_t* dst, const uint8_t* src, int64_t bytes) {
-#if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
-  int64_t j = 0;
-  for (; j + 16 <= bytes; j += 16)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j),
-                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j)));
-  if (j < bytes)
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + j),
-                     _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + j)));
-#else
-  __builtin_memcpy(dst, src, bytes);
-#endif
-}
-
-// Fills `bytes` (a multiple of 8) with code 0 (byte 128).
-static inline void fill_code_zero(uint8_t* dst, int64_t bytes) {
-  const uint64_t word = 0x8080808080808080ull;
-  for (int64_t j = 0; j < bytes; j += 8) __builtin_memcpy(dst + j, &word, 8);
-}
-
-// Panel rows [0, tile_pixels) = patches of pixels q0.. of group g; yoff[i] = offset of pixel i's
-// output for channel 0 of the layer (n * Co * L + p), -1 past the last pixel. The pixel
-// coordinates are stepped, not divided out per pixel.
-static void pack_panel(const Int8Geom& gm, const uint8_t* xq, int64_t g, int64_t q0, uint8_t* panel,
-                       int64_t* yoff) {
-  const Adder2dShape& s = gm.s;
-  const int64_t L = s.out_h * s.out_w, run = s.kernel_w * gm.cpg;
-  const int64_t used = s.kernel_h * run, plane = gm.hp * gm.wp * gm.cpg, row_bytes = gm.wp * gm.cpg;
-  int64_t n = q0 / L, oh = (q0 % L) / s.out_w, ow = (q0 % L) % s.out_w;
-  for (int64_t i = 0; i < gm.tile_pixels; ++i) {
-    uint8_t* row = panel + i * gm.kp;
-    if (q0 + i >= gm.pixels) {
-      fill_code_zero(row, gm.kp);
-      yoff[i] = -1;
-      continue;
-    }
-    yoff[i] = n * s.out_channels * L + oh * s.out_w + ow;
-    const uint8_t* img = xq + (n * s.groups + g) * plane + ow * s.stride_w * gm.cpg;
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      const uint8_t* src = img + (oh * s.stride_h + kh * s.dilation_h) * row_bytes;
-      uint8_t* dst = row + kh * run;
-      if (s.dilation_w == 1) {
-        copy_codes(dst, src, run);
-      } else {
-        for (int64_t kw = 0; kw < s.kernel_w; ++kw)
-          copy_codes(dst + kw * gm.cpg, src + kw * s.dilation_w * gm.cpg, gm.cpg);
-      }
-    }
-    fill_code_zero(row + used, gm.kp - used);
-    if (++ow == s.out_w) {
-      ow = 0;
-      if (++oh == s.out_h) {
-        oh = 0;
-        ++n;
-      }
-    }
-  }
-}
-
-// The reduction of one output as the GEMM walks it: `segments` kernel rows, `rstep` bytes apart
-// in the input and `wseg` in the weight row, each `full` unmasked vector bytes, then (TAIL) one
-// vector at input offset `tail` whose first bytes are masked to code 0.
+// The patch of one output as the GEMM walks it: kernel rows `row_step` bytes apart in xq, each
+// `segs` segments `seg_step` bytes apart (one segment at dilation_w 1), each `chunks` contiguous
+// 8-byte chunks. The weights follow in the same order, 64 bytes per chunk.
 struct Walk {
-  int64_t segments, rstep, wseg, full, tail;
+  int64_t rows, row_step, segs, seg_step, chunks;
 };
 
 static inline Walk make_walk(const Int8Geom& gm) {
-  if (!gm.direct) return Walk{1, 0, gm.kp, gm.kp, 0};
-  const int64_t full = (gm.nv - 1) * gm.vec;
-  const bool tail = gm.run % gm.vec != 0;
-  return Walk{gm.s.kernel_h, gm.s.dilation_h * gm.wp * gm.cpg, gm.nv * gm.vec,
-              tail ? full : gm.nv * gm.vec, gm.run - gm.vec};
+  const Adder2dShape& s = gm.s;
+  const bool contiguous = s.dilation_w == 1;
+  return Walk{s.kernel_h, s.dilation_h * gm.wp * gm.cpg, contiguous ? 1 : s.kernel_w,
+              s.dilation_w * gm.cpg, gm.seg_bytes / 8};
 }
 
-#if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
+// The float epilogue of one output, as every copy computes it (a multiply, then an add).
+static inline float epilogue1(int32_t sum, float alpha, float beta, bool relu) {
+  float v = static_cast<float>(sum) * alpha;
+  v = v + beta;
+  if (relu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
+  return v;
+}
+
+// Stores out[c][j] (channel c < nc of the octet, pixel j < 4) at y[c * L + yoff[j]], skipping
+// pixels past the end.
+static inline void store_scattered(const float (*out)[NR], int64_t nc, float* y, int64_t L,
+                                   const int64_t* yoff) {
+  for (int64_t c = 0; c < nc; ++c)
+    for (int j = 0; j < NR; ++j)
+      if (yoff[j] >= 0) y[c * L + yoff[j]] = out[c][j];
+}
 
 #if defined(ADDER_INT8_AVX2)
-typedef __m256i Vec;
-constexpr int64_t VEC_BYTES = 32;
-static inline Vec vload(const uint8_t* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-}
-static inline Vec vzero() {
-  return _mm256_setzero_si256();
-}
-static inline Vec vsad_add(Vec acc, Vec a, Vec b) {
-  return _mm256_add_epi64(acc, _mm256_sad_epu8(a, b));
-}
-// Bytes of x where mask is set replaced by code 0.
-static inline Vec vmask(Vec x, Vec mask) {
-  return _mm256_blendv_epi8(x, _mm256_set1_epi8(static_cast<char>(CODE_ZERO)), mask);
-}
-static inline Vec vfirst_bytes_mask(int64_t bytes) {
-  alignas(32) uint8_t m[32];
-  for (int i = 0; i < 32; ++i) m[i] = i < bytes ? 0xff : 0;
-  return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
-}
-// Four accumulators (64-bit lanes, each < 2^32) -> their four totals as int32.
-static inline __m128i reduce4(Vec a, Vec b, Vec c, Vec d) {
-  const Vec ab = _mm256_or_si256(a, _mm256_slli_epi64(b, 32));
-  const Vec cd = _mm256_or_si256(c, _mm256_slli_epi64(d, 32));
-  const Vec t = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
-  return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-}
-#else
-typedef __m128i Vec;
-constexpr int64_t VEC_BYTES = 16;
-static inline Vec vload(const uint8_t* p) {
-  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-}
-static inline Vec vzero() {
-  return _mm_setzero_si128();
-}
-static inline Vec vsad_add(Vec acc, Vec a, Vec b) {
-  return _mm_add_epi64(acc, _mm_sad_epu8(a, b));
-}
-static inline Vec vmask(Vec x, Vec mask) {
-  return _mm_or_si128(_mm_andnot_si128(mask, x),
-                      _mm_and_si128(mask, _mm_set1_epi8(static_cast<char>(CODE_ZERO))));
-}
-static inline Vec vfirst_bytes_mask(int64_t bytes) {
-  alignas(16) uint8_t m[16];
-  for (int i = 0; i < 16; ++i) m[i] = i < bytes ? 0xff : 0;
-  return _mm_load_si128(reinterpret_cast<const __m128i*>(m));
-}
-static inline __m128i reduce4(Vec a, Vec b, Vec c, Vec d) {
-  const Vec ab = _mm_or_si128(a, _mm_slli_epi64(b, 32));
-  const Vec cd = _mm_or_si128(c, _mm_slli_epi64(d, 32));
-  return _mm_add_epi32(_mm_unpacklo_epi64(ab, cd), _mm_unpackhi_epi64(ab, cd));
-}
-#endif
 
-// sums[m] = the int32 sums of weight row m (M = 1 or 2, rows wrow apart) against the 4 pixels
-// whose reductions start at x0..x3. Written out with named accumulators: as arrays, GCC kept
-// reloading the pixel vectors and copying accumulators.
-template <int M, bool TAIL>
-static inline void micro_tile(const uint8_t* w, int64_t wrow, const uint8_t* x0, const uint8_t* x1,
-                              const uint8_t* x2, const uint8_t* x3, const Walk& walk, Vec mask,
-                              __m128i* sums) {
-  Vec a00 = vzero(), a01 = vzero(), a02 = vzero(), a03 = vzero();
-  Vec a10 = vzero(), a11 = vzero(), a12 = vzero(), a13 = vzero();
-  const uint8_t* w1 = w + wrow;
-  for (int64_t seg = 0; seg < walk.segments; ++seg) {
-    for (int64_t k = 0; k < walk.full; k += VEC_BYTES) {
-      Vec v0 = vload(x0 + k), v1 = vload(x1 + k), v2 = vload(x2 + k), v3 = vload(x3 + k);
-      // Pins the pixel vectors in registers: without it GCC reloaded each one for every use.
-      __asm__("" : "+x"(v0), "+x"(v1), "+x"(v2), "+x"(v3));
-      const Vec w0 = vload(w + k);
-      a00 = vsad_add(a00, v0, w0);
-      a01 = vsad_add(a01, v1, w0);
-      a02 = vsad_add(a02, v2, w0);
-      a03 = vsad_add(a03, v3, w0);
-      if (M == 2) {
-        const Vec w1v = vload(w1 + k);
-        a10 = vsad_add(a10, v0, w1v);
-        a11 = vsad_add(a11, v1, w1v);
-        a12 = vsad_add(a12, v2, w1v);
-        a13 = vsad_add(a13, v3, w1v);
+// One octet x 4 pixels (x0..x3: their patches in xq). acc[p][h] holds, per 64-bit lane l, the
+// running sum of pixel p against channel 4 h + l: each vpsadbw compares a broadcast 8-byte chunk
+// of the pixel with 4 channels' chunks, so no lane ever needs a horizontal sum. Named variables:
+// as arrays, GCC kept copying accumulators.
+__attribute__((noinline)) static void octet_quad(const uint8_t* w, const uint8_t* x0,
+                                                 const uint8_t* x1, const uint8_t* x2,
+                                                 const uint8_t* x3, const Walk& walk,
+                                                 const __m256 alpha, const __m256 beta, bool relu,
+                                                 int64_t nc, float* y, int64_t L,
+                                                 const int64_t* yoff) {
+  __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00;
+  __m256i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+  for (int64_t r = 0; r < walk.rows; ++r) {
+    for (int64_t sg = 0; sg < walk.segs; ++sg) {
+      const int64_t off = r * walk.row_step + sg * walk.seg_step;
+      const uint8_t* p0 = x0 + off;
+      const uint8_t* p1 = x1 + off;
+      const uint8_t* p2 = x2 + off;
+      const uint8_t* p3 = x3 + off;
+      for (int64_t c = 0; c < walk.chunks; ++c, w += 64) {
+        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));
+        __m256i v;
+        v = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(p0 + 8 * c));
+        a00 = _mm256_add_epi64(a00, _mm256_sad_epu8(v, w0));
+        a01 = _mm256_add_epi64(a01, _mm256_sad_epu8(v, w1));
+        v = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(p1 + 8 * c));
+        a10 = _mm256_add_epi64(a10, _mm256_sad_epu8(v, w0));
+        a11 = _mm256_add_epi64(a11, _mm256_sad_epu8(v, w1));
+        v = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(p2 + 8 * c));
+        a20 = _mm256_add_epi64(a20, _mm256_sad_epu8(v, w0));
+        a21 = _mm256_add_epi64(a21, _mm256_sad_epu8(v, w1));
+        v = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(p3 + 8 * c));
+        a30 = _mm256_add_epi64(a30, _mm256_sad_epu8(v, w0));
+        a31 = _mm256_add_epi64(a31, _mm256_sad_epu8(v, w1));
       }
     }
-    if (TAIL) {
-      const int64_t t = walk.tail, k = walk.full;
-      Vec v0 = vmask(vload(x0 + t), mask), v1 = vmask(vload(x1 + t), mask);
-      Vec v2 = vmask(vload(x2 + t), mask), v3 = vmask(vload(x3 + t), mask);
-      __asm__("" : "+x"(v0), "+x"(v1), "+x"(v2), "+x"(v3));
-      const Vec w0 = vload(w + k);
-      a00 = vsad_add(a00, v0, w0);
-      a01 = vsad_add(a01, v1, w0);
-      a02 = vsad_add(a02, v2, w0);
-      a03 = vsad_add(a03, v3, w0);
-      if (M == 2) {
-        const Vec w1v = vload(w1 + k);
-        a10 = vsad_add(a10, v0, w1v);
-        a11 = vsad_add(a11, v1, w1v);
-        a12 = vsad_add(a12, v2, w1v);
-        a13 = vsad_add(a13, v3, w1v);
-      }
-    }
-    x0 += walk.rstep;
-    x1 += walk.rstep;
-    x2 += walk.rstep;
-    x3 += walk.rstep;
-    w += walk.wseg;
-    w1 += walk.wseg;
   }
-  // Keeps the accumulators where the loop left them (GCC copied four of them every step).
-  __asm__("" : "+x"(a00), "+x"(a01), "+x"(a02), "+x"(a03));
-  __asm__("" : "+x"(a10), "+x"(a11), "+x"(a12), "+x"(a13));
-  sums[0] = reduce4(a00, a01, a02, a03);
-  if (M == 2) sums[1] = reduce4(a10, a11, a12, a13);
-}
-
-// alpha * S + beta (+ relu) for 4 pixels of one channel, stored at y[yoff[j]].
-static inline void epilogue4(__m128i sum, __m128 alpha, __m128 beta, bool relu, float* y,
-                             const int64_t* yoff) {
-  __m128 v = _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(sum), alpha), beta);
-  if (relu) v = _mm_max_ps(_mm_setzero_ps(), v);
-  if (yoff[3] == yoff[0] + 3) {
-    _mm_storeu_ps(y + yoff[0], v);
+  // Keeps the accumulators where the loop left them (GCC copied some of them every step).
+  __asm__("" : "+x"(a00), "+x"(a01), "+x"(a10), "+x"(a11));
+  __asm__("" : "+x"(a20), "+x"(a21), "+x"(a30), "+x"(a31));
+  // Per pixel, channels 0-3 in the low and 4-7 in the high halves of the 64-bit lanes (sums
+  // < 2^31): int32 lanes in channel order 0 4 1 5 2 6 3 7, the order of alpha and beta here.
+  auto finish = [&](__m256i lo, __m256i hi) {
+    const __m256i sums = _mm256_or_si256(lo, _mm256_slli_epi64(hi, 32));
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sums), alpha), beta);
+    return relu ? _mm256_max_ps(_mm256_setzero_ps(), v) : v;
+  };
+  const __m256 f0 = finish(a00, a01), f1 = finish(a10, a11);
+  const __m256 f2 = finish(a20, a21), f3 = finish(a30, a31);
+  // Transpose to 4 consecutive pixels per channel; 128-bit lanes: (0 4 1 5 | 2 6 3 7).
+  const __m256 t0 = _mm256_unpacklo_ps(f0, f1), t1 = _mm256_unpackhi_ps(f0, f1);
+  const __m256 t2 = _mm256_unpacklo_ps(f2, f3), t3 = _mm256_unpackhi_ps(f2, f3);
+  const __m256 u0 =
+      _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+  const __m256 u1 =
+      _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+  const __m256 u2 =
+      _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+  const __m256 u3 =
+      _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+  // Channels: u0 = (0 | 2), u1 = (4 | 6), u2 = (1 | 3), u3 = (5 | 7).
+  if (nc == 8 && yoff[3] == yoff[0] + 3) {
+    float* p = y + yoff[0];
+    _mm_storeu_ps(p, _mm256_castps256_ps128(u0));
+    _mm_storeu_ps(p + L, _mm256_castps256_ps128(u2));
+    _mm_storeu_ps(p + 2 * L, _mm256_extractf128_ps(u0, 1));
+    _mm_storeu_ps(p + 3 * L, _mm256_extractf128_ps(u2, 1));
+    _mm_storeu_ps(p + 4 * L, _mm256_castps256_ps128(u1));
+    _mm_storeu_ps(p + 5 * L, _mm256_castps256_ps128(u3));
+    _mm_storeu_ps(p + 6 * L, _mm256_extractf128_ps(u1, 1));
+    _mm_storeu_ps(p + 7 * L, _mm256_extractf128_ps(u3, 1));
     return;
   }
-  alignas(16) float out[4];
-  _mm_store_ps(out, v);
-  for (int j = 0; j < NR; ++j)
-    if (yoff[j] >= 0) y[yoff[j]] = out[j];
+  alignas(32) float out[8][NR];
+  _mm_store_ps(out[0], _mm256_castps256_ps128(u0));
+  _mm_store_ps(out[1], _mm256_castps256_ps128(u2));
+  _mm_store_ps(out[2], _mm256_extractf128_ps(u0, 1));
+  _mm_store_ps(out[3], _mm256_extractf128_ps(u2, 1));
+  _mm_store_ps(out[4], _mm256_castps256_ps128(u1));
+  _mm_store_ps(out[5], _mm256_castps256_ps128(u3));
+  _mm_store_ps(out[6], _mm256_extractf128_ps(u1, 1));
+  _mm_store_ps(out[7], _mm256_extractf128_ps(u3, 1));
+  store_scattered(out, nc, y, L, yoff);
 }
 
-// M output channels (from w, alpha, beta, y) x the tile's pixels, 4 at a time; pixel i's
-// reduction starts at x + xoff[i].
-template <int M, bool TAIL>
-static inline void tile_channels(const uint8_t* w, int64_t wrow, const uint8_t* x,
-                                 const int64_t* xoff, const Walk& walk, Vec mask,
-                                 int64_t tile_pixels, const float* alpha, const float* beta,
-                                 bool relu, float* y, int64_t L, const int64_t* yoff) {
-  __m128 va[M], vb[M];
-  for (int m = 0; m < M; ++m) {
-    va[m] = _mm_set1_ps(alpha[m]);
-    vb[m] = _mm_set1_ps(beta[m]);
-  }
-  for (int64_t i = 0; i < tile_pixels; i += NR) {
-    if (yoff[i] < 0) break;
-    __m128i sums[M];
-    micro_tile<M, TAIL>(w, wrow, x + xoff[i], x + xoff[i + 1], x + xoff[i + 2], x + xoff[i + 3],
-                        walk, mask, sums);
-    for (int m = 0; m < M; ++m) epilogue4(sums[m], va[m], vb[m], relu, y + m * L, yoff + i);
-  }
-}
-
-template <bool TAIL>
-static void tile_all_channels(const Int8Geom& gm, const uint8_t* wg, const uint8_t* x,
-                              const int64_t* xoff, const Walk& walk, const float* alpha,
-                              const float* beta, bool relu, float* y, const int64_t* yoff) {
+static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq,
+                        const int64_t* xoff, const float* alpha, const float* beta, bool relu,
+                        float* y, const int64_t* yoff) {
   const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
-  const Vec mask = vfirst_bytes_mask(gm.nv * VEC_BYTES - gm.run);
-  int64_t m = 0;
-  for (; m + MR <= cog; m += MR)
-    tile_channels<MR, TAIL>(wg + m * gm.wrow, gm.wrow, x, xoff, walk, mask, gm.tile_pixels,
-                            alpha + m, beta + m, relu, y + m * L, L, yoff);
-  if (m < cog)
-    tile_channels<1, TAIL>(wg + m * gm.wrow, gm.wrow, x, xoff, walk, mask, gm.tile_pixels,
-                           alpha + m, beta + m, relu, y + m * L, L, yoff);
+  const Walk walk = make_walk(gm);
+  for (int64_t o = 0; o < gm.octets; ++o) {
+    const int64_t nc = cog - 8 * o < 8 ? cog - 8 * o : 8;
+    alignas(32) float av[8], bv[8];
+    static const int order[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    for (int l = 0; l < 8; ++l) {
+      const int c = order[l] < nc ? order[l] : 0;  // padded channels: any finite value
+      av[l] = alpha[8 * o + c];
+      bv[l] = beta[8 * o + c];
+    }
+    const __m256 va = _mm256_load_ps(av), vb = _mm256_load_ps(bv);
+    const uint8_t* w = wg + o * 8 * gm.kq;
+    for (int64_t i = 0; i < gm.tile_pixels; i += NR) {
+      if (yoff[i] < 0) break;
+      octet_quad(w, xq + xoff[i], xq + xoff[i + 1], xq + xoff[i + 2], xq + xoff[i + 3], walk, va,
+                 vb, relu, nc, y + 8 * o * L, L, yoff + i);
+    }
+  }
 }
 
-#else  // portable scalar copy (Int8Geom::vec = 8: no masked tail)
+#elif defined(__SSE2__)
 
-template <bool TAIL>
-static void tile_all_channels(const Int8Geom& gm, const uint8_t* wg, const uint8_t* x,
-                              const int64_t* xoff, const Walk& walk, const float* alpha,
-                              const float* beta, bool relu, float* y, const int64_t* yoff) {
+// One octet x 2 pixels with SSE2 (16 bytes: 2 channels' chunks per vector, 4 vectors per octet);
+// sums[c][j] for channel c, pixel j.
+static inline void octet_pair(const uint8_t* w, const uint8_t* x0, const uint8_t* x1,
+                              const Walk& walk, int32_t (*sums)[NR], int j) {
+  __m128i a00 = _mm_setzero_si128(), a01 = a00, a02 = a00, a03 = a00;
+  __m128i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+  for (int64_t r = 0; r < walk.rows; ++r) {
+    for (int64_t sg = 0; sg < walk.segs; ++sg) {
+      const int64_t off = r * walk.row_step + sg * walk.seg_step;
+      const uint8_t* p0 = x0 + off;
+      const uint8_t* p1 = x1 + off;
+      for (int64_t c = 0; c < walk.chunks; ++c, w += 64) {
+        const __m128i v0 = _mm_set1_epi64x(*reinterpret_cast<const int64_t*>(p0 + 8 * c));
+        const __m128i v1 = _mm_set1_epi64x(*reinterpret_cast<const int64_t*>(p1 + 8 * c));
+        const __m128i* wv = reinterpret_cast<const __m128i*>(w);
+        __m128i wk = _mm_loadu_si128(wv);
+        a00 = _mm_add_epi64(a00, _mm_sad_epu8(v0, wk));
+        a10 = _mm_add_epi64(a10, _mm_sad_epu8(v1, wk));
+        wk = _mm_loadu_si128(wv + 1);
+        a01 = _mm_add_epi64(a01, _mm_sad_epu8(v0, wk));
+        a11 = _mm_add_epi64(a11, _mm_sad_epu8(v1, wk));
+        wk = _mm_loadu_si128(wv + 2);
+        a02 = _mm_add_epi64(a02, _mm_sad_epu8(v0, wk));
+        a12 = _mm_add_epi64(a12, _mm_sad_epu8(v1, wk));
+        wk = _mm_loadu_si128(wv + 3);
+        a03 = _mm_add_epi64(a03, _mm_sad_epu8(v0, wk));
+        a13 = _mm_add_epi64(a13, _mm_sad_epu8(v1, wk));
+      }
+    }
+  }
+  const __m128i acc[2][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}};
+  for (int p = 0; p < 2; ++p)
+    for (int h = 0; h < 4; ++h) {
+      sums[2 * h][j + p] = _mm_cvtsi128_si32(acc[p][h]);
+      sums[2 * h + 1][j + p] = _mm_cvtsi128_si32(_mm_unpackhi_epi64(acc[p][h], acc[p][h]));
+    }
+}
+
+static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq,
+                        const int64_t* xoff, const float* alpha, const float* beta, bool relu,
+                        float* y, const int64_t* yoff) {
   const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const Walk walk = make_walk(gm);
+  for (int64_t o = 0; o < gm.octets; ++o) {
+    const int64_t nc = cog - 8 * o < 8 ? cog - 8 * o : 8;
+    const uint8_t* w = wg + o * 8 * gm.kq;
+    for (int64_t i = 0; i < gm.tile_pixels; i += NR) {
+      if (yoff[i] < 0) break;
+      int32_t sums[8][NR];
+      octet_pair(w, xq + xoff[i], xq + xoff[i + 1], walk, sums, 0);
+      octet_pair(w, xq + xoff[i + 2], xq + xoff[i + 3], walk, sums, 2);
+      alignas(16) float out[8][NR];
+      for (int64_t c = 0; c < nc; ++c) {
+        __m128 v = _mm_cvtepi32_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sums[c])));
+        v = _mm_add_ps(_mm_mul_ps(v, _mm_set1_ps(alpha[8 * o + c])), _mm_set1_ps(beta[8 * o + c]));
+        if (relu) v = _mm_max_ps(_mm_setzero_ps(), v);
+        _mm_store_ps(out[c], v);
+      }
+      store_scattered(out, nc, y + 8 * o * L, L, yoff + i);
+    }
+  }
+}
+
+#else  // portable scalar copy
+
+static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq,
+                        const int64_t* xoff, const float* alpha, const float* beta, bool relu,
+                        float* y, const int64_t* yoff) {
+  const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const Walk walk = make_walk(gm);
   for (int64_t m = 0; m < cog; ++m) {
     for (int64_t i = 0; i < gm.tile_pixels; ++i) {
       if (yoff[i] < 0) break;
+      const uint8_t* w = wg + (m / 8) * 8 * gm.kq + (m % 8) * 8;
       int32_t sum = 0;
-      for (int64_t seg = 0; seg < walk.segments; ++seg) {
-        const uint8_t* xs = x + xoff[i] + seg * walk.rstep;
-        const uint8_t* ws = wg + m * gm.wrow + seg * walk.wseg;
-        for (int64_t k = 0; k < walk.full; ++k) {
-          const int32_t d = static_cast<int32_t>(xs[k]) - static_cast<int32_t>(ws[k]);
-          sum += d < 0 ? -d : d;
+      for (int64_t r = 0; r < walk.rows; ++r)
+        for (int64_t sg = 0; sg < walk.segs; ++sg) {
+          const uint8_t* x = xq + xoff[i] + r * walk.row_step + sg * walk.seg_step;
+          for (int64_t c = 0; c < walk.chunks; ++c, x += 8, w += 64)
+            for (int b = 0; b < 8; ++b) {
+              const int32_t d = static_cast<int32_t>(x[b]) - static_cast<int32_t>(w[b]);
+              sum += d < 0 ? -d : d;
+            }
         }
-      }
-      float v = static_cast<float>(sum) * alpha[m];
-      v = v + beta[m];
-      if (relu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
-      y[m * L + yoff[i]] = v;
+      y[m * L + yoff[i]] = epilogue1(sum, alpha[m], beta[m], relu);
     }
   }
 }
@@ -506,32 +469,14 @@ static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const uint8_t* w
                          int64_t q0, uint8_t* scratch) {
   int64_t* yoff = reinterpret_cast<int64_t*>(scratch);
   int64_t* xoff = yoff + gm.tile_pixels;
-  const int64_t co0 = g * gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
-  const uint8_t* wg = wpk + co0 * gm.wrow;
-  const Walk walk = make_walk(gm);
-  if (gm.direct) {
-    tile_offsets(gm, g, q0, xoff, yoff);
-    if (gm.run % gm.vec != 0)
-      tile_all_channels<true>(gm, wg, xq, xoff, walk, alpha + co0, beta + co0, relu, y + co0 * L,
-                              yoff);
-    else
-      tile_all_channels<false>(gm, wg, xq, xoff, walk, alpha + co0, beta + co0, relu, y + co0 * L,
-                               yoff);
-    return;
-  }
-  uint8_t* panel = scratch + gm.tile_pixels * 16;
-  pack_panel(gm, xq, g, q0, panel, yoff);
-  for (int64_t i = 0; i < gm.tile_pixels; ++i) xoff[i] = i * gm.kp;
-  tile_all_channels<false>(gm, wg, panel, xoff, walk, alpha + co0, beta + co0, relu, y + co0 * L,
-                           yoff);
+  const int64_t cog = gm.s.out_channels_per_group, co0 = g * cog, L = gm.s.out_h * gm.s.out_w;
+  tile_offsets(gm, g, q0, xoff, yoff);
+  tile_octets(gm, wpk + g * gm.octets * 8 * gm.kq, xq, xoff, alpha + co0, beta + co0, relu,
+              y + co0 * L, yoff);
 }
 
 static inline Int8KernelSet make_int8_kernel_set() {
-#if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
-  return Int8KernelSet{VEC_BYTES, &quantize_image, &pack_weight, &forward_tile};
-#else
-  return Int8KernelSet{8, &quantize_image, &pack_weight, &forward_tile};
-#endif
+  return Int8KernelSet{&quantize_image, &pack_weight, &forward_tile};
 }
 
 }  // namespace int8
