@@ -34,6 +34,7 @@ INT8_SHAPES = CPU_CASES + [
     Case("16-channel-blocks-per-group", 1, 96, 3, 20, 6, 3, 1, padding=(1, 0), groups=3),
     Case("transposed-8-pixel-block", 2, 32, 3, 12, 4, 1, 3),
     Case("channels-quantized-in-several-passes", 1, 1030, 3, 7, 3, 1, 1),
+    Case("weight-channels-longer-than-a-packing-pass", 1, 4100, 1, 2, 3, 1, 1),
 ]
 
 

@@ -150,8 +150,10 @@ static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint
   const Adder2dShape& s = gm.s;
   const int64_t cig = s.in_channels_per_group, HW = s.in_h * s.in_w;
   __builtin_memset(xq, CODE_ZERO, s.groups * gm.hp * gm.wp * gm.cpg);
-  constexpr int64_t CHUNK = 8192;  // codes per pass of the transposition
-  constexpr int64_t MAX_PIXELS = 512;
+  // Codes per pass of the transposition: long enough that each channel's run of floats is read in
+  // runs of 256 floats or more up to 128 channels (short runs of many channels halved the speed).
+  constexpr int64_t CHUNK = 32768;
+  constexpr int64_t MAX_PIXELS = 1024;
   uint8_t rows[CHUNK];
   uint8_t* dst[MAX_PIXELS];
   // Pixels per chunk: a multiple of 16 where the channels allow, all of the plane if it fits.
@@ -184,21 +186,39 @@ static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint
 }
 
 // wpk from w [Co][cig][KH][KW]: channel co of the group is lane co % 8 of octet co / 8; the
-// reduction byte of tap (kh, kw, ci) is (kh * KW + kw) * cpg + ci, in chunk byte / 8.
+// reduction byte of tap (kh, kw, ci) is (kh * KW + kw) * cpg + ci, in chunk byte / 8. Per
+// channel, the taps are first transposed to [KHW][cpg] codes, then copied 8 bytes at a time.
 static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
   const Adder2dShape& s = gm.s;
   const int64_t KHW = s.kernel_h * s.kernel_w, cig = s.in_channels_per_group;
   const int64_t cog = s.out_channels_per_group, group_bytes = gm.octets * 8 * gm.kq;
   __builtin_memset(wpk, CODE_ZERO, s.groups * group_bytes);
+  constexpr int64_t ROW = 4096;  // taps of one channel per pass: [KHW][cpg] codes
+  uint8_t row[ROW];
+  const int64_t taps_per_pass = ROW / gm.cpg;
   for (int64_t co = 0; co < s.out_channels; ++co) {
     const int64_t g = co / cog, m = co % cog;
     uint8_t* dst = wpk + g * group_bytes + (m / 8) * 8 * gm.kq + (m % 8) * 8;
-    for (int64_t ci = 0; ci < cig; ++ci) {
-      const int8_t* src = w + (co * cig + ci) * KHW;
-      for (int64_t t = 0; t < KHW; ++t) {
-        const int64_t byte = t * gm.cpg + ci;
-        dst[(byte / 8) * 64 + byte % 8] = static_cast<uint8_t>(static_cast<int>(src[t]) + 128);
+    if (taps_per_pass == 0) {  // more than ROW channels: byte by byte
+      for (int64_t ci = 0; ci < cig; ++ci)
+        for (int64_t t = 0; t < KHW; ++t) {
+          const int64_t byte = t * gm.cpg + ci;
+          dst[(byte / 8) * 64 + byte % 8] =
+              static_cast<uint8_t>(static_cast<int>(w[(co * cig + ci) * KHW + t]) + 128);
+        }
+      continue;
+    }
+    for (int64_t t0 = 0; t0 < KHW; t0 += taps_per_pass) {
+      const int64_t nt = KHW - t0 < taps_per_pass ? KHW - t0 : taps_per_pass;
+      __builtin_memset(row, CODE_ZERO, nt * gm.cpg);
+      for (int64_t ci = 0; ci < cig; ++ci) {
+        const int8_t* src = w + (co * cig + ci) * KHW + t0;
+        for (int64_t t = 0; t < nt; ++t)
+          row[t * gm.cpg + ci] = static_cast<uint8_t>(static_cast<int>(src[t]) + 128);
       }
+      // Chunk j of the pass is chunk t0 * cpg / 8 + j of the reduction.
+      uint8_t* d = dst + t0 * gm.cpg * 8;
+      for (int64_t j = 0; j < nt * gm.cpg / 8; ++j) __builtin_memcpy(d + 64 * j, row + 8 * j, 8);
     }
   }
 }
