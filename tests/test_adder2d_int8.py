@@ -5,6 +5,7 @@ S = sum |q(Xp) - Wq| exact; Y = alpha * S + beta (relu optional); q(v) = clamp(r
 """
 
 import io
+import mmap
 import os
 import subprocess
 import sys
@@ -210,6 +211,19 @@ def test_opcheck(index):
     args = (x, wq, s, torch.randn(co), torch.randn(co), list(kw["stride"]), list(kw["padding"]))
     args += (list(kw["dilation"]), kw["groups"], True)
     torch.library.opcheck(torch.ops.addernet.adder2d_int8.default, args)
+
+
+def test_benchmark_reports_page_faults_per_call():
+    from benchmarks.bench_adder2d_int8 import interleaved
+
+    def touch_fresh_pages(pages=256):
+        memory = mmap.mmap(-1, pages * mmap.PAGESIZE)  # a new anonymous mapping every call
+        memory[:: mmap.PAGESIZE] = b"\x01" * pages
+        memory.close()
+
+    timed = interleaved({"touch": touch_fresh_pages, "nothing": lambda: None}, 3)
+    assert timed["touch"]["page_faults_per_call"] >= 200
+    assert timed["nothing"]["page_faults_per_call"] < 50
 
 
 # ---------------------------------------------------------------------------------------------
