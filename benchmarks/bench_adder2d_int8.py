@@ -16,7 +16,7 @@ change in machine load hits all alike; on one thread (the default) the clock is 
 time, which leaves out the time the process spends descheduled on a shared machine. The byte-SAD ceiling (``_C.int8_sad_ceiling``: a
 register-resident vpsadbw + vpaddq loop, one per thread, run concurrently) is measured in the
 same run; ``G taps/s`` counts real |x - w| terms, ``bytes/s`` the padded bytes the kernel sums
-(channels padded to 8, reductions to 32). Also one whole ResNet-20 ANN forward quantized to int8
+(channels padded to 8). Also one whole ResNet-20 ANN forward quantized to int8
 against its float32 CNN twin (and the float32 ANN).
 
     python -m benchmarks.bench_adder2d_int8                  # every ResNet-20, VGG-small, LeNet-5 layer
@@ -30,6 +30,7 @@ import concurrent.futures
 import json
 import math
 import os
+import resource
 import statistics
 import time
 import warnings
@@ -89,23 +90,34 @@ def clock():
     return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (first touches of memory handed out afresh by the
+    OS: on this kind of virtual machine a few microseconds each, charged to the CPU time)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Medians [p20, p80] of ``repeats`` rounds, each calling every function once."""
+    """Medians [p20, p80] of ``repeats`` rounds, each calling every function once, and the
+    mean page faults per call."""
     now = clock()
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
+    faults = dict.fromkeys(fns, 0)
     for _ in range(repeats):
         for name, fn in fns.items():
+            f0 = minor_faults()
             t0 = now()
             fn()
             times[name].append(now() - t0)
+            faults[name] += minor_faults() - f0
     return {
         name: {
             "median_s": statistics.median(t),
             "p20_s": percentile(t, 0.2),
             "p80_s": percentile(t, 0.8),
+            "page_faults_per_call": faults[name] / repeats,
         }
         for name, t in times.items()
     }
@@ -132,7 +144,7 @@ def layer_row(name: str, batch: int, repeats: int) -> dict:
         timed = interleaved(fns, repeats)
     n_terms = terms(shape, batch)
     cpg = -(-c // 8) * 8
-    padded = n_terms // (c * k * k) * (-(-(cpg * k * k) // 32) * 32)
+    padded = n_terms // (c * k * k) * (cpg * k * k)
     row = {"shape": name, "family": family, "batch": batch, "terms": n_terms, **timed}
     ours = timed["int8_adder"]["median_s"]
     row["int8_adder.vs_conv2d"] = ours / timed["conv2d"]["median_s"]
@@ -188,8 +200,8 @@ def markdown(result: dict) -> str:
         "",
         "| layer | batch | int8 adder | conv2d | torch int8 conv | torch int8 (int8 i/o) | "
         "adder / conv2d | adder / torch int8 | torch int8 / conv2d | G taps/s | padded G bytes/s | "
-        "% of ceiling |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "% of ceiling | page faults per call (adder / conv2d / torch int8) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda s: f"{s['median_s'] * 1e3:.2f} [{s['p20_s'] * 1e3:.2f}, {s['p80_s'] * 1e3:.2f}]"  # noqa: E731
     for r in rows:
@@ -198,10 +210,15 @@ def markdown(result: dict) -> str:
         vs8 = f"{r['int8_adder.vs_torch_int8']:.2f}x" if "int8_adder.vs_torch_int8" in r else "-"
         t8c = f"{r['torch_int8_conv.vs_conv2d']:.2f}x" if "torch_int8_conv.vs_conv2d" in r else "-"
         pct = 100 * r["int8_adder.padded_gbytes_per_s"] / ceiling
+        faults = " / ".join(
+            f"{r[k]['page_faults_per_call']:.0f}" if k in r else "-"
+            for k in ("int8_adder", "conv2d", "torch_int8_conv")
+        )
         lines.append(
             f"| {r['shape']} | {r['batch']} | {fmt(r['int8_adder'])} | {fmt(r['conv2d'])} | {t8} | "
             f"{t8io} | {r['int8_adder.vs_conv2d']:.2f}x | {vs8} | {t8c} | "
-            f"{r['int8_adder.gterms_per_s']:.1f} | {r['int8_adder.padded_gbytes_per_s']:.1f} | {pct:.0f}% |"
+            f"{r['int8_adder.gterms_per_s']:.1f} | {r['int8_adder.padded_gbytes_per_s']:.1f} | {pct:.0f}% | "
+            f"{faults} |"
         )
     for key, value in result["summary"].items():
         lines.append(f"\n{key}: {value}")

@@ -5,6 +5,7 @@ S = sum |q(Xp) - Wq| exact; Y = alpha * S + beta (relu optional); q(v) = clamp(r
 """
 
 import io
+import mmap
 import os
 import subprocess
 import sys
@@ -33,6 +34,8 @@ INT8_SHAPES = CPU_CASES + [
     Case("transposed-16x16-blocks-and-tails", 2, 40, 4, 37, 6, 3, 3, padding=1),
     Case("16-channel-blocks-per-group", 1, 96, 3, 20, 6, 3, 1, padding=(1, 0), groups=3),
     Case("transposed-8-pixel-block", 2, 32, 3, 12, 4, 1, 3),
+    Case("channels-quantized-in-several-passes", 1, 1030, 3, 7, 3, 1, 1),
+    Case("weight-channels-longer-than-a-packing-pass", 1, 4100, 1, 2, 3, 1, 1),
 ]
 
 
@@ -81,6 +84,20 @@ def test_codes_round_half_to_even_and_clamp():
     # -140 clamp to +-127.
     assert y.flatten().tolist() == [0, 2, 2, 0, 2, 127, 127, 127, 127, 0]
     assert torch.equal(reference.quantize_codes(x, s).abs().float().flatten(), y.flatten())
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+def test_vectorized_codes_round_half_to_even_and_clamp(cpu_isa):
+    # 8 x 37 values (the 32- and 16-wide quantization and its scalar tail): ties, values near
+    # the clamp, zeros and negative zeros.
+    s = torch.tensor([0.25])
+    base = torch.arange(-148, 148, dtype=torch.float32) / 4
+    x = torch.cat([base, -base.flip(0)])[: 8 * 37].view(1, 8, 1, 37)
+    x[0, 3, 0, ::5] = -0.0
+    wq = torch.zeros(1, 8, 1, 1, dtype=torch.int8)
+    y = ops.adder2d_int8(x, wq, s, torch.ones(1), torch.zeros(1))
+    ref = reference.quantize_codes(x, s).abs().float().sum(1, keepdim=True)
+    assert torch.equal(y, ref)
 
 
 def test_padded_taps_count_as_code_zero():
@@ -194,6 +211,19 @@ def test_opcheck(index):
     args = (x, wq, s, torch.randn(co), torch.randn(co), list(kw["stride"]), list(kw["padding"]))
     args += (list(kw["dilation"]), kw["groups"], True)
     torch.library.opcheck(torch.ops.addernet.adder2d_int8.default, args)
+
+
+def test_benchmark_reports_page_faults_per_call():
+    from benchmarks.bench_adder2d_int8 import interleaved
+
+    def touch_fresh_pages(pages=256):
+        memory = mmap.mmap(-1, pages * mmap.PAGESIZE)  # a new anonymous mapping every call
+        memory[:: mmap.PAGESIZE] = b"\x01" * pages
+        memory.close()
+
+    timed = interleaved({"touch": touch_fresh_pages, "nothing": lambda: None}, 3)
+    assert timed["touch"]["page_faults_per_call"] >= 200
+    assert timed["nothing"]["page_faults_per_call"] < 50
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,6 +91,20 @@ class QuantizedAdderConv2d(nn.Module):
             x = F.pad(x, self.explicit_padding, mode=mode)
         args = (self.stride, self.padding, self.dilation, self.groups, self.relu)
         if self.scale_groups == 1:
+            if x.is_cpu and x.dim() == 4:
+                # The C++ op checks its arguments with the same messages; the Python checks of
+                # ops.adder2d_int8 cost about 20 us per call, 3-5% of a ResNet-20 3x3 layer.
+                geometry = (list(self.stride), list(self.padding), list(self.dilation))
+                return torch.ops.addernet.adder2d_int8(
+                    x,
+                    self.weight,
+                    self.scale,
+                    self.alpha,
+                    self.beta,
+                    *geometry,
+                    self.groups,
+                    self.relu,
+                )
             return ops.adder2d_int8(x, self.weight, self.scale, self.alpha, self.beta, *args)
         per = self.out_channels // self.scale_groups
         outs = [

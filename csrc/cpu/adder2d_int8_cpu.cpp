@@ -22,28 +22,6 @@ namespace cpu {
 
 using torch::headeronly::ScalarType;
 
-namespace {
-
-int64_t round_up(int64_t v, int64_t m) {
-  return (v + m - 1) / m * m;
-}
-
-Int8Geom make_geom(const Adder2dShape& s) {
-  Int8Geom gm;
-  gm.s = s;
-  gm.cpg = round_up(s.in_channels_per_group, 8);
-  gm.hp = s.in_h + 2 * s.pad_h;
-  gm.wp = s.in_w + 2 * s.pad_w;
-  gm.kp = round_up(s.kernel_h * s.kernel_w * gm.cpg, 32);
-  gm.pixels = s.batch * s.out_h * s.out_w;
-  // A panel of about 128 KiB (in L2), 8 to 64 pixels.
-  const int64_t tp = (16 * 1024 / gm.kp) / 4 * 4;
-  gm.tile_pixels = tp < 8 ? 8 : (tp > 64 ? 64 : tp);
-  return gm;
-}
-
-}  // namespace
-
 Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor& scale,
                         const Tensor& alpha, const Tensor& beta, IntArrayRef stride,
                         IntArrayRef padding, IntArrayRef dilation, int64_t groups, bool relu) {
@@ -54,15 +32,15 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   const float sc = *torch::stable::contiguous(scale).const_data_ptr<float>();
   ADDERNET_CHECK(std::isfinite(sc) && sc > 0.0f, "adder2d_int8: scale must be finite and > 0, got ",
                  sc);
-  const Int8Geom gm = make_geom(s);
-  ADDERNET_CHECK(gm.kp <= std::numeric_limits<int32_t>::max() / 255,
-                 "adder2d_int8: the reduction (", gm.kp,
+  const Int8KernelSet ks = cpu_isa() == "avx2" ? int8_avx2_kernels() : int8_base_kernels();
+  const Int8Geom gm = make_int8_geom(s);
+  ADDERNET_CHECK(gm.kq <= std::numeric_limits<int32_t>::max() / 255,
+                 "adder2d_int8: the reduction (", gm.kq,
                  " bytes per output after padding) is too long for exact int32 sums (at most ",
                  std::numeric_limits<int32_t>::max() / 255, ")");
   Tensor y = torch::stable::empty({s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float,
                                   std::nullopt, input.device());
   if (y.numel() == 0) return y;
-  const Int8KernelSet ks = cpu_isa() == "avx2" ? int8_avx2_kernels() : int8_base_kernels();
   const Tensor x = torch::stable::contiguous(input);
   const Tensor w = torch::stable::contiguous(weight);
   const Tensor a = torch::stable::contiguous(alpha);
@@ -70,8 +48,8 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   const int64_t image_codes = s.groups * gm.hp * gm.wp * gm.cpg;
   Tensor xq =
       torch::stable::empty({s.batch * image_codes}, ScalarType::Byte, std::nullopt, input.device());
-  Tensor wpk = torch::stable::empty({s.out_channels * gm.kp}, ScalarType::Byte, std::nullopt,
-                                    input.device());
+  Tensor wpk = torch::stable::empty({s.groups * gm.octets * 8 * gm.kq}, ScalarType::Byte,
+                                    std::nullopt, input.device());
   uint8_t* xqp = xq.mutable_data_ptr<uint8_t>();
   uint8_t* wpkp = wpk.mutable_data_ptr<uint8_t>();
   ks.pack_weight(gm, w.const_data_ptr<int8_t>(), wpkp);
@@ -86,7 +64,7 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   float* yp = y.mutable_data_ptr<float>();
   const int64_t tiles = (gm.pixels + gm.tile_pixels - 1) / gm.tile_pixels;
   torch::stable::parallel_for(0, s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> scratch(gm.tile_pixels * (gm.kp + 8) / 8 + 1);
+    std::vector<int64_t> scratch(2 * gm.tile_pixels);
     uint8_t* sp = reinterpret_cast<uint8_t*>(scratch.data());
     for (int64_t i = begin; i < end; ++i) {
       const int64_t g = i / tiles, tile = i % tiles;

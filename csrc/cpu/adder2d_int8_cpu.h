@@ -5,9 +5,12 @@
 // Layouts (u8 codes are int8 codes + 128, so |(a+128) - (b+128)| = |a - b|):
 //   xq    [N][G][Hp][Wp][cpg]  the zero-padded input, channels last; cpg = C/G rounded up to 8.
 //                              Spatial padding and padded channels hold code 0 (byte 128).
-//   wpk   [G][Co/G][kp]        each output channel's taps in (kh, kw, ci) order, ci padded to cpg
-//                              with code 0, then the row padded to kp (a multiple of 32) with
-//                              code 0: padding adds |0 - 0| = 0.
+//   wpk   [G][octet][kq / 8][8][8]
+//                              output channels in blocks of 8 (octets, the last one padded with
+//                              code-0 channels whose sums are dropped); per 8-byte chunk of the
+//                              reduction (taps in (kh, kw, ci) order, ci padded to cpg with code
+//                              0), the 8 channels' 8 bytes: a vector of 32 bytes holds 4
+//                              channels' chunk, compared with one pixel's chunk broadcast.
 //   y     [N][Co][OH][OW]      float32, y = alpha[co] * sum + beta[co], then max(y, 0) if relu.
 #pragma once
 
@@ -18,15 +21,33 @@
 namespace addernet {
 namespace cpu {
 
-// Sizes of one adder2d_int8 call, computed once on the host (adder2d_int8_cpu.cpp).
+// Sizes of one adder2d_int8 call, computed once on the host (make_int8_geom).
 struct Int8Geom {
   Adder2dShape s;
   int64_t cpg;          // input channels per group, padded to a multiple of 8
   int64_t hp, wp;       // padded input height and width: H + 2 ph, W + 2 pw
-  int64_t kp;           // packed reduction length: KH * KW * cpg rounded up to 32
+  int64_t kq;           // bytes of one output's reduction: KH * KW * cpg
+  int64_t seg_bytes;    // contiguous bytes of a patch in xq: KW * cpg at dilation_w 1, else cpg
+  int64_t octets;       // output channels per group in blocks of 8: ceil(Co/G / 8)
   int64_t pixels;       // N * OH * OW, the GEMM's column count (tiles span images)
-  int64_t tile_pixels;  // pixels per packed panel, a multiple of 4
+  int64_t tile_pixels;  // pixels per tile, a multiple of 4
 };
+
+static inline Int8Geom make_int8_geom(const Adder2dShape& s) {
+  Int8Geom gm;
+  gm.s = s;
+  gm.cpg = (s.in_channels_per_group + 7) / 8 * 8;
+  gm.hp = s.in_h + 2 * s.pad_h;
+  gm.wp = s.in_w + 2 * s.pad_w;
+  gm.kq = s.kernel_h * s.kernel_w * gm.cpg;
+  gm.seg_bytes = s.dilation_w == 1 ? s.kernel_w * gm.cpg : gm.cpg;
+  gm.octets = (s.out_channels_per_group + 7) / 8;
+  gm.pixels = s.batch * s.out_h * s.out_w;
+  // About 16 KiB of patch bytes per tile (in L1 while the channel blocks walk it), 8 to 64.
+  const int64_t tp = (16 * 1024 / gm.kq) / 4 * 4;
+  gm.tile_pixels = tp < 8 ? 8 : (tp > 64 ? 64 : tp);
+  return gm;
+}
 
 struct Int8KernelSet {
   // Image n of x [C][H][W] (float32) -> xq of that image [G][Hp][Wp][cpg].
@@ -34,7 +55,7 @@ struct Int8KernelSet {
   // w [Co][C/G][KH][KW] int8 codes -> wpk.
   void (*pack_weight)(const Int8Geom&, const int8_t* w, uint8_t* wpk);
   // Outputs of group g for pixels [q0, q0 + tile_pixels) of the N * OH * OW columns.
-  // scratch: tile_pixels * (kp + 8) bytes, 8-byte aligned.
+  // scratch: 16 * tile_pixels bytes, 8-byte aligned.
   void (*forward_tile)(const Int8Geom&, const uint8_t* xq, const uint8_t* wpk, const float* alpha,
                        const float* beta, bool relu, float* y, int64_t g, int64_t q0,
                        uint8_t* scratch);

@@ -11,18 +11,20 @@
 //   Y[n,co,p] = alpha[co] * S + beta[co]        (then max(Y, 0) if relu), float32
 //
 // alpha = -s and beta = bias give the adder layer Y = bias - s * S; a following BatchNorm folds
-// into alpha and beta. S <= 254 * kp, which the host checks against 2^31.
+// into alpha and beta. S <= 254 * kq, which the host checks against 2^31.
 //
 // Byte SAD: on codes offset by 128, |(a+128) - (b+128)| = |a - b|, and psadbw / vpsadbw sums 8
-// such terms per 64-bit lane (2 lanes in SSE2, 4 in AVX2) in one instruction. The reduction is
-// packed so that every aligned 8 bytes belong to one pixel and one tap (channels last, channels
-// padded to 8): implicit GEMM, a panel of tile_pixels output pixels x kp bytes packed from the
-// padded channels-last input, a register micro-tile of 2 output channels x 4 pixels (8
-// accumulators, 4 pixel vectors, 1 weight vector, 1 temporary: 14 of the 16 vector registers)
-// walking kp in vectors. Lanes hold < 2^32, so 4 accumulators merge into one vector of 4 int32
-// sums with shifts, ors, unpacks and adds, and the epilogue (int32 -> float, alpha, beta, relu)
-// runs on 4 pixels at once. The float epilogue is a multiply then an add in both copies (the
-// AVX2 copy is compiled without FMA), so the two copies are bitwise equal.
+// such terms per 64-bit lane (2 lanes in SSE2, 4 in AVX2) in one instruction. Channels last,
+// padded to 8, make every aligned 8 bytes of a patch one tap of 8 channels (a chunk). Implicit
+// GEMM without packing the input: per pixel, each 8-byte chunk of its patch is read straight from
+// the padded channels-last codes and broadcast to every lane, and the weights hold, per chunk,
+// the chunks of 8 output channels side by side (an octet). One vpsadbw then adds chunk terms of
+// one pixel for 4 channels, one per lane: every lane accumulates one output, so the reduction
+// needs no horizontal sums. AVX2 micro-tile: 4 pixels x 8 channels (8 accumulators, 2 weight
+// vectors, 1 broadcast), then per pixel the channels 0-3 and 4-7 lanes interleave into 8 int32,
+// the float epilogue (int32 -> float, alpha, beta, relu) runs on 8 outputs at once, and a 4 x 8
+// transposition stores 4 consecutive pixels per channel. The float epilogue is a multiply then an
+// add in every copy (the AVX2 copy is compiled without FMA), so the copies are bitwise equal.
 
 #ifndef ADDER_CPU_ISA
 #error "define ADDER_CPU_ISA before including adder2d_int8_kernels.h"
@@ -33,8 +35,7 @@ namespace cpu {
 namespace ADDER_CPU_ISA {
 namespace int8 {
 
-constexpr int MR = 2;  // output channels per micro-tile
-constexpr int NR = 4;  // pixels per micro-tile
+constexpr int NR = 4;  // pixels per micro-tile (8 output channels: an octet)
 constexpr unsigned char CODE_ZERO = 128;
 
 // q(v) + 128. Clamping to the integer bounds first and then rounding equals rounding then
@@ -48,32 +49,56 @@ static inline uint8_t quantize_code(float v, float scale) {
   return static_cast<uint8_t>(static_cast<int>(t) + 128);
 }
 
-// codes[i] = q(src[i]) + 128 for i < n; 16 at a time with SSE2 (also in the AVX2 copy):
-// divide, clamp (NaN -> -127, as the scalar code), round half to even (cvtps2dq under the
-// default rounding mode), pack to bytes. Identical to quantize_code element by element.
+// codes[i] = q(src[i]) + 128 for i < n, vectorized (32 at a time in the AVX2 copy, 16 with
+// SSE2): divide, clamp (maxps returns its second operand for NaN, so NaN -> -127 as in the
+// scalar code), round half to even (cvtps2dq under the default rounding mode), pack to bytes with
+// signed saturation (the codes fit), then flip the sign bit (+128). Identical to quantize_code
+// element by element.
 static inline void quantize_row(const float* src, int64_t n, float scale, uint8_t* codes) {
   int64_t i = 0;
+#if defined(ADDER_INT8_AVX2)
+  {
+    const __m256 vs = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-127.0f),
+                 hi = _mm256_set1_ps(127.0f);
+    const __m256i sign = _mm256_set1_epi8(static_cast<char>(0x80));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; i + 32 <= n; i += 32) {
+      __m256i q[4];
+      for (int j = 0; j < 4; ++j) {
+        __m256 t = _mm256_div_ps(_mm256_loadu_ps(src + i + 8 * j), vs);
+        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        q[j] = _mm256_cvtps_epi32(t);
+      }
+      // packs work within 128-bit lanes: dword k of the packed vector holds q[k % 4] elements
+      // 4 * (k / 4) ..; the permutation restores the element order.
+      __m256i v =
+          _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      v = _mm256_xor_si256(_mm256_permutevar8x32_epi32(v, order), sign);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), v);
+    }
+  }
+#endif
 #if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
   const __m128 vs = _mm_set1_ps(scale), lo = _mm_set1_ps(-127.0f), hi = _mm_set1_ps(127.0f);
-  const __m128i off = _mm_set1_epi32(128);
+  const __m128i sign = _mm_set1_epi8(static_cast<char>(0x80));
   for (; i + 16 <= n; i += 16) {
     __m128i q[4];
     for (int j = 0; j < 4; ++j) {
       __m128 t = _mm_div_ps(_mm_loadu_ps(src + i + 4 * j), vs);
       t = _mm_min_ps(_mm_max_ps(t, lo), hi);
-      q[j] = _mm_add_epi32(_mm_cvtps_epi32(t), off);
+      q[j] = _mm_cvtps_epi32(t);
     }
-    const __m128i w = _mm_packus_epi16(_mm_packs_epi32(q[0], q[1]), _mm_packs_epi32(q[2], q[3]));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), w);
+    const __m128i w = _mm_packs_epi16(_mm_packs_epi32(q[0], q[1]), _mm_packs_epi32(q[2], q[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm_xor_si128(w, sign));
   }
 #endif
   for (; i < n; ++i) codes[i] = quantize_code(src[i], scale);
 }
 
-// dst[w * dst_stride + c] = src[c * n + w] for c < nc, w < n: 16 x 16 blocks through SSE2
-// (four rounds of interleaving rows i and i + 8 transpose a block), the rest element by element.
-static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, uint8_t* dst,
-                                   int64_t dst_stride) {
+// dst[w][c] = src[c * n + w] for c < nc, w < n (dst[w] a row pointer per pixel): 16 x 16 blocks
+// through SSE2 (four rounds of interleaving rows i and i + 8 transpose a block), the rest element
+// by element.
+static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, uint8_t* const* dst) {
   int64_t c0 = 0;
 #if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
   for (; c0 + 16 <= nc; c0 += 16) {
@@ -90,7 +115,7 @@ static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, ui
         for (int i = 0; i < 16; ++i) a[i] = b[i];
       }
       for (int i = 0; i < 16; ++i)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (w0 + i) * dst_stride + c0), a[i]);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst[w0 + i] + c0), a[i]);
     }
     if (w0 + 8 <= n) {  // 8 pixels: the upper half of each row zero, the first 8 rows kept
       __m128i a[16], b[16];
@@ -104,108 +129,115 @@ static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, ui
         for (int i = 0; i < 16; ++i) a[i] = b[i];
       }
       for (int i = 0; i < 8; ++i)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (w0 + i) * dst_stride + c0), a[i]);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst[w0 + i] + c0), a[i]);
       w0 += 8;
     }
     for (; w0 < n; ++w0)
-      for (int64_t c = c0; c < c0 + 16; ++c) dst[w0 * dst_stride + c] = src[c * n + w0];
+      for (int64_t c = c0; c < c0 + 16; ++c) dst[w0][c] = src[c * n + w0];
   }
 #endif
   for (int64_t w = 0; w < n; ++w) {
     const uint8_t* col = src + c0 * n + w;
-    uint8_t* out = dst + w * dst_stride;
+    uint8_t* out = dst[w];
     for (int64_t c = c0; c < nc; ++c, col += n) out[c] = *col;
   }
 }
 
-// One image: per input row and group, the group's channel rows are quantized contiguously into
-// `rows` (cig x W codes), then transposed into the channels-last padded layout.
+// One image: per group, chunks of consecutive pixels of the H * W plane (whole rows or not): each
+// channel's run of the chunk is quantized contiguously into `rows` (channels x pixels codes), then
+// transposed into the channels-last padded layout (a row pointer per pixel).
 static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint8_t* xq) {
   const Adder2dShape& s = gm.s;
   const int64_t cig = s.in_channels_per_group, HW = s.in_h * s.in_w;
   __builtin_memset(xq, CODE_ZERO, s.groups * gm.hp * gm.wp * gm.cpg);
-  constexpr int64_t CHUNK = 4096;  // codes per pass of the transposition
+  // Codes per pass of the transposition: long enough that each channel's run of floats is read in
+  // runs of 256 floats or more up to 128 channels (short runs of many channels halved the speed).
+  constexpr int64_t CHUNK = 32768;
+  constexpr int64_t MAX_PIXELS = 1024;
   uint8_t rows[CHUNK];
-  const int64_t wchunk = CHUNK / cig < 1 ? 1 : (CHUNK / cig < s.in_w ? CHUNK / cig : s.in_w);
+  uint8_t* dst[MAX_PIXELS];
+  // Pixels per chunk: a multiple of 16 where the channels allow, all of the plane if it fits.
+  int64_t np = CHUNK / cig >= 16 ? CHUNK / cig / 16 * 16 : 1;
+  if (np > MAX_PIXELS) np = MAX_PIXELS;
+  if (np > HW) np = HW;
+  const int64_t cstep = CHUNK / np;  // channels per pass (all of them unless cig > CHUNK / 16)
   for (int64_t g = 0; g < s.groups; ++g) {
-    uint8_t* xg = xq + g * gm.hp * gm.wp * gm.cpg;
-    for (int64_t h = 0; h < s.in_h; ++h) {
-      for (int64_t w0 = 0; w0 < s.in_w; w0 += wchunk) {
-        const int64_t nw = s.in_w - w0 < wchunk ? s.in_w - w0 : wchunk;
-        for (int64_t c0 = 0; c0 < cig; c0 += CHUNK / nw) {
-          const int64_t nc = cig - c0 < CHUNK / nw ? cig - c0 : CHUNK / nw;
-          for (int64_t ci = 0; ci < nc; ++ci)
-            quantize_row(x + (g * cig + c0 + ci) * HW + h * s.in_w + w0, nw, scale, rows + ci * nw);
-          uint8_t* dst = xg + ((h + s.pad_h) * gm.wp + s.pad_w + w0) * gm.cpg + c0;
-          transpose_codes(rows, nc, nw, dst, gm.cpg);
+    uint8_t* xg = xq + g * gm.hp * gm.wp * gm.cpg + (s.pad_h * gm.wp + s.pad_w) * gm.cpg;
+    for (int64_t p0 = 0; p0 < HW; p0 += np) {
+      const int64_t n = HW - p0 < np ? HW - p0 : np;
+      int64_t h = p0 / s.in_w, w = p0 % s.in_w;
+      for (int64_t i = 0; i < n; ++i) {
+        dst[i] = xg + (h * gm.wp + w) * gm.cpg;
+        if (++w == s.in_w) {
+          w = 0;
+          ++h;
         }
+      }
+      for (int64_t c0 = 0; c0 < cig; c0 += cstep) {
+        const int64_t nc = cig - c0 < cstep ? cig - c0 : cstep;
+        for (int64_t ci = 0; ci < nc; ++ci)
+          quantize_row(x + (g * cig + c0 + ci) * HW + p0, n, scale, rows + ci * n);
+        if (c0 > 0)
+          for (int64_t i = 0; i < n; ++i) dst[i] += cstep;
+        transpose_codes(rows, nc, n, dst);
       }
     }
   }
 }
 
+// wpk from w [Co][cig][KH][KW]: channel co of the group is lane co % 8 of octet co / 8; the
+// reduction byte of tap (kh, kw, ci) is (kh * KW + kw) * cpg + ci, in chunk byte / 8. Per
+// channel, the taps are first transposed to [KHW][cpg] codes, then copied 8 bytes at a time.
 static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
   const Adder2dShape& s = gm.s;
   const int64_t KHW = s.kernel_h * s.kernel_w, cig = s.in_channels_per_group;
-  __builtin_memset(wpk, CODE_ZERO, s.out_channels * gm.kp);
-  for (int64_t co = 0; co < s.out_channels; ++co)
-    for (int64_t ci = 0; ci < cig; ++ci)
-      for (int64_t k = 0; k < KHW; ++k)
-        wpk[co * gm.kp + k * gm.cpg + ci] =
-            static_cast<uint8_t>(static_cast<int>(w[(co * cig + ci) * KHW + k]) + 128);
+  const int64_t cog = s.out_channels_per_group, group_bytes = gm.octets * 8 * gm.kq;
+  __builtin_memset(wpk, CODE_ZERO, s.groups * group_bytes);
+  constexpr int64_t ROW = 4096;  // taps of one channel per pass: [KHW][cpg] codes
+  uint8_t row[ROW];
+  const int64_t taps_per_pass = ROW / gm.cpg;
+  for (int64_t co = 0; co < s.out_channels; ++co) {
+    const int64_t g = co / cog, m = co % cog;
+    uint8_t* dst = wpk + g * group_bytes + (m / 8) * 8 * gm.kq + (m % 8) * 8;
+    if (taps_per_pass == 0) {  // more than ROW channels: byte by byte
+      for (int64_t ci = 0; ci < cig; ++ci)
+        for (int64_t t = 0; t < KHW; ++t) {
+          const int64_t byte = t * gm.cpg + ci;
+          dst[(byte / 8) * 64 + byte % 8] =
+              static_cast<uint8_t>(static_cast<int>(w[(co * cig + ci) * KHW + t]) + 128);
+        }
+      continue;
+    }
+    for (int64_t t0 = 0; t0 < KHW; t0 += taps_per_pass) {
+      const int64_t nt = KHW - t0 < taps_per_pass ? KHW - t0 : taps_per_pass;
+      __builtin_memset(row, CODE_ZERO, nt * gm.cpg);
+      for (int64_t ci = 0; ci < cig; ++ci) {
+        const int8_t* src = w + (co * cig + ci) * KHW + t0;
+        for (int64_t t = 0; t < nt; ++t)
+          row[t * gm.cpg + ci] = static_cast<uint8_t>(static_cast<int>(src[t]) + 128);
+      }
+      // Chunk j of the pass is chunk t0 * cpg / 8 + j of the reduction.
+      uint8_t* d = dst + t0 * gm.cpg * 8;
+      for (int64_t j = 0; j < nt * gm.cpg / 8; ++j) __builtin_memcpy(d + 64 * j, row + 8 * j, 8);
+    }
+  }
 }
 
-// Copies `bytes` (a multiple of 8) with inline vector moves: a library memcpy call per kernel row
-// (48-192 bytes) cost more than the SAD work on ResNet-20's layers.
-static inline void copy_codes(uint8_t* dst, const uint8_t* src, int64_t bytes) {
-#if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
-  int64_t j = 0;
-  for (; j + 16 <= bytes; j += 16)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j),
-                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j)));
-  if (j < bytes)
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + j),
-                     _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + j)));
-#else
-  __builtin_memcpy(dst, src, bytes);
-#endif
-}
-
-// Fills `bytes` (a multiple of 8) with code 0 (byte 128).
-static inline void fill_code_zero(uint8_t* dst, int64_t bytes) {
-  const uint64_t word = 0x8080808080808080ull;
-  for (int64_t j = 0; j < bytes; j += 8) __builtin_memcpy(dst + j, &word, 8);
-}
-
-// Panel rows [0, tile_pixels) = patches of pixels q0.. of group g; yoff[i] = offset of pixel i's
-// output for channel 0 of the layer (n * Co * L + p), -1 past the last pixel. The pixel
-// coordinates are stepped, not divided out per pixel.
-static void pack_panel(const Int8Geom& gm, const uint8_t* xq, int64_t g, int64_t q0, uint8_t* panel,
-                       int64_t* yoff) {
+// xoff[i] = offset in xq of pixel i's patch (tap (0, 0)) in group g, yoff[i] = offset of its
+// output for channel 0 of the layer (n * Co * L + p); past the last pixel, yoff = -1 and xoff
+// repeats the last pixel's. The pixel coordinates are stepped, not divided out per pixel.
+static void tile_offsets(const Int8Geom& gm, int64_t g, int64_t q0, int64_t* xoff, int64_t* yoff) {
   const Adder2dShape& s = gm.s;
-  const int64_t L = s.out_h * s.out_w, run = s.kernel_w * gm.cpg;
-  const int64_t used = s.kernel_h * run, plane = gm.hp * gm.wp * gm.cpg, row_bytes = gm.wp * gm.cpg;
+  const int64_t L = s.out_h * s.out_w, plane = gm.hp * gm.wp * gm.cpg;
   int64_t n = q0 / L, oh = (q0 % L) / s.out_w, ow = (q0 % L) % s.out_w;
   for (int64_t i = 0; i < gm.tile_pixels; ++i) {
-    uint8_t* row = panel + i * gm.kp;
     if (q0 + i >= gm.pixels) {
-      fill_code_zero(row, gm.kp);
+      xoff[i] = xoff[i - 1];
       yoff[i] = -1;
       continue;
     }
     yoff[i] = n * s.out_channels * L + oh * s.out_w + ow;
-    const uint8_t* img = xq + (n * s.groups + g) * plane + ow * s.stride_w * gm.cpg;
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      const uint8_t* src = img + (oh * s.stride_h + kh * s.dilation_h) * row_bytes;
-      uint8_t* dst = row + kh * run;
-      if (s.dilation_w == 1) {
-        copy_codes(dst, src, run);
-      } else {
-        for (int64_t kw = 0; kw < s.kernel_w; ++kw)
-          copy_codes(dst + kw * gm.cpg, src + kw * s.dilation_w * gm.cpg, gm.cpg);
-      }
-    }
-    fill_code_zero(row + used, gm.kp - used);
+    xoff[i] = (n * s.groups + g) * plane + (oh * s.stride_h * gm.wp + ow * s.stride_w) * gm.cpg;
     if (++ow == s.out_w) {
       ow = 0;
       if (++oh == s.out_h) {
@@ -216,126 +248,236 @@ static void pack_panel(const Int8Geom& gm, const uint8_t* xq, int64_t g, int64_t
   }
 }
 
-#if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
+// The patch of one output as the GEMM walks it: kernel rows `row_step` bytes apart in xq, each
+// `segs` segments `seg_step` bytes apart (one segment at dilation_w 1), each `chunks` contiguous
+// 8-byte chunks. The weights follow in the same order, 64 bytes per chunk.
+struct Walk {
+  int64_t rows, row_step, segs, seg_step, chunks;
+};
+
+static inline Walk make_walk(const Int8Geom& gm) {
+  const Adder2dShape& s = gm.s;
+  const bool contiguous = s.dilation_w == 1;
+  return Walk{s.kernel_h, s.dilation_h * gm.wp * gm.cpg, contiguous ? 1 : s.kernel_w,
+              s.dilation_w * gm.cpg, gm.seg_bytes / 8};
+}
+
+// The float epilogue of one output, as every copy computes it (a multiply, then an add).
+static inline float epilogue1(int32_t sum, float alpha, float beta, bool relu) {
+  float v = static_cast<float>(sum) * alpha;
+  v = v + beta;
+  if (relu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
+  return v;
+}
+
+// Stores out[c][j] (channel c < nc of the octet, pixel j < 4) at y[c * L + yoff[j]], skipping
+// pixels past the end.
+static inline void store_scattered(const float (*out)[NR], int64_t nc, float* y, int64_t L,
+                                   const int64_t* yoff) {
+  for (int64_t c = 0; c < nc; ++c)
+    for (int j = 0; j < NR; ++j)
+      if (yoff[j] >= 0) y[c * L + yoff[j]] = out[c][j];
+}
 
 #if defined(ADDER_INT8_AVX2)
-typedef __m256i Vec;
-constexpr int64_t VEC_BYTES = 32;
-static inline Vec vload(const uint8_t* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-}
-static inline Vec vzero() {
-  return _mm256_setzero_si256();
-}
-static inline Vec vsad_add(Vec acc, Vec a, Vec b) {
-  return _mm256_add_epi64(acc, _mm256_sad_epu8(a, b));
-}
-// Four accumulators (64-bit lanes, each < 2^32) -> their four totals as int32.
-static inline __m128i reduce4(Vec a, Vec b, Vec c, Vec d) {
-  const Vec ab = _mm256_or_si256(a, _mm256_slli_epi64(b, 32));
-  const Vec cd = _mm256_or_si256(c, _mm256_slli_epi64(d, 32));
-  const Vec t = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
-  return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-}
-#else
-typedef __m128i Vec;
-constexpr int64_t VEC_BYTES = 16;
-static inline Vec vload(const uint8_t* p) {
-  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-}
-static inline Vec vzero() {
-  return _mm_setzero_si128();
-}
-static inline Vec vsad_add(Vec acc, Vec a, Vec b) {
-  return _mm_add_epi64(acc, _mm_sad_epu8(a, b));
-}
-static inline __m128i reduce4(Vec a, Vec b, Vec c, Vec d) {
-  const Vec ab = _mm_or_si128(a, _mm_slli_epi64(b, 32));
-  const Vec cd = _mm_or_si128(c, _mm_slli_epi64(d, 32));
-  return _mm_add_epi32(_mm_unpacklo_epi64(ab, cd), _mm_unpackhi_epi64(ab, cd));
-}
-#endif
 
-// sums[m] = the 4 pixels' int32 sums of weight row m (M = 1 or 2). Written out with named
-// accumulators: as arrays, GCC kept reloading the pixel vectors and copying accumulators.
-template <int M>
-static inline void micro_tile(const uint8_t* w, const uint8_t* x, int64_t kp, __m128i* sums) {
-  Vec a00 = vzero(), a01 = vzero(), a02 = vzero(), a03 = vzero();
-  Vec a10 = vzero(), a11 = vzero(), a12 = vzero(), a13 = vzero();
-  const uint8_t* x1p = x + kp;
-  const uint8_t* x2p = x + 2 * kp;
-  const uint8_t* x3p = x + 3 * kp;
-  const uint8_t* w1p = w + kp;
-  for (int64_t k = 0; k < kp; k += VEC_BYTES) {
-    Vec x0 = vload(x + k), x1 = vload(x1p + k), x2 = vload(x2p + k), x3 = vload(x3p + k);
-    // Pins the pixel vectors in registers: without it GCC reloaded each one for every use.
-    __asm__("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3));
-    const Vec w0 = vload(w + k);
-    a00 = vsad_add(a00, x0, w0);
-    a01 = vsad_add(a01, x1, w0);
-    a02 = vsad_add(a02, x2, w0);
-    a03 = vsad_add(a03, x3, w0);
-    if (M == 2) {
-      const Vec w1 = vload(w1p + k);
-      a10 = vsad_add(a10, x0, w1);
-      a11 = vsad_add(a11, x1, w1);
-      a12 = vsad_add(a12, x2, w1);
-      a13 = vsad_add(a13, x3, w1);
+// One octet x 4 pixels (x0..x3: their patches in xq). acc[p][h] holds, per 64-bit lane l, the
+// running sum of pixel p against channel 4 h + l: each vpsadbw compares a broadcast 8-byte chunk
+// of the pixel with 4 channels' chunks, so no lane ever needs a horizontal sum. Named variables:
+// as arrays, GCC kept copying accumulators.
+__attribute__((noinline)) static void octet_quad(const uint8_t* w, const uint8_t* x0,
+                                                 const uint8_t* x1, const uint8_t* x2,
+                                                 const uint8_t* x3, const Walk& walk,
+                                                 const __m256 alpha, const __m256 beta, bool relu,
+                                                 int64_t nc, float* y, int64_t L,
+                                                 const int64_t* yoff) {
+  __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00;
+  __m256i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+  for (int64_t r = 0; r < walk.rows; ++r) {
+    for (int64_t sg = 0; sg < walk.segs; ++sg) {
+      const int64_t off = r * walk.row_step + sg * walk.seg_step;
+      const uint8_t* p0 = x0 + off;
+      const uint8_t* p1 = x1 + off;
+      const uint8_t* p2 = x2 + off;
+      const uint8_t* p3 = x3 + off;
+      for (int64_t c = 0; c < walk.chunks; ++c, w += 64) {
+        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));
+        __m256i v;
+        v = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(p0 + 8 * c));
+        a00 = _mm256_add_epi64(a00, _mm256_sad_epu8(v, w0));
+        a01 = _mm256_add_epi64(a01, _mm256_sad_epu8(v, w1));
+        v = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(p1 + 8 * c));
+        a10 = _mm256_add_epi64(a10, _mm256_sad_epu8(v, w0));
+        a11 = _mm256_add_epi64(a11, _mm256_sad_epu8(v, w1));
+        v = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(p2 + 8 * c));
+        a20 = _mm256_add_epi64(a20, _mm256_sad_epu8(v, w0));
+        a21 = _mm256_add_epi64(a21, _mm256_sad_epu8(v, w1));
+        v = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(p3 + 8 * c));
+        a30 = _mm256_add_epi64(a30, _mm256_sad_epu8(v, w0));
+        a31 = _mm256_add_epi64(a31, _mm256_sad_epu8(v, w1));
+      }
     }
   }
-  // Keeps the accumulators where the loop left them (GCC copied four of them every step).
-  __asm__("" : "+x"(a00), "+x"(a01), "+x"(a02), "+x"(a03));
-  __asm__("" : "+x"(a10), "+x"(a11), "+x"(a12), "+x"(a13));
-  sums[0] = reduce4(a00, a01, a02, a03);
-  if (M == 2) sums[1] = reduce4(a10, a11, a12, a13);
-}
-
-// alpha * S + beta (+ relu) for 4 pixels of one channel, stored at y[yoff[j]].
-static inline void epilogue4(__m128i sum, float alpha, float beta, bool relu, float* y,
-                             const int64_t* yoff) {
-  __m128 v = _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(sum), _mm_set1_ps(alpha)), _mm_set1_ps(beta));
-  if (relu) v = _mm_max_ps(_mm_setzero_ps(), v);
-  if (yoff[3] == yoff[0] + 3) {
-    _mm_storeu_ps(y + yoff[0], v);
+  // Keeps the accumulators where the loop left them (GCC copied some of them every step).
+  __asm__("" : "+x"(a00), "+x"(a01), "+x"(a10), "+x"(a11));
+  __asm__("" : "+x"(a20), "+x"(a21), "+x"(a30), "+x"(a31));
+  // Per pixel, channels 0-3 in the low and 4-7 in the high halves of the 64-bit lanes (sums
+  // < 2^31): int32 lanes in channel order 0 4 1 5 2 6 3 7, the order of alpha and beta here.
+  auto finish = [&](__m256i lo, __m256i hi) {
+    const __m256i sums = _mm256_or_si256(lo, _mm256_slli_epi64(hi, 32));
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sums), alpha), beta);
+    return relu ? _mm256_max_ps(_mm256_setzero_ps(), v) : v;
+  };
+  const __m256 f0 = finish(a00, a01), f1 = finish(a10, a11);
+  const __m256 f2 = finish(a20, a21), f3 = finish(a30, a31);
+  // Transpose to 4 consecutive pixels per channel; 128-bit lanes: (0 4 1 5 | 2 6 3 7).
+  const __m256 t0 = _mm256_unpacklo_ps(f0, f1), t1 = _mm256_unpackhi_ps(f0, f1);
+  const __m256 t2 = _mm256_unpacklo_ps(f2, f3), t3 = _mm256_unpackhi_ps(f2, f3);
+  const __m256 u0 =
+      _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+  const __m256 u1 =
+      _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+  const __m256 u2 =
+      _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+  const __m256 u3 =
+      _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+  // Channels: u0 = (0 | 2), u1 = (4 | 6), u2 = (1 | 3), u3 = (5 | 7).
+  if (nc == 8 && yoff[3] == yoff[0] + 3) {
+    float* p = y + yoff[0];
+    _mm_storeu_ps(p, _mm256_castps256_ps128(u0));
+    _mm_storeu_ps(p + L, _mm256_castps256_ps128(u2));
+    _mm_storeu_ps(p + 2 * L, _mm256_extractf128_ps(u0, 1));
+    _mm_storeu_ps(p + 3 * L, _mm256_extractf128_ps(u2, 1));
+    _mm_storeu_ps(p + 4 * L, _mm256_castps256_ps128(u1));
+    _mm_storeu_ps(p + 5 * L, _mm256_castps256_ps128(u3));
+    _mm_storeu_ps(p + 6 * L, _mm256_extractf128_ps(u1, 1));
+    _mm_storeu_ps(p + 7 * L, _mm256_extractf128_ps(u3, 1));
     return;
   }
-  alignas(16) float out[4];
-  _mm_store_ps(out, v);
-  for (int j = 0; j < NR; ++j)
-    if (yoff[j] >= 0) y[yoff[j]] = out[j];
+  alignas(32) float out[8][NR];
+  _mm_store_ps(out[0], _mm256_castps256_ps128(u0));
+  _mm_store_ps(out[1], _mm256_castps256_ps128(u2));
+  _mm_store_ps(out[2], _mm256_extractf128_ps(u0, 1));
+  _mm_store_ps(out[3], _mm256_extractf128_ps(u2, 1));
+  _mm_store_ps(out[4], _mm256_castps256_ps128(u1));
+  _mm_store_ps(out[5], _mm256_castps256_ps128(u3));
+  _mm_store_ps(out[6], _mm256_extractf128_ps(u1, 1));
+  _mm_store_ps(out[7], _mm256_extractf128_ps(u3, 1));
+  store_scattered(out, nc, y, L, yoff);
 }
 
-template <int M>
-static inline void tile_channels(const uint8_t* w, const uint8_t* panel, int64_t kp,
-                                 int64_t tile_pixels, const float* alpha, const float* beta,
-                                 bool relu, float* y, int64_t L, const int64_t* yoff) {
-  for (int64_t i = 0; i < tile_pixels; i += NR) {
-    if (yoff[i] < 0) break;
-    __m128i sums[M];
-    micro_tile<M>(w, panel + i * kp, kp, sums);
-    for (int m = 0; m < M; ++m) epilogue4(sums[m], alpha[m], beta[m], relu, y + m * L, yoff + i);
+static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq,
+                        const int64_t* xoff, const float* alpha, const float* beta, bool relu,
+                        float* y, const int64_t* yoff) {
+  const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const Walk walk = make_walk(gm);
+  for (int64_t o = 0; o < gm.octets; ++o) {
+    const int64_t nc = cog - 8 * o < 8 ? cog - 8 * o : 8;
+    alignas(32) float av[8], bv[8];
+    static const int order[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    for (int l = 0; l < 8; ++l) {
+      const int c = order[l] < nc ? order[l] : 0;  // padded channels: any finite value
+      av[l] = alpha[8 * o + c];
+      bv[l] = beta[8 * o + c];
+    }
+    const __m256 va = _mm256_load_ps(av), vb = _mm256_load_ps(bv);
+    const uint8_t* w = wg + o * 8 * gm.kq;
+    for (int64_t i = 0; i < gm.tile_pixels; i += NR) {
+      if (yoff[i] < 0) break;
+      octet_quad(w, xq + xoff[i], xq + xoff[i + 1], xq + xoff[i + 2], xq + xoff[i + 3], walk, va,
+                 vb, relu, nc, y + 8 * o * L, L, yoff + i);
+    }
+  }
+}
+
+#elif defined(__SSE2__)
+
+// One octet x 2 pixels with SSE2 (16 bytes: 2 channels' chunks per vector, 4 vectors per octet);
+// sums[c][j] for channel c, pixel j.
+static inline void octet_pair(const uint8_t* w, const uint8_t* x0, const uint8_t* x1,
+                              const Walk& walk, int32_t (*sums)[NR], int j) {
+  __m128i a00 = _mm_setzero_si128(), a01 = a00, a02 = a00, a03 = a00;
+  __m128i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+  for (int64_t r = 0; r < walk.rows; ++r) {
+    for (int64_t sg = 0; sg < walk.segs; ++sg) {
+      const int64_t off = r * walk.row_step + sg * walk.seg_step;
+      const uint8_t* p0 = x0 + off;
+      const uint8_t* p1 = x1 + off;
+      for (int64_t c = 0; c < walk.chunks; ++c, w += 64) {
+        const __m128i v0 = _mm_set1_epi64x(*reinterpret_cast<const int64_t*>(p0 + 8 * c));
+        const __m128i v1 = _mm_set1_epi64x(*reinterpret_cast<const int64_t*>(p1 + 8 * c));
+        const __m128i* wv = reinterpret_cast<const __m128i*>(w);
+        __m128i wk = _mm_loadu_si128(wv);
+        a00 = _mm_add_epi64(a00, _mm_sad_epu8(v0, wk));
+        a10 = _mm_add_epi64(a10, _mm_sad_epu8(v1, wk));
+        wk = _mm_loadu_si128(wv + 1);
+        a01 = _mm_add_epi64(a01, _mm_sad_epu8(v0, wk));
+        a11 = _mm_add_epi64(a11, _mm_sad_epu8(v1, wk));
+        wk = _mm_loadu_si128(wv + 2);
+        a02 = _mm_add_epi64(a02, _mm_sad_epu8(v0, wk));
+        a12 = _mm_add_epi64(a12, _mm_sad_epu8(v1, wk));
+        wk = _mm_loadu_si128(wv + 3);
+        a03 = _mm_add_epi64(a03, _mm_sad_epu8(v0, wk));
+        a13 = _mm_add_epi64(a13, _mm_sad_epu8(v1, wk));
+      }
+    }
+  }
+  const __m128i acc[2][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}};
+  for (int p = 0; p < 2; ++p)
+    for (int h = 0; h < 4; ++h) {
+      sums[2 * h][j + p] = _mm_cvtsi128_si32(acc[p][h]);
+      sums[2 * h + 1][j + p] = _mm_cvtsi128_si32(_mm_unpackhi_epi64(acc[p][h], acc[p][h]));
+    }
+}
+
+static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq,
+                        const int64_t* xoff, const float* alpha, const float* beta, bool relu,
+                        float* y, const int64_t* yoff) {
+  const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const Walk walk = make_walk(gm);
+  for (int64_t o = 0; o < gm.octets; ++o) {
+    const int64_t nc = cog - 8 * o < 8 ? cog - 8 * o : 8;
+    const uint8_t* w = wg + o * 8 * gm.kq;
+    for (int64_t i = 0; i < gm.tile_pixels; i += NR) {
+      if (yoff[i] < 0) break;
+      int32_t sums[8][NR];
+      octet_pair(w, xq + xoff[i], xq + xoff[i + 1], walk, sums, 0);
+      octet_pair(w, xq + xoff[i + 2], xq + xoff[i + 3], walk, sums, 2);
+      alignas(16) float out[8][NR];
+      for (int64_t c = 0; c < nc; ++c) {
+        __m128 v = _mm_cvtepi32_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sums[c])));
+        v = _mm_add_ps(_mm_mul_ps(v, _mm_set1_ps(alpha[8 * o + c])), _mm_set1_ps(beta[8 * o + c]));
+        if (relu) v = _mm_max_ps(_mm_setzero_ps(), v);
+        _mm_store_ps(out[c], v);
+      }
+      store_scattered(out, nc, y + 8 * o * L, L, yoff + i);
+    }
   }
 }
 
 #else  // portable scalar copy
 
-template <int M>
-static inline void tile_channels(const uint8_t* w, const uint8_t* panel, int64_t kp,
-                                 int64_t tile_pixels, const float* alpha, const float* beta,
-                                 bool relu, float* y, int64_t L, const int64_t* yoff) {
-  for (int64_t i = 0; i < tile_pixels; ++i) {
-    if (yoff[i] < 0) break;
-    const uint8_t* x = panel + i * kp;
-    for (int m = 0; m < M; ++m) {
+static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq,
+                        const int64_t* xoff, const float* alpha, const float* beta, bool relu,
+                        float* y, const int64_t* yoff) {
+  const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const Walk walk = make_walk(gm);
+  for (int64_t m = 0; m < cog; ++m) {
+    for (int64_t i = 0; i < gm.tile_pixels; ++i) {
+      if (yoff[i] < 0) break;
+      const uint8_t* w = wg + (m / 8) * 8 * gm.kq + (m % 8) * 8;
       int32_t sum = 0;
-      for (int64_t k = 0; k < kp; ++k) {
-        const int32_t d = static_cast<int32_t>(x[k]) - static_cast<int32_t>(w[m * kp + k]);
-        sum += d < 0 ? -d : d;
-      }
-      float v = static_cast<float>(sum) * alpha[m];
-      v = v + beta[m];
-      if (relu) v = v > 0.0f ? v : (v != v ? v : 0.0f);
-      y[m * L + yoff[i]] = v;
+      for (int64_t r = 0; r < walk.rows; ++r)
+        for (int64_t sg = 0; sg < walk.segs; ++sg) {
+          const uint8_t* x = xq + xoff[i] + r * walk.row_step + sg * walk.seg_step;
+          for (int64_t c = 0; c < walk.chunks; ++c, x += 8, w += 64)
+            for (int b = 0; b < 8; ++b) {
+              const int32_t d = static_cast<int32_t>(x[b]) - static_cast<int32_t>(w[b]);
+              sum += d < 0 ? -d : d;
+            }
+        }
+      y[m * L + yoff[i]] = epilogue1(sum, alpha[m], beta[m], relu);
     }
   }
 }
@@ -345,19 +487,12 @@ static inline void tile_channels(const uint8_t* w, const uint8_t* panel, int64_t
 static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const uint8_t* wpk,
                          const float* alpha, const float* beta, bool relu, float* y, int64_t g,
                          int64_t q0, uint8_t* scratch) {
-  const Adder2dShape& s = gm.s;
   int64_t* yoff = reinterpret_cast<int64_t*>(scratch);
-  uint8_t* panel = scratch + gm.tile_pixels * 8;
-  pack_panel(gm, xq, g, q0, panel, yoff);
-  const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
-  const int64_t co0 = g * cog;
-  int64_t m = 0;
-  for (; m + MR <= cog; m += MR)
-    tile_channels<MR>(wpk + (co0 + m) * gm.kp, panel, gm.kp, gm.tile_pixels, alpha + co0 + m,
-                      beta + co0 + m, relu, y + (co0 + m) * L, L, yoff);
-  if (m < cog)
-    tile_channels<1>(wpk + (co0 + m) * gm.kp, panel, gm.kp, gm.tile_pixels, alpha + co0 + m,
-                     beta + co0 + m, relu, y + (co0 + m) * L, L, yoff);
+  int64_t* xoff = yoff + gm.tile_pixels;
+  const int64_t cog = gm.s.out_channels_per_group, co0 = g * cog, L = gm.s.out_h * gm.s.out_w;
+  tile_offsets(gm, g, q0, xoff, yoff);
+  tile_octets(gm, wpk + g * gm.octets * 8 * gm.kq, xq, xoff, alpha + co0, beta + co0, relu,
+              y + co0 * L, yoff);
 }
 
 static inline Int8KernelSet make_int8_kernel_set() {
