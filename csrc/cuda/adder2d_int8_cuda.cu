@@ -82,7 +82,8 @@ Tensor adder2d_int8_cuda(const Tensor& input, const Tensor& weight, const Tensor
   const Tensor a = torch::stable::contiguous(alpha);
   const Tensor b = torch::stable::contiguous(beta);
   // Code buffers of 32-bit words (int32 tensors, read as uint32).
-  Tensor xq = torch::stable::empty({c.quantize_total}, ScalarType::Int, std::nullopt, input.device());
+  Tensor xq =
+      torch::stable::empty({c.quantize_total}, ScalarType::Int, std::nullopt, input.device());
   Tensor wq = torch::stable::empty({c.pack_total}, ScalarType::Int, std::nullopt, input.device());
   uint32_t* xqp = reinterpret_cast<uint32_t*>(xq.mutable_data_ptr<int32_t>());
   uint32_t* wqp = reinterpret_cast<uint32_t*>(wq.mutable_data_ptr<int32_t>());

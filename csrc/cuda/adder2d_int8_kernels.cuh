@@ -104,7 +104,8 @@ __global__ void __launch_bounds__(kThreads)
     divmod_nonneg(gk, q.kwords, grp, k);
     divmod_nonneg(k, q.cw, tap, word);
     const int c0 = int(word) * 4;
-    const int8_t* wc = w + ((grp * g.out_per_group + m) * g.in_per_group + c0) * g.kernel_area + tap;
+    const int8_t* wc =
+        w + ((grp * g.out_per_group + m) * g.in_per_group + c0) * g.kernel_area + tap;
     uint32_t codes = 0;
 #pragma unroll
     for (int b = 0; b < 4; ++b) {
@@ -123,9 +124,9 @@ struct Int8Tile {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_, MIN_BLOCKS = MIN_BLOCKS_;
 };
 // Chosen by output channels per group (thresholds set by reasoning, not tuned on a GPU):
-using Int8TileLarge = Int8Tile<128, 128, 8, 8, 8, 1>;  // >= 128, if that gives >= 2 blocks per SM
-using Int8TileMedium = Int8Tile<64, 64, 8, 4, 4, 2>;   // 33..127
-using Int8TileSmall = Int8Tile<32, 128, 8, 4, 4, 2>;   // 17..32
+using Int8TileLarge = Int8Tile<128, 128, 8, 8, 8, 1>;   // >= 128, if that gives >= 2 blocks per SM
+using Int8TileMedium = Int8Tile<64, 64, 8, 4, 4, 2>;    // 33..127
+using Int8TileSmall = Int8Tile<32, 128, 8, 4, 4, 2>;    // 17..32
 using Int8TileNarrow = Int8Tile<16, 256, 16, 4, 4, 2>;  // 1..16 (depthwise included)
 
 // The position of a word of the reduction: channel word cq of tap (kh, kw); kh == KH is past the
@@ -137,6 +138,17 @@ __device__ __forceinline__ void int8_tap_advance(Int8Tap& t, int words, int cw, 
   t.cq += words;
   while (t.cq >= cw) {
     t.cq -= cw;
+    if (++t.kw == kernel_w) {
+      t.kw = 0;
+      ++t.kh;
+    }
+  }
+}
+
+// The next word (cq < cw, so one step wraps at most once).
+__device__ __forceinline__ void int8_tap_next(Int8Tap& t, int cw, int kernel_w) {
+  if (++t.cq == cw) {
+    t.cq = 0;
     if (++t.kw == kernel_w) {
       t.kw = 0;
       ++t.kh;
@@ -208,7 +220,7 @@ __global__ void __launch_bounds__(kThreads, Tile::MIN_BLOCKS)
         const bool ok = col_ok && t.kh < g.kernel_h && unsigned(ih) < unsigned(g.in_h) &&
                         unsigned(iw) < unsigned(g.in_w);
         xr[j] = ok ? xg[(int64_t(ih) * g.in_w + iw) * cig_words + t.cq] : kCodeZero4;
-        int8_tap_advance(t, 1, cig_words, g.kernel_w);
+        int8_tap_next(t, cig_words, g.kernel_w);
       }
 #pragma unroll
       for (int j = 0; j < WR; ++j) {

@@ -132,9 +132,9 @@ struct Data {
   Buffer<emu::F32> x;
   Buffer<int8_t> w;
   Buffer<float> alpha, beta;
-  std::vector<int> xcodes;     // q(x), NCHW
-  std::vector<int64_t> sums;   // S, NCHW
-  std::vector<float> y;        // the reference output
+  std::vector<int> xcodes;       // q(x), NCHW
+  std::vector<int64_t> sums;     // S, NCHW
+  std::vector<float> y;          // the reference output
   std::vector<uint32_t> xq, wq;  // the reference code buffers
 
   Data(const Spec& c, bool affine, uint32_t seed)
@@ -188,9 +188,9 @@ struct Data {
         for (int64_t p = 0; p < HW; ++p)
           for (int64_t ci = 0; ci < q.cw * 4; ++ci) {
             const uint32_t u =
-                ci < cig ? uint32_t(xcodes[size_t((n * s.in_channels + g * cig + ci) * HW + p)] +
-                                    128)
-                         : 128u;
+                ci < cig
+                    ? uint32_t(xcodes[size_t((n * s.in_channels + g * cig + ci) * HW + p)] + 128)
+                    : 128u;
             xq[size_t(((n * s.groups + g) * HW + p) * q.cw + ci / 4)] |= u << (8 * (ci % 4));
           }
     wq.assign(size_t(s.out_channels * q.kwords), 0u);
@@ -217,8 +217,8 @@ struct Data {
                   const int64_t iw = adder2d_in_index(ow, kw, s.stride_w, s.pad_w, s.dilation_w);
                   const int64_t c = co / cog * cig + ci;
                   const bool in = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
-                  const int xc = in ? xcodes[size_t((n * s.in_channels + c) * HW + ih * s.in_w + iw)]
-                                    : 0;
+                  const int xc =
+                      in ? xcodes[size_t((n * s.in_channels + c) * HW + ih * s.in_w + iw)] : 0;
                   const int wc = w.data()[(co * cig + ci) * KK + kh * s.kernel_w + kw];
                   sum += std::abs(xc - wc);
                 }
@@ -238,11 +238,11 @@ template <typename Tile>
 std::string launch_tiled(const std::string& name, const Data& d, const uint32_t* xq,
                          const uint32_t* wq, bool relu, emu::F32* y, const Int8Launch& c,
                          const emu::Schedule& sched) {
-  return emu::Device::get().launch(
-      name, dim3(unsigned(c.grid_x), unsigned(c.grid_y)), dim3(kThreads), sched, [&] {
-        adder2d_int8_forward_tiled<emu::F32, Tile>(xq, wq, d.alpha.p.get(), d.beta.p.get(), relu,
-                                                   y, d.q);
-      });
+  return emu::Device::get().launch(name, dim3(unsigned(c.grid_x), unsigned(c.grid_y)),
+                                   dim3(kThreads), sched, [&] {
+                                     adder2d_int8_forward_tiled<emu::F32, Tile>(
+                                         xq, wq, d.alpha.p.get(), d.beta.p.get(), relu, y, d.q);
+                                   });
 }
 
 std::string launch_forward(const Data& d, const uint32_t* xq, const uint32_t* wq, bool relu,
@@ -270,7 +270,10 @@ std::string launch_forward(const Data& d, const uint32_t* xq, const uint32_t* wq
 }
 
 constexpr int variant_bit(Int8Variant v) {
-  return v == Int8Variant::Large ? 1 : v == Int8Variant::Medium ? 2 : v == Int8Variant::Small ? 4 : 8;
+  return v == Int8Variant::Large    ? 1
+         : v == Int8Variant::Medium ? 2
+         : v == Int8Variant::Small  ? 4
+                                    : 8;
 }
 
 LaunchLimits limits(const Spec& c, int sms) {
@@ -315,7 +318,8 @@ void check_variant(const std::string& label, const Data& d, const Int8Launch& c,
       fail(where + ": " + err);
       return;
     }
-    const int64_t bad_x = first_difference(xq.data(), d.xq), bad_w = first_difference(wq.data(), d.wq);
+    const int64_t bad_x = first_difference(xq.data(), d.xq),
+                  bad_w = first_difference(wq.data(), d.wq);
     if (bad_x >= 0 || bad_w >= 0) {
       char msg[200];
       if (bad_x >= 0)
@@ -371,7 +375,8 @@ void run_case(const Spec& c) {
   const Adder2dShape s = shape_of(c);
   const Adder2dInt8Geom q = adder2d_int8_geom(s);
   std::map<Int8Variant, int> variants;  // variant -> how: bit i = picked at kSms[i], kForced
-  for (int i = 0; i < 3; ++i) variants[adder2d_int8_launch(q, limits(c, kSms[i])).variant] |= 1 << i;
+  for (int i = 0; i < 3; ++i)
+    variants[adder2d_int8_launch(q, limits(c, kSms[i])).variant] |= 1 << i;
   if (c.force)
     for (Int8Variant v :
          {Int8Variant::Large, Int8Variant::Medium, Int8Variant::Small, Int8Variant::Narrow})
