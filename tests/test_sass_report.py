@@ -139,8 +139,9 @@ def _sass_tools_missing():
 @pytest.mark.skipif(_sass_tools_missing() is not None, reason=str(_sass_tools_missing()))
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_int8_kernels_sum_with_vabsdiff4_in_the_main_loop(arch):
-    """Every adder2d_int8 tile's main loop is BK x TM x TN VABSDIFF4.U8.ACC, one per
-    acc += __vsadu4(x, w) of its micro-tile: nvcc fused each byte SAD with its accumulation."""
+    """Every adder2d_int8 tile's main loop is BK x TM x TN VABSDIFF4.U8.ACC, one per byte SAD of
+    its micro-tile, each accumulating into a sum (not into RZ followed by an IADD3, which is what
+    nvcc made of acc + __vsadu4(x, w))."""
     kernels = [
         k
         for (a, name), k in sass_report.parse(_cuda_binary()).items()
@@ -151,6 +152,9 @@ def test_int8_kernels_sum_with_vabsdiff4_in_the_main_loop(arch):
         row = sass_report.model(k)
         bk, tm, tn = _int8_tile(row["kernel"])
         body = sass_report.main_loop(k.instructions)
-        sads = [mods for _, op, mods, _ in body if op == "VABSDIFF4"]
-        assert sads == [".U8.ACC"] * (bk * tm * tn), (arch, row["kernel"], sads[:4], len(sads))
+        sads = [
+            (mods, ops.split(",")[-1].strip()) for _, op, mods, ops in body if op == "VABSDIFF4"
+        ]
+        assert len(sads) == bk * tm * tn, (arch, row["kernel"], len(sads))
+        assert all(mods == ".U8.ACC" and acc != "RZ" for mods, acc in sads), (arch, sads[:4])
         assert row["fp_unit"] == "vabsdiff4" and row["loop_spills"] == 0 and row["local"] == 0

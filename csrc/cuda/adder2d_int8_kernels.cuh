@@ -10,8 +10,9 @@
 // the CPU kernels' formulas (cpu/adder2d_int8_kernels.h), so both give bitwise equal outputs.
 //
 // Byte SAD: codes offset by 128 (u = q + 128, a byte) keep |(a+128) - (b+128)| = |a - b|, and
-// __vsadu4(x, w) sums the four byte differences of two 32-bit words (one VABSDIFF4.U8.ACC with the
-// accumulation, on sm_80 and sm_90). Layouts, in 32-bit words of 4 codes:
+// PTX vabsdiff4.u32.u32.u32.add (sad4_add; __vsadu4 plus the add on the host) adds the four byte
+// differences of two 32-bit words to a sum: one VABSDIFF4.U8.ACC on sm_80 and sm_90. Layouts, in
+// 32-bit words of 4 codes:
 //
 //   xq [N][G][H][W][cw]      the input's codes, channels last; cw = ceil(C/G / 4) words per pixel,
 //                            channel 4q + b of the group in byte b of word q, code 0 (128) past C/G
@@ -26,7 +27,7 @@
 // so layers with few channels waste no slice). A block owns a BM x BN tile of S; each slice of
 // patches is gathered into shared memory next to the BK x BM slice of wq, double-buffered with one
 // barrier per slice (as the float forward, adder2d_forward_kernels.cuh), and every thread
-// accumulates a TM x TN register micro-tile of uint32 sums, acc += __vsadu4(x, w), reading 4
+// accumulates a TM x TN register micro-tile of uint32 sums, acc = sad4_add(x, w, acc), reading 4
 // consecutive words of each operand per 16-byte shared-memory load.
 #pragma once
 
@@ -156,6 +157,19 @@ __device__ __forceinline__ void int8_tap_next(Int8Tap& t, int cw, int kernel_w) 
   }
 }
 
+// acc + sum over the 4 bytes of |x_i - w_i|: the PTX vabsdiff4 with .add, one VABSDIFF4.U8.ACC
+// into acc (with acc + __vsadu4(x, w), nvcc reassociates the sums of a micro-tile: half the SADs
+// into zero, then an IADD3 per pair). The host build (the emulation) computes the same sum.
+__device__ __forceinline__ uint32_t sad4_add(uint32_t x, uint32_t w, uint32_t acc) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("vabsdiff4.u32.u32.u32.add %0, %1, %2, %3;" : "=r"(r) : "r"(x), "r"(w), "r"(acc));
+  return r;
+#else
+  return __vsadu4(x, w) + acc;
+#endif
+}
+
 __device__ __forceinline__ void load4(const uint32_t* p, uint32_t* r) {
   const uint4 v = *reinterpret_cast<const uint4*>(p);
   r[0] = v.x;
@@ -264,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, Tile::MIN_BLOCKS)
 #pragma unroll
         for (int i = 0; i < TM; ++i)
 #pragma unroll
-          for (int j = 0; j < TN; ++j) acc[i][j] = __vsadu4(b[j], a[i]) + acc[i][j];
+          for (int j = 0; j < TN; ++j) acc[i][j] = sad4_add(b[j], a[i], acc[i][j]);
       }
       // Safe: every thread passed the previous barrier, so nobody still reads buf ^ 1.
       if (more) stash(buf ^ 1);
