@@ -409,3 +409,17 @@ def test_cuda_checks_the_scale():
     for bad in (torch.tensor([0.0]), torch.tensor([float("nan")]).cuda()):
         with pytest.raises(RuntimeError, match="scale must be finite and > 0"):
             op(x, wq, bad, a, b, *args)
+
+
+@requires_int8_cuda
+def test_cuda_rejects_an_image_past_2_to_the_31_code_words():
+    """The gather's offsets are 32-bit: H * W * ceil(C / 4) >= 2^31 raises (before any copy of
+    the expanded input)."""
+    x = torch.zeros(1, 1, 1, 1, device="cuda").expand(1, 5, 2**15, 2**15)
+    wq, a, b = (
+        torch.zeros(1, 5, 1, 1, dtype=torch.int8).cuda(),
+        torch.ones(1).cuda(),
+        torch.ones(1).cuda(),
+    )
+    with pytest.raises(RuntimeError, match="H \\* W \\* ceil\\(C/groups / 4\\) below 2\\^31"):
+        torch.ops.addernet.adder2d_int8(x, wq, torch.tensor([1.0]), a, b, [1, 1], [0, 0], [1, 1], 1)

@@ -52,8 +52,10 @@ Tensor adder2d_int8_cuda(const Tensor& input, const Tensor& weight, const Tensor
                          IntArrayRef padding, IntArrayRef dilation, int64_t groups, bool relu) {
   const Adder2dShape s = check_adder2d_int8_args("adder2d_int8", input, weight, scale, alpha, beta,
                                                  stride, padding, dilation, groups);
-  ADDERNET_CHECK(adder2d_geom_fits(s), "adder2d_int8: the CUDA kernels need spatial sizes, ",
-                 "strides, paddings, dilations and channels per group below 2^31");
+  ADDERNET_CHECK(
+      adder2d_geom_fits(s) && adder2d_int8_geom_fits(s),
+      "adder2d_int8: the CUDA kernels need spatial sizes, strides, paddings, dilations, ",
+      "channels per group and H * W * ceil(C/groups / 4) below 2^31");
   // The CPU op's bound on its reduction (KH * KW * C/G, channels padded to 8, rounded up to 32
   // bytes), so that both backends accept the same layers; the kernel here sums fewer bytes
   // (channels padded to 4), each term <= 255, so S < 2^31 whenever the CPU's sums are exact.

@@ -48,6 +48,15 @@ struct Adder2dInt8Geom {
   int kwords;  // reduction length in words: KH * KW * cw
 };
 
+// Whether the gather's 32-bit offsets hold: H * W * cw words per image and group below 2^31
+// (8 GiB of codes), on top of adder2d_geom_fits.
+inline bool adder2d_int8_geom_fits(const Adder2dShape& s) {
+  int64_t plane, words;
+  return !adder2d_mul_add_overflows(s.in_h, s.in_w, 0, &plane) &&
+         !adder2d_mul_add_overflows(plane, (s.in_channels_per_group + 3) / 4, 0, &words) &&
+         words <= INT32_MAX;
+}
+
 inline Adder2dInt8Geom adder2d_int8_geom(const Adder2dShape& s) {
   Adder2dInt8Geom q;
   q.g = adder2d_geom(s);
@@ -214,6 +223,8 @@ __global__ void __launch_bounds__(kThreads, Tile::MIN_BLOCKS)
     divmod_nonneg(pix, g.out_w, oh, ow);
   }
   const int cig_words = q.cw, cog = g.out_per_group;
+  const int ih0 = adder2d_in_index_t<int>(int(oh), 0, g.stride_h, g.pad_h, g.dilation_h);
+  const int iw0 = adder2d_in_index_t<int>(int(ow), 0, g.stride_w, g.pad_w, g.dilation_w);
   const int mtiles = (cog + BM - 1) / BM;
   const int ksteps = (q.kwords + BK - 1) / BK;
   const int64_t mg = int64_t(g.groups) * mtiles;
@@ -229,11 +240,11 @@ __global__ void __launch_bounds__(kThreads, Tile::MIN_BLOCKS)
     auto gather = [&](Int8Tap t, int k0) {
 #pragma unroll
       for (int j = 0; j < XR; ++j) {
-        const int ih = adder2d_in_index_t<int>(int(oh), t.kh, g.stride_h, g.pad_h, g.dilation_h);
-        const int iw = adder2d_in_index_t<int>(int(ow), t.kw, g.stride_w, g.pad_w, g.dilation_w);
+        const int ih = ih0 + t.kh * g.dilation_h, iw = iw0 + t.kw * g.dilation_w;
         const bool ok = col_ok && t.kh < g.kernel_h && unsigned(ih) < unsigned(g.in_h) &&
                         unsigned(iw) < unsigned(g.in_w);
-        xr[j] = ok ? xg[(int64_t(ih) * g.in_w + iw) * cig_words + t.cq] : kCodeZero4;
+        // A 32-bit offset in the image-group plane (the host checks H * W * cw < 2^31).
+        xr[j] = ok ? xg[(ih * g.in_w + iw) * cig_words + t.cq] : kCodeZero4;
         int8_tap_next(t, cig_words, g.kernel_w);
       }
 #pragma unroll
