@@ -4,6 +4,7 @@ reference of the quantized math, and quantize() / QuantizedAdderConv2d (addernet
 S = sum |q(Xp) - Wq| exact; Y = alpha * S + beta (relu optional); q(v) = clamp(round(v/s), -127, 127).
 """
 
+import copy
 import io
 import os
 import subprocess
@@ -392,11 +393,16 @@ def test_cuda_sums_equal_reference_bitwise():
 
 
 @requires_int8_cuda
-def test_cuda_quantized_model_equals_cpu(block_and_data):
+@pytest.mark.parametrize("scale_groups", [1, 4])
+def test_cuda_quantized_layer_equals_cpu(block_and_data, scale_groups):
+    """A quantized layer (BatchNorm and ReLU folded) moved to the GPU with .cuda(): its buffers,
+    the scale included, on the device. Only the adder layer is compared: the float layers around
+    it (cuDNN, cuBLAS) round differently from the CPU's."""
     model, batches = block_and_data
-    q = quantize(model, batches)
-    want = q(batches[0])
-    got = q.cuda()(batches[0].cuda())
+    q = quantize(model, batches, scale_groups=scale_groups)
+    layer, x = q.adder, q.conv(batches[0])
+    want = layer(x)
+    got = copy.deepcopy(layer).cuda()(x.cuda())
     assert torch.equal(got.cpu(), want)
 
 
