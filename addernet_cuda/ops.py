@@ -467,7 +467,9 @@ def adder2d_int8(
     ``alpha`` and ``beta`` float32 ``[Co]`` (``alpha = -scale``, ``beta = bias`` give the adder
     layer ``bias - scale * sum``; a following BatchNorm folds into them). The sums are exact
     (int32); stride, padding (zero, padded taps count) and dilation as in :func:`adder2d`.
-    Returns contiguous float32 ``[N, Co, OH, OW]``. CPU only; no gradient.
+    Returns contiguous float32 ``[N, Co, OH, OW]``. CPU and CUDA (bitwise equal results; on CUDA
+    the scale may lie on the CPU or on the input's device, where reading it waits for the
+    stream); no gradient.
     """
     stride = _pair(stride, "stride")
     padding = _pair(padding, "padding")

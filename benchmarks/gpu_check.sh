@@ -7,8 +7,9 @@
 # Stages, each under its own `timeout`, the whole run inside about 5 minutes:
 #   build      python setup.py build_ext --inplace (TORCH_CUDA_ARCH_LIST=9.0 unless set; installs
 #              nothing), then checks that the CUDA kernels are compiled in
-#   tests      pytest tests/test_adder2d_cuda.py tests/test_adder2d.py (those present), with
-#              ADDERNET_EXPECT_CUDA=1; junit XML in OUTDIR/junit.xml
+#   tests      pytest tests/test_adder2d_cuda.py tests/test_adder2d.py and the CUDA tests of
+#              tests/test_adder2d_int8.py (those present), with ADDERNET_EXPECT_CUDA=1; junit XML
+#              in OUTDIR/junit.xml
 #   memcheck   compute-sanitizer --tool memcheck on a small forward + backward script
 #              (tests/cuda_sanitizer_case.py), with the caching allocator off so every tensor is
 #              its own allocation
@@ -126,6 +127,12 @@ fi
 # --- tests --------------------------------------------------------------------------------------
 tests=()
 for f in tests/test_adder2d_cuda.py tests/test_adder2d.py; do [ -f "$f" ] && tests+=("$f"); done
+if [ -f tests/test_adder2d_int8.py ]; then
+  for t in cuda_equals_cpu_bitwise cuda_sums_equal_reference_bitwise cuda_quantized_layer_equals_cpu \
+    cuda_checks_the_scale cuda_rejects_an_image_past_2_to_the_31_code_words; do
+    tests+=("tests/test_adder2d_int8.py::test_$t")
+  done
+fi
 run_stage tests 100 env ADDERNET_EXPECT_CUDA=1 "$PY" -m pytest -q -p no:cacheprovider -rfEs \
   --junitxml="$OUT/junit.xml" "${tests[@]}"
 record tests "$STATUS" "$DURATION" "\"files\": \"${tests[*]}\""

@@ -3,15 +3,19 @@
 Disassembles the built extension (`cuobjdump -sass`, `-res-usage`, `-elf` for the launch bounds)
 and reports per kernel: registers, shared memory, spills (LOCAL/STACK bytes, LDL/STL in the main
 loop), occupancy on the SM, the instruction mix of the main loop and the predicted fraction of the
-FP32 (FP64 for double kernels) issue peak on that SM.
+FP32 (FP64 for double kernels) issue peak on that SM; for the 8-bit kernels, whose work is the byte
+SAD VABSDIFF4 (4 taps, accumulate included), the fraction of issue slots that are VABSDIFF4.
 
 The model (sm_80/sm_90: 4 sub-partitions per SM, each issuing one warp instruction per cycle and
 executing one FP32 warp instruction per cycle, FP64 at half that rate; shared memory delivers
 128 bytes per cycle to the SM):
-  main loop   = the loop (a backward branch) whose body holds the most FP instructions; its
-                body is counted once, as written (inner loops once per trip, not per iteration)
+  main loop   = the loop (a backward branch) whose body holds the most useful instructions (FP,
+                or VABSDIFF4); its body is counted once, as written (inner loops once per trip,
+                not per iteration)
   cycles/trip = max(instructions, FP64 instructions * 2, shared bytes * 4 sub-partitions / 128)
-  fraction    = FP instructions (FADD/FFMA/FMUL/FMNMX, or DADD/DFMA/DMUL * 2) / cycles
+  fraction    = useful instructions (FADD/FFMA/FMUL/FMNMX, DADD/DFMA/DMUL * 2, VABSDIFF4) / cycles
+                (VABSDIFF4 counted at one per issue slot: its pipe's rate is not documented, so
+                for the 8-bit kernels the fraction is of issue, an upper bound)
 It ignores latency (occupancy says how much of it can be hidden), global memory and bank
 conflicts: an upper bound of the main loop's issue efficiency, useful to compare kernels and
 revisions, not a measurement.
@@ -40,9 +44,10 @@ INSTR = re.compile(
 )
 FP32 = {"FADD", "FFMA", "FMUL", "FMNMX"}  # FP32 arithmetic (FSETP/FSEL count as "FP other")
 FP64 = {"DADD", "DFMA", "DMUL"}
+SAD = {"VABSDIFF4"}  # byte SAD of two 32-bit words (4 taps), with the accumulation
 INTEGER = {"IMAD", "IADD3", "LOP3", "SHF", "LEA", "ISETP", "IMNMX", "IABS", "SEL", "SGXT", "IADD"}
 GLOBAL_LOADS = {"LDG", "LD", "LDGSTS"}
-CATEGORIES = ["FADD", "FFMA", "FP other", "LDS", "LDG", "integer", "other"]
+CATEGORIES = ["FADD", "FFMA", "VABSDIFF4", "FP other", "LDS", "LDG", "integer", "other"]
 # Per SM: registers, threads, blocks, shared memory (bytes) and the per-block reservation.
 SM_LIMITS = {
     "sm_80": dict(regs=65536, threads=2048, blocks=32, smem=167936, reserved=1024),
@@ -142,7 +147,7 @@ def parse(path):
 
 def main_loop(instructions):
     """The main loop: of the loops (a backward branch's target .. the branch) holding at least
-    half of the most FP instructions any loop holds, the shortest (the innermost hot loop, not
+    half of the most useful (FP or VABSDIFF4) instructions any loop holds, the shortest (the innermost hot loop, not
     the loops around it); the whole function when there is no loop."""
     index = {addr: i for i, (addr, *_rest) in enumerate(instructions)}
     loops = []
@@ -150,7 +155,8 @@ def main_loop(instructions):
         target = re.search(r"0x([0-9a-f]+)", operands) if op == "BRA" else None
         if target and int(target.group(1), 16) <= addr and int(target.group(1), 16) in index:
             body = instructions[index[int(target.group(1), 16)] : i + 1]
-            loops.append((sum(op in FP32 or op in FP64 for _, op, _, _ in body), body))
+            useful = sum(op in FP32 or op in FP64 or op in SAD for _, op, _, _ in body)
+            loops.append((useful, body))
     if not loops:
         return instructions
     most = max(fp for fp, _ in loops)
@@ -158,7 +164,7 @@ def main_loop(instructions):
 
 
 def classify(op, mods):
-    if op in ("FADD", "FFMA", "LDS"):
+    if op in ("FADD", "FFMA", "LDS") or op in SAD:
         return op
     if op in FP32 or op in FP64 or op in ("FSETP", "FSEL", "DSETP"):
         return "FP other"
@@ -179,17 +185,18 @@ def lds_bytes(mods):
 def model(k: Kernel):
     body = main_loop(k.instructions)
     counts = dict.fromkeys(CATEGORIES, 0)
-    shared = fp32 = fp64 = spills = 0
+    shared = fp32 = fp64 = sad = spills = 0
     for _, op, mods, _ in body:
         counts[classify(op, mods)] += 1
         fp32 += op in FP32
         fp64 += op in FP64
+        sad += op in SAD
         shared += lds_bytes(mods) if op == "LDS" else 0
         spills += op in ("LDL", "STL")
     n = len(body)
     # shared: bytes per thread; a warp moves 32x that, 4 sub-partitions share 128 B/cycle
     cycles = max(n, 2 * fp64, shared * 32 * 4 / 128)
-    fraction = (fp32 + 2 * fp64) / cycles if cycles else 0.0
+    fraction = (fp32 + 2 * fp64 + sad) / cycles if cycles else 0.0
     return dict(
         kernel=short_name(k.name),
         arch=k.arch,
@@ -201,7 +208,7 @@ def model(k: Kernel):
         loop_instructions=n,
         mix=counts,
         loop_spills=spills,
-        fp_unit="fp64" if fp64 > fp32 else "fp32",
+        fp_unit="fp64" if fp64 > fp32 else ("vabsdiff4" if sad > fp32 else "fp32"),
         predicted_fraction=round(fraction, 3),
     )
 

@@ -51,10 +51,14 @@ Adder2dShape check_adder2d_int8_args(const char* op, const Tensor& input, const 
   return s;
 }
 
+// The CUDA library compiles the checks only (cuda/adder2d_checks_cuda.cpp): the schema is the CPU
+// library's.
+#ifndef ADDERNET_INT8_CHECKS_ONLY
 STABLE_TORCH_LIBRARY_FRAGMENT(addernet, m) {
   m.def(
       "adder2d_int8(Tensor input, Tensor weight, Tensor scale, Tensor alpha, Tensor beta, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu=False) -> Tensor");
 }
+#endif
 
 }  // namespace addernet

@@ -4,6 +4,7 @@ reference of the quantized math, and quantize() / QuantizedAdderConv2d (addernet
 S = sum |q(Xp) - Wq| exact; Y = alpha * S + beta (relu optional); q(v) = clamp(round(v/s), -127, 127).
 """
 
+import copy
 import io
 import mmap
 import os
@@ -352,3 +353,109 @@ def test_resnet20_per_layer_error_at_most_two_percent():
     assert len(errors) == 20  # 18 3x3 layers and the two 1x1 stride-2 shortcuts
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 0.02, f"{worst}: {errors[worst]:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA kernel (csrc/cuda/adder2d_int8_kernels.cuh): bitwise equal to the CPU op, whose
+# formulas it repeats (float32 division, round half to even, exact sums, multiply then add).
+
+INT8_CUDA_OK = torch.cuda.is_available() and "cuda" in addernet_cuda.build_info()["backends"]
+requires_int8_cuda = pytest.mark.skipif(
+    not INT8_CUDA_OK,
+    reason=(
+        "no CUDA device: torch.cuda.is_available() is False (run benchmarks/gpu_check.sh on a "
+        "GPU machine)"
+        if not torch.cuda.is_available()
+        else "the extension was built without its CUDA kernels"
+    ),
+)
+# Besides INT8_SHAPES: output channels per group on both sides of every tile's threshold (16, 32,
+# 128), depthwise, and a grid of more than 2 x 132 blocks of the 128 x 128 tile.
+INT8_CUDA_SHAPES = INT8_SHAPES + [
+    Case("co16-narrow-tile", 2, 5, 9, 9, 16, 3, 3, padding=1),
+    Case("co17-small-tile", 2, 6, 9, 9, 17, 3, 3, stride=2, padding=1),
+    Case("co33-medium-tile", 1, 13, 8, 8, 33, 3, 3, padding=1),
+    Case("co130", 1, 19, 7, 7, 130, 3, 3, padding=1),
+    Case("depthwise-5x5", 2, 24, 10, 10, 24, 5, 5, padding=2, groups=24),
+    Case("co128-large-grid", 4, 32, 96, 96, 128, 1, 1),
+]
+
+
+def _int8_inputs(shape, seed):
+    x, wq, s, kw = make_codes(shape, seed=seed, scale=0.0371)
+    g = torch.Generator().manual_seed(seed)
+    alpha, beta = (
+        torch.randn(wq.shape[0], generator=g) * 0.01,
+        torch.randn(wq.shape[0], generator=g),
+    )
+    if x.numel():  # NaN, infinities and ties of v / s among the inputs
+        flat = x.view(-1)
+        flat[::7] = (torch.randint(-130, 130, flat[::7].shape, generator=g) + 0.5) * s
+        flat[1::11] = float("nan")
+        flat[2::13] = float("inf")
+        flat[3::17] = -float("inf")
+    return x, wq, s, alpha, beta, kw
+
+
+@requires_int8_cuda
+@pytest.mark.parametrize("shape", INT8_CUDA_SHAPES, ids=repr)
+@pytest.mark.parametrize("relu", [False, True])
+def test_cuda_equals_cpu_bitwise(shape, relu):
+    x, wq, s, alpha, beta, kw = _int8_inputs(shape, seed=3)
+    want = ops.adder2d_int8(x, wq, s, alpha, beta, **kw, relu=relu)
+    dev = [t.cuda() for t in (x, wq, alpha, beta)]
+    for scale in (s, s.cuda()):  # the scale may lie on the CPU or on the input's device
+        got = ops.adder2d_int8(dev[0], dev[1], scale, dev[2], dev[3], **kw, relu=relu)
+        assert got.is_cuda and got.is_contiguous() and got.shape == want.shape
+        assert torch.equal(got.cpu().view(torch.int32), want.view(torch.int32)), shape
+
+
+@requires_int8_cuda
+def test_cuda_sums_equal_reference_bitwise():
+    for i, shape in enumerate(INT8_CUDA_SHAPES):
+        x, wq, s, kw = make_codes(shape, seed=i)
+        co = wq.shape[0]
+        y = ops.adder2d_int8(
+            x.cuda(), wq.cuda(), s, torch.ones(co).cuda(), torch.zeros(co).cuda(), **kw
+        )
+        sums = reference.adder2d_int8_sums(reference.quantize_codes(x, s), wq, **kw)
+        assert torch.equal(y.cpu(), sums.float()), shape
+
+
+@requires_int8_cuda
+@pytest.mark.parametrize("scale_groups", [1, 4])
+def test_cuda_quantized_layer_equals_cpu(block_and_data, scale_groups):
+    """A quantized layer (BatchNorm and ReLU folded) moved to the GPU with .cuda(): its buffers,
+    the scale included, on the device. Only the adder layer is compared: the float layers around
+    it (cuDNN, cuBLAS) round differently from the CPU's."""
+    model, batches = block_and_data
+    q = quantize(model, batches, scale_groups=scale_groups)
+    layer, x = q.adder, q.conv(batches[0])
+    want = layer(x)
+    got = copy.deepcopy(layer).cuda()(x.cuda())
+    assert torch.equal(got.cpu(), want)
+
+
+@requires_int8_cuda
+def test_cuda_checks_the_scale():
+    x, wq = torch.randn(1, 2, 4, 4).cuda(), torch.zeros(3, 2, 1, 1, dtype=torch.int8).cuda()
+    a, b = torch.ones(3).cuda(), torch.zeros(3).cuda()
+    op = torch.ops.addernet.adder2d_int8
+    args = ([1, 1], [0, 0], [1, 1], 1)
+    for bad in (torch.tensor([0.0]), torch.tensor([float("nan")]).cuda()):
+        with pytest.raises(RuntimeError, match="scale must be finite and > 0"):
+            op(x, wq, bad, a, b, *args)
+
+
+@requires_int8_cuda
+def test_cuda_rejects_an_image_past_2_to_the_31_code_words():
+    """The gather's offsets are 32-bit: H * W * ceil(C / 4) >= 2^31 raises (before any copy of
+    the expanded input)."""
+    x = torch.zeros(1, 1, 1, 1, device="cuda").expand(1, 5, 2**15, 2**15)
+    wq, a, b = (
+        torch.zeros(1, 5, 1, 1, dtype=torch.int8).cuda(),
+        torch.ones(1).cuda(),
+        torch.ones(1).cuda(),
+    )
+    with pytest.raises(RuntimeError, match="H \\* W \\* ceil\\(C/groups / 4\\) below 2\\^31"):
+        torch.ops.addernet.adder2d_int8(x, wq, torch.tensor([1.0]), a, b, [1, 1], [0, 0], [1, 1], 1)

@@ -174,16 +174,16 @@ def _compiler():
     return path
 
 
-def _build(name, csrc_root, defines=()):
-    """Compiles emulate_adder2d.cpp against the kernel headers under csrc_root into
+def _build(name, csrc_root, defines=(), source="emulate_adder2d.cpp", headers=KERNEL_HEADERS):
+    """Compiles tests/cuda_emulation/SOURCE against the kernel headers under csrc_root into
     build/cuda_emulation/NAME-HASH, unless that file exists. Returns (path, seconds spent)."""
     cxx = _compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     h = hashlib.sha256(version.encode())
     h.update(" ".join(FLAGS + list(defines)).encode())
-    for p in [EMU_DIR / "cuda_emulation.h", EMU_DIR / "emulate_adder2d.cpp"]:
+    for p in [EMU_DIR / "cuda_emulation.h", EMU_DIR / source]:
         h.update(p.read_bytes())
-    for rel in KERNEL_HEADERS:
+    for rel in headers:
         h.update(rel.encode() + (Path(csrc_root) / rel).read_bytes())
     exe = BUILD_DIR / f"{name}-{h.hexdigest()[:16]}"
     if exe.exists():
@@ -192,7 +192,7 @@ def _build(name, csrc_root, defines=()):
     start = time.monotonic()
     tmp = exe.with_suffix(f".tmp{os.getpid()}")
     cmd = [cxx, *FLAGS, *defines, f"-I{csrc_root}", f"-I{EMU_DIR}"]
-    cmd += [str(EMU_DIR / "emulate_adder2d.cpp"), "-o", str(tmp)]
+    cmd += [str(EMU_DIR / source), "-o", str(tmp)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise AssertionError(f"emulation build failed: {' '.join(cmd)}\n{r.stderr[-6000:]}")
@@ -200,10 +200,10 @@ def _build(name, csrc_root, defines=()):
     return exe, time.monotonic() - start
 
 
-def _mutated_tree(name, tmp_root):
-    header, old, new, *_ = MUTATIONS[name]
+def _mutated_tree(name, tmp_root, mutations=MUTATIONS, headers=KERNEL_HEADERS):
+    header, old, new, *_ = mutations[name]
     root = Path(tmp_root) / name / "csrc"
-    for rel in KERNEL_HEADERS:
+    for rel in headers:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(CSRC / rel, root / rel)
     text = (root / header).read_text()

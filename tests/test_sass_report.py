@@ -3,6 +3,7 @@ kernels were compiled, its check of the built extension against the committed ta
 
 import json
 import os
+import re
 
 import pytest
 
@@ -99,3 +100,61 @@ def test_built_kernels_match_committed_sass_model():
         r["kernel"] for r in committed["kernels"]
     }
     assert sass_report.check(rows, committed["kernels"], 0.10) == []
+
+
+def test_vabsdiff4_is_the_useful_instruction_of_a_byte_sad_loop():
+    k = sass_report.Kernel("k", "sm_90")
+    k.instructions = _sass(
+        [
+            "/*0000*/ LDS R4, [R2] ;",  # 4 B x 32 lanes x 4 sub-partitions / 128 B: 4 cycles
+            "/*0010*/ VABSDIFF4.U8.ACC R8, R4, R5, R8 ;",
+            "/*0020*/ VABSDIFF4.U8.ACC R9, R4, R6, R9 ;",
+            "/*0030*/ @P0 BRA 0x0 ;",
+            "/*0040*/ FMUL R10, R8, R3 ;",  # the epilogue, outside the loop
+            "/*0050*/ EXIT ;",
+        ]
+    )
+    row = sass_report.model(k)
+    assert row["mix"]["VABSDIFF4"] == 2 and row["loop_instructions"] == 4
+    assert row["fp_unit"] == "vabsdiff4"
+    assert row["predicted_fraction"] == pytest.approx(2 / 4, abs=1e-3)
+
+
+def _int8_tile(name):
+    """(BK, TM, TN) of an adder2d_int8_forward_tiled<T, Int8Tile<BM, BN, BK, TM, TN, B>> name."""
+    m = re.search(r"Int8Tile<(\d+), (\d+), (\d+), (\d+), (\d+), \d+>", name)
+    return tuple(int(v) for v in m.groups()[2:]) if m else None
+
+
+def _sass_tools_missing():
+    if _cuda_binary() is None:
+        return "the CUDA kernels were not compiled into this build"
+    try:
+        sass_report.find_tool("cuobjdump"), sass_report.find_tool("nvdisasm")
+    except SystemExit as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.skipif(_sass_tools_missing() is not None, reason=str(_sass_tools_missing()))
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_int8_kernels_sum_with_vabsdiff4_in_the_main_loop(arch):
+    """Every adder2d_int8 tile's main loop is BK x TM x TN VABSDIFF4.U8.ACC, one per byte SAD of
+    its micro-tile, each accumulating into a sum (not into RZ followed by an IADD3, which is what
+    nvcc made of acc + __vsadu4(x, w))."""
+    kernels = [
+        k
+        for (a, name), k in sass_report.parse(_cuda_binary()).items()
+        if a == arch and "adder2d_int8_forward_tiled" in name
+    ]
+    assert len(kernels) == 4, f"{arch}: {len(kernels)} int8 tiles in the build"
+    for k in kernels:
+        row = sass_report.model(k)
+        bk, tm, tn = _int8_tile(row["kernel"])
+        body = sass_report.main_loop(k.instructions)
+        sads = [
+            (mods, ops.split(",")[-1].strip()) for _, op, mods, ops in body if op == "VABSDIFF4"
+        ]
+        assert len(sads) == bk * tm * tn, (arch, row["kernel"], len(sads))
+        assert all(mods == ".U8.ACC" and acc != "RZ" for mods, acc in sads), (arch, sads[:4])
+        assert row["fp_unit"] == "vabsdiff4" and row["loop_spills"] == 0 and row["local"] == 0

@@ -7,8 +7,6 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
-#include <atomic>
-#include <memory>
 #include <type_traits>
 
 #include "../adder2d.h"
@@ -19,24 +17,6 @@ namespace addernet {
 namespace cuda {
 
 namespace {
-
-// The SM count of each device, queried once per device (an attribute query on every call would
-// cost a driver round trip per forward).
-int multiprocessor_count(int device) {
-  static const int devices = [] {
-    int n = 0;
-    ADDERNET_CUDA_CHECK(cudaGetDeviceCount(&n));
-    return n;
-  }();
-  static const std::unique_ptr<std::atomic<int>[]> cache(new std::atomic<int>[devices]());
-  ADDERNET_CHECK(device >= 0 && device < devices, "adder2d: CUDA device ", device, " out of range");
-  int sms = cache[device].load(std::memory_order_relaxed);
-  if (sms == 0) {
-    ADDERNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    cache[device].store(sms, std::memory_order_relaxed);
-  }
-  return sms;
-}
 
 template <typename T, typename A, typename Tile>
 void launch_tiled(const T* x, const T* wt, const T* bias, T* y, const Adder2dGeom& g,

@@ -1,5 +1,6 @@
 // Host-side helpers of the CUDA op entries on torch's stable ABI: the current CUDA stream of a
-// device, CUDA error checks, and output allocation. The kernels themselves use none of this.
+// device, its SM count, CUDA error checks, and output allocation. The kernels themselves use none
+// of this.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,7 +9,9 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/csrc/stable/version.h>
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 
 #include "../adder2d.h"
 
@@ -43,6 +46,24 @@ inline cudaStream_t current_stream(int32_t device_index) {
                  "cannot get the current CUDA stream of device ", device_index);
   return static_cast<cudaStream_t>(stream);
 #endif
+}
+
+// The SM count of each device, queried once per device (an attribute query on every call would
+// cost a driver round trip per forward).
+inline int multiprocessor_count(int device) {
+  static const int devices = [] {
+    int n = 0;
+    ADDERNET_CUDA_CHECK(cudaGetDeviceCount(&n));
+    return n;
+  }();
+  static const std::unique_ptr<std::atomic<int>[]> cache(new std::atomic<int>[devices]());
+  ADDERNET_CHECK(device >= 0 && device < devices, "adder2d: CUDA device ", device, " out of range");
+  int sms = cache[device].load(std::memory_order_relaxed);
+  if (sms == 0) {
+    ADDERNET_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    cache[device].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
 }
 
 // An uninitialised contiguous tensor of the given sizes with like's dtype and device.

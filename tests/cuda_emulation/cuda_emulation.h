@@ -72,6 +72,40 @@ struct alignas(16) float4 {
 struct alignas(16) double2 {
   double x, y;
 };
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+
+// CUDA's integer and float intrinsics with their exact semantics. The float ones round to nearest
+// even, as host float arithmetic does on x86-64 (SSE, no contraction: built without -mfma).
+inline unsigned __vsadu4(unsigned a, unsigned b) {  // sum of |a_i - b_i| over the 4 bytes
+  unsigned s = 0;
+  for (int i = 0; i < 32; i += 8) {
+    const int d = int((a >> i) & 0xFFu) - int((b >> i) & 0xFFu);
+    s += unsigned(d < 0 ? -d : d);
+  }
+  return s;
+}
+inline float __fdiv_rn(float a, float b) {
+  return a / b;
+}
+inline float __fmul_rn(float a, float b) {
+  return a * b;
+}
+inline float __fadd_rn(float a, float b) {
+  return a + b;
+}
+inline float __int2float_rn(int v) {
+  return float(v);
+}
+// Round half to even (the default rounding mode); NaN and out-of-range values are undefined in
+// C++, so they give CUDA's results: 0 for NaN, the int limits beyond them.
+inline int __float2int_rn(float v) {
+  if (v != v) return 0;
+  if (v >= 2147483648.0f) return 2147483647;
+  if (v < -2147483648.0f) return -2147483647 - 1;
+  return int(nearbyintf(v));
+}
 
 // One set: the threads of a block are fibers of one host thread, and the scheduler sets
 // threadIdx before resuming each of them.
