@@ -9,6 +9,9 @@
 #include <torch/csrc/stable/library.h>
 #include <torch/headeronly/core/ScalarType.h>
 
+#include <cstdint>
+#include <limits>
+
 namespace addernet {
 
 using torch::headeronly::ScalarType;
@@ -48,6 +51,13 @@ Adder2dShape check_adder2d_int8_args(const char* op, const Tensor& input, const 
       check_adder2d_geometry(op, input, weight, stride, padding, dilation, groups);
   check_vector(op, "alpha", alpha, input, s.out_channels);
   check_vector(op, "beta", beta, input, s.out_channels);
+  // S <= 255 * (bytes summed per output); the CPU kernels sum KH * KW * roundup(C/G, 8) bytes,
+  // the CUDA kernels fewer (channels padded to 4): one bound for both, so that both backends
+  // accept the same layers and every sum is exact in int32.
+  const int64_t bytes = s.kernel_h * s.kernel_w * ((s.in_channels_per_group + 7) / 8 * 8);
+  ADDERNET_CHECK(bytes <= std::numeric_limits<int32_t>::max() / 255, op, ": the reduction (", bytes,
+                 " bytes per output after padding) is too long for exact int32 sums (at most ",
+                 std::numeric_limits<int32_t>::max() / 255, ")");
   return s;
 }
 

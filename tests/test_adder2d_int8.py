@@ -182,6 +182,18 @@ def _bad_int8_calls():
             "has too many elements for int64",
             lambda: op(x, wq, s, a, b, [1, 1], [2**30] * 2, [1, 1], 1),
         ),
+        (  # 1100 * 1000 taps x 8 bytes (one channel padded to 8) > (2^31 - 1) / 255
+            "the reduction \\(8800000 bytes per output after padding\\) is too long for exact "
+            "int32 sums \\(at most 8421504\\)",
+            lambda: op(
+                torch.zeros(1, 1, 1100, 1000),
+                torch.zeros(1, 1, 1100, 1000, dtype=torch.int8),
+                s,
+                a[:1],
+                b[:1],
+                *args,
+            ),
+        ),
     ]
 
 
