@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <ctime>
 #include <vector>
 
 #include "../adder2d.h"
@@ -100,6 +101,20 @@ void set_cpu_isa(const std::string& isa) {
     ADDERNET_CHECK(cpu_has_avx2(), "set_cpu_isa: this CPU lacks AVX2 or FMA");
   }
   use_avx2() = (isa == "avx2");
+}
+
+double register_ceiling_rate(int64_t iterations) {
+  if (iterations < 1) iterations = 1;
+  // The thread's CPU time: time spent descheduled on a shared machine does not count.
+  timespec t0, t1;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+  int64_t terms = 0;
+  volatile float sink = use_avx2() ? avx2_register_ceiling(iterations, &terms)
+                                   : base_register_ceiling(iterations, &terms);
+  (void)sink;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  const double seconds = double(t1.tv_sec - t0.tv_sec) + 1e-9 * double(t1.tv_nsec - t0.tv_nsec);
+  return double(iterations) * double(terms) / seconds;
 }
 
 Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,

@@ -42,11 +42,21 @@ KernelSet<double> base_kernels_double();
 bool avx2_compiled();
 KernelSet<float> avx2_kernels_float();
 KernelSet<double> avx2_kernels_double();
+// The forward's float32 micro-tile arithmetic on registers for `iterations` taps (checksum
+// returned, terms per tap in *terms_per_iteration); register_ceiling_rate times the current
+// instruction set's.
+float base_register_ceiling(int64_t iterations, int64_t* terms_per_iteration);
+float avx2_register_ceiling(int64_t iterations, int64_t* terms_per_iteration);
 
 // The instruction set the CPU ops use: "avx2" when compiled in and the CPU has AVX2 and FMA,
 // else "base". ADDERNET_CPU_ISA=base (environment, read once) or set_cpu_isa forces one.
 std::string cpu_isa();
 void set_cpu_isa(const std::string& isa);
+
+// |x - w| terms per second of thread CPU time of the forward's float32 micro-tile arithmetic on
+// registers (the current instruction set's), run on the calling thread for `iterations` taps:
+// the ceiling the forward's inner loop can reach on one core.
+double register_ceiling_rate(int64_t iterations);
 
 }  // namespace cpu
 }  // namespace addernet

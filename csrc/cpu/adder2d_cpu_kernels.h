@@ -126,14 +126,19 @@ struct Vec<double> {
   static constexpr int rows = 2;  // 2 x 4 accumulators
 };
 
+// |x - w| of a vector of x and a broadcast w (subtract, clear the sign bit).
+template <typename T>
+static inline typename Vec<T>::type abs_diff(typename Vec<T>::type x, typename Vec<T>::type w) {
+  typedef typename Vec<T>::bits B;
+  return (typename Vec<T>::type)((B)(x - w) & (B{} + Vec<T>::abs_mask));
+}
+
 // acc[r][p] += sum_k |panel[k][p] - w[r*ldw + k]| for R output channels and TILE_P pixels, the
 // R x TILE_P block held in registers.
 template <typename T, int R>
 static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* acc) {
   typedef typename Vec<T>::type V;
-  typedef typename Vec<T>::bits B;
   constexpr int NV = int(TILE_P * sizeof(T) / sizeof(V));
-  const B mask = B{} + Vec<T>::abs_mask;
   V a[R][NV];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NV; ++j)
@@ -144,13 +149,58 @@ static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* a
       __builtin_memcpy(&x[j], panel + k * TILE_P + j * (32 / sizeof(T)), sizeof(V));
     for (int r = 0; r < R; ++r) {
       const V wv = w[r * ldw + k] - V{};  // broadcast (x - 0 folds away, 0 + x would not)
-      for (int j = 0; j < NV; ++j) a[r][j] += (V)((B)(x[j] - wv) & mask);
+      for (int j = 0; j < NV; ++j) a[r][j] += abs_diff<T>(x[j], wv);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NV; ++j)
       __builtin_memcpy(acc + r * TILE_P + j * (32 / sizeof(T)), &a[r][j], sizeof(V));
 }
+
+// Hides v's value from the compiler without moving it out of registers, so that a loop on
+// constant operands is not folded. ADDER_CPU_VECTOR_BYTES (set by the includer) is the size of
+// one vector register of the instruction set; without it, 16-byte (SSE) registers.
+#ifndef ADDER_CPU_VECTOR_BYTES
+#define ADDER_CPU_VECTOR_BYTES 16
+#endif
+template <typename V>
+static inline void opaque(V& v) {
+  typedef float R __attribute__((vector_size(ADDER_CPU_VECTOR_BYTES)));
+  constexpr int n = int(sizeof(V) / sizeof(R));
+  R part[n];
+  __builtin_memcpy(part, &v, sizeof(V));
+  for (int i = 0; i < n; ++i) __asm__ volatile("" : "+x"(part[i]));
+  __builtin_memcpy(&v, part, sizeof(V));
+}
+
+// The forward's register-resident ceiling: micro_tile's arithmetic (R x TILE_P accumulators, a
+// broadcast weight per output channel, abs_diff) for `iterations` taps of R x TILE_P terms each,
+// on values that stay in registers (pixels and weights are hidden from the compiler every tap so
+// that nothing is hoisted or folded). Returns the accumulators' sum, so that the loop is not dropped.
+static float register_ceiling(int64_t iterations) {
+  typedef Vec<float>::type V;
+  constexpr int R = Vec<float>::rows, NV = int(TILE_P * sizeof(float) / sizeof(V));
+  V a[R][NV], x[NV], w[R];
+  for (int j = 0; j < NV; ++j) x[j] = V{} + 0.25f * float(j + 1);
+  for (int r = 0; r < R; ++r) {
+    w[r] = V{} + 0.5f * float(r + 1);
+    for (int j = 0; j < NV; ++j) a[r][j] = V{};
+  }
+  for (int64_t i = 0; i < iterations; ++i) {
+    for (int j = 0; j < NV; ++j) opaque(x[j]);
+    for (int r = 0; r < R; ++r) opaque(w[r]);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NV; ++j) a[r][j] += abs_diff<float>(x[j], w[r]);
+  }
+  float sum = 0.0f;
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j)
+      for (int l = 0; l < int(sizeof(V) / sizeof(float)); ++l) sum += a[r][j][l];
+  return sum;
+}
+
+// Terms per iteration of register_ceiling.
+constexpr int64_t CEILING_TERMS = Vec<float>::rows * TILE_P;
 
 // One tile of up to TILE_P output pixels (from flat pixel p0) of one image and group, all of the
 // group's output channels. x: X[n, g*Cg], w: W[g*Cog], bias: bias[g*Cog] or null, y: Y[n, g*Cog].
