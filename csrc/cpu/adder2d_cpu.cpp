@@ -11,6 +11,7 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <ctime>
@@ -144,6 +145,43 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const int64_t cig = s.in_channels_per_group;
     const int64_t cog = s.out_channels_per_group;
+    const ForwardLayout layout = forward_layout(s, ks.vector_lanes, ks.tile_vectors);
+    if (layout.direct) {
+      // Every input plane prepared once (padded, split by column phase), then work item =
+      // (image, group, tile of vectors), each owning its outputs.
+      std::vector<scalar_t> prepared(s.batch * s.in_channels * layout.plane);
+      const int64_t HW = s.in_h * s.in_w;
+      torch::stable::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+          ks.forward_prepare_plane(s, layout, xp + i * HW, prepared.data() + i * layout.plane);
+      });
+      std::vector<int64_t> offsets(s.taps);  // of tap (ci, kh, kw) in the prepared planes
+      for (int64_t k = 0; k < s.taps; ++k) {
+        const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
+        const int64_t dw = k % s.kernel_w * s.dilation_w;
+        offsets[k] = ci * layout.plane + (dw % s.stride_w) * layout.rows * layout.cols +
+                     kh * s.dilation_h * layout.cols + dw / s.stride_w;
+      }
+      // Up to FORWARD_TILE_GROUP tiles per work item share each block of weights from cache.
+      constexpr int64_t FORWARD_TILE_GROUP = 4;
+      const int64_t tiles = layout.tiles;
+      const int64_t items = (tiles + FORWARD_TILE_GROUP - 1) / FORWARD_TILE_GROUP;
+      torch::stable::parallel_for(
+          0, s.batch * s.groups * items, 1, [&](int64_t begin, int64_t end) {
+            std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
+            for (int64_t i = begin; i < end; ++i) {
+              const int64_t item = i % items, g = (i / items) % s.groups,
+                            n = i / (items * s.groups);
+              const int64_t tile0 = item * FORWARD_TILE_GROUP;
+              ks.forward_tiles_direct(
+                  s, layout, prepared.data() + (n * s.in_channels + g * cig) * layout.plane,
+                  offsets.data(), wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
+                  yp + (n * s.out_channels + g * cog) * L, tile0,
+                  std::min(FORWARD_TILE_GROUP, tiles - tile0), scratch.data());
+            }
+          });
+      return;
+    }
     // Work item = (image, group, pixel tile); each owns its outputs.
     torch::stable::parallel_for(0, s.batch * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.forward_scratch + cog * ks.tile_pixels);

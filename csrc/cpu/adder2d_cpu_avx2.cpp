@@ -15,6 +15,7 @@
 
 #define ADDER_CPU_ISA avx2
 #define ADDER_CPU_VECTOR_BYTES 32
+#define ADDER_CPU_FMA 1
 #include "adder2d_cpu_kernels.h"
 
 #include "adder2d_target_pop.h"
