@@ -5,9 +5,11 @@
 // baseline build. Shapes follow adder2d_shape.h; all tensors are contiguous NCHW.
 //
 // forward    Y[n,co,p]   = -sum_k |P[k,p] - W[co,k]|      (+ bias)   k = (ci,kh,kw), p = (oh,ow)
-//            implicit GEMM: P is a packed panel of TILE_P output pixels x TILE_K taps of the
-//            zero-padded input, never the whole im2col; a register micro-tile of 2-4 output
-//            channels x TILE_P pixels accumulates |P - W| (subtract, clear sign bit, add).
+//            implicit GEMM, never the whole im2col: direct path, P read straight from a padded,
+//            phase-split copy of the input (vectors of one output row, per-tap offsets);
+//            packed path, P packed into panels of TILE_P output pixels x TILE_K taps. A register
+//            micro-tile of 2-4 output channels x TILE_P pixels accumulates |P - W| (subtract,
+//            clear sign bit, add), taps in order in both paths.
 // input_grad dX[n,c,h,w] = sum_{co,kh,kw} dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
 //            over the (oh, ow) whose tap lands on (h, w): one call owns one input plane, so
 //            every term is added exactly once and no atomics are needed. Per tap and output
