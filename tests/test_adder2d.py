@@ -90,6 +90,15 @@ def test_forward_sums_taps_in_order_bitwise(shape, dtype, cpu_isa):
     )
 
 
+def test_forward_by_chunks_of_images():
+    # 18 MB of float64 input per image: the CPU forward prepares more than one chunk of images
+    # (at most 32 MiB each); a 1x1 kernel makes every output a single term, exact
+    x = torch.randn(3, 1, 1500, 1500, dtype=torch.float64)
+    w = torch.randn(2, 1, 1, 1, dtype=torch.float64)
+    y = addernet_cuda.adder2d(x, w)
+    assert torch.equal(y, -(x - w.view(1, 2, 1, 1)).abs())
+
+
 def test_padded_taps_count():
     # A 1x1 input with padding 1 and a 3x3 kernel: 8 of the 9 taps read padding (value 0).
     x = torch.tensor([[[[2.0]]]], dtype=torch.float64)

@@ -147,14 +147,17 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     const int64_t cog = s.out_channels_per_group;
     const ForwardLayout layout = forward_layout(s, ks.vector_lanes, ks.tile_vectors);
     if (layout.direct) {
-      // Every input plane prepared once (padded, split by column phase), then work item =
-      // (image, group, tile of vectors), each owning its outputs.
-      std::vector<scalar_t> prepared(s.batch * s.in_channels * layout.plane);
-      const int64_t HW = s.in_h * s.in_w;
-      torch::stable::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i)
-          ks.forward_prepare_plane(s, layout, xp + i * HW, prepared.data() + i * layout.plane);
-      });
+      // Images go by chunks of at most FORWARD_PREPARED_BYTES of prepared input (at least one
+      // image): each input plane of the chunk prepared once (padded, split by column phase), then
+      // work item = (image, group, FORWARD_TILE_GROUP tiles), each owning its outputs; the tiles
+      // of an item share each block of weights from cache.
+      constexpr int64_t FORWARD_PREPARED_BYTES = int64_t(32) << 20;
+      constexpr int64_t FORWARD_TILE_GROUP = 4;
+      const int64_t image_elems = s.in_channels * layout.plane;
+      const int64_t chunk = std::max<int64_t>(
+          1, std::min<int64_t>(s.batch,
+                               FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / image_elems));
+      std::vector<scalar_t> prepared(chunk * image_elems);
       std::vector<int64_t> offsets(s.taps);  // of tap (ci, kh, kw) in the prepared planes
       for (int64_t k = 0; k < s.taps; ++k) {
         const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
@@ -162,24 +165,29 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         offsets[k] = ci * layout.plane + (dw % s.stride_w) * layout.rows * layout.cols +
                      kh * s.dilation_h * layout.cols + dw / s.stride_w;
       }
-      // Up to FORWARD_TILE_GROUP tiles per work item share each block of weights from cache.
-      constexpr int64_t FORWARD_TILE_GROUP = 4;
+      const int64_t HW = s.in_h * s.in_w;
       const int64_t tiles = layout.tiles;
       const int64_t items = (tiles + FORWARD_TILE_GROUP - 1) / FORWARD_TILE_GROUP;
-      torch::stable::parallel_for(
-          0, s.batch * s.groups * items, 1, [&](int64_t begin, int64_t end) {
-            std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
-            for (int64_t i = begin; i < end; ++i) {
-              const int64_t item = i % items, g = (i / items) % s.groups,
-                            n = i / (items * s.groups);
-              const int64_t tile0 = item * FORWARD_TILE_GROUP;
-              ks.forward_tiles_direct(
-                  s, layout, prepared.data() + (n * s.in_channels + g * cig) * layout.plane,
-                  offsets.data(), wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
-                  yp + (n * s.out_channels + g * cog) * L, tile0,
-                  std::min(FORWARD_TILE_GROUP, tiles - tile0), scratch.data());
-            }
-          });
+      for (int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
+        const int64_t nb = std::min(chunk, s.batch - n0);
+        torch::stable::parallel_for(0, nb * s.in_channels, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i)
+            ks.forward_prepare_plane(s, layout, xp + (n0 * s.in_channels + i) * HW,
+                                     prepared.data() + i * layout.plane);
+        });
+        torch::stable::parallel_for(0, nb * s.groups * items, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t item = i % items, g = (i / items) % s.groups, n = i / (items * s.groups);
+            const int64_t tile0 = item * FORWARD_TILE_GROUP;
+            ks.forward_tiles_direct(
+                s, layout, prepared.data() + (n * s.in_channels + g * cig) * layout.plane,
+                offsets.data(), wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
+                yp + ((n0 + n) * s.out_channels + g * cog) * L, tile0,
+                std::min(FORWARD_TILE_GROUP, tiles - tile0), scratch.data());
+          }
+        });
+      }
       return;
     }
     // Work item = (image, group, pixel tile); each owns its outputs.
