@@ -3,7 +3,8 @@ algorithm) and torch.nn.functional.conv2d on the same shapes, in one process.
 
 For every shape: forward and forward+backward times of ours, conv2d's and the reference's
 (median with p20/p80 of repeated runs after warm-up; CUDA timed with events, TF32 off for conv),
-and peak memory of forward+backward (CPU: a fresh subprocess per case, peak RSS minus the RSS
+the forward's fraction of the register-resident float32 ceiling (CPU: measured in the same
+rounds), and peak memory of forward+backward (CPU: a fresh subprocess per case, peak RSS minus the RSS
 after set-up; CUDA: torch.cuda.max_memory_allocated). Writes results.json and results.md into
 --out (default benchmarks/out/, git-ignored) and prints the table.
 
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 import addernet_cuda
 from addernet_cuda import reference
+from addernet_cuda._extension import _C
 from addernet_cuda.ops import out_size
 
 from ._common import (
@@ -131,6 +133,43 @@ def ratio_stats(ours, theirs):
 def spread(s):
     """A timing's relative spread: (p80 - p20) / median."""
     return (s["p80_s"] - s["p20_s"]) / s["median_s"]
+
+
+class RegisterCeiling:
+    """The forward's float32 ceiling on this machine: |x - w| terms per second of the CPU
+    kernels' micro-tile arithmetic on registers (``_C.adder2d_register_ceiling``, the current
+    instruction set's), measured on ``threads`` threads at once, each in its own CPU time.
+    Comparable with a layer's terms per second: per core (the threads' mean) when the layer is
+    timed in process CPU time, which sums over threads; all cores (their sum) on the wall clock.
+    Each call measures once (about ``seconds``) and appends the rate to ``rates``."""
+
+    def __init__(self, threads, cpu_time, seconds=0.005):
+        import concurrent.futures
+
+        self.threads, self.cpu_time, self.rates = threads, cpu_time, []
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads)
+        probe = _C.adder2d_register_ceiling(10000)  # terms/s, about 64 terms per iteration
+        self.iterations = max(1000, int(probe * seconds / 64))
+
+    def __call__(self):
+        per_thread = list(
+            self.pool.map(
+                lambda _: _C.adder2d_register_ceiling(self.iterations), range(self.threads)
+            )
+        )
+        total = sum(per_thread)
+        self.rates.append(total / self.threads if self.cpu_time else total)
+
+
+def fraction_of_ceiling(terms_, forward_times, ceiling_rates):
+    """Median [p20, p80] over rounds of the forward's terms per second / the ceiling's, the two
+    measured in the same round."""
+    fractions = [terms_ / t / c for t, c in zip(forward_times, ceiling_rates)]
+    return {
+        "median": statistics.median(fractions),
+        "p20": percentile(fractions, 0.2),
+        "p80": percentile(fractions, 0.8),
+    }
 
 
 def make_case(shape, batch, device, dtype=torch.float32, seed=0):
@@ -360,6 +399,8 @@ def main(argv=None):
         f"{env['threads']} threads",
         flush=True,
     )
+    # float32 forward ceiling (CPU kernels only)
+    ceiling = RegisterCeiling(env["threads"], args.cpu_time) if device == "cpu" else None
     rows = []
     for name in tqdm(names, desc="layers", disable=None):
         family, batches, shape = SHAPES[name]
@@ -388,8 +429,17 @@ def main(argv=None):
                 else fwd_bwd(fns[impl], x, w, kw)
                 for impl in ("adder2d", "conv2d")
             }
+            if what == "forward" and ceiling is not None:
+                ceiling.rates = []
+                calls["ceiling"] = ceiling  # measured in the same rounds as the forward
             with torch.set_grad_enabled(what != "forward"):
                 times = interleaved(run, calls, args.repeats, 2)
+            if times.pop("ceiling", None) is not None:
+                rates = ceiling.rates[-args.repeats :]  # the timed rounds, warm-up left out
+                row["ceiling_gterms_per_s"] = statistics.median(rates) / 1e9
+                row["forward.fraction_of_ceiling"] = fraction_of_ceiling(
+                    row["terms"], times["adder2d"], rates
+                )
             for impl, t in times.items():
                 row[f"{impl}.{what}"] = stats(t)
             ratio = ratio_stats(times["adder2d"], times["conv2d"])
@@ -502,12 +552,17 @@ def markdown(result, no_memory):
         "interleaved (one call of each per round): `vs conv2d` is the median [p20, p80] of the "
         "per-round ratios our time / conv2d's (lower is better), `conv2d spread` conv2d's own "
         "(p80 - p20) / median, the noise a ratio carries. `vs reference`: the reference's time / "
-        "ours. Gterm/s: |x - w| terms per second.",
+        "ours. Gterm/s: |x - w| terms per second. `% of ceiling`: the forward's Gterm/s over the "
+        "register-resident ceiling (`ceiling`: the CPU kernels' float32 micro-tile arithmetic on "
+        "registers, per core in CPU time and on all cores on the wall clock), median [p20, p80] "
+        "of the per-round ratios, the two measured in the same rounds.",
         "",
         "| layer | batch | adder2d fwd | conv2d fwd | reference fwd | fwd vs conv2d | conv2d spread | "
-        "fwd vs reference | Gterm/s | adder2d fwd+bwd | conv2d fwd+bwd | fwd+bwd vs conv2d | "
-        "conv2d spread |" + (" peak MiB adder2d / conv2d / reference |" if not no_memory else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if not no_memory else ""),
+        "fwd vs reference | Gterm/s | ceiling Gterm/s | % of ceiling | adder2d fwd+bwd | "
+        "conv2d fwd+bwd | fwd+bwd vs conv2d | conv2d spread |"
+        + (" peak MiB adder2d / conv2d / reference |" if not no_memory else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if not no_memory else ""),
     ]
     fmt = lambda s: f"{s['median_s'] * 1e3:.2f} [{s['p20_s'] * 1e3:.2f}, {s['p80_s'] * 1e3:.2f}]"  # noqa: E731
 
@@ -518,8 +573,18 @@ def markdown(result, no_memory):
     def conv_spread(r, what):
         return f"{r.get(f'conv2d.{what}_spread', spread(r[f'conv2d.{what}'])):.0%}"
 
+    def of_ceiling(r):
+        f = r.get("forward.fraction_of_ceiling")
+        if f is None:
+            return "-", "-"
+        return (
+            f"{r['ceiling_gterms_per_s']:.1f}",
+            f"{f['median']:.0%} [{f['p20']:.0%}, {f['p80']:.0%}]",
+        )
+
     for r in rows:
         ref = fmt(r["reference.forward"]) if "reference.forward" in r else "skipped"
+        ceiling, of = of_ceiling(r)
         vs_ref = (
             f"{r['forward.speedup_vs_reference']:.0f}x"
             if "forward.speedup_vs_reference" in r
@@ -528,7 +593,7 @@ def markdown(result, no_memory):
         line = (
             f"| {r['shape']} | {r['batch']} | {fmt(r['adder2d.forward'])} | {fmt(r['conv2d.forward'])} | {ref} | "
             f"{ratio(r, 'forward')} | {conv_spread(r, 'forward')} | {vs_ref} | "
-            f"{r['adder2d.forward_gterms_per_s']:.1f} | "
+            f"{r['adder2d.forward_gterms_per_s']:.1f} | {ceiling} | {of} | "
             f"{fmt(r['adder2d.forward_backward'])} | {fmt(r['conv2d.forward_backward'])} | "
             f"{ratio(r, 'forward_backward')} | {conv_spread(r, 'forward_backward')} |"
         )

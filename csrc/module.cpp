@@ -93,7 +93,21 @@ PyObject* int8_sad_ceiling(PyObject*, PyObject* arg) {
   Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
 }
 
+// adder2d_register_ceiling(iterations): |x - w| terms per second of thread CPU time of the
+// float32 forward's micro-tile arithmetic on registers (the current CPU instruction set's). Releases
+// the GIL, so several Python threads can measure at once.
+PyObject* adder2d_register_ceiling(PyObject*, PyObject* arg) {
+  const long long iterations = PyLong_AsLongLong(arg);
+  if (iterations == -1 && PyErr_Occurred()) return nullptr;
+  double rate = 0.0;
+  Py_BEGIN_ALLOW_THREADS rate = addernet::cpu::register_ceiling_rate(iterations);
+  Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
+}
+
 PyMethodDef methods[] = {
+    {"adder2d_register_ceiling", adder2d_register_ceiling, METH_O,
+     "adder2d_register_ceiling(iterations): |x - w| terms per second of a register-resident loop "
+     "of the float32 forward's micro-tile arithmetic on this thread; the benchmark's ceiling"},
     {"build_info", build_info, METH_NOARGS,
      "Torch version and stable ABI, CUDA archs, flags and CPU instruction set of this build"},
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now"},

@@ -61,7 +61,8 @@ class Case:
         return self.name
 
 
-# CPU kernels: every geometry the packed-panel and row-tile code distinguishes.
+# CPU kernels: every geometry the packed-panel, direct (prepared-input) and row-tile code
+# distinguishes.
 CPU_CASES = [
     Case("3x3", 2, 3, 8, 8, 4, 3, 3, padding=1),
     Case("stride2-pad1", 2, 4, 9, 7, 6, 3, 3, stride=2, padding=1),
@@ -77,6 +78,7 @@ CPU_CASES = [
     Case("odd-sizes", 1, 3, 13, 17, 7, 5, 3, stride=3, padding=2),
     Case("taps-over-one-panel", 1, 64, 6, 6, 5, 3, 3, padding=1),
     Case("rows-longer-than-tile", 1, 3, 6, 40, 6, 3, 3, padding=1),
+    Case("tile-groups-partial-vectors", 2, 5, 21, 19, 9, 3, 3, stride=2, padding=1),
     Case("single-pixel", 1, 1, 1, 1, 2, 1, 1),
     Case("batch0", 0, 3, 5, 5, 4, 3, 3, padding=1),
 ]

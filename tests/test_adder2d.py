@@ -6,7 +6,7 @@ Y = -sum |Xp - W| (+ b); dX = sum dY * HT(W - X) (or sign); dW = sum dY * (Xp - 
 import pytest
 import torch
 import torch.nn.functional as F
-from adder2d_cases import BAD_INPUT, CPU_CASES, call_raw, valid_args
+from adder2d_cases import BAD_INPUT, CPU_CASES, Case, call_raw, valid_args
 from conftest import cpu_isas, devices
 
 import addernet_cuda
@@ -54,6 +54,49 @@ def test_float32_matches_float64(shape, cpu_isa):
         torch.testing.assert_close(
             a.double(), r, rtol=1e-5, atol=1e-5 * max(scale, 1.0), msg=lambda m: f"{name}: {m}"
         )
+
+
+def forward_in_tap_order(x, w, b, kw, oh, ow):
+    """b - sum_k |Xp[k] - W[k]| with the taps k = (ci, kh, kw) added one by one in order, in the
+    inputs' dtype: the CPU forward's summation order, to compare with it bit for bit."""
+    g = kw["groups"]
+    cols = F.unfold(x, w.shape[2:], kw["dilation"], kw["padding"], kw["stride"])
+    n, co = x.shape[0], w.shape[0]
+    cols = cols.view(n, g, -1, oh * ow)  # [N, G, K, L], k = (ci, kh, kw)
+    wg = w.reshape(g, co // g, -1)  # [G, Cog, K]
+    acc = torch.zeros(n, g, co // g, oh * ow, dtype=x.dtype)
+    for k in range(cols.shape[2]):
+        acc += (cols[:, :, None, k, :] - wg[None, :, :, k, None]).abs()
+    y = acc.view(n, co, oh, ow)
+    return (b.view(1, co, 1, 1) - y) if b is not None else -y
+
+
+# The direct path (prepared input, whole vectors of a row) and the packed path (rows too short
+# for vectors) both; more output channels than one register block and more taps than one panel.
+TAP_ORDER_SHAPES = [s for s in SHAPES if s.n > 0] + [
+    Case("direct-16-channels", 2, 16, 16, 16, 16, 3, 3, padding=1),
+    Case("direct-wide-taps", 1, 40, 8, 8, 6, 3, 3, padding=1),
+]
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", TAP_ORDER_SHAPES, ids=repr)
+def test_forward_sums_taps_in_order_bitwise(shape, dtype, cpu_isa):
+    x, w, b, kw = make(shape, dtype=dtype)
+    kw = dict(kw, stride=shape.stride, padding=shape.padding, dilation=shape.dilation)
+    assert torch.equal(
+        addernet_cuda.adder2d(x, w, b, **kw), forward_in_tap_order(x, w, b, kw, shape.oh, shape.ow)
+    )
+
+
+def test_forward_by_chunks_of_images():
+    # 18 MB of float64 input per image: the CPU forward prepares more than one chunk of images
+    # (at most 32 MiB each); a 1x1 kernel makes every output a single term, exact
+    x = torch.randn(3, 1, 1500, 1500, dtype=torch.float64)
+    w = torch.randn(2, 1, 1, 1, dtype=torch.float64)
+    y = addernet_cuda.adder2d(x, w)
+    assert torch.equal(y, -(x - w.view(1, 2, 1, 1)).abs())
 
 
 def test_padded_taps_count():

@@ -69,6 +69,28 @@ def test_benchmark_runs_and_writes_results(tmp_path):
         assert row[key]["median_s"] > 0
     assert row["adder2d.peak_mib"] >= 0 and result["environment"]["torch"]
     assert os.path.exists(tmp_path / "results.md")
+    # the forward's fraction of the register-resident ceiling, measured in the same rounds
+    assert row["ceiling_gterms_per_s"] > 0
+    fraction = row["forward.fraction_of_ceiling"]
+    assert 0 < fraction["p20"] <= fraction["median"] <= fraction["p80"]
+    assert "% of ceiling" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2"])
+def test_register_ceiling_counts_terms_per_second(isa):
+    from addernet_cuda._extension import _C
+
+    info = addernet_cuda.build_info()
+    if isa == "avx2" and not (info["cpu_avx2_compiled"] and info["cpu_isa"] == "avx2"):
+        pytest.skip("no AVX2 kernels in this build or on this CPU")
+    previous = _C.cpu_isa()
+    _C.set_cpu_isa(isa)
+    try:
+        rate = _C.adder2d_register_ceiling(20000)
+    finally:
+        _C.set_cpu_isa(previous)
+    # 1.28 M terms: far above 1e6 terms/s and below 1e13 on any CPU this runs on
+    assert 1e6 < rate < 1e13
 
 
 def test_committed_cpu_results_cover_every_layer():

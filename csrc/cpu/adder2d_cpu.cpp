@@ -11,8 +11,10 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <ctime>
 #include <vector>
 
 #include "../adder2d.h"
@@ -102,6 +104,20 @@ void set_cpu_isa(const std::string& isa) {
   use_avx2() = (isa == "avx2");
 }
 
+double register_ceiling_rate(int64_t iterations) {
+  if (iterations < 1) iterations = 1;
+  // The thread's CPU time: time spent descheduled on a shared machine does not count.
+  timespec t0, t1;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+  int64_t terms = 0;
+  volatile float sink = use_avx2() ? avx2_register_ceiling(iterations, &terms)
+                                   : base_register_ceiling(iterations, &terms);
+  (void)sink;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  const double seconds = double(t1.tv_sec - t0.tv_sec) + 1e-9 * double(t1.tv_nsec - t0.tv_nsec);
+  return double(iterations) * double(terms) / seconds;
+}
+
 Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
                    const std::string& input_grad) {
@@ -129,6 +145,51 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const int64_t cig = s.in_channels_per_group;
     const int64_t cog = s.out_channels_per_group;
+    const ForwardLayout layout = forward_layout(s, ks.vector_lanes, ks.tile_vectors);
+    if (layout.direct) {
+      // Images go by chunks of at most FORWARD_PREPARED_BYTES of prepared input (at least one
+      // image): each input plane of the chunk prepared once (padded, split by column phase), then
+      // work item = (image, group, FORWARD_TILE_GROUP tiles), each owning its outputs; the tiles
+      // of an item share each block of weights from cache.
+      constexpr int64_t FORWARD_PREPARED_BYTES = int64_t(32) << 20;
+      constexpr int64_t FORWARD_TILE_GROUP = 4;
+      const int64_t image_elems = s.in_channels * layout.plane;
+      const int64_t chunk = std::max<int64_t>(
+          1, std::min<int64_t>(s.batch,
+                               FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / image_elems));
+      std::vector<scalar_t> prepared(chunk * image_elems);
+      std::vector<int64_t> offsets(s.taps);  // of tap (ci, kh, kw) in the prepared planes
+      for (int64_t k = 0; k < s.taps; ++k) {
+        const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
+        const int64_t dw = k % s.kernel_w * s.dilation_w;
+        offsets[k] = ci * layout.plane + (dw % s.stride_w) * layout.rows * layout.cols +
+                     kh * s.dilation_h * layout.cols + dw / s.stride_w;
+      }
+      const int64_t HW = s.in_h * s.in_w;
+      const int64_t tiles = layout.tiles;
+      const int64_t items = (tiles + FORWARD_TILE_GROUP - 1) / FORWARD_TILE_GROUP;
+      for (int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
+        const int64_t nb = std::min(chunk, s.batch - n0);
+        torch::stable::parallel_for(0, nb * s.in_channels, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i)
+            ks.forward_prepare_plane(s, layout, xp + (n0 * s.in_channels + i) * HW,
+                                     prepared.data() + i * layout.plane);
+        });
+        torch::stable::parallel_for(0, nb * s.groups * items, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t item = i % items, g = (i / items) % s.groups, n = i / (items * s.groups);
+            const int64_t tile0 = item * FORWARD_TILE_GROUP;
+            ks.forward_tiles_direct(
+                s, layout, prepared.data() + (n * s.in_channels + g * cig) * layout.plane,
+                offsets.data(), wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
+                yp + ((n0 + n) * s.out_channels + g * cog) * L, tile0,
+                std::min(FORWARD_TILE_GROUP, tiles - tile0), scratch.data());
+          }
+        });
+      }
+      return;
+    }
     // Work item = (image, group, pixel tile); each owns its outputs.
     torch::stable::parallel_for(0, s.batch * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.forward_scratch + cog * ks.tile_pixels);

@@ -14,6 +14,8 @@
 #endif
 
 #define ADDER_CPU_ISA avx2
+#define ADDER_CPU_VECTOR_BYTES 32
+#define ADDER_CPU_FMA 1
 #include "adder2d_cpu_kernels.h"
 
 #include "adder2d_target_pop.h"
@@ -32,6 +34,10 @@ KernelSet<float> avx2_kernels_float() {
 KernelSet<double> avx2_kernels_double() {
   return avx2::make_kernel_set<double>();
 }
+float avx2_register_ceiling(int64_t iterations, int64_t* terms_per_iteration) {
+  *terms_per_iteration = avx2::CEILING_TERMS;
+  return avx2::register_ceiling(iterations);
+}
 #else
 bool avx2_compiled() {
   return false;
@@ -41,6 +47,9 @@ KernelSet<float> avx2_kernels_float() {
 }
 KernelSet<double> avx2_kernels_double() {
   return base_kernels_double();
+}
+float avx2_register_ceiling(int64_t iterations, int64_t* terms_per_iteration) {
+  return base_register_ceiling(iterations, terms_per_iteration);
 }
 #endif
 

@@ -14,6 +14,10 @@ KernelSet<float> base_kernels_float() {
 KernelSet<double> base_kernels_double() {
   return base::make_kernel_set<double>();
 }
+float base_register_ceiling(int64_t iterations, int64_t* terms_per_iteration) {
+  *terms_per_iteration = base::CEILING_TERMS;
+  return base::register_ceiling(iterations);
+}
 
 }  // namespace cpu
 }  // namespace addernet

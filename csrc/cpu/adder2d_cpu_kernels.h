@@ -5,9 +5,11 @@
 // baseline build. Shapes follow adder2d_shape.h; all tensors are contiguous NCHW.
 //
 // forward    Y[n,co,p]   = -sum_k |P[k,p] - W[co,k]|      (+ bias)   k = (ci,kh,kw), p = (oh,ow)
-//            implicit GEMM: P is a packed panel of TILE_P output pixels x TILE_K taps of the
-//            zero-padded input, never the whole im2col; a register micro-tile of 2-4 output
-//            channels x TILE_P pixels accumulates |P - W| (subtract, clear sign bit, add).
+//            implicit GEMM, never the whole im2col: direct path, P read straight from a padded,
+//            phase-split copy of the input (vectors of one output row, per-tap offsets);
+//            packed path, P packed into panels of TILE_P output pixels x TILE_K taps. A register
+//            micro-tile of 2-4 output channels x TILE_P pixels accumulates |P - W| (subtract,
+//            clear sign bit, add), taps in order in both paths.
 // input_grad dX[n,c,h,w] = sum_{co,kh,kw} dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
 //            over the (oh, ow) whose tap lands on (h, w): one call owns one input plane, so
 //            every term is added exactly once and no atomics are needed. Per tap and output
@@ -126,14 +128,72 @@ struct Vec<double> {
   static constexpr int rows = 2;  // 2 x 4 accumulators
 };
 
+// Hides v's value from the compiler without moving it out of registers, so that a loop on
+// constant operands is not folded. ADDER_CPU_VECTOR_BYTES (set by the includer) is the size of
+// one vector register of the instruction set; without it, 16-byte (SSE) registers.
+#ifndef ADDER_CPU_VECTOR_BYTES
+#define ADDER_CPU_VECTOR_BYTES 16
+#endif
+template <typename V>
+static inline void opaque(V& v) {
+  typedef float R __attribute__((vector_size(ADDER_CPU_VECTOR_BYTES)));
+  constexpr int n = int(sizeof(V) / sizeof(R));
+  R part[n];
+  __builtin_memcpy(part, &v, sizeof(V));
+  for (int i = 0; i < n; ++i) __asm__ volatile("" : "+x"(part[i]));
+  __builtin_memcpy(&v, part, sizeof(V));
+}
+
+// x - w. Where the instruction set has FMA (ADDER_CPU_FMA, set by the includer), as x + (-w) * one
+// by a fused multiply-add: the product is exact, so the result is the rounded difference bit for
+// bit, computed on the FMA pipes, which leaves the add pipes to the accumulation (about 1.3x the
+// taps per cycle of a subtraction on this CPU family). `one` is 1 hidden from the compiler
+// (opaque), so that the FMA is not folded back into a subtraction.
+static inline Vec<float>::type sub(Vec<float>::type x, Vec<float>::type w, Vec<float>::type one) {
+#if defined(ADDER_CPU_FMA) && defined(__clang__)
+  return __builtin_ia32_vfmaddps256(-w, one, x);
+#elif defined(ADDER_CPU_FMA)
+  return __builtin_ia32_vfnmaddps256(w, one, x);  // -(w * one) + x
+#else
+  (void)one;
+  return x - w;
+#endif
+}
+static inline Vec<double>::type sub(Vec<double>::type x, Vec<double>::type w,
+                                    Vec<double>::type one) {
+#if defined(ADDER_CPU_FMA) && defined(__clang__)
+  return __builtin_ia32_vfmaddpd256(-w, one, x);
+#elif defined(ADDER_CPU_FMA)
+  return __builtin_ia32_vfnmaddpd256(w, one, x);
+#else
+  (void)one;
+  return x - w;
+#endif
+}
+
+// |x - w| of a vector of x and a broadcast w (subtract, clear the sign bit).
+template <typename T>
+static inline typename Vec<T>::type abs_diff(typename Vec<T>::type x, typename Vec<T>::type w,
+                                             typename Vec<T>::type one) {
+  typedef typename Vec<T>::bits B;
+  return (typename Vec<T>::type)((B)sub(x, w, one) & (B{} + Vec<T>::abs_mask));
+}
+
+// A vector of ones the compiler cannot see through (sub's multiplier).
+template <typename T>
+static inline typename Vec<T>::type opaque_one() {
+  typename Vec<T>::type one = typename Vec<T>::type{} + T(1);
+  opaque(one);
+  return one;
+}
+
 // acc[r][p] += sum_k |panel[k][p] - w[r*ldw + k]| for R output channels and TILE_P pixels, the
 // R x TILE_P block held in registers.
 template <typename T, int R>
 static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* acc) {
   typedef typename Vec<T>::type V;
-  typedef typename Vec<T>::bits B;
   constexpr int NV = int(TILE_P * sizeof(T) / sizeof(V));
-  const B mask = B{} + Vec<T>::abs_mask;
+  const V one = opaque_one<T>();
   V a[R][NV];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NV; ++j)
@@ -144,13 +204,47 @@ static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* a
       __builtin_memcpy(&x[j], panel + k * TILE_P + j * (32 / sizeof(T)), sizeof(V));
     for (int r = 0; r < R; ++r) {
       const V wv = w[r * ldw + k] - V{};  // broadcast (x - 0 folds away, 0 + x would not)
-      for (int j = 0; j < NV; ++j) a[r][j] += (V)((B)(x[j] - wv) & mask);
+      for (int j = 0; j < NV; ++j) a[r][j] += abs_diff<T>(x[j], wv, one);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NV; ++j)
       __builtin_memcpy(acc + r * TILE_P + j * (32 / sizeof(T)), &a[r][j], sizeof(V));
 }
+
+// The forward's register-resident ceiling: micro_tile's inner loop (R x TILE_P accumulators,
+// abs_diff against a weight broadcast from memory per output channel) for `iterations` taps of
+// R x TILE_P terms each, accumulators and pixels in registers (pixels and weights hidden from the
+// compiler every tap so that nothing is hoisted or folded). Returns the accumulators' sum, so that the loop is not dropped.
+static float register_ceiling(int64_t iterations) {
+  typedef Vec<float>::type V;
+  constexpr int R = Vec<float>::rows, NV = int(TILE_P * sizeof(float) / sizeof(V));
+  const V one = opaque_one<float>();
+  V a[R][NV], x[NV];
+  float w[R];
+  for (int j = 0; j < NV; ++j) x[j] = V{} + 0.25f * float(j + 1);
+  for (int r = 0; r < R; ++r) {
+    w[r] = 0.5f * float(r + 1);
+    for (int j = 0; j < NV; ++j) a[r][j] = V{};
+  }
+  const float* wp = w;
+  for (int64_t i = 0; i < iterations; ++i) {
+    for (int j = 0; j < NV; ++j) opaque(x[j]);
+    __asm__ volatile("" : "+r"(wp));  // the weights: broadcast from memory every tap, as there
+    for (int r = 0; r < R; ++r) {
+      const V wv = wp[r] - V{};
+      for (int j = 0; j < NV; ++j) a[r][j] += abs_diff<float>(x[j], wv, one);
+    }
+  }
+  float sum = 0.0f;
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j)
+      for (int l = 0; l < int(sizeof(V) / sizeof(float)); ++l) sum += a[r][j][l];
+  return sum;
+}
+
+// Terms per iteration of register_ceiling.
+constexpr int64_t CEILING_TERMS = Vec<float>::rows * TILE_P;
 
 // One tile of up to TILE_P output pixels (from flat pixel p0) of one image and group, all of the
 // group's output channels. x: X[n, g*Cg], w: W[g*Cog], bias: bias[g*Cog] or null, y: Y[n, g*Cog].
@@ -178,6 +272,115 @@ void forward_tile(const Adder2dShape& s, const T* x, const T* w, const T* bias, 
     T* yr = y + co * L + p0;
     for (int64_t p = 0; p < np; ++p) yr[p] = b - acc[co * TILE_P + p];
   }
+}
+
+// One prepared input plane of the direct forward (ForwardLayout in adder2d_cpu.h): x is the plane
+// X[n, c], xp receives layout.plane elements.
+template <typename T>
+void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const T* x, T* xp) {
+  for (int64_t f = 0; f < s.stride_w; ++f)
+    for (int64_t r = 0; r < l.rows; ++r) {
+      T* d = xp + (f * l.rows + r) * l.cols;
+      const int64_t ih = r - s.pad_h;
+      if (ih < 0 || ih >= s.in_h) {
+        for (int64_t i = 0; i < l.cols; ++i) d[i] = T(0);
+        continue;
+      }
+      // Columns [lo, hi) are inside the image: i * stride_w + f - pad_w in [0, in_w).
+      const int64_t lo =
+          min_i64(l.cols, s.pad_w > f ? (s.pad_w - f + s.stride_w - 1) / s.stride_w : 0);
+      const int64_t end = s.in_w + s.pad_w - f;  // > 0 whenever the row has a column inside
+      const int64_t hi = end <= 0 ? lo : min_i64(l.cols, (end + s.stride_w - 1) / s.stride_w);
+      for (int64_t i = 0; i < lo; ++i) d[i] = T(0);
+      if (hi > lo) {
+        const T* xr = x + ih * s.in_w + lo * s.stride_w + f - s.pad_w;
+        if (s.stride_w == 1) {
+          for (int64_t i = lo; i < hi; ++i) d[i] = xr[i - lo];
+        } else {
+          for (int64_t i = lo; i < hi; ++i) d[i] = xr[(i - lo) * s.stride_w];
+        }
+      }
+      for (int64_t i = hi > lo ? hi : lo; i < l.cols; ++i) d[i] = T(0);
+    }
+}
+
+// acc[r][j*VL + l] += sum_k |xb[j][off[k] + l] - w[r*ldw + k]| for R output channels and the NV
+// vectors of a tile, each read straight from the prepared input (xb[j]: the vector's first
+// pixel, off[k]: tap k's offset); the R x NV block held in registers.
+template <typename T, int R>
+static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
+                              int64_t ldw, T* acc) {
+  typedef typename Vec<T>::type V;
+  constexpr int NV = int(TILE_P * sizeof(T) / sizeof(V)), VL = int(sizeof(V) / sizeof(T));
+  const V one = opaque_one<T>();
+  const T* b[NV];
+  V a[R][NV];
+  for (int j = 0; j < NV; ++j) b[j] = xb[j];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) __builtin_memcpy(&a[r][j], acc + r * TILE_P + j * VL, sizeof(V));
+  for (int64_t k = 0; k < nk; ++k) {
+    const int64_t o = off[k];
+    V x[NV];
+    for (int j = 0; j < NV; ++j) __builtin_memcpy(&x[j], b[j] + o, sizeof(V));
+    for (int r = 0; r < R; ++r) {
+      const V wv = w[r * ldw + k] - V{};  // broadcast
+      for (int j = 0; j < NV; ++j) a[r][j] += abs_diff<T>(x[j], wv, one);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) __builtin_memcpy(acc + r * TILE_P + j * VL, &a[r][j], sizeof(V));
+}
+
+// Tiles [tile0, tile0 + ntiles) (each TILE_P / VL vectors of VL pixels of one output row,
+// row-major) of one image and group by the direct forward, all of the group's output channels.
+// The tiles go through each block of TILE_K taps together, so that the block's weights (Cog x
+// TILE_K) are read from memory once per group of tiles and from cache by the others. xp: the
+// group's prepared planes; w: W[g*Cog]; bias: bias[g*Cog] or null; y: Y[n, g*Cog]; scratch:
+// ntiles * Cog * TILE_P. Each output's taps are summed in the order of forward_tile, so the two
+// agree bit for bit.
+template <typename T>
+void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T* xp,
+                          const int64_t* off, const T* w, const T* bias, T* y, int64_t tile0,
+                          int64_t ntiles, T* scratch) {
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T)), NV = TILE_P / VL;
+  const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group, K = s.taps;
+  const int64_t vectors = s.out_h * l.row_vectors;
+  for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
+  constexpr int R = Vec<T>::rows;
+  for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
+    const int64_t nk = min_i64(TILE_K, K - k0);
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const T* xb[NV];
+      for (int64_t j = 0; j < NV; ++j) {
+        const int64_t v = (tile0 + t) * NV + j;  // past the last row: computed, not stored
+        xb[j] = v < vectors ? xp + v / l.row_vectors * s.stride_h * l.cols + v % l.row_vectors * VL
+                            : xp;
+      }
+      T* acc = scratch + t * cog * TILE_P;
+      int64_t co = 0;
+      for (; co + R <= cog; co += R)
+        micro_tile_direct<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+      for (; co < cog; ++co)
+        micro_tile_direct<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+    }
+  }
+  for (int64_t t = 0; t < ntiles; ++t)
+    for (int64_t j = 0; j < NV; ++j) {
+      const int64_t v = (tile0 + t) * NV + j;
+      if (v >= vectors) break;
+      const int64_t oh = v / l.row_vectors, ow = v % l.row_vectors * VL;
+      const int64_t n = min_i64(VL, s.out_w - ow);
+      for (int64_t co = 0; co < cog; ++co) {
+        const T b = bias ? bias[co] : T(0);
+        T* yr = y + co * L + oh * s.out_w + ow;
+        const T* a = scratch + (t * cog + co) * TILE_P + j * VL;
+        if (n == VL) {
+          for (int64_t q = 0; q < VL; ++q) yr[q] = b - a[q];  // whole vector
+        } else {
+          for (int64_t q = 0; q < n; ++q) yr[q] = b - a[q];
+        }
+      }
+    }
 }
 
 // HT(z) = clamp(z, -1, 1) or sign(z), branch-free so that it vectorises (scalars or vectors).
@@ -666,7 +869,11 @@ KernelSet<T> make_kernel_set() {
                       &weight_grad_item_taps<T>,
                       weight_grad_taps<T>(),
                       TILE_P,
-                      TILE_K * TILE_P};
+                      TILE_K * TILE_P,
+                      &forward_prepare_plane<T>,
+                      &forward_tiles_direct<T>,
+                      int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
+                      TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T))};
 }
 
 }  // namespace ADDER_CPU_ISA
