@@ -235,53 +235,63 @@ static void input_grad_vectors(const T* const* dy, int64_t L, const T* const* x,
 constexpr int IG_ACCUMULATORS = 8;  // gradient vectors per input_grad_vectors call (P x U)
 constexpr int64_t IG_PLANES = 4;    // most input planes per input_grad_planes call
 
-// gr[j * step] += sum_co dyt[j*cog + co] * HT(w[co] - x[j * step]) for U consecutive j: the
-// sum over output channels is the vectorised loop (tail first, then the lanes in order), U
-// pixels at once so that their accumulators are independent chains.
-template <typename T, bool SIGN, int U>
-static void input_grad_pixels_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
-                                      int64_t step) {
+// gr[p*hw + j*step] += sum_co dyt[j*cog + co] * HT(w[p*cog + co] - x[p*hw + j*step]) for U
+// consecutive j of P planes (hw apart): the sum over output channels is the vectorised loop
+// (tail first, then the lanes in order), P x U accumulators at once so that they are
+// independent chains, each dY vector loaded once for the P planes.
+template <typename T, bool SIGN, int P, int U>
+static void input_grad_pixels_strided(const T* dyt, const T* x, int64_t hw, const T* w, int64_t cog,
+                                      T* gr, int64_t step) {
   typedef typename Vec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
   V lo, hi;
   input_grad_bounds(&lo, &hi);
-  V acc[U];
-  T xs[U];
-  for (int u = 0; u < U; ++u) {
-    acc[u] = V{};
-    xs[u] = x[u * step];
-  }
+  V acc[P * U], xv[P * U];
+  T xs[P * U];
+  for (int p = 0; p < P; ++p)
+    for (int u = 0; u < U; ++u) {
+      acc[p * U + u] = V{};
+      xs[p * U + u] = x[p * hw + u * step];
+      xv[p * U + u] = xs[p * U + u] - V{};  // broadcast
+    }
   int64_t co = 0;
   for (; co + VL <= cog; co += VL) {
-    V wv;
-    __builtin_memcpy(&wv, w + co, sizeof(V));
-    for (int u = 0; u < U; ++u) {
-      V dv;
-      __builtin_memcpy(&dv, dyt + u * cog + co, sizeof(V));
-      acc[u] += dv * input_grad_weight<V, SIGN>(wv - xs[u], lo, hi);
+    for (int p = 0; p < P; ++p) {
+      V wv;  // a vector per plane, not an array of them (which would go through the stack)
+      __builtin_memcpy(&wv, w + p * cog + co, sizeof(V));
+      for (int u = 0; u < U; ++u) {
+        V dv;  // reloaded per plane: from L1 after the first
+        __builtin_memcpy(&dv, dyt + u * cog + co, sizeof(V));
+        acc[p * U + u] += dv * input_grad_weight<V, SIGN>(wv - xv[p * U + u], lo, hi);
+      }
     }
   }
-  for (int u = 0; u < U; ++u) {
-    T sum = T(0);
-    for (int64_t c = co; c < cog; ++c)
-      sum += dyt[u * cog + c] * input_grad_weight<T, SIGN>(w[c] - xs[u], T(-1), T(1));
-    T lanes[VL];
-    __builtin_memcpy(lanes, &acc[u], sizeof(V));
-    for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
-    gr[u * step] += sum;
-  }
+  for (int p = 0; p < P; ++p)
+    for (int u = 0; u < U; ++u) {
+      T sum = T(0);
+      for (int64_t c = co; c < cog; ++c)
+        sum += dyt[u * cog + c] *
+               input_grad_weight<T, SIGN>(w[p * cog + c] - xs[p * U + u], T(-1), T(1));
+      T lanes[VL];
+      __builtin_memcpy(lanes, &acc[p * U + u], sizeof(V));
+      for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
+      gr[p * hw + u * step] += sum;
+    }
 }
 
-// One output row's contribution at stride > 1, where the input pixels of one row are `step`
-// apart: dyt holds dY transposed ([pixel][co]).
-template <typename T, bool SIGN>
-static void input_grad_row_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
-                                   int64_t n, int64_t step) {
+// One output row's contribution at stride > 1 to P planes (hw apart), where the input pixels of
+// one row are `step` apart: dyt holds dY transposed ([pixel][co]).
+template <typename T, bool SIGN, int P>
+static void input_grad_row_strided(const T* dyt, const T* x, int64_t hw, const T* w, int64_t cog,
+                                   T* gr, int64_t n, int64_t step) {
+  constexpr int U = P == 1 ? 4 : IG_ACCUMULATORS / P;
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4)
-    input_grad_pixels_strided<T, SIGN, 4>(dyt + j * cog, x + j * step, w, cog, gr + j * step, step);
+  for (; j + U <= n; j += U)
+    input_grad_pixels_strided<T, SIGN, P, U>(dyt + j * cog, x + j * step, hw, w, cog, gr + j * step,
+                                             step);
   for (; j < n; ++j)
-    input_grad_pixels_strided<T, SIGN, 1>(dyt + j * cog, x + j * step, w, cog, gr + j * step, step);
+    input_grad_pixels_strided<T, SIGN, P, 1>(dyt + j * cog, x + j * step, hw, w, cog, gr + j * step,
+                                             step);
 }
 
 // Left/right zero border of the padded dY rows used at stride 1: wide enough that every input
@@ -440,13 +450,21 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
         adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
         adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
         const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
-        for (int64_t p = 0; p < np; ++p)
-          for (int64_t oh = oh0; oh < oh1; ++oh) {
-            const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
-            const int64_t at = p * HW + ih * s.in_w + iw0;
-            input_grad_row_strided<T, SIGN>(dyc + (oh * s.out_w + ow0) * cog, x + at,
-                                            wtap + p * cog, cog, gx + at, ow1 - ow0, s.stride_w);
-          }
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
+          const int64_t at = ih * s.in_w + iw0, n = ow1 - ow0;
+          const T* dyt = dyc + (oh * s.out_w + ow0) * cog;
+          int64_t p = 0;
+          for (; p + 4 <= np; p += 4)
+            input_grad_row_strided<T, SIGN, 4>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
+                                               gx + p * HW + at, n, s.stride_w);
+          for (; p + 2 <= np; p += 2)
+            input_grad_row_strided<T, SIGN, 2>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
+                                               gx + p * HW + at, n, s.stride_w);
+          for (; p < np; ++p)
+            input_grad_row_strided<T, SIGN, 1>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
+                                               gx + p * HW + at, n, s.stride_w);
+        }
       }
     }
   }
