@@ -152,6 +152,34 @@ def test_weight_grad_is_deterministic_and_thread_count_independent():
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("mode", ["hardtanh", "exact"])
+def test_input_grad_planes_are_independent(stride, mode, cpu_isa):
+    # The CPU kernel computes several input planes per call (sharing each dY load); each plane's
+    # sum must still be its own, in its own order: bitwise equal to the plane computed alone,
+    # for any thread count. 7 channels: blocks of 4, 2 and 1 planes; 11-wide rows: widened.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 7, 11, 11, generator=g)
+    w = torch.randn(12, 7, 3, 3, generator=g) * 0.7
+    kw = dict(stride=stride, padding=1)
+    dy = torch.randn(reference.adder2d(x, w, **kw).shape, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        whole = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            whole.append(addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw, mode=mode))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(whole[0], whole[1])
+    for c in range(7):
+        alone = addernet_cuda.ops.adder2d_input_grad(
+            dy, x[:, c : c + 1], w[:, c : c + 1], **kw, mode=mode
+        )
+        assert torch.equal(whole[0][:, c : c + 1], alone), f"plane {c}"
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
 def test_noncontiguous_inputs(layout):
     x, w, b, kw = make(SHAPES[1])

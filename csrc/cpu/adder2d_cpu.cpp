@@ -233,17 +233,20 @@ Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, co
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     const int64_t cig = s.in_channels_per_group;
     const int64_t cog = s.out_channels_per_group;
-    // Work item = one input plane (n, c); each owns its gradient.
-    torch::stable::parallel_for(0, s.batch * s.in_channels, 1, [&](int64_t begin, int64_t end) {
+    // Work item = up to input_grad_planes_max consecutive input planes of one image and group;
+    // each owns its gradient, and each plane's result does not depend on the grouping.
+    const int64_t pb = ks.input_grad_planes_max, blocks = (cig + pb - 1) / pb;
+    torch::stable::parallel_for(0, s.batch * s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.input_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t c = i % s.in_channels, n = i / s.in_channels;
-        const int64_t g = c / cig, ci = c % cig;
-        // Consecutive planes of one image and group share dY (and its padded copy).
-        const bool reuse = i > begin && (i - 1) / cig == i / cig;
-        ks.input_grad_plane(s, dyp + (n * s.out_channels + g * cog) * L, xp + i * HW,
-                            wp + g * cog * s.taps + ci * s.kernel_h * s.kernel_w, gxp + i * HW,
-                            sign_mode, scratch.data(), reuse);
+        const int64_t ng = i / blocks, n = ng / s.groups, g = ng % s.groups;
+        const int64_t ci = i % blocks * pb, np = std::min(pb, cig - ci);
+        const int64_t plane = n * s.in_channels + g * cig + ci;
+        // Consecutive items of one image and group share dY (and its padded copy).
+        const bool reuse = i > begin && (i - 1) / blocks == ng;
+        ks.input_grad_planes(s, dyp + (n * s.out_channels + g * cog) * L, xp + plane * HW,
+                             wp + g * cog * s.taps + ci * s.kernel_h * s.kernel_w, gxp + plane * HW,
+                             np, sign_mode, scratch.data(), reuse);
       }
     });
   });

@@ -55,10 +55,11 @@ struct KernelSet {
   // Output pixels [p0, p0 + tile_pixels) of one image and group; see adder2d_cpu_kernels.h.
   void (*forward_tile)(const Adder2dShape&, const T* x, const T* w, const T* bias, T* y, int64_t p0,
                        T* scratch);
+  // dX of np <= input_grad_planes_max consecutive input planes of one image and group;
   // scratch: input_grad_scratch(shape) elements; reuse: the previous call on this scratch had
   // the same dy.
-  void (*input_grad_plane)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,
-                           bool sign_mode, T* scratch, bool reuse);
+  void (*input_grad_planes)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,
+                            int64_t np, bool sign_mode, T* scratch, bool reuse);
   // dW of every output channel of group g: taps [k0, k0 + weight_grad_item_taps(shape)) by the
   // decomposition sum dY*Xp - W*sum dY (default), or taps [k0, k0 + weight_grad_taps) directly
   // as sum dY*(Xp - W).
@@ -83,6 +84,7 @@ struct KernelSet {
                                int64_t tile0, int64_t ntiles, T* scratch);
   int64_t vector_lanes;  // output pixels per vector of the direct forward
   int64_t tile_vectors;  // vectors per tile: tile_vectors * vector_lanes = tile_pixels
+  int64_t input_grad_planes_max;
 };
 
 // Baseline build (any x86-64 / other CPU) and, on x86-64, an AVX2+FMA build.

@@ -11,9 +11,10 @@
 //            micro-tile of 2-4 output channels x TILE_P pixels accumulates |P - W| (subtract,
 //            clear sign bit, add), taps in order in both paths.
 // input_grad dX[n,c,h,w] = sum_{co,kh,kw} dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
-//            over the (oh, ow) whose tap lands on (h, w): one call owns one input plane, so
-//            every term is added exactly once and no atomics are needed. Per tap and output
-//            row, a vector of input pixels accumulates over the group's output channels.
+//            over the (oh, ow) whose tap lands on (h, w): one call owns up to IG_PLANES input
+//            planes, so every term is added exactly once and no atomics are needed. Per tap and
+//            output row, vectors of input pixels of those planes accumulate over the group's
+//            output channels, each dY vector loaded once for all the planes.
 // weight_grad dW[co,k] = sum_{n,p} dY[n,co,p] * (P[k,p] - W[co,k])   (Xp = 0 at padded taps)
 //            one call owns a block of taps (two vectors) for all of a group's output channels
 //            and reduces over every image and pixel in a fixed order (deterministic): packed
@@ -383,89 +384,117 @@ void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T
     }
 }
 
-// HT(z) = clamp(z, -1, 1) or sign(z), branch-free so that it vectorises (scalars or vectors).
+// HT(z) = clamp(z, -1, 1) or sign(z), branch-free so that it vectorises (scalars or vectors);
+// lo = -1 and hi = 1 (from input_grad_bounds). The clamp's selects have the operand order of
+// x86's max/min (max(a, b) = a > b ? a : b), one instruction each, a NaN z passing through.
 template <typename V, bool SIGN>
-static inline V input_grad_weight(V z, V one) {
-  if (SIGN) return (z > V{}) ? one : ((z < V{}) ? -one : V{});
-  z = (z < -one) ? -one : z;
-  return (z > one) ? one : z;
+static inline V input_grad_weight(V z, V lo, V hi) {
+  if (SIGN) return (z > V{}) ? hi : ((z < V{}) ? lo : V{});
+  z = (lo > z) ? lo : z;
+  return (hi < z) ? hi : z;
 }
 
-// gr[u] += sum_co dy[u][co*L] * HT(w[co] - x[u]) for U whole vectors (distinct gradient
-// vectors) at stride 1: one output row's contribution, through one tap, to input pixels, all the
-// group's output channels at once so that each gradient vector is read and written once per tap
-// (and every store lands where the next tap's load of it reads, which keeps store-to-load
-// forwarding working). U independent accumulators hide the FMA latency one accumulator running
-// through the output channels would wait on, and share the weight broadcast.
-template <typename T, bool SIGN, int U>
+// -1 and 1 as values the optimiser cannot see into (an empty asm that may change them): with
+// constant bounds GCC lowers each select of the clamp to a compare and a blend, two
+// instructions instead of one max or min.
+template <typename V>
+static inline void input_grad_bounds(V* lo, V* hi) {
+  *lo = V{} - 1;
+  *hi = V{} + 1;
+  __asm__("" : "+m"(*lo), "+m"(*hi));
+}
+
+// gr[p*U + u] += sum_co dy[u][co*L] * HT(w[p*cog + co] - x[p*U + u]) for U whole vectors
+// (distinct gradient vectors) of P input planes at stride 1: one output row's contribution,
+// through one tap, to input pixels of P planes, all the group's output channels at once so that
+// each gradient vector is read and written once per tap (and every store lands where the next
+// tap's load of it reads, which keeps store-to-load forwarding working). P x U independent
+// accumulators hide the FMA latency one accumulator running through the output channels would
+// wait on; each dY vector loaded serves the P planes, each weight broadcast the U vectors.
+template <typename T, bool SIGN, int P, int U>
 static void input_grad_vectors(const T* const* dy, int64_t L, const T* const* x, const T* w,
                                int64_t cog, T* const* gr) {
   typedef typename Vec<T>::type V;
-  const V one = V{} + T(1);
-  V acc[U], xv[U];
-  for (int u = 0; u < U; ++u) {
-    __builtin_memcpy(&acc[u], gr[u], sizeof(V));
-    __builtin_memcpy(&xv[u], x[u], sizeof(V));
+  V lo, hi;
+  input_grad_bounds(&lo, &hi);
+  V acc[P * U], xv[P * U];
+  for (int i = 0; i < P * U; ++i) {
+    __builtin_memcpy(&acc[i], gr[i], sizeof(V));
+    __builtin_memcpy(&xv[i], x[i], sizeof(V));
   }
   for (int64_t co = 0; co < cog; ++co) {
-    const V wv = w[co] - V{};  // broadcast
+    V wv[P];
+    for (int p = 0; p < P; ++p) wv[p] = w[p * cog + co] - V{};  // broadcast
     for (int u = 0; u < U; ++u) {
       V d;
       __builtin_memcpy(&d, dy[u] + co * L, sizeof(V));
-      acc[u] += d * input_grad_weight<V, SIGN>(wv - xv[u], one);
+      for (int p = 0; p < P; ++p)
+        acc[p * U + u] += d * input_grad_weight<V, SIGN>(wv[p] - xv[p * U + u], lo, hi);
     }
   }
-  for (int u = 0; u < U; ++u) __builtin_memcpy(gr[u], &acc[u], sizeof(V));
+  for (int i = 0; i < P * U; ++i) __builtin_memcpy(gr[i], &acc[i], sizeof(V));
 }
 
-constexpr int IG_VECTORS = 4;  // vectors per input_grad_vectors call
+constexpr int IG_ACCUMULATORS = 8;  // gradient vectors per input_grad_vectors call (P x U)
+constexpr int64_t IG_PLANES = 4;    // most input planes per input_grad_planes call
 
-// gr[j * step] += sum_co dyt[j*cog + co] * HT(w[co] - x[j * step]) for U consecutive j: the
-// sum over output channels is the vectorised loop (tail first, then the lanes in order), U
-// pixels at once so that their accumulators are independent chains.
-template <typename T, bool SIGN, int U>
-static void input_grad_pixels_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
-                                      int64_t step) {
+// gr[p*hw + j*step] += sum_co dyt[j*cog + co] * HT(w[p*cog + co] - x[p*hw + j*step]) for U
+// consecutive j of P planes (hw apart): the sum over output channels is the vectorised loop
+// (tail first, then the lanes in order), P x U accumulators at once so that they are
+// independent chains, each dY vector loaded once for the P planes.
+template <typename T, bool SIGN, int P, int U>
+static void input_grad_pixels_strided(const T* dyt, const T* x, int64_t hw, const T* w, int64_t cog,
+                                      T* gr, int64_t step) {
   typedef typename Vec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
-  const V one = V{} + T(1);
-  V acc[U];
-  T xs[U];
-  for (int u = 0; u < U; ++u) {
-    acc[u] = V{};
-    xs[u] = x[u * step];
-  }
+  V lo, hi;
+  input_grad_bounds(&lo, &hi);
+  V acc[P * U], xv[P * U];
+  T xs[P * U];
+  for (int p = 0; p < P; ++p)
+    for (int u = 0; u < U; ++u) {
+      acc[p * U + u] = V{};
+      xs[p * U + u] = x[p * hw + u * step];
+      xv[p * U + u] = xs[p * U + u] - V{};  // broadcast
+    }
   int64_t co = 0;
   for (; co + VL <= cog; co += VL) {
-    V wv;
-    __builtin_memcpy(&wv, w + co, sizeof(V));
-    for (int u = 0; u < U; ++u) {
-      V dv;
-      __builtin_memcpy(&dv, dyt + u * cog + co, sizeof(V));
-      acc[u] += dv * input_grad_weight<V, SIGN>(wv - xs[u], one);
+    for (int p = 0; p < P; ++p) {
+      V wv;  // a vector per plane, not an array of them (which would go through the stack)
+      __builtin_memcpy(&wv, w + p * cog + co, sizeof(V));
+      for (int u = 0; u < U; ++u) {
+        V dv;  // reloaded per plane: from L1 after the first
+        __builtin_memcpy(&dv, dyt + u * cog + co, sizeof(V));
+        acc[p * U + u] += dv * input_grad_weight<V, SIGN>(wv - xv[p * U + u], lo, hi);
+      }
     }
   }
-  for (int u = 0; u < U; ++u) {
-    T sum = T(0);
-    for (int64_t c = co; c < cog; ++c)
-      sum += dyt[u * cog + c] * input_grad_weight<T, SIGN>(w[c] - xs[u], T(1));
-    T lanes[VL];
-    __builtin_memcpy(lanes, &acc[u], sizeof(V));
-    for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
-    gr[u * step] += sum;
-  }
+  for (int p = 0; p < P; ++p)
+    for (int u = 0; u < U; ++u) {
+      T sum = T(0);
+      for (int64_t c = co; c < cog; ++c)
+        sum += dyt[u * cog + c] *
+               input_grad_weight<T, SIGN>(w[p * cog + c] - xs[p * U + u], T(-1), T(1));
+      T lanes[VL];
+      __builtin_memcpy(lanes, &acc[p * U + u], sizeof(V));
+      for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
+      gr[p * hw + u * step] += sum;
+    }
 }
 
-// One output row's contribution at stride > 1, where the input pixels of one row are `step`
-// apart: dyt holds dY transposed ([pixel][co]).
-template <typename T, bool SIGN>
-static void input_grad_row_strided(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
-                                   int64_t n, int64_t step) {
+// One output row's contribution at stride > 1 to P planes (hw apart), where the input pixels of
+// one row are `step` apart: dyt holds dY transposed ([pixel][co]).
+template <typename T, bool SIGN, int P>
+static void input_grad_row_strided(const T* dyt, const T* x, int64_t hw, const T* w, int64_t cog,
+                                   T* gr, int64_t n, int64_t step) {
+  constexpr int U = P == 1 ? 4 : IG_ACCUMULATORS / P;
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4)
-    input_grad_pixels_strided<T, SIGN, 4>(dyt + j * cog, x + j * step, w, cog, gr + j * step, step);
+  for (; j + U <= n; j += U)
+    input_grad_pixels_strided<T, SIGN, P, U>(dyt + j * cog, x + j * step, hw, w, cog, gr + j * step,
+                                             step);
   for (; j < n; ++j)
-    input_grad_pixels_strided<T, SIGN, 1>(dyt + j * cog, x + j * step, w, cog, gr + j * step, step);
+    input_grad_pixels_strided<T, SIGN, P, 1>(dyt + j * cog, x + j * step, hw, w, cog, gr + j * step,
+                                             step);
 }
 
 // Left/right zero border of the padded dY rows used at stride 1: wide enough that every input
@@ -490,36 +519,80 @@ static inline int64_t input_grad_dy_row(const Adder2dShape& s, int64_t wp) {
   return a > b ? a : b;
 }
 
-// Scratch elements input_grad_plane needs, or -1 when the count overflows int64 (huge
-// padding or dilation; the caller refuses the call).
+// Scratch elements input_grad_planes needs, or -1 when the count overflows int64 (huge
+// padding or dilation; the caller refuses the call): the planes' tap weights, dY bordered or
+// transposed, and at stride 1 the planes' widened copies when W is not whole vectors.
 template <typename T>
 static int64_t input_grad_scratch(const Adder2dShape& s) {
   const int64_t cog = s.out_channels_per_group;
   int64_t rows, n, extra = 0;
   if (s.stride_h != 1 || s.stride_w != 1) {
-    if (adder2d_mul_add_overflows(s.out_h, s.out_w, 1, &rows) ||
+    if (adder2d_mul_add_overflows(s.out_h, s.out_w, IG_PLANES, &rows) ||
         adder2d_mul_add_overflows(cog, rows, 0, &n))
       return -1;
     return n;
   }
   const int64_t wp = input_grad_row_width<T>(s);
-  if (wp != s.in_w && adder2d_mul_add_overflows(2 * s.in_h, wp, 0, &extra)) return -1;
-  if (adder2d_mul_add_overflows(s.out_h, input_grad_dy_row(s, wp), 1, &rows) ||
+  if (wp != s.in_w && adder2d_mul_add_overflows(2 * IG_PLANES * s.in_h, wp, 0, &extra)) return -1;
+  if (adder2d_mul_add_overflows(s.out_h, input_grad_dy_row(s, wp), IG_PLANES, &rows) ||
       adder2d_mul_add_overflows(cog, rows, extra, &n))
     return -1;
   return n;
 }
 
-// dX of one input plane (n, c). dy: dY[n, g*Cog] (the group's output channels), x and gx: the
-// plane, w: W[g*Cog, ci] (output channel stride s.taps). scratch: input_grad_scratch(s)
-// elements; at stride 1 it holds dY with zero borders, rebuilt unless `reuse` says the previous
-// call on this scratch had the same dy.
+// The vectors of one tap at stride 1 for P planes: (oh, j) over the tap's output rows and the
+// row's whole vectors, U = IG_ACCUMULATORS / P at a time (across rows when rows are short).
+template <typename T, bool SIGN, int P>
+static void input_grad_tap_vectors(const Adder2dShape& s, const T* dyc, int64_t row,
+                                   int64_t ow_first, int64_t kh, const T* const* xs, T* const* gs,
+                                   int64_t wp, const T* wtap) {
+  constexpr int U = IG_ACCUMULATORS / P;
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  const int64_t cog = s.out_channels_per_group, plane = s.out_h * row;
+  int64_t oh0, oh1;
+  adder2d_valid_out_range(kh, 1, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
+  const T* dyv[U];
+  const T* xv[P * U];
+  T* gv[P * U];
+  int u = 0;
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const int64_t ih = adder2d_in_index(oh, kh, 1, s.pad_h, s.dilation_h);
+    for (int64_t j = 0; j < wp; j += VL) {
+      dyv[u] = dyc + oh * row + ow_first + j;
+      for (int p = 0; p < P; ++p) {
+        xv[p * U + u] = xs[p] + ih * wp + j;
+        gv[p * U + u] = gs[p] + ih * wp + j;
+      }
+      if (++u == U) {
+        input_grad_vectors<T, SIGN, P, U>(dyv, plane, xv, wtap, cog, gv);
+        u = 0;
+      }
+    }
+  }
+  for (int i = 0; i < u; ++i) {
+    const T* xi[P];
+    T* gi[P];
+    for (int p = 0; p < P; ++p) {
+      xi[p] = xv[p * U + i];
+      gi[p] = gv[p * U + i];
+    }
+    input_grad_vectors<T, SIGN, P, 1>(dyv + i, plane, xi, wtap, cog, gi);
+  }
+}
+
+// dX of np <= IG_PLANES consecutive input planes (n, c), (n, c + 1), ... of one image and group.
+// dy: dY[n, g*Cog] (the group's output channels); x and gx: the first plane (the next ones follow
+// at in_h * in_w); w: W[g*Cog, ci] (output channel stride s.taps, the next plane's weights at
+// kernel_h * kernel_w). scratch: input_grad_scratch(s) elements; it holds dY with zero borders
+// (stride 1) or transposed, rebuilt unless `reuse` says the previous call on this scratch had the
+// same dy. Each plane's sums run in the same order whatever np is (taps, then output channels).
 template <typename T, bool SIGN>
-static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
-                                  T* scratch, bool reuse) {
+static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* x, const T* w,
+                                   T* gx, int64_t np, T* scratch, bool reuse) {
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
-  T* wtap = scratch;
-  T* dyc = scratch + cog;  // dY with zero-bordered rows (stride 1) or transposed (stride > 1)
+  const int64_t HW = s.in_h * s.in_w, KHW = s.kernel_h * s.kernel_w;
+  T* wtap = scratch;                   // [plane][co]
+  T* dyc = scratch + IG_PLANES * cog;  // dY with zero-bordered rows (stride 1) or transposed
   const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
   const int64_t border = unit_stride ? input_grad_border(s) : 0;
   const int64_t wp = unit_stride ? input_grad_row_width<T>(s) : s.in_w;
@@ -538,73 +611,79 @@ static void input_grad_plane_mode(const Adder2dShape& s, const T* dy, const T* x
         }
       }
   }
-  // Rows of wp elements: the plane itself, or zero-padded copies when W is not a multiple of the
-  // vector width (padded lanes read dY's zero columns and are dropped).
+  // Rows of wp elements: the planes themselves, or zero-padded copies when W is not a multiple of
+  // the vector width (padded lanes read dY's zero columns and are dropped).
   const bool widened = wp != s.in_w;
-  const T* xs = x;
-  T* gs = gx;
-  if (widened) {
-    T* xw = scratch + cog * (1 + s.out_h * row);
-    gs = xw + s.in_h * wp;
-    for (int64_t h = 0; h < s.in_h; ++h)
-      for (int64_t j = 0; j < wp; ++j) xw[h * wp + j] = j < s.in_w ? x[h * s.in_w + j] : T(0);
-    xs = xw;
+  const T* xs[IG_PLANES];
+  T* gs[IG_PLANES];
+  for (int64_t p = 0; p < np; ++p) {
+    xs[p] = x + p * HW;
+    gs[p] = gx + p * HW;
+    if (widened) {
+      T* xw = dyc + cog * s.out_h * row + 2 * p * s.in_h * wp;
+      gs[p] = xw + s.in_h * wp;
+      for (int64_t h = 0; h < s.in_h; ++h)
+        for (int64_t j = 0; j < wp; ++j)
+          xw[h * wp + j] = j < s.in_w ? x[p * HW + h * s.in_w + j] : T(0);
+      xs[p] = xw;
+    }
+    for (int64_t i = 0; i < s.in_h * wp; ++i) gs[p][i] = T(0);
   }
-  for (int64_t i = 0; i < s.in_h * wp; ++i) gs[i] = T(0);
   for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-    int64_t oh0, oh1;
-    adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
     for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-      for (int64_t co = 0; co < cog; ++co) wtap[co] = w[co * s.taps + kh * s.kernel_w + kw];
+      for (int64_t p = 0; p < np; ++p)
+        for (int64_t co = 0; co < cog; ++co)
+          wtap[p * cog + co] = w[p * KHW + co * s.taps + kh * s.kernel_w + kw];
       if (unit_stride) {
         // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
-        const int64_t ow0 = s.pad_w - kw * s.dilation_w;
-        // Rows of wp elements are whole vectors: the tap's vectors (oh, j) go IG_VECTORS at a
-        // time, across rows when rows are short.
-        constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
-        const T* dyv[IG_VECTORS];
-        const T* xv[IG_VECTORS];
-        T* gv[IG_VECTORS];
-        int u = 0;
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const int64_t ih = adder2d_in_index(oh, kh, 1, s.pad_h, s.dilation_h);
-          for (int64_t j = 0; j < wp; j += VL) {
-            dyv[u] = dyc + oh * row + border + ow0 + j;
-            xv[u] = xs + ih * wp + j;
-            gv[u] = gs + ih * wp + j;
-            if (++u == IG_VECTORS) {
-              input_grad_vectors<T, SIGN, IG_VECTORS>(dyv, s.out_h * row, xv, wtap, cog, gv);
-              u = 0;
-            }
-          }
-        }
-        for (int i = 0; i < u; ++i)
-          input_grad_vectors<T, SIGN, 1>(dyv + i, s.out_h * row, xv + i, wtap, cog, gv + i);
+        const int64_t ow_first = border + s.pad_w - kw * s.dilation_w;
+        int64_t p = 0;
+        for (; p + 4 <= np; p += 4)
+          input_grad_tap_vectors<T, SIGN, 4>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
+                                             wtap + p * cog);
+        for (; p + 2 <= np; p += 2)
+          input_grad_tap_vectors<T, SIGN, 2>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
+                                             wtap + p * cog);
+        for (; p < np; ++p)
+          input_grad_tap_vectors<T, SIGN, 1>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
+                                             wtap + p * cog);
       } else {
         // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
-        int64_t ow0, ow1;
+        int64_t oh0, oh1, ow0, ow1;
+        adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
         adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
         const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
         for (int64_t oh = oh0; oh < oh1; ++oh) {
           const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
-          input_grad_row_strided<T, SIGN>(dyc + (oh * s.out_w + ow0) * cog, x + ih * s.in_w + iw0,
-                                          wtap, cog, gx + ih * s.in_w + iw0, ow1 - ow0, s.stride_w);
+          const int64_t at = ih * s.in_w + iw0, n = ow1 - ow0;
+          const T* dyt = dyc + (oh * s.out_w + ow0) * cog;
+          int64_t p = 0;
+          for (; p + 4 <= np; p += 4)
+            input_grad_row_strided<T, SIGN, 4>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
+                                               gx + p * HW + at, n, s.stride_w);
+          for (; p + 2 <= np; p += 2)
+            input_grad_row_strided<T, SIGN, 2>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
+                                               gx + p * HW + at, n, s.stride_w);
+          for (; p < np; ++p)
+            input_grad_row_strided<T, SIGN, 1>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
+                                               gx + p * HW + at, n, s.stride_w);
         }
       }
     }
   }
   if (widened)
-    for (int64_t h = 0; h < s.in_h; ++h)
-      for (int64_t j = 0; j < s.in_w; ++j) gx[h * s.in_w + j] = gs[h * wp + j];
+    for (int64_t p = 0; p < np; ++p)
+      for (int64_t h = 0; h < s.in_h; ++h)
+        for (int64_t j = 0; j < s.in_w; ++j) gx[p * HW + h * s.in_w + j] = gs[p][h * wp + j];
 }
 
 template <typename T>
-void input_grad_plane(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
-                      bool sign_mode, T* scratch, bool reuse) {
+void input_grad_planes(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gx,
+                       int64_t np, bool sign_mode, T* scratch, bool reuse) {
   if (sign_mode)
-    input_grad_plane_mode<T, true>(s, dy, x, w, gx, scratch, reuse);
+    input_grad_planes_mode<T, true>(s, dy, x, w, gx, np, scratch, reuse);
   else
-    input_grad_plane_mode<T, false>(s, dy, x, w, gx, scratch, reuse);
+    input_grad_planes_mode<T, false>(s, dy, x, w, gx, np, scratch, reuse);
 }
 
 constexpr int64_t WG_PIXELS = 64;  // pixels per packed chunk of the weight gradient
@@ -861,7 +940,7 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
 template <typename T>
 KernelSet<T> make_kernel_set() {
   return KernelSet<T>{&forward_tile<T>,
-                      &input_grad_plane<T>,
+                      &input_grad_planes<T>,
                       &weight_grad_block<T>,
                       &weight_grad_block_direct<T>,
                       &input_grad_scratch<T>,
@@ -873,7 +952,8 @@ KernelSet<T> make_kernel_set() {
                       &forward_prepare_plane<T>,
                       &forward_tiles_direct<T>,
                       int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
-                      TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T))};
+                      TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
+                      IG_PLANES};
 }
 
 }  // namespace ADDER_CPU_ISA
