@@ -26,8 +26,8 @@
 // step row does 16 terms of 4 FP instructions: FADD (W - X), two FMNMX (the clamp, NaN-keeping
 // max.NaN/min.NaN on sm_80+), FFMA. "exact" takes sign(z) = clamp(z * 2^75 * 2^75) (2^537 in
 // float64): the smallest subnormal times 2^150 reaches 1, zero stays zero, NaN stays NaN (two
-// FMUL more per term). At stride > 1 it stays correct (D is 0 on taps that read nothing) but
-// wastes those terms, so the launcher keeps the gather there.
+// FMUL more per term). Stride 1 only (the tap's output pixel is stepped along with the tap, no
+// division): at stride > 1 most taps read nothing, and the gather skips them.
 //
 // Gather (every other shape): one thread owns one input element. For each tap (kh, kw) it
 // computes the output pixel (oh, ow) that reads it, then sums over the group's output channels.
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kThreads)
         divmod_nonneg(sp, g.in_plane, s_img, s_pix);
         divmod_nonneg(s_pix, g.in_w, s_h, s_w);
       }
-      const T* dyg = dy + (s_img * g.out_channels + grp * cog) * g.out_plane;
+      const int64_t dy_pixel0 = (s_img * g.out_channels + grp * cog) * g.out_plane;
       // The micro-tile: X and the accumulators of 4 channels x 4 pixels.
       int64_t base[IG_T];  // img * C * H * W + pix of pixel j, -1 past the end
       A xv[IG_T][IG_T], acc[IG_T][IG_T];
@@ -197,26 +197,28 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
 
-      // The step sequence: tap (kh, kw) row-major, then output channels co0 = 0, 8, ...
-      int kh = 0, kw = 0, co0 = 0;
-      const T* dsrc = nullptr;  // dY of output channel 0 at the staged pixel's (oh, ow); null: none
+      // The step sequence: tap (kh, kw) row-major, then output channels co0 = 0, 8, ... At
+      // stride 1 the staged pixel's output pixel through tap (kh, kw) is
+      // (s_h + pad_h - kh * dilation_h, s_w + pad_w - kw * dilation_w), stepped along with the tap.
+      int tap = 0, kw = 0, co0 = 0;
+      int oh = int(s_h) + g.pad_h, ow = int(s_w) + g.pad_w;
+      int64_t doff = -1;  // dY offset of the group's output channel 0 at (oh, ow); -1: no pixel
       auto tap_source = [&]() {
-        const int oh =
-            adder2d_out_index_t<int>(int(s_h), kh, g.stride_h, g.pad_h, g.dilation_h, g.out_h);
-        const int ow =
-            adder2d_out_index_t<int>(int(s_w), kw, g.stride_w, g.pad_w, g.dilation_w, g.out_w);
-        dsrc = (s_ok && oh >= 0 && ow >= 0) ? dyg + int64_t(oh) * g.out_w + ow : nullptr;
+        const bool ok =
+            s_ok && unsigned(oh) < unsigned(g.out_h) && unsigned(ow) < unsigned(g.out_w);
+        doff = ok ? dy_pixel0 + int64_t(oh) * g.out_w + ow : -1;
       };
       A dreg[IG_BK], wreg = A(0);
       auto load = [&]() {
+        const int avail = doff < 0 ? 0 : cog - co0;  // output channels left at this pixel
+        int64_t o = doff + int64_t(co0) * g.out_plane;
 #pragma unroll
-        for (int kk = 0; kk < IG_BK; ++kk)
-          dreg[kk] = (dsrc != nullptr && co0 + kk < cog)
-                         ? static_cast<A>(dsrc[int64_t(co0 + kk) * g.out_plane])
-                         : A(0);
-        wreg = (w_ok && co0 + wk < cog)
-                   ? static_cast<A>(wrow[int64_t(co0) * cig * ka + kh * g.kernel_w + kw])
-                   : A(0);
+        for (int kk = 0; kk < IG_BK; ++kk) {
+          dreg[kk] = kk < avail ? static_cast<A>(dy[o]) : A(0);
+          o += g.out_plane;
+        }
+        wreg =
+            (w_ok && co0 + wk < cog) ? static_cast<A>(wrow[int64_t(co0) * cig * ka + tap]) : A(0);
       };
       tap_source();
       load();
@@ -230,9 +232,12 @@ __global__ void __launch_bounds__(kThreads)
           co0 += IG_BK;
           if (co0 >= cog) {
             co0 = 0;
+            ++tap;
+            ow -= g.dilation_w;
             if (++kw == g.kernel_w) {
               kw = 0;
-              ++kh;
+              ow += g.kernel_w * g.dilation_w;
+              oh -= g.dilation_h;
             }
             tap_source();
           }
@@ -280,7 +285,13 @@ struct InputGradLaunch {
   int64_t channel_tiles = 0;  // tiled: ceil((C / groups) / IG_BC)
 };
 
-// The grid of a given variant (also used by the emulation to force a variant onto any shape).
+// The tiled kernel steps the output pixel along the taps, which needs stride 1.
+inline bool adder2d_input_grad_tiled_fits(const Adder2dGeom& g) {
+  return g.stride_h == 1 && g.stride_w == 1;
+}
+
+// The grid of a given variant (also used by the emulation to force a variant onto other shapes;
+// the tiled one only where adder2d_input_grad_tiled_fits).
 inline InputGradLaunch adder2d_input_grad_launch_variant(const Adder2dGeom& g, InputGradVariant v,
                                                          const LaunchLimits& lim) {
   InputGradLaunch c;
@@ -298,10 +309,10 @@ inline InputGradLaunch adder2d_input_grad_launch_variant(const Adder2dGeom& g, I
 }
 
 // The launcher's choice, from the shape only: the tiled kernel at stride 1 with at least
-// IG_MIN_CHANNELS input channels per group, the gather otherwise (strided layers, where most taps
-// read nothing, and depthwise or few-channel layers, where most of a 16-channel tile would idle).
+// IG_MIN_CHANNELS input channels per group, the gather otherwise (strided layers, and depthwise or
+// few-channel layers, where most of a 16-channel tile would idle).
 inline InputGradLaunch adder2d_input_grad_launch(const Adder2dGeom& g, const LaunchLimits& lim) {
-  const bool tiled = g.stride_h == 1 && g.stride_w == 1 && g.in_per_group >= IG_MIN_CHANNELS;
+  const bool tiled = adder2d_input_grad_tiled_fits(g) && g.in_per_group >= IG_MIN_CHANNELS;
   return adder2d_input_grad_launch_variant(
       g, tiled ? InputGradVariant::Tiled : InputGradVariant::Gather, lim);
 }

@@ -506,9 +506,10 @@ void run_input_grad(const Spec& c, Data<T>& d) {
   std::map<InputGradVariant, int> variants;  // variant -> how (see count)
   for (int i = 0; i < 3; ++i)
     variants[adder2d_input_grad_launch(d.g, limits(c, kSms[i])).variant] |= 1 << i;
-  if (c.force)
-    for (InputGradVariant v : {InputGradVariant::Gather, InputGradVariant::Tiled})
-      variants.emplace(v, kForced);
+  if (c.force) {  // the tiled kernel runs at stride 1 only
+    variants.emplace(InputGradVariant::Gather, kForced);
+    if (adder2d_input_grad_tiled_fits(d.g)) variants.emplace(InputGradVariant::Tiled, kForced);
+  }
   for (bool sign : {false, true}) {
     const std::vector<double> ref = ref_input_grad(d.s, d.dy, d.x, d.w, sign);
     const double bound =
