@@ -298,7 +298,7 @@ def _run(exe, cases, tmp_path, timeout=600, env=None):
 def test_emulated_kernels(emulators, tmp_path, pytestconfig):
     """Every case of EMULATION_CASES under the emulation: no failure, and every kernel variant
     reached in every dtype it is compiled for, the forward ones as the launcher's pick at each
-    of 1, 108 and 132 SMs (float32) and at 1 SM (every dtype), the tiled input gradient as the
+    of 1, 108 and 132 SMs (float32) and at 1 SM (every dtype), both input-gradient kernels as the
     pick at 1, 108 and 132 SMs and forced, in every dtype and both modes."""
     r, (wall, cpu) = _run(emulators["full"], EMULATION_CASES, tmp_path)
     fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
@@ -329,14 +329,13 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
             assert at1 > 0 and forced > 0, (kernel, dtype, "not picked at 1 SM or never forced")
             if dtype == "f32" or kernel != "forward_tiled_128x128":
                 assert at108 > 0 and at132 > 0, (kernel, dtype, "not picked at 108 or 132 SMs")
-    for kernel in ("input_grad_tiled_hardtanh", "input_grad_tiled_exact"):
+    input_grad = ("tiled_hardtanh", "tiled_exact", "gather_hardtanh", "gather_exact")
+    for kernel in ("input_grad_" + k for k in input_grad):
         for dtype in ("f32", "f64", "f16", "bf16"):
             cases, at1, at108, at132, forced = counts.get((kernel, dtype), [0] * 5)
             assert at1 > 0 and at108 > 0 and at132 > 0, (kernel, dtype, "not picked at 1/108/132")
             assert forced > 0, (kernel, dtype, "never forced")
     for kernel in (
-        "input_grad_gather_hardtanh",
-        "input_grad_gather_exact",
         "weight_grad_tiled",
         "weight_grad_tiled_split",
         "weight_grad_sum_splits",
