@@ -150,8 +150,8 @@ class EmulationCase:
 
 E = EmulationCase
 # The emulated CUDA cases. Shapes are small (an emulated block costs 256 fiber switches per
-# barrier) but reach: each forward variant as picked by the launcher at 1, 108 and 132 SMs and
-# forced onto unusual shapes; strides 1-3, dilation, padding larger than the kernel, 1x1, 3x3,
+# barrier) but reach: each forward and input-gradient variant as picked by the launcher at 1, 108
+# and 132 SMs and forced onto unusual shapes; strides 1-3, dilation, padding larger than the kernel, 1x1, 3x3,
 # 5x5, 7x7 and rectangular kernels, groups and depthwise, channel and pixel counts that are no
 # multiple of any tile, batch 0, 1 and 3, with and without bias, four dtypes, both input-gradient
 # modes (always run), weight-gradient splits > 1 with a shorter last chunk, grids past caps of
@@ -195,6 +195,32 @@ EMULATION_CASES = [
     # borders where |Xp - W| = |W|): the centring c_k carries the accuracy. 2 channel tiles
     # (64 + 6 channels: each its own centre), 2 tap tiles (64 + 8), 162 pixels in 2 splits.
     E(Case("wgrad_offset4", 2, 8, 9, 9, 70, 3, 3, padding=1), ops=("wgrad",), offset=4),
+    # Tiled input gradient as picked (stride 1, >= 8 input channels per group): a 3x3 layer;
+    # groups with a rectangular dilated kernel, rectangular padding, 12 channels (a partial tile
+    # of 16) and 5 output channels per group (a partial step of 8).
+    E(Case("igrad_tiled_3x3", 2, 16, 9, 9, 24, 3, 3, padding=1)),
+    E(
+        Case(
+            "igrad_tiled_groups_dil",
+            1,
+            24,
+            7,
+            10,
+            10,
+            3,
+            2,
+            padding=(2, 1),
+            dilation=(2, 1),
+            groups=2,
+        )
+    ),
+    # Tiled input gradient past caps of 2: 600 pixels in 3 tiles of 256, 40 channels in 3 tiles.
+    E(
+        Case("igrad_tiled_caps2", 6, 40, 10, 10, 8, 3, 3, padding=1),
+        ("f32", "f64"),
+        cap=2,
+        ops=("igrad",),
+    ),
     # Grids past lowered caps: tiled forward's grid.y loop (4 groups x 1 tile > 2), the direct
     # forward's and the input gradient's grid-stride loops, weight-gradient splits capped at 2
     # (10 steps each: chunks of 160 and 140 pixels), the split sum's grid-stride loop.

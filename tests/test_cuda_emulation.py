@@ -62,7 +62,7 @@ KERNEL_HEADERS = [
     "cuda/adder2d_weight_grad_kernels.cuh",
 ]
 # EMU_KERNELS bits (emulate_adder2d.cpp)
-K_DIRECT, K_LARGE, K_MEDIUM, K_SMALL, K_IGRAD, K_WGRAD = 1, 2, 4, 8, 16, 32
+K_DIRECT, K_LARGE, K_MEDIUM, K_SMALL, K_IGRAD, K_WGRAD, K_IGRAD_TILED = 1, 2, 4, 8, 16, 32, 64
 
 # Each mutation: header, exact text (must occur once), replacement, kernels and dtype to build
 # (EMU_KERNELS, EMU_DTYPES masks), cases to run, and what the report must contain.
@@ -84,6 +84,42 @@ MUTATIONS = {
         1,
         [EmulationCase(Case("mut_igrad", 1, 2, 5, 5, 3, 3, 3), ("f32",), False, ops=("igrad",))],
         r"ERROR: AddressSanitizer: heap-buffer-overflow[\s\S]*adder2d_input_grad_gather",
+    ),
+    # Without the barrier before the store, a thread overwrites its column of the staged dY while
+    # the others still read the previous step.
+    "input_grad_tiled_barrier_removed": (
+        "cuda/adder2d_input_grad_kernels.cuh",
+        "        __syncthreads();  // every thread is done reading the previous step\n",
+        "",
+        K_IGRAD_TILED,
+        1,
+        [
+            EmulationCase(
+                Case("mut_igrad_tiled", 1, 16, 6, 6, 16, 3, 3, padding=1),
+                ("f32",),
+                False,
+                ops=("igrad",),
+            )
+        ],  # fmt: skip
+        r"FAIL mut_igrad_tiled f32 input_grad_tiled_hardtanh .*"
+        r"(differs from schedule|float64 reference)",
+    ),
+    # A tap above or below the output rows then reads dY outside them (before the buffer).
+    "input_grad_tiled_row_check_dropped": (
+        "cuda/adder2d_input_grad_kernels.cuh",
+        "s_ok && unsigned(oh) < unsigned(g.out_h) && unsigned(ow)",
+        "s_ok && unsigned(ow)",
+        K_IGRAD_TILED,
+        1,
+        [
+            EmulationCase(
+                Case("mut_igrad_tiled_oob", 1, 16, 6, 6, 16, 3, 3, padding=1),
+                ("f32",),
+                False,
+                ops=("igrad",),
+            )
+        ],  # fmt: skip
+        r"ERROR: AddressSanitizer: heap-buffer-overflow[\s\S]*adder2d_input_grad_tiled",
     ),
     "weight_grad_threads_skip_barrier": (
         "cuda/adder2d_weight_grad_kernels.cuh",
@@ -262,7 +298,8 @@ def _run(exe, cases, tmp_path, timeout=600, env=None):
 def test_emulated_kernels(emulators, tmp_path, pytestconfig):
     """Every case of EMULATION_CASES under the emulation: no failure, and every kernel variant
     reached in every dtype it is compiled for, the forward ones as the launcher's pick at each
-    of 1, 108 and 132 SMs (float32) and at 1 SM (every dtype)."""
+    of 1, 108 and 132 SMs (float32) and at 1 SM (every dtype), both input-gradient kernels as the
+    pick at 1, 108 and 132 SMs and forced, in every dtype and both modes."""
     r, (wall, cpu) = _run(emulators["full"], EMULATION_CASES, tmp_path)
     fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
     assert r.returncode == 0 and not fails, (
@@ -292,9 +329,13 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
             assert at1 > 0 and forced > 0, (kernel, dtype, "not picked at 1 SM or never forced")
             if dtype == "f32" or kernel != "forward_tiled_128x128":
                 assert at108 > 0 and at132 > 0, (kernel, dtype, "not picked at 108 or 132 SMs")
+    input_grad = ("tiled_hardtanh", "tiled_exact", "gather_hardtanh", "gather_exact")
+    for kernel in ("input_grad_" + k for k in input_grad):
+        for dtype in ("f32", "f64", "f16", "bf16"):
+            cases, at1, at108, at132, forced = counts.get((kernel, dtype), [0] * 5)
+            assert at1 > 0 and at108 > 0 and at132 > 0, (kernel, dtype, "not picked at 1/108/132")
+            assert forced > 0, (kernel, dtype, "never forced")
     for kernel in (
-        "input_grad_gather_hardtanh",
-        "input_grad_gather_exact",
         "weight_grad_tiled",
         "weight_grad_tiled_split",
         "weight_grad_sum_splits",
@@ -304,8 +345,9 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
     m = re.search(r"DONE cases=(\d+) failures=0 shared_arrays=(\d+)", r.stdout)
     assert m and int(m.group(1)) == len(EMULATION_CASES), r.stdout[-2000:]
     # ws, xs of 10 forward tiles (3 tiles x 3 dtypes + float64 64x64); ds, xs, tap_offset, tap_kh,
-    # tap_kw, centre, dy_sum of the weight-gradient kernel in 4 dtypes
-    assert int(m.group(2)) == 2 * 10 + 7 * 4, "shared arrays found for poisoning"
+    # tap_kw, centre, dy_sum of the weight-gradient kernel in 4 dtypes; ds, ws of the tiled input
+    # gradient in 4 dtypes x 2 modes
+    assert int(m.group(2)) == 2 * 10 + 7 * 4 + 2 * 8, "shared arrays found for poisoning"
     _check_weight_grad_runs(r.stdout, pytestconfig)
 
 

@@ -1,7 +1,7 @@
 // CUDA op entry of the adder2d input gradient (schema in adder2d_library.cpp): argument check,
-// allocation, stream, and the launch that adder2d_input_grad_launch chooses. The kernel, its math
-// and the launch configuration live in adder2d_input_grad_kernels.cuh (torch-free, shared with
-// the CPU emulation in tests/cuda_emulation/).
+// allocation, stream, and the launch that adder2d_input_grad_launch chooses (tiled or gather). The
+// kernels, their math and the launch configuration live in adder2d_input_grad_kernels.cuh
+// (torch-free, shared with the CPU emulation in tests/cuda_emulation/).
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
@@ -32,8 +32,6 @@ Tensor adder2d_input_grad_cuda(const Tensor& grad_output, const Tensor& input, c
   const Adder2dGeom g = adder2d_geom(s);
   const cudaStream_t stream = current_stream(input.get_device_index());
   const InputGradLaunch c = adder2d_input_grad_launch(g, LaunchLimits());
-  const unsigned blocks = unsigned(c.grid_x);
-  const int64_t total = c.total;
 
   ADDERNET_DISPATCH_FLOATING_AND_HALF(x.scalar_type(), "adder2d_input_grad_cuda", [&] {
     using A = typename AccType<scalar_t>::type;
@@ -41,12 +39,21 @@ Tensor adder2d_input_grad_cuda(const Tensor& grad_output, const Tensor& input, c
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    if (sign_mode) {
+    if (c.variant == InputGradVariant::Tiled) {
+      const dim3 grid{unsigned(c.grid_x), unsigned(c.grid_y)};
+      if (sign_mode) {
+        adder2d_input_grad_tiled<scalar_t, A, true>
+            <<<grid, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, c.pixel_tiles, c.channel_tiles);
+      } else {
+        adder2d_input_grad_tiled<scalar_t, A, false>
+            <<<grid, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, c.pixel_tiles, c.channel_tiles);
+      }
+    } else if (sign_mode) {
       adder2d_input_grad_gather<scalar_t, A, true>
-          <<<blocks, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, total);
+          <<<unsigned(c.grid_x), kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, c.total);
     } else {
       adder2d_input_grad_gather<scalar_t, A, false>
-          <<<blocks, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, total);
+          <<<unsigned(c.grid_x), kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, c.total);
     }
     ADDERNET_KERNEL_LAUNCH_CHECK();
   });

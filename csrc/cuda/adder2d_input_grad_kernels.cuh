@@ -7,14 +7,38 @@
 //
 // with c = grp * (C/groups) + ci, co running over the output channels of group grp, and
 // HT(z) = clamp(z, -1, 1) (mode "hardtanh", AdderNet's rule) or sign(z) (mode "exact").
+// (oh, ow) = adder2d_out_index of (h, w) through tap (kh, kw): exact for any stride, taps whose
+// offset is not a multiple of the stride read nothing.
 //
-// Gather formulation: one thread owns one input element. For each tap (kh, kw) it computes the
-// output pixel (oh, ow) that reads it through that tap with adder2d_out_index (exact for any
-// stride: taps whose offset is not a multiple of the stride read nothing), then sums over the
-// group's output channels. Every term is added by the one thread that owns its input element,
-// so there are no atomics and the result is deterministic. The weights read in the inner loop
-// are the same for all threads of a warp (one broadcast load); the dY loads are coalesced along w
-// for stride 1. float16 and bfloat16 accumulate in float, float64 in double.
+// Two kernels, chosen by adder2d_input_grad_launch from the shape alone:
+//
+// Tiled (stride 1 and at least IG_MIN_CHANNELS input channels per group): a transposed implicit
+// GEMM. Per group, dX[c, p] = sum_k HT(W[k, c] - X[c, p]) * D[k, p] with p = (n, h, w) the input
+// pixel, k = (kh, kw, co) the reduction index (taps row-major, then the group's output channels
+// ascending) and D[k, p] = dY[n, co, oh, ow], or 0 where the tap lands on no output pixel. A block
+// owns IG_BC = 16 input channels of one group and IG_BP = 256 consecutive pixels (flattened over
+// batch and plane). It walks k in steps of IG_BK = 8 output channels of one tap: each thread
+// gathers D for its own pixel of the tile (8 values, one per output channel; the tap's (oh, ow)
+// is computed once per tap) and one W value into registers while the block computes the previous
+// step, then stores them to shared memory (one buffer, a barrier on each side of the store).
+// Each thread holds a 4 x 4 register micro-tile: 4 input channels (warp-uniform, one LDS.128 of
+// W per step row) x 4 pixels (lane + 64 j: consecutive across a warp, conflict-free), and per
+// step row does 16 terms of 4 FP instructions: FADD (W - X), two FMNMX (the clamp, NaN-keeping
+// max.NaN/min.NaN on sm_80+), FFMA. "exact" takes sign(z) = clamp(z * 2^75 * 2^75) (2^537 in
+// float64): the smallest subnormal times 2^150 reaches 1, zero stays zero, NaN stays NaN (two
+// FMUL more per term). Stride 1 only (the tap's output pixel is stepped along with the tap, no
+// division): at stride > 1 most taps read nothing, and the gather skips them.
+//
+// Gather (every other shape): one thread owns one input element. For each tap (kh, kw) it
+// computes the output pixel (oh, ow) that reads it, then sums over the group's output channels.
+// The weights read in the inner loop are the same for all threads of a warp (one broadcast load);
+// the dY loads are coalesced along w for stride 1.
+//
+// Summation order, both kernels: each dX element is summed by one thread in one FMA chain, taps
+// row-major (kh, then kw), then output channels ascending; no atomics, deterministic. The tiled
+// kernel also adds 0 * HT(W - X) for taps that read nothing (the gather skips them): the same
+// value, except that a NaN in X or W then reaches every pixel of its channel in the tile.
+// float16 and bfloat16 accumulate in float, float64 in double.
 #pragma once
 
 #include <algorithm>
@@ -70,18 +94,227 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Launch configuration (host, torch-free: the CUDA launcher and the CPU emulation both call it).
+constexpr int IG_BC = 16;   // input channels per tiled block
+constexpr int IG_BP = 256;  // input pixels per tiled block (one staged by each thread)
+constexpr int IG_BK = 8;    // output channels per shared-memory step
+constexpr int IG_T = 4;     // micro-tile: 4 input channels x 4 pixels per thread
+// The launcher picks the tiled kernel at stride 1 from this many input channels per group on
+// (half the block's channels in use).
+constexpr int IG_MIN_CHANNELS = 8;
 
-struct InputGradLaunch {
-  int64_t grid_x = 0;  // blocks of kThreads threads, grid-stride loop beyond lim.max_blocks_1d
-  int64_t total = 0;   // input elements
+// clamp(z, -1, 1), NaN stays NaN: FMNMX.NAN on sm_80+, comparisons elsewhere (and on the host).
+__device__ __forceinline__ float clamp_unit(float z) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("max.NaN.f32 %0, %0, 0fBF800000;\n\tmin.NaN.f32 %0, %0, 0f3F800000;" : "+f"(z));
+  return z;
+#else
+  return z < -1.0f ? -1.0f : (z > 1.0f ? 1.0f : z);
+#endif
+}
+__device__ __forceinline__ double clamp_unit(double z) {
+  return z < -1.0 ? -1.0 : (z > 1.0 ? 1.0 : z);
+}
+
+// sqrt of the factor that lifts the smallest subnormal of A to >= 1 (2^150 float, 2^1074 double).
+template <typename A>
+struct SignScale;
+template <>
+struct SignScale<float> {
+  static constexpr float value = 0x1p75f;
+};
+template <>
+struct SignScale<double> {
+  static constexpr double value = 0x1p537;
 };
 
-inline InputGradLaunch adder2d_input_grad_launch(const Adder2dGeom& g, const LaunchLimits& lim) {
+// HT(z): clamp(z, -1, 1), or for SIGN sign(z) as clamp(z * s * s) (exact: z * s * s is >= 1 in
+// magnitude for every nonzero z, inf past the range, zero for zero).
+template <typename A, bool SIGN>
+__device__ __forceinline__ A tiled_ht(A z) {
+  if (SIGN) return clamp_unit(z * SignScale<A>::value * SignScale<A>::value);
+  return clamp_unit(z);
+}
+
+template <typename T, typename A, bool SIGN>
+__global__ void __launch_bounds__(kThreads)
+    adder2d_input_grad_tiled(const T* __restrict__ dy, const T* __restrict__ x,
+                             const T* __restrict__ w, T* __restrict__ gx, Adder2dGeom g,
+                             int64_t pixel_tiles, int64_t channel_tiles) {
+  static_assert(IG_BP == kThreads, "each thread stages one pixel");
+  static_assert((IG_BC / IG_T) * (IG_BP / IG_T) == kThreads, "one micro-tile per thread");
+  static_assert(IG_BK * IG_BC <= kThreads, "one weight per staging thread");
+  constexpr int LANES = IG_BP / IG_T;  // threads per channel quad (two warps)
+
+  __shared__ __align__(16) A ds[IG_BK][IG_BP];  // D of the step: [output channel][pixel]
+  __shared__ __align__(16) A ws[IG_BK][IG_BC];  // W of the step: [output channel][input channel]
+
+  const int cig = g.in_per_group, cog = g.out_per_group;
+  const int ka = g.kernel_area;
+  const int64_t pixels = g.batch * g.in_plane;
+  const int64_t chunks = (cog + IG_BK - 1) / IG_BK;
+  const int64_t steps = int64_t(ka) * chunks;
+  const int tid = threadIdx.x;
+  // Compute: channels 4 quad + i and pixels lane + 64 j. Staging of W: row wk (threads < 128),
+  // column wc.
+  const int quad = tid / LANES, lane = tid % LANES;
+  const int wk = tid / IG_BC, wc = tid % IG_BC;
+
+  for (int64_t yt = blockIdx.y; yt < int64_t(g.groups) * channel_tiles; yt += gridDim.y) {
+    const int64_t grp = yt / channel_tiles;
+    const int ci0 = int(yt - grp * channel_tiles) * IG_BC;
+    const bool w_ok = wk < IG_BK && ci0 + wc < cig;
+    // W[grp*cog + wk + co0, ci0 + wc, tap] = wrow[co0 * cig * ka + tap]
+    const T* wrow = w + ((grp * cog + (w_ok ? wk : 0)) * cig + (w_ok ? ci0 + wc : 0)) * ka;
+    for (int64_t pt = blockIdx.x; pt < pixel_tiles; pt += gridDim.x) {
+      const int64_t p0 = pt * IG_BP;
+      // The pixel this thread stages D for.
+      const int64_t sp = p0 + tid;
+      const bool s_ok = sp < pixels;
+      int64_t s_img = 0, s_pix = 0, s_h = 0, s_w = 0;
+      if (s_ok) {
+        divmod_nonneg(sp, g.in_plane, s_img, s_pix);
+        divmod_nonneg(s_pix, g.in_w, s_h, s_w);
+      }
+      const int64_t dy_pixel0 = (s_img * g.out_channels + grp * cog) * g.out_plane;
+      // The micro-tile: X and the accumulators of 4 channels x 4 pixels.
+      int64_t base[IG_T];  // img * C * H * W + pix of pixel j, -1 past the end
+      A xv[IG_T][IG_T], acc[IG_T][IG_T];
+#pragma unroll
+      for (int j = 0; j < IG_T; ++j) {
+        const int64_t p = p0 + lane + LANES * j;
+        int64_t img = 0, pix = 0;
+        if (p < pixels) divmod_nonneg(p, g.in_plane, img, pix);
+        base[j] = p < pixels ? img * g.in_channels * g.in_plane + pix : -1;
+      }
+#pragma unroll
+      for (int i = 0; i < IG_T; ++i) {
+        const int ci = ci0 + IG_T * quad + i;
+        const int64_t coff = (grp * cig + ci) * g.in_plane;
+#pragma unroll
+        for (int j = 0; j < IG_T; ++j) {
+          xv[i][j] = (ci < cig && base[j] >= 0) ? static_cast<A>(x[base[j] + coff]) : A(0);
+          acc[i][j] = A(0);
+        }
+      }
+
+      // The step sequence: tap (kh, kw) row-major, then output channels co0 = 0, 8, ... At
+      // stride 1 the staged pixel's output pixel through tap (kh, kw) is
+      // (s_h + pad_h - kh * dilation_h, s_w + pad_w - kw * dilation_w), stepped along with the tap.
+      int tap = 0, kw = 0, co0 = 0;
+      int oh = int(s_h) + g.pad_h, ow = int(s_w) + g.pad_w;
+      int64_t doff = -1;  // dY offset of the group's output channel 0 at (oh, ow); -1: no pixel
+      auto tap_source = [&]() {
+        const bool ok =
+            s_ok && unsigned(oh) < unsigned(g.out_h) && unsigned(ow) < unsigned(g.out_w);
+        doff = ok ? dy_pixel0 + int64_t(oh) * g.out_w + ow : -1;
+      };
+      A dreg[IG_BK], wreg = A(0);
+      auto load = [&]() {
+        const int avail = doff < 0 ? 0 : cog - co0;  // output channels left at this pixel
+        int64_t o = doff + int64_t(co0) * g.out_plane;
+#pragma unroll
+        for (int kk = 0; kk < IG_BK; ++kk) {
+          dreg[kk] = kk < avail ? static_cast<A>(dy[o]) : A(0);
+          o += g.out_plane;
+        }
+        wreg =
+            (w_ok && co0 + wk < cog) ? static_cast<A>(wrow[int64_t(co0) * cig * ka + tap]) : A(0);
+      };
+      tap_source();
+      load();
+      for (int64_t s = 0; s < steps; ++s) {
+        __syncthreads();  // every thread is done reading the previous step
+#pragma unroll
+        for (int kk = 0; kk < IG_BK; ++kk) ds[kk][tid] = dreg[kk];
+        if (wk < IG_BK) ws[wk][wc] = wreg;
+        __syncthreads();
+        if (s + 1 < steps) {  // the next step's loads overlap this step's arithmetic
+          co0 += IG_BK;
+          if (co0 >= cog) {
+            co0 = 0;
+            ++tap;
+            ow -= g.dilation_w;
+            if (++kw == g.kernel_w) {
+              kw = 0;
+              ow += g.kernel_w * g.dilation_w;
+              oh -= g.dilation_h;
+            }
+            tap_source();
+          }
+          load();
+        }
+#pragma unroll
+        for (int kk = 0; kk < IG_BK; ++kk) {
+          A wv[IG_T], dv[IG_T];
+          load4(&ws[kk][IG_T * quad], wv);
+#pragma unroll
+          for (int j = 0; j < IG_T; ++j) dv[j] = ds[kk][lane + LANES * j];
+#pragma unroll
+          for (int i = 0; i < IG_T; ++i)
+#pragma unroll
+            for (int j = 0; j < IG_T; ++j) acc[i][j] += dv[j] * tiled_ht<A, SIGN>(wv[i] - xv[i][j]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < IG_T; ++i) {
+        const int ci = ci0 + IG_T * quad + i;
+        if (ci >= cig) continue;
+        const int64_t coff = (grp * cig + ci) * g.in_plane;
+#pragma unroll
+        for (int j = 0; j < IG_T; ++j)
+          if (base[j] >= 0) gx[base[j] + coff] = static_cast<T>(acc[i][j]);
+      }
+    }
+  }
+}
+
+// Launch configuration (host, torch-free: the CUDA launcher and the CPU emulation both call it).
+
+enum class InputGradVariant { Gather, Tiled };
+
+inline const char* input_grad_variant_name(InputGradVariant v) {
+  return v == InputGradVariant::Tiled ? "input_grad_tiled" : "input_grad_gather";
+}
+
+struct InputGradLaunch {
+  InputGradVariant variant = InputGradVariant::Gather;
+  int64_t grid_x = 0;         // gather: blocks of a grid-stride loop; tiled: pixel tiles (capped)
+  int64_t grid_y = 1;         // tiled: groups x channel tiles (capped; the kernel loops past it)
+  int64_t total = 0;          // input elements
+  int64_t pixel_tiles = 0;    // tiled: ceil(N * H * W / IG_BP)
+  int64_t channel_tiles = 0;  // tiled: ceil((C / groups) / IG_BC)
+};
+
+// The tiled kernel steps the output pixel along the taps, which needs stride 1.
+inline bool adder2d_input_grad_tiled_fits(const Adder2dGeom& g) {
+  return g.stride_h == 1 && g.stride_w == 1;
+}
+
+// The grid of a given variant (also used by the emulation to force a variant onto other shapes;
+// the tiled one only where adder2d_input_grad_tiled_fits).
+inline InputGradLaunch adder2d_input_grad_launch_variant(const Adder2dGeom& g, InputGradVariant v,
+                                                         const LaunchLimits& lim) {
   InputGradLaunch c;
+  c.variant = v;
   c.total = g.batch * g.in_channels * g.in_plane;
-  c.grid_x = std::min<int64_t>(ceil_div(c.total, kThreads), lim.max_blocks_1d);
+  if (v == InputGradVariant::Gather) {
+    c.grid_x = std::min<int64_t>(ceil_div(c.total, kThreads), lim.max_blocks_1d);
+    return c;
+  }
+  c.pixel_tiles = ceil_div(g.batch * g.in_plane, IG_BP);
+  c.channel_tiles = ceil_div(g.in_per_group, IG_BC);
+  c.grid_x = std::min<int64_t>(c.pixel_tiles, lim.max_blocks_1d);
+  c.grid_y = std::min<int64_t>(int64_t(g.groups) * c.channel_tiles, lim.max_grid_y);
   return c;
+}
+
+// The launcher's choice, from the shape only: the tiled kernel at stride 1 with at least
+// IG_MIN_CHANNELS input channels per group, the gather otherwise (strided layers, and depthwise or
+// few-channel layers, where most of a 16-channel tile would idle).
+inline InputGradLaunch adder2d_input_grad_launch(const Adder2dGeom& g, const LaunchLimits& lim) {
+  const bool tiled = adder2d_input_grad_tiled_fits(g) && g.in_per_group >= IG_MIN_CHANNELS;
+  return adder2d_input_grad_launch_variant(
+      g, tiled ? InputGradVariant::Tiled : InputGradVariant::Gather, lim);
 }
 
 }  // namespace cuda

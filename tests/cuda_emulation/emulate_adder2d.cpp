@@ -6,15 +6,16 @@
 //                                        case table tests/adder2d_cases.py)
 // One case per line:
 //   name N C H W CO KH KW SH SW PH PW DH DW GROUPS BIAS DTYPES FORCE CAP OPS [OFFSET]
-// DTYPES is a comma list of f32,f64,f16,bf16; FORCE=1 also runs every forward variant compiled
-// for the dtype (not only the launcher's choices for 1, 108 and 132 SMs); CAP > 0 lowers every
-// grid cap (LaunchLimits) to CAP, which runs the grid-stride and split loops; OPS is a comma list
-// of fwd,igrad,wgrad. Values are uniform in [-2, 2]; OFFSET != 0 (default 0) gives X and W that
+// DTYPES is a comma list of f32,f64,f16,bf16; FORCE=1 also runs every forward and input-gradient
+// variant compiled for the dtype (not only the launcher's choices for 1, 108 and 132 SMs);
+// CAP > 0 lowers every grid cap (LaunchLimits) to CAP, which runs the grid-stride and split loops;
+// OPS is a comma list of fwd,igrad,wgrad. Values are uniform in [-2, 2]; OFFSET != 0 (default 0) gives X and W that
 // share an offset instead, as in trained networks: X in OFFSET +- 0.5, W in OFFSET +- 0.2.
 //
-// For each case and dtype: the forward (each variant), the input gradient in both modes and the
-// weight gradient (one split or several, then the split sum), each under every schedule (threads
-// and blocks forward, reversed, shuffled; shared memory poisoned with a different byte each).
+// For each case and dtype: the forward (each variant), the input gradient (each variant, both
+// modes) and the weight gradient (one split or several, then the split sum), each under every
+// schedule (threads and blocks forward, reversed, shuffled; shared memory poisoned with a
+// different byte each).
 // Checked: no divergent barrier; every output element written exactly once (outputs pre-filled
 // with NaN, writes counted); bitwise equal outputs across schedules; and the error against a
 // float64 reference computed here, within tol * bound + unit * |ref|, where bound is the sum of
@@ -28,7 +29,8 @@
 // "COUNT kernel dtype cases picked@1SM picked@108SMs picked@132SMs forced".
 //
 // Build-time selection (the mutation test rebuilds one kernel in one dtype): EMU_KERNELS, a mask
-// of 1 direct, 2 tiled 128x128, 4 tiled 64x64, 8 tiled 32x128, 16 input grad, 32 weight grad;
+// of 1 direct, 2 tiled 128x128, 4 tiled 64x64, 8 tiled 32x128, 16 input-gradient gather,
+// 32 weight grad, 64 input-gradient tiled;
 // EMU_DTYPES, a mask of 1 f32, 2 f64, 4 f16, 8 bf16.
 #include "cuda_emulation.h"
 // The kernels, after the emulation header that defines the CUDA keywords.
@@ -43,7 +45,7 @@
 #include <sstream>
 
 #ifndef EMU_KERNELS
-#define EMU_KERNELS 63
+#define EMU_KERNELS 127
 #endif
 #ifndef EMU_DTYPES
 #define EMU_DTYPES 15
@@ -472,32 +474,61 @@ void run_forward(const Spec& c, Data<T>& d) {
 }
 
 template <typename T>
-void run_input_grad(const Spec& c, Data<T>& d) {
+std::string launch_input_grad(Data<T>& d, T* gx, const InputGradLaunch& c, bool sign,
+                              const std::string& name, const emu::Schedule& sched) {
   using A = typename AccType<T>::type;
-  const InputGradLaunch cfg = adder2d_input_grad_launch(d.g, limits(c, 1));
+  const T *dy = d.ddy.data(), *x = d.dx.data(), *w = d.dw.data();
+  if (c.variant == InputGradVariant::Tiled) {
+    if constexpr ((EMU_KERNELS & 64) != 0)
+      return emu::Device::get().launch(name, dim3(unsigned(c.grid_x), unsigned(c.grid_y)),
+                                       dim3(kThreads), sched, [&] {
+                                         if (sign)
+                                           adder2d_input_grad_tiled<T, A, true>(
+                                               dy, x, w, gx, d.g, c.pixel_tiles, c.channel_tiles);
+                                         else
+                                           adder2d_input_grad_tiled<T, A, false>(
+                                               dy, x, w, gx, d.g, c.pixel_tiles, c.channel_tiles);
+                                       });
+  } else {
+    if constexpr ((EMU_KERNELS & 16) != 0)
+      return emu::Device::get().launch(name, dim3(unsigned(c.grid_x)), dim3(kThreads), sched, [&] {
+        if (sign)
+          adder2d_input_grad_gather<T, A, true>(dy, x, w, gx, d.g, c.total);
+        else
+          adder2d_input_grad_gather<T, A, false>(dy, x, w, gx, d.g, c.total);
+      });
+  }
+  return "input-gradient variant " + name + " is not compiled into this build";
+}
+
+template <typename T>
+void run_input_grad(const Spec& c, Data<T>& d) {
+  std::map<InputGradVariant, int> variants;  // variant -> how (see count)
+  for (int i = 0; i < 3; ++i)
+    variants[adder2d_input_grad_launch(d.g, limits(c, kSms[i])).variant] |= 1 << i;
+  if (c.force) {  // the tiled kernel runs at stride 1 only
+    variants.emplace(InputGradVariant::Gather, kForced);
+    if (adder2d_input_grad_tiled_fits(d.g)) variants.emplace(InputGradVariant::Tiled, kForced);
+  }
   for (bool sign : {false, true}) {
-    const std::string kernel = sign ? "input_grad_gather_exact" : "input_grad_gather_hardtanh";
     const std::vector<double> ref = ref_input_grad(d.s, d.dy, d.x, d.w, sign);
     const double bound =
         double(d.s.kernel_h * d.s.kernel_w * d.s.out_channels_per_group) * d.amax_dy + 1.0;
-    if (cfg.total > 0) {
-      OpRun<T> op = [&](T* gx, const emu::Schedule& sched) {
-        const std::string name = kernel + "<" + Dtype<T>::name + ">";
-        return emu::Device::get().launch(
-            name, dim3(unsigned(cfg.grid_x)), dim3(kThreads), sched, [&] {
-              if (sign)
-                adder2d_input_grad_gather<T, A, true>(d.ddy.data(), d.dx.data(), d.dw.data(), gx,
-                                                      d.g, cfg.total);
-              else
-                adder2d_input_grad_gather<T, A, false>(d.ddy.data(), d.dx.data(), d.dw.data(), gx,
-                                                       d.g, cfg.total);
-            });
-      };
-      check_op<T>(
-          c.name + " " + Dtype<T>::name + " " + kernel + " grid=" + std::to_string(cfg.grid_x),
-          ref.size(), op, ref, bound);
+    for (const auto& [v, how] : variants) {
+      if (!(EMU_KERNELS & (v == InputGradVariant::Tiled ? 64 : 16))) continue;
+      const InputGradLaunch cfg = adder2d_input_grad_launch_variant(d.g, v, limits(c, 1));
+      const std::string kernel =
+          std::string(input_grad_variant_name(v)) + (sign ? "_exact" : "_hardtanh");
+      if (cfg.total > 0) {  // the op entry returns before launching for an empty input
+        OpRun<T> op = [&](T* gx, const emu::Schedule& sched) {
+          return launch_input_grad<T>(d, gx, cfg, sign, kernel + "<" + Dtype<T>::name + ">", sched);
+        };
+        check_op<T>(c.name + " " + Dtype<T>::name + " " + kernel +
+                        " grid=" + std::to_string(cfg.grid_x) + "x" + std::to_string(cfg.grid_y),
+                    ref.size(), op, ref, bound);
+      }
+      count(kernel, Dtype<T>::name, how);
     }
-    count(kernel, Dtype<T>::name, kAllSms);
   }
 }
 
@@ -569,7 +600,7 @@ void run_case(const Spec& c) {
     for (char ch : c.name) seed = seed * 131 + uint8_t(ch);
     Data<T> d(c, seed);
     if (c.ops.count("fwd")) run_forward<T>(c, d);
-    if constexpr ((EMU_KERNELS & 16) != 0)
+    if constexpr ((EMU_KERNELS & (16 | 64)) != 0)
       if (c.ops.count("igrad")) run_input_grad<T>(c, d);
     if constexpr ((EMU_KERNELS & 32) != 0)
       if (c.ops.count("wgrad")) run_weight_grad<T>(c, d);
