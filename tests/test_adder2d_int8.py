@@ -358,6 +358,11 @@ SIMPLIFIED_MODELS = {
 }
 
 
+class QuantizedLeafTracer(torch.fx.Tracer):
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, QuantizedAdderConv2d) or super().is_leaf_module(m, qualname)
+
+
 @functools.lru_cache(maxsize=None)
 def _quantized_pair(name):
     """The quantized model (simplified) and the same without simplification (cached: the
@@ -424,6 +429,9 @@ def test_simplified_submodule_compiles_and_exports():
         compiled = torch.compile(q, fullgraph=True)
         # Inductor computes the float layers around the op in another order: a code may flip.
         torch.testing.assert_close(compiled(x), eager, rtol=1e-3, atol=1e-3)
+    # FX tracing with the quantized layers as leaves still works through the rewritten block.
+    traced = torch.fx.GraphModule(q, QuantizedLeafTracer().trace(q))
+    assert torch.equal(traced(x), eager)
     exported = torch.export.export(q, (x,))
     assert sum("addernet.adder2d_int8" in str(n.target) for n in exported.graph.nodes) == 2
     assert torch.equal(exported.module()(x), eager)

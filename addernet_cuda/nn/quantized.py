@@ -339,6 +339,11 @@ def _add_relu_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return _add_into(fresh, other).relu_()
 
 
+# Leaves for symbolic tracing (their shape test would be control flow on a traced value).
+torch.fx.wrap("_add_into")
+torch.fx.wrap("_add_relu_into")
+
+
 def _fresh_layer_output(node, modules: Dict[str, nn.Module]) -> bool:
     """Whether ``node`` is a quantized layer's output (a new tensor) that only one node reads."""
     return (
