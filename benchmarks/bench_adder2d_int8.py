@@ -162,19 +162,30 @@ def layer_row(name: str, batch: int, repeats: int) -> dict:
 
 def resnet20_row(batch: int, repeats: int) -> dict:
     """Whole ResNet-20 forward: int8 ANN (quantized, BN statistics from random calibration
-    images) against the float32 CNN twin and the float32 ANN, interleaved."""
+    images) against the float32 CNN twin and the float32 ANN, interleaved; also the int8 ANN
+    quantized without simplification (``quantize(simplify=False)``: the fused layers' redundant
+    float work kept)."""
     torch.manual_seed(0)
     calib = [torch.randn(32, 3, 32, 32) for _ in range(2)]
     ann = recalibrate_batchnorm(resnet20(), calib)
     cnn = recalibrate_batchnorm(resnet20(cnn=True), calib)
     q = addernet_cuda.quantize(ann, calib, max_images=32)
+    plain = addernet_cuda.quantize(ann, calib, max_images=32, simplify=False)
     x = torch.randn(batch, 3, 32, 32)
     with torch.no_grad():
         timed = interleaved(
-            {"int8_ann": lambda: q(x), "float_cnn": lambda: cnn(x), "float_ann": lambda: ann(x)},
+            {
+                "int8_ann": lambda: q(x),
+                "int8_ann.unsimplified": lambda: plain(x),
+                "float_cnn": lambda: cnn(x),
+                "float_ann": lambda: ann(x),
+            },
             repeats,
         )
     row = {"shape": "resnet20.whole", "batch": batch, **timed}
+    row["int8_ann.vs_unsimplified"] = (
+        timed["int8_ann"]["median_s"] / timed["int8_ann.unsimplified"]["median_s"]
+    )
     row["int8_ann.vs_float_cnn"] = timed["int8_ann"]["median_s"] / timed["float_cnn"]["median_s"]
     row["int8_ann.vs_float_ann"] = timed["int8_ann"]["median_s"] / timed["float_ann"]["median_s"]
     return row
@@ -243,10 +254,16 @@ def summary(rows, whole) -> dict:
             "int8_ann.vs_float_cnn"
         ]
         out["Whole ResNet-20 forward, int8 ANN / float32 ANN"] = whole["int8_ann.vs_float_ann"]
-        out["Whole ResNet-20 forward medians (ms): int8 ANN / float32 CNN / float32 ANN"] = (
-            " / ".join(
-                f"{whole[k]['median_s'] * 1e3:.2f}" for k in ("int8_ann", "float_cnn", "float_ann")
-            )
+        out["Whole ResNet-20 forward, int8 ANN / int8 ANN unsimplified"] = whole[
+            "int8_ann.vs_unsimplified"
+        ]
+        keys = ("int8_ann", "int8_ann.unsimplified", "float_cnn", "float_ann")
+        out[
+            "Whole ResNet-20 forward medians (ms) [page faults per call]: int8 ANN / int8 ANN "
+            "unsimplified / float32 CNN / float32 ANN"
+        ] = " / ".join(
+            f"{whole[k]['median_s'] * 1e3:.2f} [{whole[k]['page_faults_per_call']:.0f}]"
+            for k in keys
         )
     return {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -266,6 +283,12 @@ def main(argv=None):
         help="torch threads (default 1: on a shared machine a descheduled OpenMP thread stalls "
         "every parallel region, which swamps multi-threaded timings)",
     )
+    p.add_argument(
+        "--whole-repeats",
+        type=int,
+        default=45,
+        help="rounds of the whole ResNet-20 forward (its ratio moves by 10%% between runs at 15)",
+    )
     p.add_argument("--no-whole", action="store_true", help="skip the whole ResNet-20 forward")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = p.parse_args(argv)
@@ -279,7 +302,7 @@ def main(argv=None):
         rows.append(layer_row(name, args.batch, args.repeats))
         ceilings.append(sad_ceiling(threads))
         print(f"{name}: int8 adder {rows[-1]['int8_adder.vs_conv2d']:.2f}x conv2d", flush=True)
-    whole = None if args.no_whole else resnet20_row(args.batch, args.repeats)
+    whole = None if args.no_whole else resnet20_row(args.batch, args.whole_repeats)
     result = {
         "environment": env,
         "load_average": load,

@@ -5,6 +5,7 @@ S = sum |q(Xp) - Wq| exact; Y = alpha * S + beta (relu optional); q(v) = clamp(r
 """
 
 import copy
+import functools
 import io
 import mmap
 import os
@@ -19,8 +20,14 @@ from conftest import cpu_isas
 
 import addernet_cuda
 from addernet_cuda import ops, reference
-from addernet_cuda.models import lenet5, resnet20
-from addernet_cuda.nn.quantized import QuantizedAdderConv2d, quantize, recalibrate_batchnorm
+from addernet_cuda.models import lenet5, resnet20, vgg_small
+from addernet_cuda.nn.quantized import (
+    QuantizedAdderConv2d,
+    _add_into,
+    _add_relu_into,
+    quantize,
+    recalibrate_batchnorm,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -339,6 +346,107 @@ def test_torch_compile_and_export(block_and_data):
     torch.testing.assert_close(compiled(x), eager, rtol=1e-3, atol=1e-3)
     exported = torch.export.export(q, (x,))
     assert any("addernet.adder2d_int8" in str(n.target) for n in exported.graph.nodes)
+    assert torch.equal(exported.module()(x), eager)
+
+
+class Net(nn.Module):
+    """A residual block as a submodule (the model itself is never rewritten)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.block = Block().requires_grad_(False)
+        self.block.conv = nn.Identity()
+        self.block.adder = addernet_cuda.AdderConv2d(8, 16, 3, stride=2, padding=1, bias=True)
+
+    def forward(self, x):
+        return self.block(self.conv(x))
+
+
+SIMPLIFIED_MODELS = {
+    "resnet20": (lambda: resnet20(), (3, 32, 32)),
+    "vgg_small": (lambda: vgg_small(), (3, 32, 32)),
+    "lenet5": (lambda: lenet5(head="linear"), (1, 28, 28)),
+    "residual-submodule": (Net, (3, 12, 12)),
+}
+
+
+class QuantizedLeafTracer(torch.fx.Tracer):
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, QuantizedAdderConv2d) or super().is_leaf_module(m, qualname)
+
+
+@functools.lru_cache(maxsize=None)
+def _quantized_pair(name):
+    """The quantized model (simplified) and the same without simplification (cached: the
+    tests only read them)."""
+    torch.manual_seed(0)
+    make, shape = SIMPLIFIED_MODELS[name]
+    batches = [torch.randn(8, *shape) for _ in range(2)]
+    model = recalibrate_batchnorm(make(), batches)
+    return (
+        quantize(model, batches, max_images=8, candidates=6),
+        quantize(model, batches, max_images=8, candidates=6, simplify=False),
+    )
+
+
+@pytest.mark.parametrize("name", list(SIMPLIFIED_MODELS))
+def test_simplified_model_equals_the_unsimplified_bitwise(name):
+    q, plain = _quantized_pair(name)
+    x = torch.randn(4, *SIMPLIFIED_MODELS[name][1]) * 2
+    with torch.no_grad():
+        assert torch.equal(q(x), plain(x))
+    assert q.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(q.state_dict())
+
+
+def test_resnet20_blocks_lose_the_redundant_float_work():
+    q, _ = _quantized_pair("resnet20")
+    for stage in (q.layer1, q.layer2, q.layer3):
+        for block in stage:
+            assert isinstance(block, torch.fx.GraphModule) and type(block).__name__ == "BasicBlock"
+            targets = [n.target for n in block.graph.nodes if n.op != "placeholder"]
+            assert targets.count(_add_relu_into) == 1
+            assert not any(n.op == "call_module" and "relu" in n.target for n in block.graph.nodes)
+            assert not any(n.op == "call_module" and "bn" in n.target for n in block.graph.nodes)
+    assert type(q).__name__ == "CifarResNet" and isinstance(q.layer1, nn.Sequential)
+
+
+def test_add_into_writes_in_place_only_when_exact():
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    ref = a + b
+    out = _add_into(a.clone(), b)
+    assert torch.equal(out, ref)
+    fresh = a.clone()
+    assert _add_into(fresh, b) is fresh
+    # Broadcasting to a larger shape or promoting the dtype: a new tensor, as a + b.
+    wide = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    assert torch.equal(_add_into(a[:1].clone(), b), a[:1] + b)
+    assert _add_into(a.clone(), wide).dtype == torch.float64
+    assert torch.equal(_add_relu_into(a.clone(), b), torch.relu(ref))
+    special = torch.tensor([-0.0, float("nan"), -1.0])
+    out = _add_relu_into(special.clone(), torch.tensor([-0.0, 1.0, 0.5]))
+    assert (
+        out.numpy().tobytes()
+        == torch.relu(special + torch.tensor([-0.0, 1.0, 0.5])).numpy().tobytes()
+    )
+
+
+def test_simplified_submodule_compiles_and_exports():
+    q, plain = _quantized_pair("residual-submodule")
+    assert isinstance(q.block, torch.fx.GraphModule)
+    x = torch.randn(4, 3, 12, 12)
+    with torch.no_grad():
+        eager = q(x)
+        assert torch.equal(eager, plain(x))
+        compiled = torch.compile(q, fullgraph=True)
+        # Inductor computes the float layers around the op in another order: a code may flip.
+        torch.testing.assert_close(compiled(x), eager, rtol=1e-3, atol=1e-3)
+    # FX tracing with the quantized layers as leaves still works through the rewritten block.
+    traced = torch.fx.GraphModule(q, QuantizedLeafTracer().trace(q))
+    assert torch.equal(traced(x), eager)
+    exported = torch.export.export(q, (x,))
+    assert sum("addernet.adder2d_int8" in str(n.target) for n in exported.graph.nodes) == 2
     assert torch.equal(exported.module()(x), eager)
 
 

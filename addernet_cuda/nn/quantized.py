@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
@@ -318,12 +319,119 @@ def _quantize_layer(conv, bn, relu, x, scale_groups, candidates):
     return layer.eval(), errors
 
 
+class _ChildrenTracer(torch.fx.Tracer):
+    """Keeps every direct child of the traced module as one call_module node."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return "." not in qualname
+
+
+def _add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other`` written into ``fresh`` (a tensor nothing else reads) when the sum has
+    its shape and dtype; float addition is commutative, so either operand order is the same."""
+    if other.shape == fresh.shape and other.dtype == fresh.dtype:
+        return fresh.add_(other)
+    return fresh + other
+
+
+def _add_relu_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``relu(fresh + other)`` without a new tensor when :func:`_add_into` writes in place."""
+    return _add_into(fresh, other).relu_()
+
+
+# Leaves for symbolic tracing (their shape test would be control flow on a traced value).
+torch.fx.wrap("_add_into")
+torch.fx.wrap("_add_relu_into")
+
+
+def _fresh_layer_output(node, modules: Dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is a quantized layer's output (a new tensor) that only one node reads."""
+    return (
+        node.op == "call_module"
+        and type(modules.get(node.target)) is QuantizedAdderConv2d
+        and len(node.users) == 1
+    )
+
+
+def _simplify_graph(graph: torch.fx.Graph, modules: Dict[str, nn.Module]) -> bool:
+    """Rewrites ``graph`` in place, outputs unchanged bit for bit; returns whether it changed.
+
+    - ``nn.Identity`` calls (the folded BatchNorms) go;
+    - a ReLU whose input is a quantized layer with a fused ReLU that nothing else reads goes (the
+      fused epilogue's output is >= 0, -0 or NaN, which ReLU returns unchanged);
+    - ``a + b`` where one operand is a quantized layer's output that nothing else reads is
+      written into that output (:func:`_add_into`), with the ReLU that alone reads the sum
+      (:func:`_add_relu_into`).
+    """
+    changed = False
+    for node in list(graph.nodes):
+        if node.op == "call_module" and type(modules.get(node.target)) is nn.Identity:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            changed = True
+    for node in list(graph.nodes):
+        if not _is_relu(node, modules) or len(node.args) != 1:
+            continue
+        src = node.args[0]
+        if _fresh_layer_output(src, modules) and modules[src.target].relu:
+            node.replace_all_uses_with(src)
+            graph.erase_node(node)
+            changed = True
+    for node in list(graph.nodes):
+        is_add = node.op == "call_function" and node.target in (operator.add, torch.add)
+        if not is_add or len(node.args) != 2 or node.kwargs:
+            continue
+        a, b = node.args
+        if not isinstance(a, torch.fx.Node) or not isinstance(b, torch.fx.Node) or a is b:
+            continue
+        if not _fresh_layer_output(a, modules):
+            if not _fresh_layer_output(b, modules):
+                continue
+            a, b = b, a
+        users = list(node.users)
+        relu = users[0] if len(users) == 1 and _is_relu(users[0], modules) else None
+        if relu is not None and len(relu.args) == 1:
+            with graph.inserting_before(relu):
+                fused = graph.call_function(_add_relu_into, (a, b))
+            relu.replace_all_uses_with(fused)
+            graph.erase_node(relu)
+        else:
+            with graph.inserting_before(node):
+                fused = graph.call_function(_add_into, (a, b))
+            node.replace_all_uses_with(fused)
+        graph.erase_node(node)
+        changed = True
+    return changed
+
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _simplify(qmodel: nn.Module) -> None:
+    """Applies :func:`_simplify_graph` to every submodule of ``qmodel`` (not ``qmodel`` itself,
+    whose class and methods stay, nor containers, which stay indexable) that traces with its
+    children as leaves; a changed one is replaced by a ``torch.fx.GraphModule`` of the same
+    class name and buffers (the state_dict keys are the same)."""
+    for name, m in reversed(list(qmodel.named_modules())):
+        if not name or isinstance(m, _CONTAINERS) or not list(m.children()):
+            continue
+        try:
+            graph = _ChildrenTracer().trace(m, _defaults(m))
+        except Exception:  # noqa: BLE001  (a module that cannot be traced is kept as it is)
+            continue
+        if _simplify_graph(graph, dict(m.named_modules())):
+            graph.lint()
+            gm = torch.fx.GraphModule(m, graph, class_name=type(m).__name__)
+            _set_submodule(qmodel, name, gm.train(m.training))
+
+
 def quantize(
     model: nn.Module,
     calibration: Iterable,
     *,
     scale_groups: int = 1,
     fold: bool = True,
+    simplify: bool = True,
     max_images: int = 128,
     candidates: int = 24,
 ) -> nn.Module:
@@ -338,7 +446,12 @@ def quantize(
     its own (layers whose channel count it does not divide, or with ``groups`` > 1, keep one).
     With ``fold``, an eval-mode ``BatchNorm2d`` that alone reads an adder layer's output folds
     into it (the BatchNorm becomes ``nn.Identity``) and a ReLU after it runs fused as well (the
-    ReLU module stays: applying it twice changes nothing). The copy is for inference: its
+    ReLU module stays: applying it twice changes nothing). With ``simplify``, every submodule
+    but the model itself whose forward FX-traces (a residual block, not a container) and does
+    float work the quantized layers make redundant is rewritten into a ``torch.fx.GraphModule``
+    without it, outputs identical bit for bit: the folded BatchNorms' ``nn.Identity`` calls and
+    the ReLU after a fused layer go, and a residual addition (with its ReLU) is written into the
+    quantized layer's output instead of a new tensor. The copy is for inference: its
     parameters do not require gradients (the int8 op has none). The copy's
     ``quantization_errors`` maps each layer name to its calibration relative L2 errors (one per
     scale group). Multiplicative layers, pooling and residual additions stay float32.
@@ -368,6 +481,8 @@ def quantize(
         _set_submodule(qmodel, name, layer)
         if bn_name:
             _set_submodule(qmodel, bn_name, nn.Identity())
+    if simplify:
+        _simplify(qmodel)
     qmodel.quantization_errors = errors
     return qmodel
 
