@@ -947,6 +947,12 @@ static void pad_planes(const Adder2dShape& s, const T* x, int64_t c0, int64_t nc
       T* d = dst + (c * Hp + ih + s.pad_h) * row;
       if (sw == 1) {
         for (int64_t iw = 0; iw < s.in_w; ++iw) d[s.pad_w + iw] = src[iw];
+      } else if (sw == 2) {  // even iw: phase pad_w % 2; odd iw: the other phase
+        const int64_t a = s.pad_w & 1;
+        T* even = d + a * Wq + (s.pad_w >> 1);
+        T* odd = d + (1 - a) * Wq + ((s.pad_w + 1) >> 1);
+        for (int64_t i = 0; 2 * i < s.in_w; ++i) even[i] = src[2 * i];
+        for (int64_t i = 0; 2 * i + 1 < s.in_w; ++i) odd[i] = src[2 * i + 1];
       } else {
         int64_t ph = s.pad_w % sw, col = s.pad_w / sw;  // phase and column of iw = 0
         for (int64_t iw = 0; iw < s.in_w; ++iw) {
