@@ -17,11 +17,14 @@ import addernet_cuda
 CHUNK = 64  # WG_PIXELS in csrc/cpu/adder2d_cpu_kernels.h
 
 # (N, C, H, W, Co, k, stride, padding, groups): chunk tails (100 pixels), a tap-block tail
-# (72 taps), register-block tails (Co per group 12 and 5), stride 2, groups.
+# (72 taps), register-block tails (Co per group 12 and 5), stride 2, groups; output widths of
+# whole vectors (16 and 8: the decomposition packs from zero-padded, phase-split planes).
 BOUND_SHAPES = [
     pytest.param((4, 8, 10, 10, 12, 3, 1, 1, 1), id="3x3"),
     pytest.param((3, 6, 11, 9, 10, 3, 2, 1, 2), id="stride2-groups"),
     pytest.param((2, 5, 7, 7, 7, 1, 1, 0, 1), id="1x1"),
+    pytest.param((2, 5, 14, 16, 7, 3, 1, 1, 1), id="3x3-whole-vectors"),
+    pytest.param((2, 6, 15, 16, 10, 3, 2, 1, 2), id="stride2-groups-whole-vectors"),
 ]
 
 # Input statistics: N(0,1) everywhere; "offset": trained-network-like, X and W share an offset
@@ -89,9 +92,10 @@ def test_weight_grad_float32_within_documented_bound(shape, stats, weight_grad_k
     assert (err <= bound).all(), f"max err/bound {(err / bound).max().item():.3g}"
 
 
+@pytest.mark.parametrize("shape", [BOUND_SHAPES[1], BOUND_SHAPES[4]])
 @pytest.mark.parametrize("stats", STATS)
-def test_weight_grad_decomposition_float64_matches_direct(stats, monkeypatch):
-    dy, x, w, kw = make_case(BOUND_SHAPES[1].values[0], stats, torch.float64)
+def test_weight_grad_decomposition_float64_matches_direct(stats, shape, monkeypatch):
+    dy, x, w, kw = make_case(shape, stats, torch.float64)
     monkeypatch.setenv("ADDERNET_CPU_WEIGHT_GRAD", "direct")
     direct = addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw)
     monkeypatch.setenv("ADDERNET_CPU_WEIGHT_GRAD", "decomposition")

@@ -18,7 +18,9 @@
 // weight_grad dW[co,k] = sum_{n,p} dY[n,co,p] * (P[k,p] - W[co,k])   (Xp = 0 at padded taps)
 //            one call owns a block of taps (two vectors) for all of a group's output channels
 //            and reduces over every image and pixel in a fixed order (deterministic): packed
-//            chunks of pixels summed in T in registers, chunks accumulated in double.
+//            chunks of pixels summed in T in registers, chunks accumulated in double. The
+//            decomposition's transposed panels come from register transposes of contiguous
+//            loads (zero-padded, phase-split input planes when output rows are whole vectors).
 
 #ifndef ADDER_CPU_ISA
 #error "define ADDER_CPU_ISA before including adder2d_cpu_kernels.h"
@@ -695,13 +697,40 @@ constexpr int64_t weight_grad_taps() {
   return int64_t(2 * sizeof(typename Vec<T>::type) / sizeof(T));
 }
 
+template <typename T>
+static int64_t weight_grad_item_taps(const Adder2dShape& s);
+
+// Whether the decomposition packs its panels from zero-padded planes: output rows of whole vectors.
+template <typename T>
+static bool weight_grad_uses_padded(const Adder2dShape& s) {
+  return s.out_w % int64_t(sizeof(typename Vec<T>::type) / sizeof(T)) == 0;
+}
+
+// Input channels a work item's taps [k0, k0 + nt) span at most.
+template <typename T>
+static int64_t weight_grad_item_channels(const Adder2dShape& s) {
+  const int64_t KHW = s.kernel_h * s.kernel_w;
+  return min_i64(s.in_channels_per_group, (weight_grad_item_taps<T>(s) - 1) / KHW + 2);
+}
+
+// Elements of the zero-padded planes (and a vector of zeros) for one work item; 0 when unused.
+template <typename T>
+static int64_t weight_grad_padded_size(const Adder2dShape& s) {
+  if (!weight_grad_uses_padded<T>(s)) return 0;
+  const int64_t Wq = (s.in_w + 2 * s.pad_w + s.stride_w - 1) / s.stride_w;
+  return weight_grad_item_channels<T>(s) * (s.in_h + 2 * s.pad_h) * s.stride_w * Wq +
+         int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+}
+
 // Scratch elements the weight-gradient kernels need (either of them).
 template <typename T>
 static int64_t weight_grad_scratch(const Adder2dShape& s) {
   // panel and centre (T) + per-channel accumulators and dY lane sums (double, counted as
   // sizeof(double) / sizeof(T) elements of T each)
+  // + the decomposition's untransposed rows or its zero-padded planes and a vector of zeros (T)
   constexpr int64_t KB = weight_grad_taps<T>(), DT = int64_t(sizeof(double) / sizeof(T));
-  return WG_PIXELS * KB + WG_SUB * KB + s.out_channels_per_group * (WG_SUB * KB + KB / 2) * DT;
+  return WG_PIXELS * KB + WG_SUB * KB + s.out_channels_per_group * (WG_SUB * KB + KB / 2) * DT +
+         KB * WG_PIXELS + weight_grad_padded_size<T>(s);
 }
 
 // The weight gradient's panel, transposed: panel[p][j] for the block's taps, taps past nk zero.
@@ -831,6 +860,142 @@ static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, 
   }
 }
 
+// dst[p * ldd + j] = src[j][p] - c[j] for a VL x VL block (VL = lanes of V): a register
+// transpose (unpack, in-lane shuffle, lane permute), the subtraction as in a scalar loop.
+static inline void transpose_centred(const float* const* src, Vec<float>::type c, float* dst,
+                                     int64_t ldd) {
+  typedef Vec<float>::type V;
+  V r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) __builtin_memcpy(&r[i], src[i], sizeof(V));
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int h = 0; h < 2; ++h) {
+      u[i + 2 * h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * h + 1] =
+          __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int i = 0; i < 4;
+       ++i) {  // u[i]: columns i (low lanes) and i + 4 of rows 0-3; u[i+4]: rows 4-7
+    const V lo = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11) - c;
+    const V hi = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15) - c;
+    __builtin_memcpy(dst + i * ldd, &lo, sizeof(V));
+    __builtin_memcpy(dst + (i + 4) * ldd, &hi, sizeof(V));
+  }
+}
+static inline void transpose_centred(const double* const* src, Vec<double>::type c, double* dst,
+                                     int64_t ldd) {
+  typedef Vec<double>::type V;
+  V r[4], t[4];
+  for (int i = 0; i < 4; ++i) __builtin_memcpy(&r[i], src[i], sizeof(V));
+  for (int i = 0; i < 4; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 4, 2, 6);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 5, 3, 7);
+  }
+  for (int i = 0; i < 2; ++i) {  // t[i]: columns i and i + 2 of rows 0-1; t[i+2]: rows 2-3
+    const V lo = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 4, 5) - c;
+    const V hi = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 6, 7) - c;
+    __builtin_memcpy(dst + i * ldd, &lo, sizeof(V));
+    __builtin_memcpy(dst + (i + 2) * ldd, &hi, sizeof(V));
+  }
+}
+
+// The decomposition's panel: panel[p][j] = Xp[k0 + j, p0 + p] - c[j] for the block's taps (taps
+// past nk read as 0, pixels past np left unspecified). The patches are gathered pixel-contiguous
+// into rows[j][p] (contiguous copies at stride 1), then transposed in VL x VL register blocks:
+// the same values as a transposed gather followed by the subtraction.
+template <typename T>
+static void pack_panel_centred(const Adder2dShape& s, const T* x, int64_t p0, int64_t np,
+                               int64_t k0, int64_t nk, const T* c, T* rows, T* panel) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
+  const int64_t npr = (np + VL - 1) / VL * VL;
+  pack_patches(s, x, p0, np, k0, nk, rows, WG_PIXELS, 1);
+  for (int64_t j = 0; j < nk; ++j)
+    for (int64_t p = np; p < npr; ++p) rows[j * WG_PIXELS + p] = T(0);
+  for (int64_t j = nk; j < KB; ++j)
+    for (int64_t p = 0; p < npr; ++p) rows[j * WG_PIXELS + p] = T(0);
+  for (int64_t h = 0; h < 2; ++h) {
+    V cv;
+    __builtin_memcpy(&cv, c + h * VL, sizeof(V));
+    for (int64_t p = 0; p < npr; p += VL) {
+      const T* src[VL];
+      for (int64_t i = 0; i < VL; ++i) src[i] = rows + (h * VL + i) * WG_PIXELS + p;
+      transpose_centred(src, cv, panel + p * KB + h * VL, KB);
+    }
+  }
+}
+
+// The zero-padded copy of one image's input channels [c0, c0 + nc) of a group, its columns split
+// by phase (column mod stride_w): padded (ci, ih, iw) at ((ci * Hp + ih) * stride_w + iw % stride_w)
+// * Wq + iw / stride_w, Hp = in_h + 2 pad_h, Wq = ceil((in_w + 2 pad_w) / stride_w). Then tap
+// (ci, kh, kw) of output pixels (oh, ow..ow+n) is n contiguous elements at any stride. Writes the
+// image's elements only: the caller zeroes dst once (the padding stays zero from image to image).
+template <typename T>
+static int64_t padded_phase_width(const Adder2dShape& s) {
+  return (s.in_w + 2 * s.pad_w + s.stride_w - 1) / s.stride_w;
+}
+template <typename T>
+static void pad_planes(const Adder2dShape& s, const T* x, int64_t c0, int64_t nc, T* dst) {
+  const int64_t Hp = s.in_h + 2 * s.pad_h, sw = s.stride_w, Wq = padded_phase_width<T>(s);
+  const int64_t row = sw * Wq;
+  for (int64_t c = 0; c < nc; ++c)
+    for (int64_t ih = 0; ih < s.in_h; ++ih) {
+      const T* src = x + ((c0 + c) * s.in_h + ih) * s.in_w;
+      T* d = dst + (c * Hp + ih + s.pad_h) * row;
+      if (sw == 1) {
+        for (int64_t iw = 0; iw < s.in_w; ++iw) d[s.pad_w + iw] = src[iw];
+      } else if (sw == 2) {  // even iw: phase pad_w % 2; odd iw: the other phase
+        const int64_t a = s.pad_w & 1;
+        T* even = d + a * Wq + (s.pad_w >> 1);
+        T* odd = d + (1 - a) * Wq + ((s.pad_w + 1) >> 1);
+        for (int64_t i = 0; 2 * i < s.in_w; ++i) even[i] = src[2 * i];
+        for (int64_t i = 0; 2 * i + 1 < s.in_w; ++i) odd[i] = src[2 * i + 1];
+      } else {
+        int64_t ph = s.pad_w % sw, col = s.pad_w / sw;  // phase and column of iw = 0
+        for (int64_t iw = 0; iw < s.in_w; ++iw) {
+          d[ph * Wq + col] = src[iw];
+          if (++ph == sw) {
+            ph = 0;
+            ++col;
+          }
+        }
+      }
+    }
+}
+
+// pack_panel_centred from the padded copy (planes holds channels from c0), when the output width
+// is a whole number of vectors: each tap of VL output pixels is one vector load.
+template <typename T>
+static void pack_panel_centred_padded(const Adder2dShape& s, const T* planes, int64_t c0,
+                                      int64_t p0, int64_t np, int64_t k0, int64_t nk, const T* c,
+                                      const T* zeros, T* panel) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
+  const int64_t KHW = s.kernel_h * s.kernel_w, Hp = s.in_h + 2 * s.pad_h;
+  const int64_t row = s.stride_w * padded_phase_width<T>(s);
+  int64_t off[KB];
+  for (int64_t j = 0; j < nk; ++j) {
+    const int64_t k = k0 + j, ci = k / KHW - c0, kh = (k % KHW) / s.kernel_w, kw = k % s.kernel_w;
+    const int64_t cw = kw * s.dilation_w;
+    off[j] = (ci * Hp + kh * s.dilation_h) * row + (cw % s.stride_w) * padded_phase_width<T>(s) +
+             cw / s.stride_w;
+  }
+  for (int64_t p = 0; p < np; p += VL) {
+    const int64_t oh = (p0 + p) / s.out_w, ow = (p0 + p) % s.out_w;
+    const T* base = planes + oh * s.stride_h * row + ow;
+    for (int64_t h = 0; h < 2; ++h) {
+      const T* src[VL];
+      for (int64_t i = 0; i < VL; ++i) src[i] = h * VL + i < nk ? base + off[h * VL + i] : zeros;
+      V cv;
+      __builtin_memcpy(&cv, c + h * VL, sizeof(V));
+      transpose_centred(src, cv, panel + p * KB + h * VL, KB);
+    }
+  }
+}
+
 // sum[l] += the lanes of dy[0..n) (l = index mod the vector width VL; sum has VL doubles): each
 // chunk of WG_PIXELS pixels summed in T vectors, then added in double; a chunk's scalar tail
 // goes to lane 0. The order depends on n only.
@@ -892,7 +1057,14 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
   T* panel = scratch;
   T* centre = scratch + WG_PIXELS * KB;                           // nsub * KB
   double* acc = reinterpret_cast<double*>(centre + WG_SUB * KB);  // [sub][co][KB]
-  double* dysum = acc + WG_SUB * cog * KB;  // cog x VL lanes, then summed into dysum[co]
+  double* dysum = acc + WG_SUB * cog * KB;           // cog x VL lanes, then summed into dysum[co]
+  T* rows = reinterpret_cast<T*>(dysum + cog * VL);  // KB x WG_PIXELS
+  const bool padded = weight_grad_uses_padded<T>(s);
+  const int64_t KHW = s.kernel_h * s.kernel_w, c0 = k0 / KHW, nc = (k0 + nt - 1) / KHW - c0 + 1;
+  T* zeros = rows + KB * WG_PIXELS;  // VL zeros, then the padded planes of channels [c0, c0 + nc)
+  T* planes = zeros + VL;
+  if (padded)
+    for (int64_t i = 0; i < weight_grad_padded_size<T>(s); ++i) zeros[i] = T(0);
   {
     double* c = acc;  // acc is free until zeroed below
     for (int64_t j = 0; j < nsub * KB; ++j) c[j] = 0.0;
@@ -913,14 +1085,17 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
   for (int64_t n = 0; n < s.batch; ++n) {
     const T* xn = x + (n * s.in_channels + g * s.in_channels_per_group) * s.in_h * s.in_w;
     const T* dyn = dy + (n * s.out_channels + g * cog) * L;
+    if (padded) pad_planes(s, xn, c0, nc, planes);
     for (int64_t p0 = 0; p0 < L; p0 += WG_PIXELS) {
       const int64_t np = min_i64(WG_PIXELS, L - p0);
       for (int64_t sub = 0; sub < nsub; ++sub) {
         const T* cs = centre + sub * KB;
         double* as = acc + sub * cog * KB;
-        pack_panel_transposed(s, xn, p0, np, k0 + sub * KB, min_i64(KB, nt - sub * KB), panel);
-        for (int64_t p = 0; p < np; ++p)
-          for (int64_t j = 0; j < KB; ++j) panel[p * KB + j] -= cs[j];
+        const int64_t kb = k0 + sub * KB, nk = min_i64(KB, nt - sub * KB);
+        if (padded)
+          pack_panel_centred_padded(s, planes, c0, p0, np, kb, nk, cs, zeros, panel);
+        else
+          pack_panel_centred(s, xn, p0, np, kb, nk, cs, rows, panel);
         int64_t co = 0;
         for (; co + WG_ROWS <= cog; co += WG_ROWS)
           weight_grad_fma<T, WG_ROWS>(panel, np, dyn + co * L + p0, L, as + co * KB);
