@@ -169,7 +169,7 @@ def resnet20_row(batch: int, repeats: int) -> dict:
     calib = [torch.randn(32, 3, 32, 32) for _ in range(2)]
     ann = recalibrate_batchnorm(resnet20(), calib)
     cnn = recalibrate_batchnorm(resnet20(cnn=True), calib)
-    q = addernet_cuda.quantize(ann, calib, max_images=32)
+    q = addernet_cuda.quantize(ann, calib, max_images=32, simplify=True)
     plain = addernet_cuda.quantize(ann, calib, max_images=32, simplify=False)
     x = torch.randn(batch, 3, 32, 32)
     with torch.no_grad():

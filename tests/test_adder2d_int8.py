@@ -385,8 +385,8 @@ def _quantized_pair(name):
     batches = [torch.randn(8, *shape) for _ in range(2)]
     model = recalibrate_batchnorm(make(), batches)
     return (
+        quantize(model, batches, max_images=8, candidates=6, simplify=True),
         quantize(model, batches, max_images=8, candidates=6),
-        quantize(model, batches, max_images=8, candidates=6, simplify=False),
     )
 
 
@@ -430,6 +430,77 @@ def test_add_into_writes_in_place_only_when_exact():
         out.numpy().tobytes()
         == torch.relu(special + torch.tensor([-0.0, 1.0, 0.5])).numpy().tobytes()
     )
+
+
+class _Block(nn.Module):
+    """A residual block with the shapes of Net's, for the cases simplification must leave alone
+    or handle: a forward argument with a default, a Python number added, a keyword call."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.c1 = addernet_cuda.AdderConv2d(3, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.relu = nn.ReLU()
+        self.id = nn.Identity()
+
+    def forward(self, x, add_skip=True):
+        z = self.relu(self.bn(self.c1(x)))
+        if self.kind == "number":
+            return self.id(input=z) + x.size(1)
+        return z + x if add_skip else z
+
+
+class _Holder(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.b = _Block(kind)
+
+    def forward(self, x):
+        return self.b(x)
+
+
+@pytest.mark.parametrize("kind", ["default-argument", "number"])
+def test_simplify_leaves_what_it_cannot_rewrite_exactly(kind):
+    """A forward argument with a default is not fixed at it (the block is left alone); a Python
+    number added to a layer's output and an nn.Identity called by keyword are handled."""
+    torch.manual_seed(0)
+    batches = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    model = recalibrate_batchnorm(_Holder(kind), batches)
+    q = quantize(model, batches, max_images=4, candidates=4, simplify=True)
+    plain = quantize(model, batches, max_images=4, candidates=4)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(q(x), plain(x))
+        if kind == "default-argument":
+            assert type(q.b) is _Block
+            assert torch.equal(q.b(x, False), plain.b(x, False))
+
+
+def test_quantize_keeps_blocks_and_hooks_unless_asked_to_simplify():
+    """By default the blocks stay instances of their class and a hook on a quantized layer sees
+    that layer's own output; with simplify, a block whose children have hooks is left alone."""
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    model = recalibrate_batchnorm(resnet20(), batches)
+    q = quantize(model, batches, max_images=8, candidates=6)
+    block = q.layer1[0]
+    assert type(block).__name__ == "BasicBlock" and not isinstance(block, torch.fx.GraphModule)
+    seen = []
+    block.conv2.register_forward_hook(lambda m, i, o: seen.append((o, o.clone())))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        q(x)
+    assert torch.equal(seen[0][0], seen[0][1])
+    hooked = copy.deepcopy(model)
+    calls = []
+    hooked.layer1[0].relu.register_forward_hook(lambda m, i, o: calls.append(1))
+    qs = quantize(hooked, batches, max_images=8, candidates=6, simplify=True)
+    assert not isinstance(qs.layer1[0], torch.fx.GraphModule)
+    assert isinstance(qs.layer1[1], torch.fx.GraphModule)
+    with torch.no_grad():
+        qs(x)
+    assert calls
 
 
 def test_simplified_submodule_compiles_and_exports():

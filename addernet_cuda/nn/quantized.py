@@ -328,8 +328,13 @@ class _ChildrenTracer(torch.fx.Tracer):
 
 def _add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``fresh + other`` written into ``fresh`` (a tensor nothing else reads) when the sum has
-    its shape and dtype; float addition is commutative, so either operand order is the same."""
-    if other.shape == fresh.shape and other.dtype == fresh.dtype:
+    its shape and dtype; float addition is commutative, so either operand order is the same.
+    Anything else (a Python number, a broadcast or a dtype promotion) gives ``fresh + other``."""
+    if (
+        isinstance(other, torch.Tensor)
+        and other.shape == fresh.shape
+        and other.dtype == fresh.dtype
+    ):
         return fresh.add_(other)
     return fresh + other
 
@@ -365,7 +370,8 @@ def _simplify_graph(graph: torch.fx.Graph, modules: Dict[str, nn.Module]) -> boo
     """
     changed = False
     for node in list(graph.nodes):
-        if node.op == "call_module" and type(modules.get(node.target)) is nn.Identity:
+        is_identity = node.op == "call_module" and type(modules.get(node.target)) is nn.Identity
+        if is_identity and len(node.args) == 1 and not node.kwargs:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
             changed = True
@@ -407,16 +413,28 @@ def _simplify_graph(graph: torch.fx.Graph, modules: Dict[str, nn.Module]) -> boo
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
+def _has_hooks(m: nn.Module) -> bool:
+    return any(
+        getattr(m, hooks, None)
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+    )
+
+
 def _simplify(qmodel: nn.Module) -> None:
     """Applies :func:`_simplify_graph` to every submodule of ``qmodel`` (not ``qmodel`` itself,
     whose class and methods stay, nor containers, which stay indexable) that traces with its
     children as leaves; a changed one is replaced by a ``torch.fx.GraphModule`` of the same
-    class name and buffers (the state_dict keys are the same)."""
+    class name and buffers (the state_dict keys are the same). Left as they are: modules whose
+    ``forward`` takes arguments with defaults (a trace would fix them at their default) and
+    modules that have hooks, or whose children have (a rewrite would drop or feed them
+    differently)."""
     for name, m in reversed(list(qmodel.named_modules())):
         if not name or isinstance(m, _CONTAINERS) or not list(m.children()):
             continue
+        if _defaults(m) or _has_hooks(m) or any(_has_hooks(c) for c in m.children()):
+            continue
         try:
-            graph = _ChildrenTracer().trace(m, _defaults(m))
+            graph = _ChildrenTracer().trace(m)
         except Exception:  # noqa: BLE001  (a module that cannot be traced is kept as it is)
             continue
         if _simplify_graph(graph, dict(m.named_modules())):
@@ -431,7 +449,7 @@ def quantize(
     *,
     scale_groups: int = 1,
     fold: bool = True,
-    simplify: bool = True,
+    simplify: bool = False,
     max_images: int = 128,
     candidates: int = 24,
 ) -> nn.Module:
@@ -446,12 +464,16 @@ def quantize(
     its own (layers whose channel count it does not divide, or with ``groups`` > 1, keep one).
     With ``fold``, an eval-mode ``BatchNorm2d`` that alone reads an adder layer's output folds
     into it (the BatchNorm becomes ``nn.Identity``) and a ReLU after it runs fused as well (the
-    ReLU module stays: applying it twice changes nothing). With ``simplify``, every submodule
-    but the model itself whose forward FX-traces (a residual block, not a container) and does
-    float work the quantized layers make redundant is rewritten into a ``torch.fx.GraphModule``
+    ReLU module stays: applying it twice changes nothing). With ``simplify`` (for deployment,
+    off by default), every submodule but the model itself whose forward FX-traces (a residual
+    block, not a container), takes no argument with a default and has no hooks, and does float
+    work the quantized layers make redundant, is rewritten into a ``torch.fx.GraphModule``
     without it, outputs identical bit for bit: the folded BatchNorms' ``nn.Identity`` calls and
     the ReLU after a fused layer go, and a residual addition (with its ReLU) is written into the
-    quantized layer's output instead of a new tensor. The copy is for inference: its
+    quantized layer's output instead of a new tensor. A rewritten block keeps its class name and
+    ``state_dict`` keys but is no longer an instance of its class, keeps only the attributes its
+    forward uses, and a forward hook added later to a quantized layer inside it sees the layer's
+    output after the residual addition was written into it. The copy is for inference: its
     parameters do not require gradients (the int8 op has none). The copy's
     ``quantization_errors`` maps each layer name to its calibration relative L2 errors (one per
     scale group). Multiplicative layers, pooling and residual additions stay float32.
