@@ -493,6 +493,24 @@ def _free_port():
 
 
 def _ddp_worker(rank, world, port, out):
+    """Runs _ddp_train and leaves the process with os._exit: gloo's threads can abort the
+    interpreter's normal teardown ("terminate called without an active exception", SIGABRT)
+    after the work is done, which would read as a failed worker."""
+    import sys
+    import traceback
+
+    code = 0
+    try:
+        _ddp_train(rank, world, port, out)
+    except BaseException:  # noqa: BLE001  (reported through the exit code and the traceback)
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _ddp_train(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import datetime
