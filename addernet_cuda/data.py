@@ -104,9 +104,27 @@ def mnist_path() -> str:
     )
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers and numpy arrays only: a data file never runs code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
 def load_mnist() -> DataBundle:
     with gzip.open(mnist_path(), "rb") as f:
-        splits = pickle.load(f, encoding="latin1")
+        splits = _ArrayUnpickler(f, encoding="latin1").load()
 
     def make(pair) -> Split:
         x, y = pair
@@ -152,30 +170,12 @@ def _cifar_dir(name: str, data_dir: Optional[str]) -> str:
     )
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickles containers and numpy arrays only: a data file never runs code."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
 def _read_cifar_file(path: str, label_key: bytes):
     """(images [n, 3, 32, 32] uint8, labels [n] int64) of one batch file; a truncated or
     malformed file is a RuntimeError naming it."""
     try:
         with open(path, "rb") as f:
-            entry = _CifarUnpickler(f, encoding="bytes").load()
+            entry = _ArrayUnpickler(f, encoding="bytes").load()
         data = np.asarray(entry[b"data"], dtype=np.uint8)
         labels = np.asarray(entry[label_key], dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32)

@@ -142,7 +142,7 @@ def test_base_and_avx2_bitwise_equal_across_processes():
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    base = torch.load(path)
+    base = torch.load(path, weights_only=True)
     for i, sh in enumerate(INT8_SHAPES):
         x, wq, s, kw = make_codes(sh, seed=i)
         g = torch.Generator().manual_seed(i)
@@ -306,7 +306,7 @@ def test_state_dict_and_torch_save_round_trip(block_and_data):
     buffer = io.BytesIO()
     torch.save(q.state_dict(), buffer)
     buffer.seek(0)
-    state = torch.load(buffer)
+    state = torch.load(buffer, weights_only=True)
     assert state["adder.weight"].dtype == torch.int8 and state["adder.scale"].shape == (4,)
     other = quantize(model, batches[:1], scale_groups=4, candidates=3)
     other.load_state_dict(state)

@@ -103,7 +103,7 @@ def test_device_dtype_copies_and_reassignment_keep_the_tag(tmp_path):
     layer.load_state_dict({"weight": torch.randn(4, 4, 3, 3), "bias": torch.randn(4)}, assign=True)
     assert tagged(layer) == 0.3
     torch.save(layer, tmp_path / "layer.pt")
-    loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+    loaded = _load_module(tmp_path / "layer.pt")
     assert loaded.eta == 0.3 and tagged(loaded) == 0.3
 
 
@@ -149,11 +149,18 @@ def _pickled(layer):
     return pickle.loads(pickle.dumps(layer))
 
 
+def _load_module(file):
+    """A whole saved AdderConv2d, loaded without running pickled code (weights_only, with the
+    one class it needs allowed)."""
+    with torch.serialization.safe_globals([addernet_cuda.AdderConv2d]):
+        return torch.load(file, weights_only=True)
+
+
 def _saved(layer):
     buffer = io.BytesIO()
     torch.save(layer, buffer)
     buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return _load_module(buffer)
 
 
 def _new_parameter(layer):
@@ -548,7 +555,7 @@ def test_adaptive_lr_under_ddp_two_processes(tmp_path):
             p.kill()
             pytest.fail("DDP worker did not finish in 120 s")
         assert p.exitcode == 0, f"DDP worker exited with {p.exitcode}"
-    assert_same_params(torch.load(out), train_official())
+    assert_same_params(torch.load(out, weights_only=True), train_official())
 
 
 def test_pytorch_conv2d_moduleinfo_inputs_run_as_adder_conv2d():

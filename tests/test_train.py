@@ -324,8 +324,8 @@ def test_ddp_two_processes_torchrun(tmp_path):
     assert metrics["environment"]["world_size"] == 2 and metrics["finished"]
     assert metrics["history"][-1]["train_samples"] == 64  # both shards counted
     # DDP kept the two replicas identical, the head included (it is trained outside forward)
-    s0 = torch.load(out / "rank0.pt")
-    s1 = torch.load(out / "rank1.pt")
+    s0 = torch.load(out / "rank0.pt", weights_only=True)
+    s1 = torch.load(out / "rank1.pt", weights_only=True)
     params = [k for k in s0 if "running" not in k and "num_batches" not in k]
     assert all(torch.equal(s0[k], s1[k]) for k in params)
     torch.manual_seed(metrics["config"]["seed"])
@@ -562,4 +562,18 @@ def test_cifar_files_never_unpickle_code(tmp_path):
         pickle.dump({b"data": _Payload(marker), b"labels": [0]}, f)
     with pytest.raises(RuntimeError, match="refusing to load"):
         data_mod.load_cifar("cifar10", str(tmp_path))
+    assert not marker.exists()
+
+
+def test_mnist_file_never_unpickles_code(tmp_path, monkeypatch):
+    import gzip
+    import pickle
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(_Payload(marker), f)
+    monkeypatch.setattr(data_mod, "mnist_path", lambda: str(path))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        data_mod.load_mnist()
     assert not marker.exists()
