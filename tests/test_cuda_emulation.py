@@ -376,14 +376,19 @@ def _check_weight_grad_runs(stdout, pytestconfig):
     )
 
 
+def assert_reported(r, mutation, expected):
+    """The emulation run `r` of a mutated build failed, with a report matching `expected`."""
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, f"mutation {mutation} not detected:\n{out[-4000:]}"
+    assert re.search(expected, out), f"mutation {mutation}: unexpected report\n{out[-4000:]}"
+
+
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 def test_mutation_is_reported(emulators, tmp_path, mutation):
     """A deliberately broken copy of one kernel makes the emulation fail with the right report."""
     *_, cases, expected = MUTATIONS[mutation]
     r, _ = _run(emulators[mutation], cases, tmp_path, timeout=300, env=MUTATION_ENV.get(mutation))
-    out = r.stdout + r.stderr
-    assert r.returncode != 0, f"mutation {mutation} not detected:\n{out[-4000:]}"
-    assert re.search(expected, out), f"mutation {mutation}: unexpected report\n{out[-4000:]}"
+    assert_reported(r, mutation, expected)
 
 
 def test_unmutated_copy_passes(emulators, tmp_path):
