@@ -73,8 +73,12 @@ def build_info():
     (whether the build has CUDA kernels), ``torch_version`` (the torch it was compiled with),
     ``stable_abi`` (the oldest torch it runs on: every later one works too), ``cuda_archs``
     (``TORCH_CUDA_ARCH_LIST`` of the CUDA build), ``flags`` (compiler flags), ``debug``,
-    ``cpu_avx2_compiled`` and ``cpu_isa`` (the instruction set the CPU kernels use on this
-    machine: ``"avx2"`` or ``"base"``; ``ADDERNET_CPU_ISA=base`` forces the latter).
+    ``cpu_avx2_compiled``, ``cpu_avx512_compiled`` (the int8 kernels' AVX-512 VNNI copy),
+    ``int8_min_dot_min_bytes`` (the shortest reduction, ``KH * KW * roundup(C / groups, 8)``
+    bytes, that the AVX-512 int8 kernels take; shorter ones run the AVX2 kernels) and ``cpu_isa``
+    (the instruction set the CPU kernels use on this machine: ``"avx512"``, where the CPU has
+    AVX-512 F/BW/VL/VNNI, the float kernels running their AVX2 copy; ``"avx2"``; or ``"base"``;
+    ``ADDERNET_CPU_ISA=base``, ``avx2`` or ``avx512`` chooses one, an error if the CPU lacks it).
     """
     info = dict(_C.build_info())
     info["backends"] = ["cpu"] + (["cuda"] if _C_cuda is not None else [])

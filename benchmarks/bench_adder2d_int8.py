@@ -3,8 +3,9 @@ PyTorch's int8 convolution on the same layers, in one process, with interleaved 
 
 Per layer (batch 32 by default), each timed float32 in, float32 out:
 
-- ``int8 adder``: ``ops.adder2d_int8`` (quantizes the NCHW input inside, byte-SAD GEMM, float32
-  epilogue) with the weight codes prepared beforehand;
+- ``int8 adder``: ``ops.adder2d_int8`` (quantizes the NCHW input inside, byte-SAD GEMM, or
+  min + dot GEMM on AVX-512 VNNI for long reductions, float32 epilogue) with the weight codes
+  prepared beforehand;
 - ``conv2d``: ``torch.nn.functional.conv2d`` in float32 (NCHW);
 - ``torch int8 conv``: ``torch.ao.nn.quantized.Conv2d`` on the x86 engine: ``quantize_per_tensor``
   of a channels-last float input to quint8, the convolution (per-channel qint8 weights), then
@@ -13,9 +14,11 @@ Per layer (batch 32 by default), each timed float32 in, float32 out:
 
 Runs are interleaved (one call of each implementation per round) and medians reported, so a
 change in machine load hits all alike; on one thread (the default) the clock is the thread's CPU
-time, which leaves out the time the process spends descheduled on a shared machine. The byte-SAD ceiling (``_C.int8_sad_ceiling``: a
-register-resident vpsadbw + vpaddq loop, one per thread, run concurrently) is measured in the
-same run; ``G taps/s`` counts real |x - w| terms, ``bytes/s`` the padded bytes the kernel sums
+time, which leaves out the time the process spends descheduled on a shared machine. The rounds rotate the order of the implementations, so that none always runs right after the
+same other one. The byte-SAD ceiling (``_C.int8_sad_ceiling``: a register-resident vpsadbw +
+vpaddq loop, one per thread, run concurrently) and, where the AVX-512 kernels are in use, the
+min + dot ceiling (``_C.int8_min_dot_ceiling``: vpminub + vpdpbusd on 64 bytes) are measured in
+the same run, and each layer's rate is compared with the ceiling of the kernel it runs; ``G taps/s`` counts real |x - w| terms, ``bytes/s`` the padded bytes the kernel sums
 (channels padded to 8). Also one whole ResNet-20 ANN forward quantized to int8
 against its float32 CNN twin (and the float32 ANN).
 
@@ -49,11 +52,35 @@ from .bench_adder2d import FAMILIES, SHAPES, environment, percentile, terms
 INT8_FAMILIES = ("resnet20", "vgg_small", "lenet5")
 
 
-def sad_ceiling(threads: int, seconds: float = 0.3) -> float:
-    """Byte-taps per second of the register-resident vpsadbw loop on ``threads`` threads at once."""
-    iterations = max(1, int(_C.int8_sad_ceiling(10000) * seconds / (12 * 32)))
+def _concurrent_rate(loop, bytes_per_iteration: int, threads: int, seconds: float) -> float:
+    """Byte-taps per second of a register-resident ceiling loop on ``threads`` threads at once."""
+    iterations = max(1, int(loop(10000) * seconds / bytes_per_iteration))
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        return sum(pool.map(lambda _: _C.int8_sad_ceiling(iterations), range(threads)))
+        return sum(pool.map(lambda _: loop(iterations), range(threads)))
+
+
+def sad_ceiling(threads: int, seconds: float = 0.3) -> float:
+    """Byte-taps per second of the register-resident vpsadbw + vpaddq loop (the AVX2 kernels')."""
+    return _concurrent_rate(_C.int8_sad_ceiling, 12 * 32, threads, seconds)
+
+
+def min_dot_ceiling(threads: int, seconds: float = 0.3) -> float | None:
+    """Byte-taps per second of the register-resident vpminub + vpdpbusd loop (the AVX-512
+    kernels'), or None where they are not in use."""
+    if _C.cpu_isa() != "avx512":
+        return None
+    return _concurrent_rate(_C.int8_min_dot_ceiling, 12 * 64, threads, seconds)
+
+
+def kernel_of(shape) -> str:
+    """Which CPU kernel adder2d_int8 runs on a layer: the AVX-512 vpminub + vpdpbusd one at
+    "avx512" on reductions of at least ``int8_min_dot_min_bytes`` bytes, else vpsadbw."""
+    _, c, _, _, _, k, _, _ = shape
+    kq = k * k * (-(-c // 8) * 8)
+    info = addernet_cuda.build_info()
+    if info["cpu_isa"] == "avx512" and kq >= info["int8_min_dot_min_bytes"]:
+        return "min_dot"
+    return "sad" if info["cpu_isa"] in ("avx2", "avx512") else "base"
 
 
 def torch_int8_conv(x, w, stride, padding):
@@ -98,15 +125,19 @@ def minor_faults() -> int:
 
 def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
     """Medians [p20, p80] of ``repeats`` rounds, each calling every function once, and the
-    mean page faults per call."""
+    mean page faults per call. The order rotates from round to round, so that no implementation
+    always runs right after the same other one (whose memory traffic and freed allocations the
+    next call inherits)."""
     now = clock()
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    names = list(fns)
     times = {name: [] for name in fns}
     faults = dict.fromkeys(fns, 0)
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             f0 = minor_faults()
             t0 = now()
             fn()
@@ -146,6 +177,7 @@ def layer_row(name: str, batch: int, repeats: int) -> dict:
     cpg = -(-c // 8) * 8
     padded = n_terms // (c * k * k) * (cpg * k * k)
     row = {"shape": name, "family": family, "batch": batch, "terms": n_terms, **timed}
+    row["int8_adder.kernel"] = kernel_of(shape)
     ours = timed["int8_adder"]["median_s"]
     row["int8_adder.vs_conv2d"] = ours / timed["conv2d"]["median_s"]
     row["int8_adder.gterms_per_s"] = n_terms / ours / 1e9
@@ -198,21 +230,33 @@ def geomean(values):
 
 def markdown(result: dict) -> str:
     env, rows = result["environment"], result["rows"]
-    ceiling = result["sad_ceiling_gbytes_per_s"]
+    ceiling = {
+        "sad": result["sad_ceiling_gbytes_per_s"],
+        "base": result["sad_ceiling_gbytes_per_s"],
+        "min_dot": result.get("min_dot_ceiling_gbytes_per_s"),
+    }
+    min_dot = ceiling["min_dot"]
     lines = [
         f"int8 adder benchmark: {env.get('cpu_model')}, torch {env['torch']}, {env['threads']} "
         f"threads, CPU kernels {env['cpu_isa']}, commit {env.get('commit')}, {env['date']}, "
         f"load average at start {result['load_average']}",
         "",
-        f"Byte-SAD ceiling measured in this run (register-resident vpsadbw + vpaddq on "
-        f"{env['threads']} threads): {ceiling:.0f} G byte-taps/s. Times: medians in ms [p20, p80] "
-        f"of interleaved rounds ({result['clock']}), float32 in and out; ratios are time / time "
-        "(lower is better).",
+        f"Register-resident ceilings measured in this run on {env['threads']} threads: byte SAD "
+        f"(vpsadbw + vpaddq, 32 bytes) {ceiling['sad']:.0f} G byte-taps/s"
+        + (
+            f", min + dot (vpminub + vpdpbusd, 64 bytes) {min_dot:.0f} G byte-taps/s"
+            if min_dot
+            else ""
+        )
+        + ". The kernel column says which one a layer runs (min_dot: the AVX-512 kernels, on "
+        "reductions of 512 bytes or more), and % of ceiling is against that one's. Times: medians "
+        f"in ms [p20, p80] of interleaved rounds in rotating order ({result['clock']}), float32 "
+        "in and out; ratios are time / time (lower is better).",
         "",
         "| layer | batch | int8 adder | conv2d | torch int8 conv | torch int8 (int8 i/o) | "
         "adder / conv2d | adder / torch int8 | torch int8 / conv2d | G taps/s | padded G bytes/s | "
-        "% of ceiling | page faults per call (adder / conv2d / torch int8) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "kernel | % of ceiling | page faults per call (adder / conv2d / torch int8) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda s: f"{s['median_s'] * 1e3:.2f} [{s['p20_s'] * 1e3:.2f}, {s['p80_s'] * 1e3:.2f}]"  # noqa: E731
     for r in rows:
@@ -220,7 +264,8 @@ def markdown(result: dict) -> str:
         t8io = fmt(r["torch_int8_conv.int8_io"]) if "torch_int8_conv" in r else "skipped"
         vs8 = f"{r['int8_adder.vs_torch_int8']:.2f}x" if "int8_adder.vs_torch_int8" in r else "-"
         t8c = f"{r['torch_int8_conv.vs_conv2d']:.2f}x" if "torch_int8_conv.vs_conv2d" in r else "-"
-        pct = 100 * r["int8_adder.padded_gbytes_per_s"] / ceiling
+        kernel = r.get("int8_adder.kernel", "sad")
+        pct = 100 * r["int8_adder.padded_gbytes_per_s"] / (ceiling[kernel] or ceiling["sad"])
         faults = " / ".join(
             f"{r[k]['page_faults_per_call']:.0f}" if k in r else "-"
             for k in ("int8_adder", "conv2d", "torch_int8_conv")
@@ -228,7 +273,8 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {r['shape']} | {r['batch']} | {fmt(r['int8_adder'])} | {fmt(r['conv2d'])} | {t8} | "
             f"{t8io} | {r['int8_adder.vs_conv2d']:.2f}x | {vs8} | {t8c} | "
-            f"{r['int8_adder.gterms_per_s']:.1f} | {r['int8_adder.padded_gbytes_per_s']:.1f} | {pct:.0f}% | "
+            f"{r['int8_adder.gterms_per_s']:.1f} | {r['int8_adder.padded_gbytes_per_s']:.1f} | "
+            f"{kernel} | {pct:.0f}% | "
             f"{faults} |"
         )
     for key, value in result["summary"].items():
@@ -296,11 +342,12 @@ def main(argv=None):
     env = environment("cpu")
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     threads = torch.get_num_threads()
-    ceilings = [sad_ceiling(threads)]
+    ceilings, min_dot = [sad_ceiling(threads)], [min_dot_ceiling(threads)]
     rows = []
     for name in args.shapes:
         rows.append(layer_row(name, args.batch, args.repeats))
         ceilings.append(sad_ceiling(threads))
+        min_dot.append(min_dot_ceiling(threads))
         print(f"{name}: int8 adder {rows[-1]['int8_adder.vs_conv2d']:.2f}x conv2d", flush=True)
     whole = None if args.no_whole else resnet20_row(args.batch, args.whole_repeats)
     result = {
@@ -308,6 +355,9 @@ def main(argv=None):
         "load_average": load,
         "clock": "thread CPU time" if args.threads == 1 else "wall time",
         "sad_ceiling_gbytes_per_s": statistics.median(ceilings) / 1e9,
+        "min_dot_ceiling_gbytes_per_s": (
+            statistics.median(min_dot) / 1e9 if min_dot[0] is not None else None
+        ),
         "rows": rows,
         "whole": whole,
         "summary": summary(rows, whole),

@@ -35,6 +35,16 @@ bool set_item(PyObject* dict, const char* key, PyObject* value) {
   return rc == 0;
 }
 
+// The current CPU instruction set; a RuntimeError for an invalid ADDERNET_CPU_ISA.
+PyObject* cpu_isa(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(addernet::cpu::cpu_isa().c_str());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 PyObject* build_info(PyObject*, PyObject*) {
 #ifdef ADDERNET_WITH_CUDA
   const bool cuda_compiled = true;
@@ -56,16 +66,16 @@ PyObject* build_info(PyObject*, PyObject*) {
       set_item(info, "flags", PyUnicode_FromString(ADDERNET_BUILD_FLAGS)) &&
       set_item(info, "debug", PyBool_FromLong(debug)) &&
       set_item(info, "cpu_avx2_compiled", PyBool_FromLong(addernet::cpu::avx2_compiled())) &&
-      set_item(info, "cpu_isa", PyUnicode_FromString(addernet::cpu::cpu_isa().c_str()));
+      set_item(info, "cpu_avx512_compiled",
+               PyBool_FromLong(addernet::cpu::int8_avx512_compiled())) &&
+      set_item(info, "int8_min_dot_min_bytes",
+               PyLong_FromLongLong(addernet::cpu::INT8_MIN_DOT_MIN_BYTES)) &&
+      set_item(info, "cpu_isa", cpu_isa(nullptr, nullptr));
   if (!ok) {
     Py_DECREF(info);
     return nullptr;
   }
   return info;
-}
-
-PyObject* cpu_isa(PyObject*, PyObject*) {
-  return PyUnicode_FromString(addernet::cpu::cpu_isa().c_str());
 }
 
 PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
@@ -93,6 +103,17 @@ PyObject* int8_sad_ceiling(PyObject*, PyObject* arg) {
   Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
 }
 
+// int8_min_dot_ceiling(iterations): the register-resident AVX-512 vpminub + vpdpbusd ceiling on
+// this thread (byte-taps per second of thread CPU time; 0 without AVX-512 kernels; the caller
+// checks that the CPU has AVX-512 VNNI). Releases the GIL.
+PyObject* int8_min_dot_ceiling(PyObject*, PyObject* arg) {
+  const long long iterations = PyLong_AsLongLong(arg);
+  if (iterations == -1 && PyErr_Occurred()) return nullptr;
+  double rate = 0.0;
+  Py_BEGIN_ALLOW_THREADS rate = addernet::cpu::int8_min_dot_ceiling_avx512(iterations);
+  Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
+}
+
 // adder2d_register_ceiling(iterations): |x - w| terms per second of thread CPU time of the
 // float32 forward's micro-tile arithmetic on registers (the current CPU instruction set's). Releases
 // the GIL, so several Python threads can measure at once.
@@ -111,11 +132,16 @@ PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
      "Torch version and stable ABI, CUDA archs, flags and CPU instruction set of this build"},
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now"},
+    {"int8_min_dot_ceiling", int8_min_dot_ceiling, METH_O,
+     "int8_min_dot_ceiling(iterations): byte-taps per second of a register-resident AVX-512 "
+     "vpminub + vpdpbusd loop on this thread (0 without AVX-512 kernels; only on a CPU with "
+     "AVX-512 VNNI); the int8 benchmark's ceiling for the avx512 kernels"},
     {"int8_sad_ceiling", int8_sad_ceiling, METH_O,
      "int8_sad_ceiling(iterations): byte-taps per second of a register-resident AVX2 vpsadbw "
      "loop on this thread (0 without AVX2 kernels); the int8 benchmark's ceiling"},
     {"set_cpu_isa", set_cpu_isa, METH_O,
-     "set_cpu_isa(isa): use the \"base\" or \"avx2\" CPU kernels (for tests and benchmarks)"},
+     "set_cpu_isa(isa): use the \"base\", \"avx2\" or \"avx512\" CPU kernels (for tests and "
+     "benchmarks)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT,

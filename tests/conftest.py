@@ -27,17 +27,28 @@ float_dtypes = [torch.float32, torch.float64]
 def _isa_param(isa):
     info = addernet_cuda.build_info()
     if isa == "avx2":
-        supported = info["cpu_avx2_compiled"] and info["cpu_isa"] == "avx2"
+        supported = info["cpu_avx2_compiled"] and info["cpu_isa"] in ("avx2", "avx512")
         return pytest.param(
             isa,
             marks=pytest.mark.skipif(
                 not supported, reason="AVX2 kernels not compiled in or the CPU lacks AVX2/FMA"
             ),
         )
+    if isa == "avx512":
+        return pytest.param(
+            isa,
+            marks=pytest.mark.skipif(
+                info["cpu_isa"] != "avx512",
+                reason="AVX-512 int8 kernels not compiled in or the CPU lacks AVX-512 "
+                "F/BW/VL/VNNI (or ADDERNET_CPU_ISA chose a lower level)",
+            ),
+        )
     return isa
 
 
+# The float kernels run their AVX2 copy at "avx512"; the int8 kernels have an AVX-512 copy.
 cpu_isas = [_isa_param("base"), _isa_param("avx2")]
+int8_cpu_isas = cpu_isas + [_isa_param("avx512")]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 from adder2d_cases import CPU_CASES, Case
-from conftest import cpu_isas
+from conftest import int8_cpu_isas
 
 import addernet_cuda
 from addernet_cuda import ops, reference
@@ -44,6 +44,18 @@ INT8_SHAPES = CPU_CASES + [
     Case("transposed-8-pixel-block", 2, 32, 3, 12, 4, 1, 3),
     Case("channels-quantized-in-several-passes", 1, 1030, 3, 7, 3, 1, 1),
     Case("weight-channels-longer-than-a-packing-pass", 1, 4100, 1, 2, 3, 1, 1),
+    # Reductions of 512 bytes or more, where "avx512" runs the vpminub + vpdpbusd kernels: octet
+    # pairs and a lone last octet, channel tails, padded channels, groups, stride, dilation,
+    # rectangular kernels and padding, tiles spanning images, depthwise, batch 0.
+    Case(
+        "min-dot-groups-stride-dilation", 2, 128, 9, 8, 40, 3, 3, (2, 1), (2, 1), (2, 1), groups=2
+    ),
+    Case("min-dot-channel-padding-tiles-span-images", 5, 60, 4, 5, 24, 3, 3, padding=1),
+    Case("min-dot-rect-just-over-512-bytes", 2, 104, 5, 11, 16, 1, 5, (1, 2), (0, 2)),
+    Case("min-dot-depthwise-8x8", 2, 4, 9, 9, 8, 8, 8, padding=3, groups=4),
+    Case("min-dot-many-octets", 1, 64, 6, 6, 136, 3, 3, padding=1),
+    Case("min-dot-batch0", 0, 64, 5, 5, 8, 3, 3, padding=1),
+    Case("min-dot-pixel-longer-than-a-sum-pass", 1, 32776, 1, 3, 9, 1, 2, padding=(0, 1)),
 ]
 
 
@@ -57,7 +69,7 @@ def make_codes(case, seed=0, scale=0.05):
     return x, wq, torch.tensor([scale]), case.kwargs
 
 
-@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("cpu_isa", int8_cpu_isas, indirect=True)
 @pytest.mark.parametrize("shape", INT8_SHAPES, ids=repr)
 def test_sums_equal_reference_bitwise(shape, cpu_isa):
     x, wq, s, kw = make_codes(shape)
@@ -69,7 +81,7 @@ def test_sums_equal_reference_bitwise(shape, cpu_isa):
     assert torch.equal(y, sums.float())
 
 
-@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("cpu_isa", int8_cpu_isas, indirect=True)
 @pytest.mark.parametrize("shape", INT8_SHAPES[::3], ids=repr)
 @pytest.mark.parametrize("relu", [False, True])
 def test_epilogue_equals_reference_bitwise(shape, relu, cpu_isa):
@@ -94,7 +106,7 @@ def test_codes_round_half_to_even_and_clamp():
     assert torch.equal(reference.quantize_codes(x, s).abs().float().flatten(), y.flatten())
 
 
-@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("cpu_isa", int8_cpu_isas, indirect=True)
 def test_vectorized_codes_round_half_to_even_and_clamp(cpu_isa):
     # 8 x 37 values (the 32- and 16-wide quantization and its scalar tail): ties, values near
     # the clamp, zeros and negative zeros.
@@ -116,7 +128,7 @@ def test_padded_taps_count_as_code_zero():
 
 
 def test_base_and_avx2_bitwise_equal_across_processes():
-    if addernet_cuda.build_info()["cpu_isa"] != "avx2":
+    if addernet_cuda.build_info()["cpu_isa"] not in ("avx2", "avx512"):
         pytest.skip("the AVX2 kernels are not in use on this machine (not compiled or no AVX2)")
     code = (
         "import sys, torch; sys.path.insert(0, 'tests');"
@@ -150,8 +162,12 @@ def test_base_and_avx2_bitwise_equal_across_processes():
         assert torch.equal(ops.adder2d_int8(x, wq, s, a, b, **kw, relu=i % 2 == 1), base[i]), i
 
 
-def test_thread_count_does_not_change_the_result():
-    x, wq, s, kw = make_codes(INT8_SHAPES[-3])
+@pytest.mark.parametrize("cpu_isa", int8_cpu_isas, indirect=True)
+@pytest.mark.parametrize(
+    "name", ["transposed-8-pixel-block", "min-dot-channel-padding-tiles-span-images"]
+)
+def test_thread_count_does_not_change_the_result(name, cpu_isa):
+    x, wq, s, kw = make_codes(next(c for c in INT8_SHAPES if c.name == name))
     a, b = torch.randn(wq.shape[0]), torch.randn(wq.shape[0])
     threads = torch.get_num_threads()
     try:

@@ -27,7 +27,7 @@ def test_build_info():
     )
     # Built with any torch >= STABLE_ABI (the isolated build takes the newest), runs with this one.
     assert _extension._major_minor(info["torch_version"]) >= _extension._major_minor(STABLE_ABI)
-    assert info["cpu_isa"] in ("avx2", "base")
+    assert info["cpu_isa"] in ("avx512", "avx2", "base")
     assert isinstance(addernet_cuda.__version__, str) and addernet_cuda.__version__.count(".") == 2
 
 
@@ -126,18 +126,29 @@ def test_refuses_unloadable_extension_with_rebuild_instruction(monkeypatch):
         _extension._load()
 
 
-def test_isa_switch_from_environment():
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "sse9"])
+def test_isa_switch_from_environment(isa):
     code = "import addernet_cuda; print(addernet_cuda.build_info()['cpu_isa'])"
     # The copy of the package under test (the source tree's, or an installed wheel's).
     package_parent = os.path.dirname(os.path.dirname(addernet_cuda.__file__))
-    env = dict(os.environ, ADDERNET_CPU_ISA="base", PYTHONPATH=package_parent)
+    env = dict(os.environ, ADDERNET_CPU_ISA=isa, PYTHONPATH=package_parent)
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "base"
+    levels = ["base", "avx2", "avx512"]
+    if os.environ.get("ADDERNET_CPU_ISA") and isa in ("avx2", "avx512"):
+        pytest.skip("ADDERNET_CPU_ISA is set for the tests: this machine's best level is unknown")
+    best = addernet_cuda.build_info()["cpu_isa"]
+    if isa == "sse9":
+        assert out.returncode != 0
+        assert "ADDERNET_CPU_ISA: isa must be" in out.stderr and '"sse9"' in out.stderr
+    elif levels.index(isa) > levels.index(best):
+        assert out.returncode != 0 and "ADDERNET_CPU_ISA" in out.stderr, out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == isa
 
 
 def test_set_cpu_isa_rejects_unknown():
-    with pytest.raises(RuntimeError, match='isa must be "base" or "avx2", got "sse9"'):
+    with pytest.raises(RuntimeError, match='isa must be "base", "avx2" or "avx512", got "sse9"'):
         _extension._C.set_cpu_isa("sse9")

@@ -99,8 +99,10 @@ KernelSet<double> avx2_kernels_double();
 float base_register_ceiling(int64_t iterations, int64_t* terms_per_iteration);
 float avx2_register_ceiling(int64_t iterations, int64_t* terms_per_iteration);
 
-// The instruction set the CPU ops use: "avx2" when compiled in and the CPU has AVX2 and FMA,
-// else "base". ADDERNET_CPU_ISA=base (environment, read once) or set_cpu_isa forces one.
+// The instruction set the CPU ops use: "avx512" when compiled in and the CPU has AVX2, FMA and
+// AVX-512 F, BW, VL and VNNI (the int8 kernels' AVX-512 copy; the float kernels use AVX2 there),
+// else "avx2" when compiled in and the CPU has AVX2 and FMA, else "base". ADDERNET_CPU_ISA=base,
+// avx2 or avx512 (environment, read once) or set_cpu_isa forces one.
 std::string cpu_isa();
 void set_cpu_isa(const std::string& isa);
 

@@ -1,6 +1,7 @@
 // CPU implementation of adder2d_int8 (schema and checks in ../adder2d_int8.cpp, kernels in
 // adder2d_int8_kernels.h): the ATen part only. Quantizes the input once per call into the padded
-// channels-last code buffer (parallel over images), packs the weight codes, then runs the
+// channels-last code buffer (parallel over images; with the AVX-512 kernels also each padded
+// pixel's code sum), packs the weight codes, then runs the
 // byte-SAD implicit GEMM over (group, tile of output pixels) work items, each owning its outputs.
 // Integer sums make the result independent of the thread count and of the instruction set.
 #include <torch/csrc/stable/library.h>
@@ -10,6 +11,7 @@
 
 #include <cmath>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "../adder2d_int8.h"
@@ -31,8 +33,16 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   const float sc = *torch::stable::contiguous(scale).const_data_ptr<float>();
   ADDERNET_CHECK(std::isfinite(sc) && sc > 0.0f, "adder2d_int8: scale must be finite and > 0, got ",
                  sc);
-  const Int8KernelSet ks = cpu_isa() == "avx2" ? int8_avx2_kernels() : int8_base_kernels();
-  const Int8Geom gm = make_int8_geom(s);
+  // At "avx512" the vpminub + vpdpbusd kernels take reductions of INT8_MIN_DOT_MIN_BYTES (512)
+  // bytes or more (KH KW cpg); on shorter ones the per-output work around their faster inner loop
+  // (patch sums, epilogue) makes them no faster (measured, docs/int8.md) and the vpsadbw kernels
+  // run.
+  const std::string isa = cpu_isa();
+  const int64_t kq = s.kernel_h * s.kernel_w * ((s.in_channels_per_group + 7) / 8 * 8);
+  const Int8KernelSet ks = isa == "avx512" && kq >= INT8_MIN_DOT_MIN_BYTES ? int8_avx512_kernels()
+                           : isa == "avx2" || isa == "avx512"              ? int8_avx2_kernels()
+                                                                           : int8_base_kernels();
+  const Int8Geom gm = make_int8_geom(s, ks.pixel_multiple);
   Tensor y = torch::stable::empty({s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float,
                                   std::nullopt, input.device());
   if (y.numel() == 0) return y;
@@ -43,27 +53,38 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   const int64_t image_codes = s.groups * gm.hp * gm.wp * gm.cpg;
   Tensor xq =
       torch::stable::empty({s.batch * image_codes}, ScalarType::Byte, std::nullopt, input.device());
-  Tensor wpk = torch::stable::empty({s.groups * gm.octets * 8 * gm.kq}, ScalarType::Byte,
-                                    std::nullopt, input.device());
+  Tensor wpk = torch::stable::empty({gm.wpk_bytes}, ScalarType::Byte, std::nullopt, input.device());
+  // The AVX-512 kernels also need each padded pixel's code sum and each output's patch sum.
+  const int64_t image_pixels = s.groups * gm.hp * gm.wp,
+                image_outputs = s.groups * s.out_h * s.out_w;
+  std::optional<Tensor> sums;
+  if (ks.pixel_sums != nullptr)
+    sums = torch::stable::empty({s.batch * (image_pixels + image_outputs)}, ScalarType::Int,
+                                std::nullopt, input.device());
+  int32_t* psp = sums ? sums->mutable_data_ptr<int32_t>() : nullptr;
+  int32_t* asp = sums ? psp + s.batch * image_pixels : nullptr;
   uint8_t* xqp = xq.mutable_data_ptr<uint8_t>();
   uint8_t* wpkp = wpk.mutable_data_ptr<uint8_t>();
   ks.pack_weight(gm, w.const_data_ptr<int8_t>(), wpkp);
   const float* xp = x.const_data_ptr<float>();
   const int64_t image_floats = s.in_channels * s.in_h * s.in_w;
   torch::stable::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n)
+    for (int64_t n = begin; n < end; ++n) {
       ks.quantize_image(gm, xp + n * image_floats, sc, xqp + n * image_codes);
+      if (psp != nullptr)
+        ks.pixel_sums(gm, xqp + n * image_codes, psp + n * image_pixels, asp + n * image_outputs);
+    }
   });
   const float* ap = a.const_data_ptr<float>();
   const float* bp = b.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   const int64_t tiles = (gm.pixels + gm.tile_pixels - 1) / gm.tile_pixels;
   torch::stable::parallel_for(0, s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> scratch(2 * gm.tile_pixels);
+    std::vector<int64_t> scratch(int8_scratch_bytes(gm) / 8);
     uint8_t* sp = reinterpret_cast<uint8_t*>(scratch.data());
     for (int64_t i = begin; i < end; ++i) {
       const int64_t g = i / tiles, tile = i % tiles;
-      ks.forward_tile(gm, xqp, wpkp, ap, bp, relu, yp, g, tile * gm.tile_pixels, sp);
+      ks.forward_tile(gm, xqp, asp, wpkp, ap, bp, relu, yp, g, tile * gm.tile_pixels, sp);
     }
   });
   return y;

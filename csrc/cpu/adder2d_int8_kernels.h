@@ -1,8 +1,9 @@
 // CPU kernels of adder2d_int8, the 8-bit adder forward, on raw pointers; written once and
 // compiled once per instruction set (adder2d_int8_base.cpp: SSE2 on x86-64, a scalar loop
-// elsewhere; adder2d_int8_avx2.cpp: AVX2). The includer defines ADDER_CPU_ISA (the namespace
-// that keeps the copies apart) and, for the AVX2 copy, ADDER_INT8_AVX2, and includes
-// <immintrin.h> first on x86-64. This file includes nothing; layouts in adder2d_int8_cpu.h.
+// elsewhere; adder2d_int8_avx2.cpp: AVX2; adder2d_int8_avx512.cpp: AVX-512 F/BW/VL/VNNI). The
+// includer defines ADDER_CPU_ISA (the namespace that keeps the copies apart), ADDER_INT8_AVX2 for
+// the AVX2 and AVX-512 copies, ADDER_INT8_AVX512 for the latter, and includes <immintrin.h> first
+// on x86-64. This file includes nothing; layouts in adder2d_int8_cpu.h.
 //
 // The math, with one scale s > 0 for the layer and codes q(v) = clamp(round(v / s), -127, 127)
 // (round half to even, zero point 0, so a padded tap x = 0 is exact):
@@ -24,7 +25,19 @@
 // vectors, 1 broadcast), then per pixel the channels 0-3 and 4-7 lanes interleave into 8 int32,
 // the float epilogue (int32 -> float, alpha, beta, relu) runs on 8 outputs at once, and a 4 x 8
 // transposition stores 4 consecutive pixels per channel. The float epilogue is a multiply then an
-// add in every copy (the AVX2 copy is compiled without FMA), so the copies are bitwise equal.
+// add in every copy (the AVX2 copy is compiled without FMA, the AVX-512 copy keeps them apart
+// with an empty asm), so the copies are bitwise equal.
+//
+// AVX-512 VNNI copy: |a - b| = a + b - 2 min(a, b), so with A = sum of the pixel's patch bytes
+// and B = sum of the channel's weight bytes (both offset codes, padding included),
+//   S = (A - M) + (B - M),   M = sum min(a, b),
+// each term in [0, 255 kq] (no int32 overflow where S fits). Per chunk, vpminub compares a
+// pixel's broadcast chunk with one octet's 64 weight bytes and vpdpbusd (unsigned min times
+// signed 1) adds 4 bytes per int32 lane, two lanes per channel: two instructions per 64
+// byte-taps, against vpsadbw + vpaddq per 32. A comes from psum (per padded pixel, summed over
+// the KH x KW taps per output, computed per image), B from the int32 sums after the packed
+// weights. Micro-tile: 8
+// pixels x 1 octet (8 accumulators).
 
 #ifndef ADDER_CPU_ISA
 #error "define ADDER_CPU_ISA before including adder2d_int8_kernels.h"
@@ -221,6 +234,18 @@ static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
       for (int64_t j = 0; j < nt * gm.cpg / 8; ++j) __builtin_memcpy(d + 64 * j, row + 8 * j, 8);
     }
   }
+#if defined(ADDER_INT8_AVX512)
+  // B: per octet, vpsadbw against zero sums each channel's chunk bytes into its 64-bit lane.
+  int32_t* wsum = reinterpret_cast<int32_t*>(wpk + gm.wsum_offset);
+  for (int64_t o = 0; o < s.groups * gm.octets; ++o) {
+    const uint8_t* wo = wpk + o * 8 * gm.kq;
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t j = 0; j < gm.kq / 8; ++j)
+      acc = _mm512_add_epi64(
+          acc, _mm512_sad_epu8(_mm512_loadu_si512(wo + 64 * j), _mm512_setzero_si512()));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(wsum + 8 * o), _mm512_cvtepi64_epi32(acc));
+  }
+#endif
 }
 
 // xoff[i] = offset in xq of pixel i's patch (tap (0, 0)) in group g, yoff[i] = offset of its
@@ -279,7 +304,264 @@ static inline void store_scattered(const float (*out)[NR], int64_t nc, float* y,
       if (yoff[j] >= 0) y[c * L + yoff[j]] = out[c][j];
 }
 
-#if defined(ADDER_INT8_AVX2)
+#if defined(ADDER_INT8_AVX512)
+
+// Patch sums of one image. First psum: per padded pixel, the sum of its cpg code bytes (vpsadbw
+// against zero sums each 8-byte chunk, 8 chunks per 64 bytes; each pixel adds its cpg / 8 chunk
+// sums). Then asum: per output pixel and group, A = the sum of psum over the KH x KW taps of its
+// patch, as KH row sums (contiguous, so vectorized, at stride 1).
+static void pixel_sums(const Int8Geom& gm, const uint8_t* xq, int32_t* psum, int32_t* asum) {
+  const Adder2dShape& s = gm.s;
+  const int64_t pixels = s.groups * gm.hp * gm.wp, per = gm.cpg / 8;
+  constexpr int64_t BLOCK = 4096;  // chunk sums per pass
+  alignas(64) uint16_t cs[BLOCK];
+  // Pixels per pass; at least one (a pixel of more than BLOCK chunks is summed in several).
+  const int64_t block_pixels = BLOCK / per > 0 ? BLOCK / per : 1;
+  for (int64_t p0 = 0; p0 < pixels; p0 += block_pixels) {
+    if (per > BLOCK) {
+      const uint8_t* src = xq + p0 * gm.cpg;
+      __m512i acc = _mm512_setzero_si512();
+      for (int64_t j = 0; j < gm.cpg; j += 64) {  // the tail through a mask (zero bytes)
+        const int64_t n = gm.cpg - j < 64 ? gm.cpg - j : 64;
+        const __mmask64 m = n == 64 ? ~0ULL : (1ULL << n) - 1;
+        acc = _mm512_add_epi64(
+            acc, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(m, src + j), _mm512_setzero_si512()));
+      }
+      psum[p0] = static_cast<int32_t>(_mm512_reduce_add_epi64(acc));
+      continue;
+    }
+    const int64_t np = pixels - p0 < block_pixels ? pixels - p0 : block_pixels;
+    const uint8_t* src = xq + p0 * gm.cpg;
+    const int64_t chunks = np * per;
+    int64_t j = 0;
+    for (; j + 8 <= chunks; j += 8)
+      _mm_store_si128(reinterpret_cast<__m128i*>(cs + j),
+                      _mm512_cvtepi64_epi16(_mm512_sad_epu8(_mm512_loadu_si512(src + 8 * j),
+                                                            _mm512_setzero_si512())));
+    for (; j < chunks; ++j) {
+      int t = 0;
+      for (int b = 0; b < 8; ++b) t += src[8 * j + b];
+      cs[j] = static_cast<uint16_t>(t);
+    }
+    for (int64_t i = 0; i < np; ++i) {
+      int32_t t = 0;
+      for (int64_t k = 0; k < per; ++k) t += cs[i * per + k];
+      psum[p0 + i] = t;
+    }
+  }
+  const int64_t sh = s.stride_h, sw = s.stride_w, dh = s.dilation_h * gm.wp, dw = s.dilation_w;
+  for (int64_t g = 0; g < s.groups; ++g) {
+    const int32_t* r = psum + g * gm.hp * gm.wp;
+    int32_t* a = asum + g * s.out_h * s.out_w;
+    for (int64_t oh = 0; oh < s.out_h; ++oh, a += s.out_w) {
+      for (int64_t ow = 0; ow < s.out_w; ++ow) a[ow] = 0;
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+          const int32_t* rr = r + oh * sh * gm.wp + kh * dh + kw * dw;
+          if (sw == 1)
+            for (int64_t ow = 0; ow < s.out_w; ++ow) a[ow] += rr[ow];
+          else
+            for (int64_t ow = 0; ow < s.out_w; ++ow) a[ow] += rr[ow * sw];
+        }
+    }
+  }
+}
+
+// OCT octets (1 or 2; the second's weights 8 kq bytes after the first's) x 4 pixels (x0..x3:
+// their patches in xq). aJO holds, per int32 lane 2 c + h, the running sum of min(a, b) over
+// bytes 4 h .. 4 h + 3 of each chunk, pixel J against channel c of octet O. Then per pixel and
+// channel S = (A - M) + (B - M), the float epilogue on the pixel's 8 or 16 channels at once, and
+// a transposition stores 4 consecutive pixels per channel.
+template <int OCT>
+__attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, const uint8_t* x0,
+                                                  const uint8_t* x1, const uint8_t* x2,
+                                                  const uint8_t* x3, const Walk& walk,
+                                                  const int32_t* asum, const int32_t* wsum,
+                                                  const float* alpha, const float* beta, bool relu,
+                                                  int64_t nc, float* y, int64_t L,
+                                                  const int64_t* yoff) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i a00 = _mm512_setzero_si512(), a10 = a00, a20 = a00, a30 = a00;
+  __m512i a01 = a00, a11 = a00, a21 = a00, a31 = a00;
+  for (int64_t r = 0; r < walk.rows; ++r) {
+    for (int64_t sg = 0; sg < walk.segs; ++sg) {
+      const int64_t off = r * walk.row_step + sg * walk.seg_step;
+      const uint8_t *p0 = x0 + off, *p1 = x1 + off, *p2 = x2 + off, *p3 = x3 + off;
+      for (int64_t c = 0; c < walk.chunks; ++c, w += 64) {
+        const __m512i w0 = _mm512_loadu_si512(w);
+        const __m512i w1 = OCT == 2 ? _mm512_loadu_si512(w + 8 * kq) : w0;
+#define ADDER_MIN_DOT(acc0, acc1, p)                                                   \
+  {                                                                                    \
+    const __m512i v = _mm512_set1_epi64(*reinterpret_cast<const int64_t*>(p + 8 * c)); \
+    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_min_epu8(v, w0), ones);                    \
+    if (OCT == 2) acc1 = _mm512_dpbusd_epi32(acc1, _mm512_min_epu8(v, w1), ones);      \
+  }
+        ADDER_MIN_DOT(a00, a01, p0)
+        ADDER_MIN_DOT(a10, a11, p1)
+        ADDER_MIN_DOT(a20, a21, p2)
+        ADDER_MIN_DOT(a30, a31, p3)
+#undef ADDER_MIN_DOT
+      }
+    }
+  }
+  // Keeps the accumulators where the loop left them.
+  __asm__("" : "+v"(a00), "+v"(a10), "+v"(a20), "+v"(a30));
+  __asm__("" : "+v"(a01), "+v"(a11), "+v"(a21), "+v"(a31));
+  const int64_t y0 = yoff[0], y3 = yoff[3];  // read once: the stores to y may alias yoff
+  if (OCT == 2) {
+    // 16 channels per pixel in one vector: M = the even plus the odd lanes of both octets'
+    // accumulators, then the epilogue on 16 outputs at once and a 4 x 16 transposition.
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i bsum = _mm512_loadu_si512(wsum);
+    const __m512 va = _mm512_loadu_ps(alpha), vb = _mm512_loadu_ps(beta);
+    auto finish = [&](__m512i lo, __m512i hi, int32_t a) {
+      const __m512i m = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, even, hi),
+                                         _mm512_permutex2var_epi32(lo, odd, hi));
+      const __m512i sums =
+          _mm512_add_epi32(_mm512_sub_epi32(_mm512_set1_epi32(a), m), _mm512_sub_epi32(bsum, m));
+      __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), va);
+      __asm__("" : "+v"(v));  // AVX-512F brings FMA: keep the multiply and the add apart
+      v = _mm512_add_ps(v, vb);
+      return relu ? _mm512_max_ps(_mm512_setzero_ps(), v) : v;
+    };
+    const __m512 f0 = finish(a00, a01, asum[0]), f1 = finish(a10, a11, asum[1]);
+    const __m512 f2 = finish(a20, a21, asum[2]), f3 = finish(a30, a31, asum[3]);
+    // 128-bit lane l of u[k] holds channel 4 l + k of the 4 pixels.
+    const __m512 t0 = _mm512_unpacklo_ps(f0, f1), t1 = _mm512_unpackhi_ps(f0, f1);
+    const __m512 t2 = _mm512_unpacklo_ps(f2, f3), t3 = _mm512_unpackhi_ps(f2, f3);
+    const __m512 u0 = _mm512_shuffle_ps(t0, t2, 0x44), u1 = _mm512_shuffle_ps(t0, t2, 0xEE);
+    const __m512 u2 = _mm512_shuffle_ps(t1, t3, 0x44), u3 = _mm512_shuffle_ps(t1, t3, 0xEE);
+    if (nc >= 16 && y3 == y0 + 3) {
+      float* p = y + y0;
+#define ADDER_STORE_LANES(u, k)                                   \
+  _mm_storeu_ps(p + (k) * L, _mm512_extractf32x4_ps(u, 0));       \
+  _mm_storeu_ps(p + (4 + (k)) * L, _mm512_extractf32x4_ps(u, 1)); \
+  _mm_storeu_ps(p + (8 + (k)) * L, _mm512_extractf32x4_ps(u, 2)); \
+  _mm_storeu_ps(p + (12 + (k)) * L, _mm512_extractf32x4_ps(u, 3));
+      ADDER_STORE_LANES(u0, 0)
+      ADDER_STORE_LANES(u1, 1)
+      ADDER_STORE_LANES(u2, 2)
+      ADDER_STORE_LANES(u3, 3)
+#undef ADDER_STORE_LANES
+      return;
+    }
+    alignas(16) float out[16][NR];
+    const __m512 u[4] = {u0, u1, u2, u3};
+    for (int k = 0; k < 4; ++k) {
+      _mm_store_ps(out[k], _mm512_extractf32x4_ps(u[k], 0));
+      _mm_store_ps(out[4 + k], _mm512_extractf32x4_ps(u[k], 1));
+      _mm_store_ps(out[8 + k], _mm512_extractf32x4_ps(u[k], 2));
+      _mm_store_ps(out[12 + k], _mm512_extractf32x4_ps(u[k], 3));
+    }
+    store_scattered(out, nc < 8 ? nc : 8, y, L, yoff);
+    if (nc > 8) store_scattered(out + 8, nc - 8 < 8 ? nc - 8 : 8, y + 8 * L, L, yoff);
+    return;
+  }
+  for (int o = 0; o < OCT; ++o) {
+    const __m256i bsum = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wsum + 8 * o));
+    const __m256 va = _mm256_loadu_ps(alpha + 8 * o), vb = _mm256_loadu_ps(beta + 8 * o);
+    auto finish = [&](__m512i acc, int32_t a) {
+      // M per channel: the two lanes of each 64-bit lane added, then narrowed to 8 int32.
+      const __m256i m = _mm512_cvtepi64_epi32(_mm512_add_epi64(acc, _mm512_srli_epi64(acc, 32)));
+      const __m256i sums =
+          _mm256_add_epi32(_mm256_sub_epi32(_mm256_set1_epi32(a), m), _mm256_sub_epi32(bsum, m));
+      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), va);
+      __asm__("" : "+v"(v));  // AVX-512F brings FMA: keep the multiply and the add apart
+      v = _mm256_add_ps(v, vb);
+      return relu ? _mm256_max_ps(_mm256_setzero_ps(), v) : v;
+    };
+    const __m256 f0 = finish(o == 0 ? a00 : a01, asum[0]), f1 = finish(o == 0 ? a10 : a11, asum[1]);
+    const __m256 f2 = finish(o == 0 ? a20 : a21, asum[2]), f3 = finish(o == 0 ? a30 : a31, asum[3]);
+    // 4 x 8 transposition: u0 = channels (0 | 4), u1 = (1 | 5), u2 = (2 | 6), u3 = (3 | 7).
+    const __m256 t0 = _mm256_unpacklo_ps(f0, f1), t1 = _mm256_unpackhi_ps(f0, f1);
+    const __m256 t2 = _mm256_unpacklo_ps(f2, f3), t3 = _mm256_unpackhi_ps(f2, f3);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const int64_t n = nc - 8 * o < 8 ? nc - 8 * o : 8;
+    float* yo = y + 8 * o * L;
+    if (n == 8 && y3 == y0 + 3) {
+      float* p = yo + y0;
+      _mm_storeu_ps(p, _mm256_castps256_ps128(u0));
+      _mm_storeu_ps(p + L, _mm256_castps256_ps128(u1));
+      _mm_storeu_ps(p + 2 * L, _mm256_castps256_ps128(u2));
+      _mm_storeu_ps(p + 3 * L, _mm256_castps256_ps128(u3));
+      _mm_storeu_ps(p + 4 * L, _mm256_extractf128_ps(u0, 1));
+      _mm_storeu_ps(p + 5 * L, _mm256_extractf128_ps(u1, 1));
+      _mm_storeu_ps(p + 6 * L, _mm256_extractf128_ps(u2, 1));
+      _mm_storeu_ps(p + 7 * L, _mm256_extractf128_ps(u3, 1));
+    } else {
+      alignas(16) float out[8][NR];
+      const __m256 u[4] = {u0, u1, u2, u3};
+      for (int c = 0; c < 4; ++c) {
+        _mm_store_ps(out[c], _mm256_castps256_ps128(u[c]));
+        _mm_store_ps(out[c + 4], _mm256_extractf128_ps(u[c], 1));
+      }
+      store_scattered(out, n, yo, L, yoff);
+    }
+  }
+}
+
+// forward_tile of the AVX-512 copy: offsets as in the other copies, the patch sums A of the tile's
+// pixels from asums, then the octets in pairs over the tile 4 pixels at a time.
+static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t* asums,
+                         const uint8_t* wpk, const float* alpha, const float* beta, bool relu,
+                         float* y, int64_t g, int64_t q0, uint8_t* scratch) {
+  const Adder2dShape& s = gm.s;
+  const int64_t tp = gm.tile_pixels;
+  int64_t* yoff = reinterpret_cast<int64_t*>(scratch);
+  int64_t* xoff = yoff + tp;
+  int32_t* asum = reinterpret_cast<int32_t*>(xoff + tp);
+  tile_offsets(gm, g, q0, xoff, yoff);
+  // asum is [N][G][OH][OW]: pixel q = n L + p of the columns is at (n G + g) L + p.
+  {
+    const int64_t L = s.out_h * s.out_w;
+    int64_t n = q0 / L, p = q0 % L;
+    for (int64_t i = 0; i < tp; ++i) {
+      asum[i] = q0 + i < gm.pixels ? asums[(n * s.groups + g) * L + p] : 0;
+      if (++p == L) {
+        p = 0;
+        ++n;
+      }
+    }
+  }
+  const int64_t cog = s.out_channels_per_group, co0 = g * cog, L = s.out_h * s.out_w;
+  const Walk walk = make_walk(gm);
+  const uint8_t* wg = wpk + g * gm.octets * 8 * gm.kq;
+  const int32_t* wsum = reinterpret_cast<const int32_t*>(wpk + gm.wsum_offset) + g * gm.octets * 8;
+  // alpha and beta per packed channel, padded channels with any finite value.
+  alignas(32) float av[512], bv[512];
+  for (int64_t o0 = 0; o0 < gm.octets; o0 += 64) {
+    const int64_t no = gm.octets - o0 < 64 ? gm.octets - o0 : 64;
+    for (int64_t l = 0; l < 8 * no; ++l) {
+      const int64_t m = 8 * o0 + l;
+      av[l] = alpha[co0 + (m < cog ? m : 0)];
+      bv[l] = beta[co0 + (m < cog ? m : 0)];
+    }
+    for (int64_t o = o0; o < o0 + no; o += 2) {
+      const bool pair = o + 1 < o0 + no;
+      const int64_t nc = cog - 8 * o;
+      const uint8_t* w = wg + o * 8 * gm.kq;
+      float* yo = y + (co0 + 8 * o) * L;
+      const float* ao = av + 8 * (o - o0);
+      const float* bo = bv + 8 * (o - o0);
+      for (int64_t i = 0; i < gm.tile_pixels; i += NR) {
+        if (yoff[i] < 0) break;
+        const uint8_t *x0 = xq + xoff[i], *x1 = xq + xoff[i + 1], *x2 = xq + xoff[i + 2],
+                      *x3 = xq + xoff[i + 3];
+        if (pair)
+          octets_quad<2>(w, gm.kq, x0, x1, x2, x3, walk, asum + i, wsum + 8 * o, ao, bo, relu, nc,
+                         yo, L, yoff + i);
+        else
+          octets_quad<1>(w, gm.kq, x0, x1, x2, x3, walk, asum + i, wsum + 8 * o, ao, bo, relu, nc,
+                         yo, L, yoff + i);
+      }
+    }
+  }
+}
+
+#elif defined(ADDER_INT8_AVX2)
 
 // One octet x 4 pixels (x0..x3: their patches in xq). acc[p][h] holds, per 64-bit lane l, the
 // running sum of pixel p against channel 4 h + l: each vpsadbw compares a broadcast 8-byte chunk
@@ -484,7 +766,8 @@ static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq
 
 #endif
 
-static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const uint8_t* wpk,
+#if !defined(ADDER_INT8_AVX512)
+static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t*, const uint8_t* wpk,
                          const float* alpha, const float* beta, bool relu, float* y, int64_t g,
                          int64_t q0, uint8_t* scratch) {
   int64_t* yoff = reinterpret_cast<int64_t*>(scratch);
@@ -495,8 +778,14 @@ static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const uint8_t* w
               y + co0 * L, yoff);
 }
 
+#endif
+
 static inline Int8KernelSet make_int8_kernel_set() {
-  return Int8KernelSet{&quantize_image, &pack_weight, &forward_tile};
+#if defined(ADDER_INT8_AVX512)
+  return Int8KernelSet{NR, &quantize_image, &pixel_sums, &pack_weight, &forward_tile};
+#else
+  return Int8KernelSet{NR, &quantize_image, nullptr, &pack_weight, &forward_tile};
+#endif
 }
 
 }  // namespace int8
