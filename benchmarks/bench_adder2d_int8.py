@@ -16,7 +16,7 @@ Runs are interleaved (one call of each implementation per round) and medians rep
 change in machine load hits all alike; on one thread (the default) the clock is the thread's CPU
 time, which leaves out the time the process spends descheduled on a shared machine. The rounds rotate the order of the implementations, so that none always runs right after the
 same other one. The byte-SAD ceiling (``_C.int8_sad_ceiling``: a register-resident vpsadbw +
-vpaddq loop, one per thread, run concurrently) and, where the AVX-512 kernels are in use, the
+vpaddq loop, on zmm where the AVX-512 kernels run, one per thread, run concurrently) and, where the AVX-512 kernels are in use, the
 min + dot ceiling (``_C.int8_min_dot_ceiling``: vpminub + vpdpbusd on 64 bytes) are measured in
 the same run, and each layer's rate is compared with the ceiling of the kernel it runs; ``G taps/s`` counts real |x - w| terms, ``bytes/s`` the padded bytes the kernel sums
 (channels padded to 8). Also one whole ResNet-20 ANN forward quantized to int8
@@ -60,8 +60,10 @@ def _concurrent_rate(loop, bytes_per_iteration: int, threads: int, seconds: floa
 
 
 def sad_ceiling(threads: int, seconds: float = 0.3) -> float:
-    """Byte-taps per second of the register-resident vpsadbw + vpaddq loop (the AVX2 kernels')."""
-    return _concurrent_rate(_C.int8_sad_ceiling, 12 * 32, threads, seconds)
+    """Byte-taps per second of the register-resident vpsadbw + vpaddq loop, on zmm at cpu_isa
+    "avx512" (the AVX-512 kernels'), else on ymm (the AVX2 kernels')."""
+    width = 64 if _C.cpu_isa() == "avx512" else 32
+    return _concurrent_rate(_C.int8_sad_ceiling, 12 * width, threads, seconds)
 
 
 def min_dot_ceiling(threads: int, seconds: float = 0.3) -> float | None:
@@ -73,8 +75,8 @@ def min_dot_ceiling(threads: int, seconds: float = 0.3) -> float | None:
 
 
 def kernel_of(shape) -> str:
-    """Which CPU kernel adder2d_int8 runs on a layer: the AVX-512 vpminub + vpdpbusd one at
-    "avx512" on reductions of at least ``int8_min_dot_min_bytes`` bytes, else vpsadbw."""
+    """Which byte sums adder2d_int8's CPU GEMM runs on a layer: vpminub + vpdpbusd at "avx512"
+    on reductions of at least ``int8_min_dot_min_bytes`` bytes, else vpsadbw (zmm at "avx512")."""
     _, c, _, _, _, k, _, _ = shape
     kq = k * k * (-(-c // 8) * 8)
     info = addernet_cuda.build_info()
@@ -242,14 +244,15 @@ def markdown(result: dict) -> str:
         f"load average at start {result['load_average']}",
         "",
         f"Register-resident ceilings measured in this run on {env['threads']} threads: byte SAD "
-        f"(vpsadbw + vpaddq, 32 bytes) {ceiling['sad']:.0f} G byte-taps/s"
+        f"(vpsadbw + vpaddq, {'zmm' if env['cpu_isa'] == 'avx512' else 'ymm'}) "
+        f"{ceiling['sad']:.0f} G byte-taps/s"
         + (
             f", min + dot (vpminub + vpdpbusd, 64 bytes) {min_dot:.0f} G byte-taps/s"
             if min_dot
             else ""
         )
-        + ". The kernel column says which one a layer runs (min_dot: the AVX-512 kernels, on "
-        "reductions of 512 bytes or more), and % of ceiling is against that one's. Times: medians "
+        + ". The kernel column says which one a layer runs (min_dot: at avx512, on reductions of "
+        "512 bytes or more), and % of ceiling is against that one's. Times: medians "
         f"in ms [p20, p80] of interleaved rounds in rotating order ({result['clock']}), float32 "
         "in and out; ratios are time / time (lower is better).",
         "",

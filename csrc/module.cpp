@@ -92,14 +92,16 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
-// int8_sad_ceiling(iterations): the register-resident AVX2 vpsadbw ceiling on this thread (byte-taps
-// per second of thread CPU time; 0 without AVX2 kernels). Releases the GIL, so several Python
+// int8_sad_ceiling(iterations): the register-resident vpsadbw ceiling on this thread (byte-taps
+// per second of thread CPU time; on zmm at cpu_isa "avx512", else ymm; 0 without AVX2 kernels). Releases the GIL, so several Python
 // threads can measure at once.
 PyObject* int8_sad_ceiling(PyObject*, PyObject* arg) {
   const long long iterations = PyLong_AsLongLong(arg);
   if (iterations == -1 && PyErr_Occurred()) return nullptr;
   double rate = 0.0;
-  Py_BEGIN_ALLOW_THREADS rate = addernet::cpu::int8_sad_ceiling_avx2(iterations);
+  const bool zmm = addernet::cpu::cpu_isa() == "avx512";
+  Py_BEGIN_ALLOW_THREADS rate = zmm ? addernet::cpu::int8_sad_ceiling_avx512(iterations)
+                                    : addernet::cpu::int8_sad_ceiling_avx2(iterations);
   Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
 }
 
@@ -137,8 +139,9 @@ PyMethodDef methods[] = {
      "vpminub + vpdpbusd loop on this thread (0 without AVX-512 kernels; only on a CPU with "
      "AVX-512 VNNI); the int8 benchmark's ceiling for the avx512 kernels"},
     {"int8_sad_ceiling", int8_sad_ceiling, METH_O,
-     "int8_sad_ceiling(iterations): byte-taps per second of a register-resident AVX2 vpsadbw "
-     "loop on this thread (0 without AVX2 kernels); the int8 benchmark's ceiling"},
+     "int8_sad_ceiling(iterations): byte-taps per second of a register-resident vpsadbw + "
+     "vpaddq loop on this thread (zmm at cpu_isa avx512, else ymm; 0 without AVX2 kernels); "
+     "the int8 benchmark's ceiling"},
     {"set_cpu_isa", set_cpu_isa, METH_O,
      "set_cpu_isa(isa): use the \"base\", \"avx2\" or \"avx512\" CPU kernels (for tests and "
      "benchmarks)"},

@@ -1,6 +1,6 @@
 // The adder2d_int8 CPU kernels (adder2d_int8_kernels.h) compiled for AVX-512 F/BW/VL/VNNI (the
-// byte sums as vpminub + vpdpbusd on 64 bytes), through a target pragma opened after the standard
-// headers, so the extension still runs on a CPU without AVX-512 (adder2d_int8_cpu.cpp calls these
+// byte sums on 64 bytes: vpsadbw + vpaddq, or vpminub + vpdpbusd on reductions of 512 bytes or
+// more), through a target pragma opened after the standard headers, so the extension still runs on a CPU without AVX-512 (adder2d_int8_cpu.cpp calls these
 // only when the CPU has it). AVX-512F implies FMA here; the float epilogue keeps its multiply and
 // add apart (an empty asm between them), bitwise equal to the other copies.
 #include "adder2d_int8_cpu.h"
@@ -62,6 +62,28 @@ static void min_dot_ceiling_loop(int64_t iterations) {
         "xmm11", "xmm12", "xmm13", "xmm14", "cc");
 }
 
+// The same with vpsadbw + vpaddq on zmm (the kernels' byte SAD on reductions under 512 bytes).
+static void sad_ceiling_loop(int64_t iterations) {
+  __asm__ volatile(
+      "vpxorq %%zmm12, %%zmm12, %%zmm12\n\t"
+      "vpternlogd $0xff, %%zmm13, %%zmm13, %%zmm13\n\t"
+      "1:\n\t"
+#define ADDER_SAD_STEP(acc)               \
+  "vpsadbw %%zmm12, %%zmm13, %%zmm14\n\t" \
+  "vpaddq %%zmm14, %%zmm" #acc ", %%zmm" #acc "\n\t"
+      ADDER_SAD_STEP(0) ADDER_SAD_STEP(1) ADDER_SAD_STEP(2) ADDER_SAD_STEP(3) ADDER_SAD_STEP(4)
+          ADDER_SAD_STEP(5) ADDER_SAD_STEP(6) ADDER_SAD_STEP(7) ADDER_SAD_STEP(8) ADDER_SAD_STEP(9)
+              ADDER_SAD_STEP(10) ADDER_SAD_STEP(11)
+#undef ADDER_SAD_STEP
+                  "dec %[n]\n\t"
+                  "jnz 1b\n\t"
+                  "vzeroupper\n\t"
+      : [n] "+r"(iterations)
+      :
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "cc");
+}
+
 }  // namespace avx512
 }  // namespace cpu
 }  // namespace addernet
@@ -72,14 +94,31 @@ static void min_dot_ceiling_loop(int64_t iterations) {
 namespace addernet {
 namespace cpu {
 
-double int8_min_dot_ceiling_avx512(int64_t iterations) {
 #ifdef ADDER_HAVE_INT8_AVX512_BUILD
+// Byte-taps per second of thread CPU time of `loop` (12 x 64 byte-taps per iteration).
+static double rate_of(void (*loop)(int64_t), int64_t iterations) {
+  if (iterations < 1) iterations = 1;
   timespec t0, t1;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-  avx512::min_dot_ceiling_loop(iterations < 1 ? 1 : iterations);
+  loop(iterations);
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
   const double seconds = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
   return static_cast<double>(iterations) * 12 * 64 / seconds;
+}
+#endif
+
+double int8_min_dot_ceiling_avx512(int64_t iterations) {
+#ifdef ADDER_HAVE_INT8_AVX512_BUILD
+  return rate_of(&avx512::min_dot_ceiling_loop, iterations);
+#else
+  (void)iterations;
+  return 0.0;
+#endif
+}
+
+double int8_sad_ceiling_avx512(int64_t iterations) {
+#ifdef ADDER_HAVE_INT8_AVX512_BUILD
+  return rate_of(&avx512::sad_ceiling_loop, iterations);
 #else
   (void)iterations;
   return 0.0;

@@ -33,15 +33,15 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   const float sc = *torch::stable::contiguous(scale).const_data_ptr<float>();
   ADDERNET_CHECK(std::isfinite(sc) && sc > 0.0f, "adder2d_int8: scale must be finite and > 0, got ",
                  sc);
-  // At "avx512" the vpminub + vpdpbusd kernels take reductions of INT8_MIN_DOT_MIN_BYTES (512)
-  // bytes or more (KH KW cpg); on shorter ones the per-output work around their faster inner loop
-  // (patch sums, epilogue) makes them no faster (measured, docs/int8.md) and the vpsadbw kernels
-  // run.
+  // At "avx512" the GEMM runs vpminub + vpdpbusd on reductions of INT8_MIN_DOT_MIN_BYTES (512)
+  // bytes or more (KH KW cpg), with the patch sums computed per image; on shorter ones the work
+  // around that inner loop (patch sums, epilogue) makes it no faster than vpsadbw (measured,
+  // docs/int8.md), and the zmm byte SAD runs without them.
   const std::string isa = cpu_isa();
   const int64_t kq = s.kernel_h * s.kernel_w * ((s.in_channels_per_group + 7) / 8 * 8);
-  const Int8KernelSet ks = isa == "avx512" && kq >= INT8_MIN_DOT_MIN_BYTES ? int8_avx512_kernels()
-                           : isa == "avx2" || isa == "avx512"              ? int8_avx2_kernels()
-                                                                           : int8_base_kernels();
+  const Int8KernelSet ks = isa == "avx512" ? int8_avx512_kernels()
+                           : isa == "avx2" ? int8_avx2_kernels()
+                                           : int8_base_kernels();
   const Int8Geom gm = make_int8_geom(s, ks.pixel_multiple);
   Tensor y = torch::stable::empty({s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float,
                                   std::nullopt, input.device());
@@ -54,11 +54,11 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   Tensor xq =
       torch::stable::empty({s.batch * image_codes}, ScalarType::Byte, std::nullopt, input.device());
   Tensor wpk = torch::stable::empty({gm.wpk_bytes}, ScalarType::Byte, std::nullopt, input.device());
-  // The AVX-512 kernels also need each padded pixel's code sum and each output's patch sum.
+  // The min + dot GEMM also needs each padded pixel's code sum and each output's patch sum.
   const int64_t image_pixels = s.groups * gm.hp * gm.wp,
                 image_outputs = s.groups * s.out_h * s.out_w;
   std::optional<Tensor> sums;
-  if (ks.pixel_sums != nullptr)
+  if (ks.pixel_sums != nullptr && kq >= INT8_MIN_DOT_MIN_BYTES)
     sums = torch::stable::empty({s.batch * (image_pixels + image_outputs)}, ScalarType::Int,
                                 std::nullopt, input.device());
   int32_t* psp = sums ? sums->mutable_data_ptr<int32_t>() : nullptr;

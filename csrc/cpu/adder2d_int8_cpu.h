@@ -92,10 +92,14 @@ Int8KernelSet int8_avx2_kernels();
 // second of a loop of independent vpminub + vpdpbusd on 64 bytes (12 accumulators), thread CPU
 // time; 0 when the build has no AVX-512 kernels.
 double int8_min_dot_ceiling_avx512(int64_t iterations);
+// The same for vpsadbw + vpaddq on 64 bytes (zmm).
+double int8_sad_ceiling_avx512(int64_t iterations);
 // Whether this build has the AVX-512 int8 kernels.
 bool int8_avx512_compiled();
-// The AVX-512 (F, BW, VL, VNNI) table; the AVX2 one when the build has no AVX-512 kernels. Used
-// for reductions of at least INT8_MIN_DOT_MIN_BYTES bytes (kq), the AVX2 table below that.
+// The AVX-512 (F, BW, VL, VNNI) table; the AVX2 one when the build has no AVX-512 kernels. Its
+// GEMM sums bytes with vpsadbw + vpaddq on 64 bytes, or, on reductions of at least
+// INT8_MIN_DOT_MIN_BYTES bytes (kq), with vpminub + vpdpbusd, which needs the patch sums
+// (pixel_sums; the caller passes a null asum to forward_tile below that length).
 constexpr int64_t INT8_MIN_DOT_MIN_BYTES = 512;
 Int8KernelSet int8_avx512_kernels();
 

@@ -28,16 +28,19 @@
 // add in every copy (the AVX2 copy is compiled without FMA, the AVX-512 copy keeps them apart
 // with an empty asm), so the copies are bitwise equal.
 //
-// AVX-512 VNNI copy: |a - b| = a + b - 2 min(a, b), so with A = sum of the pixel's patch bytes
-// and B = sum of the channel's weight bytes (both offset codes, padding included),
-//   S = (A - M) + (B - M),   M = sum min(a, b),
-// each term in [0, 255 kq] (no int32 overflow where S fits). Per chunk, vpminub compares a
-// pixel's broadcast chunk with one octet's 64 weight bytes and vpdpbusd (unsigned min times
-// signed 1) adds 4 bytes per int32 lane, two lanes per channel: two instructions per 64
-// byte-taps, against vpsadbw + vpaddq per 32. A comes from psum (per padded pixel, summed over
-// the KH x KW taps per output, computed per image), B from the int32 sums after the packed
-// weights. Micro-tile: 8
-// pixels x 1 octet (8 accumulators).
+// AVX-512 copy: one octet's chunk is 64 bytes, one zmm. Micro-tile 4 pixels x 2 octets (8
+// accumulators, each pixel's broadcast chunk against both octets). Two forms of the byte sums:
+// - vpsadbw + vpaddq: each 64-bit lane accumulates one channel's sum, as above;
+// - on reductions of 512 bytes or more (VNNI), |a - b| = a + b - 2 min(a, b): with A = the sum
+//   of the pixel's patch bytes and B = the sum of the channel's weight bytes (offset codes,
+//   padding included),
+//     S = (A - M) + (B - M),   M = sum min(a, b),
+//   each term in [0, 255 kq] (no int32 overflow where S fits). vpminub compares the broadcast
+//   chunk with the octet's 64 weight bytes and vpdpbusd (unsigned min times signed 1) adds 4
+//   bytes per int32 lane, two lanes per channel. A comes from psum (per padded pixel, summed over
+//   the KH x KW taps per output, computed per image), B from the int32 sums after the packed
+//   weights.
+// The epilogue runs on a pixel's 16 channels at once, then a 4 x 16 transposition.
 
 #ifndef ADDER_CPU_ISA
 #error "define ADDER_CPU_ISA before including adder2d_int8_kernels.h"
@@ -368,11 +371,12 @@ static void pixel_sums(const Int8Geom& gm, const uint8_t* xq, int32_t* psum, int
 }
 
 // OCT octets (1 or 2; the second's weights 8 kq bytes after the first's) x 4 pixels (x0..x3:
-// their patches in xq). aJO holds, per int32 lane 2 c + h, the running sum of min(a, b) over
-// bytes 4 h .. 4 h + 3 of each chunk, pixel J against channel c of octet O. Then per pixel and
-// channel S = (A - M) + (B - M), the float epilogue on the pixel's 8 or 16 channels at once, and
-// a transposition stores 4 consecutive pixels per channel.
-template <int OCT>
+// their patches in xq). MIN_DOT: aJO holds, per int32 lane 2 c + h, the running sum of
+// min(a, b) over bytes 4 h .. 4 h + 3 of each chunk, pixel J against channel c of octet O, and
+// per pixel and channel S = (A - M) + (B - M); otherwise aJO holds S itself, per 64-bit lane c.
+// Then the float epilogue on the pixel's 8 or 16 channels at once, and a transposition stores 4
+// consecutive pixels per channel.
+template <int OCT, bool MIN_DOT>
 __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, const uint8_t* x0,
                                                   const uint8_t* x1, const uint8_t* x2,
                                                   const uint8_t* x3, const Walk& walk,
@@ -393,8 +397,13 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
 #define ADDER_MIN_DOT(acc0, acc1, p)                                                   \
   {                                                                                    \
     const __m512i v = _mm512_set1_epi64(*reinterpret_cast<const int64_t*>(p + 8 * c)); \
-    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_min_epu8(v, w0), ones);                    \
-    if (OCT == 2) acc1 = _mm512_dpbusd_epi32(acc1, _mm512_min_epu8(v, w1), ones);      \
+    if (MIN_DOT) {                                                                     \
+      acc0 = _mm512_dpbusd_epi32(acc0, _mm512_min_epu8(v, w0), ones);                  \
+      if (OCT == 2) acc1 = _mm512_dpbusd_epi32(acc1, _mm512_min_epu8(v, w1), ones);    \
+    } else {                                                                           \
+      acc0 = _mm512_add_epi64(acc0, _mm512_sad_epu8(v, w0));                           \
+      if (OCT == 2) acc1 = _mm512_add_epi64(acc1, _mm512_sad_epu8(v, w1));             \
+    }                                                                                  \
   }
         ADDER_MIN_DOT(a00, a01, p0)
         ADDER_MIN_DOT(a10, a11, p1)
@@ -414,13 +423,18 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
     const __m512i even =
         _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    const __m512i bsum = _mm512_loadu_si512(wsum);
+    const __m512i bsum = MIN_DOT ? _mm512_loadu_si512(wsum) : _mm512_setzero_si512();
     const __m512 va = _mm512_loadu_ps(alpha), vb = _mm512_loadu_ps(beta);
     auto finish = [&](__m512i lo, __m512i hi, int32_t a) {
-      const __m512i m = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, even, hi),
-                                         _mm512_permutex2var_epi32(lo, odd, hi));
-      const __m512i sums =
-          _mm512_add_epi32(_mm512_sub_epi32(_mm512_set1_epi32(a), m), _mm512_sub_epi32(bsum, m));
+      __m512i sums;
+      if (MIN_DOT) {
+        const __m512i m = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, even, hi),
+                                           _mm512_permutex2var_epi32(lo, odd, hi));
+        sums =
+            _mm512_add_epi32(_mm512_sub_epi32(_mm512_set1_epi32(a), m), _mm512_sub_epi32(bsum, m));
+      } else {  // vpsadbw: each channel's sum in the low half of its 64-bit lane
+        sums = _mm512_permutex2var_epi32(lo, even, hi);
+      }
       __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), va);
       __asm__("" : "+v"(v));  // AVX-512F brings FMA: keep the multiply and the add apart
       v = _mm512_add_ps(v, vb);
@@ -460,13 +474,16 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
     return;
   }
   for (int o = 0; o < OCT; ++o) {
-    const __m256i bsum = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wsum + 8 * o));
     const __m256 va = _mm256_loadu_ps(alpha + 8 * o), vb = _mm256_loadu_ps(beta + 8 * o);
-    auto finish = [&](__m512i acc, int32_t a) {
+    auto int_sums = [&](__m512i acc, int32_t a) {
+      if (!MIN_DOT) return _mm512_cvtepi64_epi32(acc);  // vpsadbw: one sum per 64-bit lane
       // M per channel: the two lanes of each 64-bit lane added, then narrowed to 8 int32.
+      const __m256i bsum = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wsum + 8 * o));
       const __m256i m = _mm512_cvtepi64_epi32(_mm512_add_epi64(acc, _mm512_srli_epi64(acc, 32)));
-      const __m256i sums =
-          _mm256_add_epi32(_mm256_sub_epi32(_mm256_set1_epi32(a), m), _mm256_sub_epi32(bsum, m));
+      return _mm256_add_epi32(_mm256_sub_epi32(_mm256_set1_epi32(a), m), _mm256_sub_epi32(bsum, m));
+    };
+    auto finish = [&](__m512i acc, int32_t a) {
+      const __m256i sums = int_sums(acc, a);
       __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), va);
       __asm__("" : "+v"(v));  // AVX-512F brings FMA: keep the multiply and the add apart
       v = _mm256_add_ps(v, vb);
@@ -503,8 +520,9 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
   }
 }
 
-// forward_tile of the AVX-512 copy: offsets as in the other copies, the patch sums A of the tile's
-// pixels from asums, then the octets in pairs over the tile 4 pixels at a time.
+// forward_tile of the AVX-512 copy: offsets as in the other copies, with asums (min + dot, on
+// reductions of INT8_MIN_DOT_MIN_BYTES or more) the patch sums A of the tile's pixels, then the
+// octets in pairs over the tile 4 pixels at a time.
 static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t* asums,
                          const uint8_t* wpk, const float* alpha, const float* beta, bool relu,
                          float* y, int64_t g, int64_t q0, uint8_t* scratch) {
@@ -515,7 +533,8 @@ static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t* a
   int32_t* asum = reinterpret_cast<int32_t*>(xoff + tp);
   tile_offsets(gm, g, q0, xoff, yoff);
   // asum is [N][G][OH][OW]: pixel q = n L + p of the columns is at (n G + g) L + p.
-  {
+  const bool min_dot = asums != nullptr;
+  if (min_dot) {
     const int64_t L = s.out_h * s.out_w;
     int64_t n = q0 / L, p = q0 % L;
     for (int64_t i = 0; i < tp; ++i) {
@@ -550,12 +569,10 @@ static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t* a
         if (yoff[i] < 0) break;
         const uint8_t *x0 = xq + xoff[i], *x1 = xq + xoff[i + 1], *x2 = xq + xoff[i + 2],
                       *x3 = xq + xoff[i + 3];
-        if (pair)
-          octets_quad<2>(w, gm.kq, x0, x1, x2, x3, walk, asum + i, wsum + 8 * o, ao, bo, relu, nc,
-                         yo, L, yoff + i);
-        else
-          octets_quad<1>(w, gm.kq, x0, x1, x2, x3, walk, asum + i, wsum + 8 * o, ao, bo, relu, nc,
-                         yo, L, yoff + i);
+        const auto kernel = min_dot ? (pair ? &octets_quad<2, true> : &octets_quad<1, true>)
+                                    : (pair ? &octets_quad<2, false> : &octets_quad<1, false>);
+        kernel(w, gm.kq, x0, x1, x2, x3, walk, asum + i, wsum + 8 * o, ao, bo, relu, nc, yo, L,
+               yoff + i);
       }
     }
   }
