@@ -120,6 +120,27 @@ def test_vectorized_codes_round_half_to_even_and_clamp(cpu_isa):
     assert torch.equal(y, ref)
 
 
+@pytest.mark.parametrize("cpu_isa", int8_cpu_isas, indirect=True)
+@pytest.mark.parametrize("scale", [0.1, 0.0173, 3.0e-3])
+def test_codes_next_to_ties_equal_division(scale, cpu_isa):
+    # Values at and a few ulps around (k + 1/2) * scale, where x * (1 / scale) and x / scale can
+    # round to different integers: the codes must be those of the division (the reference).
+    s = torch.tensor([scale])
+    ties = ((torch.arange(-130, 130, dtype=torch.float64) + 0.5) * scale).float()
+    near = [ties]
+    for ulps in (1, 2, 3):
+        up, down = ties.clone(), ties.clone()
+        for _ in range(ulps):
+            up = torch.nextafter(up, torch.tensor(float("inf")))
+            down = torch.nextafter(down, torch.tensor(float("-inf")))
+        near += [up, down]
+    x = torch.cat(near + [torch.randn(1000) * 60 * scale]).view(1, 1, 1, -1)
+    wq = torch.full((1, 1, 1, 1), -127, dtype=torch.int8)
+    y = ops.adder2d_int8(x, wq, s, torch.ones(1), torch.zeros(1))  # q(x) + 127, exactly
+    ref = reference.quantize_codes(x, s).float() + 127
+    assert torch.equal(y, ref)
+
+
 def test_padded_taps_count_as_code_zero():
     x = torch.zeros(1, 1, 1, 1)
     wq = torch.tensor([[[[3, -5, 7]]]], dtype=torch.int8)
