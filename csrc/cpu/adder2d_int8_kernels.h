@@ -70,45 +70,21 @@ static inline uint8_t quantize_code(float v, float scale) {
 // scalar code), round half to even (cvtps2dq under the default rounding mode), pack to bytes with
 // signed saturation (the codes fit), then flip the sign bit (+128). Identical to quantize_code
 // element by element.
-//
-// The AVX2 copy multiplies by r = 1 / scale instead of dividing (a division costs several times
-// a multiply and bounded this pass). t = v r is within 3 * 2^-24 relative of v / s and so within
-// 2^-15.4 of fl(v / s) wherever |v / s| <= 128 (beyond, both clamp to the same bound): the two
-// round to the same integer unless t lies within 2^-14 of a half-integer, and a group of 32 with
-// such a value (or a scale whose reciprocal is not finite) is divided instead.
 static inline void quantize_row(const float* src, int64_t n, float scale, uint8_t* codes) {
   int64_t i = 0;
 #if defined(ADDER_INT8_AVX2)
   {
-    const float inv = 1.0f / scale;
-    const bool multiply = inv - inv == 0.0f;  // finite
-    const __m256 vs = _mm256_set1_ps(scale), vr = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f),
+    const __m256 vs = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-127.0f),
                  hi = _mm256_set1_ps(127.0f);
-    const __m256 near_half = _mm256_set1_ps(0.5f - 1.0f / 16384.0f);
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i sign = _mm256_set1_epi8(static_cast<char>(0x80));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (; i + 32 <= n; i += 32) {
-      __m256 t[4];
-      bool divide = !multiply;
-      if (multiply) {
-        __m256 ties = _mm256_setzero_ps();
-        for (int j = 0; j < 4; ++j) {
-          t[j] = _mm256_mul_ps(_mm256_loadu_ps(src + i + 8 * j), vr);
-          t[j] = _mm256_min_ps(_mm256_max_ps(t[j], lo), hi);
-          const __m256 r = _mm256_round_ps(t[j], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-          const __m256 d = _mm256_and_ps(_mm256_sub_ps(t[j], r), abs_mask);
-          ties = _mm256_or_ps(ties, _mm256_cmp_ps(d, near_half, _CMP_GE_OQ));
-        }
-        divide = _mm256_movemask_ps(ties) != 0;
-      }
-      if (divide)
-        for (int j = 0; j < 4; ++j) {
-          t[j] = _mm256_div_ps(_mm256_loadu_ps(src + i + 8 * j), vs);
-          t[j] = _mm256_min_ps(_mm256_max_ps(t[j], lo), hi);
-        }
       __m256i q[4];
-      for (int j = 0; j < 4; ++j) q[j] = _mm256_cvtps_epi32(t[j]);
+      for (int j = 0; j < 4; ++j) {
+        __m256 t = _mm256_div_ps(_mm256_loadu_ps(src + i + 8 * j), vs);
+        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        q[j] = _mm256_cvtps_epi32(t);
+      }
       // packs work within 128-bit lanes: dword k of the packed vector holds q[k % 4] elements
       // 4 * (k / 4) ..; the permutation restores the element order.
       __m256i v =
