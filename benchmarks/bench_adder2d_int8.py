@@ -3,9 +3,11 @@ PyTorch's int8 convolution on the same layers, in one process, with interleaved 
 
 Per layer (batch 32 by default), each timed float32 in, float32 out:
 
-- ``int8 adder``: ``ops.adder2d_int8`` (quantizes the NCHW input inside, byte-SAD GEMM, or
-  min + dot GEMM on AVX-512 VNNI for long reductions, float32 epilogue) with the weight codes
-  prepared beforehand;
+- ``int8 adder``: the op ``torch.ops.addernet.adder2d_int8`` as ``QuantizedAdderConv2d`` calls it
+  on the CPU (its C++ entry checks the arguments; the Python wrapper ``ops.adder2d_int8`` adds
+  about 20 us of checks in front): it quantizes the NCHW input inside, runs the byte-SAD GEMM (or
+  the min + dot GEMM on AVX-512 VNNI for long reductions) and the float32 epilogue, with the
+  weight codes prepared beforehand;
 - ``conv2d``: ``torch.nn.functional.conv2d`` in float32 (NCHW);
 - ``torch int8 conv``: ``torch.ao.nn.quantized.Conv2d`` on the x86 engine: ``quantize_per_tensor``
   of a channels-last float input to quint8, the convolution (per-channel qint8 weights), then
@@ -42,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 import addernet_cuda
-from addernet_cuda import ops, reference
+from addernet_cuda import reference
 from addernet_cuda._extension import _C
 from addernet_cuda.models import resnet20
 from addernet_cuda.nn.quantized import recalibrate_batchnorm
@@ -166,7 +168,11 @@ def layer_row(name: str, batch: int, repeats: int) -> dict:
     wq = reference.quantize_codes(w, scale)
     alpha, beta = -scale.expand(co).contiguous(), torch.zeros(co)
     fns = {
-        "int8_adder": lambda: ops.adder2d_int8(x, wq, scale, alpha, beta, stride, padding),
+        # The call QuantizedAdderConv2d makes on the CPU: the op itself, whose C++ entry checks
+        # the arguments (ops.adder2d_int8 adds about 20 us of Python checks in front).
+        "int8_adder": lambda: torch.ops.addernet.adder2d_int8(
+            x, wq, scale, alpha, beta, [stride] * 2, [padding] * 2, [1, 1], 1, False
+        ),
         "conv2d": lambda: F.conv2d(x, w, None, stride, padding),
     }
     float_path, int8_path, reason = torch_int8_conv(x, w, stride, padding)
