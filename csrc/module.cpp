@@ -92,39 +92,34 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
-// int8_sad_ceiling(iterations): the register-resident vpsadbw ceiling on this thread (byte-taps
-// per second of thread CPU time; on zmm at cpu_isa "avx512", else ymm; 0 without AVX2 kernels). Releases the GIL, so several Python
-// threads can measure at once.
-PyObject* int8_sad_ceiling(PyObject*, PyObject* arg) {
+// rate(iterations) of a register-resident ceiling loop on this thread, with the GIL released so
+// that several Python threads can measure at once.
+PyObject* ceiling(PyObject* arg, double (*rate)(int64_t)) {
   const long long iterations = PyLong_AsLongLong(arg);
   if (iterations == -1 && PyErr_Occurred()) return nullptr;
-  double rate = 0.0;
-  const bool zmm = addernet::cpu::cpu_isa() == "avx512";
-  Py_BEGIN_ALLOW_THREADS rate = zmm ? addernet::cpu::int8_sad_ceiling_avx512(iterations)
-                                    : addernet::cpu::int8_sad_ceiling_avx2(iterations);
-  Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
+  double value = 0.0;
+  Py_BEGIN_ALLOW_THREADS value = rate(iterations);
+  Py_END_ALLOW_THREADS return PyFloat_FromDouble(value);
 }
 
-// int8_min_dot_ceiling(iterations): the register-resident AVX-512 vpminub + vpdpbusd ceiling on
-// this thread (byte-taps per second of thread CPU time; 0 without AVX-512 kernels; the caller
-// checks that the CPU has AVX-512 VNNI). Releases the GIL.
+// int8_sad_ceiling(iterations): the vpsadbw + vpaddq ceiling (byte-taps per second of thread CPU
+// time; on zmm at cpu_isa "avx512", else ymm; 0 without AVX2 kernels).
+PyObject* int8_sad_ceiling(PyObject*, PyObject* arg) {
+  const bool zmm = addernet::cpu::cpu_isa() == "avx512";
+  return ceiling(
+      arg, zmm ? &addernet::cpu::int8_sad_ceiling_avx512 : &addernet::cpu::int8_sad_ceiling_avx2);
+}
+
+// int8_min_dot_ceiling(iterations): the AVX-512 vpminub + vpdpbusd ceiling (0 without AVX-512
+// kernels; the caller checks that the CPU has AVX-512 VNNI).
 PyObject* int8_min_dot_ceiling(PyObject*, PyObject* arg) {
-  const long long iterations = PyLong_AsLongLong(arg);
-  if (iterations == -1 && PyErr_Occurred()) return nullptr;
-  double rate = 0.0;
-  Py_BEGIN_ALLOW_THREADS rate = addernet::cpu::int8_min_dot_ceiling_avx512(iterations);
-  Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
+  return ceiling(arg, &addernet::cpu::int8_min_dot_ceiling_avx512);
 }
 
 // adder2d_register_ceiling(iterations): |x - w| terms per second of thread CPU time of the
-// float32 forward's micro-tile arithmetic on registers (the current CPU instruction set's). Releases
-// the GIL, so several Python threads can measure at once.
+// float32 forward's micro-tile arithmetic on registers (the current CPU instruction set's).
 PyObject* adder2d_register_ceiling(PyObject*, PyObject* arg) {
-  const long long iterations = PyLong_AsLongLong(arg);
-  if (iterations == -1 && PyErr_Occurred()) return nullptr;
-  double rate = 0.0;
-  Py_BEGIN_ALLOW_THREADS rate = addernet::cpu::register_ceiling_rate(iterations);
-  Py_END_ALLOW_THREADS return PyFloat_FromDouble(rate);
+  return ceiling(arg, &addernet::cpu::register_ceiling_rate);
 }
 
 PyMethodDef methods[] = {

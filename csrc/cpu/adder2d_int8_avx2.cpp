@@ -2,9 +2,8 @@
 // through a target pragma opened after the standard headers, so the extension still runs on a
 // CPU without AVX2 (adder2d_int8_cpu.cpp calls these only when the CPU has it). AVX2 only, not
 // FMA: the float epilogue stays a separate multiply and add, bitwise equal to the baseline copy.
+#include "adder2d_int8_ceiling.h"
 #include "adder2d_int8_cpu.h"
-
-#include <time.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -24,27 +23,16 @@ namespace addernet {
 namespace cpu {
 namespace avx2 {
 
-// One asm loop, so the compiler cannot hoist or merge anything: per step 12 independent
-// vpsadbw + vpaddq pairs (accumulators ymm0-11, latency hidden), no memory operand.
+// vpsadbw + vpaddq on ymm (adder2d_int8_ceiling.h).
 static void sad_ceiling_loop(int64_t iterations) {
-  __asm__ volatile(
-      "vpxor %%ymm12, %%ymm12, %%ymm12\n\t"
-      "vpcmpeqb %%ymm13, %%ymm13, %%ymm13\n\t"
-      "1:\n\t"
 #define ADDER_SAD_STEP(acc)               \
   "vpsadbw %%ymm12, %%ymm13, %%ymm14\n\t" \
   "vpaddq %%ymm14, %%ymm" #acc ", %%ymm" #acc "\n\t"
-      ADDER_SAD_STEP(0) ADDER_SAD_STEP(1) ADDER_SAD_STEP(2) ADDER_SAD_STEP(3) ADDER_SAD_STEP(4)
-          ADDER_SAD_STEP(5) ADDER_SAD_STEP(6) ADDER_SAD_STEP(7) ADDER_SAD_STEP(8) ADDER_SAD_STEP(9)
-              ADDER_SAD_STEP(10) ADDER_SAD_STEP(11)
+  ADDER_CEILING_LOOP(iterations,
+                     "vpxor %%ymm12, %%ymm12, %%ymm12\n\t"
+                     "vpcmpeqb %%ymm13, %%ymm13, %%ymm13\n\t",
+                     ADDER_SAD_STEP);
 #undef ADDER_SAD_STEP
-                  "dec %[n]\n\t"
-                  "jnz 1b\n\t"
-                  "vzeroupper\n\t"
-      : [n] "+r"(iterations)
-      :
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
-        "xmm11", "xmm12", "xmm13", "xmm14", "cc");
 }
 
 }  // namespace avx2
@@ -59,13 +47,7 @@ namespace cpu {
 
 double int8_sad_ceiling_avx2(int64_t iterations) {
 #ifdef ADDER_HAVE_INT8_AVX2_BUILD
-  // The thread's CPU time: time spent descheduled on a shared machine does not count.
-  timespec t0, t1;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-  avx2::sad_ceiling_loop(iterations < 1 ? 1 : iterations);
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-  const double seconds = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-  return static_cast<double>(iterations) * 12 * 32 / seconds;
+  return ceiling_rate(&avx2::sad_ceiling_loop, iterations, 12 * 32);
 #else
   (void)iterations;
   return 0.0;

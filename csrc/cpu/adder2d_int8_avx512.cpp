@@ -3,9 +3,8 @@
 // more), through a target pragma opened after the standard headers, so the extension still runs on a CPU without AVX-512 (adder2d_int8_cpu.cpp calls these
 // only when the CPU has it). AVX-512F implies FMA here; the float epilogue keeps its multiply and
 // add apart (an empty asm between them), bitwise equal to the other copies.
+#include "adder2d_int8_ceiling.h"
 #include "adder2d_int8_cpu.h"
-
-#include <time.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), a self-initialised variable that
@@ -38,50 +37,27 @@ namespace addernet {
 namespace cpu {
 namespace avx512 {
 
-// One asm loop, so the compiler cannot hoist or merge anything: per step 12 independent
-// vpminub + vpdpbusd pairs on zmm (accumulators zmm0-11, latency hidden), no memory operand.
+// vpminub + vpdpbusd on zmm, and vpsadbw + vpaddq on zmm (adder2d_int8_ceiling.h).
 static void min_dot_ceiling_loop(int64_t iterations) {
-  __asm__ volatile(
-      "vpternlogd $0xff, %%zmm12, %%zmm12, %%zmm12\n\t"
-      "vpabsb %%zmm12, %%zmm13\n\t"
-      "1:\n\t"
 #define ADDER_MIN_DOT_STEP(acc)           \
   "vpminub %%zmm12, %%zmm13, %%zmm14\n\t" \
   "vpdpbusd %%zmm13, %%zmm14, %%zmm" #acc "\n\t"
-      ADDER_MIN_DOT_STEP(0) ADDER_MIN_DOT_STEP(1) ADDER_MIN_DOT_STEP(2) ADDER_MIN_DOT_STEP(3)
-          ADDER_MIN_DOT_STEP(4) ADDER_MIN_DOT_STEP(5) ADDER_MIN_DOT_STEP(6) ADDER_MIN_DOT_STEP(7)
-              ADDER_MIN_DOT_STEP(8) ADDER_MIN_DOT_STEP(9) ADDER_MIN_DOT_STEP(10)
-                  ADDER_MIN_DOT_STEP(11)
+  ADDER_CEILING_LOOP(iterations,
+                     "vpternlogd $0xff, %%zmm12, %%zmm12, %%zmm12\n\t"
+                     "vpabsb %%zmm12, %%zmm13\n\t",
+                     ADDER_MIN_DOT_STEP);
 #undef ADDER_MIN_DOT_STEP
-                      "dec %[n]\n\t"
-                      "jnz 1b\n\t"
-                      "vzeroupper\n\t"
-      : [n] "+r"(iterations)
-      :
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
-        "xmm11", "xmm12", "xmm13", "xmm14", "cc");
 }
 
-// The same with vpsadbw + vpaddq on zmm (the kernels' byte SAD on reductions under 512 bytes).
 static void sad_ceiling_loop(int64_t iterations) {
-  __asm__ volatile(
-      "vpxorq %%zmm12, %%zmm12, %%zmm12\n\t"
-      "vpternlogd $0xff, %%zmm13, %%zmm13, %%zmm13\n\t"
-      "1:\n\t"
 #define ADDER_SAD_STEP(acc)               \
   "vpsadbw %%zmm12, %%zmm13, %%zmm14\n\t" \
   "vpaddq %%zmm14, %%zmm" #acc ", %%zmm" #acc "\n\t"
-      ADDER_SAD_STEP(0) ADDER_SAD_STEP(1) ADDER_SAD_STEP(2) ADDER_SAD_STEP(3) ADDER_SAD_STEP(4)
-          ADDER_SAD_STEP(5) ADDER_SAD_STEP(6) ADDER_SAD_STEP(7) ADDER_SAD_STEP(8) ADDER_SAD_STEP(9)
-              ADDER_SAD_STEP(10) ADDER_SAD_STEP(11)
+  ADDER_CEILING_LOOP(iterations,
+                     "vpxorq %%zmm12, %%zmm12, %%zmm12\n\t"
+                     "vpternlogd $0xff, %%zmm13, %%zmm13, %%zmm13\n\t",
+                     ADDER_SAD_STEP);
 #undef ADDER_SAD_STEP
-                  "dec %[n]\n\t"
-                  "jnz 1b\n\t"
-                  "vzeroupper\n\t"
-      : [n] "+r"(iterations)
-      :
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
-        "xmm11", "xmm12", "xmm13", "xmm14", "cc");
 }
 
 }  // namespace avx512
@@ -94,22 +70,9 @@ static void sad_ceiling_loop(int64_t iterations) {
 namespace addernet {
 namespace cpu {
 
-#ifdef ADDER_HAVE_INT8_AVX512_BUILD
-// Byte-taps per second of thread CPU time of `loop` (12 x 64 byte-taps per iteration).
-static double rate_of(void (*loop)(int64_t), int64_t iterations) {
-  if (iterations < 1) iterations = 1;
-  timespec t0, t1;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-  loop(iterations);
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-  const double seconds = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-  return static_cast<double>(iterations) * 12 * 64 / seconds;
-}
-#endif
-
 double int8_min_dot_ceiling_avx512(int64_t iterations) {
 #ifdef ADDER_HAVE_INT8_AVX512_BUILD
-  return rate_of(&avx512::min_dot_ceiling_loop, iterations);
+  return ceiling_rate(&avx512::min_dot_ceiling_loop, iterations, 12 * 64);
 #else
   (void)iterations;
   return 0.0;
@@ -118,7 +81,7 @@ double int8_min_dot_ceiling_avx512(int64_t iterations) {
 
 double int8_sad_ceiling_avx512(int64_t iterations) {
 #ifdef ADDER_HAVE_INT8_AVX512_BUILD
-  return rate_of(&avx512::sad_ceiling_loop, iterations);
+  return ceiling_rate(&avx512::sad_ceiling_loop, iterations, 12 * 64);
 #else
   (void)iterations;
   return 0.0;
