@@ -172,6 +172,10 @@ def check_args(
         raise ValueError(f"{op}: groups must be <= 2**63 - 1, got {groups}")
     n, c, h, w = input.shape
     co, cig, kh, kw = weight.shape
+    if c < 1:
+        raise ValueError(
+            f"{op}: input must have at least one channel, got shape {tuple(input.shape)}"
+        )
     if c % groups != 0:
         raise ValueError(f"{op}: groups ({groups}) must divide the input channels ({c})")
     if co % groups != 0:

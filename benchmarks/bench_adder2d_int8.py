@@ -274,7 +274,8 @@ def markdown(result: dict) -> str:
         vs8 = f"{r['int8_adder.vs_torch_int8']:.2f}x" if "int8_adder.vs_torch_int8" in r else "-"
         t8c = f"{r['torch_int8_conv.vs_conv2d']:.2f}x" if "torch_int8_conv.vs_conv2d" in r else "-"
         kernel = r.get("int8_adder.kernel", "sad")
-        pct = 100 * r["int8_adder.padded_gbytes_per_s"] / (ceiling[kernel] or ceiling["sad"])
+        reference_rate = ceiling[kernel] or ceiling["sad"]
+        pct = 100 * r["int8_adder.padded_gbytes_per_s"] / reference_rate if reference_rate else 0.0
         faults = " / ".join(
             f"{r[k]['page_faults_per_call']:.0f}" if k in r else "-"
             for k in ("int8_adder", "conv2d", "torch_int8_conv")

@@ -63,6 +63,9 @@ Adder2dShape check_adder2d_geometry(const char* op, const Tensor& input, const T
   s.kernel_h = weight.size(2);
   s.kernel_w = weight.size(3);
   s.groups = groups;
+  // No channel means no tap: a reduction over nothing, which the kernels' tiling divides by.
+  ADDERNET_CHECK(s.in_channels >= 1, op, ": input must have at least one channel, got shape ",
+                 input.sizes());
   ADDERNET_CHECK(s.in_channels % groups == 0, op, ": groups (", groups,
                  ") must divide the input channels (", s.in_channels, ")");
   ADDERNET_CHECK(s.out_channels % groups == 0, op, ": groups (", groups,

@@ -94,18 +94,32 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
 
 // rate(iterations) of a register-resident ceiling loop on this thread, with the GIL released so
 // that several Python threads can measure at once.
+// A C++ exception (an invalid ADDERNET_CPU_ISA, read at the first use) becomes a RuntimeError.
 PyObject* ceiling(PyObject* arg, double (*rate)(int64_t)) {
   const long long iterations = PyLong_AsLongLong(arg);
   if (iterations == -1 && PyErr_Occurred()) return nullptr;
   double value = 0.0;
-  Py_BEGIN_ALLOW_THREADS value = rate(iterations);
-  Py_END_ALLOW_THREADS return PyFloat_FromDouble(value);
+  std::string error;
+  Py_BEGIN_ALLOW_THREADS try { value = rate(iterations); } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Py_END_ALLOW_THREADS if (!error.empty()) {
+    PyErr_SetString(PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
+  return PyFloat_FromDouble(value);
 }
 
 // int8_sad_ceiling(iterations): the vpsadbw + vpaddq ceiling (byte-taps per second of thread CPU
 // time; on zmm at cpu_isa "avx512", else ymm; 0 without AVX2 kernels).
 PyObject* int8_sad_ceiling(PyObject*, PyObject* arg) {
-  const bool zmm = addernet::cpu::cpu_isa() == "avx512";
+  bool zmm = false;
+  try {
+    zmm = addernet::cpu::cpu_isa() == "avx512";
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
   return ceiling(
       arg, zmm ? &addernet::cpu::int8_sad_ceiling_avx512 : &addernet::cpu::int8_sad_ceiling_avx2);
 }

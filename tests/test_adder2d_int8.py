@@ -56,6 +56,9 @@ INT8_SHAPES = CPU_CASES + [
     Case("min-dot-many-octets", 1, 64, 6, 6, 136, 3, 3, padding=1),
     Case("min-dot-batch0", 0, 64, 5, 5, 8, 3, 3, padding=1),
     Case("min-dot-pixel-longer-than-a-sum-pass", 1, 32776, 1, 3, 9, 1, 2, padding=(0, 1)),
+    Case("min-dot-dilation-w", 2, 64, 7, 9, 20, 3, 3, padding=1, dilation=(1, 2)),
+    # Under 512 bytes: the AVX-512 byte SAD on a full octet pair and a lone octet.
+    Case("sad-two-full-octets", 2, 16, 6, 6, 24, 3, 3, padding=1),
 ]
 
 
@@ -81,8 +84,14 @@ def test_sums_equal_reference_bitwise(shape, cpu_isa):
     assert torch.equal(y, sums.float())
 
 
+# Every third shape, and every one made for the AVX-512 kernels (their epilogues).
+EPILOGUE_SHAPES = INT8_SHAPES[::3] + [
+    c for c in INT8_SHAPES[1::3] + INT8_SHAPES[2::3] if c.name.startswith(("min-dot", "sad-"))
+]
+
+
 @pytest.mark.parametrize("cpu_isa", int8_cpu_isas, indirect=True)
-@pytest.mark.parametrize("shape", INT8_SHAPES[::3], ids=repr)
+@pytest.mark.parametrize("shape", EPILOGUE_SHAPES, ids=repr)
 @pytest.mark.parametrize("relu", [False, True])
 def test_epilogue_equals_reference_bitwise(shape, relu, cpu_isa):
     x, wq, s, kw = make_codes(shape, seed=1)
@@ -141,6 +150,27 @@ def test_codes_next_to_ties_equal_division(scale, cpu_isa):
     assert torch.equal(y, ref)
 
 
+@pytest.mark.parametrize("cpu_isa", int8_cpu_isas, indirect=True)
+def test_image_of_padding_only(cpu_isa):
+    # An empty image with padding: every tap is padded (code 0), S[co] = sum |w|.
+    wq = torch.randint(
+        -127, 128, (20, 72, 3, 3), dtype=torch.int8, generator=torch.Generator().manual_seed(0)
+    )
+    for c in (8, 72):  # a reduction under and over 512 bytes
+        w = wq[:, :c].contiguous()
+        y = ops.adder2d_int8(
+            torch.zeros(2, c, 0, 0),
+            w,
+            torch.tensor([0.1]),
+            torch.ones(20),
+            torch.zeros(20),
+            padding=2,
+        )
+        assert y.shape == (2, 20, 2, 2)
+        expected = w.int().abs().sum((1, 2, 3)).float().view(1, 20, 1, 1).expand(2, 20, 2, 2)
+        assert torch.equal(y, expected)
+
+
 def test_padded_taps_count_as_code_zero():
     x = torch.zeros(1, 1, 1, 1)
     wq = torch.tensor([[[[3, -5, 7]]]], dtype=torch.int8)
@@ -148,9 +178,11 @@ def test_padded_taps_count_as_code_zero():
     assert y.item() == 3 + 5 + 7
 
 
-def test_base_and_avx2_bitwise_equal_across_processes():
+def test_base_and_vector_kernels_bitwise_equal_across_processes():
+    # The baseline copy (ADDERNET_CPU_ISA=base in a subprocess) against this machine's best level
+    # (AVX2 or AVX-512); each is also checked against the reference above.
     if addernet_cuda.build_info()["cpu_isa"] not in ("avx2", "avx512"):
-        pytest.skip("the AVX2 kernels are not in use on this machine (not compiled or no AVX2)")
+        pytest.skip("no vector kernels in use on this machine (not compiled or no AVX2)")
     code = (
         "import sys, torch; sys.path.insert(0, 'tests');"
         "from test_adder2d_int8 import INT8_SHAPES, make_codes; from addernet_cuda import ops;"
@@ -218,6 +250,10 @@ def _bad_int8_calls():
         ("beta must have shape \\[6\\]", lambda: op(x, wq, s, a, b[:2], *args)),
         ("scale must be finite and > 0, got 0", lambda: op(x, wq, s * 0, a, b, *args)),
         ("groups \\(3\\) must divide the input channels", lambda: op(x, wq, s, a, b, *args[:3], 3)),
+        (
+            "input must have at least one channel",
+            lambda: op(x[:, :0], wq[:, :0], s, a, b, *args),
+        ),
         (
             "padded input size overflows int64",
             lambda: op(x, wq, s, a, b, [1, 1], [0, 2**62], [1, 1], 1),
@@ -636,6 +672,17 @@ def test_cuda_equals_cpu_bitwise(shape, relu):
         got = ops.adder2d_int8(dev[0], dev[1], scale, dev[2], dev[3], **kw, relu=relu)
         assert got.is_cuda and got.is_contiguous() and got.shape == want.shape
         assert torch.equal(got.cpu().view(torch.int32), want.view(torch.int32)), shape
+
+
+@requires_int8_cuda
+def test_cuda_image_of_padding_only():
+    # An empty image (no code to quantize: no quantization launch), every tap padded.
+    wq = torch.randint(-127, 128, (20, 8, 3, 3), dtype=torch.int8)
+    args = (torch.tensor([0.1]), torch.ones(20), torch.zeros(20))
+    want = ops.adder2d_int8(torch.zeros(2, 8, 0, 0), wq, *args, padding=2)
+    dev = [t.cuda() for t in (torch.zeros(2, 8, 0, 0), wq, args[1], args[2])]
+    got = ops.adder2d_int8(dev[0], dev[1], args[0], dev[2], dev[3], padding=2)
+    assert torch.equal(got.cpu(), want)
 
 
 @requires_int8_cuda

@@ -42,7 +42,7 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   const Int8KernelSet ks = isa == "avx512" ? int8_avx512_kernels()
                            : isa == "avx2" ? int8_avx2_kernels()
                                            : int8_base_kernels();
-  const Int8Geom gm = make_int8_geom(s, ks.pixel_multiple);
+  const Int8Geom gm = make_int8_geom(s);
   Tensor y = torch::stable::empty({s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float,
                                   std::nullopt, input.device());
   if (y.numel() == 0) return y;

@@ -38,12 +38,10 @@ struct Int8Geom {
   int64_t wsum_offset;  // bytes of wpk's codes, where its int32 channel sums start
   int64_t wpk_bytes;    // all of wpk: codes, then G * octets * 8 int32 sums
   int64_t pixels;       // N * OH * OW, the GEMM's column count (tiles span images)
-  int64_t tile_pixels;  // pixels per tile, a multiple of the micro-tile's pixels
+  int64_t tile_pixels;  // pixels per tile, a multiple of 4 (every copy's micro-tile)
 };
 
-// pixel_multiple: the micro-tile's pixel count (4 in the SSE2/AVX2 copies, 8 in the AVX-512 one),
-// which tile_pixels is a multiple of.
-static inline Int8Geom make_int8_geom(const Adder2dShape& s, int64_t pixel_multiple) {
+static inline Int8Geom make_int8_geom(const Adder2dShape& s) {
   Int8Geom gm;
   gm.s = s;
   gm.cpg = (s.in_channels_per_group + 7) / 8 * 8;
@@ -56,13 +54,12 @@ static inline Int8Geom make_int8_geom(const Adder2dShape& s, int64_t pixel_multi
   gm.wpk_bytes = gm.wsum_offset + s.groups * gm.octets * 8 * 4;
   gm.pixels = s.batch * s.out_h * s.out_w;
   // About 16 KiB of patch bytes per tile (in L1 while the channel blocks walk it), 8 to 64.
-  const int64_t tp = (16 * 1024 / gm.kq) / pixel_multiple * pixel_multiple;
+  const int64_t tp = (16 * 1024 / gm.kq) / 4 * 4;
   gm.tile_pixels = tp < 8 ? 8 : (tp > 64 ? 64 : tp);
   return gm;
 }
 
 struct Int8KernelSet {
-  int64_t pixel_multiple;  // pixels per micro-tile: make_int8_geom's argument
   // Image n of x [C][H][W] (float32) -> xq of that image [G][Hp][Wp][cpg].
   void (*quantize_image)(const Int8Geom&, const float* x, float scale, uint8_t* xq);
   // psum and asum of one image from its xq; null in the sets that do not use them.

@@ -35,9 +35,9 @@
 //   of the pixel's patch bytes and B = the sum of the channel's weight bytes (offset codes,
 //   padding included),
 //     S = (A - M) + (B - M),   M = sum min(a, b),
-//   each term in [0, 255 kq] (no int32 overflow where S fits). vpminub compares the broadcast
-//   chunk with the octet's 64 weight bytes and vpdpbusd (unsigned min times signed 1) adds 4
-//   bytes per int32 lane, two lanes per channel. A comes from psum (per padded pixel, summed over
+//   each term in [0, 255 kq], which the host's bound on kq keeps in int32. vpminub compares the
+//   broadcast chunk with the octet's 64 weight bytes and vpdpbusd (unsigned min times signed 1)
+//   adds 4 bytes per int32 lane, two lanes per channel. A comes from psum (per padded pixel, summed over
 //   the KH x KW taps per output, computed per image), B from the int32 sums after the packed
 //   weights.
 // The epilogue runs on a pixel's 16 channels at once, then a 4 x 16 transposition.
@@ -180,6 +180,7 @@ static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint
         }
     }
   }
+  if (HW == 0) return;  // an empty image: only padding, written above
   // Codes per pass of the transposition: long enough that each channel's run of floats is read in
   // runs of 256 floats or more up to 128 channels (short runs of many channels halved the speed).
   constexpr int64_t CHUNK = 32768;
@@ -813,9 +814,9 @@ static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t*, 
 
 static inline Int8KernelSet make_int8_kernel_set() {
 #if defined(ADDER_INT8_AVX512)
-  return Int8KernelSet{NR, &quantize_image, &pixel_sums, &pack_weight, &forward_tile};
+  return Int8KernelSet{&quantize_image, &pixel_sums, &pack_weight, &forward_tile};
 #else
-  return Int8KernelSet{NR, &quantize_image, nullptr, &pack_weight, &forward_tile};
+  return Int8KernelSet{&quantize_image, nullptr, &pack_weight, &forward_tile};
 #endif
 }
 

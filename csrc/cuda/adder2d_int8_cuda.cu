@@ -79,9 +79,11 @@ Tensor adder2d_int8_cuda(const Tensor& input, const Tensor& weight, const Tensor
   Tensor wq = torch::stable::empty({c.pack_total}, ScalarType::Int, std::nullopt, input.device());
   uint32_t* xqp = reinterpret_cast<uint32_t*>(xq.mutable_data_ptr<int32_t>());
   uint32_t* wqp = reinterpret_cast<uint32_t*>(wq.mutable_data_ptr<int32_t>());
-  adder2d_int8_quantize<float><<<unsigned(c.quantize_blocks), kThreads, 0, stream>>>(
-      x.const_data_ptr<float>(), sc, xqp, q, c.quantize_total);
-  ADDERNET_KERNEL_LAUNCH_CHECK();
+  if (c.quantize_blocks > 0) {  // none for an empty image (only padding: the gather's zeros)
+    adder2d_int8_quantize<float><<<unsigned(c.quantize_blocks), kThreads, 0, stream>>>(
+        x.const_data_ptr<float>(), sc, xqp, q, c.quantize_total);
+    ADDERNET_KERNEL_LAUNCH_CHECK();
+  }
   adder2d_int8_pack_weight<<<unsigned(c.pack_blocks), kThreads, 0, stream>>>(
       w.const_data_ptr<int8_t>(), wqp, q, c.pack_total);
   ADDERNET_KERNEL_LAUNCH_CHECK();
