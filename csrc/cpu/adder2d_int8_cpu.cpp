@@ -1,8 +1,8 @@
 // CPU implementation of adder2d_int8 (schema and checks in ../adder2d_int8.cpp, kernels in
 // adder2d_int8_kernels.h): the ATen part only. Quantizes the input once per call into the padded
-// channels-last code buffer (parallel over images; with the AVX-512 kernels also each padded
-// pixel's code sum), packs the weight codes, then runs the
-// byte-SAD implicit GEMM over (group, tile of output pixels) work items, each owning its outputs.
+// channels-last code buffer (parallel over images; for the AVX-512 min + dot GEMM also the code
+// sums of each padded pixel and each output's patch), packs the weight codes, then runs the
+// byte-sum implicit GEMM over (group, tile of output pixels) work items, each owning its outputs.
 // Integer sums make the result independent of the thread count and of the instruction set.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
@@ -38,7 +38,6 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   // around that inner loop (patch sums, epilogue) makes it no faster than vpsadbw (measured,
   // docs/int8.md), and the zmm byte SAD runs without them.
   const std::string isa = cpu_isa();
-  const int64_t kq = s.kernel_h * s.kernel_w * ((s.in_channels_per_group + 7) / 8 * 8);
   const Int8KernelSet ks = isa == "avx512" ? int8_avx512_kernels()
                            : isa == "avx2" ? int8_avx2_kernels()
                                            : int8_base_kernels();
@@ -58,7 +57,7 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   const int64_t image_pixels = s.groups * gm.hp * gm.wp,
                 image_outputs = s.groups * s.out_h * s.out_w;
   std::optional<Tensor> sums;
-  if (ks.pixel_sums != nullptr && kq >= INT8_MIN_DOT_MIN_BYTES)
+  if (ks.pixel_sums != nullptr && gm.kq >= INT8_MIN_DOT_MIN_BYTES)
     sums = torch::stable::empty({s.batch * (image_pixels + image_outputs)}, ScalarType::Int,
                                 std::nullopt, input.device());
   int32_t* psp = sums ? sums->mutable_data_ptr<int32_t>() : nullptr;
