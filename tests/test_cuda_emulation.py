@@ -301,10 +301,7 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
     of 1, 108 and 132 SMs (float32) and at 1 SM (every dtype), both input-gradient kernels as the
     pick at 1, 108 and 132 SMs and forced, in every dtype and both modes."""
     r, (wall, cpu) = _run(emulators["full"], EMULATION_CASES, tmp_path)
-    fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
-    assert r.returncode == 0 and not fails, (
-        f"exit {r.returncode}\n" + "\n".join(fails[:20]) + "\n" + r.stderr[-6000:]
-    )
+    assert_passed(r)
     counts = {}
     for line in r.stdout.splitlines():
         if line.startswith("COUNT "):
@@ -373,6 +370,14 @@ def _check_weight_grad_runs(stdout, pytestconfig):
         pytestconfig,
         "weight gradient, largest error / documented bound: "
         + ", ".join(f"{d} {r:.3g} ({n})" for d, (r, n) in sorted(worst.items())),
+    )
+
+
+def assert_passed(r):
+    """The emulation run `r` exited 0 and reported no FAIL line (the first 20 shown if it did)."""
+    fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
+    assert r.returncode == 0 and not fails, (
+        f"exit {r.returncode}\n" + "\n".join(fails[:20]) + "\n" + r.stderr[-6000:]
     )
 
 
