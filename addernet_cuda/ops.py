@@ -429,12 +429,22 @@ def check_int8_args(input, weight, scale, alpha, beta, stride, padding, dilation
     )
 
 
+def int8_output_format(input: Tensor) -> torch.memory_format:
+    """The memory format of adder2d_int8's output: channels-last for an input that is
+    channels-last and not contiguous NCHW (which the op reads in place), else contiguous."""
+    if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 @torch.library.register_fake("addernet::adder2d_int8")
 def _adder2d_int8_fake(
     input, weight, scale, alpha, beta, stride, padding, dilation, groups, relu=False
 ):
     shape = check_int8_args(input, weight, scale, alpha, beta, stride, padding, dilation, groups)
-    return input.new_empty(shape)
+    return torch.empty(
+        shape, dtype=input.dtype, device=input.device, memory_format=int8_output_format(input)
+    )
 
 
 def _int8_no_backward(ctx, grad):
@@ -471,9 +481,11 @@ def adder2d_int8(
     ``alpha`` and ``beta`` float32 ``[Co]`` (``alpha = -scale``, ``beta = bias`` give the adder
     layer ``bias - scale * sum``; a following BatchNorm folds into them). The sums are exact
     (int32); stride, padding (zero, padded taps count) and dilation as in :func:`adder2d`.
-    Returns contiguous float32 ``[N, Co, OH, OW]``. CPU and CUDA (bitwise equal results; on CUDA
-    the scale may lie on the CPU or on the input's device, where reading it waits for the
-    stream); no gradient.
+    Returns float32 ``[N, Co, OH, OW]`` in the input's memory format, as ``conv2d`` does:
+    channels-last for a channels-last input (read in place on the CPU, where it saves the
+    transposition into the kernel's layout), else contiguous. CPU and CUDA (bitwise equal
+    results; on CUDA the scale may lie on the CPU or on the input's device, where reading it
+    waits for the stream); no gradient.
     """
     stride = _pair(stride, "stride")
     padding = _pair(padding, "padding")

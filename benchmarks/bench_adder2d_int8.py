@@ -5,9 +5,11 @@ Per layer (batch 32 by default), each timed float32 in, float32 out:
 
 - ``int8 adder``: the op ``torch.ops.addernet.adder2d_int8`` as ``QuantizedAdderConv2d`` calls it
   on the CPU (its C++ entry checks the arguments; the Python wrapper ``ops.adder2d_int8`` adds
-  about 20 us of checks in front): it quantizes the NCHW input inside, runs the byte-SAD GEMM (or
-  the min + dot GEMM on AVX-512 VNNI for long reductions) and the float32 epilogue, with the
-  weight codes prepared beforehand;
+  about 20 us of checks in front), on the channels-last float input PyTorch's int8 row gets: it
+  quantizes the input inside, runs the byte-SAD GEMM (or the min + dot GEMM on AVX-512 VNNI for
+  long reductions) and the float32 epilogue, with the weight codes prepared beforehand, and
+  returns channels-last output; ``int8 adder (NCHW)``: the same on contiguous NCHW input and
+  output (the op then transposes the input into its channels-last codes);
 - ``conv2d``: ``torch.nn.functional.conv2d`` in float32 (NCHW);
 - ``torch int8 conv``: ``torch.ao.nn.quantized.Conv2d`` on the x86 engine: ``quantize_per_tensor``
   of a channels-last float input to quint8, the convolution (per-channel qint8 weights), then
@@ -167,10 +169,14 @@ def layer_row(name: str, batch: int, repeats: int) -> dict:
     scale = torch.tensor([float(max(x.abs().max(), w.abs().max())) / 127])
     wq = reference.quantize_codes(w, scale)
     alpha, beta = -scale.expand(co).contiguous(), torch.zeros(co)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     fns = {
         # The call QuantizedAdderConv2d makes on the CPU: the op itself, whose C++ entry checks
         # the arguments (ops.adder2d_int8 adds about 20 us of Python checks in front).
         "int8_adder": lambda: torch.ops.addernet.adder2d_int8(
+            x_cl, wq, scale, alpha, beta, [stride] * 2, [padding] * 2, [1, 1], 1, False
+        ),
+        "int8_adder.nchw": lambda: torch.ops.addernet.adder2d_int8(
             x, wq, scale, alpha, beta, [stride] * 2, [padding] * 2, [1, 1], 1, False
         ),
         "conv2d": lambda: F.conv2d(x, w, None, stride, padding),
@@ -192,6 +198,9 @@ def layer_row(name: str, batch: int, repeats: int) -> dict:
     row["int8_adder.padded_gbytes_per_s"] = padded / ours / 1e9
     if reason is None:
         row["int8_adder.vs_torch_int8"] = ours / timed["torch_int8_conv"]["median_s"]
+        row["int8_adder.nchw.vs_torch_int8"] = (
+            timed["int8_adder.nchw"]["median_s"] / timed["torch_int8_conv"]["median_s"]
+        )
         row["torch_int8_conv.vs_conv2d"] = (
             timed["torch_int8_conv"]["median_s"] / timed["conv2d"]["median_s"]
         )
@@ -204,7 +213,8 @@ def resnet20_row(batch: int, repeats: int) -> dict:
     """Whole ResNet-20 forward: int8 ANN (quantized, BN statistics from random calibration
     images) against the float32 CNN twin and the float32 ANN, interleaved; also the int8 ANN
     quantized without simplification (``quantize(simplify=False)``: the fused layers' redundant
-    float work kept)."""
+    float work kept), and the int8 ANN and the CNN twin on a channels-last input (every layer then
+    works channels-last, the int8 ops included)."""
     torch.manual_seed(0)
     calib = [torch.randn(32, 3, 32, 32) for _ in range(2)]
     ann = recalibrate_batchnorm(resnet20(), calib)
@@ -212,6 +222,7 @@ def resnet20_row(batch: int, repeats: int) -> dict:
     q = addernet_cuda.quantize(ann, calib, max_images=32, simplify=True)
     plain = addernet_cuda.quantize(ann, calib, max_images=32, simplify=False)
     x = torch.randn(batch, 3, 32, 32)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         timed = interleaved(
             {
@@ -219,6 +230,8 @@ def resnet20_row(batch: int, repeats: int) -> dict:
                 "int8_ann.unsimplified": lambda: plain(x),
                 "float_cnn": lambda: cnn(x),
                 "float_ann": lambda: ann(x),
+                "int8_ann.channels_last": lambda: q(x_cl),
+                "float_cnn.channels_last": lambda: cnn(x_cl),
             },
             repeats,
         )
@@ -228,6 +241,9 @@ def resnet20_row(batch: int, repeats: int) -> dict:
     )
     row["int8_ann.vs_float_cnn"] = timed["int8_ann"]["median_s"] / timed["float_cnn"]["median_s"]
     row["int8_ann.vs_float_ann"] = timed["int8_ann"]["median_s"] / timed["float_ann"]["median_s"]
+    row["int8_ann.channels_last.vs_float_cnn.channels_last"] = (
+        timed["int8_ann.channels_last"]["median_s"] / timed["float_cnn.channels_last"]["median_s"]
+    )
     return row
 
 
@@ -262,16 +278,19 @@ def markdown(result: dict) -> str:
         f"in ms [p20, p80] of interleaved rounds in rotating order ({result['clock']}), float32 "
         "in and out; ratios are time / time (lower is better).",
         "",
-        "| layer | batch | int8 adder | conv2d | torch int8 conv | torch int8 (int8 i/o) | "
-        "adder / conv2d | adder / torch int8 | torch int8 / conv2d | G taps/s | padded G bytes/s | "
-        "kernel | % of ceiling | page faults per call (adder / conv2d / torch int8) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | batch | int8 adder | int8 adder (NCHW) | conv2d | torch int8 conv | "
+        "torch int8 (int8 i/o) | adder / conv2d | adder / torch int8 | adder (NCHW) / torch int8 | "
+        "torch int8 / conv2d | G taps/s | padded G bytes/s | kernel | % of ceiling | "
+        "page faults per call (adder / conv2d / torch int8) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda s: f"{s['median_s'] * 1e3:.2f} [{s['p20_s'] * 1e3:.2f}, {s['p80_s'] * 1e3:.2f}]"  # noqa: E731
     for r in rows:
         t8 = fmt(r["torch_int8_conv"]) if "torch_int8_conv" in r else "skipped"
         t8io = fmt(r["torch_int8_conv.int8_io"]) if "torch_int8_conv" in r else "skipped"
         vs8 = f"{r['int8_adder.vs_torch_int8']:.2f}x" if "int8_adder.vs_torch_int8" in r else "-"
+        key = "int8_adder.nchw.vs_torch_int8"
+        vs8n = f"{r[key]:.2f}x" if key in r else "-"
         t8c = f"{r['torch_int8_conv.vs_conv2d']:.2f}x" if "torch_int8_conv.vs_conv2d" in r else "-"
         kernel = r.get("int8_adder.kernel", "sad")
         reference_rate = ceiling[kernel] or ceiling["sad"]
@@ -281,8 +300,9 @@ def markdown(result: dict) -> str:
             for k in ("int8_adder", "conv2d", "torch_int8_conv")
         )
         lines.append(
-            f"| {r['shape']} | {r['batch']} | {fmt(r['int8_adder'])} | {fmt(r['conv2d'])} | {t8} | "
-            f"{t8io} | {r['int8_adder.vs_conv2d']:.2f}x | {vs8} | {t8c} | "
+            f"| {r['shape']} | {r['batch']} | {fmt(r['int8_adder'])} | "
+            f"{fmt(r['int8_adder.nchw'])} | {fmt(r['conv2d'])} | {t8} | "
+            f"{t8io} | {r['int8_adder.vs_conv2d']:.2f}x | {vs8} | {vs8n} | {t8c} | "
             f"{r['int8_adder.gterms_per_s']:.1f} | {r['int8_adder.padded_gbytes_per_s']:.1f} | "
             f"{kernel} | {pct:.0f}% | "
             f"{faults} |"
@@ -301,6 +321,9 @@ def summary(rows, whole) -> dict:
         "ResNet-20 3x3 layers, geometric mean of int8 adder / torch int8 conv (target <= 1)": geomean(
             [r.get("int8_adder.vs_torch_int8") for r in res3]
         ),
+        "ResNet-20 3x3 layers, geometric mean of int8 adder on NCHW / torch int8 conv": geomean(
+            [r.get("int8_adder.nchw.vs_torch_int8") for r in res3]
+        ),
         "ResNet-20 3x3 layers, geometric mean of torch int8 conv / conv2d": geomean(
             [r.get("torch_int8_conv.vs_conv2d") for r in res3]
         ),
@@ -309,14 +332,25 @@ def summary(rows, whole) -> dict:
         out["Whole ResNet-20 forward, int8 ANN / float32 CNN twin (target <= 0.5)"] = whole[
             "int8_ann.vs_float_cnn"
         ]
+        out["Whole ResNet-20 forward on channels-last input, int8 ANN / float32 CNN twin"] = whole[
+            "int8_ann.channels_last.vs_float_cnn.channels_last"
+        ]
         out["Whole ResNet-20 forward, int8 ANN / float32 ANN"] = whole["int8_ann.vs_float_ann"]
         out["Whole ResNet-20 forward, int8 ANN / int8 ANN unsimplified"] = whole[
             "int8_ann.vs_unsimplified"
         ]
-        keys = ("int8_ann", "int8_ann.unsimplified", "float_cnn", "float_ann")
+        keys = (
+            "int8_ann",
+            "int8_ann.unsimplified",
+            "float_cnn",
+            "float_ann",
+            "int8_ann.channels_last",
+            "float_cnn.channels_last",
+        )
         out[
             "Whole ResNet-20 forward medians (ms) [page faults per call]: int8 ANN / int8 ANN "
-            "unsimplified / float32 CNN / float32 ANN"
+            "unsimplified / float32 CNN / float32 ANN / int8 ANN channels-last / float32 CNN "
+            "channels-last"
         ] = " / ".join(
             f"{whole[k]['median_s'] * 1e3:.2f} [{whole[k]['page_faults_per_call']:.0f}]"
             for k in keys

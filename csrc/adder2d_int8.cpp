@@ -7,6 +7,7 @@
 #include "adder2d_int8.h"
 
 #include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 #include <torch/headeronly/core/ScalarType.h>
 
 #include <cstdint>
@@ -59,6 +60,21 @@ Adder2dShape check_adder2d_int8_args(const char* op, const Tensor& input, const 
                  " bytes per output after padding) is too long for exact int32 sums (at most ",
                  std::numeric_limits<int32_t>::max() / 255, ")");
   return s;
+}
+
+bool adder2d_int8_channels_last(const Tensor& input) {
+  if (input.dim() != 4 || input.is_contiguous()) return false;
+  int64_t expected = 1;
+  for (const int64_t d : {1, 3, 2, 0}) {
+    if (input.size(d) == 1) continue;
+    if (input.stride(d) != expected) return false;
+    expected *= input.size(d);
+  }
+  return true;
+}
+
+Tensor nchw_view_of_nhwc(const Tensor& nhwc) {
+  return torch::stable::transpose(torch::stable::transpose(nhwc, 2, 3), 1, 2);
 }
 
 // The CUDA library compiles the checks only (cuda/adder2d_checks_cuda.cpp): the schema is the CPU

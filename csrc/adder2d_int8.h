@@ -18,4 +18,12 @@ Adder2dShape check_adder2d_int8_args(const char* op, const Tensor& input, const 
                                      IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                      int64_t groups);
 
+// Whether adder2d_int8 reads `input` as channels-last [N][H][W][C] and returns its output in
+// that memory format, as conv2d does: the strides are channels-last's (torch's rule: those of
+// dimensions of size 1 do not count) and not contiguous NCHW's.
+bool adder2d_int8_channels_last(const Tensor& input);
+
+// nhwc [N][H][W][C] (contiguous) viewed as [N][C][H][W] with channels-last strides.
+Tensor nchw_view_of_nhwc(const Tensor& nhwc);
+
 }  // namespace addernet

@@ -102,6 +102,38 @@ def test_epilogue_equals_reference_bitwise(shape, relu, cpu_isa):
     assert torch.equal(y, ref)
 
 
+@pytest.mark.parametrize("cpu_isa", int8_cpu_isas, indirect=True)
+@pytest.mark.parametrize("shape", [c for c in INT8_SHAPES if c.n > 0], ids=repr)
+def test_channels_last_input_gives_channels_last_output_bitwise_equal(shape, cpu_isa):
+    # Read in place (no transposition), written channels-last: the same numbers as on NCHW.
+    x, wq, s, kw = make_codes(shape, seed=4)
+    co = wq.shape[0]
+    alpha, beta = torch.randn(co) * 0.01, torch.randn(co)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    for relu in (False, True):
+        want = ops.adder2d_int8(x, wq, s, alpha, beta, **kw, relu=relu)
+        got = ops.adder2d_int8(x_cl, wq, s, alpha, beta, **kw, relu=relu)
+        assert want.is_contiguous()
+        if not x_cl.is_contiguous():  # with C == 1 or H == W == 1 the two layouts coincide
+            assert got.is_contiguous(memory_format=torch.channels_last), got.stride()
+        assert torch.equal(got, want)
+
+
+def test_other_strided_inputs_give_contiguous_output():
+    x, wq, s, kw = make_codes(INT8_SHAPES[5], seed=5)
+    co = wq.shape[0]
+    args = (wq, s, torch.ones(co), torch.zeros(co))
+    want = ops.adder2d_int8(x, *args, **kw)
+    wide = torch.zeros(x.shape[0], x.shape[1], x.shape[2], 2 * x.shape[3])
+    wide[..., ::2] = x
+    # A channels-last tensor sliced along the batch is channels-last in no dense sense.
+    twice = torch.stack([x, x], 1).flatten(0, 1)  # images 0, 0, 1, 1, ...
+    x_cl = twice.contiguous(memory_format=torch.channels_last)[::2]
+    for strided in (wide[..., ::2], x_cl, x.transpose(2, 3).contiguous().transpose(2, 3)):
+        got = ops.adder2d_int8(strided, *args, **kw)
+        assert got.is_contiguous() and torch.equal(got, want)
+
+
 def test_codes_round_half_to_even_and_clamp():
     s = torch.tensor([0.5])
     x = torch.tensor([0.25, 0.75, 1.25, -0.25, -0.75, 63.4, 63.5, 64.0, -70.0, 0.0]).view(
@@ -303,6 +335,9 @@ def test_opcheck(index):
     co = wq.shape[0]
     args = (x, wq, s, torch.randn(co), torch.randn(co), list(kw["stride"]), list(kw["padding"]))
     args += (list(kw["dilation"]), kw["groups"], True)
+    torch.library.opcheck(torch.ops.addernet.adder2d_int8.default, args)
+    # The fake kernel's strides must be the op's: channels-last output for channels-last input.
+    args = (x.contiguous(memory_format=torch.channels_last),) + args[1:]
     torch.library.opcheck(torch.ops.addernet.adder2d_int8.default, args)
 
 
@@ -672,6 +707,17 @@ def test_cuda_equals_cpu_bitwise(shape, relu):
         got = ops.adder2d_int8(dev[0], dev[1], scale, dev[2], dev[3], **kw, relu=relu)
         assert got.is_cuda and got.is_contiguous() and got.shape == want.shape
         assert torch.equal(got.cpu().view(torch.int32), want.view(torch.int32)), shape
+
+
+@requires_int8_cuda
+def test_cuda_channels_last_input_gives_channels_last_output():
+    shape = next(c for c in INT8_CUDA_SHAPES if c.name == "co17-small-tile")
+    x, wq, s, alpha, beta, kw = _int8_inputs(shape, seed=4)
+    want = ops.adder2d_int8(x, wq, s, alpha, beta, **kw)
+    x_cl = x.cuda().contiguous(memory_format=torch.channels_last)
+    got = ops.adder2d_int8(x_cl, wq.cuda(), s, alpha.cuda(), beta.cuda(), **kw)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert torch.equal(got.cpu().view(torch.int32), want.view(torch.int32))
 
 
 @requires_int8_cuda

@@ -186,6 +186,7 @@ def test_int8_benchmark_runs_and_writes_results(tmp_path):
     row = result["rows"][0]
     assert row["shape"] == "lenet5.c2" and row["batch"] == 4
     assert row["int8_adder"]["median_s"] > 0 and row["conv2d"]["median_s"] > 0
+    assert row["int8_adder.nchw"]["median_s"] > 0
     assert "torch_int8_conv" in row or "torch_int8_conv.skipped" in row
     assert result["sad_ceiling_gbytes_per_s"] > 0
     assert "int8 adder benchmark" in (tmp_path / "results_int8.md").read_text()

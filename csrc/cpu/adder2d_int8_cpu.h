@@ -17,7 +17,10 @@
 //   psum  [N][G][Hp][Wp]       int32, the sum of each padded pixel's cpg bytes of xq, and
 //   asum  [N][G][OH][OW]       int32, the sum of psum over each output's patch (AVX-512 copy
 //                              only: the kernel sets whose pixel_sums is not null).
-//   y     [N][Co][OH][OW]      float32, y = alpha[co] * sum + beta[co], then max(y, 0) if relu.
+//   y     [N][Co][OH][OW]      float32, y = alpha[co] * sum + beta[co], then max(y, 0) if relu;
+//                              [N][OH][OW][Co] when the input is channels-last (channels_last).
+// A channels-last input x is read as [N][H][W][C]; the op returns its output in the input's
+// memory format, as conv2d does.
 #pragma once
 
 #include <cstdint>
@@ -39,11 +42,15 @@ struct Int8Geom {
   int64_t wpk_bytes;    // all of wpk: codes, then G * octets * 8 int32 sums
   int64_t pixels;       // N * OH * OW, the GEMM's column count (tiles span images)
   int64_t tile_pixels;  // pixels per tile, a multiple of 4 (every copy's micro-tile)
+  bool channels_last;   // x read as [N][H][W][C], y written as [N][OH][OW][Co]
+  int64_t y_cstride;    // distance in y between channels co and co + 1: OH * OW, or 1
 };
 
-static inline Int8Geom make_int8_geom(const Adder2dShape& s) {
+static inline Int8Geom make_int8_geom(const Adder2dShape& s, bool channels_last) {
   Int8Geom gm;
   gm.s = s;
+  gm.channels_last = channels_last;
+  gm.y_cstride = channels_last ? 1 : s.out_h * s.out_w;
   gm.cpg = (s.in_channels_per_group + 7) / 8 * 8;
   gm.hp = s.in_h + 2 * s.pad_h;
   gm.wp = s.in_w + 2 * s.pad_w;
@@ -60,7 +67,8 @@ static inline Int8Geom make_int8_geom(const Adder2dShape& s) {
 }
 
 struct Int8KernelSet {
-  // Image n of x [C][H][W] (float32) -> xq of that image [G][Hp][Wp][cpg].
+  // Image n of x [C][H][W] (float32; [H][W][C] if channels_last) -> xq of that image
+  // [G][Hp][Wp][cpg].
   void (*quantize_image)(const Int8Geom&, const float* x, float scale, uint8_t* xq);
   // psum and asum of one image from its xq; null in the sets that do not use them.
   void (*pixel_sums)(const Int8Geom&, const uint8_t* xq, int32_t* psum, int32_t* asum);

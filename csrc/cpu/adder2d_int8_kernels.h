@@ -159,9 +159,10 @@ static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, ui
   }
 }
 
-// One image: per group, chunks of consecutive pixels of the H * W plane (whole rows or not): each
-// channel's run of the chunk is quantized contiguously into `rows` (channels x pixels codes), then
-// transposed into the channels-last padded layout (a row pointer per pixel).
+// One image. NCHW: per group, chunks of consecutive pixels of the H * W plane (whole rows or
+// not): each channel's run of the chunk is quantized contiguously into `rows` (channels x pixels
+// codes), then transposed into the channels-last padded layout (a row pointer per pixel).
+// Channels-last: quantized in place, pixel by pixel (row by row where nothing is padded).
 static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint8_t* xq) {
   const Adder2dShape& s = gm.s;
   const int64_t cig = s.in_channels_per_group, HW = s.in_h * s.in_w;
@@ -181,6 +182,23 @@ static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint
     }
   }
   if (HW == 0) return;  // an empty image: only padding, written above
+  if (gm.channels_last) {
+    // x [H][W][C]: each pixel's channels of a group are already contiguous, no transposition.
+    // Without groups or padded channels an image row is one contiguous run of W * C codes.
+    for (int64_t h = 0; h < s.in_h; ++h) {
+      const float* xr = x + h * s.in_w * s.in_channels;
+      uint8_t* qr = xq + ((h + s.pad_h) * gm.wp + s.pad_w) * gm.cpg;
+      if (s.groups == 1 && cig == gm.cpg) {
+        quantize_row(xr, s.in_w * cig, scale, qr);
+        continue;
+      }
+      for (int64_t g = 0; g < s.groups; ++g)
+        for (int64_t w = 0; w < s.in_w; ++w)
+          quantize_row(xr + w * s.in_channels + g * cig, cig, scale,
+                       qr + g * gm.hp * gm.wp * gm.cpg + w * gm.cpg);
+    }
+    return;
+  }
   // Codes per pass of the transposition: long enough that each channel's run of floats is read in
   // runs of 256 floats or more up to 128 channels (short runs of many channels halved the speed).
   constexpr int64_t CHUNK = 32768;
@@ -267,7 +285,7 @@ static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
 }
 
 // xoff[i] = offset in xq of pixel i's patch (tap (0, 0)) in group g, yoff[i] = offset of its
-// output for channel 0 of the layer (n * Co * L + p); past the last pixel, yoff = -1 and xoff
+// output for channel 0 of the layer (n * Co * L + p, or (n * L + p) * Co channels-last); past the last pixel, yoff = -1 and xoff
 // repeats the last pixel's. The pixel coordinates are stepped, not divided out per pixel.
 static void tile_offsets(const Int8Geom& gm, int64_t g, int64_t q0, int64_t* xoff, int64_t* yoff) {
   const Adder2dShape& s = gm.s;
@@ -279,7 +297,8 @@ static void tile_offsets(const Int8Geom& gm, int64_t g, int64_t q0, int64_t* xof
       yoff[i] = -1;
       continue;
     }
-    yoff[i] = n * s.out_channels * L + oh * s.out_w + ow;
+    yoff[i] = gm.channels_last ? ((n * s.out_h + oh) * s.out_w + ow) * s.out_channels
+                               : n * s.out_channels * L + oh * s.out_w + ow;
     xoff[i] = (n * s.groups + g) * plane + (oh * s.stride_h * gm.wp + ow * s.stride_w) * gm.cpg;
     if (++ow == s.out_w) {
       ow = 0;
@@ -313,13 +332,13 @@ static inline float epilogue1(int32_t sum, float alpha, float beta, bool relu) {
   return v;
 }
 
-// Stores out[c][j] (channel c < nc of the octet, pixel j < 4) at y[c * L + yoff[j]], skipping
-// pixels past the end.
-static inline void store_scattered(const float (*out)[NR], int64_t nc, float* y, int64_t L,
+// Stores out[c][j] (channel c < nc of the octet, pixel j < 4) at y[c * cs + yoff[j]] (cs: the
+// channel stride, gm.y_cstride), skipping pixels past the end.
+static inline void store_scattered(const float (*out)[NR], int64_t nc, float* y, int64_t cs,
                                    const int64_t* yoff) {
   for (int64_t c = 0; c < nc; ++c)
     for (int j = 0; j < NR; ++j)
-      if (yoff[j] >= 0) y[c * L + yoff[j]] = out[c][j];
+      if (yoff[j] >= 0) y[c * cs + yoff[j]] = out[c][j];
 }
 
 #if defined(ADDER_INT8_AVX512)
@@ -389,15 +408,15 @@ static void pixel_sums(const Int8Geom& gm, const uint8_t* xq, int32_t* psum, int
 // their patches in xq). MIN_DOT: aJO holds, per int32 lane 2 c + h, the running sum of
 // min(a, b) over bytes 4 h .. 4 h + 3 of each chunk, pixel J against channel c of octet O, and
 // per pixel and channel S = (A - M) + (B - M); otherwise aJO holds S itself, per 64-bit lane c.
-// Then the float epilogue on the pixel's 8 or 16 channels at once, and a transposition stores 4
-// consecutive pixels per channel.
+// Then the float epilogue on the pixel's 8 or 16 channels at once; channels-last (cs = 1) stores
+// each pixel's channels as they are, else a transposition stores 4 consecutive pixels per channel.
 template <int OCT, bool MIN_DOT>
 __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, const uint8_t* x0,
                                                   const uint8_t* x1, const uint8_t* x2,
                                                   const uint8_t* x3, const Walk& walk,
                                                   const int32_t* asum, const int32_t* wsum,
                                                   const float* alpha, const float* beta, bool relu,
-                                                  int64_t nc, float* y, int64_t L,
+                                                  int64_t nc, float* y, int64_t cs,
                                                   const int64_t* yoff) {
   const __m512i ones = _mm512_set1_epi8(1);
   __m512i a00 = _mm512_setzero_si512(), a10 = a00, a20 = a00, a30 = a00;
@@ -457,6 +476,13 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
     };
     const __m512 f0 = finish(a00, a01, asum[0]), f1 = finish(a10, a11, asum[1]);
     const __m512 f2 = finish(a20, a21, asum[2]), f3 = finish(a30, a31, asum[3]);
+    if (cs == 1) {
+      const __mmask16 m = nc >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nc) - 1);
+      const __m512 f[NR] = {f0, f1, f2, f3};
+      for (int j = 0; j < NR; ++j)
+        if (yoff[j] >= 0) _mm512_mask_storeu_ps(y + yoff[j], m, f[j]);
+      return;
+    }
     // 128-bit lane l of u[k] holds channel 4 l + k of the 4 pixels.
     const __m512 t0 = _mm512_unpacklo_ps(f0, f1), t1 = _mm512_unpackhi_ps(f0, f1);
     const __m512 t2 = _mm512_unpacklo_ps(f2, f3), t3 = _mm512_unpackhi_ps(f2, f3);
@@ -464,11 +490,11 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
     const __m512 u2 = _mm512_shuffle_ps(t1, t3, 0x44), u3 = _mm512_shuffle_ps(t1, t3, 0xEE);
     if (nc >= 16 && y3 == y0 + 3) {
       float* p = y + y0;
-#define ADDER_STORE_LANES(u, k)                                   \
-  _mm_storeu_ps(p + (k) * L, _mm512_extractf32x4_ps(u, 0));       \
-  _mm_storeu_ps(p + (4 + (k)) * L, _mm512_extractf32x4_ps(u, 1)); \
-  _mm_storeu_ps(p + (8 + (k)) * L, _mm512_extractf32x4_ps(u, 2)); \
-  _mm_storeu_ps(p + (12 + (k)) * L, _mm512_extractf32x4_ps(u, 3));
+#define ADDER_STORE_LANES(u, k)                                    \
+  _mm_storeu_ps(p + (k) * cs, _mm512_extractf32x4_ps(u, 0));       \
+  _mm_storeu_ps(p + (4 + (k)) * cs, _mm512_extractf32x4_ps(u, 1)); \
+  _mm_storeu_ps(p + (8 + (k)) * cs, _mm512_extractf32x4_ps(u, 2)); \
+  _mm_storeu_ps(p + (12 + (k)) * cs, _mm512_extractf32x4_ps(u, 3));
       ADDER_STORE_LANES(u0, 0)
       ADDER_STORE_LANES(u1, 1)
       ADDER_STORE_LANES(u2, 2)
@@ -484,8 +510,8 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
       _mm_store_ps(out[8 + k], _mm512_extractf32x4_ps(u[k], 2));
       _mm_store_ps(out[12 + k], _mm512_extractf32x4_ps(u[k], 3));
     }
-    store_scattered(out, nc < 8 ? nc : 8, y, L, yoff);
-    if (nc > 8) store_scattered(out + 8, nc - 8 < 8 ? nc - 8 : 8, y + 8 * L, L, yoff);
+    store_scattered(out, nc < 8 ? nc : 8, y, cs, yoff);
+    if (nc > 8) store_scattered(out + 8, nc - 8 < 8 ? nc - 8 : 8, y + 8 * cs, cs, yoff);
     return;
   }
   for (int o = 0; o < OCT; ++o) {
@@ -506,23 +532,30 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
     };
     const __m256 f0 = finish(o == 0 ? a00 : a01, asum[0]), f1 = finish(o == 0 ? a10 : a11, asum[1]);
     const __m256 f2 = finish(o == 0 ? a20 : a21, asum[2]), f3 = finish(o == 0 ? a30 : a31, asum[3]);
+    const int64_t n = nc - 8 * o < 8 ? nc - 8 * o : 8;
+    float* yo = y + 8 * o * cs;
+    if (cs == 1) {
+      const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
+      const __m256 f[NR] = {f0, f1, f2, f3};
+      for (int j = 0; j < NR; ++j)
+        if (yoff[j] >= 0) _mm256_mask_storeu_ps(yo + yoff[j], m, f[j]);
+      continue;
+    }
     // 4 x 8 transposition: u0 = channels (0 | 4), u1 = (1 | 5), u2 = (2 | 6), u3 = (3 | 7).
     const __m256 t0 = _mm256_unpacklo_ps(f0, f1), t1 = _mm256_unpackhi_ps(f0, f1);
     const __m256 t2 = _mm256_unpacklo_ps(f2, f3), t3 = _mm256_unpackhi_ps(f2, f3);
     const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
     const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    const int64_t n = nc - 8 * o < 8 ? nc - 8 * o : 8;
-    float* yo = y + 8 * o * L;
     if (n == 8 && y3 == y0 + 3) {
       float* p = yo + y0;
       _mm_storeu_ps(p, _mm256_castps256_ps128(u0));
-      _mm_storeu_ps(p + L, _mm256_castps256_ps128(u1));
-      _mm_storeu_ps(p + 2 * L, _mm256_castps256_ps128(u2));
-      _mm_storeu_ps(p + 3 * L, _mm256_castps256_ps128(u3));
-      _mm_storeu_ps(p + 4 * L, _mm256_extractf128_ps(u0, 1));
-      _mm_storeu_ps(p + 5 * L, _mm256_extractf128_ps(u1, 1));
-      _mm_storeu_ps(p + 6 * L, _mm256_extractf128_ps(u2, 1));
-      _mm_storeu_ps(p + 7 * L, _mm256_extractf128_ps(u3, 1));
+      _mm_storeu_ps(p + cs, _mm256_castps256_ps128(u1));
+      _mm_storeu_ps(p + 2 * cs, _mm256_castps256_ps128(u2));
+      _mm_storeu_ps(p + 3 * cs, _mm256_castps256_ps128(u3));
+      _mm_storeu_ps(p + 4 * cs, _mm256_extractf128_ps(u0, 1));
+      _mm_storeu_ps(p + 5 * cs, _mm256_extractf128_ps(u1, 1));
+      _mm_storeu_ps(p + 6 * cs, _mm256_extractf128_ps(u2, 1));
+      _mm_storeu_ps(p + 7 * cs, _mm256_extractf128_ps(u3, 1));
     } else {
       alignas(16) float out[8][NR];
       const __m256 u[4] = {u0, u1, u2, u3};
@@ -530,7 +563,7 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
         _mm_store_ps(out[c], _mm256_castps256_ps128(u[c]));
         _mm_store_ps(out[c + 4], _mm256_extractf128_ps(u[c], 1));
       }
-      store_scattered(out, n, yo, L, yoff);
+      store_scattered(out, n, yo, cs, yoff);
     }
   }
 }
@@ -560,7 +593,7 @@ static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t* a
       }
     }
   }
-  const int64_t cog = s.out_channels_per_group, co0 = g * cog, L = s.out_h * s.out_w;
+  const int64_t cog = s.out_channels_per_group, co0 = g * cog, cs = gm.y_cstride;
   const Walk walk = make_walk(gm);
   const uint8_t* wg = wpk + g * gm.octets * 8 * gm.kq;
   const int32_t* wsum = reinterpret_cast<const int32_t*>(wpk + gm.wsum_offset) + g * gm.octets * 8;
@@ -577,7 +610,7 @@ static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t* a
       const bool pair = o + 1 < o0 + no;
       const int64_t nc = cog - 8 * o;
       const uint8_t* w = wg + o * 8 * gm.kq;
-      float* yo = y + (co0 + 8 * o) * L;
+      float* yo = y + (co0 + 8 * o) * cs;
       const float* ao = av + 8 * (o - o0);
       const float* bo = bv + 8 * (o - o0);
       for (int64_t i = 0; i < gm.tile_pixels; i += NR) {
@@ -586,7 +619,7 @@ static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t* a
                       *x3 = xq + xoff[i + 3];
         const auto kernel = min_dot ? (pair ? &octets_quad<2, true> : &octets_quad<1, true>)
                                     : (pair ? &octets_quad<2, false> : &octets_quad<1, false>);
-        kernel(w, gm.kq, x0, x1, x2, x3, walk, asum + i, wsum + 8 * o, ao, bo, relu, nc, yo, L,
+        kernel(w, gm.kq, x0, x1, x2, x3, walk, asum + i, wsum + 8 * o, ao, bo, relu, nc, yo, cs,
                yoff + i);
       }
     }
@@ -603,7 +636,7 @@ __attribute__((noinline)) static void octet_quad(const uint8_t* w, const uint8_t
                                                  const uint8_t* x1, const uint8_t* x2,
                                                  const uint8_t* x3, const Walk& walk,
                                                  const __m256 alpha, const __m256 beta, bool relu,
-                                                 int64_t nc, float* y, int64_t L,
+                                                 int64_t nc, float* y, int64_t cs,
                                                  const int64_t* yoff) {
   __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00;
   __m256i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
@@ -645,6 +678,16 @@ __attribute__((noinline)) static void octet_quad(const uint8_t* w, const uint8_t
   };
   const __m256 f0 = finish(a00, a01), f1 = finish(a10, a11);
   const __m256 f2 = finish(a20, a21), f3 = finish(a30, a31);
+  if (cs == 1) {  // channels-last: each pixel's 8 channels, put back in order, side by side
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nc)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 f[NR] = {f0, f1, f2, f3};
+    for (int j = 0; j < NR; ++j)
+      if (yoff[j] >= 0)
+        _mm256_maskstore_ps(y + yoff[j], keep, _mm256_permutevar8x32_ps(f[j], order));
+    return;
+  }
   // Transpose to 4 consecutive pixels per channel; 128-bit lanes: (0 4 1 5 | 2 6 3 7).
   const __m256 t0 = _mm256_unpacklo_ps(f0, f1), t1 = _mm256_unpackhi_ps(f0, f1);
   const __m256 t2 = _mm256_unpacklo_ps(f2, f3), t3 = _mm256_unpackhi_ps(f2, f3);
@@ -660,13 +703,13 @@ __attribute__((noinline)) static void octet_quad(const uint8_t* w, const uint8_t
   if (nc == 8 && yoff[3] == yoff[0] + 3) {
     float* p = y + yoff[0];
     _mm_storeu_ps(p, _mm256_castps256_ps128(u0));
-    _mm_storeu_ps(p + L, _mm256_castps256_ps128(u2));
-    _mm_storeu_ps(p + 2 * L, _mm256_extractf128_ps(u0, 1));
-    _mm_storeu_ps(p + 3 * L, _mm256_extractf128_ps(u2, 1));
-    _mm_storeu_ps(p + 4 * L, _mm256_castps256_ps128(u1));
-    _mm_storeu_ps(p + 5 * L, _mm256_castps256_ps128(u3));
-    _mm_storeu_ps(p + 6 * L, _mm256_extractf128_ps(u1, 1));
-    _mm_storeu_ps(p + 7 * L, _mm256_extractf128_ps(u3, 1));
+    _mm_storeu_ps(p + cs, _mm256_castps256_ps128(u2));
+    _mm_storeu_ps(p + 2 * cs, _mm256_extractf128_ps(u0, 1));
+    _mm_storeu_ps(p + 3 * cs, _mm256_extractf128_ps(u2, 1));
+    _mm_storeu_ps(p + 4 * cs, _mm256_castps256_ps128(u1));
+    _mm_storeu_ps(p + 5 * cs, _mm256_castps256_ps128(u3));
+    _mm_storeu_ps(p + 6 * cs, _mm256_extractf128_ps(u1, 1));
+    _mm_storeu_ps(p + 7 * cs, _mm256_extractf128_ps(u3, 1));
     return;
   }
   alignas(32) float out[8][NR];
@@ -678,13 +721,13 @@ __attribute__((noinline)) static void octet_quad(const uint8_t* w, const uint8_t
   _mm_store_ps(out[5], _mm256_castps256_ps128(u3));
   _mm_store_ps(out[6], _mm256_extractf128_ps(u1, 1));
   _mm_store_ps(out[7], _mm256_extractf128_ps(u3, 1));
-  store_scattered(out, nc, y, L, yoff);
+  store_scattered(out, nc, y, cs, yoff);
 }
 
 static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq,
                         const int64_t* xoff, const float* alpha, const float* beta, bool relu,
                         float* y, const int64_t* yoff) {
-  const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const int64_t cog = gm.s.out_channels_per_group, cs = gm.y_cstride;
   const Walk walk = make_walk(gm);
   for (int64_t o = 0; o < gm.octets; ++o) {
     const int64_t nc = cog - 8 * o < 8 ? cog - 8 * o : 8;
@@ -700,7 +743,7 @@ static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq
     for (int64_t i = 0; i < gm.tile_pixels; i += NR) {
       if (yoff[i] < 0) break;
       octet_quad(w, xq + xoff[i], xq + xoff[i + 1], xq + xoff[i + 2], xq + xoff[i + 3], walk, va,
-                 vb, relu, nc, y + 8 * o * L, L, yoff + i);
+                 vb, relu, nc, y + 8 * o * cs, cs, yoff + i);
     }
   }
 }
@@ -748,7 +791,7 @@ static inline void octet_pair(const uint8_t* w, const uint8_t* x0, const uint8_t
 static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq,
                         const int64_t* xoff, const float* alpha, const float* beta, bool relu,
                         float* y, const int64_t* yoff) {
-  const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const int64_t cog = gm.s.out_channels_per_group, cs = gm.y_cstride;
   const Walk walk = make_walk(gm);
   for (int64_t o = 0; o < gm.octets; ++o) {
     const int64_t nc = cog - 8 * o < 8 ? cog - 8 * o : 8;
@@ -765,7 +808,7 @@ static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq
         if (relu) v = _mm_max_ps(_mm_setzero_ps(), v);
         _mm_store_ps(out[c], v);
       }
-      store_scattered(out, nc, y + 8 * o * L, L, yoff + i);
+      store_scattered(out, nc, y + 8 * o * cs, cs, yoff + i);
     }
   }
 }
@@ -775,7 +818,7 @@ static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq
 static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq,
                         const int64_t* xoff, const float* alpha, const float* beta, bool relu,
                         float* y, const int64_t* yoff) {
-  const int64_t cog = gm.s.out_channels_per_group, L = gm.s.out_h * gm.s.out_w;
+  const int64_t cog = gm.s.out_channels_per_group, cs = gm.y_cstride;
   const Walk walk = make_walk(gm);
   for (int64_t m = 0; m < cog; ++m) {
     for (int64_t i = 0; i < gm.tile_pixels; ++i) {
@@ -791,7 +834,7 @@ static void tile_octets(const Int8Geom& gm, const uint8_t* wg, const uint8_t* xq
               sum += d < 0 ? -d : d;
             }
         }
-      y[m * L + yoff[i]] = epilogue1(sum, alpha[m], beta[m], relu);
+      y[m * cs + yoff[i]] = epilogue1(sum, alpha[m], beta[m], relu);
     }
   }
 }
@@ -804,10 +847,10 @@ static void forward_tile(const Int8Geom& gm, const uint8_t* xq, const int32_t*, 
                          int64_t q0, uint8_t* scratch) {
   int64_t* yoff = reinterpret_cast<int64_t*>(scratch);
   int64_t* xoff = yoff + gm.tile_pixels;
-  const int64_t cog = gm.s.out_channels_per_group, co0 = g * cog, L = gm.s.out_h * gm.s.out_w;
+  const int64_t co0 = g * gm.s.out_channels_per_group;
   tile_offsets(gm, g, q0, xoff, yoff);
   tile_octets(gm, wpk + g * gm.octets * 8 * gm.kq, xq, xoff, alpha + co0, beta + co0, relu,
-              y + co0 * L, yoff);
+              y + co0 * gm.y_cstride, yoff);
 }
 
 #endif
