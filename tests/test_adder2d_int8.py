@@ -408,6 +408,17 @@ def test_quantized_layer_equals_the_op_with_folded_affine(block_and_data):
     assert torch.equal(layer.weight, reference.quantize_codes(model.adder.weight, s))
 
 
+@pytest.mark.parametrize("scale_groups", [1, 4])
+def test_quantized_layer_keeps_a_channels_last_input_channels_last(block_and_data, scale_groups):
+    model, batches = block_and_data
+    q = quantize(model, batches, scale_groups=scale_groups)
+    x = torch.randn(4, 8, 12, 12).relu()
+    with torch.no_grad():
+        want, got = q.adder(x), q.adder(x.contiguous(memory_format=torch.channels_last))
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert torch.equal(got, want)
+
+
 def test_state_dict_and_torch_save_round_trip(block_and_data):
     model, batches = block_and_data
     q = quantize(model, batches, scale_groups=4)
