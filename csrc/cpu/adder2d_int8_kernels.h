@@ -111,10 +111,11 @@ static inline void quantize_row(const float* src, int64_t n, float scale, uint8_
   for (; i < n; ++i) codes[i] = quantize_code(src[i], scale);
 }
 
-// dst[w][c] = src[c * n + w] for c < nc, w < n (dst[w] a row pointer per pixel): 16 x 16 blocks
-// through SSE2 (four rounds of interleaving rows i and i + 8 transpose a block), the rest element
-// by element.
-static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, uint8_t* const* dst) {
+// dst[w][c] = src[c * ld + w] for c < nc, w < n (dst[w] a row pointer per pixel, ld >= n): 16 x
+// 16 blocks through SSE2 (four rounds of interleaving rows i and i + 8 transpose a block), the
+// rest element by element.
+static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, int64_t ld,
+                                   uint8_t* const* dst) {
   int64_t c0 = 0;
 #if defined(ADDER_INT8_AVX2) || defined(__SSE2__)
   for (; c0 + 16 <= nc; c0 += 16) {
@@ -122,7 +123,7 @@ static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, ui
     for (; w0 + 16 <= n; w0 += 16) {
       __m128i a[16], b[16];
       for (int i = 0; i < 16; ++i)
-        a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (c0 + i) * n + w0));
+        a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (c0 + i) * ld + w0));
       for (int round = 0; round < 4; ++round) {
         for (int i = 0; i < 8; ++i) {
           b[2 * i] = _mm_unpacklo_epi8(a[i], a[i + 8]);
@@ -136,7 +137,7 @@ static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, ui
     if (w0 + 8 <= n) {  // 8 pixels: the upper half of each row zero, the first 8 rows kept
       __m128i a[16], b[16];
       for (int i = 0; i < 16; ++i)
-        a[i] = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + (c0 + i) * n + w0));
+        a[i] = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + (c0 + i) * ld + w0));
       for (int round = 0; round < 4; ++round) {
         for (int i = 0; i < 8; ++i) {
           b[2 * i] = _mm_unpacklo_epi8(a[i], a[i + 8]);
@@ -149,13 +150,13 @@ static inline void transpose_codes(const uint8_t* src, int64_t nc, int64_t n, ui
       w0 += 8;
     }
     for (; w0 < n; ++w0)
-      for (int64_t c = c0; c < c0 + 16; ++c) dst[w0][c] = src[c * n + w0];
+      for (int64_t c = c0; c < c0 + 16; ++c) dst[w0][c] = src[c * ld + w0];
   }
 #endif
   for (int64_t w = 0; w < n; ++w) {
-    const uint8_t* col = src + c0 * n + w;
+    const uint8_t* col = src + c0 * ld + w;
     uint8_t* out = dst[w];
-    for (int64_t c = c0; c < nc; ++c, col += n) out[c] = *col;
+    for (int64_t c = c0; c < nc; ++c, col += ld) out[c] = *col;
   }
 }
 
@@ -228,7 +229,7 @@ static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint
           quantize_row(x + (g * cig + c0 + ci) * HW + p0, n, scale, rows + ci * n);
         if (c0 > 0)
           for (int64_t i = 0; i < n; ++i) dst[i] += cstep;
-        transpose_codes(rows, nc, n, dst);
+        transpose_codes(rows, nc, n, n, dst);
       }
     }
   }
@@ -236,7 +237,9 @@ static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint
 
 // wpk from w [Co][cig][KH][KW]: channel co of the group is lane co % 8 of octet co / 8; the
 // reduction byte of tap (kh, kw, ci) is (kh * KW + kw) * cpg + ci, in chunk byte / 8. Per
-// channel, the taps are first transposed to [KHW][cpg] codes, then copied 8 bytes at a time.
+// channel, the taps are first transposed to [KHW][cpg] int8 codes (transpose_codes, padded
+// channels 0), offset by 128 (w + 128 = w ^ 0x80 in two's complement), then copied 8 bytes at a
+// time.
 static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
   const Adder2dShape& s = gm.s;
   const int64_t KHW = s.kernel_h * s.kernel_w, cig = s.in_channels_per_group;
@@ -244,6 +247,7 @@ static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
   __builtin_memset(wpk, CODE_ZERO, s.groups * group_bytes);
   constexpr int64_t ROW = 4096;  // taps of one channel per pass: [KHW][cpg] codes
   uint8_t row[ROW];
+  uint8_t* tap_rows[ROW / 8];
   const int64_t taps_per_pass = ROW / gm.cpg;
   for (int64_t co = 0; co < s.out_channels; ++co) {
     const int64_t g = co / cog, m = co % cog;
@@ -259,12 +263,11 @@ static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
     }
     for (int64_t t0 = 0; t0 < KHW; t0 += taps_per_pass) {
       const int64_t nt = KHW - t0 < taps_per_pass ? KHW - t0 : taps_per_pass;
-      __builtin_memset(row, CODE_ZERO, nt * gm.cpg);
-      for (int64_t ci = 0; ci < cig; ++ci) {
-        const int8_t* src = w + (co * cig + ci) * KHW + t0;
-        for (int64_t t = 0; t < nt; ++t)
-          row[t * gm.cpg + ci] = static_cast<uint8_t>(static_cast<int>(src[t]) + 128);
-      }
+      if (cig < gm.cpg) __builtin_memset(row, 0, nt * gm.cpg);
+      for (int64_t t = 0; t < nt; ++t) tap_rows[t] = row + t * gm.cpg;
+      transpose_codes(reinterpret_cast<const uint8_t*>(w + co * cig * KHW + t0), cig, nt, KHW,
+                      tap_rows);
+      for (int64_t i = 0; i < nt * gm.cpg; ++i) row[i] ^= 0x80;
       // Chunk j of the pass is chunk t0 * cpg / 8 + j of the reduction.
       uint8_t* d = dst + t0 * gm.cpg * 8;
       for (int64_t j = 0; j < nt * gm.cpg / 8; ++j) __builtin_memcpy(d + 64 * j, row + 8 * j, 8);
