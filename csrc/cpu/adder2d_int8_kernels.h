@@ -288,28 +288,40 @@ static void pack_weight(const Int8Geom& gm, const int8_t* w, uint8_t* wpk) {
 }
 
 // xoff[i] = offset in xq of pixel i's patch (tap (0, 0)) in group g, yoff[i] = offset of its
-// output for channel 0 of the layer (n * Co * L + p, or (n * L + p) * Co channels-last); past the last pixel, yoff = -1 and xoff
-// repeats the last pixel's. The pixel coordinates are stepped, not divided out per pixel.
+// output for channel 0 of the layer (n * Co * L + p, or (n * L + p) * Co channels-last); past the
+// last pixel, yoff = -1 and xoff repeats the last pixel's. The offsets are stepped pixel by pixel
+// from the start of the output row, with the sizes in locals (the stores to xoff and yoff might
+// alias gm, which made the compiler reload every size and multiply again per pixel).
 static void tile_offsets(const Int8Geom& gm, int64_t g, int64_t q0, int64_t* xoff, int64_t* yoff) {
   const Adder2dShape& s = gm.s;
-  const int64_t L = s.out_h * s.out_w, plane = gm.hp * gm.wp * gm.cpg;
-  int64_t n = q0 / L, oh = (q0 % L) / s.out_w, ow = (q0 % L) % s.out_w;
-  for (int64_t i = 0; i < gm.tile_pixels; ++i) {
-    if (q0 + i >= gm.pixels) {
-      xoff[i] = xoff[i - 1];
-      yoff[i] = -1;
-      continue;
-    }
-    yoff[i] = gm.channels_last ? ((n * s.out_h + oh) * s.out_w + ow) * s.out_channels
-                               : n * s.out_channels * L + oh * s.out_w + ow;
-    xoff[i] = (n * s.groups + g) * plane + (oh * s.stride_h * gm.wp + ow * s.stride_w) * gm.cpg;
-    if (++ow == s.out_w) {
+  const int64_t OH = s.out_h, OW = s.out_w, L = OH * OW, tp = gm.tile_pixels;
+  const int64_t last = gm.pixels - q0 < tp ? gm.pixels - q0 : tp;
+  const int64_t plane = gm.hp * gm.wp * gm.cpg;
+  const int64_t x_col = s.stride_w * gm.cpg, x_row = s.stride_h * gm.wp * gm.cpg;
+  const int64_t y_col = gm.channels_last ? s.out_channels : 1;
+  const int64_t y_image = s.out_channels * L;  // either layout
+  int64_t n = q0 / L, oh = (q0 % L) / OW, ow = (q0 % L) % OW;
+  int64_t x = (n * s.groups + g) * plane + oh * x_row + ow * x_col;
+  int64_t y = n * y_image + (oh * OW + ow) * y_col;
+  for (int64_t i = 0; i < last; ++i) {
+    xoff[i] = x;
+    yoff[i] = y;
+    x += x_col;
+    y += y_col;
+    if (++ow == OW) {  // next output row: back to its first column
       ow = 0;
-      if (++oh == s.out_h) {
+      x += x_row - OW * x_col;
+      if (++oh == OH) {  // next image
         oh = 0;
         ++n;
+        x = (n * s.groups + g) * plane;
+        y = n * y_image;
       }
     }
+  }
+  for (int64_t i = last; i < tp; ++i) {
+    xoff[i] = xoff[i - 1];
+    yoff[i] = -1;
   }
 }
 
