@@ -44,6 +44,8 @@ INT8_SHAPES = CPU_CASES + [
     Case("transposed-8-pixel-block", 2, 32, 3, 12, 4, 1, 3),
     Case("channels-quantized-in-several-passes", 1, 1030, 3, 7, 3, 1, 1),
     Case("weight-channels-longer-than-a-packing-pass", 1, 4100, 1, 2, 3, 1, 1),
+    # Channels-last input: 12 channels padded to 16, an image row quantized in two passes.
+    Case("row-quantized-in-two-passes", 1, 12, 2, 1500, 4, 1, 3, padding=(0, 1)),
     # Reductions of 512 bytes or more, where "avx512" runs the vpminub + vpdpbusd kernels: octet
     # pairs and a lone last octet, channel tails, padded channels, groups, stride, dilation,
     # rectangular kernels and padding, tiles spanning images, depthwise, batch 0.

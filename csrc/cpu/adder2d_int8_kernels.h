@@ -185,18 +185,35 @@ static void quantize_image(const Int8Geom& gm, const float* x, float scale, uint
   if (HW == 0) return;  // an empty image: only padding, written above
   if (gm.channels_last) {
     // x [H][W][C]: each pixel's channels of a group are already contiguous, no transposition.
-    // Without groups or padded channels an image row is one contiguous run of W * C codes.
+    // Without groups or padded channels an image row is one contiguous run of W * C codes; with
+    // them, runs of 32 channels or more are quantized in place, shorter ones (too short for the
+    // vector loop) a pass of whole pixels at a time into `codes`, then copied to their slots.
+    constexpr int64_t PASS = 16384;
+    uint8_t codes[PASS];
+    const int64_t C = s.in_channels, plane = gm.hp * gm.wp * gm.cpg;
+    const bool whole_rows = s.groups == 1 && cig == gm.cpg;
+    const bool in_place = whole_rows || cig >= 32 || C > PASS;
     for (int64_t h = 0; h < s.in_h; ++h) {
-      const float* xr = x + h * s.in_w * s.in_channels;
+      const float* xr = x + h * s.in_w * C;
       uint8_t* qr = xq + ((h + s.pad_h) * gm.wp + s.pad_w) * gm.cpg;
-      if (s.groups == 1 && cig == gm.cpg) {
+      if (whole_rows) {
         quantize_row(xr, s.in_w * cig, scale, qr);
-        continue;
+      } else if (in_place) {
+        for (int64_t g = 0; g < s.groups; ++g)
+          for (int64_t w = 0; w < s.in_w; ++w)
+            quantize_row(xr + w * C + g * cig, cig, scale, qr + g * plane + w * gm.cpg);
+      } else {
+        for (int64_t w0 = 0; w0 < s.in_w; w0 += PASS / C) {
+          const int64_t nw = s.in_w - w0 < PASS / C ? s.in_w - w0 : PASS / C;
+          quantize_row(xr + w0 * C, nw * C, scale, codes);
+          for (int64_t w = 0; w < nw; ++w)
+            for (int64_t g = 0; g < s.groups; ++g) {
+              const uint8_t* src = codes + w * C + g * cig;
+              uint8_t* dst = qr + g * plane + (w0 + w) * gm.cpg;
+              for (int64_t c = 0; c < cig; ++c) dst[c] = src[c];
+            }
+        }
       }
-      for (int64_t g = 0; g < s.groups; ++g)
-        for (int64_t w = 0; w < s.in_w; ++w)
-          quantize_row(xr + w * s.in_channels + g * cig, cig, scale,
-                       qr + g * gm.hp * gm.wp * gm.cpg + w * gm.cpg);
     }
     return;
   }
