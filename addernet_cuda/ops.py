@@ -481,9 +481,11 @@ def adder2d_int8(
     ``alpha`` and ``beta`` float32 ``[Co]`` (``alpha = -scale``, ``beta = bias`` give the adder
     layer ``bias - scale * sum``; a following BatchNorm folds into them). The sums are exact
     (int32); stride, padding (zero, padded taps count) and dilation as in :func:`adder2d`.
-    Returns float32 ``[N, Co, OH, OW]`` in the input's memory format, as ``conv2d`` does:
-    channels-last for a channels-last input (read in place on the CPU, where it saves the
-    transposition into the kernel's layout), else contiguous. CPU and CUDA (bitwise equal
+    Returns float32 ``[N, Co, OH, OW]``: channels-last for a dense channels-last input
+    (``input.is_contiguous(memory_format=torch.channels_last)`` and not ``is_contiguous()``; read
+    in place on the CPU, where it saves the transposition into the kernel's layout), else
+    contiguous (unlike ``conv2d``, a strided view that is channels-last only in its stride order
+    gives contiguous output). CPU and CUDA (bitwise equal
     results; on CUDA the scale may lie on the CPU or on the input's device, where reading it
     waits for the stream); no gradient.
     """

@@ -8,6 +8,7 @@
 
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
+#include <torch/headeronly/core/MemoryFormat.h>
 #include <torch/headeronly/core/ScalarType.h>
 
 #include <cstdint>
@@ -15,6 +16,7 @@
 
 namespace addernet {
 
+using torch::headeronly::MemoryFormat;
 using torch::headeronly::ScalarType;
 
 namespace {
@@ -73,8 +75,10 @@ bool adder2d_int8_channels_last(const Tensor& input) {
   return true;
 }
 
-Tensor nchw_view_of_nhwc(const Tensor& nhwc) {
-  return torch::stable::transpose(torch::stable::transpose(nhwc, 2, 3), 1, 2);
+Tensor adder2d_int8_empty_output(const Tensor& input, const Adder2dShape& s, bool channels_last) {
+  return torch::stable::empty(
+      {s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float, std::nullopt, input.device(),
+      std::nullopt, channels_last ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous);
 }
 
 // The CUDA library compiles the checks only (cuda/adder2d_checks_cuda.cpp): the schema is the CPU

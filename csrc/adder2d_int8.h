@@ -18,12 +18,14 @@ Adder2dShape check_adder2d_int8_args(const char* op, const Tensor& input, const 
                                      IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                      int64_t groups);
 
-// Whether adder2d_int8 reads `input` as channels-last [N][H][W][C] and returns its output in
-// that memory format, as conv2d does: the strides are channels-last's (torch's rule: those of
-// dimensions of size 1 do not count) and not contiguous NCHW's.
+// Whether adder2d_int8 reads `input` as dense channels-last [N][H][W][C] and returns its output
+// channels-last: torch's is_contiguous(memory_format=torch.channels_last) (the strides of
+// dimensions of size 1 do not count) and not contiguous NCHW. Any other layout is read as
+// contiguous NCHW (copied first if it is not) and gives contiguous NCHW output.
 bool adder2d_int8_channels_last(const Tensor& input);
 
-// nhwc [N][H][W][C] (contiguous) viewed as [N][C][H][W] with channels-last strides.
-Tensor nchw_view_of_nhwc(const Tensor& nhwc);
+// The uninitialised float32 output [N, Co, OH, OW] on input's device, channels-last or contiguous
+// (the strides torch.empty gives, which the fake kernel in addernet_cuda/ops.py reproduces).
+Tensor adder2d_int8_empty_output(const Tensor& input, const Adder2dShape& s, bool channels_last);
 
 }  // namespace addernet

@@ -343,6 +343,19 @@ def test_opcheck(index):
     torch.library.opcheck(torch.ops.addernet.adder2d_int8.default, args)
 
 
+def test_fake_strides_equal_the_op_s_on_empty_channels_last_outputs():
+    # No output channel: the strides of an empty channels-last tensor are torch.empty's.
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    wq = torch.zeros(0, 3, 1, 1, dtype=torch.int8)
+    args = (x, wq, torch.tensor([0.1]), torch.zeros(0), torch.zeros(0), [1, 1], [0, 0], [1, 1], 1)
+    y = torch.ops.addernet.adder2d_int8(*args)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = torch.ops.addernet.adder2d_int8(
+            *(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        )
+    assert y.shape == fake.shape == (2, 0, 4, 5) and y.stride() == fake.stride()
+
+
 def test_benchmark_reports_page_faults_per_call():
     from benchmarks.bench_adder2d_int8 import interleaved
 
@@ -686,6 +699,7 @@ requires_int8_cuda = pytest.mark.skipif(
 INT8_CUDA_SHAPES = INT8_SHAPES + [
     Case("co16-narrow-tile", 2, 5, 9, 9, 16, 3, 3, padding=1),
     Case("co17-small-tile", 2, 6, 9, 9, 17, 3, 3, stride=2, padding=1),
+    Case("co1-pointwise", 2, 12, 5, 7, 1, 1, 1),
     Case("co33-medium-tile", 1, 13, 8, 8, 33, 3, 3, padding=1),
     Case("co130", 1, 19, 7, 7, 130, 3, 3, padding=1),
     Case("depthwise-5x5", 2, 24, 10, 10, 24, 5, 5, padding=2, groups=24),
@@ -724,13 +738,17 @@ def test_cuda_equals_cpu_bitwise(shape, relu):
 
 @requires_int8_cuda
 def test_cuda_channels_last_input_gives_channels_last_output():
-    shape = next(c for c in INT8_CUDA_SHAPES if c.name == "co17-small-tile")
-    x, wq, s, alpha, beta, kw = _int8_inputs(shape, seed=4)
-    want = ops.adder2d_int8(x, wq, s, alpha, beta, **kw)
-    x_cl = x.cuda().contiguous(memory_format=torch.channels_last)
-    got = ops.adder2d_int8(x_cl, wq.cuda(), s, alpha.cuda(), beta.cuda(), **kw)
-    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
-    assert torch.equal(got.cpu().view(torch.int32), want.view(torch.int32))
+    # The CPU op's strides (torch.empty's, also for size-1 dimensions) on one and 17 channels.
+    for name in ("co17-small-tile", "co1-pointwise"):
+        shape = next(c for c in INT8_CUDA_SHAPES if c.name == name)
+        x, wq, s, alpha, beta, kw = _int8_inputs(shape, seed=4)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        want = ops.adder2d_int8(x_cl, wq, s, alpha, beta, **kw)
+        got = ops.adder2d_int8(x_cl.cuda(), wq.cuda(), s, alpha.cuda(), beta.cuda(), **kw)
+        assert (
+            got.is_contiguous(memory_format=torch.channels_last) and got.stride() == want.stride()
+        )
+        assert torch.equal(got.cpu().view(torch.int32), want.view(torch.int32))
 
 
 @requires_int8_cuda

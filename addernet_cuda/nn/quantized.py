@@ -476,9 +476,10 @@ def quantize(
     output after the residual addition was written into it. The copy is for inference: its
     parameters do not require gradients (the int8 op has none). The copy's
     ``quantization_errors`` maps each layer name to its calibration relative L2 errors (one per
-    scale group). Multiplicative layers, pooling and residual additions stay float32. The
-    quantized layers return their input's memory format; on the CPU a channels-last input is
-    their fast path (no transposition in or out), so feed the copy
+    scale group). Multiplicative layers, pooling and residual additions stay float32. On the
+    CPU a channels-last input is the quantized layers' fast path (no transposition in or out;
+    their output is then channels-last too, except after the explicit padding of a non-zero
+    ``padding_mode``, which is NCHW), so feed the copy
     ``x.contiguous(memory_format=torch.channels_last)`` where speed matters.
     """
     convs = [n for n, m in model.named_modules() if isinstance(m, AdderConv2d)]

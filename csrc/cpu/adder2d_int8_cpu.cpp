@@ -41,16 +41,11 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   const Int8KernelSet ks = isa == "avx512" ? int8_avx512_kernels()
                            : isa == "avx2" ? int8_avx2_kernels()
                                            : int8_base_kernels();
-  // A channels-last input is read in place and the output written channels-last (an NHWC
-  // tensor viewed as [N][Co][OH][OW]); any other layout is made contiguous NCHW first.
+  // A channels-last input is read in place and the output written channels-last; any other
+  // layout is made contiguous NCHW first.
   const bool channels_last = adder2d_int8_channels_last(input);
   const Int8Geom gm = make_int8_geom(s, channels_last);
-  Tensor y =
-      channels_last
-          ? nchw_view_of_nhwc(torch::stable::empty({s.batch, s.out_h, s.out_w, s.out_channels},
-                                                   ScalarType::Float, std::nullopt, input.device()))
-          : torch::stable::empty({s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float,
-                                 std::nullopt, input.device());
+  Tensor y = adder2d_int8_empty_output(input, s, channels_last);
   if (y.numel() == 0) return y;
   const Tensor x = channels_last ? input : torch::stable::contiguous(input);
   const Tensor w = torch::stable::contiguous(weight);
@@ -83,7 +78,7 @@ Tensor adder2d_int8_cpu(const Tensor& input, const Tensor& weight, const Tensor&
   });
   const float* ap = a.const_data_ptr<float>();
   const float* bp = b.const_data_ptr<float>();
-  float* yp = y.mutable_data_ptr<float>();  // both layouts start at the storage's first float
+  float* yp = y.mutable_data_ptr<float>();
   const int64_t tiles = (gm.pixels + gm.tile_pixels - 1) / gm.tile_pixels;
   torch::stable::parallel_for(0, s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> scratch(int8_scratch_bytes(gm) / 8);

@@ -19,8 +19,8 @@
 //                              only: the kernel sets whose pixel_sums is not null).
 //   y     [N][Co][OH][OW]      float32, y = alpha[co] * sum + beta[co], then max(y, 0) if relu;
 //                              [N][OH][OW][Co] when the input is channels-last (channels_last).
-// A channels-last input x is read as [N][H][W][C]; the op returns its output in the input's
-// memory format, as conv2d does.
+// A dense channels-last input x is read as [N][H][W][C] and the output written channels-last
+// (adder2d_int8_channels_last in ../adder2d_int8.h).
 #pragma once
 
 #include <cstdint>

@@ -60,16 +60,12 @@ Tensor adder2d_int8_cuda(const Tensor& input, const Tensor& weight, const Tensor
   const float sc = host_scale(scale, input, stream);
   ADDERNET_CHECK(std::isfinite(sc) && sc > 0.0f, "adder2d_int8: scale must be finite and > 0, got ",
                  sc);
-  // The output takes the input's memory format, as on the CPU; the kernels read and write NCHW, so
-  // a channels-last input costs a copy each way here.
+  // The output is channels-last for a channels-last input, as on the CPU; the kernels read and
+  // write NCHW, so such an input costs a copy each way here.
   const bool channels_last = adder2d_int8_channels_last(input);
   Tensor y = torch::stable::empty({s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float,
                                   std::nullopt, input.device());
-  if (y.numel() == 0)
-    return channels_last ? nchw_view_of_nhwc(torch::stable::empty(
-                               {s.batch, s.out_h, s.out_w, s.out_channels}, ScalarType::Float,
-                               std::nullopt, input.device()))
-                         : y;
+  if (y.numel() == 0) return adder2d_int8_empty_output(input, s, channels_last);
   const Adder2dInt8Geom q = adder2d_int8_geom(s);
   LaunchLimits lim;
   lim.sm_count = multiprocessor_count(input.get_device_index());
@@ -111,9 +107,11 @@ Tensor adder2d_int8_cuda(const Tensor& input, const Tensor& weight, const Tensor
       launch_forward<Int8TileNarrow>(xqp, wqp, ap, bp, relu, yp, q, c, stream);
       break;
   }
-  if (channels_last)
-    return nchw_view_of_nhwc(torch::stable::contiguous(
-        torch::stable::transpose(torch::stable::transpose(y, 1, 2), 2, 3)));
+  if (channels_last) {
+    Tensor y_cl = adder2d_int8_empty_output(input, s, true);
+    torch::stable::copy_(y_cl, y);
+    return y_cl;
+  }
   return y;
 }
 
