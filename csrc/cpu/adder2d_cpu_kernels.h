@@ -862,11 +862,21 @@ static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, 
 
 // dst[p * ldd + j] = src[j][p] - c[j] for a VL x VL block (VL = lanes of V): a register
 // transpose (unpack, in-lane shuffle, lane permute), the subtraction as in a scalar loop.
+template <typename V, typename T>
+static inline V load_vec(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+
 static inline void transpose_centred(const float* const* src, Vec<float>::type c, float* dst,
                                      int64_t ldd) {
   typedef Vec<float>::type V;
-  V r[8], t[8], u[8];
-  for (int i = 0; i < 8; ++i) __builtin_memcpy(&r[i], src[i], sizeof(V));
+  // Each row loaded into its register: copied through an array, the rows went to the stack as
+  // two 16-byte halves and came back as one 32-byte load, which store forwarding cannot serve.
+  V r[8] = {load_vec<V>(src[0]), load_vec<V>(src[1]), load_vec<V>(src[2]), load_vec<V>(src[3]),
+            load_vec<V>(src[4]), load_vec<V>(src[5]), load_vec<V>(src[6]), load_vec<V>(src[7])};
+  V t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
     t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
@@ -888,8 +898,8 @@ static inline void transpose_centred(const float* const* src, Vec<float>::type c
 static inline void transpose_centred(const double* const* src, Vec<double>::type c, double* dst,
                                      int64_t ldd) {
   typedef Vec<double>::type V;
-  V r[4], t[4];
-  for (int i = 0; i < 4; ++i) __builtin_memcpy(&r[i], src[i], sizeof(V));
+  V r[4] = {load_vec<V>(src[0]), load_vec<V>(src[1]), load_vec<V>(src[2]), load_vec<V>(src[3])};
+  V t[4];
   for (int i = 0; i < 4; i += 2) {
     t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 4, 2, 6);
     t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 5, 3, 7);
@@ -966,23 +976,30 @@ static void pad_planes(const Adder2dShape& s, const T* x, int64_t c0, int64_t nc
     }
 }
 
-// pack_panel_centred from the padded copy (planes holds channels from c0), when the output width
-// is a whole number of vectors: each tap of VL output pixels is one vector load.
+// off[j] = offset in the padded copy (planes holds channels from c0) of tap k0 + j of output pixel
+// (0, 0), for the taps j < nk of a block: computed once per work item, not per panel (its
+// divisions cost as much as a 64-pixel panel's FMAs on 16-channel layers).
 template <typename T>
-static void pack_panel_centred_padded(const Adder2dShape& s, const T* planes, int64_t c0,
-                                      int64_t p0, int64_t np, int64_t k0, int64_t nk, const T* c,
-                                      const T* zeros, T* panel) {
-  typedef typename Vec<T>::type V;
-  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
+static void panel_tap_offsets(const Adder2dShape& s, int64_t c0, int64_t k0, int64_t nk,
+                              int64_t* off) {
   const int64_t KHW = s.kernel_h * s.kernel_w, Hp = s.in_h + 2 * s.pad_h;
-  const int64_t row = s.stride_w * padded_phase_width<T>(s);
-  int64_t off[KB];
+  const int64_t Wq = padded_phase_width<T>(s), row = s.stride_w * Wq;
   for (int64_t j = 0; j < nk; ++j) {
     const int64_t k = k0 + j, ci = k / KHW - c0, kh = (k % KHW) / s.kernel_w, kw = k % s.kernel_w;
     const int64_t cw = kw * s.dilation_w;
-    off[j] = (ci * Hp + kh * s.dilation_h) * row + (cw % s.stride_w) * padded_phase_width<T>(s) +
-             cw / s.stride_w;
+    off[j] = (ci * Hp + kh * s.dilation_h) * row + (cw % s.stride_w) * Wq + cw / s.stride_w;
   }
+}
+
+// pack_panel_centred from the padded copy (off: panel_tap_offsets of the block), when the output
+// width is a whole number of vectors: each tap of VL output pixels is one vector load.
+template <typename T>
+static void pack_panel_centred_padded(const Adder2dShape& s, const T* planes, const int64_t* off,
+                                      int64_t p0, int64_t np, int64_t nk, const T* c,
+                                      const T* zeros, T* panel) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
+  const int64_t row = s.stride_w * padded_phase_width<T>(s);
   for (int64_t p = 0; p < np; p += VL) {
     const int64_t oh = (p0 + p) / s.out_w, ow = (p0 + p) % s.out_w;
     const T* base = planes + oh * s.stride_h * row + ow;
@@ -1082,6 +1099,10 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
     for (int64_t l = 0; l < VL; ++l) t += dysum[co * VL + l];
     dysum[co] = t;  // lanes of co are at co * VL >= co: already read
   }
+  int64_t offs[WG_SUB * KB];
+  if (padded)
+    for (int64_t sub = 0; sub < nsub; ++sub)
+      panel_tap_offsets<T>(s, c0, k0 + sub * KB, min_i64(KB, nt - sub * KB), offs + sub * KB);
   for (int64_t n = 0; n < s.batch; ++n) {
     const T* xn = x + (n * s.in_channels + g * s.in_channels_per_group) * s.in_h * s.in_w;
     const T* dyn = dy + (n * s.out_channels + g * cog) * L;
@@ -1093,15 +1114,34 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
         double* as = acc + sub * cog * KB;
         const int64_t kb = k0 + sub * KB, nk = min_i64(KB, nt - sub * KB);
         if (padded)
-          pack_panel_centred_padded(s, planes, c0, p0, np, kb, nk, cs, zeros, panel);
+          pack_panel_centred_padded(s, planes, offs + sub * KB, p0, np, nk, cs, zeros, panel);
         else
           pack_panel_centred(s, xn, p0, np, kb, nk, cs, rows, panel);
         int64_t co = 0;
         for (; co + WG_ROWS <= cog; co += WG_ROWS)
           weight_grad_fma<T, WG_ROWS>(panel, np, dyn + co * L + p0, L, as + co * KB);
-        for (; co + 2 <= cog; co += 2)
-          weight_grad_fma<T, 2>(panel, np, dyn + co * L + p0, L, as + co * KB);
-        for (; co < cog; ++co) weight_grad_fma<T, 1>(panel, np, dyn + co * L + p0, L, as + co * KB);
+        // The last 1-5 channels in one call: 16 channels as 6 + 6 + 4 rather than 6 + 6 + 2 + 2
+        // (a call of 2 rows loads 3 values per 2 FMAs and re-reads the panel).
+        const T* dr = dyn + co * L + p0;
+        switch (cog - co) {
+          case 5:
+            weight_grad_fma<T, 5>(panel, np, dr, L, as + co * KB);
+            break;
+          case 4:
+            weight_grad_fma<T, 4>(panel, np, dr, L, as + co * KB);
+            break;
+          case 3:
+            weight_grad_fma<T, 3>(panel, np, dr, L, as + co * KB);
+            break;
+          case 2:
+            weight_grad_fma<T, 2>(panel, np, dr, L, as + co * KB);
+            break;
+          case 1:
+            weight_grad_fma<T, 1>(panel, np, dr, L, as + co * KB);
+            break;
+          default:
+            break;
+        }
       }
     }
   }
