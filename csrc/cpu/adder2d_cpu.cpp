@@ -315,13 +315,20 @@ Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, c
     const auto block = direct ? ks.weight_grad_block_direct : ks.weight_grad_block;
     const int64_t item_taps = direct ? ks.weight_grad_taps : ks.weight_grad_item_taps(s);
     const int64_t blocks = (s.taps + item_taps - 1) / item_taps;
+    // The decomposition's sum dY per output channel, once for all work items.
+    std::vector<double> dysum(direct ? 0 : s.out_channels);
+    if (!direct)
+      torch::stable::parallel_for(0, s.out_channels, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t co = begin; co < end; ++co) dysum[co] = ks.weight_grad_dy_sum(s, dyp, co);
+      });
     // Work item = (group, block of taps) for all the group's output channels: each reduces in a
     // fixed order whatever the thread count.
     torch::stable::parallel_for(0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
         const int64_t g = i / blocks, k0 = (i % blocks) * item_taps;
-        block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps, g, k0, scratch.data());
+        block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps,
+              direct ? nullptr : dysum.data() + g * cog, g, k0, scratch.data());
       }
     });
   });

@@ -63,10 +63,14 @@ struct KernelSet {
   // dW of every output channel of group g: taps [k0, k0 + weight_grad_item_taps(shape)) by the
   // decomposition sum dY*Xp - W*sum dY (default), or taps [k0, k0 + weight_grad_taps) directly
   // as sum dY*(Xp - W).
+  // dysum: weight_grad_dy_sum of the group's output channels (the decomposition's sum dY; the
+  // direct kernel ignores it).
   void (*weight_grad_block)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
-                            int64_t g, int64_t k0, T* scratch);
+                            const double* dysum, int64_t g, int64_t k0, T* scratch);
   void (*weight_grad_block_direct)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
-                                   int64_t g, int64_t k0, T* scratch);
+                                   const double* dysum, int64_t g, int64_t k0, T* scratch);
+  // sum over images and pixels of dY of layer output channel co, in double (a fixed order).
+  double (*weight_grad_dy_sum)(const Adder2dShape&, const T* dy, int64_t co);
   int64_t (*input_grad_scratch)(const Adder2dShape&);
   int64_t (*weight_grad_scratch)(const Adder2dShape&);
   int64_t (*weight_grad_item_taps)(const Adder2dShape&);

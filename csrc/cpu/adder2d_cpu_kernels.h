@@ -725,11 +725,11 @@ static int64_t weight_grad_padded_size(const Adder2dShape& s) {
 // Scratch elements the weight-gradient kernels need (either of them).
 template <typename T>
 static int64_t weight_grad_scratch(const Adder2dShape& s) {
-  // panel and centre (T) + per-channel accumulators and dY lane sums (double, counted as
-  // sizeof(double) / sizeof(T) elements of T each)
+  // panel and centre (T) + per-channel accumulators (double, counted as sizeof(double) /
+  // sizeof(T) elements of T each)
   // + the decomposition's untransposed rows or its zero-padded planes and a vector of zeros (T)
   constexpr int64_t KB = weight_grad_taps<T>(), DT = int64_t(sizeof(double) / sizeof(T));
-  return WG_PIXELS * KB + WG_SUB * KB + s.out_channels_per_group * (WG_SUB * KB + KB / 2) * DT +
+  return WG_PIXELS * KB + WG_SUB * KB + s.out_channels_per_group * WG_SUB * KB * DT +
          KB * WG_PIXELS + weight_grad_padded_size<T>(s);
 }
 
@@ -782,7 +782,7 @@ static void weight_grad_micro(const T* panel, int64_t np, const T* dy, int64_t L
 // thread count. dy, x: the whole dY and X; w, gw: W[g*Cog] and dW[g*Cog] (row stride s.taps).
 template <typename T>
 void weight_grad_block_direct(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
-                              int64_t g, int64_t k0, T* scratch) {
+                              const double*, int64_t g, int64_t k0, T* scratch) {
   constexpr int64_t KB = weight_grad_taps<T>();
   constexpr int R = 3;
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
@@ -1034,6 +1034,20 @@ static void sum_row(const T* dy, int64_t n, double* sum) {
   }
 }
 
+// sum_{n,p} dY[n, co, p] of layer channel co in double, for the decomposition: per image
+// sum_row's lane sums, then the lanes added in order. Computed once per call (adder2d_cpu.cpp)
+// and shared by the work items, which recomputed it each before.
+template <typename T>
+static double weight_grad_dy_sum(const Adder2dShape& s, const T* dy, int64_t co) {
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  const int64_t L = s.out_h * s.out_w;
+  double lanes[VL] = {};
+  for (int64_t n = 0; n < s.batch; ++n) sum_row(dy + (n * s.out_channels + co) * L, L, lanes);
+  double t = 0.0;
+  for (int64_t l = 0; l < VL; ++l) t += lanes[l];
+  return t;
+}
+
 // The same block of dW by the decomposition (one FMA per tap):
 //   dW[co,k] = sum_p dY[co,p] * (Xp[k,p] - c_k) - (W[co,k] - c_k) * sum_p dY[co,p]
 // exact for any c_k; c_k = mean over the group's output channels of W[co,k] (rounded to T) keeps
@@ -1061,21 +1075,21 @@ static int64_t weight_grad_item_taps(const Adder2dShape& s) {
 // exact for any c_k; c_k = mean over the group's output channels of W[co,k] (rounded to T) keeps
 // the cancellation small when the weights share an offset (|W| large against |Xp - W|). The
 // panel holds Xp - c_k; the pixel sums run in the direct kernel's order (chunks of WG_PIXELS
-// pixels in T, chunks in double); sum_p dY in sum_row's order; the correction in double.
+// pixels in T, chunks in double); sum_p dY (dysum: weight_grad_dy_sum of the group's channels);
+// the correction in double.
 // Rounding error (u = unit roundoff of T, m = WG_PIXELS):
 //   |err| <= u |dW| + (m + 2) u sum_p |dY[co,p]| (|Xp[k,p] - W[co,k]| + 2 |W[co,k] - c_k|)
 // to first order, against (m + 2) u sum_p |dY| |Xp - W| for the direct kernel.
 template <typename T>
-void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw, int64_t g,
-                       int64_t k0, T* scratch) {
+void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
+                       const double* dysum, int64_t g, int64_t k0, T* scratch) {
   constexpr int64_t KB = weight_grad_taps<T>(), VL = KB / 2;
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
   const int64_t nt = min_i64(weight_grad_item_taps<T>(s), K - k0), nsub = (nt + KB - 1) / KB;
   T* panel = scratch;
   T* centre = scratch + WG_PIXELS * KB;                           // nsub * KB
   double* acc = reinterpret_cast<double*>(centre + WG_SUB * KB);  // [sub][co][KB]
-  double* dysum = acc + WG_SUB * cog * KB;           // cog x VL lanes, then summed into dysum[co]
-  T* rows = reinterpret_cast<T*>(dysum + cog * VL);  // KB x WG_PIXELS
+  T* rows = reinterpret_cast<T*>(acc + WG_SUB * cog * KB);        // KB x WG_PIXELS
   const bool padded = weight_grad_uses_padded<T>(s);
   const int64_t KHW = s.kernel_h * s.kernel_w, c0 = k0 / KHW, nc = (k0 + nt - 1) / KHW - c0 + 1;
   T* zeros = rows + KB * WG_PIXELS;  // VL zeros, then the padded planes of channels [c0, c0 + nc)
@@ -1090,15 +1104,6 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
     for (int64_t j = 0; j < nsub * KB; ++j) centre[j] = T(c[j] / double(cog));
   }
   for (int64_t i = 0; i < nsub * cog * KB; ++i) acc[i] = 0.0;
-  for (int64_t i = 0; i < cog * VL; ++i) dysum[i] = 0.0;
-  for (int64_t n = 0; n < s.batch; ++n)
-    for (int64_t co = 0; co < cog; ++co)
-      sum_row(dy + (n * s.out_channels + g * cog + co) * L, L, dysum + co * VL);
-  for (int64_t co = 0; co < cog; ++co) {
-    double t = 0.0;
-    for (int64_t l = 0; l < VL; ++l) t += dysum[co * VL + l];
-    dysum[co] = t;  // lanes of co are at co * VL >= co: already read
-  }
   int64_t offs[WG_SUB * KB];
   if (padded)
     for (int64_t sub = 0; sub < nsub; ++sub)
@@ -1158,6 +1163,7 @@ KernelSet<T> make_kernel_set() {
                       &input_grad_planes<T>,
                       &weight_grad_block<T>,
                       &weight_grad_block_direct<T>,
+                      &weight_grad_dy_sum<T>,
                       &input_grad_scratch<T>,
                       &weight_grad_scratch<T>,
                       &weight_grad_item_taps<T>,
