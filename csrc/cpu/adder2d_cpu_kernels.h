@@ -817,14 +817,21 @@ constexpr int WG_ROWS = 6;
 typedef double DVec __attribute__((vector_size(32)));
 static inline void add_to_double(double* acc, Vec<float>::type v) {
   typedef float F4 __attribute__((vector_size(16)));
-  F4 lo, hi;
-  __builtin_memcpy(&lo, &v, sizeof(F4));
-  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(F4), sizeof(F4));
+  // The halves by shuffles: copied out by memcpy they went through the stack, 8 bytes at a time.
+  const F4 lo = __builtin_shufflevector(v, v, 0, 1, 2, 3);
+  const F4 hi = __builtin_shufflevector(v, v, 4, 5, 6, 7);
   DVec a0, a1;
   __builtin_memcpy(&a0, acc, sizeof(DVec));
   __builtin_memcpy(&a1, acc + 4, sizeof(DVec));
+#if defined(ADDER_CPU_FMA) && defined(__GNUC__) && !defined(__clang__)
+  // One vcvtps2pd per half: GCC lowered the generic conversion to two 2-lane conversions, one of
+  // them through the stack.
+  a0 += __builtin_ia32_cvtps2pd256(lo);
+  a1 += __builtin_ia32_cvtps2pd256(hi);
+#else
   a0 += __builtin_convertvector(lo, DVec);
   a1 += __builtin_convertvector(hi, DVec);
+#endif
   __builtin_memcpy(acc, &a0, sizeof(DVec));
   __builtin_memcpy(acc + 4, &a1, sizeof(DVec));
 }
