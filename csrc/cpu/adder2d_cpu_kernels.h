@@ -277,10 +277,63 @@ void forward_tile(const Adder2dShape& s, const T* x, const T* w, const T* bias, 
   }
 }
 
+template <typename V, typename T>
+static inline V load_vec(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+// even[i] = src[2 i], odd[i] = src[2 i + 1] for i < the returned count (a multiple of the vector
+// width, 2 i <= n): two vectors in, their even and odd lanes out. The stride-2 column split of the
+// forward's prepared planes and of the weight gradient's padded planes (scalar, it took a fifth
+// of the forward's and a sixth of the weight gradient's samples on res20.s2.down3x3).
+template <typename T>
+static int64_t split_even_odd(const T* src, int64_t n, T* even, T* odd) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  int64_t i = 0;
+  for (; 2 * (i + VL) <= n; i += VL) {
+    const V v0 = load_vec<V>(src + 2 * i), v1 = load_vec<V>(src + 2 * i + VL);
+    V e, o;
+    if constexpr (VL == 8) {
+      e = __builtin_shufflevector(v0, v1, 0, 2, 4, 6, 8, 10, 12, 14);
+      o = __builtin_shufflevector(v0, v1, 1, 3, 5, 7, 9, 11, 13, 15);
+    } else {
+      e = __builtin_shufflevector(v0, v1, 0, 2, 4, 6);
+      o = __builtin_shufflevector(v0, v1, 1, 3, 5, 7);
+    }
+    __builtin_memcpy(even + i, &e, sizeof(V));
+    __builtin_memcpy(odd + i, &o, sizeof(V));
+  }
+  return i;
+}
+
 // One prepared input plane of the direct forward (ForwardLayout in adder2d_cpu.h): x is the plane
 // X[n, c], xp receives layout.plane elements.
 template <typename T>
 void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const T* x, T* xp) {
+  if (s.stride_w == 2) {  // both phases of a row at once: even and odd input columns
+    const int64_t a = s.pad_w & 1, e0 = s.pad_w >> 1, o0 = (s.pad_w + 1) >> 1;
+    // Input columns 2 j (phase a, column e0 + j) and 2 j + 1 (phase 1 - a, column o0 + j)
+    // inside the phase's cols.
+    const int64_t ne = min_i64((s.in_w + 1) / 2, l.cols - e0),
+                  no = min_i64(s.in_w / 2, l.cols - o0);
+    for (int64_t r = 0; r < l.rows; ++r) {
+      T* d0 = xp + r * l.cols;
+      T* d1 = xp + (l.rows + r) * l.cols;
+      for (int64_t i = 0; i < l.cols; ++i) d0[i] = d1[i] = T(0);
+      const int64_t ih = r - s.pad_h;
+      if (ih < 0 || ih >= s.in_h) continue;
+      const T* xr = x + ih * s.in_w;
+      T* even = (a ? d1 : d0) + e0;
+      T* odd = (a ? d0 : d1) + o0;
+      const int64_t j0 = split_even_odd(xr, 2 * min_i64(ne, no), even, odd);
+      for (int64_t j = j0; j < ne; ++j) even[j] = xr[2 * j];
+      for (int64_t j = j0; j < no; ++j) odd[j] = xr[2 * j + 1];
+    }
+    return;
+  }
   for (int64_t f = 0; f < s.stride_w; ++f)
     for (int64_t r = 0; r < l.rows; ++r) {
       T* d = xp + (f * l.rows + r) * l.cols;
@@ -869,13 +922,6 @@ static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, 
 
 // dst[p * ldd + j] = src[j][p] - c[j] for a VL x VL block (VL = lanes of V): a register
 // transpose (unpack, in-lane shuffle, lane permute), the subtraction as in a scalar loop.
-template <typename V, typename T>
-static inline V load_vec(const T* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(V));
-  return v;
-}
-
 static inline void transpose_centred(const float* const* src, Vec<float>::type c, float* dst,
                                      int64_t ldd) {
   typedef Vec<float>::type V;
@@ -954,30 +1000,6 @@ template <typename T>
 static int64_t padded_phase_width(const Adder2dShape& s) {
   return (s.in_w + 2 * s.pad_w + s.stride_w - 1) / s.stride_w;
 }
-// even[i] = src[2 i], odd[i] = src[2 i + 1] for i < the returned count (a multiple of the vector
-// width, 2 i + 1 < n): two vectors in, their even and odd lanes out (scalar, the columns of a
-// stride-2 split took a sixth of the weight gradient's samples on res20.s2.down3x3).
-template <typename T>
-static int64_t split_even_odd(const T* src, int64_t n, T* even, T* odd) {
-  typedef typename Vec<T>::type V;
-  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
-  int64_t i = 0;
-  for (; 2 * (i + VL) <= n; i += VL) {
-    const V v0 = load_vec<V>(src + 2 * i), v1 = load_vec<V>(src + 2 * i + VL);
-    V e, o;
-    if constexpr (VL == 8) {
-      e = __builtin_shufflevector(v0, v1, 0, 2, 4, 6, 8, 10, 12, 14);
-      o = __builtin_shufflevector(v0, v1, 1, 3, 5, 7, 9, 11, 13, 15);
-    } else {
-      e = __builtin_shufflevector(v0, v1, 0, 2, 4, 6);
-      o = __builtin_shufflevector(v0, v1, 1, 3, 5, 7);
-    }
-    __builtin_memcpy(even + i, &e, sizeof(V));
-    __builtin_memcpy(odd + i, &o, sizeof(V));
-  }
-  return i;
-}
-
 template <typename T>
 static void pad_planes(const Adder2dShape& s, const T* x, int64_t c0, int64_t nc, T* dst) {
   const int64_t Hp = s.in_h + 2 * s.pad_h, sw = s.stride_w, Wq = padded_phase_width<T>(s);
