@@ -1088,6 +1088,46 @@ static void sum_row(const T* dy, int64_t n, double* sum) {
   }
 }
 
+// weight_grad_fma over all cog output channels (dy: channel 0's row, rows L apart; acc: channel
+// 0's, KB apart) in calls of WG_ROWS rows, the rest in one or two calls of 3-5 rows where
+// possible: a call of 1 or 2 rows loads 2 or 3 values per FMA pair and re-reads the panel (16
+// channels as 6 + 6 + 4, 32 as 6 + 6 + 6 + 6 + 4 + 4, 13 as 6 + 4 + 3).
+template <typename T>
+static void weight_grad_rows(const T* panel, int64_t np, const T* dy, int64_t L, int64_t cog,
+                             double* acc) {
+  constexpr int64_t KB = weight_grad_taps<T>();
+  int64_t full = cog / WG_ROWS, rest = cog % WG_ROWS;
+  if (rest > 0 && rest < 4 && full > 0) {  // one full call and the rest as two calls of 3-5 rows
+    --full;
+    rest += WG_ROWS;
+  }
+  int64_t co = 0;
+  for (int64_t i = 0; i < full; ++i, co += WG_ROWS)
+    weight_grad_fma<T, WG_ROWS>(panel, np, dy + co * L, L, acc + co * KB);
+  while (rest > 0) {
+    const int64_t r = rest > 5 ? rest - rest / 2 : rest;
+    switch (r) {
+      case 5:
+        weight_grad_fma<T, 5>(panel, np, dy + co * L, L, acc + co * KB);
+        break;
+      case 4:
+        weight_grad_fma<T, 4>(panel, np, dy + co * L, L, acc + co * KB);
+        break;
+      case 3:
+        weight_grad_fma<T, 3>(panel, np, dy + co * L, L, acc + co * KB);
+        break;
+      case 2:
+        weight_grad_fma<T, 2>(panel, np, dy + co * L, L, acc + co * KB);
+        break;
+      default:
+        weight_grad_fma<T, 1>(panel, np, dy + co * L, L, acc + co * KB);
+        break;
+    }
+    co += r;
+    rest -= r;
+  }
+}
+
 // sum_{n,p} dY[n, co, p] of layer channel co in double, for the decomposition: per image
 // sum_row's lane sums, then the lanes added in order. Computed once per call (adder2d_cpu.cpp)
 // and shared by the work items, which recomputed it each before.
@@ -1176,31 +1216,7 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
           pack_panel_centred_padded(s, planes, offs + sub * KB, p0, np, nk, cs, zeros, panel);
         else
           pack_panel_centred(s, xn, p0, np, kb, nk, cs, rows, panel);
-        int64_t co = 0;
-        for (; co + WG_ROWS <= cog; co += WG_ROWS)
-          weight_grad_fma<T, WG_ROWS>(panel, np, dyn + co * L + p0, L, as + co * KB);
-        // The last 1-5 channels in one call: 16 channels as 6 + 6 + 4 rather than 6 + 6 + 2 + 2
-        // (a call of 2 rows loads 3 values per 2 FMAs and re-reads the panel).
-        const T* dr = dyn + co * L + p0;
-        switch (cog - co) {
-          case 5:
-            weight_grad_fma<T, 5>(panel, np, dr, L, as + co * KB);
-            break;
-          case 4:
-            weight_grad_fma<T, 4>(panel, np, dr, L, as + co * KB);
-            break;
-          case 3:
-            weight_grad_fma<T, 3>(panel, np, dr, L, as + co * KB);
-            break;
-          case 2:
-            weight_grad_fma<T, 2>(panel, np, dr, L, as + co * KB);
-            break;
-          case 1:
-            weight_grad_fma<T, 1>(panel, np, dr, L, as + co * KB);
-            break;
-          default:
-            break;
-        }
+        weight_grad_rows(panel, np, dyn + p0, L, cog, as);
       }
     }
   }
