@@ -79,6 +79,11 @@ CPU_CASES = [
     Case("taps-over-one-panel", 1, 64, 6, 6, 5, 3, 3, padding=1),
     Case("rows-longer-than-tile", 1, 3, 6, 40, 6, 3, 3, padding=1),
     Case("tile-groups-partial-vectors", 2, 5, 21, 19, 9, 3, 3, stride=2, padding=1),
+    # Stride 2 with wider padding: odd pad_w and dilation (the forward's prepared planes split
+    # two vectors at a time), and whole output vectors (the weight gradient's padded planes);
+    # 8 output channels (two weight-gradient calls of 4 rows).
+    Case("stride2-pad3-dilation2", 2, 4, 9, 37, 8, 3, 3, stride=2, padding=3, dilation=2),
+    Case("stride2-pad2-5x5-whole-vectors", 1, 3, 6, 32, 8, 5, 5, stride=2, padding=2),
     Case("single-pixel", 1, 1, 1, 1, 2, 1, 1),
     Case("batch0", 0, 3, 5, 5, 4, 3, 3, padding=1),
 ]

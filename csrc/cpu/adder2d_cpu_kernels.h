@@ -1142,15 +1142,6 @@ static double weight_grad_dy_sum(const Adder2dShape& s, const T* dy, int64_t co)
   return t;
 }
 
-// The same block of dW by the decomposition (one FMA per tap):
-//   dW[co,k] = sum_p dY[co,p] * (Xp[k,p] - c_k) - (W[co,k] - c_k) * sum_p dY[co,p]
-// exact for any c_k; c_k = mean over the group's output channels of W[co,k] (rounded to T) keeps
-// the cancellation small when the weights share an offset (|W| large against |Xp - W|). The
-// panel holds Xp - c_k; the pixel sums run in the direct kernel's order (chunks of WG_PIXELS
-// pixels in T, chunks in double), and so do the sums of dY; the correction is applied in double.
-// Rounding error (u = unit roundoff of T, m = WG_PIXELS):
-//   |err| <= u |dW| + (m + 2) u sum_p |dY[co,p]| (|Xp[k,p] - W[co,k]| + 2 |W[co,k] - c_k|)
-// to first order, against (m + 2) u sum_p |dY| |Xp - W| for the direct kernel.
 // Taps per work item of the decomposed weight gradient: up to WG_SUB blocks of KB taps, so that
 // each chunk of dY (all the group's output channels x WG_PIXELS pixels) is reused from cache by
 // WG_SUB panels instead of being streamed from memory once per block; fewer when that would
