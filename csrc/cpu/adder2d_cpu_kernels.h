@@ -1101,28 +1101,19 @@ static void weight_grad_rows(const T* panel, int64_t np, const T* dy, int64_t L,
     --full;
     rest += WG_ROWS;
   }
+  typedef void (*Fma)(const T*, int64_t, const T*, int64_t, double*);
+  static constexpr Fma by_rows[6] = {nullptr,
+                                     &weight_grad_fma<T, 1>,
+                                     &weight_grad_fma<T, 2>,
+                                     &weight_grad_fma<T, 3>,
+                                     &weight_grad_fma<T, 4>,
+                                     &weight_grad_fma<T, 5>};
   int64_t co = 0;
   for (int64_t i = 0; i < full; ++i, co += WG_ROWS)
     weight_grad_fma<T, WG_ROWS>(panel, np, dy + co * L, L, acc + co * KB);
   while (rest > 0) {
     const int64_t r = rest > 5 ? rest - rest / 2 : rest;
-    switch (r) {
-      case 5:
-        weight_grad_fma<T, 5>(panel, np, dy + co * L, L, acc + co * KB);
-        break;
-      case 4:
-        weight_grad_fma<T, 4>(panel, np, dy + co * L, L, acc + co * KB);
-        break;
-      case 3:
-        weight_grad_fma<T, 3>(panel, np, dy + co * L, L, acc + co * KB);
-        break;
-      case 2:
-        weight_grad_fma<T, 2>(panel, np, dy + co * L, L, acc + co * KB);
-        break;
-      default:
-        weight_grad_fma<T, 1>(panel, np, dy + co * L, L, acc + co * KB);
-        break;
-    }
+    by_rows[r](panel, np, dy + co * L, L, acc + co * KB);
     co += r;
     rest -= r;
   }
