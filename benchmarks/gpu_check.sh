@@ -129,7 +129,8 @@ tests=()
 for f in tests/test_adder2d_cuda.py tests/test_adder2d.py; do [ -f "$f" ] && tests+=("$f"); done
 if [ -f tests/test_adder2d_int8.py ]; then
   for t in cuda_equals_cpu_bitwise cuda_sums_equal_reference_bitwise cuda_quantized_layer_equals_cpu \
-    cuda_checks_the_scale cuda_rejects_an_image_past_2_to_the_31_code_words; do
+    cuda_checks_the_scale cuda_rejects_an_image_past_2_to_the_31_code_words \
+    cuda_image_of_padding_only cuda_channels_last_input_gives_channels_last_output; do
     tests+=("tests/test_adder2d_int8.py::test_$t")
   done
 fi

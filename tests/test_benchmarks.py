@@ -190,3 +190,15 @@ def test_int8_benchmark_runs_and_writes_results(tmp_path):
     assert "torch_int8_conv" in row or "torch_int8_conv.skipped" in row
     assert result["sad_ceiling_gbytes_per_s"] > 0
     assert "int8 adder benchmark" in (tmp_path / "results_int8.md").read_text()
+
+
+def test_gpu_check_runs_every_int8_cuda_test():
+    # gpu_check.sh names the int8 CUDA tests one by one: a new one must be added there too.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "tests", "test_adder2d_int8.py")) as f:
+        names = [
+            line.split("(")[0][len("def test_") :] for line in f if line.startswith("def test_cuda")
+        ]
+    with open(os.path.join(root, "benchmarks", "gpu_check.sh")) as f:
+        script = f.read()
+    assert names and [n for n in names if n not in script] == []
