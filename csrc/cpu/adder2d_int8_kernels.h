@@ -373,6 +373,27 @@ static inline void store_scattered(const float (*out)[NR], int64_t nc, float* y,
       if (yoff[j] >= 0) y[c * cs + yoff[j]] = out[c][j];
 }
 
+#if defined(ADDER_INT8_AVX2)
+// Channels-last stores (cs == 1): pixel j's channels f[j] at y + yoff[j], masked to the channels
+// that exist, pixels past the end skipped.
+static inline void mask_store(float* p, __m256i keep, __m256 v) {
+  _mm256_maskstore_ps(p, keep, v);
+}
+#if defined(ADDER_INT8_AVX512)
+static inline void mask_store(float* p, __mmask16 m, __m512 v) {
+  _mm512_mask_storeu_ps(p, m, v);
+}
+static inline void mask_store(float* p, __mmask8 m, __m256 v) {
+  _mm256_mask_storeu_ps(p, m, v);
+}
+#endif
+template <typename V, typename M>
+static inline void store_pixels(float* y, const int64_t* yoff, M m, const V (&f)[NR]) {
+  for (int j = 0; j < NR; ++j)
+    if (yoff[j] >= 0) mask_store(y + yoff[j], m, f[j]);
+}
+#endif
+
 #if defined(ADDER_INT8_AVX512)
 
 // Patch sums of one image. First psum: per padded pixel, the sum of its cpg code bytes (vpsadbw
@@ -510,9 +531,7 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
     const __m512 f2 = finish(a20, a21, asum[2]), f3 = finish(a30, a31, asum[3]);
     if (cs == 1) {
       const __mmask16 m = nc >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nc) - 1);
-      const __m512 f[NR] = {f0, f1, f2, f3};
-      for (int j = 0; j < NR; ++j)
-        if (yoff[j] >= 0) _mm512_mask_storeu_ps(y + yoff[j], m, f[j]);
+      store_pixels(y, yoff, m, {f0, f1, f2, f3});
       return;
     }
     // 128-bit lane l of u[k] holds channel 4 l + k of the 4 pixels.
@@ -568,9 +587,7 @@ __attribute__((noinline)) static void octets_quad(const uint8_t* w, int64_t kq, 
     float* yo = y + 8 * o * cs;
     if (cs == 1) {
       const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
-      const __m256 f[NR] = {f0, f1, f2, f3};
-      for (int j = 0; j < NR; ++j)
-        if (yoff[j] >= 0) _mm256_mask_storeu_ps(yo + yoff[j], m, f[j]);
+      store_pixels(yo, yoff, m, {f0, f1, f2, f3});
       continue;
     }
     // 4 x 8 transposition: u0 = channels (0 | 4), u1 = (1 | 5), u2 = (2 | 6), u3 = (3 | 7).
@@ -714,10 +731,9 @@ __attribute__((noinline)) static void octet_quad(const uint8_t* w, const uint8_t
     const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nc)),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const __m256 f[NR] = {f0, f1, f2, f3};
-    for (int j = 0; j < NR; ++j)
-      if (yoff[j] >= 0)
-        _mm256_maskstore_ps(y + yoff[j], keep, _mm256_permutevar8x32_ps(f[j], order));
+    store_pixels(y, yoff, keep,
+                 {_mm256_permutevar8x32_ps(f0, order), _mm256_permutevar8x32_ps(f1, order),
+                  _mm256_permutevar8x32_ps(f2, order), _mm256_permutevar8x32_ps(f3, order)});
     return;
   }
   // Transpose to 4 consecutive pixels per channel; 128-bit lanes: (0 4 1 5 | 2 6 3 7).

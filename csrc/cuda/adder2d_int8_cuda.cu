@@ -63,8 +63,7 @@ Tensor adder2d_int8_cuda(const Tensor& input, const Tensor& weight, const Tensor
   // The output is channels-last for a channels-last input, as on the CPU; the kernels read and
   // write NCHW, so such an input costs a copy each way here.
   const bool channels_last = adder2d_int8_channels_last(input);
-  Tensor y = torch::stable::empty({s.batch, s.out_channels, s.out_h, s.out_w}, ScalarType::Float,
-                                  std::nullopt, input.device());
+  Tensor y = adder2d_int8_empty_output(input, s, false);
   if (y.numel() == 0) return adder2d_int8_empty_output(input, s, channels_last);
   const Adder2dInt8Geom q = adder2d_int8_geom(s);
   LaunchLimits lim;
