@@ -420,6 +420,11 @@ def main(argv=None):
             "dilation": _dilation(shape),
             "terms": terms(shape, batch),
         }
+        if device == "cpu":  # which of the CPU forward's three layouts this shape takes
+            d = _dilation(shape)
+            row["cpu_forward_path"] = _C.adder2d_cpu_forward_path(
+                tuple(x.shape), tuple(w.shape), (shape[6],) * 2, (shape[7],) * 2, (d, d), 1, False
+            )
         fns = impls()
         for what in ("forward", "forward_backward"):
             # adder2d and conv2d interleaved: their ratio per round cancels the machine's load
@@ -555,7 +560,9 @@ def markdown(result, no_memory):
         "ours. Gterm/s: |x - w| terms per second. `% of ceiling`: the forward's Gterm/s over the "
         "register-resident ceiling (`ceiling`: the CPU kernels' float32 micro-tile arithmetic on "
         "registers, per core in CPU time and on all cores on the wall clock), median [p20, p80] "
-        "of the per-round ratios, the two measured in the same rounds.",
+        "of the per-round ratios, the two measured in the same rounds, and the CPU forward's path "
+        "(batch: a vector holds one pixel of several images; direct: a vector holds pixels of one "
+        "output row; packed: pixels packed into panels).",
         "",
         "| layer | batch | adder2d fwd | conv2d fwd | reference fwd | fwd vs conv2d | conv2d spread | "
         "fwd vs reference | Gterm/s | ceiling Gterm/s | % of ceiling | adder2d fwd+bwd | "
@@ -577,9 +584,10 @@ def markdown(result, no_memory):
         f = r.get("forward.fraction_of_ceiling")
         if f is None:
             return "-", "-"
+        path = f", {r['cpu_forward_path']}" if "cpu_forward_path" in r else ""
         return (
             f"{r['ceiling_gterms_per_s']:.1f}",
-            f"{f['median']:.0%} [{f['p20']:.0%}, {f['p80']:.0%}]",
+            f"{f['median']:.0%} [{f['p20']:.0%}, {f['p80']:.0%}]{path}",
         )
 
     for r in rows:

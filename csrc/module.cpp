@@ -136,7 +136,46 @@ PyObject* adder2d_register_ceiling(PyObject*, PyObject* arg) {
   return ceiling(arg, &addernet::cpu::register_ceiling_rate);
 }
 
+// adder2d_cpu_forward_path(input_size, weight_size, stride, padding, dilation, groups, float64):
+// "batch", "direct" or "packed", the CPU forward's path for that shape (adder2d_cpu.h).
+PyObject* adder2d_cpu_forward_path(PyObject*, PyObject* args) {
+  addernet::Adder2dShape s{};
+  int64_t ci_per_group = 0;
+  int float64 = 0;
+  if (!PyArg_ParseTuple(args, "(LLLL)(LLLL)(LL)(LL)(LL)Lp", &s.batch, &s.in_channels, &s.in_h,
+                        &s.in_w, &s.out_channels, &ci_per_group, &s.kernel_h, &s.kernel_w,
+                        &s.stride_h, &s.stride_w, &s.pad_h, &s.pad_w, &s.dilation_h, &s.dilation_w,
+                        &s.groups, &float64))
+    return nullptr;
+  const int64_t span_h = s.dilation_h * (s.kernel_h - 1) + 1;
+  const int64_t span_w = s.dilation_w * (s.kernel_w - 1) + 1;
+  if (s.batch < 1 || s.groups < 1 || s.in_channels != ci_per_group * s.groups ||
+      s.out_channels % s.groups != 0 || s.kernel_h < 1 || s.kernel_w < 1 || s.stride_h < 1 ||
+      s.stride_w < 1 || s.pad_h < 0 || s.pad_w < 0 || s.dilation_h < 1 || s.dilation_w < 1 ||
+      s.in_h + 2 * s.pad_h < span_h || s.in_w + 2 * s.pad_w < span_w) {
+    PyErr_SetString(PyExc_ValueError,
+                    "adder2d_cpu_forward_path: not a valid adder2d geometry with a nonempty "
+                    "output (input N, C, H, W and weight Co, C/groups, KH, KW)");
+    return nullptr;
+  }
+  s.out_h = (s.in_h + 2 * s.pad_h - span_h) / s.stride_h + 1;
+  s.out_w = (s.in_w + 2 * s.pad_w - span_w) / s.stride_w + 1;
+  s.in_channels_per_group = ci_per_group;
+  s.out_channels_per_group = s.out_channels / s.groups;
+  s.taps = ci_per_group * s.kernel_h * s.kernel_w;
+  try {
+    return PyUnicode_FromString(addernet::cpu::forward_path(s, float64 != 0).c_str());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 PyMethodDef methods[] = {
+    {"adder2d_cpu_forward_path", adder2d_cpu_forward_path, METH_VARARGS,
+     "adder2d_cpu_forward_path(input_size, weight_size, stride, padding, dilation, groups, "
+     "float64): the CPU forward's path for that shape with the current instruction set, "
+     "\"batch\", \"direct\" or \"packed\" (all three give the same bits)"},
     {"adder2d_register_ceiling", adder2d_register_ceiling, METH_O,
      "adder2d_register_ceiling(iterations): |x - w| terms per second of a register-resident loop "
      "of the float32 forward's micro-tile arithmetic on this thread; the benchmark's ceiling"},

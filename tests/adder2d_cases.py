@@ -84,6 +84,13 @@ CPU_CASES = [
     # 8 output channels (two weight-gradient calls of 4 rows).
     Case("stride2-pad3-dilation2", 2, 4, 9, 37, 8, 3, 3, stride=2, padding=3, dilation=2),
     Case("stride2-pad2-5x5-whole-vectors", 1, 3, 6, 32, 8, 5, 5, stride=2, padding=2),
+    # The forward's batch path (a vector holds one pixel of several images): rows narrower than
+    # whole vectors with a vector's worth of images or more, in float32 and float64; a last image
+    # group that is not full, stride 2, dilation, groups and a single output pixel.
+    Case("batch-7x7", 8, 4, 7, 7, 6, 3, 3, padding=1),
+    Case("batch-15-images-stride2", 15, 3, 13, 11, 5, 3, 3, stride=2, padding=1),
+    Case("batch-groups-dilation", 8, 6, 9, 10, 6, 3, 2, (1, 2), (2, 1), (2, 1), groups=3),
+    Case("batch-single-output-pixel", 8, 3, 3, 3, 4, 3, 3),
     Case("single-pixel", 1, 1, 1, 1, 2, 1, 1),
     Case("batch0", 0, 3, 5, 5, 4, 3, 3, padding=1),
 ]

@@ -10,7 +10,7 @@ from adder2d_cases import BAD_INPUT, CPU_CASES, Case, call_raw, valid_args
 from conftest import cpu_isas, devices
 
 import addernet_cuda
-from addernet_cuda import reference
+from addernet_cuda import _extension, reference
 
 SHAPES = CPU_CASES
 
@@ -88,6 +88,47 @@ def test_forward_sums_taps_in_order_bitwise(shape, dtype, cpu_isa):
     assert torch.equal(
         addernet_cuda.adder2d(x, w, b, **kw), forward_in_tap_order(x, w, b, kw, shape.oh, shape.ow)
     )
+
+
+def forward_path(case, dtype):
+    return _extension._C.adder2d_cpu_forward_path(
+        (case.n, case.c, case.h, case.w),
+        (case.co, case.c // case.groups, case.kh, case.kw),
+        case.stride,
+        case.padding,
+        case.dilation,
+        case.groups,
+        dtype == torch.float64,
+    )
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tap_order_shapes_take_every_forward_path(dtype, cpu_isa):
+    # test_forward_sums_taps_in_order_bitwise holds the three paths to the same bits only if its
+    # shapes go through all three; the batch cases take the batch path in both dtypes.
+    paths = {case.name: forward_path(case, dtype) for case in TAP_ORDER_SHAPES}
+    assert set(paths.values()) == {"batch", "direct", "packed"}
+    assert all(p == "batch" for name, p in paths.items() if name.startswith("batch-")), paths
+    assert paths["3x3"] == "direct" and paths["single-pixel"] == "packed"
+
+
+def test_forward_path_rejects_a_geometry_without_output():
+    with pytest.raises(ValueError, match="adder2d_cpu_forward_path: not a valid"):
+        _extension._C.adder2d_cpu_forward_path(
+            (1, 3, 2, 2), (4, 3, 3, 3), (1, 1), (0, 0), (1, 1), 1, False
+        )
+
+
+def test_forward_batch_path_by_chunks_of_image_groups():
+    # Groups of 4 float64 images, 9 MB of prepared input each: the batch path prepares three
+    # groups per chunk (at most 32 MiB), so the 5 groups (the last one of 4 images too) go in
+    # two chunks; a 1x1 kernel makes every output a single term, exact.
+    x = torch.randn(20, 1, 40000, 7, dtype=torch.float64)
+    w = torch.randn(2, 1, 1, 1, dtype=torch.float64)
+    assert forward_path(Case("chunks", 20, 1, 40000, 7, 2, 1, 1), torch.float64) == "batch"
+    y = addernet_cuda.adder2d(x, w)
+    assert torch.equal(y, -(x - w.view(1, 2, 1, 1)).abs())
 
 
 def test_forward_by_chunks_of_images():

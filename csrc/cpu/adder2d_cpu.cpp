@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <ctime>
+#include <memory>
 #include <vector>
 
 #include "../adder2d.h"
@@ -128,6 +129,28 @@ Tensor empty_like_input(IntArrayRef sizes, const Tensor& input) {
   return torch::stable::empty(sizes, input.scalar_type(), std::nullopt, input.device());
 }
 
+// At most this many bytes of prepared input (the direct and batch paths) at once: images or
+// image groups go by chunks of it (at least one image; an image group must fit).
+constexpr int64_t FORWARD_PREPARED_BYTES = int64_t(32) << 20;
+
+// The forward's path for a shape (see forward_path in adder2d_cpu.h): the batch path where it
+// fills more of the vectors' lanes than the rows of one image do (output rows that are not a
+// multiple of a vector's pixels, with at least a vector's worth of images) and an image group's
+// prepared planes fit FORWARD_PREPARED_BYTES; else the direct path where its layout allows; else
+// the packed path.
+ForwardPath choose_forward_path(const Adder2dShape& s, int64_t lanes, int64_t tile_vectors,
+                                int64_t element_bytes, ForwardLayout* layout,
+                                ForwardBatchLayout* batch, int64_t* group_elems) {
+  *layout = forward_layout(s, lanes, tile_vectors);
+  *batch = forward_batch_layout(s, lanes, tile_vectors);
+  if (batch->valid && !adder2d_mul_add_overflows(s.in_channels, batch->plane, 0, group_elems) &&
+      *group_elems <= FORWARD_PREPARED_BYTES / element_bytes &&
+      forward_batch_lane_use(s, *batch, lanes, tile_vectors) >
+          forward_row_lane_use(s, *layout, lanes, tile_vectors) + 1.0 / 32)
+    return ForwardPath::batch;
+  return layout->direct ? ForwardPath::direct : ForwardPath::packed;
+}
+
 }  // namespace
 
 std::string cpu_isa() {
@@ -137,6 +160,24 @@ std::string cpu_isa() {
 
 void set_cpu_isa(const std::string& isa) {
   isa_level() = parse_isa(isa, "set_cpu_isa");
+}
+
+std::string forward_path(const Adder2dShape& s, bool float64) {
+  const int64_t lanes = float64 ? kernels<double>().vector_lanes : kernels<float>().vector_lanes;
+  const int64_t tile_vectors =
+      float64 ? kernels<double>().tile_vectors : kernels<float>().tile_vectors;
+  ForwardLayout layout;
+  ForwardBatchLayout batch;
+  int64_t group_elems = 0;
+  switch (
+      choose_forward_path(s, lanes, tile_vectors, float64 ? 8 : 4, &layout, &batch, &group_elems)) {
+    case ForwardPath::batch:
+      return "batch";
+    case ForwardPath::direct:
+      return "direct";
+    default:
+      return "packed";
+  }
 }
 
 double register_ceiling_rate(int64_t iterations) {
@@ -180,19 +221,73 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const int64_t cig = s.in_channels_per_group;
     const int64_t cog = s.out_channels_per_group;
-    const ForwardLayout layout = forward_layout(s, ks.vector_lanes, ks.tile_vectors);
-    if (layout.direct) {
+    constexpr int64_t FORWARD_TILE_GROUP = 4;
+    const int64_t lanes = ks.vector_lanes;
+    ForwardLayout layout;
+    ForwardBatchLayout batch;
+    int64_t group_elems = 0;  // of the prepared planes of one image group
+    const ForwardPath path = choose_forward_path(s, lanes, ks.tile_vectors, sizeof(scalar_t),
+                                                 &layout, &batch, &group_elems);
+    if (path == ForwardPath::batch) {
+      // Image groups of `lanes` images go by chunks of at most FORWARD_PREPARED_BYTES of
+      // prepared input, each input plane of the chunk prepared once, then up to
+      // FORWARD_TILE_GROUP tiles of one image group and group at a time, as on the direct path.
+      const int64_t image_groups = (s.batch + lanes - 1) / lanes;
+      const int64_t chunk = std::max<int64_t>(
+          1, std::min<int64_t>(image_groups,
+                               FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / group_elems));
+      // Not zero-filled: the prepare calls write every element.
+      std::unique_ptr<scalar_t[]> prepared(new scalar_t[chunk * group_elems]);
+      std::vector<int64_t> offsets(s.taps);  // of tap (ci, kh, kw) in the prepared planes
+      for (int64_t k = 0; k < s.taps; ++k) {
+        const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
+        const int64_t kw = k % s.kernel_w;
+        offsets[k] =
+            ci * batch.plane + (kh * s.dilation_h * batch.cols + kw * s.dilation_w) * lanes;
+      }
+      const int64_t HW = s.in_h * s.in_w, CHW = s.in_channels * HW;
+      for (int64_t m0 = 0; m0 < image_groups; m0 += chunk) {
+        const int64_t mb = std::min(chunk, image_groups - m0);
+        torch::stable::parallel_for(0, mb * s.in_channels, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t n0 = (m0 + i / s.in_channels) * lanes, c = i % s.in_channels;
+            ks.forward_prepare_batch_plane(s, batch, xp + n0 * CHW + c * HW, CHW,
+                                           std::min(lanes, s.batch - n0),
+                                           prepared.get() + i * batch.plane);
+          }
+        });
+        // Split by tiles, not by groups of tiles: an image group has few tiles on the narrow
+        // layers this path serves (25 on a 7x7 output), and whole groups of four would leave
+        // the threads unevenly loaded.
+        const int64_t tiles = batch.tiles;
+        torch::stable::parallel_for(0, mb * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
+          for (int64_t i = begin; i < end;) {
+            const int64_t tile0 = i % tiles, g = (i / tiles) % s.groups, m = i / (tiles * s.groups);
+            const int64_t n0 = (m0 + m) * lanes;
+            const int64_t ntiles = std::min({FORWARD_TILE_GROUP, tiles - tile0, end - i});
+            ks.forward_tiles_batch(
+                s, batch, prepared.get() + (m * s.in_channels + g * cig) * batch.plane,
+                offsets.data(), wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
+                yp + (n0 * s.out_channels + g * cog) * L, std::min(lanes, s.batch - n0), tile0,
+                ntiles, scratch.data());
+            i += ntiles;
+          }
+        });
+      }
+      return;
+    }
+    if (path == ForwardPath::direct) {
       // Images go by chunks of at most FORWARD_PREPARED_BYTES of prepared input (at least one
       // image): each input plane of the chunk prepared once (padded, split by column phase), then
       // work item = (image, group, FORWARD_TILE_GROUP tiles), each owning its outputs; the tiles
       // of an item share each block of weights from cache.
-      constexpr int64_t FORWARD_PREPARED_BYTES = int64_t(32) << 20;
-      constexpr int64_t FORWARD_TILE_GROUP = 4;
       const int64_t image_elems = s.in_channels * layout.plane;
       const int64_t chunk = std::max<int64_t>(
           1, std::min<int64_t>(s.batch,
                                FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / image_elems));
-      std::vector<scalar_t> prepared(chunk * image_elems);
+      // Not zero-filled: the prepare calls write every element.
+      std::unique_ptr<scalar_t[]> prepared(new scalar_t[chunk * image_elems]);
       std::vector<int64_t> offsets(s.taps);  // of tap (ci, kh, kw) in the prepared planes
       for (int64_t k = 0; k < s.taps; ++k) {
         const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
@@ -208,7 +303,7 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         torch::stable::parallel_for(0, nb * s.in_channels, 1, [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i)
             ks.forward_prepare_plane(s, layout, xp + (n0 * s.in_channels + i) * HW,
-                                     prepared.data() + i * layout.plane);
+                                     prepared.get() + i * layout.plane);
         });
         torch::stable::parallel_for(0, nb * s.groups * items, 1, [&](int64_t begin, int64_t end) {
           std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
@@ -216,7 +311,7 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
             const int64_t item = i % items, g = (i / items) % s.groups, n = i / (items * s.groups);
             const int64_t tile0 = item * FORWARD_TILE_GROUP;
             ks.forward_tiles_direct(
-                s, layout, prepared.data() + (n * s.in_channels + g * cig) * layout.plane,
+                s, layout, prepared.get() + (n * s.in_channels + g * cig) * layout.plane,
                 offsets.data(), wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
                 yp + ((n0 + n) * s.out_channels + g * cog) * L, tile0,
                 std::min(FORWARD_TILE_GROUP, tiles - tile0), scratch.data());

@@ -50,6 +50,55 @@ inline ForwardLayout forward_layout(const Adder2dShape& s, int64_t lanes, int64_
   return l;
 }
 
+// The forward's input prepared by groups of `lanes` images for the batch path: each element of a
+// prepared plane is a vector holding one input pixel of the group's `lanes` images (zero for
+// images past the batch), zero padded, so that a vector is one output pixel of `lanes` images
+// and every output pixel fills a whole vector whatever the row width. Element (r, i, lane) of the
+// prepared plane of channel c is X[n0 + lane, c, r - pad_h, i - pad_w], zero outside the image.
+// A tile is tile_vectors consecutive output pixels (flat, p = oh * out_w + ow).
+struct ForwardBatchLayout {
+  bool valid;          // false when a prepared plane's size overflows
+  int64_t rows, cols;  // pixels of a prepared plane: the rows and columns the taps read
+  int64_t plane;       // elements from one prepared plane to the next: rows * cols * lanes, padded
+  int64_t tiles;       // tiles per image group and group: ceil(out_h * out_w / tile_vectors)
+};
+
+inline ForwardBatchLayout forward_batch_layout(const Adder2dShape& s, int64_t lanes,
+                                               int64_t tile_vectors) {
+  ForwardBatchLayout l{};
+  int64_t last_row = 0, last_col = 0, pixels = 0;
+  l.valid = !(adder2d_mul_add_overflows(s.out_h - 1, s.stride_h, 0, &last_row) ||
+              adder2d_mul_add_overflows(s.kernel_h - 1, s.dilation_h, last_row + 1, &l.rows) ||
+              adder2d_mul_add_overflows(s.out_w - 1, s.stride_w, 0, &last_col) ||
+              adder2d_mul_add_overflows(s.kernel_w - 1, s.dilation_w, last_col + 1, &l.cols) ||
+              adder2d_mul_add_overflows(l.rows, l.cols, 0, &pixels) ||
+              adder2d_mul_add_overflows(pixels, lanes, 4 * lanes, &l.plane));
+  // Planes an odd number of 64-byte lines (2 pixels: a pixel's vector is 32 bytes) apart: the
+  // taps of one block read the same pixel of many consecutive planes, which with planes a
+  // multiple of 4 KiB apart (16 x 16 pixels) would all fall into one set of the L1 cache.
+  const int64_t line = 2 * lanes;
+  l.plane = (pixels * lanes + line - 1) / line * line;
+  if (l.plane / line % 2 == 0) l.plane += line;
+  l.tiles = (s.out_h * s.out_w + tile_vectors - 1) / tile_vectors;
+  return l;
+}
+
+// The fraction of the forward's computed vector lanes that hold an output: by rows of the image
+// (the direct path's vectors of one output row, or the packed path's panels of flat pixels), and
+// by groups of `lanes` images (the batch path).
+inline double forward_row_lane_use(const Adder2dShape& s, const ForwardLayout& l, int64_t lanes,
+                                   int64_t tile_vectors) {
+  const double pixels = double(s.out_h) * double(s.out_w);
+  const int64_t tile_pixels = lanes * tile_vectors;
+  if (l.direct) return pixels / (double(l.tiles) * double(tile_pixels));
+  return pixels / (double((s.out_h * s.out_w + tile_pixels - 1) / tile_pixels) * tile_pixels);
+}
+inline double forward_batch_lane_use(const Adder2dShape& s, const ForwardBatchLayout& l,
+                                     int64_t lanes, int64_t tile_vectors) {
+  const double images = double(s.batch) / double((s.batch + lanes - 1) / lanes * lanes);
+  return images * double(s.out_h) * double(s.out_w) / (double(l.tiles) * double(tile_vectors));
+}
+
 template <typename T>
 struct KernelSet {
   // Output pixels [p0, p0 + tile_pixels) of one image and group; see adder2d_cpu_kernels.h.
@@ -86,6 +135,16 @@ struct KernelSet {
   void (*forward_tiles_direct)(const Adder2dShape&, const ForwardLayout&, const T* xp,
                                const int64_t* tap_offsets, const T* w, const T* bias, T* y,
                                int64_t tile0, int64_t ntiles, T* scratch);
+  // The batch path (ForwardBatchLayout): the prepared plane of one channel of images
+  // [n0, n0 + images) (x: X[n0, c]; images <= vector_lanes, image_stride elements apart), then
+  // tiles [tile0, tile0 + ntiles) of that image group and one group from its prepared planes xp,
+  // with tap_offsets[k] the offset of tap k = (ci, kh, kw) in them; y: Y[n0, g*Cog]; scratch:
+  // ntiles * out_channels_per_group * tile_pixels.
+  void (*forward_prepare_batch_plane)(const Adder2dShape&, const ForwardBatchLayout&, const T* x,
+                                      int64_t image_stride, int64_t images, T* xp);
+  void (*forward_tiles_batch)(const Adder2dShape&, const ForwardBatchLayout&, const T* xp,
+                              const int64_t* tap_offsets, const T* w, const T* bias, T* y,
+                              int64_t images, int64_t tile0, int64_t ntiles, T* scratch);
   int64_t vector_lanes;  // output pixels per vector of the direct forward
   int64_t tile_vectors;  // vectors per tile: tile_vectors * vector_lanes = tile_pixels
   int64_t input_grad_planes_max;
@@ -109,6 +168,17 @@ float avx2_register_ceiling(int64_t iterations, int64_t* terms_per_iteration);
 // avx2 or avx512 (environment, read once) or set_cpu_isa forces one.
 std::string cpu_isa();
 void set_cpu_isa(const std::string& isa);
+
+// The forward's three ways through an image (adder2d_cpu.cpp chooses by shape, never by data;
+// every way sums the taps of each output in the same order, so results are bitwise equal):
+// batch, vectors of one pixel of several images (ForwardBatchLayout); direct, vectors of one
+// output row read from a prepared copy (ForwardLayout); packed, panels of flat pixels packed
+// per block of taps.
+enum class ForwardPath { batch, direct, packed };
+
+// The path the float32 (or float64) forward takes for shape s with the current instruction set:
+// "batch", "direct" or "packed" (tests and the benchmark report it).
+std::string forward_path(const Adder2dShape& s, bool float64);
 
 // |x - w| terms per second of thread CPU time of the forward's float32 micro-tile arithmetic on
 // registers (the current instruction set's), run on the calling thread for `iterations` taps:

@@ -6,10 +6,12 @@
 //
 // forward    Y[n,co,p]   = -sum_k |P[k,p] - W[co,k]|      (+ bias)   k = (ci,kh,kw), p = (oh,ow)
 //            implicit GEMM, never the whole im2col: direct path, P read straight from a padded,
-//            phase-split copy of the input (vectors of one output row, per-tap offsets);
+//            phase-split copy of the input (vectors of one output row, per-tap offsets); batch
+//            path, the same from a padded copy whose every element is one pixel of VL images (a
+//            vector per output pixel of VL images, for rows that are not whole vectors);
 //            packed path, P packed into panels of TILE_P output pixels x TILE_K taps. A register
 //            micro-tile of 2-4 output channels x TILE_P pixels accumulates |P - W| (subtract,
-//            clear sign bit, add), taps in order in both paths.
+//            clear sign bit, add), taps in order in all three paths.
 // input_grad dX[n,c,h,w] = sum_{co,kh,kw} dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
 //            over the (oh, ow) whose tap lands on (h, w): one call owns up to IG_PLANES input
 //            planes, so every term is added exactly once and no atomics are needed. Per tap and
@@ -435,6 +437,79 @@ void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T
         } else {
           for (int64_t q = 0; q < n; ++q) yr[q] = b - a[q];
         }
+      }
+    }
+}
+
+// One prepared plane of the batch path (ForwardBatchLayout in adder2d_cpu.h): channel c of
+// `images` <= VL images, x: X[n0, c], image_stride elements between images; xp receives
+// layout.plane elements, lanes past `images` zero.
+template <typename T>
+void forward_prepare_batch_plane(const Adder2dShape& s, const ForwardBatchLayout& l, const T* x,
+                                 int64_t image_stride, int64_t images, T* xp) {
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  // Columns [lo, hi) of a prepared row are inside the image: i - pad_w in [0, in_w).
+  const int64_t lo = min_i64(l.cols, s.pad_w), hi = min_i64(l.cols, s.pad_w + s.in_w);
+  for (int64_t r = 0; r < l.rows; ++r) {
+    T* d = xp + r * l.cols * VL;
+    const int64_t ih = r - s.pad_h;
+    if (ih < 0 || ih >= s.in_h) {
+      for (int64_t i = 0; i < l.cols * VL; ++i) d[i] = T(0);
+      continue;
+    }
+    for (int64_t i = 0; i < lo * VL; ++i) d[i] = T(0);
+    for (int64_t i = hi * VL; i < l.cols * VL; ++i) d[i] = T(0);
+    for (int64_t n = 0; n < VL; ++n) {
+      if (n >= images) {
+        for (int64_t i = lo; i < hi; ++i) d[i * VL + n] = T(0);
+        continue;
+      }
+      const T* xr = x + n * image_stride + ih * s.in_w - s.pad_w;
+      for (int64_t i = lo; i < hi; ++i) d[i * VL + n] = xr[i];
+    }
+  }
+}
+
+// Tiles [tile0, tile0 + ntiles) (TILE_P / VL consecutive output pixels each, a vector per pixel
+// holding `images` <= VL images) of one image group and group by the batch path, all of the
+// group's output channels, through the direct path's micro-tile: the same taps in the same order
+// for every output, so the three paths agree bit for bit. xp: the image group's prepared planes
+// of the group's input channels; w: W[g*Cog]; bias: bias[g*Cog] or null; y: Y[n0, g*Cog];
+// scratch: ntiles * Cog * TILE_P.
+template <typename T>
+void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, const T* xp,
+                         const int64_t* off, const T* w, const T* bias, T* y, int64_t images,
+                         int64_t tile0, int64_t ntiles, T* scratch) {
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T)), NV = TILE_P / VL;
+  const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group, K = s.taps;
+  for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
+  constexpr int R = Vec<T>::rows;
+  for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
+    const int64_t nk = min_i64(TILE_K, K - k0);
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const T* xb[NV];
+      for (int64_t j = 0; j < NV; ++j) {
+        const int64_t p = (tile0 + t) * NV + j;  // past the last pixel: computed, not stored
+        xb[j] =
+            p < L ? xp + (p / s.out_w * s.stride_h * l.cols + p % s.out_w * s.stride_w) * VL : xp;
+      }
+      T* acc = scratch + t * cog * TILE_P;
+      int64_t co = 0;
+      for (; co + R <= cog; co += R)
+        micro_tile_direct<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+      for (; co < cog; ++co)
+        micro_tile_direct<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+    }
+  }
+  const int64_t image_stride = s.out_channels * L;
+  for (int64_t t = 0; t < ntiles; ++t)
+    for (int64_t j = 0; j < NV; ++j) {
+      const int64_t p = (tile0 + t) * NV + j;
+      if (p >= L) break;
+      for (int64_t co = 0; co < cog; ++co) {
+        const T b = bias ? bias[co] : T(0);
+        const T* a = scratch + (t * cog + co) * TILE_P + j * VL;
+        for (int64_t n = 0; n < images; ++n) y[n * image_stride + co * L + p] = b - a[n];
       }
     }
 }
@@ -1224,6 +1299,8 @@ KernelSet<T> make_kernel_set() {
                       TILE_K * TILE_P,
                       &forward_prepare_plane<T>,
                       &forward_tiles_direct<T>,
+                      &forward_prepare_batch_plane<T>,
+                      &forward_tiles_batch<T>,
                       int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
                       TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
                       IG_PLANES};
