@@ -1245,8 +1245,10 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
   const int64_t KHW = s.kernel_h * s.kernel_w, c0 = k0 / KHW, nc = (k0 + nt - 1) / KHW - c0 + 1;
   T* zeros = rows + KB * WG_PIXELS;  // VL zeros, then the padded planes of channels [c0, c0 + nc)
   T* planes = zeros + VL;
-  if (padded)
-    for (int64_t i = 0; i < weight_grad_padded_size<T>(s); ++i) zeros[i] = T(0);
+  if (padded) {  // the size in a local: the stores may alias s, so the loop would recompute it
+    const int64_t n = weight_grad_padded_size<T>(s);
+    for (int64_t i = 0; i < n; ++i) zeros[i] = T(0);
+  }
   {
     double* c = acc;  // acc is free until zeroed below
     for (int64_t j = 0; j < nsub * KB; ++j) c[j] = 0.0;
