@@ -139,6 +139,9 @@ PyObject* adder2d_register_ceiling(PyObject*, PyObject* arg) {
 // adder2d_cpu_forward_path(input_size, weight_size, stride, padding, dilation, groups, float64):
 // "batch", "direct" or "packed", the CPU forward's path for that shape (adder2d_cpu.h).
 PyObject* adder2d_cpu_forward_path(PyObject*, PyObject* args) {
+  using addernet::adder2d_mul_add_overflows;
+  using addernet::adder2d_padded_overflows;
+  using addernet::adder2d_span_overflows;
   addernet::Adder2dShape s{};
   int64_t ci_per_group = 0;
   int float64 = 0;
@@ -147,22 +150,32 @@ PyObject* adder2d_cpu_forward_path(PyObject*, PyObject* args) {
                         &s.stride_h, &s.stride_w, &s.pad_h, &s.pad_w, &s.dilation_h, &s.dilation_w,
                         &s.groups, &float64))
     return nullptr;
-  const int64_t span_h = s.dilation_h * (s.kernel_h - 1) + 1;
-  const int64_t span_w = s.dilation_w * (s.kernel_w - 1) + 1;
-  if (s.batch < 1 || s.groups < 1 || s.in_channels != ci_per_group * s.groups ||
-      s.out_channels % s.groups != 0 || s.kernel_h < 1 || s.kernel_w < 1 || s.stride_h < 1 ||
-      s.stride_w < 1 || s.pad_h < 0 || s.pad_w < 0 || s.dilation_h < 1 || s.dilation_w < 1 ||
-      s.in_h + 2 * s.pad_h < span_h || s.in_w + 2 * s.pad_w < span_w) {
+  int64_t span_h = 0, span_w = 0, padded_h = 0, padded_w = 0, channels = 0, khw = 0, taps = 0;
+  int64_t pixels = 0;
+  const bool ranges = s.batch >= 1 && s.groups >= 1 && ci_per_group >= 1 && s.out_channels >= 1 &&
+                      s.out_channels % s.groups == 0 && s.kernel_h >= 1 && s.kernel_w >= 1 &&
+                      s.stride_h >= 1 && s.stride_w >= 1 && s.pad_h >= 0 && s.pad_w >= 0 &&
+                      s.dilation_h >= 1 && s.dilation_w >= 1 && s.in_h >= 0 && s.in_w >= 0;
+  if (!ranges || adder2d_span_overflows(s.kernel_h, s.dilation_h, &span_h) ||
+      adder2d_span_overflows(s.kernel_w, s.dilation_w, &span_w) ||
+      adder2d_padded_overflows(s.in_h, s.pad_h, &padded_h) ||
+      adder2d_padded_overflows(s.in_w, s.pad_w, &padded_w) ||
+      adder2d_mul_add_overflows(ci_per_group, s.groups, 0, &channels) ||
+      channels != s.in_channels || adder2d_mul_add_overflows(s.kernel_h, s.kernel_w, 0, &khw) ||
+      adder2d_mul_add_overflows(ci_per_group, khw, 0, &taps) || padded_h < span_h ||
+      padded_w < span_w ||
+      adder2d_mul_add_overflows((padded_h - span_h) / s.stride_h + 1,
+                                (padded_w - span_w) / s.stride_w + 1, 0, &pixels)) {
     PyErr_SetString(PyExc_ValueError,
                     "adder2d_cpu_forward_path: not a valid adder2d geometry with a nonempty "
                     "output (input N, C, H, W and weight Co, C/groups, KH, KW)");
     return nullptr;
   }
-  s.out_h = (s.in_h + 2 * s.pad_h - span_h) / s.stride_h + 1;
-  s.out_w = (s.in_w + 2 * s.pad_w - span_w) / s.stride_w + 1;
+  s.out_h = (padded_h - span_h) / s.stride_h + 1;
+  s.out_w = (padded_w - span_w) / s.stride_w + 1;
   s.in_channels_per_group = ci_per_group;
   s.out_channels_per_group = s.out_channels / s.groups;
-  s.taps = ci_per_group * s.kernel_h * s.kernel_w;
+  s.taps = taps;
   try {
     return PyUnicode_FromString(addernet::cpu::forward_path(s, float64 != 0).c_str());
   } catch (const std::exception& e) {

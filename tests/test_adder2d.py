@@ -113,11 +113,29 @@ def test_tap_order_shapes_take_every_forward_path(dtype, cpu_isa):
     assert paths["3x3"] == "direct" and paths["single-pixel"] == "packed"
 
 
-def test_forward_path_rejects_a_geometry_without_output():
+@pytest.mark.parametrize(
+    "args",
+    [
+        ((1, 3, 2, 2), (4, 3, 3, 3), (1, 1), (0, 0), (1, 1), 1),  # no output pixel
+        ((8, 0, 7, 7), (4, 0, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # no input channel
+        ((8, 4, 7, 7), (4, 2, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # C != C/groups * groups
+        ((8, 1, 7, 7), (4, 1, 3, 2**62), (1, 1), (1, 1), (1, 1), 1),  # KH * KW overflows
+    ],
+)
+def test_forward_path_rejects_invalid_geometry(args):
     with pytest.raises(ValueError, match="adder2d_cpu_forward_path: not a valid"):
-        _extension._C.adder2d_cpu_forward_path(
-            (1, 3, 2, 2), (4, 3, 3, 3), (1, 1), (0, 0), (1, 1), 1, False
-        )
+        _extension._C.adder2d_cpu_forward_path(*args, False)
+
+
+def test_batch_path_not_taken_for_a_copy_much_larger_than_the_input():
+    # 3 x 3 images with padding 500: the batch path would prepare 1001 x 1001 pixels per image
+    # group for 9 input pixels; the packed path takes it (the same bits either way).
+    case = Case("huge-padding", 8, 1, 3, 3, 1, 1, 1, stride=500, padding=500)
+    assert forward_path(case, torch.float32) == "packed"
+    x, w, b, kw = make(case, dtype=torch.float32)
+    assert torch.equal(
+        addernet_cuda.adder2d(x, w, b, **kw), forward_in_tap_order(x, w, b, kw, case.oh, case.ow)
+    )
 
 
 def test_forward_batch_path_by_chunks_of_image_groups():

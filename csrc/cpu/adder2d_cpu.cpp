@@ -134,10 +134,10 @@ Tensor empty_like_input(IntArrayRef sizes, const Tensor& input) {
 constexpr int64_t FORWARD_PREPARED_BYTES = int64_t(32) << 20;
 
 // The forward's path for a shape (see forward_path in adder2d_cpu.h): the batch path where it
-// fills more of the vectors' lanes than the rows of one image do (output rows that are not a
-// multiple of a vector's pixels, with at least a vector's worth of images) and an image group's
-// prepared planes fit FORWARD_PREPARED_BYTES; else the direct path where its layout allows; else
-// the packed path.
+// fills more of the vectors' lanes than the rows of one image do (in practice output rows that
+// are not a multiple of a vector's pixels, with about a vector's worth of images or more), its
+// copy is not much larger than the input and an image group's prepared planes fit
+// FORWARD_PREPARED_BYTES; else the direct path where its layout allows; else the packed path.
 ForwardPath choose_forward_path(const Adder2dShape& s, int64_t lanes, int64_t tile_vectors,
                                 int64_t element_bytes, ForwardLayout* layout,
                                 ForwardBatchLayout* batch, int64_t* group_elems) {
@@ -236,7 +236,7 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       const int64_t chunk = std::max<int64_t>(
           1, std::min<int64_t>(image_groups,
                                FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / group_elems));
-      // Not zero-filled: the prepare calls write every element.
+      // Not zero-filled: the prepare calls write every element that is read.
       std::unique_ptr<scalar_t[]> prepared(new scalar_t[chunk * group_elems]);
       std::vector<int64_t> offsets(s.taps);  // of tap (ci, kh, kw) in the prepared planes
       for (int64_t k = 0; k < s.taps; ++k) {

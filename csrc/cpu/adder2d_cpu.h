@@ -73,9 +73,16 @@ inline ForwardBatchLayout forward_batch_layout(const Adder2dShape& s, int64_t la
               adder2d_mul_add_overflows(s.kernel_w - 1, s.dilation_w, last_col + 1, &l.cols) ||
               adder2d_mul_add_overflows(l.rows, l.cols, 0, &pixels) ||
               adder2d_mul_add_overflows(pixels, lanes, 4 * lanes, &l.plane));
+  // A copy much larger than the input (padding or a stride beyond the kernel) is not worth it, as
+  // on the direct path.
+  int64_t in_plane = 0;
+  l.valid = l.valid && !adder2d_mul_add_overflows(s.in_h, s.in_w, 0, &in_plane) &&
+            pixels <= 4 * in_plane + 64;
+  if (!l.valid) return l;
   // Planes an odd number of 64-byte lines (2 pixels: a pixel's vector is 32 bytes) apart: the
   // taps of one block read the same pixel of many consecutive planes, which with planes a
-  // multiple of 4 KiB apart (16 x 16 pixels) would all fall into one set of the L1 cache.
+  // multiple of 4 KiB apart (16 x 16 pixels) would all fall into one set of the L1 cache. The
+  // elements between planes are never read.
   const int64_t line = 2 * lanes;
   l.plane = (pixels * lanes + line - 1) / line * line;
   if (l.plane / line % 2 == 0) l.plane += line;
@@ -145,7 +152,7 @@ struct KernelSet {
   void (*forward_tiles_batch)(const Adder2dShape&, const ForwardBatchLayout&, const T* xp,
                               const int64_t* tap_offsets, const T* w, const T* bias, T* y,
                               int64_t images, int64_t tile0, int64_t ntiles, T* scratch);
-  int64_t vector_lanes;  // output pixels per vector of the direct forward
+  int64_t vector_lanes;  // output pixels per vector of the direct forward, images on the batch one
   int64_t tile_vectors;  // vectors per tile: tile_vectors * vector_lanes = tile_pixels
   int64_t input_grad_planes_max;
 };

@@ -443,7 +443,8 @@ void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T
 
 // One prepared plane of the batch path (ForwardBatchLayout in adder2d_cpu.h): channel c of
 // `images` <= VL images, x: X[n0, c], image_stride elements between images; xp receives
-// layout.plane elements, lanes past `images` zero.
+// layout.rows * layout.cols * VL elements (the rest of layout.plane is never read), lanes past
+// `images` zero.
 template <typename T>
 void forward_prepare_batch_plane(const Adder2dShape& s, const ForwardBatchLayout& l, const T* x,
                                  int64_t image_stride, int64_t images, T* xp) {
