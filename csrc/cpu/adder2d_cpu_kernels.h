@@ -389,6 +389,33 @@ static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk
     for (int j = 0; j < NV; ++j) __builtin_memcpy(acc + r * TILE_P + j * VL, &a[r][j], sizeof(V));
 }
 
+// The direct and batch paths' sums: scratch[t][co][p] = sum_k |x - w[co, k]| for ntiles tiles of
+// TILE_P pixels and all of the group's output channels (w: W[g*Cog], row stride K), the taps in
+// order, by blocks of TILE_K taps that go through every tile, so that the block's weights (Cog x
+// TILE_K) come from memory once and from cache for the other tiles. base(t, j): where tap 0 of
+// vector j of tile t reads (tap k reads off[k] further).
+template <typename T, typename Base>
+static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T* w, int64_t ntiles,
+                             T* scratch, Base base) {
+  constexpr int64_t NV = TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  constexpr int R = Vec<T>::rows;
+  const int64_t cog = s.out_channels_per_group, K = s.taps;
+  for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
+  for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
+    const int64_t nk = min_i64(TILE_K, K - k0);
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const T* xb[NV];
+      for (int64_t j = 0; j < NV; ++j) xb[j] = base(t, j);
+      T* acc = scratch + t * cog * TILE_P;
+      int64_t co = 0;
+      for (; co + R <= cog; co += R)
+        micro_tile_direct<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+      for (; co < cog; ++co)
+        micro_tile_direct<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+    }
+  }
+}
+
 // Tiles [tile0, tile0 + ntiles) (each TILE_P / VL vectors of VL pixels of one output row,
 // row-major) of one image and group by the direct forward, all of the group's output channels.
 // The tiles go through each block of TILE_K taps together, so that the block's weights (Cog x
@@ -401,27 +428,12 @@ void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T
                           const int64_t* off, const T* w, const T* bias, T* y, int64_t tile0,
                           int64_t ntiles, T* scratch) {
   constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T)), NV = TILE_P / VL;
-  const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group, K = s.taps;
+  const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group;
   const int64_t vectors = s.out_h * l.row_vectors;
-  for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
-  constexpr int R = Vec<T>::rows;
-  for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
-    const int64_t nk = min_i64(TILE_K, K - k0);
-    for (int64_t t = 0; t < ntiles; ++t) {
-      const T* xb[NV];
-      for (int64_t j = 0; j < NV; ++j) {
-        const int64_t v = (tile0 + t) * NV + j;  // past the last row: computed, not stored
-        xb[j] = v < vectors ? xp + v / l.row_vectors * s.stride_h * l.cols + v % l.row_vectors * VL
-                            : xp;
-      }
-      T* acc = scratch + t * cog * TILE_P;
-      int64_t co = 0;
-      for (; co + R <= cog; co += R)
-        micro_tile_direct<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
-      for (; co < cog; ++co)
-        micro_tile_direct<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
-    }
-  }
+  accumulate_tiles(s, off, w, ntiles, scratch, [&](int64_t t, int64_t j) {
+    const int64_t v = (tile0 + t) * NV + j;  // past the last row: computed, not stored
+    return v < vectors ? xp + v / l.row_vectors * s.stride_h * l.cols + v % l.row_vectors * VL : xp;
+  });
   for (int64_t t = 0; t < ntiles; ++t)
     for (int64_t j = 0; j < NV; ++j) {
       const int64_t v = (tile0 + t) * NV + j;
@@ -482,26 +494,11 @@ void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, con
                          const int64_t* off, const T* w, const T* bias, T* y, int64_t images,
                          int64_t tile0, int64_t ntiles, T* scratch) {
   constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T)), NV = TILE_P / VL;
-  const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group, K = s.taps;
-  for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
-  constexpr int R = Vec<T>::rows;
-  for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
-    const int64_t nk = min_i64(TILE_K, K - k0);
-    for (int64_t t = 0; t < ntiles; ++t) {
-      const T* xb[NV];
-      for (int64_t j = 0; j < NV; ++j) {
-        const int64_t p = (tile0 + t) * NV + j;  // past the last pixel: computed, not stored
-        xb[j] =
-            p < L ? xp + (p / s.out_w * s.stride_h * l.cols + p % s.out_w * s.stride_w) * VL : xp;
-      }
-      T* acc = scratch + t * cog * TILE_P;
-      int64_t co = 0;
-      for (; co + R <= cog; co += R)
-        micro_tile_direct<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
-      for (; co < cog; ++co)
-        micro_tile_direct<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
-    }
-  }
+  const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group;
+  accumulate_tiles(s, off, w, ntiles, scratch, [&](int64_t t, int64_t j) {
+    const int64_t p = (tile0 + t) * NV + j;  // past the last pixel: computed, not stored
+    return p < L ? xp + (p / s.out_w * s.stride_h * l.cols + p % s.out_w * s.stride_w) * VL : xp;
+  });
   const int64_t image_stride = s.out_channels * L;
   for (int64_t t = 0; t < ntiles; ++t)
     for (int64_t j = 0; j < NV; ++j) {
