@@ -184,6 +184,20 @@ static inline typename Vec<T>::type abs_diff(typename Vec<T>::type x, typename V
   return (typename Vec<T>::type)((B)sub(x, w, one) & (B{} + Vec<T>::abs_mask));
 }
 
+// A vector loaded from / stored to memory (any alignment) as one value: used on accumulators
+// held in arrays, which memcpy'd element-wise GCC copied through the stack in 16-byte halves and
+// reloaded as one 32-byte load, a load store forwarding cannot serve (a stall at every call).
+template <typename V, typename T>
+static inline V load_vec(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+static inline void store_vec(T* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
 // A vector of ones the compiler cannot see through (sub's multiplier).
 template <typename T>
 static inline typename Vec<T>::type opaque_one() {
@@ -201,8 +215,7 @@ static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* a
   const V one = opaque_one<T>();
   V a[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j)
-      __builtin_memcpy(&a[r][j], acc + r * TILE_P + j * (32 / sizeof(T)), sizeof(V));
+    for (int j = 0; j < NV; ++j) a[r][j] = load_vec<V>(acc + r * TILE_P + j * (32 / sizeof(T)));
   for (int64_t k = 0; k < nk; ++k) {
     V x[NV];
     for (int j = 0; j < NV; ++j)
@@ -213,8 +226,7 @@ static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* a
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j)
-      __builtin_memcpy(acc + r * TILE_P + j * (32 / sizeof(T)), &a[r][j], sizeof(V));
+    for (int j = 0; j < NV; ++j) store_vec(acc + r * TILE_P + j * (32 / sizeof(T)), a[r][j]);
 }
 
 // The forward's register-resident ceiling: micro_tile's inner loop (R x TILE_P accumulators,
@@ -277,13 +289,6 @@ void forward_tile(const Adder2dShape& s, const T* x, const T* w, const T* bias, 
     T* yr = y + co * L + p0;
     for (int64_t p = 0; p < np; ++p) yr[p] = b - acc[co * TILE_P + p];
   }
-}
-
-template <typename V, typename T>
-static inline V load_vec(const T* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(V));
-  return v;
 }
 
 // even[i] = src[2 i], odd[i] = src[2 i + 1] for i < the returned count (a multiple of the vector
@@ -375,7 +380,7 @@ static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk
   V a[R][NV];
   for (int j = 0; j < NV; ++j) b[j] = xb[j];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) __builtin_memcpy(&a[r][j], acc + r * TILE_P + j * VL, sizeof(V));
+    for (int j = 0; j < NV; ++j) a[r][j] = load_vec<V>(acc + r * TILE_P + j * VL);
   for (int64_t k = 0; k < nk; ++k) {
     const int64_t o = off[k];
     V x[NV];
@@ -386,7 +391,7 @@ static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) __builtin_memcpy(acc + r * TILE_P + j * VL, &a[r][j], sizeof(V));
+    for (int j = 0; j < NV; ++j) store_vec(acc + r * TILE_P + j * VL, a[r][j]);
 }
 
 // The direct and batch paths' sums: scratch[t][co][p] = sum_k |x - w[co, k]| for ntiles tiles of
