@@ -67,7 +67,8 @@ PyObject* build_info(PyObject*, PyObject*) {
       set_item(info, "debug", PyBool_FromLong(debug)) &&
       set_item(info, "cpu_avx2_compiled", PyBool_FromLong(addernet::cpu::avx2_compiled())) &&
       set_item(info, "cpu_avx512_compiled",
-               PyBool_FromLong(addernet::cpu::int8_avx512_compiled())) &&
+               PyBool_FromLong(addernet::cpu::int8_avx512_compiled() &&
+                               addernet::cpu::avx512_compiled())) &&
       set_item(info, "int8_min_dot_min_bytes",
                PyLong_FromLongLong(addernet::cpu::INT8_MIN_DOT_MIN_BYTES)) &&
       set_item(info, "cpu_isa", cpu_isa(nullptr, nullptr));
@@ -184,14 +185,28 @@ PyObject* adder2d_cpu_forward_path(PyObject*, PyObject* args) {
   }
 }
 
+// adder2d_cpu_forward_tile(float64): (output channels, pixels, bytes per register) of the CPU
+// forward's micro-tile with the current instruction set.
+PyObject* adder2d_cpu_forward_tile(PyObject*, PyObject* arg) {
+  const int float64 = PyObject_IsTrue(arg);
+  if (float64 < 0) return nullptr;
+  const std::array<int64_t, 3> t = addernet::cpu::forward_tile(float64 != 0);
+  return Py_BuildValue("(LLL)", static_cast<long long>(t[0]), static_cast<long long>(t[1]),
+                       static_cast<long long>(t[2]));
+}
+
 PyMethodDef methods[] = {
     {"adder2d_cpu_forward_path", adder2d_cpu_forward_path, METH_VARARGS,
      "adder2d_cpu_forward_path(input_size, weight_size, stride, padding, dilation, groups, "
      "float64): the CPU forward's path for that shape with the current instruction set, "
      "\"batch\", \"direct\" or \"packed\" (all three give the same bits)"},
+    {"adder2d_cpu_forward_tile", adder2d_cpu_forward_tile, METH_O,
+     "adder2d_cpu_forward_tile(float64): (output channels, pixels, bytes per register) of the "
+     "CPU forward's micro-tile with the current instruction set"},
     {"adder2d_register_ceiling", adder2d_register_ceiling, METH_O,
      "adder2d_register_ceiling(iterations): |x - w| terms per second of a register-resident loop "
-     "of the float32 forward's micro-tile arithmetic on this thread; the benchmark's ceiling"},
+     "of the float32 forward's micro-tile arithmetic on this thread (at cpu_isa avx512 the faster "
+     "of its AVX2 and AVX-512 forms); the benchmark's ceiling"},
     {"build_info", build_info, METH_NOARGS,
      "Torch version and stable ABI, CUDA archs, flags and CPU instruction set of this build"},
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now"},

@@ -76,6 +76,11 @@ def forward_in_tap_order(x, w, b, kw, oh, ow):
 TAP_ORDER_SHAPES = [s for s in SHAPES if s.n > 0] + [
     Case("direct-16-channels", 2, 16, 16, 16, 16, 3, 3, padding=1),
     Case("direct-wide-taps", 1, 40, 8, 8, 6, 3, 3, padding=1),
+    # 13 output channels: the AVX-512 micro-tile's blocks of 8, 4 and 1; a tile's two vectors
+    # adjacent (rows of 16 pixels) and not (rows of 8, and the batch path's row ends).
+    Case("direct-13-channels-rows-of-16", 2, 5, 9, 16, 13, 3, 3, padding=1),
+    Case("direct-13-channels-rows-of-8", 2, 5, 9, 8, 13, 3, 3, padding=1),
+    Case("batch-13-channels", 8, 3, 7, 7, 13, 3, 3, padding=1),
 ]
 
 
@@ -111,6 +116,19 @@ def test_tap_order_shapes_take_every_forward_path(dtype, cpu_isa):
     assert set(paths.values()) == {"batch", "direct", "packed"}
     assert all(p == "batch" for name, p in paths.items() if name.startswith("batch-")), paths
     assert paths["3x3"] == "direct" and paths["single-pixel"] == "packed"
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+def test_forward_micro_tile_of_each_instruction_set(cpu_isa):
+    # (output channels, pixels, bytes per register): at avx512 the float32 forward runs on
+    # 64-byte registers, 8 channels x 16 pixels (float64 keeps the AVX2 tile).
+    tile = _extension._C.adder2d_cpu_forward_tile
+    register_bytes = {"base": 16, "avx2": 32, "avx512": 32}[cpu_isa]
+    if cpu_isa == "avx512":
+        assert tile(False) == (8, 16, 64)
+    else:
+        assert tile(False) == (4, 16, register_bytes)
+    assert tile(True) == (2, 16, register_bytes)
 
 
 @pytest.mark.parametrize(

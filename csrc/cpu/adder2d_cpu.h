@@ -3,6 +3,7 @@
 // implementations in adder2d_cpu.cpp pick a table at run time.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 
@@ -155,6 +156,10 @@ struct KernelSet {
   int64_t vector_lanes;  // output pixels per vector of the direct forward, images on the batch one
   int64_t tile_vectors;  // vectors per tile: tile_vectors * vector_lanes = tile_pixels
   int64_t input_grad_planes_max;
+  // The direct and batch paths' micro-tile: output channels per call and bytes per register
+  // (its TILE_P pixels take tile_pixels * sizeof(T) / forward_register_bytes registers per row).
+  int64_t forward_tile_rows;
+  int64_t forward_register_bytes;
 };
 
 // Baseline build (any x86-64 / other CPU) and, on x86-64, an AVX2+FMA build.
@@ -163,14 +168,18 @@ KernelSet<double> base_kernels_double();
 bool avx2_compiled();
 KernelSet<float> avx2_kernels_float();
 KernelSet<double> avx2_kernels_double();
+// On x86-64, an AVX-512 build of the float forward's tile loops (the rest is the AVX2 set).
+bool avx512_compiled();
+KernelSet<float> avx512_kernels_float();
 // The forward's float32 micro-tile arithmetic on registers for `iterations` taps (checksum
 // returned, terms per tap in *terms_per_iteration); register_ceiling_rate times the current
 // instruction set's.
 float base_register_ceiling(int64_t iterations, int64_t* terms_per_iteration);
 float avx2_register_ceiling(int64_t iterations, int64_t* terms_per_iteration);
+float avx512_register_ceiling(int64_t iterations, int64_t* terms_per_iteration);
 
 // The instruction set the CPU ops use: "avx512" when compiled in and the CPU has AVX2, FMA and
-// AVX-512 F, BW, VL and VNNI (the int8 kernels' AVX-512 copy; the float kernels use AVX2 there),
+// AVX-512 F, BW, VL and VNNI (the int8 kernels' and the float forward's AVX-512 copies),
 // else "avx2" when compiled in and the CPU has AVX2 and FMA, else "base". ADDERNET_CPU_ISA=base,
 // avx2 or avx512 (environment, read once) or set_cpu_isa forces one.
 std::string cpu_isa();
@@ -187,9 +196,14 @@ enum class ForwardPath { batch, direct, packed };
 // "batch", "direct" or "packed" (tests and the benchmark report it).
 std::string forward_path(const Adder2dShape& s, bool float64);
 
+// The float32 (or float64) forward micro-tile of the current instruction set: {output channels,
+// pixels, bytes per register} (the benchmark records it).
+std::array<int64_t, 3> forward_tile(bool float64);
+
 // |x - w| terms per second of thread CPU time of the forward's float32 micro-tile arithmetic on
-// registers (the current instruction set's), run on the calling thread for `iterations` taps:
-// the ceiling the forward's inner loop can reach on one core.
+// registers (the current instruction set's; at the AVX-512 level the faster of the AVX2 and
+// AVX-512 loops), run on the calling thread for `iterations` taps: the ceiling the forward's
+// inner loop can reach on one core.
 double register_ceiling_rate(int64_t iterations);
 
 }  // namespace cpu

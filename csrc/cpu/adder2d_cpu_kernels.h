@@ -1,5 +1,6 @@
 // CPU kernels of the three adder2d ops on raw pointers, written once and compiled once per
-// instruction set (adder2d_cpu_base.cpp, adder2d_cpu_avx2.cpp). Each includer defines
+// instruction set (adder2d_cpu_base.cpp, adder2d_cpu_avx2.cpp, and adder2d_cpu_avx512.cpp for
+// the float forward's tile loops only). Each includer defines
 // ADDER_CPU_ISA, the namespace that keeps its copies apart: this file includes nothing and
 // calls nothing inline from outside, so no code compiled for AVX2 can be merged into the
 // baseline build. Shapes follow adder2d_shape.h; all tensors are contiguous NCHW.
@@ -10,8 +11,9 @@
 //            path, the same from a padded copy whose every element is one pixel of VL images (a
 //            vector per output pixel of VL images, for rows that are not whole vectors);
 //            packed path, P packed into panels of TILE_P output pixels x TILE_K taps. A register
-//            micro-tile of 2-4 output channels x TILE_P pixels accumulates |P - W| (subtract,
-//            clear sign bit, add), taps in order in all three paths.
+//            micro-tile of 2-4 output channels x TILE_P pixels (8 x 16 in one 64-byte register
+//            each in the AVX-512 build, float) accumulates |P - W| (subtract, clear sign bit,
+//            add), taps in order in all three paths and every build: the same bits.
 // input_grad dX[n,c,h,w] = sum_{co,kh,kw} dY[n,co,oh,ow] * HT(W[co,ci,kh,kw] - X[n,c,h,w])
 //            over the (oh, ow) whose tap lands on (h, w): one call owns up to IG_PLANES input
 //            planes, so every term is added exactly once and no atomics are needed. Per tap and
@@ -233,7 +235,7 @@ static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* a
 // abs_diff against a weight broadcast from memory per output channel) for `iterations` taps of
 // R x TILE_P terms each, accumulators and pixels in registers (pixels and weights hidden from the
 // compiler every tap so that nothing is hoisted or folded). Returns the accumulators' sum, so that the loop is not dropped.
-static float register_ceiling(int64_t iterations) {
+[[maybe_unused]] static float register_ceiling(int64_t iterations) {
   typedef Vec<float>::type V;
   constexpr int R = Vec<float>::rows, NV = int(TILE_P * sizeof(float) / sizeof(V));
   const V one = opaque_one<float>();
@@ -394,6 +396,99 @@ static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk
     for (int j = 0; j < NV; ++j) store_vec(acc + r * TILE_P + j * VL, a[r][j]);
 }
 
+// The forward micro-tile of the direct and batch paths: micro_tile_direct, or in the AVX-512
+// build for float (ADDER_CPU_ZMM, set by the includer, which includes <immintrin.h>)
+// micro_tile_zmm. forward_rows: its output channels per call.
+template <typename T>
+constexpr int forward_rows() {
+  return Vec<T>::rows;
+}
+
+#ifdef ADDER_CPU_ZMM
+template <>
+constexpr int forward_rows<float>() {
+  return 8;
+}
+
+// micro_tile_direct for float on 64-byte vectors: a tile's TILE_P = 16 pixels in one register, R
+// output channels (8 x 1 accumulators). The same terms, each |x - w| exact-rounded by the
+// fused subtraction, added in the same order, so results are bitwise equal to the 32-byte
+// micro-tile's; but each instruction does 16 terms, so a tap takes half the instructions (on
+// this AMD core, which runs a 64-byte operation as two 32-byte halves, the arithmetic's rate is
+// the same and the front end's load is halved: the 32-byte tile, 36 instructions per tap of 64
+// terms, is bound by it, and more so when another hardware thread shares the core). JOINED:
+// the tile's two 8-pixel vectors are adjacent (xb[1] == xb[0] + 8), so one load reads both.
+template <int R, bool JOINED>
+static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t nk, const float* w,
+                           int64_t ldw, float* acc) {
+  static_assert(TILE_P == 16, "one 64-byte vector per tile");
+  __m512 one = _mm512_set1_ps(1.0f);
+  __asm__ volatile("" : "+v"(one));  // hidden, so that the FMA is not folded into a subtraction
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const float* b0 = xb[0];
+  const float* b1 = xb[1];
+  __m512 a[R];
+  for (int r = 0; r < R; ++r) a[r] = _mm512_loadu_ps(acc + r * TILE_P);
+  for (int64_t k = 0; k < nk; ++k) {
+    const int64_t o = off[k];
+    const __m512 x = JOINED ? _mm512_loadu_ps(b0 + o)
+                            : _mm512_castpd_ps(_mm512_insertf64x4(
+                                  _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(b0 + o))),
+                                  _mm256_castps_pd(_mm256_loadu_ps(b1 + o)), 1));
+    for (int r = 0; r < R; ++r) {
+      const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(w[r * ldw + k]), one, x);  // x - w
+      a[r] = _mm512_add_ps(a[r],
+                           _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(d), abs_mask)));
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * TILE_P, a[r]);
+}
+
+// register_ceiling for micro_tile_zmm's arithmetic: 8 x 16 terms per iteration, the pixels in a
+// register hidden from the compiler every tap, weights broadcast from memory.
+constexpr int64_t CEILING_TERMS_ZMM = 8 * TILE_P;
+static float register_ceiling_zmm(int64_t iterations) {
+  constexpr int R = 8;
+  __m512 one = _mm512_set1_ps(1.0f);
+  __asm__ volatile("" : "+v"(one));
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  __m512 a[R], x = _mm512_set1_ps(0.25f);
+  float w[R];
+  for (int r = 0; r < R; ++r) {
+    w[r] = 0.5f * float(r + 1);
+    a[r] = _mm512_setzero_ps();
+  }
+  const float* wp = w;
+  for (int64_t i = 0; i < iterations; ++i) {
+    __asm__ volatile("" : "+v"(x), "+r"(wp));
+    for (int r = 0; r < R; ++r) {
+      const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(wp[r]), one, x);
+      a[r] = _mm512_add_ps(a[r],
+                           _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(d), abs_mask)));
+    }
+  }
+  __m512 sum = a[0];
+  for (int r = 1; r < R; ++r) sum = _mm512_add_ps(sum, a[r]);
+  return _mm512_reduce_add_ps(sum);
+}
+#endif
+
+template <typename T, int R>
+static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
+                               int64_t ldw, T* acc) {
+#ifdef ADDER_CPU_ZMM
+  if constexpr (sizeof(T) == sizeof(float)) {
+    if (xb[1] == xb[0] + 8) {
+      micro_tile_zmm<R, true>(xb, off, nk, w, ldw, acc);
+    } else {
+      micro_tile_zmm<R, false>(xb, off, nk, w, ldw, acc);
+    }
+    return;
+  }
+#endif
+  micro_tile_direct<T, R>(xb, off, nk, w, ldw, acc);
+}
+
 // The direct and batch paths' sums: scratch[t][co][p] = sum_k |x - w[co, k]| for ntiles tiles of
 // TILE_P pixels and all of the group's output channels (w: W[g*Cog], row stride K), the taps in
 // order, by blocks of TILE_K taps that go through every tile, so that the block's weights (Cog x
@@ -403,7 +498,7 @@ template <typename T, typename Base>
 static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T* w, int64_t ntiles,
                              T* scratch, Base base) {
   constexpr int64_t NV = TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
-  constexpr int R = Vec<T>::rows;
+  constexpr int R = forward_rows<T>();
   const int64_t cog = s.out_channels_per_group, K = s.taps;
   for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
   for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
@@ -414,9 +509,13 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
       T* acc = scratch + t * cog * TILE_P;
       int64_t co = 0;
       for (; co + R <= cog; co += R)
-        micro_tile_direct<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+        forward_micro_tile<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+      if constexpr (R > 4) {
+        for (; co + 4 <= cog; co += 4)
+          forward_micro_tile<T, 4>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+      }
       for (; co < cog; ++co)
-        micro_tile_direct<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+        forward_micro_tile<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
     }
   }
 }
@@ -1308,7 +1407,9 @@ KernelSet<T> make_kernel_set() {
                       &forward_tiles_batch<T>,
                       int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
                       TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
-                      IG_PLANES};
+                      IG_PLANES,
+                      forward_rows<T>(),
+                      ADDER_CPU_VECTOR_BYTES};
 }
 
 }  // namespace ADDER_CPU_ISA

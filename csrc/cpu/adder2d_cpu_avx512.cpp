@@ -1,0 +1,72 @@
+// The float forward's tile loops (adder2d_cpu_kernels.h: forward_tiles_direct and
+// forward_tiles_batch, with micro_tile_zmm) compiled for AVX-512 F/VL; every other kernel of
+// the AVX-512 set is the AVX2 one. Only these functions are compiled for AVX-512 (a target
+// pragma opened after the standard headers), so the extension still runs on a CPU without it:
+// adder2d_cpu.cpp calls them only when the CPU has it. Results are bitwise equal to the AVX2
+// kernels' (the same terms, summed in the same order).
+#include "adder2d_cpu.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), a self-initialised variable that
+// -Wuninitialized reports wherever they are inlined (a known false positive): silenced for the
+// intrinsics' header only, which these pragmas precede.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#define ADDER_HAVE_AVX512_BUILD 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512vl"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512vl")
+#endif
+
+#define ADDER_CPU_ISA avx512_float
+#define ADDER_CPU_VECTOR_BYTES 32
+#define ADDER_CPU_FMA 1
+#define ADDER_CPU_ZMM 1
+#include "adder2d_cpu_kernels.h"
+
+#include "adder2d_target_pop.h"
+#endif
+
+namespace addernet {
+namespace cpu {
+
+#ifdef ADDER_HAVE_AVX512_BUILD
+bool avx512_compiled() {
+  return true;
+}
+KernelSet<float> avx512_kernels_float() {
+  KernelSet<float> k = avx2_kernels_float();
+  k.forward_tiles_direct = &avx512_float::forward_tiles_direct<float>;
+  k.forward_tiles_batch = &avx512_float::forward_tiles_batch<float>;
+  k.forward_tile_rows = avx512_float::forward_rows<float>();
+  k.forward_register_bytes = 64;
+  return k;
+}
+float avx512_register_ceiling(int64_t iterations, int64_t* terms_per_iteration) {
+  *terms_per_iteration = avx512_float::CEILING_TERMS_ZMM;
+  return avx512_float::register_ceiling_zmm(iterations);
+}
+#else
+bool avx512_compiled() {
+  return false;
+}
+KernelSet<float> avx512_kernels_float() {
+  return avx2_kernels_float();
+}
+float avx512_register_ceiling(int64_t iterations, int64_t* terms_per_iteration) {
+  return avx2_register_ceiling(iterations, terms_per_iteration);
+}
+#endif
+
+}  // namespace cpu
+}  // namespace addernet
