@@ -148,7 +148,8 @@ class RegisterCeiling:
 
         self.threads, self.cpu_time, self.rates = threads, cpu_time, []
         self.pool = concurrent.futures.ThreadPoolExecutor(threads)
-        probe = _C.adder2d_register_ceiling(10000)  # terms/s, about 64 terms per iteration
+        # terms/s; an iteration is 64 terms (at avx512 two loops, of 64 and 128 terms / 2)
+        probe = _C.adder2d_register_ceiling(10000)
         self.iterations = max(1000, int(probe * seconds / 64))
 
     def __call__(self):
@@ -323,6 +324,8 @@ def environment(device):
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_isa": addernet_cuda.build_info()["cpu_isa"],
+        # float32 forward micro-tile: (output channels, pixels, bytes per register)
+        "cpu_forward_tile": list(_C.adder2d_cpu_forward_tile(False)),
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -545,12 +548,20 @@ def format_row(row, no_memory):
     return text
 
 
+def forward_tile(env):
+    """' (float32 forward micro-tile 8 x 16 in 64-byte registers)', or '' where not recorded."""
+    tile = env.get("cpu_forward_tile")
+    if not tile:
+        return ""
+    return f" (float32 forward micro-tile {tile[0]} x {tile[1]} in {tile[2]}-byte registers)"
+
+
 def markdown(result, no_memory):
     env = result["environment"]
     rows = result["rows"]
     lines = [
         f"adder2d benchmark on {result['device']}: {env['device']} ({env.get('cpu_model')}), torch {env['torch']}, "
-        f"{env['threads']} threads, CPU kernels {env['cpu_isa']}, commit {env.get('commit')}, {env['date']}, "
+        f"{env['threads']} threads, CPU kernels {env['cpu_isa']}{forward_tile(env)}, commit {env.get('commit')}, {env['date']}, "
         f"timed by {env.get('clock', 'wall clock')}, load average at the start {env.get('load_average')}",
         "",
         "Times are medians in ms [p20, p80] of repeated runs after warm-up. adder2d and conv2d run "
@@ -559,7 +570,8 @@ def markdown(result, no_memory):
         "(p80 - p20) / median, the noise a ratio carries. `vs reference`: the reference's time / "
         "ours. Gterm/s: |x - w| terms per second. `% of ceiling`: the forward's Gterm/s over the "
         "register-resident ceiling (`ceiling`: the CPU kernels' float32 micro-tile arithmetic on "
-        "registers, per core in CPU time and on all cores on the wall clock), median [p20, p80] "
+        "registers, at avx512 the faster of its AVX2 and AVX-512 forms, per core in CPU time and "
+        "on all cores on the wall clock), median [p20, p80] "
         "of the per-round ratios, the two measured in the same rounds, and the CPU forward's path "
         "(batch: a vector holds one pixel of several images; direct: a vector holds pixels of one "
         "output row; packed: pixels packed into panels).",
