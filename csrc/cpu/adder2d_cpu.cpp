@@ -248,6 +248,8 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     const int64_t cig = s.in_channels_per_group;
     const int64_t cog = s.out_channels_per_group;
     constexpr int64_t FORWARD_TILE_GROUP = 4;
+    // The batch path's tiles are 2 pixels: 8 of them write a 64-byte line of each output row.
+    constexpr int64_t FORWARD_BATCH_TILE_GROUP = 8;
     const int64_t lanes = ks.vector_lanes;
     ForwardLayout layout;
     ForwardBatchLayout batch;
@@ -287,11 +289,11 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         // the threads unevenly loaded.
         const int64_t tiles = batch.tiles;
         torch::stable::parallel_for(0, mb * s.groups * tiles, 1, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
+          std::vector<scalar_t> scratch(FORWARD_BATCH_TILE_GROUP * cog * ks.tile_pixels);
           for (int64_t i = begin; i < end;) {
             const int64_t tile0 = i % tiles, g = (i / tiles) % s.groups, m = i / (tiles * s.groups);
             const int64_t n0 = (m0 + m) * lanes;
-            const int64_t ntiles = std::min({FORWARD_TILE_GROUP, tiles - tile0, end - i});
+            const int64_t ntiles = std::min({FORWARD_BATCH_TILE_GROUP, tiles - tile0, end - i});
             ks.forward_tiles_batch(
                 s, batch, prepared.get() + (m * s.in_channels + g * cig) * batch.plane,
                 offsets.data(), wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,

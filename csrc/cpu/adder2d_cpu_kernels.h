@@ -548,13 +548,70 @@ void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T
         const T b = bias ? bias[co] : T(0);
         T* yr = y + co * L + oh * s.out_w + ow;
         const T* a = scratch + (t * cog + co) * TILE_P + j * VL;
-        if (n == VL) {
-          for (int64_t q = 0; q < VL; ++q) yr[q] = b - a[q];  // whole vector
+        if (n == VL) {  // whole vector (as a loop, GCC emitted scalars: yr may alias a)
+          typedef typename Vec<T>::type V;
+          store_vec(yr, (V{} + b) - load_vec<V>(a));
         } else {
           for (int64_t q = 0; q < n; ++q) yr[q] = b - a[q];
         }
       }
     }
+}
+
+// dst[p * ldd + j] = f(v)[j] for the first `rows` rows p of a VL x VL block (VL = lanes of V),
+// v[j] = src[j][p]: a register transpose (unpack, in-lane shuffle, lane permute), then f on each
+// transposed row (the same operations as a scalar loop).
+template <typename F>
+static inline void transpose_block(const float* const* src, float* dst, int64_t ldd, int64_t rows,
+                                   F f) {
+  typedef Vec<float>::type V;
+  // Each row loaded into its register: copied through an array, the rows went to the stack as
+  // two 16-byte halves and came back as one 32-byte load, which store forwarding cannot serve.
+  V r[8] = {load_vec<V>(src[0]), load_vec<V>(src[1]), load_vec<V>(src[2]), load_vec<V>(src[3]),
+            load_vec<V>(src[4]), load_vec<V>(src[5]), load_vec<V>(src[6]), load_vec<V>(src[7])};
+  V t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int h = 0; h < 2; ++h) {
+      u[i + 2 * h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * h + 1] =
+          __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int i = 0; i < 4; ++i) {  // u[i]: columns i (low lanes) and i + 4 of rows 0-3; u[i+4]: 4-7
+    if (i < rows)
+      store_vec(dst + i * ldd,
+                f(__builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11)));
+    if (i + 4 < rows)
+      store_vec(dst + (i + 4) * ldd,
+                f(__builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15)));
+  }
+}
+template <typename F>
+static inline void transpose_block(const double* const* src, double* dst, int64_t ldd, int64_t rows,
+                                   F f) {
+  typedef Vec<double>::type V;
+  V r[4] = {load_vec<V>(src[0]), load_vec<V>(src[1]), load_vec<V>(src[2]), load_vec<V>(src[3])};
+  V t[4];
+  for (int i = 0; i < 4; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 4, 2, 6);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 5, 3, 7);
+  }
+  for (int i = 0; i < 2; ++i) {  // t[i]: columns i and i + 2 of rows 0-1; t[i+2]: rows 2-3
+    if (i < rows) store_vec(dst + i * ldd, f(__builtin_shufflevector(t[i], t[i + 2], 0, 1, 4, 5)));
+    if (i + 2 < rows)
+      store_vec(dst + (i + 2) * ldd, f(__builtin_shufflevector(t[i], t[i + 2], 2, 3, 6, 7)));
+  }
+}
+
+// dst[p * ldd + j] = src[j][p] - c[j] for a VL x VL block (the weight gradient's panels).
+template <typename T>
+static inline void transpose_centred(const T* const* src, typename Vec<T>::type c, T* dst,
+                                     int64_t ldd) {
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  transpose_block(src, dst, ldd, VL, [c](typename Vec<T>::type v) { return v - c; });
 }
 
 // One prepared plane of the batch path (ForwardBatchLayout in adder2d_cpu.h): channel c of
@@ -576,14 +633,20 @@ void forward_prepare_batch_plane(const Adder2dShape& s, const ForwardBatchLayout
     }
     for (int64_t i = 0; i < lo * VL; ++i) d[i] = T(0);
     for (int64_t i = hi * VL; i < l.cols * VL; ++i) d[i] = T(0);
-    for (int64_t n = 0; n < VL; ++n) {
-      if (n >= images) {
-        for (int64_t i = lo; i < hi; ++i) d[i * VL + n] = T(0);
-        continue;
-      }
-      const T* xr = x + n * image_stride + ih * s.in_w - s.pad_w;
-      for (int64_t i = lo; i < hi; ++i) d[i * VL + n] = xr[i];
+    // Columns by blocks of VL, VL images x VL pixels transposed in registers (images past the
+    // batch read zeros), the rest one element at a time.
+    const T zeros[VL] = {};
+    const T* xr[VL];
+    for (int64_t n = 0; n < VL; ++n)
+      xr[n] = n < images ? x + n * image_stride + ih * s.in_w - s.pad_w : nullptr;
+    int64_t i0 = lo;
+    for (; i0 + VL <= hi; i0 += VL) {
+      const T* src[VL];
+      for (int64_t n = 0; n < VL; ++n) src[n] = n < images ? xr[n] + i0 : zeros;
+      transpose_block(src, d + i0 * VL, VL, VL, [](typename Vec<T>::type v) { return v; });
     }
+    for (int64_t n = 0; n < VL; ++n)
+      for (int64_t i = i0; i < hi; ++i) d[i * VL + n] = n < images ? xr[n][i] : T(0);
   }
 }
 
@@ -603,17 +666,29 @@ void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, con
     const int64_t p = (tile0 + t) * NV + j;  // past the last pixel: computed, not stored
     return p < L ? xp + (p / s.out_w * s.stride_h * l.cols + p % s.out_w * s.stride_w) * VL : xp;
   });
+  // Output row by output row (channel, then image): the tiles' pixels of a row are consecutive,
+  // so each row is written in one run, from the channel's sums in L1 (pixel by pixel, every image
+  // and channel in between, the stores were one per cache line: 8% of the forward's time on
+  // res18.l2.down3x3).
+  typedef typename Vec<T>::type V;
   const int64_t image_stride = s.out_channels * L;
-  for (int64_t t = 0; t < ntiles; ++t)
-    for (int64_t j = 0; j < NV; ++j) {
-      const int64_t p = (tile0 + t) * NV + j;
-      if (p >= L) break;
-      for (int64_t co = 0; co < cog; ++co) {
-        const T b = bias ? bias[co] : T(0);
-        const T* a = scratch + (t * cog + co) * TILE_P + j * VL;
-        for (int64_t n = 0; n < images; ++n) y[n * image_stride + co * L + p] = b - a[n];
-      }
+  const int64_t pixels = min_i64(ntiles * NV, L - tile0 * NV);
+  for (int64_t co = 0; co < cog; ++co) {
+    const T b = bias ? bias[co] : T(0);
+    const T* a =
+        scratch + co * TILE_P;        // pixel q's images at a[q / NV * cog * TILE_P + q % NV * VL]
+    T* yc = y + co * L + tile0 * NV;  // image n's pixel q at yc[n * image_stride + q]
+    int64_t q0 = 0;
+    for (; q0 + VL <= pixels; q0 += VL) {  // VL pixels x VL images, transposed in registers
+      const T* src[VL];
+      for (int64_t i = 0; i < VL; ++i)
+        src[i] = a + (q0 + i) / NV * cog * TILE_P + (q0 + i) % NV * VL;
+      transpose_block(src, yc + q0, image_stride, images, [b](V v) { return (V{} + b) - v; });
     }
+    for (int64_t n = 0; n < images; ++n)
+      for (int64_t q = q0; q < pixels; ++q)
+        yc[n * image_stride + q] = b - a[q / NV * cog * TILE_P + q % NV * VL + n];
+  }
 }
 
 // HT(z) = clamp(z, -1, 1) or sign(z), branch-free so that it vectorises (scalars or vectors);
@@ -1094,51 +1169,6 @@ static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, 
   for (int r = 0; r < R; ++r) {
     add_to_double(acc + r * KB, part[r][0]);
     add_to_double(acc + r * KB + VL, part[r][1]);
-  }
-}
-
-// dst[p * ldd + j] = src[j][p] - c[j] for a VL x VL block (VL = lanes of V): a register
-// transpose (unpack, in-lane shuffle, lane permute), the subtraction as in a scalar loop.
-static inline void transpose_centred(const float* const* src, Vec<float>::type c, float* dst,
-                                     int64_t ldd) {
-  typedef Vec<float>::type V;
-  // Each row loaded into its register: copied through an array, the rows went to the stack as
-  // two 16-byte halves and came back as one 32-byte load, which store forwarding cannot serve.
-  V r[8] = {load_vec<V>(src[0]), load_vec<V>(src[1]), load_vec<V>(src[2]), load_vec<V>(src[3]),
-            load_vec<V>(src[4]), load_vec<V>(src[5]), load_vec<V>(src[6]), load_vec<V>(src[7])};
-  V t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-  }
-  for (int i = 0; i < 8; i += 4)
-    for (int h = 0; h < 2; ++h) {
-      u[i + 2 * h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-      u[i + 2 * h + 1] =
-          __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
-    }
-  for (int i = 0; i < 4;
-       ++i) {  // u[i]: columns i (low lanes) and i + 4 of rows 0-3; u[i+4]: rows 4-7
-    const V lo = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11) - c;
-    const V hi = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15) - c;
-    __builtin_memcpy(dst + i * ldd, &lo, sizeof(V));
-    __builtin_memcpy(dst + (i + 4) * ldd, &hi, sizeof(V));
-  }
-}
-static inline void transpose_centred(const double* const* src, Vec<double>::type c, double* dst,
-                                     int64_t ldd) {
-  typedef Vec<double>::type V;
-  V r[4] = {load_vec<V>(src[0]), load_vec<V>(src[1]), load_vec<V>(src[2]), load_vec<V>(src[3])};
-  V t[4];
-  for (int i = 0; i < 4; i += 2) {
-    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 4, 2, 6);
-    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 5, 3, 7);
-  }
-  for (int i = 0; i < 2; ++i) {  // t[i]: columns i and i + 2 of rows 0-1; t[i+2]: rows 2-3
-    const V lo = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 4, 5) - c;
-    const V hi = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 6, 7) - c;
-    __builtin_memcpy(dst + i * ldd, &lo, sizeof(V));
-    __builtin_memcpy(dst + (i + 2) * ldd, &hi, sizeof(V));
   }
 }
 
