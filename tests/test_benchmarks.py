@@ -39,6 +39,15 @@ def test_guard_command_on_files(tmp_path, capsys):
     assert check_regression.main(["--baseline", str(base), "--results", str(fresh)]) == 0
 
 
+def test_guard_compares_only_the_same_cpu_kernels(tmp_path, capsys):
+    # The float32 forward is another kernel at avx512: a slower run at avx2 is not a regression.
+    base, fresh = tmp_path / "base.json", tmp_path / "fresh.json"
+    base.write_text(json.dumps(dict(_result({"a": (2.0, 3.0)}), environment={"cpu_isa": "avx512"})))
+    fresh.write_text(json.dumps(dict(_result({"a": (4.0, 3.0)}), environment={"cpu_isa": "avx2"})))
+    assert check_regression.main(["--baseline", str(base), "--results", str(fresh)]) == 0
+    assert "CPU kernels differ: baseline avx512, fresh avx2" in capsys.readouterr().out
+
+
 def test_benchmark_runs_and_writes_results(tmp_path):
     bench_adder2d.main(
         [
