@@ -119,6 +119,26 @@ def test_tap_order_shapes_take_every_forward_path(dtype, cpu_isa):
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negative_zero_bias_kept_on_every_path(dtype, cpu_isa):
+    # bias - sum |x - w| with every term 0 is -0.0 for a -0.0 bias, as in a scalar loop: bit for
+    # bit on all three paths, whole vectors and tails (-0.0 == 0.0, so compare the bits).
+    cases = [
+        Case("direct", 1, 1, 8, 8, 13, 3, 3, padding=1),
+        Case("batch", 8, 1, 7, 7, 13, 3, 3, padding=1),
+        Case("packed", 1, 1, 1, 1, 2, 1, 1),
+    ]
+    assert [forward_path(c, dtype) for c in cases] == ["direct", "batch", "packed"]
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    for c in cases:
+        x = torch.zeros(c.n, c.c, c.h, c.w, dtype=dtype)
+        w = torch.zeros(c.co, c.c, c.kh, c.kw, dtype=dtype)
+        b = torch.full((c.co,), -0.0, dtype=dtype)
+        y = addernet_cuda.adder2d(x, w, b, stride=c.stride, padding=c.padding)
+        assert torch.equal(y.view(bits), torch.full_like(y, -0.0).view(bits)), c.name
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
 def test_forward_micro_tile_of_each_instruction_set(cpu_isa):
     # (output channels, pixels, bytes per register): at avx512 the float32 forward runs on
     # 64-byte registers, 8 channels x 16 pixels (float64 keeps the AVX2 tile).

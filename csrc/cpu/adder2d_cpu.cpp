@@ -248,7 +248,8 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     const int64_t cig = s.in_channels_per_group;
     const int64_t cog = s.out_channels_per_group;
     constexpr int64_t FORWARD_TILE_GROUP = 4;
-    // The batch path's tiles are 2 pixels: 8 of them write a 64-byte line of each output row.
+    // The batch path's tiles are 2 pixels: 8 of them write 16 consecutive pixels of each output
+    // row (two 8 x 8 transposes per output channel in float32).
     constexpr int64_t FORWARD_BATCH_TILE_GROUP = 8;
     const int64_t lanes = ks.vector_lanes;
     ForwardLayout layout;
@@ -259,7 +260,7 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     if (path == ForwardPath::batch) {
       // Image groups of `lanes` images go by chunks of at most FORWARD_PREPARED_BYTES of
       // prepared input, each input plane of the chunk prepared once, then up to
-      // FORWARD_TILE_GROUP tiles of one image group and group at a time, as on the direct path.
+      // FORWARD_BATCH_TILE_GROUP tiles of one image group and group at a time.
       const int64_t image_groups = (s.batch + lanes - 1) / lanes;
       const int64_t chunk = std::max<int64_t>(
           1, std::min<int64_t>(image_groups,

@@ -1,6 +1,7 @@
 // The CPU kernels of adder2d as a table of function pointers, one table per instruction set
-// (adder2d_cpu_kernels.h compiled in adder2d_cpu_base.cpp and adder2d_cpu_avx2.cpp); the op
-// implementations in adder2d_cpu.cpp pick a table at run time.
+// (adder2d_cpu_kernels.h compiled in adder2d_cpu_base.cpp and adder2d_cpu_avx2.cpp, and the
+// float forward's tile loops in adder2d_cpu_avx512.cpp); the op implementations in
+// adder2d_cpu.cpp pick a table at run time.
 #pragma once
 
 #include <array>

@@ -550,7 +550,7 @@ void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T
         const T* a = scratch + (t * cog + co) * TILE_P + j * VL;
         if (n == VL) {  // whole vector (as a loop, GCC emitted scalars: yr may alias a)
           typedef typename Vec<T>::type V;
-          store_vec(yr, (V{} + b) - load_vec<V>(a));
+          store_vec(yr, (b - V{}) - load_vec<V>(a));  // b - 0 keeps a -0 bias
         } else {
           for (int64_t q = 0; q < n; ++q) yr[q] = b - a[q];
         }
@@ -683,7 +683,7 @@ void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, con
       const T* src[VL];
       for (int64_t i = 0; i < VL; ++i)
         src[i] = a + (q0 + i) / NV * cog * TILE_P + (q0 + i) % NV * VL;
-      transpose_block(src, yc + q0, image_stride, images, [b](V v) { return (V{} + b) - v; });
+      transpose_block(src, yc + q0, image_stride, images, [b](V v) { return (b - V{}) - v; });
     }
     for (int64_t n = 0; n < images; ++n)
       for (int64_t q = q0; q < pixels; ++q)
