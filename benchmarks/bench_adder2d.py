@@ -138,7 +138,8 @@ def spread(s):
 class RegisterCeiling:
     """The forward's float32 ceiling on this machine: |x - w| terms per second of the CPU
     kernels' micro-tile arithmetic on registers (``_C.adder2d_register_ceiling``, the current
-    instruction set's), measured on ``threads`` threads at once, each in its own CPU time.
+    instruction set's; at avx512 the faster of its AVX2 and AVX-512 forms), measured on
+    ``threads`` threads at once, each in its own CPU time.
     Comparable with a layer's terms per second: per core (the threads' mean) when the layer is
     timed in process CPU time, which sums over threads; all cores (their sum) on the wall clock.
     Each call measures once (about ``seconds``) and appends the rate to ``rates``."""
@@ -148,9 +149,11 @@ class RegisterCeiling:
 
         self.threads, self.cpu_time, self.rates = threads, cpu_time, []
         self.pool = concurrent.futures.ThreadPoolExecutor(threads)
-        # terms/s; an iteration is 64 terms (at avx512 two loops, of 64 and 128 terms / 2)
+        # terms/s; an iteration is 64 terms, and at avx512 a call times two loops (the faster
+        # rate is returned), so it takes twice as long for the same iterations
         probe = _C.adder2d_register_ceiling(10000)
-        self.iterations = max(1000, int(probe * seconds / 64))
+        loops = 2 if _C.cpu_isa() == "avx512" else 1
+        self.iterations = max(1000, int(probe * seconds / 64 / loops))
 
     def __call__(self):
         per_thread = list(
