@@ -155,6 +155,18 @@ ForwardPath choose_forward_path(const Adder2dShape& s, int64_t lanes, int64_t ti
   return layout->direct ? ForwardPath::direct : ForwardPath::packed;
 }
 
+// offsets[k] of tap k = (ci, kh, kw) in prepared planes `plane` elements apart:
+// ci * plane + within(kh * dilation_h, kw * dilation_w), the offset within a channel's plane.
+template <typename Within>
+std::vector<int64_t> tap_offsets(const Adder2dShape& s, int64_t plane, Within within) {
+  std::vector<int64_t> offsets(s.taps);
+  for (int64_t k = 0; k < s.taps; ++k) {
+    const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
+    offsets[k] = ci * plane + within(kh * s.dilation_h, k % s.kernel_w * s.dilation_w);
+  }
+  return offsets;
+}
+
 }  // namespace
 
 std::string cpu_isa() {
@@ -267,13 +279,8 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                                FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / group_elems));
       // Not zero-filled: the prepare calls write every element that is read.
       std::unique_ptr<scalar_t[]> prepared(new scalar_t[chunk * group_elems]);
-      std::vector<int64_t> offsets(s.taps);  // of tap (ci, kh, kw) in the prepared planes
-      for (int64_t k = 0; k < s.taps; ++k) {
-        const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
-        const int64_t kw = k % s.kernel_w;
-        offsets[k] =
-            ci * batch.plane + (kh * s.dilation_h * batch.cols + kw * s.dilation_w) * lanes;
-      }
+      const std::vector<int64_t> offsets = tap_offsets(
+          s, batch.plane, [&](int64_t dh, int64_t dw) { return (dh * batch.cols + dw) * lanes; });
       const int64_t HW = s.in_h * s.in_w, CHW = s.in_channels * HW;
       for (int64_t m0 = 0; m0 < image_groups; m0 += chunk) {
         const int64_t mb = std::min(chunk, image_groups - m0);
@@ -317,13 +324,11 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                                FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / image_elems));
       // Not zero-filled: the prepare calls write every element.
       std::unique_ptr<scalar_t[]> prepared(new scalar_t[chunk * image_elems]);
-      std::vector<int64_t> offsets(s.taps);  // of tap (ci, kh, kw) in the prepared planes
-      for (int64_t k = 0; k < s.taps; ++k) {
-        const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
-        const int64_t dw = k % s.kernel_w * s.dilation_w;
-        offsets[k] = ci * layout.plane + (dw % s.stride_w) * layout.rows * layout.cols +
-                     kh * s.dilation_h * layout.cols + dw / s.stride_w;
-      }
+      const std::vector<int64_t> offsets =
+          tap_offsets(s, layout.plane, [&](int64_t dh, int64_t dw) {
+            return (dw % s.stride_w) * layout.rows * layout.cols + dh * layout.cols +
+                   dw / s.stride_w;
+          });
       const int64_t HW = s.in_h * s.in_w;
       const int64_t tiles = layout.tiles;
       const int64_t items = (tiles + FORWARD_TILE_GROUP - 1) / FORWARD_TILE_GROUP;

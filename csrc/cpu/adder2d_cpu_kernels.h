@@ -410,6 +410,19 @@ constexpr int forward_rows<float>() {
   return 8;
 }
 
+// abs_diff and opaque_one on 64-byte vectors: |x - w| for w broadcast from memory, the
+// subtraction as x + (-w) * one by FMA (one hidden from the compiler), the sign bit cleared.
+static inline __m512 opaque_one_zmm() {
+  __m512 one = _mm512_set1_ps(1.0f);
+  __asm__ volatile("" : "+v"(one));
+  return one;
+}
+static inline __m512 abs_diff_zmm(__m512 x, float w, __m512 one) {
+  const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(w), one, x);  // x - w
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(d), _mm512_set1_epi32(0x7fffffff)));
+}
+
 // micro_tile_direct for float on 64-byte vectors: a tile's TILE_P = 16 pixels in one register, R
 // output channels (8 x 1 accumulators). The same terms, each |x - w| exact-rounded by the
 // fused subtraction, added in the same order, so results are bitwise equal to the 32-byte
@@ -422,9 +435,7 @@ template <int R, bool JOINED>
 static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t nk, const float* w,
                            int64_t ldw, float* acc) {
   static_assert(TILE_P == 16, "one 64-byte vector per tile");
-  __m512 one = _mm512_set1_ps(1.0f);
-  __asm__ volatile("" : "+v"(one));  // hidden, so that the FMA is not folded into a subtraction
-  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const __m512 one = opaque_one_zmm();
   const float* b0 = xb[0];
   const float* b1 = xb[1];
   __m512 a[R];
@@ -435,11 +446,7 @@ static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t n
                             : _mm512_castpd_ps(_mm512_insertf64x4(
                                   _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(b0 + o))),
                                   _mm256_castps_pd(_mm256_loadu_ps(b1 + o)), 1));
-    for (int r = 0; r < R; ++r) {
-      const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(w[r * ldw + k]), one, x);  // x - w
-      a[r] = _mm512_add_ps(a[r],
-                           _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(d), abs_mask)));
-    }
+    for (int r = 0; r < R; ++r) a[r] = _mm512_add_ps(a[r], abs_diff_zmm(x, w[r * ldw + k], one));
   }
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * TILE_P, a[r]);
 }
@@ -449,9 +456,7 @@ static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t n
 constexpr int64_t CEILING_TERMS_ZMM = 8 * TILE_P;
 static float register_ceiling_zmm(int64_t iterations) {
   constexpr int R = 8;
-  __m512 one = _mm512_set1_ps(1.0f);
-  __asm__ volatile("" : "+v"(one));
-  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const __m512 one = opaque_one_zmm();
   __m512 a[R], x = _mm512_set1_ps(0.25f);
   float w[R];
   for (int r = 0; r < R; ++r) {
@@ -461,11 +466,7 @@ static float register_ceiling_zmm(int64_t iterations) {
   const float* wp = w;
   for (int64_t i = 0; i < iterations; ++i) {
     __asm__ volatile("" : "+v"(x), "+r"(wp));
-    for (int r = 0; r < R; ++r) {
-      const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(wp[r]), one, x);
-      a[r] = _mm512_add_ps(a[r],
-                           _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(d), abs_mask)));
-    }
+    for (int r = 0; r < R; ++r) a[r] = _mm512_add_ps(a[r], abs_diff_zmm(x, wp[r], one));
   }
   __m512 sum = a[0];
   for (int r = 1; r < R; ++r) sum = _mm512_add_ps(sum, a[r]);
@@ -675,9 +676,10 @@ void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, con
   const int64_t pixels = min_i64(ntiles * NV, L - tile0 * NV);
   for (int64_t co = 0; co < cog; ++co) {
     const T b = bias ? bias[co] : T(0);
-    const T* a =
-        scratch + co * TILE_P;        // pixel q's images at a[q / NV * cog * TILE_P + q % NV * VL]
-    T* yc = y + co * L + tile0 * NV;  // image n's pixel q at yc[n * image_stride + q]
+    // Pixel q's images at a[q / NV * cog * TILE_P + q % NV * VL]; image n's pixel q at
+    // yc[n * image_stride + q].
+    const T* a = scratch + co * TILE_P;
+    T* yc = y + co * L + tile0 * NV;
     int64_t q0 = 0;
     for (; q0 + VL <= pixels; q0 += VL) {  // VL pixels x VL images, transposed in registers
       const T* src[VL];
