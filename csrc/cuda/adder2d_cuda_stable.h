@@ -15,10 +15,19 @@
 
 #include "../adder2d.h"
 
-#if TORCH_FEATURE_VERSION < TORCH_VERSION_2_13_0
+// torch::stable::accelerator::Stream::nativeHandle() exists from 2.13 on. Headers older than 2.13
+// do not define TORCH_VERSION_2_13_0 at all, and an undefined macro reads as 0 in #if, so the
+// test names it first.
+#if defined(TORCH_VERSION_2_13_0) && TORCH_FEATURE_VERSION >= TORCH_VERSION_2_13_0
+#define ADDERNET_STREAM_NATIVE_HANDLE 1
+#else
+#define ADDERNET_STREAM_NATIVE_HANDLE 0
+#endif
+
+#if !ADDERNET_STREAM_NATIVE_HANDLE
 // The C shim's current-stream call, exported by libtorch_cuda since long before the stable ABI
 // (torch/csrc/inductor/aoti_torch/c/shim.h declares it only when torch itself is built with
-// USE_CUDA). torch::stable::accelerator::Stream::nativeHandle() replaces it from 2.13 on.
+// USE_CUDA).
 extern "C" AOTITorchError aoti_torch_get_current_cuda_stream(int32_t device_index, void** ret);
 #endif
 
@@ -37,7 +46,7 @@ namespace cuda {
 
 // torch's current CUDA stream of the device (what c10::cuda::getCurrentCUDAStream returns).
 inline cudaStream_t current_stream(int32_t device_index) {
-#if TORCH_FEATURE_VERSION >= TORCH_VERSION_2_13_0
+#if ADDERNET_STREAM_NATIVE_HANDLE
   return static_cast<cudaStream_t>(
       torch::stable::accelerator::getCurrentStream(device_index).nativeHandle());
 #else
