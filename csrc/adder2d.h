@@ -18,9 +18,11 @@
 
 #include <cstdint>
 #include <optional>
-#include <sstream>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <type_traits>
 
 #include "adder2d_shape.h"
 
@@ -31,26 +33,52 @@ using IntArrayRef = torch::headeronly::IntHeaderOnlyArrayRef;
 
 namespace detail {
 
-inline void append(std::ostringstream& out, IntArrayRef v) {
-  out << '[';
-  for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
-  out << ']';
-}
-inline void append(std::ostringstream& out, const torch::stable::Device& d) {
-  out << (d.is_cuda() ? "cuda" : d.is_cpu() ? "cpu" : "device type ");
-  if (!d.is_cuda() && !d.is_cpu()) out << static_cast<int>(d.type());
-  if (d.has_index() && !d.is_cpu()) out << ':' << static_cast<int>(d.index());
-}
+// The error message is built with std::string alone, no iostream: an extension linked against a
+// libstdc++ other than the one the process loaded (a static copy, or another compiler's) can
+// crash formatting a number through the other copy's locale facets, and did on one GPU machine.
 template <typename T>
-void append(std::ostringstream& out, const T& v) {
-  out << v;
+inline constexpr bool unsupported_in_message = false;
+
+template <typename T>
+void append(std::string& out, const T& v) {
+  if constexpr (std::is_convertible_v<const T&, std::string_view>) {
+    out.append(std::string_view(v));
+  } else if constexpr (std::is_same_v<T, bool>) {
+    out.append(v ? "true" : "false");
+  } else if constexpr (std::is_same_v<T, char>) {
+    out.push_back(v);
+  } else if constexpr (std::is_integral_v<T>) {
+    out.append(std::to_string(v));
+  } else if constexpr (std::is_floating_point_v<T>) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", static_cast<double>(v));
+    out.append(buf);
+  } else if constexpr (std::is_same_v<T, torch::headeronly::ScalarType>) {
+    out.append(torch::headeronly::toString(v));
+  } else if constexpr (std::is_same_v<T, IntArrayRef>) {
+    out.push_back('[');
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (i) out.append(", ");
+      out.append(std::to_string(v[i]));
+    }
+    out.push_back(']');
+  } else if constexpr (std::is_same_v<T, torch::stable::Device>) {
+    out.append(v.is_cuda() ? "cuda" : v.is_cpu() ? "cpu" : "device type ");
+    if (!v.is_cuda() && !v.is_cpu()) out.append(std::to_string(static_cast<int>(v.type())));
+    if (v.has_index() && !v.is_cpu()) {
+      out.push_back(':');
+      out.append(std::to_string(static_cast<int>(v.index())));
+    }
+  } else {
+    static_assert(unsupported_in_message<T>, "ADDERNET_CHECK: no text form for this type");
+  }
 }
 
 template <typename... Args>
 std::string message(const Args&... args) {
-  std::ostringstream out;
+  std::string out;
   (append(out, args), ...);
-  return out.str();
+  return out;
 }
 
 }  // namespace detail
