@@ -50,12 +50,12 @@ def weight_grad_allowed_error(case, dy, x, w):
     dy, x, w = (t.detach().cpu().double() for t in (dy, x, w))
     g, cog = case.groups, case.co // case.groups
     cols = F.unfold(x, (case.kh, case.kw), case.dilation, case.padding, case.stride)
-    cols = cols.view(case.n, g, 1, case.taps, -1)  # [N, G, 1, K, L]
+    cols = cols.view(case.n, g, 1, case.taps, cols.shape[-1])  # [N, G, 1, K, L]
     wg = w.reshape(g, cog, case.taps)
     centre = torch.empty_like(wg)
     for m0 in range(0, cog, WG_BM):
         centre[:, m0 : m0 + WG_BM] = wg[:, m0 : m0 + WG_BM].mean(1, keepdim=True)
-    dyg = dy.reshape(case.n, g, cog, 1, -1)  # [N, G, Cog, 1, L]
+    dyg = dy.reshape(case.n, g, cog, 1, cols.shape[-1])  # [N, G, Cog, 1, L]
     terms = 2 * (wg - centre).abs() * dyg.abs().sum((0, 4))
     exact = torch.zeros_like(wg)
     for n in range(case.n):  # in pixel chunks: [G, Cog, K, 256] at a time

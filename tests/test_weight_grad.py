@@ -136,3 +136,18 @@ def test_weight_grad_kernel_flag_rejects_unknown(monkeypatch):
     monkeypatch.setenv("ADDERNET_CPU_WEIGHT_GRAD", "fast")
     with pytest.raises(RuntimeError, match='ADDERNET_CPU_WEIGHT_GRAD must be "direct" or'):
         addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw)
+
+
+def test_cuda_bound_of_an_empty_batch_is_zero():
+    """The CUDA tests' allowed weight-gradient error (cuda_weight_grad_bound.py) for a batch of 0
+    images: no term, so an all-zero bound of the weight's shape (the reshapes must not infer a
+    dimension from 0 elements)."""
+    from adder2d_cases import Case
+    from cuda_weight_grad_bound import weight_grad_allowed_error
+
+    case = Case("batch0", 0, 4, 6, 6, 8, 3, 3, padding=1, groups=2)
+    x, w = torch.randn(0, 4, 6, 6), torch.randn(8, 2, 3, 3)
+    dy = torch.randn(0, 8, case.oh, case.ow)
+    allowed = weight_grad_allowed_error(case, dy, x, w)
+    assert allowed.shape == w.shape
+    assert not allowed.any()
