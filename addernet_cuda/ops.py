@@ -111,7 +111,12 @@ INT64_MAX = 2**63 - 1
 
 def _check_int64(cond, message) -> None:
     """ValueError(message()) unless ``cond``; with symbolic sizes (torch.compile) a runtime
-    assertion, so compiled code refuses what the C++ check refuses, overflow included."""
+    assertion, so compiled code refuses what the C++ check refuses, overflow included. (A plain
+    bool is checked here: torch 2.11's dynamo cannot pass the message closure to _check_value.)"""
+    if isinstance(cond, bool):
+        if not cond:
+            raise ValueError(message())
+        return
     torch._check_value(cond, message)
 
 
