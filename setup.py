@@ -97,7 +97,12 @@ def compile_args(stable_abi, with_cuda):
     # -Wno-psabi: the kernels pass 32-byte vectors between static inline functions, which GCC
     # flags in the baseline build although no ABI boundary is crossed. The AVX2 kernels get
     # their flags from a pragma (adder2d_cpu_avx2.cpp).
-    cxx = [STD] + (["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]) + WARNINGS
+    # -ffp-contract=off: the CPU kernels fuse multiply-adds where they say so (mul_add in
+    # cpu/adder2d_cpu_kernels.h); fusions of the compiler's choosing changed bitwise results
+    # from one compiler version to the next.
+    cxx = (
+        [STD] + (["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]) + ["-ffp-contract=off"] + WARNINGS
+    )
     nvcc = [STD] + (["-O0", "-g", "-G", "-lineinfo"] if debug else ["-O3", "-DNDEBUG", "-lineinfo"])
     nvcc += ["--expt-relaxed-constexpr", "-Xptxas=-warn-spills"]
     archs = ""

@@ -106,6 +106,37 @@ def test_op_libraries_use_only_the_stable_c_abi_of_torch():
         assert "libtorch_python" not in needed, os.path.basename(library)
 
 
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+def test_gradient_kernels_fuse_every_product():
+    """The AVX2 gradient kernels multiply only inside explicit fused multiply-adds (mul_add in
+    cpu/adder2d_cpu_kernels.h; the build passes -ffp-contract=off). Left to the compiler, which
+    products were fused changed with its version and its inlining: built by GCC 13 the input
+    gradient of a plane differed in the last bit between blocks of 1 and 4 planes, built by
+    GCC 12 it did not. A plain vector or scalar multiply in these functions is such a product."""
+    library = os.path.join(os.path.dirname(addernet_cuda.__file__), "_C.abi3.so")
+    if not os.path.exists(library):
+        pytest.skip("no _C.abi3.so next to addernet_cuda/__init__.py")
+    if not addernet_cuda.build_info()["cpu_avx2_compiled"]:
+        pytest.skip("the AVX2 kernels are not compiled in")
+    out = subprocess.run(
+        ["objdump", "-d", "-C", "--no-show-raw-insn", library], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    function, checked, plain = None, set(), {}
+    for line in out.stdout.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if head:
+            name = head.group(1)
+            wanted = "cpu::avx2::" in name and ("input_grad" in name or "weight_grad" in name)
+            function = name if wanted else None
+            if function:
+                checked.add(function)
+        elif function and re.search(r"\svmul[ps][sd]\s", line):
+            plain[function] = plain.get(function, 0) + 1
+    assert any("input_grad" in f for f in checked) and any("weight_grad" in f for f in checked)
+    assert not plain, f"unfused products: {plain}"
+
+
 def test_cpp_errors_show_no_source_path():
     x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 3, 3, 3)
     with pytest.raises(RuntimeError) as error:

@@ -178,6 +178,40 @@ static inline Vec<double>::type sub(Vec<double>::type x, Vec<double>::type w,
 #endif
 }
 
+// a * b + c. Where the instruction set has FMA, fused (one rounding) by an explicit instruction;
+// else a product and a sum. The build turns off the compiler's own contraction
+// (-ffp-contract=off): which products it fused varied with the compiler version and with the
+// inlining of each template instance, and so did the results of sums meant to be bitwise equal.
+static inline Vec<float>::type mul_add(Vec<float>::type a, Vec<float>::type b, Vec<float>::type c) {
+#if defined(ADDER_CPU_FMA)
+  return __builtin_ia32_vfmaddps256(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+static inline Vec<double>::type mul_add(Vec<double>::type a, Vec<double>::type b,
+                                        Vec<double>::type c) {
+#if defined(ADDER_CPU_FMA)
+  return __builtin_ia32_vfmaddpd256(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+static inline float mul_add(float a, float b, float c) {
+#if defined(ADDER_CPU_FMA)
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+static inline double mul_add(double a, double b, double c) {
+#if defined(ADDER_CPU_FMA)
+  return __builtin_fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 // |x - w| of a vector of x and a broadcast w (subtract, clear the sign bit).
 template <typename T>
 static inline typename Vec<T>::type abs_diff(typename Vec<T>::type x, typename Vec<T>::type w,
@@ -738,7 +772,8 @@ static void input_grad_vectors(const T* const* dy, int64_t L, const T* const* x,
       V d;
       __builtin_memcpy(&d, dy[u] + co * L, sizeof(V));
       for (int p = 0; p < P; ++p)
-        acc[p * U + u] += d * input_grad_weight<V, SIGN>(wv[p] - xv[p * U + u], lo, hi);
+        acc[p * U + u] =
+            mul_add(d, input_grad_weight<V, SIGN>(wv[p] - xv[p * U + u], lo, hi), acc[p * U + u]);
     }
   }
   for (int i = 0; i < P * U; ++i) __builtin_memcpy(gr[i], &acc[i], sizeof(V));
@@ -774,7 +809,8 @@ static void input_grad_pixels_strided(const T* dyt, const T* x, int64_t hw, cons
       for (int u = 0; u < U; ++u) {
         V dv;  // reloaded per plane: from L1 after the first
         __builtin_memcpy(&dv, dyt + u * cog + co, sizeof(V));
-        acc[p * U + u] += dv * input_grad_weight<V, SIGN>(wv - xv[p * U + u], lo, hi);
+        acc[p * U + u] =
+            mul_add(dv, input_grad_weight<V, SIGN>(wv - xv[p * U + u], lo, hi), acc[p * U + u]);
       }
     }
   }
@@ -782,8 +818,8 @@ static void input_grad_pixels_strided(const T* dyt, const T* x, int64_t hw, cons
     for (int u = 0; u < U; ++u) {
       T sum = T(0);
       for (int64_t c = co; c < cog; ++c)
-        sum += dyt[u * cog + c] *
-               input_grad_weight<T, SIGN>(w[p * cog + c] - xs[p * U + u], T(-1), T(1));
+        sum = mul_add(dyt[u * cog + c],
+                      input_grad_weight<T, SIGN>(w[p * cog + c] - xs[p * U + u], T(-1), T(1)), sum);
       T lanes[VL];
       __builtin_memcpy(lanes, &acc[p * U + u], sizeof(V));
       for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
@@ -1071,8 +1107,8 @@ static void weight_grad_micro(const T* panel, int64_t np, const T* dy, int64_t L
     __builtin_memcpy(&x1, panel + p * KB + VL, sizeof(V));
     for (int r = 0; r < R; ++r) {
       const V d = dy[r * L + p] - V{};  // broadcast
-      part[r][0] += d * (x0 - wv[r][0]);
-      part[r][1] += d * (x1 - wv[r][1]);
+      part[r][0] = mul_add(d, x0 - wv[r][0], part[r][0]);
+      part[r][1] = mul_add(d, x1 - wv[r][1], part[r][1]);
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -1164,8 +1200,8 @@ static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, 
     __builtin_memcpy(&x1, panel + p * KB + VL, sizeof(V));
     for (int r = 0; r < R; ++r) {
       const V d = dy[r * L + p] - V{};  // broadcast
-      part[r][0] += d * x0;
-      part[r][1] += d * x1;
+      part[r][0] = mul_add(d, x0, part[r][0]);
+      part[r][1] = mul_add(d, x1, part[r][1]);
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -1416,7 +1452,8 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
   for (int64_t co = 0; co < cog; ++co)
     for (int64_t j = 0; j < nt; ++j) {
       const double* a = acc + (j / KB) * cog * KB + co * KB + j % KB;
-      gw[co * K + k0 + j] = T(*a - (double(w[co * K + k0 + j]) - double(centre[j])) * dysum[co]);
+      gw[co * K + k0 + j] =
+          T(mul_add(-(double(w[co * K + k0 + j]) - double(centre[j])), dysum[co], *a));
     }
 }
 
