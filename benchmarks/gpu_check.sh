@@ -8,8 +8,9 @@
 #   build      python setup.py build_ext --inplace (TORCH_CUDA_ARCH_LIST=9.0 unless set; installs
 #              nothing), then checks that the CUDA kernels are compiled in
 #   tests      pytest tests/test_adder2d_cuda.py tests/test_adder2d.py and the CUDA tests of
-#              tests/test_adder2d_int8.py (those present), with ADDERNET_EXPECT_CUDA=1; junit XML
-#              in OUTDIR/junit.xml
+#              tests/test_adder2d_int8.py (those present), with ADDERNET_EXPECT_CUDA=1, on
+#              GPU_CHECK_TEST_WORKERS (default 8) pytest-xdist workers where xdist is installed;
+#              junit XML in OUTDIR/junit.xml
 #   memcheck   compute-sanitizer --tool memcheck on a small forward + backward script
 #              (tests/cuda_sanitizer_case.py), with the caching allocator off so every tensor is
 #              its own allocation
@@ -23,7 +24,7 @@
 # Without a GPU (no nvidia-smi, or torch.cuda.is_available() False) it says so and exits 0.
 # Exit status otherwise: 0 when no stage failed or timed out, 1 if one did.
 # Environment: PYTHON (default python3), TORCH_CUDA_ARCH_LIST, MAX_JOBS, GPU_CHECK_BUDGET_S
-# (total seconds, default 285).
+# (total seconds, default 285), GPU_CHECK_TEST_WORKERS.
 set -u
 
 if [ $# -ne 1 ]; then
@@ -134,8 +135,12 @@ if [ -f tests/test_adder2d_int8.py ]; then
     tests+=("tests/test_adder2d_int8.py::test_$t")
   done
 fi
-run_stage tests 100 env ADDERNET_EXPECT_CUDA=1 "$PY" -m pytest -q -p no:cacheprovider -rfEs \
-  --junitxml="$OUT/junit.xml" "${tests[@]}"
+# In parallel where pytest-xdist is installed: on one 16-thread host the CPU half of these tests
+# alone ran past 100 s.
+parallel=()
+if "$PY" -c "import xdist" > /dev/null 2>&1; then parallel=(-n "${GPU_CHECK_TEST_WORKERS:-8}"); fi
+run_stage tests 150 env ADDERNET_EXPECT_CUDA=1 "$PY" -m pytest -q -p no:cacheprovider -rfEs \
+  "${parallel[@]}" --junitxml="$OUT/junit.xml" "${tests[@]}"
 record tests "$STATUS" "$DURATION" "\"files\": \"${tests[*]}\""
 tail -n 5 "$OUT/tests.log"
 
