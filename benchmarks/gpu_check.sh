@@ -135,12 +135,16 @@ if [ -f tests/test_adder2d_int8.py ]; then
     tests+=("tests/test_adder2d_int8.py::test_$t")
   done
 fi
-# In parallel where pytest-xdist is installed: on one 16-thread host the CPU half of these tests
-# alone ran past 100 s.
+# In parallel where pytest-xdist is installed: in one process, on a 16-thread host, this stage ran
+# past 100 s.
 parallel=()
-if "$PY" -c "import xdist" > /dev/null 2>&1; then parallel=(-n "${GPU_CHECK_TEST_WORKERS:-8}"); fi
-run_stage tests 150 env ADDERNET_EXPECT_CUDA=1 "$PY" -m pytest -q -p no:cacheprovider -rfEs \
-  "${parallel[@]}" --junitxml="$OUT/junit.xml" "${tests[@]}"
+threads=${OMP_NUM_THREADS:-}
+if "$PY" -c "import xdist" > /dev/null 2>&1; then
+  parallel=(-n "${GPU_CHECK_TEST_WORKERS:-8}")
+  threads=${OMP_NUM_THREADS:-2} # per worker, so that the workers do not oversubscribe the host
+fi
+run_stage tests 150 env ADDERNET_EXPECT_CUDA=1 ${threads:+OMP_NUM_THREADS=$threads} "$PY" -m pytest \
+  -q -p no:cacheprovider -rfEs ${parallel[@]+"${parallel[@]}"} --junitxml="$OUT/junit.xml" "${tests[@]}"
 record tests "$STATUS" "$DURATION" "\"files\": \"${tests[*]}\""
 tail -n 5 "$OUT/tests.log"
 
