@@ -372,8 +372,11 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
 Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                               IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                               int64_t groups, const std::string& mode) {
-  const auto [s, sign_mode] = check_adder2d_input_grad_args(grad_output, input, weight, stride,
-                                                            padding, dilation, groups, mode);
+  // Plain names, not a structured binding: lambdas below use them, which clang before 16 refuses.
+  const Adder2dInputGradArgs args = check_adder2d_input_grad_args(
+      grad_output, input, weight, stride, padding, dilation, groups, mode);
+  const Adder2dShape& s = args.shape;
+  const bool sign_mode = args.sign_mode;
   if (is_reduced_float(input)) {
     return torch::stable::to(
         adder2d_input_grad_cpu(to_float(grad_output), to_float(input), to_float(weight), stride,

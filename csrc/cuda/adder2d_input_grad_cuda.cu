@@ -19,8 +19,11 @@ namespace {
 Tensor adder2d_input_grad_cuda(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                int64_t groups, const std::string& mode) {
-  const auto [s, sign_mode] = check_adder2d_input_grad_args(grad_output, input, weight, stride,
-                                                            padding, dilation, groups, mode);
+  // Plain names, not a structured binding: lambdas below use them, which clang before 16 refuses.
+  const Adder2dInputGradArgs args = check_adder2d_input_grad_args(
+      grad_output, input, weight, stride, padding, dilation, groups, mode);
+  const Adder2dShape& s = args.shape;
+  const bool sign_mode = args.sign_mode;
   ADDERNET_CHECK(adder2d_geom_fits(s), "adder2d_input_grad: the CUDA kernels need spatial sizes, ",
                  "strides, paddings, dilations and channels per group below 2^31");
   const torch::stable::accelerator::DeviceGuard guard(input.get_device_index());
