@@ -567,7 +567,10 @@ def run_extreme_batch(cases):
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
-    worker, root = os.path.join(here, "adder2d_extreme_worker.py"), os.path.dirname(here)
+    worker = os.path.join(here, "adder2d_extreme_worker.py")
+    # The folder of the addernet_cuda this process imported (the source tree, or site-packages
+    # for an installed wheel): the worker must test the same build.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(addernet_cuda.__file__)))
     results = []
     while len(results) < len(cases):
         todo = cases[len(results) :]
