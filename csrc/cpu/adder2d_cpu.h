@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <type_traits>  // adder2d_cpu_kernels.h, which includes nothing itself
 
 #include "../adder2d_shape.h"
 

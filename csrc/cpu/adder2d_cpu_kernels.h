@@ -182,34 +182,16 @@ static inline Vec<double>::type sub(Vec<double>::type x, Vec<double>::type w,
 // else a product and a sum. The build turns off the compiler's own contraction
 // (-ffp-contract=off): which products it fused varied with the compiler version and with the
 // inlining of each template instance, and so did the results of sums meant to be bitwise equal.
-static inline Vec<float>::type mul_add(Vec<float>::type a, Vec<float>::type b, Vec<float>::type c) {
+// For the float and double vectors of Vec and for scalars.
+template <typename V>
+static inline V mul_add(V a, V b, V c) {
 #if defined(ADDER_CPU_FMA)
-  return __builtin_ia32_vfmaddps256(a, b, c);
-#else
-  return a * b + c;
+  if constexpr (std::is_same_v<V, Vec<float>::type>) return __builtin_ia32_vfmaddps256(a, b, c);
+  if constexpr (std::is_same_v<V, Vec<double>::type>) return __builtin_ia32_vfmaddpd256(a, b, c);
+  if constexpr (std::is_same_v<V, float>) return __builtin_fmaf(a, b, c);
+  if constexpr (std::is_same_v<V, double>) return __builtin_fma(a, b, c);
 #endif
-}
-static inline Vec<double>::type mul_add(Vec<double>::type a, Vec<double>::type b,
-                                        Vec<double>::type c) {
-#if defined(ADDER_CPU_FMA)
-  return __builtin_ia32_vfmaddpd256(a, b, c);
-#else
   return a * b + c;
-#endif
-}
-static inline float mul_add(float a, float b, float c) {
-#if defined(ADDER_CPU_FMA)
-  return __builtin_fmaf(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
-static inline double mul_add(double a, double b, double c) {
-#if defined(ADDER_CPU_FMA)
-  return __builtin_fma(a, b, c);
-#else
-  return a * b + c;
-#endif
 }
 
 // |x - w| of a vector of x and a broadcast w (subtract, clear the sign bit).
