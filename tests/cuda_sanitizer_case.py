@@ -1,5 +1,5 @@
 """Forward and backward (both input-gradient modes) of adder2d on CUDA over the shapes of
-adder2d_cases.sanitizer_cases: every kernel (direct and small/medium/large tiled forward,
+adder2d_cases.sanitizer_cases: every kernel (direct and 16x256, 32x128, 64x64, 128x128 tiled forward,
 depthwise, one and many weight-gradient splits), and with float32 the 8-bit forward adder2d_int8
 in each of its four tiles, for compute-sanitizer to watch.
 

@@ -62,7 +62,8 @@ KERNEL_HEADERS = [
     "cuda/adder2d_weight_grad_kernels.cuh",
 ]
 # EMU_KERNELS bits (emulate_adder2d.cpp)
-K_DIRECT, K_LARGE, K_MEDIUM, K_SMALL, K_IGRAD, K_WGRAD, K_IGRAD_TILED = 1, 2, 4, 8, 16, 32, 64
+K_DIRECT, K_LARGE, K_MEDIUM, K_SMALL, K_NARROW = 1, 2, 4, 8, 128
+K_IGRAD, K_WGRAD, K_IGRAD_TILED = 16, 32, 64
 
 # Each mutation: header, exact text (must occur once), replacement, kernels and dtype to build
 # (EMU_KERNELS, EMU_DTYPES masks), cases to run, and what the report must contain.
@@ -318,6 +319,7 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
         "forward_direct": ("f32", "f64", "f16", "bf16"),
         "forward_tiled_64x64": ("f32", "f64", "f16", "bf16"),
         "forward_tiled_32x128": ("f32", "f16", "bf16"),
+        "forward_tiled_16x256": ("f32", "f16", "bf16"),
         "forward_tiled_128x128": ("f32", "f16", "bf16"),
     }
     for kernel, dtypes in forward.items():
@@ -341,10 +343,10 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
             assert counts.get((kernel, dtype), [0])[0] > 0, (kernel, dtype, "never emulated")
     m = re.search(r"DONE cases=(\d+) failures=0 shared_arrays=(\d+)", r.stdout)
     assert m and int(m.group(1)) == len(EMULATION_CASES), r.stdout[-2000:]
-    # ws, xs of 10 forward tiles (3 tiles x 3 dtypes + float64 64x64); ds, xs, tap_offset, tap_kh,
+    # ws, xs of 13 forward tiles (4 tiles x 3 dtypes + float64 64x64); ds, xs, tap_offset, tap_kh,
     # tap_kw, centre, dy_sum of the weight-gradient kernel in 4 dtypes; ds, ws of the tiled input
     # gradient in 4 dtypes x 2 modes
-    assert int(m.group(2)) == 2 * 10 + 7 * 4 + 2 * 8, "shared arrays found for poisoning"
+    assert int(m.group(2)) == 2 * 13 + 7 * 4 + 2 * 8, "shared arrays found for poisoning"
     _check_weight_grad_runs(r.stdout, pytestconfig)
 
 

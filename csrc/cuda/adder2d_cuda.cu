@@ -76,8 +76,10 @@ Tensor adder2d_cuda(const Tensor& input, const Tensor& weight, const std::option
     if constexpr (!std::is_same<A, double>::value) {
       if (c.variant == ForwardVariant::TiledLarge) {
         launch_tiled<scalar_t, A, TileLarge>(xp, wtp, bp, yp, g, c, stream);
-      } else {
+      } else if (c.variant == ForwardVariant::TiledSmall) {
         launch_tiled<scalar_t, A, TileSmall>(xp, wtp, bp, yp, g, c, stream);
+      } else {
+        launch_tiled<scalar_t, A, TileNarrow>(xp, wtp, bp, yp, g, c, stream);
       }
     }
   });

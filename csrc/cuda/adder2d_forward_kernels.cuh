@@ -39,10 +39,12 @@ template <int BM_, int BN_, int BK_, int TM_, int TN_, int MIN_BLOCKS_>
 struct ForwardTile {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_, MIN_BLOCKS = MIN_BLOCKS_;
 };
-// Chosen by output channels per group (thresholds set by reasoning, not yet tuned on a GPU):
-using TileLarge = ForwardTile<128, 128, 8, 8, 8, 1>;  // >= 128, if that gives >= 2 blocks per SM
-using TileMedium = ForwardTile<64, 64, 16, 4, 4, 2>;  // 33..127, and every float64 case
-using TileSmall = ForwardTile<32, 128, 16, 4, 4, 2>;  // 5..32 (1..4: adder2d_forward_direct)
+// Chosen by output channels per group (thresholds set by reasoning, not yet tuned on a GPU): the
+// smallest BM that holds the group's channels, since rows past them are computed and dropped.
+using TileLarge = ForwardTile<128, 128, 8, 8, 8, 1>;   // >= 128, if that gives >= 2 blocks per SM
+using TileMedium = ForwardTile<64, 64, 16, 4, 4, 2>;   // 33..127, and every float64 case
+using TileSmall = ForwardTile<32, 128, 16, 4, 4, 2>;   // 17..32
+using TileNarrow = ForwardTile<16, 256, 16, 4, 4, 2>;  // 5..16 (1..4: adder2d_forward_direct)
 
 template <typename T, typename A, typename Tile>
 __global__ void __launch_bounds__(kThreads, Tile::MIN_BLOCKS)
@@ -215,7 +217,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Launch configuration (host, torch-free: the CUDA launcher and the CPU emulation both call it).
 
-enum class ForwardVariant { Direct, TiledLarge, TiledMedium, TiledSmall };
+enum class ForwardVariant { Direct, TiledLarge, TiledMedium, TiledSmall, TiledNarrow };
 
 inline const char* forward_variant_name(ForwardVariant v) {
   switch (v) {
@@ -227,6 +229,8 @@ inline const char* forward_variant_name(ForwardVariant v) {
       return "forward_tiled_64x64";
     case ForwardVariant::TiledSmall:
       return "forward_tiled_32x128";
+    case ForwardVariant::TiledNarrow:
+      return "forward_tiled_16x256";
   }
   return "?";
 }
@@ -258,6 +262,9 @@ inline ForwardLaunch adder2d_forward_launch_variant(const Adder2dGeom& g, Forwar
     case ForwardVariant::TiledSmall:
       bn = TileSmall::BN, bm = TileSmall::BM;
       break;
+    case ForwardVariant::TiledNarrow:
+      bn = TileNarrow::BN, bm = TileNarrow::BM;
+      break;
   }
   c.grid_x = ceil_div(g.columns, bn);
   c.grid_y = std::min<int64_t>(int64_t(g.groups) * ceil_div(g.out_per_group, bm), lim.max_grid_y);
@@ -267,7 +274,7 @@ inline ForwardLaunch adder2d_forward_launch_variant(const Adder2dGeom& g, Forwar
 
 // The launcher's choice: 1..4 output channels per group use the direct kernel; float64 the
 // 64x64 tile; otherwise 128x128 for >= 128 output channels per group when that gives at least
-// two blocks per SM, 64x64 for 33..127, 32x128 for 5..32.
+// two blocks per SM, 64x64 for 33..127, 32x128 for 17..32, 16x256 for 5..16.
 inline ForwardLaunch adder2d_forward_launch(const Adder2dGeom& g, bool double_acc,
                                             const LaunchLimits& lim) {
   const int64_t cog = g.out_per_group;
@@ -283,8 +290,10 @@ inline ForwardLaunch adder2d_forward_launch(const Adder2dGeom& g, bool double_ac
       v = ForwardVariant::TiledLarge;
     } else if (cog > 32) {
       v = ForwardVariant::TiledMedium;
-    } else {
+    } else if (cog > 16) {
       v = ForwardVariant::TiledSmall;
+    } else {
+      v = ForwardVariant::TiledNarrow;
     }
   }
   return adder2d_forward_launch_variant(g, v, lim);

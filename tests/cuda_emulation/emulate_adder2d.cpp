@@ -30,7 +30,7 @@
 //
 // Build-time selection (the mutation test rebuilds one kernel in one dtype): EMU_KERNELS, a mask
 // of 1 direct, 2 tiled 128x128, 4 tiled 64x64, 8 tiled 32x128, 16 input-gradient gather,
-// 32 weight grad, 64 input-gradient tiled;
+// 32 weight grad, 64 input-gradient tiled, 128 tiled 16x256;
 // EMU_DTYPES, a mask of 1 f32, 2 f64, 4 f16, 8 bf16.
 #include "cuda_emulation.h"
 // The kernels, after the emulation header that defines the CUDA keywords.
@@ -45,7 +45,7 @@
 #include <sstream>
 
 #ifndef EMU_KERNELS
-#define EMU_KERNELS 127
+#define EMU_KERNELS 255
 #endif
 #ifndef EMU_DTYPES
 #define EMU_DTYPES 15
@@ -415,6 +415,10 @@ std::string launch_forward(Data<T>& d, T* y, const ForwardLaunch& c, const emu::
       if constexpr (!dbl && (EMU_KERNELS & 8) != 0)
         return launch_tiled<T, A, TileSmall>(name, d, y, c, sched);
       break;
+    case ForwardVariant::TiledNarrow:
+      if constexpr (!dbl && (EMU_KERNELS & 128) != 0)
+        return launch_tiled<T, A, TileNarrow>(name, d, y, c, sched);
+      break;
   }
   return "forward variant " + name + " is not compiled into this build";
 }
@@ -423,7 +427,8 @@ constexpr int variant_bit(ForwardVariant v) {
   return v == ForwardVariant::Direct        ? 1
          : v == ForwardVariant::TiledLarge  ? 2
          : v == ForwardVariant::TiledMedium ? 4
-                                            : 8;
+         : v == ForwardVariant::TiledSmall  ? 8
+                                            : 128;
 }
 
 // how: bit i set = picked by the launcher at kSms[i] SMs; kForced = run although not picked.
@@ -450,8 +455,9 @@ void run_forward(const Spec& c, Data<T>& d) {
   for (int i = 0; i < 3; ++i)
     variants[adder2d_forward_launch(d.g, dbl, limits(c, kSms[i])).variant] |= 1 << i;
   if (c.force) {
-    for (ForwardVariant v : {ForwardVariant::Direct, ForwardVariant::TiledLarge,
-                             ForwardVariant::TiledMedium, ForwardVariant::TiledSmall})
+    for (ForwardVariant v :
+         {ForwardVariant::Direct, ForwardVariant::TiledLarge, ForwardVariant::TiledMedium,
+          ForwardVariant::TiledSmall, ForwardVariant::TiledNarrow})
       if (!dbl || v == ForwardVariant::Direct || v == ForwardVariant::TiledMedium)
         variants.emplace(v, kForced);
   }
