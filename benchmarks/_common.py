@@ -69,14 +69,25 @@ def stats(times) -> dict:
 
 
 def time_calls(
-    fn: Callable[[], object], repeats: int, warmup: int, device: str = "cpu", cpu_time: bool = False
+    fn: Callable[[], object],
+    repeats: int,
+    warmup: int,
+    device: str = "cpu",
+    cpu_time: bool = False,
+    burst: int = 1,
 ) -> List:
-    """Runs ``fn`` ``warmup`` times, then times ``repeats`` calls one by one (seconds each):
-    with CUDA events on ``device="cuda"``, with the wall clock otherwise, or with ``cpu_time``
-    the process's CPU time (``time.process_time``: on a machine shared with other work it counts
-    only the cycles this process got; with several threads it also counts their spinning)."""
+    """Runs ``fn`` ``warmup`` times, then takes ``repeats`` samples of ``burst`` back-to-back
+    calls each and returns the seconds per call of every sample: with CUDA events on
+    ``device="cuda"``, with the wall clock otherwise, or with ``cpu_time`` the process's CPU time
+    (``time.process_time``: on a machine shared with other work it counts only the cycles this
+    process got; with several threads it also counts their spinning). On CUDA a sample of one
+    call also times the host's work before the launch (the device idles while Python checks the
+    arguments); a burst queues several calls without waiting, so that with the host ahead the
+    events time the device's work, as in a training loop."""
     import torch  # here, so that the other helpers work where torch is not importable
 
+    if burst < 1:
+        raise ValueError(f"time_calls: burst must be >= 1, got {burst}")
     for _ in range(warmup):
         fn()
     times = []
@@ -84,13 +95,15 @@ def time_calls(
         if device == "cuda":
             start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
             start.record()
-            fn()
+            for _ in range(burst):
+                fn()
             end.record()
             torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            times.append(start.elapsed_time(end) / 1e3 / burst)
         else:
             clock = time.process_time if cpu_time else time.perf_counter
             t0 = clock()
-            fn()
-            times.append(clock() - t0)
+            for _ in range(burst):
+                fn()
+            times.append((clock() - t0) / burst)
     return times

@@ -375,6 +375,13 @@ def main(argv=None):
         action="store_true",
         help="CPU: time with the process's CPU time instead of the wall clock (a loaded machine)",
     )
+    parser.add_argument(
+        "--cuda-burst",
+        type=int,
+        default=10,
+        help="CUDA: calls per timed sample, queued back to back (1: one call between two events, "
+        "which also times the host's work before the launch)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/out/)")
     parser.add_argument(
         "--memory-case", nargs=3, metavar=("SHAPE", "IMPL", "BATCH"), help=argparse.SUPPRESS
@@ -392,12 +399,20 @@ def main(argv=None):
     names = args.shapes or (list(SHAPES) if args.full else QUICK)
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     os.makedirs(out_dir, exist_ok=True)
-    run = functools.partial(time_calls, device=device, cpu_time=args.cpu_time)
+    if args.cuda_burst < 1:
+        parser.error(f"--cuda-burst must be >= 1, got {args.cuda_burst}")
+    burst = args.cuda_burst if device == "cuda" else 1
+    run = functools.partial(time_calls, device=device, cpu_time=args.cpu_time, burst=burst)
     env = environment(device)
+    if device == "cuda":
+        clock = f"CUDA events around {burst} back-to-back call{'s' if burst > 1 else ''}"
+    else:
+        clock = "process CPU time" if args.cpu_time else "wall clock"
     env.update(
         repeats=args.repeats,
         reference_repeats=args.reference_repeats,
-        clock="process CPU time" if args.cpu_time and device == "cpu" else "wall clock",
+        cuda_burst=burst if device == "cuda" else None,
+        clock=clock,
         load_average=round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
     )
     print(

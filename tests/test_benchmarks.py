@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -77,6 +78,9 @@ def test_benchmark_runs_and_writes_results(tmp_path):
     ):
         assert row[key]["median_s"] > 0
     assert row["adder2d.peak_mib"] >= 0 and result["environment"]["torch"]
+    # bursts are for CUDA only: on the CPU each sample is one call on the wall clock
+    assert result["environment"]["cuda_burst"] is None
+    assert result["environment"]["clock"] == "wall clock"
     assert os.path.exists(tmp_path / "results.md")
     # the forward's fraction of the register-resident ceiling, measured in the same rounds
     assert row["ceiling_gterms_per_s"] > 0
@@ -177,6 +181,29 @@ def test_interleaved_rounds_alternate_and_ratios_pair_rounds():
     assert len(times["a"]) == len(times["b"]) == 3
     ratio = bench_adder2d.ratio_stats([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
     assert ratio == {"median": 2.0, "p20": 2.0, "p80": 3.0}
+
+
+def test_time_calls_reports_seconds_per_call_of_a_burst():
+    from benchmarks._common import time_calls
+
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.01)
+
+    times = time_calls(fn, repeats=3, warmup=1, burst=4)
+    assert len(calls) == 1 + 3 * 4 and len(times) == 3
+    # per call, not per sample of 4 calls (>= 0.04 s)
+    assert all(0.009 < t < 0.03 for t in times), times
+    with pytest.raises(ValueError, match="burst must be >= 1, got 0"):
+        time_calls(fn, repeats=1, warmup=0, burst=0)
+
+
+def test_cuda_burst_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench_adder2d.main(["--device", "cpu", "--cuda-burst", "0", "--out", str(tmp_path)])
+    assert "--cuda-burst must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_int8_benchmark_runs_and_writes_results(tmp_path):
