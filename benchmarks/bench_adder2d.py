@@ -107,7 +107,7 @@ def _dilation(shape):
 
 
 def interleaved(run, fns, repeats, warmup):
-    """Times several functions in alternating rounds (one call of each per round, the order
+    """Times several functions in alternating rounds (one sample of each per round, the order
     rotated every round) so that load changes on the machine hit them alike. Returns the times
     of each, by name, round by round."""
     names = list(fns)
@@ -582,8 +582,9 @@ def markdown(result, no_memory):
         f"{env['threads']} threads, CPU kernels {env['cpu_isa']}{forward_tile(env)}, commit {env.get('commit')}, {env['date']}, "
         f"timed by {env.get('clock', 'wall clock')}, load average at the start {env.get('load_average')}",
         "",
-        "Times are medians in ms [p20, p80] of repeated runs after warm-up. adder2d and conv2d run "
-        "interleaved (one call of each per round): `vs conv2d` is the median [p20, p80] of the "
+        "Times are medians in ms [p20, p80] of repeated runs after warm-up (on CUDA, time per call "
+        "of a burst of back-to-back calls). adder2d and conv2d run interleaved (one sample of each "
+        "per round): `vs conv2d` is the median [p20, p80] of the "
         "per-round ratios our time / conv2d's (lower is better), `conv2d spread` conv2d's own "
         "(p80 - p20) / median, the noise a ratio carries. `vs reference`: the reference's time / "
         "ours. Gterm/s: |x - w| terms per second. `% of ceiling`: the forward's Gterm/s over the "

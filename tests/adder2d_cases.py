@@ -95,9 +95,9 @@ CPU_CASES = [
     Case("batch0", 0, 3, 5, 5, 4, 3, 3, padding=1),
 ]
 
-# CUDA kernels: direct forward (<= 4 output channels per group), small (5..32), medium (33..127)
-# and large (>= 128, enough blocks) forward tiles, and the weight gradient with one split and
-# with many.
+# CUDA kernels: direct forward (<= 4 output channels per group), narrow (5..16, enough blocks),
+# small (17..32, and 5..16 on small grids), medium (33..127) and large (>= 128, enough blocks)
+# forward tiles, and the weight gradient with one split and with many.
 CUDA_CASES = [
     Case("basic3x3", 2, 3, 8, 8, 4, 3, 3, padding=1),
     Case("stride2_pad1", 2, 8, 9, 9, 16, 3, 3, stride=2, padding=1),
@@ -115,6 +115,9 @@ CUDA_CASES = [
     Case("wide_k", 1, 70, 5, 5, 130, 3, 3, padding=1),
     Case("many_pixels", 4, 8, 32, 32, 16, 3, 3, padding=1),
     Case("one_pixel_out", 1, 6, 3, 3, 9, 3, 3),
+    Case("small_tile_24", 2, 8, 9, 9, 24, 3, 3, padding=1),
+    # 320 groups of 16 output channels, one block each: the 16x256 tile up to 160 SMs.
+    Case("narrow_tile_groups", 1, 320, 5, 5, 5120, 1, 1, groups=320),
 ]
 CUDA_LARGE = Case("large_tile", 4, 32, 64, 64, 300, 3, 3, padding=1)
 
@@ -129,6 +132,9 @@ def sanitizer_cases(sm_count):
         Case("groups_dilation", 1, 6, 7, 9, 40, 2, 3, (1, 2), (1, 0), (2, 1), groups=2),
         Case("depthwise", 2, 16, 8, 8, 16, 3, 3, padding=1, groups=16),
         Case("many_pixels", 4, 8, 32, 32, 16, 3, 3, padding=1),
+        Case("medium_tile", 2, 8, 9, 9, 40, 3, 3, padding=1),
+        # one 16x256 block per group of 16 output channels, two per SM
+        Case("narrow_tile_groups", 1, 2 * sm_count, 4, 4, 32 * sm_count, 1, 1, groups=2 * sm_count),
         Case("large_tile_1x1", 1, 8, side, side, 128, 1, 1),
     ]
 
@@ -241,6 +247,16 @@ EMULATION_CASES = [
     E(Case("caps2_medium", 1, 4, 5, 5, 70, 3, 3, padding=1), dtypes=("f32", "f64"), cap=2),
     # The launcher picks the 128x128 tile at 1 SM (2 blocks) and the 64x64 one at 108 and 132.
     E(Case("large_at_1sm", 1, 4, 12, 12, 128, 1, 1), dtypes=("f32", "f16", "bf16")),
+    # The 16x256 tile at 1 SM (2 blocks of 256 pixels), the 32x128 one at 108 and 132.
+    E(Case("narrow_at_1sm", 1, 3, 17, 16, 16, 3, 3, padding=1), dtypes=("f32", "f16", "bf16")),
+    # 264 groups of 16 output channels x 1 pixel tile = 264 blocks of 16x256: picked at 1, 108
+    # and 132 SMs.
+    E(
+        Case("narrow_at_132sms", 1, 264, 4, 4, 4224, 1, 1, groups=264),
+        dtypes=("f32",),
+        force=False,
+        ops=("fwd",),
+    ),
     # 66 groups x 4 pixel tiles = 264 blocks of 128x128: picked at 1, 108 and 132 SMs.
     E(
         Case("large_at_132sms", 2, 66, 16, 16, 8448, 1, 1, groups=66),

@@ -326,7 +326,7 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
         for dtype in dtypes:
             cases, at1, at108, at132, forced = counts.get((kernel, dtype), [0] * 5)
             assert at1 > 0 and forced > 0, (kernel, dtype, "not picked at 1 SM or never forced")
-            if dtype == "f32" or kernel != "forward_tiled_128x128":
+            if dtype == "f32" or kernel not in ("forward_tiled_128x128", "forward_tiled_16x256"):
                 assert at108 > 0 and at132 > 0, (kernel, dtype, "not picked at 108 or 132 SMs")
     input_grad = ("tiled_hardtanh", "tiled_exact", "gather_hardtanh", "gather_exact")
     for kernel in ("input_grad_" + k for k in input_grad):

@@ -40,11 +40,13 @@ struct ForwardTile {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_, MIN_BLOCKS = MIN_BLOCKS_;
 };
 // Chosen by output channels per group (thresholds set by reasoning, not yet tuned on a GPU): the
-// smallest BM that holds the group's channels, since rows past them are computed and dropped.
-using TileLarge = ForwardTile<128, 128, 8, 8, 8, 1>;   // >= 128, if that gives >= 2 blocks per SM
-using TileMedium = ForwardTile<64, 64, 16, 4, 4, 2>;   // 33..127, and every float64 case
-using TileSmall = ForwardTile<32, 128, 16, 4, 4, 2>;   // 17..32
-using TileNarrow = ForwardTile<16, 256, 16, 4, 4, 2>;  // 5..16 (1..4: adder2d_forward_direct)
+// smallest BM that holds the group's channels, since rows past them are computed and dropped, as
+// long as the grid still fills the GPU (adder2d_forward_launch).
+using TileLarge = ForwardTile<128, 128, 8, 8, 8, 1>;  // >= 128, if that gives >= 2 blocks per SM
+using TileMedium = ForwardTile<64, 64, 16, 4, 4, 2>;  // 33..127, and every float64 case
+using TileSmall = ForwardTile<32, 128, 16, 4, 4, 2>;  // 17..32
+using TileNarrow =
+    ForwardTile<16, 256, 16, 4, 4, 2>;  // 5..16, if >= 2 blocks per SM (1..4: direct)
 
 template <typename T, typename A, typename Tile>
 __global__ void __launch_bounds__(kThreads, Tile::MIN_BLOCKS)
@@ -55,6 +57,7 @@ __global__ void __launch_bounds__(kThreads, Tile::MIN_BLOCKS)
   static_assert(kThreads % BN == 0 && (BK * BN) % kThreads == 0, "input slice loads");
   static_assert(kThreads % BM == 0 && (BK * BM) % kThreads == 0, "weight slice loads");
   static_assert(TM % 4 == 0 && TN % 4 == 0, "4-wide shared-memory reads");
+  static_assert(sizeof(A) * 2 * BK * (BM + BN) <= 48 * 1024, "static shared memory: 48 KiB");
   constexpr int XR = BK * BN / kThreads, XSTEP = kThreads / BN;  // input elements per thread
   constexpr int WR = BK * BM / kThreads, WSTEP = kThreads / BM;  // weight elements per thread
   constexpr int MQ = TM / 4, NQ = TN / 4;
@@ -274,7 +277,10 @@ inline ForwardLaunch adder2d_forward_launch_variant(const Adder2dGeom& g, Forwar
 
 // The launcher's choice: 1..4 output channels per group use the direct kernel; float64 the
 // 64x64 tile; otherwise 128x128 for >= 128 output channels per group when that gives at least
-// two blocks per SM, 64x64 for 33..127, 32x128 for 17..32, 16x256 for 5..16.
+// two blocks per SM, 64x64 for 33..127, 32x128 for 17..32, and for 5..16 16x256 when that gives
+// at least two blocks per SM, else 32x128. A thread computes 16 outputs in either of the last
+// two, so a 16x256 block takes about as long as a 32x128 one while doing up to twice its useful
+// work: it halves the blocks, which gains only when there is more than one wave of them.
 inline ForwardLaunch adder2d_forward_launch(const Adder2dGeom& g, bool double_acc,
                                             const LaunchLimits& lim) {
   const int64_t cog = g.out_per_group;
@@ -286,11 +292,12 @@ inline ForwardLaunch adder2d_forward_launch(const Adder2dGeom& g, bool double_ac
   } else {
     const int64_t large_blocks =
         ceil_div(g.columns, TileLarge::BN) * ceil_div(cog, TileLarge::BM) * g.groups;
+    const int64_t narrow_blocks = ceil_div(g.columns, TileNarrow::BN) * g.groups;
     if (cog >= 128 && large_blocks >= 2 * int64_t(lim.sm_count)) {
       v = ForwardVariant::TiledLarge;
     } else if (cog > 32) {
       v = ForwardVariant::TiledMedium;
-    } else if (cog > 16) {
+    } else if (cog > 16 || narrow_blocks < 2 * int64_t(lim.sm_count)) {
       v = ForwardVariant::TiledSmall;
     } else {
       v = ForwardVariant::TiledNarrow;
