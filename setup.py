@@ -70,11 +70,6 @@ def package_info():
     return about
 
 
-def target_version_define(stable_abi):
-    major, minor = (int(part) for part in stable_abi.split("."))
-    return f"-DTORCH_TARGET_VERSION=0x{major:02x}{minor:02x}000000000000"
-
-
 def want_cuda():
     if os.environ.get("ADDERNET_FORCE_CPU", "0") == "1":
         return False
@@ -114,7 +109,7 @@ def compile_args(stable_abi, with_cuda):
         nvcc.append("-DADDERNET_WITH_CUDA")
     flags = " ".join(cxx + (nvcc if with_cuda else []))
     defines = [
-        target_version_define(stable_abi),
+        package_info()["target_version_define"](stable_abi),
         f'-DADDERNET_STABLE_ABI="{stable_abi}"',
         f'-DADDERNET_TORCH_VERSION="{torch.__version__}"',
         f'-DADDERNET_CUDA_ARCHS="{archs}"',

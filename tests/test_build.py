@@ -13,7 +13,7 @@ import torch
 
 import addernet_cuda
 from addernet_cuda import _extension
-from addernet_cuda.version import STABLE_ABI
+from addernet_cuda.version import STABLE_ABI, target_version_define
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,6 +155,12 @@ def _clang():
 
 
 @pytest.mark.skipif(_clang() is None, reason="needs clang++ (the build uses the C++ compiler)")
+def test_target_version_define_encodes_major_and_minor():
+    assert target_version_define("2.11") == "-DTORCH_TARGET_VERSION=0x020b000000000000"
+    assert target_version_define("3.0") == "-DTORCH_TARGET_VERSION=0x0300000000000000"
+    assert target_version_define() == target_version_define(STABLE_ABI)
+
+
 def test_op_library_sources_compile_with_clang():
     """The C++ sources of the op libraries pass clang's front end (from clang 14) with the build's
     flags. GCC accepts lambdas that capture a structured binding (C++20); clang before 16 does
@@ -165,9 +171,8 @@ def test_op_library_sources_compile_with_clang():
 
     sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
-    major, minor = (int(v) for v in STABLE_ABI.split("."))
     flags = ["-std=c++20", "-fsyntax-only", "-Wall", "-Werror", "-Wno-unknown-warning-option"]
-    flags += [f"-DTORCH_TARGET_VERSION=0x{major:02x}{minor:02x}000000000000"]
+    flags += [target_version_define()]
     flags += ["-I", os.path.join(ROOT, "csrc"), "-I", sysconfig.get_paths()["include"]]
     flags += [f"-I{p}" for p in include_paths()]
     failed = {}
