@@ -183,6 +183,21 @@ def test_interleaved_rounds_alternate_and_ratios_pair_rounds():
     assert ratio == {"median": 2.0, "p20": 2.0, "p80": 3.0}
 
 
+def test_interleaved_settles_the_named_functions_before_each_timed_sample():
+    calls = []
+
+    def run(fn, repeats, warmup):
+        for _ in range(warmup):
+            fn()
+        calls.append("|")  # the timed call follows
+        return [fn() or 1.0 for _ in range(repeats)]
+
+    fns = {"a": lambda: calls.append("a"), "c": lambda: calls.append("c")}
+    bench_adder2d.interleaved(run, fns, 2, 0, settle=("a",))
+    # rounds a c, then c a: each timed call of a follows an untimed one, c's follow nothing
+    assert "".join(calls) == "||" + "a|a" + "|c" + "|c" + "a|a"
+
+
 def test_time_calls_reports_seconds_per_call_of_a_burst():
     from benchmarks._common import time_calls
 
