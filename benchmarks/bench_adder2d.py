@@ -587,7 +587,9 @@ def markdown(result, no_memory):
         "",
         "Times are medians in ms [p20, p80] of repeated runs after warm-up (on CUDA, time per call "
         "of a burst of back-to-back calls). adder2d and conv2d run interleaved (one sample of each "
-        "per round): `vs conv2d` is the median [p20, p80] of the "
+        "per round; on the forward each timed call follows an untimed call of the same function, "
+        "so that the ceiling measured in the same rounds does not slow the call after it): "
+        "`vs conv2d` is the median [p20, p80] of the "
         "per-round ratios our time / conv2d's (lower is better), `conv2d spread` conv2d's own "
         "(p80 - p20) / median, the noise a ratio carries. `vs reference`: the reference's time / "
         "ours. Gterm/s: |x - w| terms per second. `% of ceiling`: the forward's Gterm/s over the "
