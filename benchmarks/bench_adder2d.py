@@ -110,8 +110,8 @@ def interleaved(run, fns, repeats, warmup, settle=()):
     """Times several functions in alternating rounds (one sample of each per round, the order
     rotated every round) so that load changes on the machine hit them alike. Each timed sample of
     a function named in ``settle`` follows one untimed call of it, so that what ran before (the
-    register ceiling, which keeps the cores busy without the op's data or threads) does not count
-    in it. Returns the times of each, by name, round by round."""
+    register ceiling measured in the same rounds) does not count in it. Returns the times of
+    each, by name, round by round."""
     names = list(fns)
     for name in names:
         run(fns[name], 0, warmup)
@@ -407,7 +407,7 @@ def main(argv=None):
     run = functools.partial(time_calls, device=device, cpu_time=args.cpu_time, burst=burst)
     env = environment(device)
     if device == "cuda":
-        clock = f"CUDA events around {burst} back-to-back call{'s' if burst > 1 else ''}"
+        clock = f"CUDA events around {burst} back-to-back calls" if burst > 1 else "CUDA events"
     else:
         clock = "process CPU time" if args.cpu_time else "wall clock"
     env.update(
