@@ -154,13 +154,13 @@ def _clang():
     return None
 
 
-@pytest.mark.skipif(_clang() is None, reason="needs clang++ (the build uses the C++ compiler)")
 def test_target_version_define_encodes_major_and_minor():
     assert target_version_define("2.11") == "-DTORCH_TARGET_VERSION=0x020b000000000000"
     assert target_version_define("3.0") == "-DTORCH_TARGET_VERSION=0x0300000000000000"
     assert target_version_define() == target_version_define(STABLE_ABI)
 
 
+@pytest.mark.skipif(_clang() is None, reason="needs clang++ (the build uses the C++ compiler)")
 def test_op_library_sources_compile_with_clang():
     """The C++ sources of the op libraries pass clang's front end (from clang 14) with the build's
     flags. GCC accepts lambdas that capture a structured binding (C++20); clang before 16 does
