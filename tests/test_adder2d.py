@@ -81,6 +81,12 @@ TAP_ORDER_SHAPES = [s for s in SHAPES if s.n > 0] + [
     Case("direct-13-channels-rows-of-16", 2, 5, 9, 16, 13, 3, 3, padding=1),
     Case("direct-13-channels-rows-of-8", 2, 5, 9, 8, 13, 3, 3, padding=1),
     Case("batch-13-channels", 8, 3, 7, 7, 13, 3, 3, padding=1),
+    # The direct path's prepared rows: 13 columns (whole vectors and an overlapping last one), 6
+    # (shorter than a vector), and at stride 2 21 columns (10 pairs: an overlapping last split of
+    # the even and odd columns, and one even column after the pairs).
+    Case("direct-copy-13-columns", 2, 3, 5, 13, 6, 3, 3, padding=1),
+    Case("direct-copy-6-columns", 2, 3, 5, 6, 6, 3, 3, padding=1),
+    Case("direct-split-21-columns", 2, 3, 7, 21, 6, 3, 3, stride=2, padding=1),
 ]
 
 
@@ -116,6 +122,7 @@ def test_tap_order_shapes_take_every_forward_path(dtype, cpu_isa):
     assert set(paths.values()) == {"batch", "direct", "packed"}
     assert all(p == "batch" for name, p in paths.items() if name.startswith("batch-")), paths
     assert paths["3x3"] == "direct" and paths["single-pixel"] == "packed"
+    assert all(p == "direct" for name, p in paths.items() if name.startswith("direct-")), paths
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)

@@ -334,63 +334,81 @@ static int64_t split_even_odd(const T* src, int64_t n, T* even, T* odd) {
   return i;
 }
 
+// dst[0, n) = src[0, n): vectors, the last one overlapping where n >= one vector.
+template <typename T>
+static void copy_row(const T* src, int64_t n, T* dst) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) store_vec(dst + i, load_vec<V>(src + i));
+  if (i == n) return;
+  if (n >= VL) {
+    store_vec(dst + n - VL, load_vec<V>(src + n - VL));
+  } else {
+    for (; i < n; ++i) dst[i] = src[i];
+  }
+}
+
 // One prepared input plane of the direct forward (ForwardLayout in adder2d_cpu.h): x is the plane
-// X[n, c], xp receives layout.plane elements.
+// X[n, c], xp receives layout.plane elements. The plane is zeroed at once (one memset: per row,
+// GCC made a call of each run of zeros, several times a short row's copy), then the columns
+// inside the image are written.
 template <typename T>
 void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const T* x, T* xp) {
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  for (int64_t i = 0; i < l.plane; ++i) xp[i] = T(0);
   if (s.stride_w == 2) {  // both phases of a row at once: even and odd input columns
     const int64_t a = s.pad_w & 1, e0 = s.pad_w >> 1, o0 = (s.pad_w + 1) >> 1;
     // Input columns 2 j (phase a, column e0 + j) and 2 j + 1 (phase 1 - a, column o0 + j)
     // inside the phase's cols.
     const int64_t ne = min_i64((s.in_w + 1) / 2, l.cols - e0),
                   no = min_i64(s.in_w / 2, l.cols - o0);
+    const int64_t pairs = min_i64(ne, no);
     for (int64_t r = 0; r < l.rows; ++r) {
       T* d0 = xp + r * l.cols;
       T* d1 = xp + (l.rows + r) * l.cols;
-      for (int64_t i = 0; i < l.cols; ++i) d0[i] = d1[i] = T(0);
       const int64_t ih = r - s.pad_h;
       if (ih < 0 || ih >= s.in_h) continue;
       const T* xr = x + ih * s.in_w;
       T* even = (a ? d1 : d0) + e0;
       T* odd = (a ? d0 : d1) + o0;
-      const int64_t j0 = split_even_odd(xr, 2 * min_i64(ne, no), even, odd);
+      int64_t j0 = split_even_odd(xr, 2 * pairs, even, odd);
+      if (j0 < pairs && pairs >= VL) {  // the last pairs by an overlapping vector split
+        split_even_odd(xr + 2 * (pairs - VL), 2 * VL, even + pairs - VL, odd + pairs - VL);
+        j0 = pairs;
+      }
       for (int64_t j = j0; j < ne; ++j) even[j] = xr[2 * j];
       for (int64_t j = j0; j < no; ++j) odd[j] = xr[2 * j + 1];
     }
     return;
   }
-  for (int64_t f = 0; f < s.stride_w; ++f)
+  for (int64_t f = 0; f < s.stride_w; ++f) {
+    // Columns [lo, hi) are inside the image: i * stride_w + f - pad_w in [0, in_w).
+    const int64_t lo =
+        min_i64(l.cols, s.pad_w > f ? (s.pad_w - f + s.stride_w - 1) / s.stride_w : 0);
+    const int64_t end = s.in_w + s.pad_w - f;  // > 0 whenever the row has a column inside
+    const int64_t hi = end <= 0 ? lo : min_i64(l.cols, (end + s.stride_w - 1) / s.stride_w);
     for (int64_t r = 0; r < l.rows; ++r) {
       T* d = xp + (f * l.rows + r) * l.cols;
       const int64_t ih = r - s.pad_h;
-      if (ih < 0 || ih >= s.in_h) {
-        for (int64_t i = 0; i < l.cols; ++i) d[i] = T(0);
-        continue;
+      if (ih < 0 || ih >= s.in_h || hi <= lo) continue;
+      const T* xr = x + ih * s.in_w + lo * s.stride_w + f - s.pad_w;
+      if (s.stride_w == 1) {
+        copy_row(xr, hi - lo, d + lo);
+      } else {
+        for (int64_t i = lo; i < hi; ++i) d[i] = xr[(i - lo) * s.stride_w];
       }
-      // Columns [lo, hi) are inside the image: i * stride_w + f - pad_w in [0, in_w).
-      const int64_t lo =
-          min_i64(l.cols, s.pad_w > f ? (s.pad_w - f + s.stride_w - 1) / s.stride_w : 0);
-      const int64_t end = s.in_w + s.pad_w - f;  // > 0 whenever the row has a column inside
-      const int64_t hi = end <= 0 ? lo : min_i64(l.cols, (end + s.stride_w - 1) / s.stride_w);
-      for (int64_t i = 0; i < lo; ++i) d[i] = T(0);
-      if (hi > lo) {
-        const T* xr = x + ih * s.in_w + lo * s.stride_w + f - s.pad_w;
-        if (s.stride_w == 1) {
-          for (int64_t i = lo; i < hi; ++i) d[i] = xr[i - lo];
-        } else {
-          for (int64_t i = lo; i < hi; ++i) d[i] = xr[(i - lo) * s.stride_w];
-        }
-      }
-      for (int64_t i = hi > lo ? hi : lo; i < l.cols; ++i) d[i] = T(0);
     }
+  }
 }
 
 // acc[r][j*VL + l] += sum_k |xb[j][off[k] + l] - w[r*ldw + k]| for R output channels and the NV
 // vectors of a tile, each read straight from the prepared input (xb[j]: the vector's first
-// pixel, off[k]: tap k's offset); the R x NV block held in registers.
+// pixel, off[k]: tap k's offset); the R x NV block held in registers. first: the block of taps
+// that starts the sums, which start from zero in registers (acc is not read).
 template <typename T, int R>
 static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
-                              int64_t ldw, T* acc) {
+                              int64_t ldw, T* acc, bool first) {
   typedef typename Vec<T>::type V;
   constexpr int NV = int(TILE_P * sizeof(T) / sizeof(V)), VL = int(sizeof(V) / sizeof(T));
   const V one = opaque_one<T>();
@@ -398,7 +416,7 @@ static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk
   V a[R][NV];
   for (int j = 0; j < NV; ++j) b[j] = xb[j];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) a[r][j] = load_vec<V>(acc + r * TILE_P + j * VL);
+    for (int j = 0; j < NV; ++j) a[r][j] = first ? V{} : load_vec<V>(acc + r * TILE_P + j * VL);
   for (int64_t k = 0; k < nk; ++k) {
     const int64_t o = off[k];
     V x[NV];
@@ -449,13 +467,14 @@ static inline __m512 abs_diff_zmm(__m512 x, float w, __m512 one) {
 // the tile's two 8-pixel vectors are adjacent (xb[1] == xb[0] + 8), so one load reads both.
 template <int R, bool JOINED>
 static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t nk, const float* w,
-                           int64_t ldw, float* acc) {
+                           int64_t ldw, float* acc, bool first) {
   static_assert(TILE_P == 16, "one 64-byte vector per tile");
   const __m512 one = opaque_one_zmm();
   const float* b0 = xb[0];
   const float* b1 = xb[1];
   __m512 a[R];
-  for (int r = 0; r < R; ++r) a[r] = _mm512_loadu_ps(acc + r * TILE_P);
+  for (int r = 0; r < R; ++r)
+    a[r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * TILE_P);
   for (int64_t k = 0; k < nk; ++k) {
     const int64_t o = off[k];
     const __m512 x = JOINED ? _mm512_loadu_ps(b0 + o)
@@ -492,18 +511,18 @@ static float register_ceiling_zmm(int64_t iterations) {
 
 template <typename T, int R>
 static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
-                               int64_t ldw, T* acc) {
+                               int64_t ldw, T* acc, bool first) {
 #ifdef ADDER_CPU_ZMM
   if constexpr (sizeof(T) == sizeof(float)) {
     if (xb[1] == xb[0] + 8) {
-      micro_tile_zmm<R, true>(xb, off, nk, w, ldw, acc);
+      micro_tile_zmm<R, true>(xb, off, nk, w, ldw, acc, first);
     } else {
-      micro_tile_zmm<R, false>(xb, off, nk, w, ldw, acc);
+      micro_tile_zmm<R, false>(xb, off, nk, w, ldw, acc, first);
     }
     return;
   }
 #endif
-  micro_tile_direct<T, R>(xb, off, nk, w, ldw, acc);
+  micro_tile_direct<T, R>(xb, off, nk, w, ldw, acc, first);
 }
 
 // The direct and batch paths' sums: scratch[t][co][p] = sum_k |x - w[co, k]| for ntiles tiles of
@@ -517,22 +536,24 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
   constexpr int64_t NV = TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
   constexpr int R = forward_rows<T>();
   const int64_t cog = s.out_channels_per_group, K = s.taps;
-  for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
+  if (K == 0)
+    for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
   for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
     const int64_t nk = min_i64(TILE_K, K - k0);
+    const bool first = k0 == 0;  // the first block's micro-tiles start the sums from zero
     for (int64_t t = 0; t < ntiles; ++t) {
       const T* xb[NV];
       for (int64_t j = 0; j < NV; ++j) xb[j] = base(t, j);
       T* acc = scratch + t * cog * TILE_P;
       int64_t co = 0;
       for (; co + R <= cog; co += R)
-        forward_micro_tile<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+        forward_micro_tile<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P, first);
       if constexpr (R > 4) {
         for (; co + 4 <= cog; co += 4)
-          forward_micro_tile<T, 4>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+          forward_micro_tile<T, 4>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P, first);
       }
       for (; co < cog; ++co)
-        forward_micro_tile<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P);
+        forward_micro_tile<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P, first);
     }
   }
 }
