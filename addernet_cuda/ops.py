@@ -281,6 +281,25 @@ def _no_double_backward(op):
 
 
 torch.library.register_autograd("addernet::adder2d", _backward, setup_context=_setup_context)
+
+
+class _Adder2dFunction(torch.autograd.Function):
+    """The op's registered autograd (the same setup_context and backward) as an autograd.Function,
+    for eager calls of :func:`adder2d`. torch's generated autograd for a registered op fills in
+    the schema's defaults (``torch._library.utils.fill_defaults``) before setup_context on every
+    call with gradients: 21.6 us per call measured on a CI machine, where adder2d's C++ forward
+    of a 4x4 image takes about 10 us; adder2d with gradients took 76 us a call that way, 36 us
+    this way."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = torch.ops.addernet.adder2d(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_backward)
+
+
 for _op in ("adder2d_input_grad", "adder2d_weight_grad"):
     torch.library.register_autograd(
         f"addernet::{_op}", _no_double_backward(_op), setup_context=lambda ctx, inputs, output: None
@@ -356,9 +375,13 @@ def adder2d(
         and torch.is_autocast_enabled(input.device.type)
     )
     check_args("adder2d", input, weight, bias, stride, padding, dilation, groups, autocast=autocast)
-    out = torch.ops.addernet.adder2d(
-        input, weight, bias, stride, padding, dilation, groups, input_grad
-    )
+    args = (input, weight, bias, stride, padding, dilation, groups, input_grad)
+    if autocast or torch.compiler.is_compiling():
+        # Autocast casts the inputs at the op, above its autograd, which then saves the cast
+        # tensors; compiled code has no per-call Python cost to save.
+        out = torch.ops.addernet.adder2d(*args)
+    else:
+        out = _Adder2dFunction.apply(*args)
     return out.squeeze(0) if unbatched else out
 
 

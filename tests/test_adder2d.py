@@ -327,6 +327,38 @@ def test_batch0_backward():
     )
 
 
+@pytest.mark.parametrize("mode", ["hardtanh", "exact"])
+def test_eager_autograd_matches_the_registered_op_bitwise(mode):
+    # adder2d runs its autograd as an autograd.Function in eager mode; the raw op keeps the one
+    # registered with torch.library. The two share setup_context and backward: the same bits.
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
+    dy = torch.randn(reference.adder2d(x, w, b, **kw).shape)
+    args = (*SHAPES[1].args, mode)
+    raw = lambda x, w, b, **_: torch.ops.addernet.adder2d(x, w, b, *args)  # noqa: E731
+    eager = grads(lambda *a, **k: addernet_cuda.adder2d(*a, **k, input_grad=mode), x, w, b, kw, dy)
+    for name, a, r in zip(
+        ("output", "grad_input", "grad_weight", "grad_bias"), eager, grads(raw, x, w, b, kw, dy)
+    ):
+        assert torch.equal(a, r), name
+
+
+def test_eager_call_does_not_fill_schema_defaults(monkeypatch):
+    # torch's generated autograd for a registered op calls fill_defaults before setup_context on
+    # every call with gradients (about 20 us); the eager path must not.
+    from torch._library import utils
+
+    calls = []
+    fill_defaults = utils.fill_defaults
+    monkeypatch.setattr(utils, "fill_defaults", lambda *a: calls.append(1) or fill_defaults(*a))
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
+    x.requires_grad_()
+    y = addernet_cuda.adder2d(x, w, b, **kw)
+    y.sum().backward()
+    assert calls == [] and type(y.grad_fn).__name__ == "_Adder2dFunctionBackward"
+    torch.ops.addernet.adder2d(x, w, b, *SHAPES[1].args, "hardtanh").sum().backward()
+    assert calls, "the probe does not see the registered op's autograd"
+
+
 def test_double_backward_raises():
     x, w, b, kw = make(SHAPES[0])
     x.requires_grad_()
