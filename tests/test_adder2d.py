@@ -284,6 +284,43 @@ def test_input_grad_planes_are_independent(stride, mode, cpu_isa):
         assert torch.equal(whole[0][:, c : c + 1], alone), f"plane {c}"
 
 
+# Rows of 8 pixels (a 64-byte vector's halves from two rows), 16 and 32 (one row), 56 (7 vectors
+# a row: pairs across rows and a last odd slot), 11 (widened to 16); 7 input channels: blocks of
+# 4, 2 and 1 planes; 5 to 70 output channels.
+INPUT_GRAD_ISA_CASES = [
+    Case("rows-of-8", 2, 7, 8, 8, 70, 3, 3, padding=1),
+    Case("rows-of-16", 2, 7, 16, 16, 9, 3, 3, padding=1),
+    Case("rows-of-32", 1, 7, 6, 32, 5, 3, 3, padding=1),
+    Case("rows-of-56", 1, 3, 9, 56, 6, 3, 3, padding=1),
+    Case("rows-of-11", 2, 7, 11, 11, 12, 3, 3, padding=1),
+    Case("rows-of-8-dilated", 1, 5, 8, 8, 8, 3, 3, padding=2, dilation=2),
+]
+
+
+@pytest.mark.skipif(
+    addernet_cuda.build_info()["cpu_isa"] != "avx512",
+    reason="AVX-512 kernels not compiled in or the CPU lacks AVX-512 F/BW/VL/VNNI",
+)
+@pytest.mark.parametrize("case", INPUT_GRAD_ISA_CASES, ids=repr)
+@pytest.mark.parametrize("mode", ["hardtanh", "exact"])
+def test_input_grad_avx512_bitwise_equal_to_avx2(case, mode):
+    # The AVX-512 input gradient computes each lane as the AVX2 kernel does, in the same order:
+    # the same bits, NaN included (one input pixel is NaN; clamp ties at exactly +-1 and 0).
+    x, w, _ = case.tensors(torch.float32, seed=3)
+    x[0, 0, 1, 2] = float("nan")
+    w.view(-1)[:4] = x.view(-1)[5:9] + torch.tensor([1.0, -1.0, 0.0, 0.5])
+    dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=torch.Generator().manual_seed(4))
+    previous = _extension._C.cpu_isa()
+    try:
+        out = {}
+        for isa in ("avx2", "avx512"):
+            _extension._C.set_cpu_isa(isa)
+            out[isa] = addernet_cuda.ops.adder2d_input_grad(dy, x, w, **case.kwargs, mode=mode)
+    finally:
+        _extension._C.set_cpu_isa(previous)
+    assert torch.equal(out["avx2"].view(torch.int32), out["avx512"].view(torch.int32))
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
 def test_noncontiguous_inputs(layout):
     x, w, b, kw = make(SHAPES[1])

@@ -47,8 +47,8 @@ bool cpu_has_avx512() {
 }
 
 // Instruction-set levels, each including the one below: at the AVX-512 level the int8 kernels
-// have an AVX-512 copy, and the float forward's tile loops 64-byte vectors (the other float
-// kernels, and float64, stay AVX2).
+// have an AVX-512 copy, and the float forward's tile loops and stride-1 input gradient 64-byte
+// vectors (the other float kernels, and float64, stay AVX2).
 enum IsaLevel : int { BASE = 0, AVX2 = 1, AVX512 = 2 };
 
 IsaLevel best_isa() {

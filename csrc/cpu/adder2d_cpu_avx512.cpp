@@ -1,6 +1,7 @@
 // The float forward's tile loops (adder2d_cpu_kernels.h: forward_tiles_direct and
-// forward_tiles_batch, with micro_tile_zmm) compiled for AVX-512 F/VL; every other kernel of
-// the AVX-512 set is the AVX2 one. Only these functions are compiled for AVX-512 (a target
+// forward_tiles_batch, with micro_tile_zmm) and the float input gradient (input_grad_planes, whose
+// stride-1 loop is input_grad_vectors_zmm) compiled for AVX-512 F/VL; every other kernel of the
+// AVX-512 set is the AVX2 one. Only these functions are compiled for AVX-512 (a target
 // pragma opened after the standard headers), so the extension still runs on a CPU without it:
 // adder2d_cpu.cpp calls them only when the CPU has it. Results are bitwise equal to the AVX2
 // kernels' (the same terms, summed in the same order).
@@ -37,6 +38,7 @@ KernelSet<float> avx512_kernels_float() {
   KernelSet<float> k = avx2_kernels_float();
   k.forward_tiles_direct = &avx512_float::forward_tiles_direct<float>;
   k.forward_tiles_batch = &avx512_float::forward_tiles_batch<float>;
+  k.input_grad_planes = &avx512_float::input_grad_planes<float>;
   k.forward_tile_rows = avx512_float::forward_rows<float>();
   k.forward_register_bytes = 64;
   return k;
