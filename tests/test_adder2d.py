@@ -284,9 +284,9 @@ def test_input_grad_planes_are_independent(stride, mode, cpu_isa):
         assert torch.equal(whole[0][:, c : c + 1], alone), f"plane {c}"
 
 
-# Rows of 8 pixels (a 64-byte vector's halves from two rows), 16 and 32 (one row), 56 (7 vectors
-# a row: pairs across rows and a last odd slot), 11 (widened to 16); 7 input channels: blocks of
-# 4, 2 and 1 planes; 5 to 70 output channels.
+# Stride 1: rows of 8 pixels (a 64-byte vector's halves from two rows), 16 and 32 (one row), 56
+# (7 vectors a row: pairs across rows and a last odd slot), 11 (widened to 16); 7 input channels:
+# blocks of 4, 2 and 1 planes; 5 to 70 output channels.
 INPUT_GRAD_ISA_CASES = [
     Case("rows-of-8", 2, 7, 8, 8, 70, 3, 3, padding=1),
     Case("rows-of-16", 2, 7, 16, 16, 9, 3, 3, padding=1),
@@ -294,6 +294,11 @@ INPUT_GRAD_ISA_CASES = [
     Case("rows-of-56", 1, 3, 9, 56, 6, 3, 3, padding=1),
     Case("rows-of-11", 2, 7, 11, 11, 12, 3, 3, padding=1),
     Case("rows-of-8-dilated", 1, 5, 8, 8, 8, 3, 3, padding=2, dilation=2),
+    # Strided (the AVX2 kernel, compiled again in the AVX-512 set): output channels in chunks of
+    # 8 and a tail.
+    Case("stride2-70-channels", 2, 7, 16, 16, 70, 3, 3, stride=2, padding=1),
+    Case("stride2-9-channels", 1, 3, 15, 15, 9, 3, 3, stride=2, padding=1),
+    Case("stride3-16-channels", 1, 5, 25, 25, 16, 3, 3, stride=3, padding=1),
 ]
 
 
@@ -304,7 +309,7 @@ INPUT_GRAD_ISA_CASES = [
 @pytest.mark.parametrize("case", INPUT_GRAD_ISA_CASES, ids=repr)
 @pytest.mark.parametrize("mode", ["hardtanh", "exact"])
 def test_input_grad_avx512_bitwise_equal_to_avx2(case, mode):
-    # The AVX-512 input gradient computes each lane as the AVX2 kernel does, in the same order:
+    # The AVX-512 input gradient computes each lane as the AVX2 kernels do, in the same order:
     # the same bits, NaN included (one input pixel is NaN; clamp ties at exactly +-1 and 0).
     x, w, _ = case.tensors(torch.float32, seed=3)
     x[0, 0, 1, 2] = float("nan")
