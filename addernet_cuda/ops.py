@@ -376,9 +376,10 @@ def adder2d(
     )
     check_args("adder2d", input, weight, bias, stride, padding, dilation, groups, autocast=autocast)
     args = (input, weight, bias, stride, padding, dilation, groups, input_grad)
-    if autocast or torch.compiler.is_compiling():
+    if autocast or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         # Autocast casts the inputs at the op, above its autograd, which then saves the cast
-        # tensors; compiled code has no per-call Python cost to save.
+        # tensors; compiled code has no per-call Python cost to save; torch.func transforms
+        # (vmap) take the op, not an autograd.Function without a setup_context method.
         out = torch.ops.addernet.adder2d(*args)
     else:
         out = _Adder2dFunction.apply(*args)

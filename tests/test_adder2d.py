@@ -401,6 +401,14 @@ def test_eager_call_does_not_fill_schema_defaults(monkeypatch):
     assert calls, "the probe does not see the registered op's autograd"
 
 
+def test_vmap_over_adder2d_matches_a_loop():
+    # torch.vmap reaches the op (torch's per-sample fallback), as before the eager autograd.Function
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
+    xs = torch.stack([x, x.flip(0), 2 * x])
+    got = torch.vmap(lambda t: addernet_cuda.adder2d(t, w, b, **kw))(xs)
+    assert torch.equal(got, torch.stack([addernet_cuda.adder2d(t, w, b, **kw) for t in xs]))
+
+
 def test_double_backward_raises():
     x, w, b, kw = make(SHAPES[0])
     x.requires_grad_()
