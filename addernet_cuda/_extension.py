@@ -79,7 +79,7 @@ def build_info():
     bytes, on which the AVX-512 int8 kernels sum ``vpminub`` + ``vpdpbusd``; shorter ones use
     ``vpsadbw`` on 64 bytes) and ``cpu_isa`` (the instruction set the CPU kernels use on this
     machine: ``"avx512"``, where the CPU has AVX-512 F/BW/VL/VNNI, the float kernels running their
-    AVX2 copy but for the float32 forward's tile loops and stride-1 input gradient; ``"avx2"``; or ``"base"``; ``ADDERNET_CPU_ISA=base``, ``avx2`` or ``avx512`` chooses
+    AVX2 copy but for the float32 forward's tile loops and input gradient; ``"avx2"``; or ``"base"``; ``ADDERNET_CPU_ISA=base``, ``avx2`` or ``avx512`` chooses
     one: an unknown value, or one the CPU lacks, makes the import fail with a RuntimeError that
     names it).
     """

@@ -299,6 +299,13 @@ class _Adder2dFunction(torch.autograd.Function):
 
     backward = staticmethod(_backward)
 
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(
+            "adder2d: forward-mode AD (torch.autograd.forward_ad) is not supported; "
+            "use reverse mode (backward)"
+        )
+
 
 for _op in ("adder2d_input_grad", "adder2d_weight_grad"):
     torch.library.register_autograd(

@@ -310,19 +310,22 @@ INPUT_GRAD_ISA_CASES = [
 @pytest.mark.parametrize("mode", ["hardtanh", "exact"])
 def test_input_grad_avx512_bitwise_equal_to_avx2(case, mode):
     # The AVX-512 input gradient computes each lane as the AVX2 kernels do, in the same order:
-    # the same bits, NaN included (one input pixel is NaN; clamp ties at exactly +-1 and 0).
+    # the same bits, a NaN input included (one input pixel is NaN, dY finite; clamp ties at
+    # exactly +-1 and 0). It runs the 64-byte loop at avx512 (the register bytes say so).
     x, w, _ = case.tensors(torch.float32, seed=3)
     x[0, 0, 1, 2] = float("nan")
     w.view(-1)[:4] = x.view(-1)[5:9] + torch.tensor([1.0, -1.0, 0.0, 0.5])
     dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=torch.Generator().manual_seed(4))
     previous = _extension._C.cpu_isa()
     try:
-        out = {}
+        out, register_bytes = {}, {}
         for isa in ("avx2", "avx512"):
             _extension._C.set_cpu_isa(isa)
+            register_bytes[isa] = _extension._C.adder2d_cpu_input_grad_register_bytes(False)
             out[isa] = addernet_cuda.ops.adder2d_input_grad(dy, x, w, **case.kwargs, mode=mode)
     finally:
         _extension._C.set_cpu_isa(previous)
+    assert register_bytes == {"avx2": 32, "avx512": 64}
     assert torch.equal(out["avx2"].view(torch.int32), out["avx512"].view(torch.int32))
 
 
@@ -399,6 +402,18 @@ def test_eager_call_does_not_fill_schema_defaults(monkeypatch):
     assert calls == [] and type(y.grad_fn).__name__ == "_Adder2dFunctionBackward"
     torch.ops.addernet.adder2d(x, w, b, *SHAPES[1].args, "hardtanh").sum().backward()
     assert calls, "the probe does not see the registered op's autograd"
+
+
+# torch.autograd.forward_ad's import scripts a function with the deprecated torch.jit.script
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_forward_mode_ad_raises():
+    # No forward-mode derivative is defined: an error naming it, not a silent zero tangent.
+    import torch.autograd.forward_ad as fwad
+
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
+    with fwad.dual_level():
+        with pytest.raises(RuntimeError, match="adder2d: forward-mode AD"):
+            addernet_cuda.adder2d(fwad.make_dual(x, torch.ones_like(x)), w, b, **kw)
 
 
 def test_vmap_over_adder2d_matches_a_loop():

@@ -47,8 +47,8 @@ bool cpu_has_avx512() {
 }
 
 // Instruction-set levels, each including the one below: at the AVX-512 level the int8 kernels
-// have an AVX-512 copy, and the float forward's tile loops and stride-1 input gradient 64-byte
-// vectors (the other float kernels, and float64, stay AVX2).
+// have an AVX-512 copy, and the float forward's tile loops and the float input gradient's
+// stride-1 loop 64-byte vectors (the other float kernels, and float64, stay AVX2).
 enum IsaLevel : int { BASE = 0, AVX2 = 1, AVX512 = 2 };
 
 IsaLevel best_isa() {
@@ -185,6 +185,11 @@ std::array<int64_t, 3> forward_tile(bool float64) {
   }
   const KernelSet<float> k = kernels<float>();
   return {k.forward_tile_rows, k.tile_pixels, k.forward_register_bytes};
+}
+
+int64_t input_grad_register_bytes(bool float64) {
+  return float64 ? kernels<double>().input_grad_register_bytes
+                 : kernels<float>().input_grad_register_bytes;
 }
 
 std::string forward_path(const Adder2dShape& s, bool float64) {

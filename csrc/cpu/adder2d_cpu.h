@@ -162,6 +162,8 @@ struct KernelSet {
   // (its TILE_P pixels take tile_pixels * sizeof(T) / forward_register_bytes registers per row).
   int64_t forward_tile_rows;
   int64_t forward_register_bytes;
+  // Bytes per register of the input gradient's stride-1 loop.
+  int64_t input_grad_register_bytes;
 };
 
 // Baseline build (any x86-64 / other CPU) and, on x86-64, an AVX2+FMA build.
@@ -201,6 +203,8 @@ std::string forward_path(const Adder2dShape& s, bool float64);
 // The float32 (or float64) forward micro-tile of the current instruction set: {output channels,
 // pixels, bytes per register} (the benchmark records it).
 std::array<int64_t, 3> forward_tile(bool float64);
+// Bytes per register of the input gradient's stride-1 loop with the current instruction set.
+int64_t input_grad_register_bytes(bool float64);
 
 // |x - w| terms per second of thread CPU time of the forward's float32 micro-tile arithmetic on
 // registers (the current instruction set's; at the AVX-512 level the faster of the AVX2 and

@@ -809,7 +809,9 @@ static inline __m512 load_halves(const float* a, const float* b) {
 // and high halves of one vector, their input and gradient vectors adjacent (x[2i + 1] == x[2i] +
 // 8, likewise gr). Each lane computes what the 32-byte kernel does, in the same order (subtract,
 // max, min or the sign selects, fused multiply-add, output channels in order), so the results
-// are bitwise equal; each instruction does 16 lanes. w - x is w + (-x) * one by a fused
+// are bitwise equal (where a NaN dY meets a NaN W - X, which NaN's payload comes out depends on
+// the operand order the compiler picks for the FMA, in either kernel); each instruction does 16
+// lanes. w - x is w + (-x) * one by a fused
 // multiply-add (exact product: the rounded difference bit for bit) on the FMA pipes: as a
 // subtraction it shared the two add pipes with the max and the min, and the 64-byte kernel gained
 // 1.05-1.25x over the 32-byte one, with the FMA 1.1-1.4x. JOINED: every pair's dY halves are
@@ -1589,6 +1591,7 @@ KernelSet<T> make_kernel_set() {
                       TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
                       IG_PLANES,
                       forward_rows<T>(),
+                      ADDER_CPU_VECTOR_BYTES,
                       ADDER_CPU_VECTOR_BYTES};
 }
 
