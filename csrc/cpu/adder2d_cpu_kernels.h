@@ -457,6 +457,13 @@ static inline __m512 abs_diff_zmm(__m512 x, float w, __m512 one) {
       _mm512_and_si512(_mm512_castps_si512(d), _mm512_set1_epi32(0x7fffffff)));
 }
 
+// The 64-byte vector of 8 floats at a (low half) and 8 at b (high half), by two loads.
+static inline __m512 load_halves(const float* a, const float* b) {
+  return _mm512_castpd_ps(
+      _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(a))),
+                         _mm256_castps_pd(_mm256_loadu_ps(b)), 1));
+}
+
 // micro_tile_direct for float on 64-byte vectors: a tile's TILE_P = 16 pixels in one register, R
 // output channels (8 x 1 accumulators). The same terms, each |x - w| exact-rounded by the
 // fused subtraction, added in the same order, so results are bitwise equal to the 32-byte
@@ -477,10 +484,7 @@ static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t n
     a[r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * TILE_P);
   for (int64_t k = 0; k < nk; ++k) {
     const int64_t o = off[k];
-    const __m512 x = JOINED ? _mm512_loadu_ps(b0 + o)
-                            : _mm512_castpd_ps(_mm512_insertf64x4(
-                                  _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(b0 + o))),
-                                  _mm256_castps_pd(_mm256_loadu_ps(b1 + o)), 1));
+    const __m512 x = JOINED ? _mm512_loadu_ps(b0 + o) : load_halves(b0 + o, b1 + o);
     for (int r = 0; r < R; ++r) a[r] = _mm512_add_ps(a[r], abs_diff_zmm(x, w[r * ldw + k], one));
   }
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * TILE_P, a[r]);
@@ -798,25 +802,17 @@ constexpr int input_grad_slots<float>() {
   return 2 * IG_ACCUMULATORS;
 }
 
-// The 64-byte vector of 8 floats at a (low half) and 8 at b (high half), by two loads.
-static inline __m512 load_halves(const float* a, const float* b) {
-  return _mm512_castpd_ps(
-      _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(a))),
-                         _mm256_castps_pd(_mm256_loadu_ps(b)), 1));
-}
-
 // input_grad_vectors for float on 64-byte vectors: slots 2i and 2i + 1 (of U = 2 U2) as the low
 // and high halves of one vector, their input and gradient vectors adjacent (x[2i + 1] == x[2i] +
 // 8, likewise gr). Each lane computes what the 32-byte kernel does, in the same order (subtract,
 // max, min or the sign selects, fused multiply-add, output channels in order), so the results
 // are bitwise equal (where a NaN dY meets a NaN W - X, which NaN's payload comes out depends on
 // the operand order the compiler picks for the FMA, in either kernel); each instruction does 16
-// lanes. w - x is w + (-x) * one by a fused
-// multiply-add (exact product: the rounded difference bit for bit) on the FMA pipes: as a
-// subtraction it shared the two add pipes with the max and the min, and the 64-byte kernel gained
-// 1.05-1.25x over the 32-byte one, with the FMA 1.1-1.4x. JOINED: every pair's dY halves are
-// adjacent too (one load per output channel; else two, as across the rows of an 8-pixel-wide
-// image).
+// lanes. w - x is w + (-x) * one by a fused multiply-add (exact product: the rounded difference
+// bit for bit) on the FMA pipes: as a subtraction it shared the two add pipes with the max and
+// the min, and the 64-byte kernel gained 1.05-1.25x over the 32-byte one, with the FMA 1.1-1.4x.
+// JOINED: every pair's dY halves are adjacent too (one load per output channel; else two, as
+// across the rows of an 8-pixel-wide image).
 template <bool SIGN, int P, int U2, bool JOINED>
 static void input_grad_vectors_zmm(const float* const* dy, int64_t L, const float* const* x,
                                    const float* w, int64_t cog, float* const* gr) {
