@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "../adder2d.h"
@@ -132,6 +133,23 @@ std::optional<Tensor> to_float(const std::optional<Tensor>& t) {
 Tensor empty_like_input(IntArrayRef sizes, const Tensor& input) {
   return torch::stable::empty(sizes, input.scalar_type(), std::nullopt, input.device());
 }
+
+// n elements from a 64-byte boundary (a cache line): the prepared planes' vectors then start on
+// lines where their layout puts them there (operator new alone gives 16 bytes, and a large block
+// from the system starts 16 bytes past a page).
+template <typename T>
+class LineAligned {
+ public:
+  explicit LineAligned(int64_t n)
+      : p_(static_cast<T*>(::operator new(size_t(n) * sizeof(T), std::align_val_t(64)))) {}
+  ~LineAligned() { ::operator delete(p_, std::align_val_t(64)); }
+  LineAligned(const LineAligned&) = delete;
+  LineAligned& operator=(const LineAligned&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_;
+};
 
 // At most this many bytes of prepared input (the direct and batch paths) at once: images or
 // image groups go by chunks of it (at least one image; an image group must fit).
@@ -283,9 +301,10 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
           1, std::min<int64_t>(image_groups,
                                FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / group_elems));
       // Not zero-filled: the prepare calls write every element that is read.
-      std::unique_ptr<scalar_t[]> prepared(new scalar_t[chunk * group_elems]);
-      const std::vector<int64_t> offsets = tap_offsets(
-          s, batch.plane, [&](int64_t dh, int64_t dw) { return (dh * batch.cols + dw) * lanes; });
+      LineAligned<scalar_t> prepared(chunk * group_elems);
+      const std::vector<int64_t> offsets = tap_offsets(s, batch.plane, [&](int64_t dh, int64_t dw) {
+        return ((dw % s.stride_w * batch.rows + dh) * batch.phase_cols + dw / s.stride_w) * lanes;
+      });
       const int64_t HW = s.in_h * s.in_w, CHW = s.in_channels * HW;
       for (int64_t m0 = 0; m0 < image_groups; m0 += chunk) {
         const int64_t mb = std::min(chunk, image_groups - m0);
@@ -328,7 +347,7 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
           1, std::min<int64_t>(s.batch,
                                FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / image_elems));
       // Not zero-filled: the prepare calls write every element.
-      std::unique_ptr<scalar_t[]> prepared(new scalar_t[chunk * image_elems]);
+      LineAligned<scalar_t> prepared(chunk * image_elems);
       const std::vector<int64_t> offsets =
           tap_offsets(s, layout.plane, [&](int64_t dh, int64_t dw) {
             return (dw % s.stride_w) * layout.rows * layout.cols + dh * layout.cols +

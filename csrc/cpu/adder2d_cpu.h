@@ -32,6 +32,7 @@ inline ForwardLayout forward_layout(const Adder2dShape& s, int64_t lanes, int64_
   ForwardLayout l{};
   l.row_vectors = (s.out_w + lanes - 1) / lanes;
   int64_t vectors = 0, last_row = 0, span_h = 0, rows = 0, cols = 0, plane = 0, in_plane = 0;
+  int64_t phase_rows = 0;
   // Rows read: (out_h - 1) * stride_h + (kernel_h - 1) * dilation_h + 1; columns of a phase:
   // every vector whole, shifted by up to (kernel_w - 1) * dilation_w / stride_w.
   const bool overflow =
@@ -41,7 +42,8 @@ inline ForwardLayout forward_layout(const Adder2dShape& s, int64_t lanes, int64_
       __builtin_add_overflow(last_row, span_h, &rows) ||
       adder2d_mul_add_overflows(l.row_vectors, lanes, (s.kernel_w - 1) * s.dilation_w / s.stride_w,
                                 &cols) ||
-      adder2d_mul_add_overflows(s.stride_w * rows, cols, 0, &plane) ||
+      adder2d_mul_add_overflows(s.stride_w, rows, 0, &phase_rows) ||
+      adder2d_mul_add_overflows(phase_rows, cols, 0, &plane) ||
       adder2d_mul_add_overflows(s.in_h, s.in_w, 0, &in_plane);
   // Direct when the copy stays within a few times the input and at least half the lanes of a
   // row's vectors hold pixels.
@@ -55,14 +57,18 @@ inline ForwardLayout forward_layout(const Adder2dShape& s, int64_t lanes, int64_
 
 // The forward's input prepared by groups of `lanes` images for the batch path: each element of a
 // prepared plane is a vector holding one input pixel of the group's `lanes` images (zero for
-// images past the batch), zero padded, so that a vector is one output pixel of `lanes` images
-// and every output pixel fills a whole vector whatever the row width. Element (r, i, lane) of the
-// prepared plane of channel c is X[n0 + lane, c, r - pad_h, i - pad_w], zero outside the image.
-// A tile is tile_vectors consecutive output pixels (flat, p = oh * out_w + ow).
+// images past the batch), zero padded, its columns split into stride_w phases as on the direct
+// path, so that a vector is one output pixel of `lanes` images, every output pixel fills a whole
+// vector whatever the row width, and consecutive output pixels of a row read consecutive vectors
+// through every tap at any stride. Element (f, r, i, lane) of the prepared plane of channel c is
+// X[n0 + lane, c, r - pad_h, i * stride_w + f - pad_w], zero outside the image. A tile is
+// tile_vectors consecutive output pixels (flat, p = oh * out_w + ow).
 struct ForwardBatchLayout {
   bool valid;          // false when a prepared plane's size overflows
   int64_t rows, cols;  // pixels of a prepared plane: the rows and columns the taps read
-  int64_t plane;       // elements from one prepared plane to the next: rows * cols * lanes, padded
+  int64_t phase_cols;  // columns of one phase: ceil(cols / stride_w)
+  int64_t plane;       // elements from one prepared plane to the next: stride_w phases of
+                       // rows * phase_cols * lanes, padded
   int64_t tiles;       // tiles per image group and group: ceil(out_h * out_w / tile_vectors)
 };
 
@@ -73,9 +79,12 @@ inline ForwardBatchLayout forward_batch_layout(const Adder2dShape& s, int64_t la
   l.valid = !(adder2d_mul_add_overflows(s.out_h - 1, s.stride_h, 0, &last_row) ||
               adder2d_mul_add_overflows(s.kernel_h - 1, s.dilation_h, last_row + 1, &l.rows) ||
               adder2d_mul_add_overflows(s.out_w - 1, s.stride_w, 0, &last_col) ||
-              adder2d_mul_add_overflows(s.kernel_w - 1, s.dilation_w, last_col + 1, &l.cols) ||
-              adder2d_mul_add_overflows(l.rows, l.cols, 0, &pixels) ||
-              adder2d_mul_add_overflows(pixels, lanes, 4 * lanes, &l.plane));
+              adder2d_mul_add_overflows(s.kernel_w - 1, s.dilation_w, last_col + 1, &l.cols));
+  int64_t phase_rows = 0;  // the rows of all phases
+  l.phase_cols = l.valid ? l.cols / s.stride_w + (l.cols % s.stride_w != 0) : 0;
+  l.valid = l.valid && !(adder2d_mul_add_overflows(s.stride_w, l.rows, 0, &phase_rows) ||
+                         adder2d_mul_add_overflows(phase_rows, l.phase_cols, 0, &pixels) ||
+                         adder2d_mul_add_overflows(pixels, lanes, 4 * lanes, &l.plane));
   // A copy much larger than the input (padding or a stride beyond the kernel) is not worth it, as
   // on the direct path.
   int64_t in_plane = 0;

@@ -600,12 +600,11 @@ void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T
     }
 }
 
-// dst[p * ldd + j] = f(v)[j] for the first `rows` rows p of a VL x VL block (VL = lanes of V),
+// dst(p)[j] = f(v)[j] for the first `rows` rows p of a VL x VL block (VL = lanes of V),
 // v[j] = src[j][p]: a register transpose (unpack, in-lane shuffle, lane permute), then f on each
-// transposed row (the same operations as a scalar loop).
-template <typename F>
-static inline void transpose_block(const float* const* src, float* dst, int64_t ldd, int64_t rows,
-                                   F f) {
+// transposed row (the same operations as a scalar loop). dst: a callable, row p -> its pointer.
+template <typename Dst, typename F>
+static inline void transpose_block_to(const float* const* src, Dst dst, int64_t rows, F f) {
   typedef Vec<float>::type V;
   // Each row loaded into its register: copied through an array, the rows went to the stack as
   // two 16-byte halves and came back as one 32-byte load, which store forwarding cannot serve.
@@ -624,16 +623,13 @@ static inline void transpose_block(const float* const* src, float* dst, int64_t 
     }
   for (int i = 0; i < 4; ++i) {  // u[i]: columns i (low lanes) and i + 4 of rows 0-3; u[i+4]: 4-7
     if (i < rows)
-      store_vec(dst + i * ldd,
-                f(__builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11)));
+      store_vec(dst(i), f(__builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11)));
     if (i + 4 < rows)
-      store_vec(dst + (i + 4) * ldd,
-                f(__builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15)));
+      store_vec(dst(i + 4), f(__builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15)));
   }
 }
-template <typename F>
-static inline void transpose_block(const double* const* src, double* dst, int64_t ldd, int64_t rows,
-                                   F f) {
+template <typename Dst, typename F>
+static inline void transpose_block_to(const double* const* src, Dst dst, int64_t rows, F f) {
   typedef Vec<double>::type V;
   V r[4] = {load_vec<V>(src[0]), load_vec<V>(src[1]), load_vec<V>(src[2]), load_vec<V>(src[3])};
   V t[4];
@@ -642,10 +638,15 @@ static inline void transpose_block(const double* const* src, double* dst, int64_
     t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 5, 3, 7);
   }
   for (int i = 0; i < 2; ++i) {  // t[i]: columns i and i + 2 of rows 0-1; t[i+2]: rows 2-3
-    if (i < rows) store_vec(dst + i * ldd, f(__builtin_shufflevector(t[i], t[i + 2], 0, 1, 4, 5)));
-    if (i + 2 < rows)
-      store_vec(dst + (i + 2) * ldd, f(__builtin_shufflevector(t[i], t[i + 2], 2, 3, 6, 7)));
+    if (i < rows) store_vec(dst(i), f(__builtin_shufflevector(t[i], t[i + 2], 0, 1, 4, 5)));
+    if (i + 2 < rows) store_vec(dst(i + 2), f(__builtin_shufflevector(t[i], t[i + 2], 2, 3, 6, 7)));
   }
+}
+
+// dst[p * ldd + j] = f(v)[j]: transpose_block_to into rows ldd elements apart.
+template <typename T, typename F>
+static inline void transpose_block(const T* const* src, T* dst, int64_t ldd, int64_t rows, F f) {
+  transpose_block_to(src, [dst, ldd](int64_t p) { return dst + p * ldd; }, rows, f);
 }
 
 // dst[p * ldd + j] = src[j][p] - c[j] for a VL x VL block (the weight gradient's panels).
@@ -657,38 +658,53 @@ static inline void transpose_centred(const T* const* src, typename Vec<T>::type 
 }
 
 // One prepared plane of the batch path (ForwardBatchLayout in adder2d_cpu.h): channel c of
-// `images` <= VL images, x: X[n0, c], image_stride elements between images; xp receives
-// layout.rows * layout.cols * VL elements (the rest of layout.plane is never read), lanes past
-// `images` zero.
+// `images` <= VL images, x: X[n0, c], image_stride elements between images; xp receives the
+// stride_w phases of layout.rows * layout.phase_cols * VL elements (the rest of layout.plane,
+// and a phase's columns past layout.cols, are never read), lanes past `images` zero.
 template <typename T>
 void forward_prepare_batch_plane(const Adder2dShape& s, const ForwardBatchLayout& l, const T* x,
                                  int64_t image_stride, int64_t images, T* xp) {
   constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  const int64_t sw = s.stride_w, phase = l.rows * l.phase_cols * VL;
   // Columns [lo, hi) of a prepared row are inside the image: i - pad_w in [0, in_w).
   const int64_t lo = min_i64(l.cols, s.pad_w), hi = min_i64(l.cols, s.pad_w + s.in_w);
   for (int64_t r = 0; r < l.rows; ++r) {
-    T* d = xp + r * l.cols * VL;
+    // Column i of the row at d + i % sw * phase + i / sw * VL, walked without divisions: column
+    // `i` of `next` is phase f, element j.
+    T* const d = xp + r * l.phase_cols * VL;
+    struct Column {
+      int64_t i, f, j;
+    } next{0, 0, 0};
+    const auto at = [&](const Column& c) { return d + c.f * phase + c.j * VL; };
+    const auto advance = [sw](Column& c) {
+      ++c.i;
+      if (++c.f == sw) c.f = 0, ++c.j;
+    };
     const int64_t ih = r - s.pad_h;
-    if (ih < 0 || ih >= s.in_h) {
-      for (int64_t i = 0; i < l.cols * VL; ++i) d[i] = T(0);
-      continue;
+    const bool inside = ih >= 0 && ih < s.in_h;
+    for (; next.i < (inside ? lo : l.cols); advance(next))
+      for (int64_t n = 0; n < VL; ++n) at(next)[n] = T(0);
+    if (inside) {
+      // Columns by blocks of VL, VL images x VL pixels transposed in registers (images past the
+      // batch read zeros), the rest one element at a time.
+      const T zeros[VL] = {};
+      const T* xr[VL];
+      for (int64_t n = 0; n < VL; ++n)
+        xr[n] = n < images ? x + n * image_stride + ih * s.in_w - s.pad_w : nullptr;
+      for (; next.i + VL <= hi;) {
+        const T* src[VL];
+        T* dst[VL];
+        for (int64_t n = 0; n < VL; ++n) src[n] = n < images ? xr[n] + next.i : zeros;
+        for (int64_t q = 0; q < VL; ++q, advance(next)) dst[q] = at(next);
+        transpose_block_to(
+            src, [&dst](int64_t q) { return dst[q]; }, VL,
+            [](typename Vec<T>::type v) { return v; });
+      }
+      for (; next.i < hi; advance(next))
+        for (int64_t n = 0; n < VL; ++n) at(next)[n] = n < images ? xr[n][next.i] : T(0);
+      for (; next.i < l.cols; advance(next))
+        for (int64_t n = 0; n < VL; ++n) at(next)[n] = T(0);
     }
-    for (int64_t i = 0; i < lo * VL; ++i) d[i] = T(0);
-    for (int64_t i = hi * VL; i < l.cols * VL; ++i) d[i] = T(0);
-    // Columns by blocks of VL, VL images x VL pixels transposed in registers (images past the
-    // batch read zeros), the rest one element at a time.
-    const T zeros[VL] = {};
-    const T* xr[VL];
-    for (int64_t n = 0; n < VL; ++n)
-      xr[n] = n < images ? x + n * image_stride + ih * s.in_w - s.pad_w : nullptr;
-    int64_t i0 = lo;
-    for (; i0 + VL <= hi; i0 += VL) {
-      const T* src[VL];
-      for (int64_t n = 0; n < VL; ++n) src[n] = n < images ? xr[n] + i0 : zeros;
-      transpose_block(src, d + i0 * VL, VL, VL, [](typename Vec<T>::type v) { return v; });
-    }
-    for (int64_t n = 0; n < VL; ++n)
-      for (int64_t i = i0; i < hi; ++i) d[i * VL + n] = n < images ? xr[n][i] : T(0);
   }
 }
 
@@ -706,7 +722,7 @@ void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, con
   const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group;
   accumulate_tiles(s, off, w, ntiles, scratch, [&](int64_t t, int64_t j) {
     const int64_t p = (tile0 + t) * NV + j;  // past the last pixel: computed, not stored
-    return p < L ? xp + (p / s.out_w * s.stride_h * l.cols + p % s.out_w * s.stride_w) * VL : xp;
+    return p < L ? xp + (p / s.out_w * s.stride_h * l.phase_cols + p % s.out_w) * VL : xp;
   });
   // Output row by output row (channel, then image): the tiles' pixels of a row are consecutive,
   // so each row is written in one run, from the channel's sums in L1 (pixel by pixel, every image
