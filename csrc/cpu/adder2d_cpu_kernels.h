@@ -678,7 +678,10 @@ void forward_prepare_batch_plane(const Adder2dShape& s, const ForwardBatchLayout
     const auto at = [&](const Column& c) { return d + c.f * phase + c.j * VL; };
     const auto advance = [sw](Column& c) {
       ++c.i;
-      if (++c.f == sw) c.f = 0, ++c.j;
+      if (++c.f == sw) {
+        c.f = 0;
+        ++c.j;
+      }
     };
     const int64_t ih = r - s.pad_h;
     const bool inside = ih >= 0 && ih < s.in_h;
