@@ -88,10 +88,15 @@ TAP_ORDER_SHAPES = [s for s in SHAPES if s.n > 0] + [
     Case("direct-copy-6-columns", 2, 3, 5, 6, 6, 3, 3, padding=1),
     Case("direct-split-21-columns", 2, 3, 7, 21, 6, 3, 3, stride=2, padding=1),
     # The batch path's copy split into column phases: stride 2 on 14 columns (a transposed block
-    # and a tail per phase), stride 3 with dilation 2 and unequal padding, stride 2 on rows only.
+    # and a tail per phase), stride 3 with dilation 2 and unequal padding, stride 2 on rows only,
+    # strides beyond the kernel (1x1 at stride 2, 2x2 at stride 3), and one output column with a
+    # stride larger than the columns read (fewer phases than the stride).
     Case("batch-stride-2", 8, 3, 14, 14, 13, 3, 3, stride=2, padding=1),
     Case("batch-stride-3-dilation-2", 8, 2, 19, 23, 6, 3, 3, stride=3, padding=(2, 1), dilation=2),
     Case("batch-stride-2-by-1", 8, 2, 15, 13, 5, 3, 3, stride=(2, 1), padding=1),
+    Case("batch-1x1-stride-2", 8, 4, 13, 13, 6, 1, 1, stride=2),
+    Case("batch-2x2-stride-3", 8, 3, 20, 20, 5, 2, 2, stride=3, padding=1),
+    Case("batch-one-column-stride-5", 8, 2, 6, 3, 4, 3, 2, stride=(1, 5)),
 ]
 
 

@@ -67,8 +67,8 @@ struct ForwardBatchLayout {
   bool valid;          // false when a prepared plane's size overflows
   int64_t rows, cols;  // pixels of a prepared plane: the rows and columns the taps read
   int64_t phase_cols;  // columns of one phase: ceil(cols / stride_w)
-  int64_t plane;       // elements from one prepared plane to the next: stride_w phases of
-                       // rows * phase_cols * lanes, padded
+  int64_t plane;       // elements from one prepared plane to the next: min(stride_w, cols)
+                       // phases of rows * phase_cols * lanes, padded
   int64_t tiles;       // tiles per image group and group: ceil(out_h * out_w / tile_vectors)
 };
 
@@ -80,9 +80,11 @@ inline ForwardBatchLayout forward_batch_layout(const Adder2dShape& s, int64_t la
               adder2d_mul_add_overflows(s.kernel_h - 1, s.dilation_h, last_row + 1, &l.rows) ||
               adder2d_mul_add_overflows(s.out_w - 1, s.stride_w, 0, &last_col) ||
               adder2d_mul_add_overflows(s.kernel_w - 1, s.dilation_w, last_col + 1, &l.cols));
+  // Phases that hold a column: stride_w, or cols when the stride exceeds them (one output column).
+  const int64_t phases = s.stride_w < l.cols ? s.stride_w : l.cols;
   int64_t phase_rows = 0;  // the rows of all phases
   l.phase_cols = l.valid ? l.cols / s.stride_w + (l.cols % s.stride_w != 0) : 0;
-  l.valid = l.valid && !(adder2d_mul_add_overflows(s.stride_w, l.rows, 0, &phase_rows) ||
+  l.valid = l.valid && !(adder2d_mul_add_overflows(phases, l.rows, 0, &phase_rows) ||
                          adder2d_mul_add_overflows(phase_rows, l.phase_cols, 0, &pixels) ||
                          adder2d_mul_add_overflows(pixels, lanes, 4 * lanes, &l.plane));
   // A copy much larger than the input (padding or a stride beyond the kernel) is not worth it, as
