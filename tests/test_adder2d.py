@@ -193,6 +193,31 @@ def test_batch_path_not_taken_for_a_copy_much_larger_than_the_input():
     )
 
 
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_direct_path_image_by_image_and_by_chunks(dtype, cpu_isa):
+    # The direct path goes image by image (each thread copying its own images) with at least 4
+    # images per thread, else by chunks of images copied first: 9 images on 1 thread take the
+    # first, on 8 threads the second; both must sum each output's taps in order.
+    cases = [
+        Case("direct-9-images", 9, 3, 9, 16, 13, 3, 3, padding=1),
+        Case("direct-9-images-stride-2", 9, 2, 17, 33, 6, 3, 3, stride=2, padding=1),
+        Case("direct-9-images-2-groups", 9, 4, 9, 16, 6, 3, 3, padding=1, groups=2),
+    ]
+    threads = torch.get_num_threads()
+    try:
+        for case in cases:
+            assert forward_path(case, dtype) == "direct", case.name
+            x, w, b, kw = make(case, dtype=dtype)
+            kw = dict(kw, stride=case.stride, padding=case.padding, dilation=case.dilation)
+            want = forward_in_tap_order(x, w, b, kw, case.oh, case.ow)
+            for n in (1, 8):
+                torch.set_num_threads(n)
+                assert torch.equal(addernet_cuda.adder2d(x, w, b, **kw), want), (case.name, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_forward_batch_path_by_chunks_of_image_groups():
     # Groups of 4 float64 images, 9 MB of prepared input each: the batch path prepares three
     # groups per chunk (at most 32 MiB), so the 5 groups (the last one of 4 images too) go in
