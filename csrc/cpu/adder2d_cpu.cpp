@@ -15,7 +15,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <ctime>
-#include <memory>
 #include <new>
 #include <vector>
 

@@ -659,8 +659,8 @@ static inline void transpose_centred(const T* const* src, typename Vec<T>::type 
 
 // One prepared plane of the batch path (ForwardBatchLayout in adder2d_cpu.h): channel c of
 // `images` <= VL images, x: X[n0, c], image_stride elements between images; xp receives the
-// stride_w phases of layout.rows * layout.phase_cols * VL elements (the rest of layout.plane,
-// and a phase's columns past layout.cols, are never read), lanes past `images` zero.
+// min(stride_w, layout.cols) phases of layout.rows * layout.phase_cols * VL elements (the rest of
+// layout.plane, and a phase's columns past layout.cols, are never read), lanes past `images` zero.
 template <typename T>
 void forward_prepare_batch_plane(const Adder2dShape& s, const ForwardBatchLayout& l, const T* x,
                                  int64_t image_stride, int64_t images, T* xp) {
