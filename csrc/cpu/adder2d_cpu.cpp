@@ -356,6 +356,15 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       const int64_t HW = s.in_h * s.in_w;
       const int64_t tiles = layout.tiles;
       const int64_t items = (tiles + FORWARD_TILE_GROUP - 1) / FORWARD_TILE_GROUP;
+      // Work item `item` of group g of image n, from that image's prepared planes.
+      const auto run_item = [&](const scalar_t* image_planes, int64_t n, int64_t g, int64_t item,
+                                scalar_t* scratch) {
+        const int64_t tile0 = item * FORWARD_TILE_GROUP;
+        ks.forward_tiles_direct(s, layout, image_planes + g * cig * layout.plane, offsets.data(),
+                                wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
+                                yp + (n * s.out_channels + g * cog) * L, tile0,
+                                std::min(FORWARD_TILE_GROUP, tiles - tile0), scratch);
+      };
       // Image by image when there are several images per thread and an image's copy fits a core's
       // L2: each thread copies an image and runs all of its tiles at once, so the tiles read the
       // copy from that core's cache (prepared for a whole chunk first, it had left the cache by the
@@ -369,15 +378,8 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
             for (int64_t c = 0; c < s.in_channels; ++c)
               ks.forward_prepare_plane(s, layout, xp + (n * s.in_channels + c) * HW,
                                        image.get() + c * layout.plane);
-            for (int64_t i = 0; i < s.groups * items; ++i) {
-              const int64_t item = i % items, g = i / items;
-              const int64_t tile0 = item * FORWARD_TILE_GROUP;
-              ks.forward_tiles_direct(s, layout, image.get() + g * cig * layout.plane,
-                                      offsets.data(), wp + g * cog * s.taps,
-                                      bp ? bp + g * cog : nullptr,
-                                      yp + (n * s.out_channels + g * cog) * L, tile0,
-                                      std::min(FORWARD_TILE_GROUP, tiles - tile0), scratch.data());
-            }
+            for (int64_t i = 0; i < s.groups * items; ++i)
+              run_item(image.get(), n, i / items, i % items, scratch.data());
           }
         });
         return;
@@ -397,13 +399,9 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         torch::stable::parallel_for(0, nb * s.groups * items, 1, [&](int64_t begin, int64_t end) {
           std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
           for (int64_t i = begin; i < end; ++i) {
-            const int64_t item = i % items, g = (i / items) % s.groups, n = i / (items * s.groups);
-            const int64_t tile0 = item * FORWARD_TILE_GROUP;
-            ks.forward_tiles_direct(
-                s, layout, prepared.get() + (n * s.in_channels + g * cig) * layout.plane,
-                offsets.data(), wp + g * cog * s.taps, bp ? bp + g * cog : nullptr,
-                yp + ((n0 + n) * s.out_channels + g * cog) * L, tile0,
-                std::min(FORWARD_TILE_GROUP, tiles - tile0), scratch.data());
+            const int64_t n = i / (items * s.groups);
+            run_item(prepared.get() + n * image_elems, n0 + n, i / items % s.groups, i % items,
+                     scratch.data());
           }
         });
       }
