@@ -439,6 +439,25 @@ def test_eager_call_does_not_fill_schema_defaults(monkeypatch):
     assert calls, "the probe does not see the registered op's autograd"
 
 
+def test_calls_that_record_no_graph_skip_autograd(monkeypatch):
+    # No tensor requiring grad, or grad mode off: the op runs past autograd (no autograd.Function,
+    # no grad_fn), the same bits; a tensor requiring grad under grad mode goes through it.
+    from addernet_cuda import ops
+
+    applied = []
+    apply = ops._Adder2dFunction.apply
+    monkeypatch.setattr(ops._Adder2dFunction, "apply", lambda *a: applied.append(1) or apply(*a))
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
+    expected = torch.ops.addernet.adder2d(x, w, b, *SHAPES[1].args, "hardtanh")
+    y = addernet_cuda.adder2d(x, w, b, **kw)
+    assert torch.equal(y, expected) and y.grad_fn is None and applied == []
+    with torch.no_grad():
+        y = addernet_cuda.adder2d(x.requires_grad_(), w, b, **kw)
+    assert torch.equal(y, expected) and y.grad_fn is None and applied == []
+    y = addernet_cuda.adder2d(x, w, b, **kw)
+    assert type(y.grad_fn).__name__ == "_Adder2dFunctionBackward" and applied == [1]
+
+
 # torch.autograd.forward_ad's import runs the deprecated torch.jit.script (a FutureWarning in
 # torch 2.14, DeprecationWarnings for script and script_method in 2.13)
 @pytest.mark.filterwarnings("ignore:`torch.jit.script")
