@@ -218,6 +218,31 @@ def test_forward_direct_path_image_by_image_and_by_chunks(dtype, cpu_isa):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_batch_path_split_by_output_channels(dtype, cpu_isa):
+    # With fewer than 16 tiles per thread (a 7x7 output has 25 two-pixel tiles per image group)
+    # the batch path also splits each group's output channels among the threads, at multiples
+    # of the micro-tile's rows; every split must sum each output's taps in order.
+    cases = [
+        Case("batch-7x7-44-channels", 8, 5, 7, 7, 44, 3, 3, padding=1),
+        Case("batch-7x7-stride-2", 8, 4, 13, 13, 36, 3, 3, stride=2, padding=1),
+        Case("batch-7x7-2-groups", 8, 6, 7, 7, 40, 3, 3, padding=1, groups=2),
+    ]
+    threads = torch.get_num_threads()
+    try:
+        for case in cases:
+            assert forward_path(case, dtype) == "batch", case.name
+            x, w, b, kw = make(case, dtype=dtype)
+            kw = dict(kw, stride=case.stride, padding=case.padding, dilation=case.dilation)
+            want = forward_in_tap_order(x, w, b, kw, case.oh, case.ow)
+            for n in (1, 2, 3, 4):
+                torch.set_num_threads(n)
+                assert torch.equal(addernet_cuda.adder2d(x, w, b, **kw), want), (case.name, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_forward_batch_path_by_chunks_of_image_groups():
     # Groups of 4 float64 images, 9 MB of prepared input each: the batch path prepares three
     # groups per chunk (at most 32 MiB), so the 5 groups (the last one of 4 images too) go in
