@@ -283,8 +283,9 @@ def _backward(ctx, grad):
     input, weight = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
     # Under create_graph (grad mode on) the gradient ops record their nodes, which refuse double
-    # backward; otherwise nothing is recorded and they run past their autograd kernels.
-    run = _call if torch.is_grad_enabled() else _below_autograd
+    # backward; otherwise nothing is recorded and they run past their autograd kernels, except
+    # while compiled autograd traces this backward (dynamo cannot trace the dispatch guard).
+    run = _call if torch.is_grad_enabled() or torch.compiler.is_compiling() else _below_autograd
     if ctx.needs_input_grad[0]:
         op = torch.ops.addernet.adder2d_input_grad.default
         grad_input = run(op, grad, input, weight, *ctx.args, ctx.mode)

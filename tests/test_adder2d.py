@@ -615,6 +615,24 @@ def test_torch_compile_fullgraph_forward_and_backward():
     torch.testing.assert_close(g_compiled, model.adder.weight.grad, rtol=1e-4, atol=1e-3)
 
 
+def test_compiled_autograd_traces_the_backward_in_one_graph():
+    # Compiled autograd traces the Python backward of an eagerly recorded adder2d: with
+    # fullgraph=True it must trace it whole (the backward's ops run past autograd through a
+    # dispatch guard that dynamo cannot trace, so while compiling they are called plainly), and
+    # give the eager gradients.
+    enable = getattr(torch._dynamo.compiled_autograd, "_enable", None)
+    if enable is None:
+        pytest.skip("this torch has no torch._dynamo.compiled_autograd._enable")
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
+    dy = torch.randn(reference.adder2d(x, w, b, **kw).shape)
+    want = grads(addernet_cuda.adder2d, x, w, b, kw, dy)
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = addernet_cuda.adder2d(xg, wg, b, **kw)
+    with enable(torch.compile(backend="eager", fullgraph=True)):
+        y.backward(dy)
+    assert torch.equal(xg.grad, want[1]) and torch.equal(wg.grad, want[2])
+
+
 def test_torch_export():
     torch.manual_seed(0)
     model = SmallAdderNet().eval()
