@@ -318,6 +318,32 @@ def test_weight_grad_is_deterministic_and_thread_count_independent():
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_input_grad_same_bits_on_any_thread_count(stride):
+    # The input gradient's threads claim work from a shared counter: whole images and groups
+    # with at least 4 per thread (9 images x 2 groups on 1-4 threads), else single items (2
+    # images on 1-4 threads), each reusing its scratch's copy of dY only for the same image and
+    # group. Every thread count gives the same bits, and they match the float64 reference.
+    g = torch.Generator().manual_seed(6)
+    for n_images in (9, 2):
+        x = torch.randn(n_images, 14, 9, 9, generator=g, dtype=torch.float64)
+        w = torch.randn(10, 7, 3, 3, generator=g, dtype=torch.float64) * 0.7
+        kw = dict(stride=stride, padding=1, groups=2)
+        dy = torch.randn(reference.adder2d(x, w, **kw).shape, generator=g, dtype=torch.float64)
+        threads = torch.get_num_threads()
+        try:
+            results = []
+            for n in (1, 2, 3, 4):
+                torch.set_num_threads(n)
+                results.append(addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw))
+        finally:
+            torch.set_num_threads(threads)
+        assert all(torch.equal(results[0], r) for r in results[1:]), n_images
+        xr = x.clone().requires_grad_()
+        reference.adder2d(xr, w, **kw).backward(dy)
+        torch.testing.assert_close(results[0], xr.grad, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("mode", ["hardtanh", "exact"])

@@ -160,6 +160,10 @@ constexpr int64_t FORWARD_IMAGE_BYTES = int64_t(1) << 20;
 // there are fewer tiles than this per thread.
 constexpr int64_t FORWARD_BATCH_TILES_PER_THREAD = 16;
 
+// The input gradient's threads claim a whole image and group at a time when there are at least
+// this many per thread, else one work item at a time.
+constexpr int64_t INPUT_GRAD_IMAGES_PER_THREAD = 4;
+
 // At most this many bytes of prepared input (the direct and batch paths) at once: images or
 // image groups go by chunks of it (at least one image; an image group must fit).
 constexpr int64_t FORWARD_PREPARED_BYTES = int64_t(32) << 20;
@@ -483,19 +487,30 @@ Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, co
     const int64_t cig = s.in_channels_per_group;
     const int64_t cog = s.out_channels_per_group;
     // Work item = up to input_grad_planes_max consecutive input planes of one image and group;
-    // each owns its gradient, and each plane's result does not depend on the grouping.
+    // each owns its gradient, and each plane's result does not depend on the grouping. The
+    // threads take work from a shared counter: split into equal ranges, a thread on a slower core
+    // kept the other waiting (as in the forward). With several images and groups per thread a
+    // claim is one image and group (its items share dY and its padded copy), else one item.
     const int64_t pb = ks.input_grad_planes_max, blocks = (cig + pb - 1) / pb;
-    torch::stable::parallel_for(0, s.batch * s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t threads = torch::stable::get_num_threads();
+    const int64_t items = s.batch * s.groups * blocks;
+    const int64_t claim = s.batch * s.groups >= INPUT_GRAD_IMAGES_PER_THREAD * threads ? blocks : 1;
+    std::atomic<int64_t> next_item{0};
+    torch::stable::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.input_grad_scratch(s));
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t ng = i / blocks, n = ng / s.groups, g = ng % s.groups;
-        const int64_t ci = i % blocks * pb, np = std::min(pb, cig - ci);
-        const int64_t plane = n * s.in_channels + g * cig + ci;
-        // Consecutive items of one image and group share dY (and its padded copy).
-        const bool reuse = i > begin && (i - 1) / blocks == ng;
-        ks.input_grad_planes(s, dyp + (n * s.out_channels + g * cog) * L, xp + plane * HW,
-                             wp + g * cog * s.taps + ci * s.kernel_h * s.kernel_w, gxp + plane * HW,
-                             np, sign_mode, scratch.data(), reuse);
+      int64_t scratch_ng = -1;  // the image and group whose dY the scratch holds
+      for (int64_t worker = begin; worker < end; ++worker) {
+        for (int64_t i0 = next_item.fetch_add(claim); i0 < items; i0 = next_item.fetch_add(claim)) {
+          for (int64_t i = i0; i < std::min(items, i0 + claim); ++i) {
+            const int64_t ng = i / blocks, n = ng / s.groups, g = ng % s.groups;
+            const int64_t ci = i % blocks * pb, plane = n * s.in_channels + g * cig + ci;
+            ks.input_grad_planes(s, dyp + (n * s.out_channels + g * cog) * L, xp + plane * HW,
+                                 wp + g * cog * s.taps + ci * s.kernel_h * s.kernel_w,
+                                 gxp + plane * HW, std::min(pb, cig - ci), sign_mode,
+                                 scratch.data(), ng == scratch_ng);
+            scratch_ng = ng;
+          }
+        }
       }
     });
   });
