@@ -195,29 +195,35 @@ def test_batch_path_not_taken_for_a_copy_much_larger_than_the_input():
     )
 
 
+def check_forward_on_thread_counts(cases, dtype, path, thread_counts):
+    """Each case takes `path` and, on every thread count, sums each output's taps in order."""
+    threads = torch.get_num_threads()
+    try:
+        for case in cases:
+            assert forward_path(case, dtype) == path, case.name
+            x, w, b, kw = make(case, dtype=dtype)
+            kw = dict(kw, stride=case.stride, padding=case.padding, dilation=case.dilation)
+            want = forward_in_tap_order(x, w, b, kw, case.oh, case.ow)
+            for n in thread_counts:
+                torch.set_num_threads(n)
+                assert torch.equal(addernet_cuda.adder2d(x, w, b, **kw), want), (case.name, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_direct_path_image_by_image_and_by_chunks(dtype, cpu_isa):
     # The direct path goes image by image (each thread copying its own images) with at least 4
-    # images per thread, else by chunks of images copied first: 9 images on 1 thread take the
-    # first, on 8 threads the second; both must sum each output's taps in order.
+    # images per thread (the threads claiming images from a shared counter), else by chunks of
+    # images copied first: 9 images on 1 and 2 threads take the first, on 8 threads the second;
+    # both must sum each output's taps in order.
     cases = [
         Case("direct-9-images", 9, 3, 9, 16, 13, 3, 3, padding=1),
         Case("direct-9-images-stride-2", 9, 2, 17, 33, 6, 3, 3, stride=2, padding=1),
         Case("direct-9-images-2-groups", 9, 4, 9, 16, 6, 3, 3, padding=1, groups=2),
     ]
-    threads = torch.get_num_threads()
-    try:
-        for case in cases:
-            assert forward_path(case, dtype) == "direct", case.name
-            x, w, b, kw = make(case, dtype=dtype)
-            kw = dict(kw, stride=case.stride, padding=case.padding, dilation=case.dilation)
-            want = forward_in_tap_order(x, w, b, kw, case.oh, case.ow)
-            for n in (1, 8):
-                torch.set_num_threads(n)
-                assert torch.equal(addernet_cuda.adder2d(x, w, b, **kw), want), (case.name, n)
-    finally:
-        torch.set_num_threads(threads)
+    check_forward_on_thread_counts(cases, dtype, "direct", (1, 2, 8))
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
@@ -231,18 +237,7 @@ def test_forward_batch_path_split_by_output_channels(dtype, cpu_isa):
         Case("batch-7x7-stride-2", 8, 4, 13, 13, 36, 3, 3, stride=2, padding=1),
         Case("batch-7x7-2-groups", 8, 6, 7, 7, 40, 3, 3, padding=1, groups=2),
     ]
-    threads = torch.get_num_threads()
-    try:
-        for case in cases:
-            assert forward_path(case, dtype) == "batch", case.name
-            x, w, b, kw = make(case, dtype=dtype)
-            kw = dict(kw, stride=case.stride, padding=case.padding, dilation=case.dilation)
-            want = forward_in_tap_order(x, w, b, kw, case.oh, case.ow)
-            for n in (1, 2, 3, 4):
-                torch.set_num_threads(n)
-                assert torch.equal(addernet_cuda.adder2d(x, w, b, **kw), want), (case.name, n)
-    finally:
-        torch.set_num_threads(threads)
+    check_forward_on_thread_counts(cases, dtype, "batch", (1, 2, 3, 4))
 
 
 def test_forward_batch_path_by_chunks_of_image_groups():
