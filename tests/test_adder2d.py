@@ -195,20 +195,29 @@ def test_batch_path_not_taken_for_a_copy_much_larger_than_the_input():
     )
 
 
-def check_forward_on_thread_counts(cases, dtype, path, thread_counts):
-    """Each case takes `path` and, on every thread count, sums each output's taps in order."""
+def on_thread_counts(counts, fn):
+    """[fn() on n threads for n in counts]; the thread count is restored afterwards."""
     threads = torch.get_num_threads()
     try:
-        for case in cases:
-            assert forward_path(case, dtype) == path, case.name
-            x, w, b, kw = make(case, dtype=dtype)
-            kw = dict(kw, stride=case.stride, padding=case.padding, dilation=case.dilation)
-            want = forward_in_tap_order(x, w, b, kw, case.oh, case.ow)
-            for n in thread_counts:
-                torch.set_num_threads(n)
-                assert torch.equal(addernet_cuda.adder2d(x, w, b, **kw), want), (case.name, n)
+        results = []
+        for n in counts:
+            torch.set_num_threads(n)
+            results.append(fn())
+        return results
     finally:
         torch.set_num_threads(threads)
+
+
+def check_forward_on_thread_counts(cases, dtype, path, thread_counts):
+    """Each case takes `path` and, on every thread count, sums each output's taps in order."""
+    for case in cases:
+        assert forward_path(case, dtype) == path, case.name
+        x, w, b, kw = make(case, dtype=dtype)
+        kw = dict(kw, stride=case.stride, padding=case.padding, dilation=case.dilation)
+        want = forward_in_tap_order(x, w, b, kw, case.oh, case.ow)
+        got = on_thread_counts(thread_counts, lambda: addernet_cuda.adder2d(x, w, b, **kw))
+        for n, y in zip(thread_counts, got):
+            assert torch.equal(y, want), (case.name, n)
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
@@ -302,14 +311,9 @@ def test_hardtanh_rule_differs_from_exact_and_matches_formula():
 def test_weight_grad_is_deterministic_and_thread_count_independent():
     x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
     dy = torch.randn(reference.adder2d(x, w, b, **kw).shape)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2, 1):
-            torch.set_num_threads(n)
-            results.append(addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw))
-    finally:
-        torch.set_num_threads(threads)
+    results = on_thread_counts(
+        (1, 2, 1), lambda: addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw)
+    )
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
@@ -325,14 +329,9 @@ def test_input_grad_same_bits_on_any_thread_count(stride):
         w = torch.randn(10, 7, 3, 3, generator=g, dtype=torch.float64) * 0.7
         kw = dict(stride=stride, padding=1, groups=2)
         dy = torch.randn(reference.adder2d(x, w, **kw).shape, generator=g, dtype=torch.float64)
-        threads = torch.get_num_threads()
-        try:
-            results = []
-            for n in (1, 2, 3, 4):
-                torch.set_num_threads(n)
-                results.append(addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw))
-        finally:
-            torch.set_num_threads(threads)
+        results = on_thread_counts(
+            (1, 2, 3, 4), lambda: addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw)
+        )
         assert all(torch.equal(results[0], r) for r in results[1:]), n_images
         xr = x.clone().requires_grad_()
         reference.adder2d(xr, w, **kw).backward(dy)
@@ -351,14 +350,9 @@ def test_input_grad_planes_are_independent(stride, mode, cpu_isa):
     w = torch.randn(12, 7, 3, 3, generator=g) * 0.7
     kw = dict(stride=stride, padding=1)
     dy = torch.randn(reference.adder2d(x, w, **kw).shape, generator=g)
-    threads = torch.get_num_threads()
-    try:
-        whole = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            whole.append(addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw, mode=mode))
-    finally:
-        torch.set_num_threads(threads)
+    whole = on_thread_counts(
+        (1, 2), lambda: addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw, mode=mode)
+    )
     assert torch.equal(whole[0], whole[1])
     for c in range(7):
         alone = addernet_cuda.ops.adder2d_input_grad(
