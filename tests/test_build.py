@@ -106,13 +106,12 @@ def test_op_libraries_use_only_the_stable_c_abi_of_torch():
         assert "libtorch_python" not in needed, os.path.basename(library)
 
 
-@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
-def test_gradient_kernels_fuse_every_product():
-    """The AVX2 gradient kernels multiply only inside explicit fused multiply-adds (mul_add in
-    cpu/adder2d_cpu_kernels.h; the build passes -ffp-contract=off). Left to the compiler, which
-    products were fused changed with its version and its inlining: built by GCC 13 the input
-    gradient of a plane differed in the last bit between blocks of 1 and 4 planes, built by
-    GCC 12 it did not. A plain vector or scalar multiply in these functions is such a product."""
+def _avx2_functions(wanted):
+    """The disassembly of the AVX2 kernels in _C.abi3.so whose name passes ``wanted``: a dict
+    name -> list of (address, instruction text). Skips where objdump, the library or its
+    symbols are missing, or the AVX2 kernels are not compiled in."""
+    if shutil.which("objdump") is None:
+        pytest.skip("needs objdump (binutils)")
     library = os.path.join(os.path.dirname(addernet_cuda.__file__), "_C.abi3.so")
     if not os.path.exists(library):
         pytest.skip("no _C.abi3.so next to addernet_cuda/__init__.py")
@@ -122,21 +121,74 @@ def test_gradient_kernels_fuse_every_product():
         ["objdump", "-d", "-C", "--no-show-raw-insn", library], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    function, checked, plain = None, set(), {}
+    functions, function = {}, None
     for line in out.stdout.splitlines():
         head = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
         if head:
             name = head.group(1)
-            wanted = "cpu::avx2::" in name and ("input_grad" in name or "weight_grad" in name)
-            function = name if wanted else None
+            function = name if "cpu::avx2::" in name and wanted(name) else None
             if function:
-                checked.add(function)
-        elif function and re.search(r"\svmul[ps][sd]\s", line):
-            plain[function] = plain.get(function, 0) + 1
-    if not checked:
+                functions[function] = []
+        elif function:
+            body = re.match(r"^\s*([0-9a-f]+):\s*(.*)$", line)
+            if body:
+                functions[function].append((int(body.group(1), 16), body.group(2)))
+    if not functions:
         pytest.skip("no symbols of the AVX2 kernels in _C.abi3.so (a stripped library?)")
-    assert any("input_grad" in f for f in checked) and any("weight_grad" in f for f in checked)
+    return functions
+
+
+def test_gradient_kernels_fuse_every_product():
+    """The AVX2 gradient kernels multiply only inside explicit fused multiply-adds (mul_add in
+    cpu/adder2d_cpu_kernels.h; the build passes -ffp-contract=off). Left to the compiler, which
+    products were fused changed with its version and its inlining: built by GCC 13 the input
+    gradient of a plane differed in the last bit between blocks of 1 and 4 planes, built by
+    GCC 12 it did not. A plain vector or scalar multiply in these functions is such a product."""
+    functions = _avx2_functions(lambda name: "input_grad" in name or "weight_grad" in name)
+    assert any("input_grad" in f for f in functions) and any("weight_grad" in f for f in functions)
+    plain = {}
+    for function, lines in functions.items():
+        for _, text in lines:
+            if re.match(r"vmul[ps][sd]\s", text):
+                plain[function] = plain.get(function, 0) + 1
     assert not plain, f"unfused products: {plain}"
+
+
+def test_forward_tap_loops_stay_in_registers():
+    """The AVX2 forward micro-tiles' loop over taps (micro_tile, micro_tile_direct, and the
+    register ceiling that measures their arithmetic) keeps pixels and accumulators in registers:
+    no load or store on the stack, and no register copy. Pixels copied into an array through the
+    stack in 16-byte halves and read back as 32-byte vectors (a load store forwarding cannot
+    serve, every tap) made the float64 forward 3.7x slower; a subtraction by fused multiply-add,
+    which overwrites an operand the other rows still read, cost three copies per tap of 36
+    instructions. A loop is the code from a conditional backward jump's target to the jump; a tap
+    loop is one that clears sign bits (|x - w|)."""
+    functions = _avx2_functions(
+        lambda name: "::micro_tile" in name or "::register_ceiling(" in name
+    )
+    checked, bad = 0, {}
+    for function, lines in functions.items():
+        for address, text in lines:
+            jump = re.match(r"j(?!mp)[a-z]+\s+([0-9a-f]+)\s", text)  # conditional
+            if not jump or int(jump.group(1), 16) >= address:
+                continue
+            loop = [t for a, t in lines if int(jump.group(1), 16) <= a <= address]
+            if not any(re.match(r"vandp[sd]\s", t) for t in loop):
+                continue
+            checked += 1
+            found = [
+                t
+                for t in loop
+                if "(%rsp)" in t
+                or "(%rbp)" in t
+                or re.match(r"vmov[a-z]*\s+%[xy]mm\d+,%[xy]mm\d+$", t)
+            ]
+            if found:
+                bad[function] = found
+    names = " ".join(functions)
+    assert "micro_tile_direct<float" in names and "micro_tile_direct<double" in names
+    assert checked >= len(functions), (checked, sorted(functions))
+    assert not bad, bad
 
 
 def _clang():
