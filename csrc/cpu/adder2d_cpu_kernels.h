@@ -171,9 +171,10 @@ static inline V mul_add(V a, V b, V c) {
 // Where the instruction set has FMA (ADDER_CPU_FMA, set by the includer), the accumulation is a
 // fused multiply-add by one, acc + |x - w| * 1: the product is exact, so the bits are those of the
 // sum, but it runs on the FMA pipes and leaves the add pipes to the subtraction. It writes its own
-// accumulator, so the micro-tile's loop needs no register copies: 33 instructions per tap of the
-// 4 x 16 float tile against 36 with the subtraction on the FMA pipes instead (x + (-w) * 1, which
-// overwrites an operand the other rows still read). `one` is 1 hidden from the compiler
+// accumulator, so the micro-tile's loop needs no register copies: 33 macro-ops per tap of the
+// 4 x 16 float tile (34 instructions, the compare fused with its branch) against 36 with the
+// subtraction on the FMA pipes instead (x + (-w) * 1, which overwrites an operand the other
+// rows still read). `one` is 1 hidden from the compiler
 // (opaque_one), so that the FMA is not folded back into an add.
 template <typename T>
 static inline typename Vec<T>::type add_abs_diff(typename Vec<T>::type acc, typename Vec<T>::type x,
@@ -457,8 +458,9 @@ static inline __m512 load_halves(const float* a, const float* b) {
 // fused subtraction, added in the same order, so results are bitwise equal to the 32-byte
 // micro-tile's; but each instruction does 16 terms, so a tap takes half the instructions (on
 // this AMD core, which runs a 64-byte operation as two 32-byte halves, the arithmetic's rate is
-// the same and the front end's load is halved: the 32-byte tile, 36 instructions per tap of 64
-// terms, is bound by it, and more so when another hardware thread shares the core). JOINED:
+// the same and the front end's load is halved: the 32-byte tile, 36 macro-ops per tap of 64
+// terms when this tile was measured against it, was bound by it, and more so when another
+// hardware thread shares the core; 33 since its accumulation moved to the FMA pipes). JOINED:
 // the tile's two 8-pixel vectors are adjacent (xb[1] == xb[0] + 8), so one load reads both.
 template <int R, bool JOINED>
 static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t nk, const float* w,
