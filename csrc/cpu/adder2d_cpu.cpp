@@ -329,12 +329,13 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                                            prepared.get() + i * batch.plane);
           }
         });
-        // Split by tiles, not by groups of tiles: an image group has few tiles on the narrow
-        // layers this path serves (25 on a 7x7 output), and whole groups of four would leave
-        // the threads unevenly loaded. With fewer than FORWARD_BATCH_TILES_PER_THREAD tiles per
-        // thread the group's output channels are split as well, in one part per thread (at
-        // multiples of the micro-tile's rows), so that each thread runs every tile on its part:
-        // by tiles alone one thread gets a tile more (13 against 12 on a 7x7 output).
+        // The threads claim FORWARD_BATCH_TILE_GROUP tiles at a time from a shared counter over
+        // (image group, group, part, tile), a claim running across the boundaries it meets, so
+        // that a thread on a core slowed by other work takes fewer (as on the direct path). With
+        // fewer than FORWARD_BATCH_TILES_PER_THREAD tiles per thread the group's output channels
+        // are split as well, in one part per thread (at multiples of the micro-tile's rows), so
+        // that the threads share out every tile: by tiles alone one thread gets a tile more (13
+        // against 12 on a 7x7 output).
         const int64_t tiles = batch.tiles;
         const int64_t threads = torch::stable::get_num_threads();
         const int64_t parts =
@@ -346,15 +347,20 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
           return part == parts ? cog
                                : part * cog / parts / ks.forward_tile_rows * ks.forward_tile_rows;
         };
-        torch::stable::parallel_for(
-            0, mb * s.groups * parts * tiles, 1, [&](int64_t begin, int64_t end) {
-              std::vector<scalar_t> scratch(FORWARD_BATCH_TILE_GROUP * cog * ks.tile_pixels);
-              for (int64_t i = begin; i < end;) {
+        const int64_t items = mb * s.groups * parts * tiles;
+        std::atomic<int64_t> next_tile{0};
+        torch::stable::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> scratch(FORWARD_BATCH_TILE_GROUP * cog * ks.tile_pixels);
+          for (int64_t worker = begin; worker < end; ++worker) {
+            for (int64_t i0 = next_tile.fetch_add(FORWARD_BATCH_TILE_GROUP); i0 < items;
+                 i0 = next_tile.fetch_add(FORWARD_BATCH_TILE_GROUP)) {
+              const int64_t stop = std::min(items, i0 + FORWARD_BATCH_TILE_GROUP);
+              for (int64_t i = i0; i < stop;) {
                 const int64_t tile0 = i % tiles, part = (i / tiles) % parts,
                               g = (i / (tiles * parts)) % s.groups,
                               m = i / (tiles * parts * s.groups);
                 const int64_t n0 = (m0 + m) * lanes, co0 = g * cog + part_begin(part);
-                const int64_t ntiles = std::min({FORWARD_BATCH_TILE_GROUP, tiles - tile0, end - i});
+                const int64_t ntiles = std::min(tiles - tile0, stop - i);
                 Adder2dShape part_shape = s;
                 part_shape.out_channels_per_group = part_begin(part + 1) - part_begin(part);
                 ks.forward_tiles_batch(
@@ -364,7 +370,9 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                     ntiles, scratch.data());
                 i += ntiles;
               }
-            });
+            }
+          }
+        });
       }
       return;
     }
