@@ -137,20 +137,21 @@ PyObject* adder2d_register_ceiling(PyObject*, PyObject* arg) {
   return ceiling(arg, &addernet::cpu::register_ceiling_rate);
 }
 
-// adder2d_cpu_forward_path(input_size, weight_size, stride, padding, dilation, groups, float64):
-// "batch", "direct" or "packed", the CPU forward's path for that shape (adder2d_cpu.h).
-PyObject* adder2d_cpu_forward_path(PyObject*, PyObject* args) {
+// Parses (input_size, weight_size, stride, padding, dilation, groups, float64) into *s and
+// *float64; false with a Python error set when they are not a valid adder2d geometry with a
+// nonempty output. name: the calling function's, for the message.
+bool parse_cpu_forward_geometry(PyObject* args, const char* name, addernet::Adder2dShape* out,
+                                int* float64) {
   using addernet::adder2d_mul_add_overflows;
   using addernet::adder2d_padded_overflows;
   using addernet::adder2d_span_overflows;
   addernet::Adder2dShape s{};
   int64_t ci_per_group = 0;
-  int float64 = 0;
   if (!PyArg_ParseTuple(args, "(LLLL)(LLLL)(LL)(LL)(LL)Lp", &s.batch, &s.in_channels, &s.in_h,
                         &s.in_w, &s.out_channels, &ci_per_group, &s.kernel_h, &s.kernel_w,
                         &s.stride_h, &s.stride_w, &s.pad_h, &s.pad_w, &s.dilation_h, &s.dilation_w,
-                        &s.groups, &float64))
-    return nullptr;
+                        &s.groups, float64))
+    return false;
   int64_t span_h = 0, span_w = 0, padded_h = 0, padded_w = 0, channels = 0, khw = 0, taps = 0;
   int64_t pixels = 0;
   const bool ranges = s.batch >= 1 && s.groups >= 1 && ci_per_group >= 1 && s.out_channels >= 1 &&
@@ -167,18 +168,44 @@ PyObject* adder2d_cpu_forward_path(PyObject*, PyObject* args) {
       padded_w < span_w ||
       adder2d_mul_add_overflows((padded_h - span_h) / s.stride_h + 1,
                                 (padded_w - span_w) / s.stride_w + 1, 0, &pixels)) {
-    PyErr_SetString(PyExc_ValueError,
-                    "adder2d_cpu_forward_path: not a valid adder2d geometry with a nonempty "
-                    "output (input N, C, H, W and weight Co, C/groups, KH, KW)");
-    return nullptr;
+    PyErr_Format(PyExc_ValueError,
+                 "%s: not a valid adder2d geometry with a nonempty output (input N, C, H, W and "
+                 "weight Co, C/groups, KH, KW)",
+                 name);
+    return false;
   }
   s.out_h = (padded_h - span_h) / s.stride_h + 1;
   s.out_w = (padded_w - span_w) / s.stride_w + 1;
   s.in_channels_per_group = ci_per_group;
   s.out_channels_per_group = s.out_channels / s.groups;
   s.taps = taps;
+  *out = s;
+  return true;
+}
+
+// adder2d_cpu_forward_path(input_size, weight_size, stride, padding, dilation, groups, float64):
+// "batch", "direct" or "packed", the CPU forward's path for that shape (adder2d_cpu.h).
+PyObject* adder2d_cpu_forward_path(PyObject*, PyObject* args) {
+  addernet::Adder2dShape s{};
+  int float64 = 0;
+  if (!parse_cpu_forward_geometry(args, "adder2d_cpu_forward_path", &s, &float64)) return nullptr;
   try {
     return PyUnicode_FromString(addernet::cpu::forward_path(s, float64 != 0).c_str());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+// adder2d_cpu_forward_interleaves_weights(input_size, weight_size, stride, padding, dilation,
+// groups, float64): whether the CPU forward of that shape interleaves the weights (adder2d_cpu.h).
+PyObject* adder2d_cpu_forward_interleaves_weights(PyObject*, PyObject* args) {
+  addernet::Adder2dShape s{};
+  int float64 = 0;
+  if (!parse_cpu_forward_geometry(args, "adder2d_cpu_forward_interleaves_weights", &s, &float64))
+    return nullptr;
+  try {
+    return PyBool_FromLong(addernet::cpu::forward_interleaves_weights(s, float64 != 0));
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
@@ -208,6 +235,11 @@ PyMethodDef methods[] = {
      "adder2d_cpu_forward_path(input_size, weight_size, stride, padding, dilation, groups, "
      "float64): the CPU forward's path for that shape with the current instruction set, "
      "\"batch\", \"direct\" or \"packed\" (all three give the same bits)"},
+    {"adder2d_cpu_forward_interleaves_weights", adder2d_cpu_forward_interleaves_weights,
+     METH_VARARGS,
+     "adder2d_cpu_forward_interleaves_weights(input_size, weight_size, stride, padding, dilation, "
+     "groups, float64): whether the CPU forward of that shape interleaves the weights for its "
+     "micro-tile (the same bits either way)"},
     {"adder2d_cpu_forward_tile", adder2d_cpu_forward_tile, METH_O,
      "adder2d_cpu_forward_tile(float64): (output channels, pixels, bytes per register) of the "
      "CPU forward's micro-tile with the current instruction set"},

@@ -249,6 +249,44 @@ def test_forward_batch_path_split_by_output_channels(dtype, cpu_isa):
     check_forward_on_thread_counts(cases, dtype, "batch", (1, 2, 3, 4))
 
 
+def interleaves_weights(case, dtype):
+    return _extension._C.adder2d_cpu_forward_interleaves_weights(
+        (case.n, case.c, case.h, case.w),
+        (case.co, case.c // case.groups, case.kh, case.kw),
+        case.stride,
+        case.padding,
+        case.dilation,
+        case.groups,
+        dtype == torch.float64,
+    )
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
+    # The direct and batch paths interleave the weights (a micro-tile's channels tap by tap) when
+    # each weight serves at least 1024 images x output pixels, except the AVX-512 float tile,
+    # which reads them as they are. Both layouts, with channels past the last whole micro-tile
+    # (13, 5 per group, 45), groups, and on 8 threads the batch path's split by output channels
+    # (98 tiles), must sum each output's taps in order.
+    interleaved = [
+        Case("direct-16-images", 16, 5, 8, 16, 13, 3, 3, padding=1),
+        Case("direct-2-groups", 8, 6, 16, 16, 10, 3, 3, padding=1, groups=2),
+        Case("batch-14x14", 8, 5, 14, 14, 45, 3, 3, padding=1),
+    ]
+    as_they_are = [
+        Case("direct-2-images", 2, 5, 8, 16, 13, 3, 3, padding=1),
+        Case("batch-7x7", 8, 5, 7, 7, 45, 3, 3, padding=1),
+    ]
+    interleaving = not (cpu_isa == "avx512" and dtype == torch.float32)
+    for case in interleaved:
+        assert interleaves_weights(case, dtype) == interleaving, case.name
+    assert not any(interleaves_weights(case, dtype) for case in as_they_are)
+    for path in ("direct", "batch"):
+        cases = [c for c in interleaved + as_they_are if c.name.startswith(path)]
+        check_forward_on_thread_counts(cases, dtype, path, (1, 2, 8))
+
+
 def test_forward_batch_path_by_chunks_of_image_groups():
     # Groups of 4 float64 images, 9 MB of prepared input each: the batch path prepares three
     # groups per chunk (at most 32 MiB), so the 5 groups (the last one of 4 images too) go in

@@ -190,8 +190,8 @@ def test_forward_tap_loops_stay_in_registers():
             unchecked.append(function)
     names = " ".join(functions)
     for name in (
-        "micro_tile_direct<float, 4>",
-        "micro_tile_direct<double, 2>",
+        "micro_tile_direct<float, 4",
+        "micro_tile_direct<double, 2",
         "register_ceiling(",
     ):
         assert name in names, f"{name} not found out of line: {sorted(functions)}"

@@ -150,22 +150,31 @@ struct KernelSet {
   int64_t forward_scratch;
   // The direct forward (ForwardLayout::direct): a prepared input plane (layout.plane elements),
   // then tiles [tile0, tile0 + ntiles) of one image and group from its prepared planes xp, with
-  // tap_offsets[k] the offset of tap k = (ci, kh, kw) in them; scratch: ntiles *
+  // tap_offsets[k] the offset of tap k = (ci, kh, kw) in them; w: the group's weights, W[g*Cog]
+  // or, where interleaved, interleaved by forward_interleave_weights (below); scratch: ntiles *
   // out_channels_per_group * tile_pixels.
   void (*forward_prepare_plane)(const Adder2dShape&, const ForwardLayout&, const T* x, T* xp);
   void (*forward_tiles_direct)(const Adder2dShape&, const ForwardLayout&, const T* xp,
-                               const int64_t* tap_offsets, const T* w, const T* bias, T* y,
-                               int64_t tile0, int64_t ntiles, T* scratch);
+                               const int64_t* tap_offsets, const T* w, bool interleaved,
+                               const T* bias, T* y, int64_t tile0, int64_t ntiles, T* scratch);
   // The batch path (ForwardBatchLayout): the prepared plane of one channel of images
   // [n0, n0 + images) (x: X[n0, c]; images <= vector_lanes, image_stride elements apart), then
   // tiles [tile0, tile0 + ntiles) of that image group and one group from its prepared planes xp,
-  // with tap_offsets[k] the offset of tap k = (ci, kh, kw) in them; y: Y[n0, g*Cog]; scratch:
+  // with tap_offsets[k] the offset of tap k = (ci, kh, kw) in them, for out_channels_per_group
+  // output channels from co_first of the group; w: the group's weights as for the direct path
+  // (not offset by co_first); bias: bias[g*Cog + co_first]; y: Y[n0, g*Cog + co_first]; scratch:
   // ntiles * out_channels_per_group * tile_pixels.
   void (*forward_prepare_batch_plane)(const Adder2dShape&, const ForwardBatchLayout&, const T* x,
                                       int64_t image_stride, int64_t images, T* xp);
   void (*forward_tiles_batch)(const Adder2dShape&, const ForwardBatchLayout&, const T* xp,
-                              const int64_t* tap_offsets, const T* w, const T* bias, T* y,
-                              int64_t images, int64_t tile0, int64_t ntiles, T* scratch);
+                              const int64_t* tap_offsets, const T* w, bool interleaved,
+                              int64_t co_first, const T* bias, T* y, int64_t images, int64_t tile0,
+                              int64_t ntiles, T* scratch);
+  // The weights of output channels [co_begin, co_end) of one group (co_begin a multiple of
+  // forward_tile_rows) interleaved for the two paths above (group_w: W[g*Cog]; interleaved: the
+  // group's out_channels_per_group * taps elements); null where those paths only read W as it is.
+  void (*forward_interleave_weights)(const Adder2dShape&, const T* group_w, T* interleaved,
+                                     int64_t co_begin, int64_t co_end);
   int64_t vector_lanes;  // output pixels per vector of the direct forward, images on the batch one
   int64_t tile_vectors;  // vectors per tile: tile_vectors * vector_lanes = tile_pixels
   int64_t input_grad_planes_max;
@@ -210,6 +219,9 @@ enum class ForwardPath { batch, direct, packed };
 // The path the float32 (or float64) forward takes for shape s with the current instruction set:
 // "batch", "direct" or "packed" (tests and the benchmark report it).
 std::string forward_path(const Adder2dShape& s, bool float64);
+// Whether that forward interleaves the weights (KernelSet::forward_interleave_weights; the
+// results are the same bits either way).
+bool forward_interleaves_weights(const Adder2dShape& s, bool float64);
 
 // The float32 (or float64) forward micro-tile of the current instruction set: {output channels,
 // pixels, bytes per register} (the benchmark records it).

@@ -38,6 +38,7 @@ KernelSet<float> avx512_kernels_float() {
   KernelSet<float> k = avx2_kernels_float();
   k.forward_tiles_direct = &avx512_float::forward_tiles_direct<float>;
   k.forward_tiles_batch = &avx512_float::forward_tiles_batch<float>;
+  k.forward_interleave_weights = nullptr;  // its float micro-tile reads W's rows as they are
   k.input_grad_planes = &avx512_float::input_grad_planes<float>;
   k.input_grad_register_bytes = 64;
   k.forward_tile_rows = avx512_float::forward_rows<float>();

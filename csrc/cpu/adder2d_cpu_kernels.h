@@ -394,7 +394,7 @@ void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const 
 // vectors of a tile, each read straight from the prepared input (xb[j]: the vector's first
 // pixel, off[k]: tap k's offset); the R x NV block held in registers. first: the block of taps
 // that starts the sums, which start from zero in registers (acc is not read).
-template <typename T, int R>
+template <typename T, int R, bool INTERLEAVED>
 static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
                               int64_t ldw, T* acc, bool first) {
   typedef typename Vec<T>::type V;
@@ -410,7 +410,7 @@ static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk
     V x[NV];
     for (int j = 0; j < NV; ++j) x[j] = load_vec<V>(b[j] + o);
     for (int r = 0; r < R; ++r) {
-      const V wv = w[r * ldw + k] - V{};  // broadcast
+      const V wv = (INTERLEAVED ? w[k * R + r] : w[r * ldw + k]) - V{};  // broadcast
       for (int j = 0; j < NV; ++j) a[r][j] = add_abs_diff<T>(a[r][j], x[j], wv, one);
     }
   }
@@ -503,9 +503,38 @@ static float register_ceiling_zmm(int64_t iterations) {
 }
 #endif
 
+// The weights of output channels [co_begin, co_end) of one group (w: W[g*Cog], rows of K taps;
+// co_begin a multiple of forward_rows) interleaved for the direct and batch paths' micro-tiles,
+// into wi (the group's interleaved weights, Cog * K elements): block by block of TILE_K taps
+// (block k0 from wi[k0 * Cog]), in each block the channels by groups of R = forward_rows (the
+// group at co from wi[k0 * Cog + co * nk]) holding tap k of its R channels at [k * R + r], and
+// the last Cog % R channels one by one ([k]). So a micro-tile reads its weights as one
+// sequential stream, which goes on into the next group's: read as R rows K apart, each call
+// started R new streams, whose first lines came late (the forward 3-7% slower on most layers of
+// 64-512 channels, NOTES).
+template <typename T>
+void forward_interleave_weights(const Adder2dShape& s, const T* w, T* wi, int64_t co_begin,
+                                int64_t co_end) {
+  constexpr int64_t R = forward_rows<T>();
+  const int64_t cog = s.out_channels_per_group, K = s.taps, full = cog / R * R;
+  for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
+    const int64_t nk = min_i64(TILE_K, K - k0);
+    T* block = wi + k0 * cog;
+    int64_t co = co_begin;
+    for (; co + R <= min_i64(co_end, full); co += R)
+      for (int64_t k = 0; k < nk; ++k)
+        for (int64_t r = 0; r < R; ++r) block[co * nk + k * R + r] = w[(co + r) * K + k0 + k];
+    for (; co < co_end; ++co)
+      for (int64_t k = 0; k < nk; ++k) block[co * nk + k] = w[co * K + k0 + k];
+  }
+}
+
+// One call of the direct and batch paths' micro-tile: R output channels from w, their weights
+// interleaved (forward_interleave_weights) or in rows ldw apart. (The AVX-512 kernel set has no
+// forward_interleave_weights: its float micro-tile is never given interleaved weights.)
 template <typename T, int R>
 static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
-                               int64_t ldw, T* acc, bool first) {
+                               int64_t ldw, bool interleaved, T* acc, bool first) {
 #ifdef ADDER_CPU_ZMM
   if constexpr (sizeof(T) == sizeof(float)) {
     if (xb[1] == xb[0] + 8) {
@@ -516,20 +545,31 @@ static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t n
     return;
   }
 #endif
-  micro_tile_direct<T, R>(xb, off, nk, w, ldw, acc, first);
+  if (interleaved) {
+    micro_tile_direct<T, R, true>(xb, off, nk, w, ldw, acc, first);
+  } else {
+    micro_tile_direct<T, R, false>(xb, off, nk, w, ldw, acc, first);
+  }
 }
 
-// The direct and batch paths' sums: scratch[t][co][p] = sum_k |x - w[co, k]| for ntiles tiles of
-// TILE_P pixels and all of the group's output channels (w: W[g*Cog], row stride K), the taps in
-// order, by blocks of TILE_K taps that go through every tile, so that the block's weights (Cog x
-// TILE_K) come from memory once and from cache for the other tiles. base(t, j): where tap 0 of
-// vector j of tile t reads (tap k reads off[k] further).
+// The direct and batch paths' sums: scratch[t][co][p] = sum_k |x - w[co_first + co, k]| for
+// ntiles tiles of TILE_P pixels and s.out_channels_per_group output channels from co_first of
+// their group (w: the group's weights, interleaved by forward_interleave_weights or W[g*Cog] in
+// rows of K taps), the taps in order, by blocks of TILE_K taps that go through every tile, so that the
+// block's weights (Cog x TILE_K) come from memory once and from cache for the other tiles.
+// base(t, j): where tap 0 of vector j of tile t reads (tap k reads off[k] further).
 template <typename T, typename Base>
-static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T* w, int64_t ntiles,
-                             T* scratch, Base base) {
+static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T* w,
+                             bool interleaved, int64_t co_first, int64_t ntiles, T* scratch,
+                             Base base) {
   constexpr int64_t NV = TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
   constexpr int R = forward_rows<T>();
   const int64_t cog = s.out_channels_per_group, K = s.taps;
+  const int64_t group_cog = s.out_channels / s.groups;
+  // Where channel co's weights of the block from tap k0 (nk taps) start.
+  const auto weights = [&](int64_t co, int64_t k0, int64_t nk) {
+    return interleaved ? w + k0 * group_cog + (co_first + co) * nk : w + (co_first + co) * K + k0;
+  };
   if (K == 0)
     for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
   for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
@@ -541,13 +581,16 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
       T* acc = scratch + t * cog * TILE_P;
       int64_t co = 0;
       for (; co + R <= cog; co += R)
-        forward_micro_tile<T, R>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P, first);
+        forward_micro_tile<T, R>(xb, off + k0, nk, weights(co, k0, nk), K, interleaved,
+                                 acc + co * TILE_P, first);
       if constexpr (R > 4) {
         for (; co + 4 <= cog; co += 4)
-          forward_micro_tile<T, 4>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P, first);
+          forward_micro_tile<T, 4>(xb, off + k0, nk, weights(co, k0, nk), K, interleaved,
+                                   acc + co * TILE_P, first);
       }
       for (; co < cog; ++co)
-        forward_micro_tile<T, 1>(xb, off + k0, nk, w + co * K + k0, K, acc + co * TILE_P, first);
+        forward_micro_tile<T, 1>(xb, off + k0, nk, weights(co, k0, nk), K, interleaved,
+                                 acc + co * TILE_P, first);
     }
   }
 }
@@ -556,17 +599,17 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
 // row-major) of one image and group by the direct forward, all of the group's output channels.
 // The tiles go through each block of TILE_K taps together, so that the block's weights (Cog x
 // TILE_K) are read from memory once per group of tiles and from cache by the others. xp: the
-// group's prepared planes; w: W[g*Cog]; bias: bias[g*Cog] or null; y: Y[n, g*Cog]; scratch:
-// ntiles * Cog * TILE_P. Each output's taps are summed in the order of forward_tile, so the two
-// agree bit for bit.
+// group's prepared planes; w: the group's weights (interleaved: by forward_interleave_weights); bias:
+// bias[g*Cog] or null; y: Y[n, g*Cog]; scratch: ntiles * Cog * TILE_P. Each output's taps are
+// summed in the order of forward_tile, so the two agree bit for bit.
 template <typename T>
 void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T* xp,
-                          const int64_t* off, const T* w, const T* bias, T* y, int64_t tile0,
-                          int64_t ntiles, T* scratch) {
+                          const int64_t* off, const T* w, bool interleaved, const T* bias, T* y,
+                          int64_t tile0, int64_t ntiles, T* scratch) {
   constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T)), NV = TILE_P / VL;
   const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group;
   const int64_t vectors = s.out_h * l.row_vectors;
-  accumulate_tiles(s, off, w, ntiles, scratch, [&](int64_t t, int64_t j) {
+  accumulate_tiles(s, off, w, interleaved, 0, ntiles, scratch, [&](int64_t t, int64_t j) {
     const int64_t v = (tile0 + t) * NV + j;  // past the last row: computed, not stored
     return v < vectors ? xp + v / l.row_vectors * s.stride_h * l.cols + v % l.row_vectors * VL : xp;
   });
@@ -702,18 +745,20 @@ void forward_prepare_batch_plane(const Adder2dShape& s, const ForwardBatchLayout
 }
 
 // Tiles [tile0, tile0 + ntiles) (TILE_P / VL consecutive output pixels each, a vector per pixel
-// holding `images` <= VL images) of one image group and group by the batch path, all of the
-// group's output channels, through the direct path's micro-tile: the same taps in the same order
-// for every output, so the three paths agree bit for bit. xp: the image group's prepared planes
-// of the group's input channels; w: W[g*Cog]; bias: bias[g*Cog] or null; y: Y[n0, g*Cog];
-// scratch: ntiles * Cog * TILE_P.
+// holding `images` <= VL images) of one image group and group by the batch path, for
+// s.out_channels_per_group output channels from co_first of the group, through the direct path's
+// micro-tile: the same taps in the same order for every output, so the three paths agree bit for
+// bit. xp: the image group's prepared planes of the group's input channels; w: the group's
+// weights (interleaved: by forward_interleave_weights); bias: bias[g*Cog + co_first] or null; y: Y[n0,
+// g*Cog + co_first]; scratch: ntiles * s.out_channels_per_group * TILE_P.
 template <typename T>
 void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, const T* xp,
-                         const int64_t* off, const T* w, const T* bias, T* y, int64_t images,
-                         int64_t tile0, int64_t ntiles, T* scratch) {
+                         const int64_t* off, const T* w, bool interleaved, int64_t co_first,
+                         const T* bias, T* y, int64_t images, int64_t tile0, int64_t ntiles,
+                         T* scratch) {
   constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T)), NV = TILE_P / VL;
   const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group;
-  accumulate_tiles(s, off, w, ntiles, scratch, [&](int64_t t, int64_t j) {
+  accumulate_tiles(s, off, w, interleaved, co_first, ntiles, scratch, [&](int64_t t, int64_t j) {
     const int64_t p = (tile0 + t) * NV + j;  // past the last pixel: computed, not stored
     return p < L ? xp + (p / s.out_w * s.stride_h * l.phase_cols + p % s.out_w) * VL : xp;
   });
@@ -1592,6 +1637,7 @@ KernelSet<T> make_kernel_set() {
                       &forward_tiles_direct<T>,
                       &forward_prepare_batch_plane<T>,
                       &forward_tiles_batch<T>,
+                      &forward_interleave_weights<T>,
                       int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
                       TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
                       IG_PLANES,
