@@ -264,15 +264,18 @@ def interleaves_weights(case, dtype):
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
-    # The direct and batch paths interleave the weights (a micro-tile's channels tap by tap) when
-    # each weight serves at least 1024 images x output pixels, except the AVX-512 float tile,
-    # which reads them as they are. Both layouts, with channels past the last whole micro-tile
-    # (13, 5 per group, 45), groups, and on 8 threads the batch path's split by output channels
-    # (98 tiles), must sum each output's taps in order.
+    # The direct and batch paths interleave the weights (a micro-tile's channels tap by tap, by
+    # blocks of 256 taps) when each weight serves at least 1024 images x output pixels, except
+    # the AVX-512 float tile, which reads them as they are. Both layouts, with channels past the
+    # last whole micro-tile (13, 5 per group, 45), groups, 288 taps (a whole block and a short
+    # one), and on 8 threads the batch path's split by output channels (98 tiles), must sum each
+    # output's taps in order.
     interleaved = [
         Case("direct-16-images", 16, 5, 8, 16, 13, 3, 3, padding=1),
         Case("direct-2-groups", 8, 6, 16, 16, 10, 3, 3, padding=1, groups=2),
+        Case("direct-288-taps-2-groups", 8, 64, 8, 16, 10, 3, 3, padding=1, groups=2),
         Case("batch-14x14", 8, 5, 14, 14, 45, 3, 3, padding=1),
+        Case("batch-14x14-288-taps", 8, 32, 14, 14, 45, 3, 3, padding=1),
     ]
     as_they_are = [
         Case("direct-2-images", 2, 5, 8, 16, 13, 3, 3, padding=1),

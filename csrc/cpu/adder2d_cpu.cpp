@@ -239,8 +239,10 @@ namespace {
 // (FORWARD_INTERLEAVE_MIN_USES).
 template <typename T>
 bool interleaves_weights(const Adder2dShape& s, ForwardPath path, const KernelSet<T>& ks) {
+  int64_t uses = 0;  // images x output pixels (the query's geometry may not fit a tensor)
+  if (__builtin_mul_overflow(s.batch, s.out_h * s.out_w, &uses)) uses = INT64_MAX;
   return path != ForwardPath::packed && ks.forward_interleave_weights != nullptr &&
-         s.batch * s.out_h * s.out_w >= FORWARD_INTERLEAVE_MIN_USES;
+         uses >= FORWARD_INTERLEAVE_MIN_USES;
 }
 
 template <typename T>

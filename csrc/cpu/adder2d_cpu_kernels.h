@@ -390,10 +390,11 @@ void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const 
   }
 }
 
-// acc[r][j*VL + l] += sum_k |xb[j][off[k] + l] - w[r*ldw + k]| for R output channels and the NV
+// acc[r][j*VL + l] += sum_k |xb[j][off[k] + l] - w(r, k)| for R output channels and the NV
 // vectors of a tile, each read straight from the prepared input (xb[j]: the vector's first
-// pixel, off[k]: tap k's offset); the R x NV block held in registers. first: the block of taps
-// that starts the sums, which start from zero in registers (acc is not read).
+// pixel, off[k]: tap k's offset); the R x NV block held in registers. w(r, k) = w[k*R + r] where
+// INTERLEAVED (forward_interleave_weights), else w[r*ldw + k]. first: the block of taps that
+// starts the sums, which start from zero in registers (acc is not read).
 template <typename T, int R, bool INTERLEAVED>
 static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
                               int64_t ldw, T* acc, bool first) {
