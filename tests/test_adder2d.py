@@ -113,8 +113,10 @@ def test_forward_sums_taps_in_order_bitwise(shape, dtype, cpu_isa):
     )
 
 
-def forward_path(case, dtype):
-    return _extension._C.adder2d_cpu_forward_path(
+def cpu_forward_geometry(case, dtype):
+    """The arguments of _C.adder2d_cpu_forward_path and _C.adder2d_cpu_forward_interleaves_weights
+    for a case."""
+    return (
         (case.n, case.c, case.h, case.w),
         (case.co, case.c // case.groups, case.kh, case.kw),
         case.stride,
@@ -123,6 +125,10 @@ def forward_path(case, dtype):
         case.groups,
         dtype == torch.float64,
     )
+
+
+def forward_path(case, dtype):
+    return _extension._C.adder2d_cpu_forward_path(*cpu_forward_geometry(case, dtype))
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
@@ -250,15 +256,7 @@ def test_forward_batch_path_split_by_output_channels(dtype, cpu_isa):
 
 
 def interleaves_weights(case, dtype):
-    return _extension._C.adder2d_cpu_forward_interleaves_weights(
-        (case.n, case.c, case.h, case.w),
-        (case.co, case.c // case.groups, case.kh, case.kw),
-        case.stride,
-        case.padding,
-        case.dilation,
-        case.groups,
-        dtype == torch.float64,
-    )
+    return _extension._C.adder2d_cpu_forward_interleaves_weights(*cpu_forward_geometry(case, dtype))
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
