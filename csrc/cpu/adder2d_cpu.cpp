@@ -266,14 +266,7 @@ bool forward_interleaves_weights(const Adder2dShape& s, bool float64) {
 }
 
 std::string forward_path(const Adder2dShape& s, bool float64) {
-  const int64_t lanes = float64 ? kernels<double>().vector_lanes : kernels<float>().vector_lanes;
-  const int64_t tile_vectors =
-      float64 ? kernels<double>().tile_vectors : kernels<float>().tile_vectors;
-  ForwardLayout layout;
-  ForwardBatchLayout batch;
-  int64_t group_elems = 0;
-  switch (
-      choose_forward_path(s, lanes, tile_vectors, float64 ? 8 : 4, &layout, &batch, &group_elems)) {
+  switch (float64 ? forward_path_of(s, kernels<double>()) : forward_path_of(s, kernels<float>())) {
     case ForwardPath::batch:
       return "batch";
     case ForwardPath::direct:
