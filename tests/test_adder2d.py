@@ -255,6 +255,32 @@ def test_forward_batch_path_split_by_output_channels(dtype, cpu_isa):
     check_forward_on_thread_counts(cases, dtype, "batch", (1, 2, 3, 4))
 
 
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_few_channels_per_group_sum_taps_in_order(dtype, cpu_isa):
+    # The channels past the last whole micro-tile go one by one through a wide tile of as many
+    # tiles as the micro-tile has channels (float32 4, float64 2), the last tiles of a call one
+    # at a time; work items of the direct path hold up to 64 tiles where a tile has few terms
+    # (depthwise: 9 taps x 1 channel). Depthwise layers on both paths (whole and partial vectors,
+    # tile counts that are and are not multiples of the wide tile's, stride 2), 3 channels per
+    # group over 270 taps (a whole block and a short one: the wide tile's sums reloaded), and 6
+    # channels per group (a whole micro-tile, then 2 wide): each output's taps in order, on 1, 2
+    # and 8 threads.
+    direct = [
+        Case("direct-depthwise-16x16", 4, 6, 16, 16, 6, 3, 3, padding=1, groups=6),
+        Case("direct-depthwise-13x13", 3, 5, 13, 13, 5, 3, 3, padding=1, groups=5),
+        Case("direct-depthwise-stride-2", 3, 4, 33, 33, 4, 3, 3, stride=2, padding=1, groups=4),
+        Case("direct-3-per-group-270-taps", 4, 60, 9, 16, 6, 3, 3, padding=1, groups=2),
+        Case("direct-6-per-group", 4, 8, 16, 16, 12, 3, 3, padding=1, groups=2),
+    ]
+    batch = [
+        Case("batch-depthwise-7x7", 8, 6, 7, 7, 6, 3, 3, padding=1, groups=6),
+        Case("batch-6-per-group-7x7", 8, 4, 7, 7, 12, 3, 3, padding=1, groups=2),
+    ]
+    check_forward_on_thread_counts(direct, dtype, "direct", (1, 2, 8))
+    check_forward_on_thread_counts(batch, dtype, "batch", (1, 2, 8))
+
+
 def interleaves_weights(case, dtype):
     return _extension._C.adder2d_cpu_forward_interleaves_weights(*cpu_forward_geometry(case, dtype))
 

@@ -156,6 +156,13 @@ class LineAligned {
 constexpr int64_t FORWARD_IMAGES_PER_THREAD = 4;
 constexpr int64_t FORWARD_IMAGE_BYTES = int64_t(1) << 20;
 
+// The direct path's work items: FORWARD_TILE_GROUP tiles of an image and group, more where a
+// tile has few terms (few output channels per group and few taps: 144 on a depthwise 3 x 3
+// layer), enough for FORWARD_ITEM_TERMS terms, up to FORWARD_CALL_MAX_TILES; an item's set-up
+// (calls, pointers, the epilogue's loops) had cost more than its taps.
+constexpr int64_t FORWARD_TILE_GROUP = 4;
+constexpr int64_t FORWARD_ITEM_TERMS = int64_t(1) << 16;
+
 // The batch path splits each group's output channels among the threads as well as the tiles when
 // there are fewer tiles than this per thread.
 constexpr int64_t FORWARD_BATCH_TILES_PER_THREAD = 16;
@@ -330,10 +337,10 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const int64_t cig = s.in_channels_per_group;
     const int64_t cog = s.out_channels_per_group;
-    constexpr int64_t FORWARD_TILE_GROUP = 4;
     // The batch path's tiles are 2 pixels: 8 of them write 16 consecutive pixels of each output
     // row (two 8 x 8 transposes per output channel in float32).
     constexpr int64_t FORWARD_BATCH_TILE_GROUP = 8;
+    static_assert(FORWARD_BATCH_TILE_GROUP <= FORWARD_CALL_MAX_TILES, "one call's tiles");
     const int64_t lanes = ks.vector_lanes;
     ForwardLayout layout;
     ForwardBatchLayout batch;
@@ -434,8 +441,8 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     if (path == ForwardPath::direct) {
       // Images go by chunks of at most FORWARD_PREPARED_BYTES of prepared input (at least one
       // image): each input plane of the chunk prepared once (padded, split by column phase), then
-      // work item = (image, group, FORWARD_TILE_GROUP tiles), each owning its outputs; the tiles
-      // of an item share each block of weights from cache.
+      // work item = (image, group, tile_group tiles), each owning its outputs; the tiles of an
+      // item share each block of weights from cache.
       const int64_t image_elems = s.in_channels * layout.plane;
       const std::vector<int64_t> offsets =
           tap_offsets(s, layout.plane, [&](int64_t dh, int64_t dw) {
@@ -444,15 +451,18 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
           });
       const int64_t HW = s.in_h * s.in_w;
       const int64_t tiles = layout.tiles;
-      const int64_t items = (tiles + FORWARD_TILE_GROUP - 1) / FORWARD_TILE_GROUP;
+      const int64_t tile_terms = std::max<int64_t>(1, cog * s.taps * ks.tile_pixels);
+      const int64_t tile_group = std::clamp((FORWARD_ITEM_TERMS + tile_terms - 1) / tile_terms,
+                                            FORWARD_TILE_GROUP, FORWARD_CALL_MAX_TILES);
+      const int64_t items = (tiles + tile_group - 1) / tile_group;
       // Work item `item` of group g of image n, from that image's prepared planes.
       const auto run_item = [&](const scalar_t* image_planes, int64_t n, int64_t g, int64_t item,
                                 scalar_t* scratch) {
-        const int64_t tile0 = item * FORWARD_TILE_GROUP;
+        const int64_t tile0 = item * tile_group;
         ks.forward_tiles_direct(s, layout, image_planes + g * cig * layout.plane, offsets.data(),
                                 group_w(g), interleave, bp ? bp + g * cog : nullptr,
                                 yp + (n * s.out_channels + g * cog) * L, tile0,
-                                std::min(FORWARD_TILE_GROUP, tiles - tile0), scratch);
+                                std::min(tile_group, tiles - tile0), scratch);
       };
       // Image by image when there are several images per thread and an image's copy fits a core's
       // L2: each thread copies an image and runs all of its tiles at once, so the tiles read the
@@ -467,7 +477,7 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         std::atomic<int64_t> next_image{0};
         torch::stable::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
           LineAligned<scalar_t> image(image_elems);
-          std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
+          std::vector<scalar_t> scratch(tile_group * cog * ks.tile_pixels);
           for (int64_t worker = begin; worker < end; ++worker) {
             for (int64_t n = next_image++; n < s.batch; n = next_image++) {
               for (int64_t c = 0; c < s.in_channels; ++c)
@@ -493,7 +503,7 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                                      prepared.get() + i * layout.plane);
         });
         torch::stable::parallel_for(0, nb * s.groups * items, 1, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> scratch(FORWARD_TILE_GROUP * cog * ks.tile_pixels);
+          std::vector<scalar_t> scratch(tile_group * cog * ks.tile_pixels);
           for (int64_t i = begin; i < end; ++i) {
             const int64_t n = i / (items * s.groups);
             run_item(prepared.get() + n * image_elems, n0 + n, i / items % s.groups, i % items,

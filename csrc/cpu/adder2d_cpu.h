@@ -120,6 +120,10 @@ inline double forward_batch_lane_use(const Adder2dShape& s, const ForwardBatchLa
   return images * double(s.out_h) * double(s.out_w) / (double(l.tiles) * double(tile_vectors));
 }
 
+// The most tiles one call of KernelSet::forward_tiles_direct or forward_tiles_batch takes (their
+// pixel pointers are on the stack).
+constexpr int64_t FORWARD_CALL_MAX_TILES = 64;
+
 template <typename T>
 struct KernelSet {
   // Output pixels [p0, p0 + tile_pixels) of one image and group; see adder2d_cpu_kernels.h.

@@ -390,22 +390,32 @@ void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const 
   }
 }
 
-// acc[r][j*VL + l] += sum_k |xb[j][off[k] + l] - w(r, k)| for R output channels and the NV
-// vectors of a tile, each read straight from the prepared input (xb[j]: the vector's first
-// pixel, off[k]: tap k's offset); the R x NV block held in registers. w(r, k) = w[k*R + r] where
-// INTERLEAVED (forward_interleave_weights), else w[r*ldw + k]. first: the block of taps that
-// starts the sums, which start from zero in registers (acc is not read).
-template <typename T, int R, bool INTERLEAVED>
-static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
-                              int64_t ldw, T* acc, bool first) {
+// acc(r, j)[l] += sum_k |xb[j][off[k] + l] - w(r, k)| for R output channels and the NV vectors
+// of NT tiles (NV = NT * TILE_P / VL), each vector read straight from the prepared input (xb[j]:
+// the vector's first pixel, off[k]: tap k's offset); the R x NV block held in registers. Vector j
+// is vector j % (TILE_P / VL) of tile j / (TILE_P / VL), whose sums are at acc + tile *
+// acc_tile_stride: acc(r, j) = acc + j / (TILE_P / VL) * acc_tile_stride + r * TILE_P + j %
+// (TILE_P / VL) * VL. w(r, k) = w[k*R + r] where INTERLEAVED (forward_interleave_weights), else
+// w[r*ldw + k]. first: the block of taps that starts the sums, which start from zero in registers
+// (acc is not read). NT > 1 with R = 1 is the wide tile of the channels left over by the R-channel
+// tiles: the same R x NV registers, for one channel of NT tiles. Out of line (GCC inlines the
+// R-channel tile into accumulate_tiles otherwise), so that tests/test_build.py finds each tap loop
+// under its name and checks that it stays in registers.
+template <typename T, int R, bool INTERLEAVED, int NT>
+__attribute__((noinline)) static void micro_tile_direct(const T* const* xb, const int64_t* off,
+                                                        int64_t nk, const T* w, int64_t ldw, T* acc,
+                                                        int64_t acc_tile_stride, bool first) {
   typedef typename Vec<T>::type V;
-  constexpr int NV = int(TILE_P * sizeof(T) / sizeof(V)), VL = int(sizeof(V) / sizeof(T));
+  constexpr int VL = int(sizeof(V) / sizeof(T)), NVT = int(TILE_P / VL), NV = NT * NVT;
   const V one = opaque_one<T>();
   const T* b[NV];
   V a[R][NV];
+  const auto sums = [&](int r, int j) {
+    return acc + (j / NVT) * acc_tile_stride + r * TILE_P + (j % NVT) * VL;
+  };
   for (int j = 0; j < NV; ++j) b[j] = xb[j];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) a[r][j] = first ? V{} : load_vec<V>(acc + r * TILE_P + j * VL);
+    for (int j = 0; j < NV; ++j) a[r][j] = first ? V{} : load_vec<V>(sums(r, j));
   for (int64_t k = 0; k < nk; ++k) {
     const int64_t o = off[k];
     V x[NV];
@@ -416,7 +426,7 @@ static void micro_tile_direct(const T* const* xb, const int64_t* off, int64_t nk
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) store_vec(acc + r * TILE_P + j * VL, a[r][j]);
+    for (int j = 0; j < NV; ++j) store_vec(sums(r, j), a[r][j]);
 }
 
 // The forward micro-tile of the direct and batch paths: micro_tile_direct, or in the AVX-512
@@ -530,68 +540,85 @@ void forward_interleave_weights(const Adder2dShape& s, const T* w, T* wi, int64_
   }
 }
 
-// One call of the direct and batch paths' micro-tile: R output channels from w, their weights
-// interleaved (forward_interleave_weights) or in rows ldw apart. (The AVX-512 kernel set has no
-// forward_interleave_weights: its float micro-tile is never given interleaved weights.)
-template <typename T, int R>
+// One call of the direct and batch paths' micro-tile: R output channels of NT tiles (sums of tile
+// t at acc + t * acc_tile_stride) from w, their weights interleaved (forward_interleave_weights)
+// or in rows ldw apart. (The AVX-512 kernel set has no forward_interleave_weights: its float
+// micro-tile is never given interleaved weights; it runs NT tiles one by one.)
+template <typename T, int R, int NT = 1>
 static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
-                               int64_t ldw, bool interleaved, T* acc, bool first) {
+                               int64_t ldw, bool interleaved, T* acc, int64_t acc_tile_stride,
+                               bool first) {
 #ifdef ADDER_CPU_ZMM
   if constexpr (sizeof(T) == sizeof(float)) {
-    if (xb[1] == xb[0] + 8) {
-      micro_tile_zmm<R, true>(xb, off, nk, w, ldw, acc, first);
-    } else {
-      micro_tile_zmm<R, false>(xb, off, nk, w, ldw, acc, first);
+    for (int t = 0; t < NT; ++t) {
+      const float* const* xt = xb + t * 2;
+      float* at = acc + t * acc_tile_stride;
+      if (xt[1] == xt[0] + 8) {
+        micro_tile_zmm<R, true>(xt, off, nk, w, ldw, at, first);
+      } else {
+        micro_tile_zmm<R, false>(xt, off, nk, w, ldw, at, first);
+      }
     }
     return;
   }
 #endif
   if (interleaved) {
-    micro_tile_direct<T, R, true>(xb, off, nk, w, ldw, acc, first);
+    micro_tile_direct<T, R, true, NT>(xb, off, nk, w, ldw, acc, acc_tile_stride, first);
   } else {
-    micro_tile_direct<T, R, false>(xb, off, nk, w, ldw, acc, first);
+    micro_tile_direct<T, R, false, NT>(xb, off, nk, w, ldw, acc, acc_tile_stride, first);
   }
 }
 
 // The direct and batch paths' sums: scratch[t][co][p] = sum_k |x - w[co_first + co, k]| for
-// ntiles tiles of TILE_P pixels and s.out_channels_per_group output channels from co_first of
-// their group (w: the group's weights, interleaved by forward_interleave_weights or W[g*Cog] in
-// rows of K taps), the taps in order, by blocks of TILE_K taps that go through every tile, so that the
-// block's weights (Cog x TILE_K) come from memory once and from cache for the other tiles.
-// base(t, j): where tap 0 of vector j of tile t reads (tap k reads off[k] further).
-template <typename T, typename Base>
+// ntiles <= FORWARD_CALL_MAX_TILES tiles of TILE_P pixels and s.out_channels_per_group output
+// channels from co_first of their group (w: the group's weights, interleaved by
+// forward_interleave_weights or W[g*Cog] in rows of K taps), the taps in order, by blocks of
+// TILE_K taps that go through every tile, so that the block's weights (Cog x TILE_K) come from
+// memory once and from cache for the other tiles. xb[t * NV + j]: where tap 0 of vector j of tile
+// t reads (tap k reads off[k] further). The channels past the last whole R-channel tile go one by
+// one through the wide tile, R tiles at a time: alone, a channel's tile held 2 of the 8
+// accumulators the registers allow, and on depthwise layers (9 taps per call) the calls' set-up
+// outweighed the taps.
+template <typename T>
 static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T* w,
                              bool interleaved, int64_t co_first, int64_t ntiles, T* scratch,
-                             Base base) {
+                             const T* const* xb) {
   constexpr int64_t NV = TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
   constexpr int R = forward_rows<T>();
   const int64_t cog = s.out_channels_per_group, K = s.taps;
   const int64_t group_cog = s.out_channels / s.groups;
+  const int64_t tile_sums = cog * TILE_P;  // a tile's sums in scratch
   // Where channel co's weights of the block from tap k0 (nk taps) start.
   const auto weights = [&](int64_t co, int64_t k0, int64_t nk) {
     return interleaved ? w + k0 * group_cog + (co_first + co) * nk : w + (co_first + co) * K + k0;
   };
   if (K == 0)
-    for (int64_t i = 0; i < ntiles * cog * TILE_P; ++i) scratch[i] = T(0);
+    for (int64_t i = 0; i < ntiles * tile_sums; ++i) scratch[i] = T(0);
+  const int64_t whole = cog / R * R;  // channels of the R-channel tiles
+  // and of a 4-channel tile after them where R = 8 (the AVX-512 build's float tile)
+  const int64_t whole4 = R > 4 && cog - whole >= 4 ? whole + 4 : whole;
   for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
     const int64_t nk = min_i64(TILE_K, K - k0);
     const bool first = k0 == 0;  // the first block's micro-tiles start the sums from zero
     for (int64_t t = 0; t < ntiles; ++t) {
-      const T* xb[NV];
-      for (int64_t j = 0; j < NV; ++j) xb[j] = base(t, j);
-      T* acc = scratch + t * cog * TILE_P;
-      int64_t co = 0;
-      for (; co + R <= cog; co += R)
-        forward_micro_tile<T, R>(xb, off + k0, nk, weights(co, k0, nk), K, interleaved,
-                                 acc + co * TILE_P, first);
+      T* acc = scratch + t * tile_sums;
+      for (int64_t co = 0; co < whole; co += R)
+        forward_micro_tile<T, R>(xb + t * NV, off + k0, nk, weights(co, k0, nk), K, interleaved,
+                                 acc + co * TILE_P, 0, first);
       if constexpr (R > 4) {
-        for (; co + 4 <= cog; co += 4)
-          forward_micro_tile<T, 4>(xb, off + k0, nk, weights(co, k0, nk), K, interleaved,
-                                   acc + co * TILE_P, first);
+        if (whole4 > whole)
+          forward_micro_tile<T, 4>(xb + t * NV, off + k0, nk, weights(whole, k0, nk), K,
+                                   interleaved, acc + whole * TILE_P, 0, first);
       }
-      for (; co < cog; ++co)
-        forward_micro_tile<T, 1>(xb, off + k0, nk, weights(co, k0, nk), K, interleaved,
-                                 acc + co * TILE_P, first);
+    }
+    for (int64_t co = whole4; co < cog; ++co) {
+      int64_t t = 0;
+      for (; t + R <= ntiles; t += R)
+        forward_micro_tile<T, 1, R>(xb + t * NV, off + k0, nk, weights(co, k0, nk), K, interleaved,
+                                    scratch + t * tile_sums + co * TILE_P, tile_sums, first);
+      for (; t < ntiles; ++t)
+        forward_micro_tile<T, 1>(xb + t * NV, off + k0, nk, weights(co, k0, nk), K, interleaved,
+                                 scratch + t * tile_sums + co * TILE_P, 0, first);
     }
   }
 }
@@ -601,37 +628,60 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
 // The tiles go through each block of TILE_K taps together, so that the block's weights (Cog x
 // TILE_K) are read from memory once per group of tiles and from cache by the others. xp: the
 // group's prepared planes; w: the group's weights (interleaved: by forward_interleave_weights); bias:
-// bias[g*Cog] or null; y: Y[n, g*Cog]; scratch: ntiles * Cog * TILE_P. Each output's taps are
-// summed in the order of forward_tile, so the two agree bit for bit.
+// bias[g*Cog] or null; y: Y[n, g*Cog]; scratch: ntiles * Cog * TILE_P; ntiles <=
+// FORWARD_CALL_MAX_TILES. Each output's taps are summed in the order of forward_tile, so the two
+// agree bit for bit.
 template <typename T>
 void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T* xp,
                           const int64_t* off, const T* w, bool interleaved, const T* bias, T* y,
                           int64_t tile0, int64_t ntiles, T* scratch) {
-  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T)), NV = TILE_P / VL;
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), NV = TILE_P / VL;
   const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group;
   const int64_t vectors = s.out_h * l.row_vectors;
-  accumulate_tiles(s, off, w, interleaved, 0, ntiles, scratch, [&](int64_t t, int64_t j) {
-    const int64_t v = (tile0 + t) * NV + j;  // past the last row: computed, not stored
-    return v < vectors ? xp + v / l.row_vectors * s.stride_h * l.cols + v % l.row_vectors * VL : xp;
-  });
-  for (int64_t t = 0; t < ntiles; ++t)
-    for (int64_t j = 0; j < NV; ++j) {
-      const int64_t v = (tile0 + t) * NV + j;
-      if (v >= vectors) break;
-      const int64_t oh = v / l.row_vectors, ow = v % l.row_vectors * VL;
-      const int64_t n = min_i64(VL, s.out_w - ow);
-      for (int64_t co = 0; co < cog; ++co) {
-        const T b = bias ? bias[co] : T(0);
-        T* yr = y + co * L + oh * s.out_w + ow;
-        const T* a = scratch + (t * cog + co) * TILE_P + j * VL;
-        if (n == VL) {  // whole vector (as a loop, GCC emitted scalars: yr may alias a)
-          typedef typename Vec<T>::type V;
-          store_vec(yr, (b - V{}) - load_vec<V>(a));  // b - 0 keeps a -0 bias
-        } else {
-          for (int64_t q = 0; q < n; ++q) yr[q] = b - a[q];
-        }
+  const int64_t row_step = s.stride_h * l.cols;  // between the first pixels of two output rows
+  // Vector v0 + i of the call: vector c of its output row, which starts at `row` in the
+  // prepared planes, both stepped (divided out per vector, or a row's offset multiplied out,
+  // they cost more than the taps on depthwise layers).
+  const int64_t v0 = tile0 * NV, stored = min_i64(ntiles * NV, vectors - v0);
+  const T* xb[FORWARD_CALL_MAX_TILES * NV];
+  {
+    const T* row = xp + v0 / l.row_vectors * row_step;
+    for (int64_t i = 0, c = v0 % l.row_vectors; i < stored; ++i) {
+      xb[i] = row + c * VL;
+      if (++c == l.row_vectors) {
+        c = 0;
+        row += row_step;
       }
     }
+    for (int64_t i = stored; i < ntiles * NV; ++i) xb[i] = xp;  // past the last row: not stored
+  }
+  accumulate_tiles(s, off, w, interleaved, 0, ntiles, scratch, xb);
+  // Vector i's sums of channel co at scratch + (i / NV * cog + co) * TILE_P + i % NV * VL.
+  for (int64_t co = 0; co < cog; ++co) {
+    const V b = (bias ? bias[co] : T(0)) - V{};  // b - 0 keeps a -0 bias
+    T* const yc = y + co * L;
+    const T* const sums = scratch + co * TILE_P;
+    if (s.out_w % VL == 0) {  // whole vectors, the call's consecutive in Y
+      for (int64_t i = 0; i < stored; ++i)
+        store_vec(yc + (v0 + i) * VL, b - load_vec<V>(sums + i / NV * cog * TILE_P + i % NV * VL));
+      continue;
+    }
+    T* yr = yc + v0 / l.row_vectors * s.out_w;
+    for (int64_t i = 0, c = v0 % l.row_vectors; i < stored; ++i) {
+      const T* a = sums + i / NV * cog * TILE_P + i % NV * VL;
+      const int64_t ow = c * VL, n = min_i64(VL, s.out_w - ow);
+      if (n == VL) {  // whole vector (as a loop, GCC emitted scalars: yr may alias a)
+        store_vec(yr + ow, b - load_vec<V>(a));
+      } else {
+        for (int64_t q = 0; q < n; ++q) yr[ow + q] = b[0] - a[q];
+      }
+      if (++c == l.row_vectors) {
+        c = 0;
+        yr += s.out_w;
+      }
+    }
+  }
 }
 
 // dst(p)[j] = f(v)[j] for the first `rows` rows p of a VL x VL block (VL = lanes of V),
@@ -751,7 +801,8 @@ void forward_prepare_batch_plane(const Adder2dShape& s, const ForwardBatchLayout
 // micro-tile: the same taps in the same order for every output, so the three paths agree bit for
 // bit. xp: the image group's prepared planes of the group's input channels; w: the group's
 // weights (interleaved: by forward_interleave_weights); bias: bias[g*Cog + co_first] or null; y: Y[n0,
-// g*Cog + co_first]; scratch: ntiles * s.out_channels_per_group * TILE_P.
+// g*Cog + co_first]; scratch: ntiles * s.out_channels_per_group * TILE_P; ntiles <=
+// FORWARD_CALL_MAX_TILES.
 template <typename T>
 void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, const T* xp,
                          const int64_t* off, const T* w, bool interleaved, int64_t co_first,
@@ -759,10 +810,19 @@ void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, con
                          T* scratch) {
   constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T)), NV = TILE_P / VL;
   const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group;
-  accumulate_tiles(s, off, w, interleaved, co_first, ntiles, scratch, [&](int64_t t, int64_t j) {
-    const int64_t p = (tile0 + t) * NV + j;  // past the last pixel: computed, not stored
-    return p < L ? xp + (p / s.out_w * s.stride_h * l.phase_cols + p % s.out_w) * VL : xp;
-  });
+  // Pixel p0 + i: column ow of its output row, which starts at `row` in the prepared planes, both
+  // stepped (not divided out per pixel).
+  const T* xb[FORWARD_CALL_MAX_TILES * NV];
+  const int64_t p0 = tile0 * NV, row_step = s.stride_h * l.phase_cols * VL;
+  const T* row = xp + p0 / s.out_w * row_step;
+  for (int64_t i = 0, ow = p0 % s.out_w; i < ntiles * NV; ++i) {
+    xb[i] = p0 + i < L ? row + ow * VL : xp;  // past the last pixel: computed, not stored
+    if (++ow == s.out_w) {
+      ow = 0;
+      row += row_step;
+    }
+  }
+  accumulate_tiles(s, off, w, interleaved, co_first, ntiles, scratch, xb);
   // Output row by output row (channel, then image): the tiles' pixels of a row are consecutive,
   // so each row is written in one run, from the channel's sums in L1 (pixel by pixel, every image
   // and channel in between, the stores were one per cache line: 8% of the forward's time on
