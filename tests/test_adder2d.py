@@ -426,6 +426,53 @@ def test_input_grad_planes_are_independent(stride, mode, cpu_isa):
         assert torch.equal(whole[0][:, c : c + 1], alone), f"plane {c}"
 
 
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("mode", ["hardtanh", "exact"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_input_grad_few_channels_per_group(dtype, mode, cpu_isa):
+    # At stride 1 with at most 4 output channels per group the kernel sums every tap of a few
+    # vectors in registers (input_grad_row_all_taps) instead of adding tap by tap into the
+    # gradient: depthwise on whole and widened rows, rows of 5 vectors (4 at once, then 1), a
+    # 5 x 5 kernel without padding (taps whose output row is outside are skipped), dilation 2,
+    # 3 input planes per group. Each plane's sums are its own, on any thread count, and match
+    # the float64 reference.
+    cases = [
+        Case("depthwise-16x16", 3, 6, 16, 16, 6, 3, 3, padding=1, groups=6),
+        Case("depthwise-11x11", 2, 4, 11, 11, 4, 3, 3, padding=1, groups=4),
+        Case("2-per-group-rows-of-40", 2, 4, 6, 40, 8, 3, 3, padding=1, groups=4),
+        Case("4-per-group-5x5", 2, 6, 12, 16, 8, 5, 5, groups=2),
+        Case("1-per-group-dilated", 2, 3, 13, 16, 3, 3, 3, padding=2, dilation=2, groups=3),
+        Case("3-planes-2-per-group", 2, 6, 9, 24, 4, 3, 3, padding=1, groups=2),
+    ]
+    g = torch.Generator().manual_seed(7)
+    for case in cases:
+        x = torch.randn(case.n, case.c, case.h, case.w, generator=g, dtype=dtype)
+        w = torch.randn(case.co, case.c // case.groups, case.kh, case.kw, generator=g, dtype=dtype)
+        kw = dict(padding=case.padding, dilation=case.dilation, groups=case.groups)
+        dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=g, dtype=dtype)
+        got = on_thread_counts(
+            (1, 2), lambda: addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw, mode=mode)
+        )
+        assert torch.equal(got[0], got[1]), case.name
+        xr = x.double().requires_grad_()
+        reference.adder2d(xr, w.double(), **kw, input_grad=mode).backward(dy.double())
+        tol = 1e-10 if dtype == torch.float64 else 1e-4
+        torch.testing.assert_close(got[0].double(), xr.grad, rtol=tol, atol=tol, msg=case.name)
+        cig, cog = case.c // case.groups, case.co // case.groups
+        if cig > 1:  # each plane alone: the same bits
+            for c in range(case.c):
+                gi, ci = divmod(c, cig)
+                alone = addernet_cuda.ops.adder2d_input_grad(
+                    dy[:, gi * cog : (gi + 1) * cog],
+                    x[:, c : c + 1],
+                    w[gi * cog : (gi + 1) * cog, ci : ci + 1],
+                    padding=case.padding,
+                    dilation=case.dilation,
+                    mode=mode,
+                )
+                assert torch.equal(got[0][:, c : c + 1], alone), (case.name, c)
+
+
 # Stride 1: rows of 8 pixels (a 64-byte vector's halves from two rows), 16 and 32 (one row), 56
 # (7 vectors a row: pairs across rows and a last odd slot), 11 (widened to 16); 7 input channels:
 # blocks of 4, 2 and 1 planes; 5 to 70 output channels.

@@ -903,6 +903,9 @@ static void input_grad_vectors(const T* const* dy, int64_t L, const T* const* x,
 
 constexpr int IG_ACCUMULATORS = 8;  // gradient vectors per input_grad_vectors call (P x U)
 constexpr int64_t IG_PLANES = 4;    // most input planes per input_grad_planes call
+// At stride 1, up to this many output channels per group: all taps of a few vectors at a time
+// (input_grad_row_all_taps) instead of tap by tap over whole planes.
+constexpr int64_t IG_ALL_TAPS_CHANNELS = 4;
 
 // Slots (32-byte vectors of input pixels) per input_grad_vectors call at stride 1: P planes x U
 // slots. In the AVX-512 build for float, twice as many, paired into 64-byte vectors.
@@ -1149,6 +1152,43 @@ static void input_grad_tap_vectors(const Adder2dShape& s, const T* dyc, int64_t 
   }
 }
 
+// Stride 1, few output channels per group: gs[ih * wp + j + u * VL] for U vectors of one input row
+// of one plane = the sum over taps (kh, kw) whose output row is inside, then over output channels,
+// of dY * HT(W - X), in registers from zero: the terms and the order of input_grad_tap_vectors,
+// which adds them tap by tap into gs (so the same bits), without loading and storing gs at every
+// tap. dyc: the bordered dY (input_grad_planes_mode), x: the plane's (widened) rows, w: W[g*Cog,
+// ci] (output channel stride s.taps).
+template <typename T, bool SIGN, int U>
+static void input_grad_row_all_taps(const Adder2dShape& s, const T* dyc, int64_t row,
+                                    int64_t border, int64_t ih, const T* x, T* gs, int64_t wp,
+                                    int64_t j, const T* w) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
+  const int64_t cog = s.out_channels_per_group, plane = s.out_h * row;
+  V lo, hi;
+  input_grad_bounds(&lo, &hi);
+  V acc[U], xv[U];
+  for (int u = 0; u < U; ++u) {
+    acc[u] = V{};
+    xv[u] = load_vec<V>(x + ih * wp + j + u * VL);
+  }
+  for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    const int64_t oh = ih + s.pad_h - kh * s.dilation_h;
+    if (oh < 0 || oh >= s.out_h) continue;
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      const T* dyr = dyc + oh * row + border + s.pad_w - kw * s.dilation_w + j;
+      const T* wk = w + kh * s.kernel_w + kw;
+      for (int64_t co = 0; co < cog; ++co) {
+        const V wv = wk[co * s.taps] - V{};  // broadcast
+        for (int u = 0; u < U; ++u)
+          acc[u] = mul_add(load_vec<V>(dyr + co * plane + u * VL),
+                           input_grad_weight<V, SIGN>(wv - xv[u], lo, hi), acc[u]);
+      }
+    }
+  }
+  for (int u = 0; u < U; ++u) store_vec(gs + ih * wp + j + u * VL, acc[u]);
+}
+
 // dX of np <= IG_PLANES consecutive input planes (n, c), (n, c + 1), ... of one image and group.
 // dy: dY[n, g*Cog] (the group's output channels); x and gx: the first plane (the next ones follow
 // at in_h * in_w); w: W[g*Cog, ci] (output channel stride s.taps, the next plane's weights at
@@ -1198,44 +1238,62 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
     }
     for (int64_t i = 0; i < s.in_h * wp; ++i) gs[p][i] = T(0);
   }
-  for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-      for (int64_t p = 0; p < np; ++p)
-        for (int64_t co = 0; co < cog; ++co)
-          wtap[p * cog + co] = w[p * KHW + co * s.taps + kh * s.kernel_w + kw];
-      if (unit_stride) {
-        // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
-        const int64_t ow_first = border + s.pad_w - kw * s.dilation_w;
-        int64_t p = 0;
-        for (; p + 4 <= np; p += 4)
-          input_grad_tap_vectors<T, SIGN, 4>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
-                                             wtap + p * cog);
-        for (; p + 2 <= np; p += 2)
-          input_grad_tap_vectors<T, SIGN, 2>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
-                                             wtap + p * cog);
-        for (; p < np; ++p)
-          input_grad_tap_vectors<T, SIGN, 1>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
-                                             wtap + p * cog);
-      } else {
-        // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
-        int64_t oh0, oh1, ow0, ow1;
-        adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0, &oh1);
-        adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0, &ow1);
-        const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
-          const int64_t at = ih * s.in_w + iw0, n = ow1 - ow0;
-          const T* dyt = dyc + (oh * s.out_w + ow0) * cog;
+  if (unit_stride && cog <= IG_ALL_TAPS_CHANNELS) {
+    // Few output channels: every tap of a few vectors at a time (input_grad_row_all_taps).
+    constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+    constexpr int U = 4;
+    for (int64_t p = 0; p < np; ++p)
+      for (int64_t ih = 0; ih < s.in_h; ++ih) {
+        int64_t j = 0;
+        for (; j + U * VL <= wp; j += U * VL)
+          input_grad_row_all_taps<T, SIGN, U>(s, dyc, row, border, ih, xs[p], gs[p], wp, j,
+                                              w + p * KHW);
+        for (; j < wp; j += VL)
+          input_grad_row_all_taps<T, SIGN, 1>(s, dyc, row, border, ih, xs[p], gs[p], wp, j,
+                                              w + p * KHW);
+      }
+  } else {
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        for (int64_t p = 0; p < np; ++p)
+          for (int64_t co = 0; co < cog; ++co)
+            wtap[p * cog + co] = w[p * KHW + co * s.taps + kh * s.kernel_w + kw];
+        if (unit_stride) {
+          // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
+          const int64_t ow_first = border + s.pad_w - kw * s.dilation_w;
           int64_t p = 0;
           for (; p + 4 <= np; p += 4)
-            input_grad_row_strided<T, SIGN, 4>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
-                                               gx + p * HW + at, n, s.stride_w);
+            input_grad_tap_vectors<T, SIGN, 4>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
+                                               wtap + p * cog);
           for (; p + 2 <= np; p += 2)
-            input_grad_row_strided<T, SIGN, 2>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
-                                               gx + p * HW + at, n, s.stride_w);
+            input_grad_tap_vectors<T, SIGN, 2>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
+                                               wtap + p * cog);
           for (; p < np; ++p)
-            input_grad_row_strided<T, SIGN, 1>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
-                                               gx + p * HW + at, n, s.stride_w);
+            input_grad_tap_vectors<T, SIGN, 1>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
+                                               wtap + p * cog);
+        } else {
+          // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
+          int64_t oh0, oh1, ow0, ow1;
+          adder2d_valid_out_range(kh, s.stride_h, s.pad_h, s.dilation_h, s.in_h, s.out_h, &oh0,
+                                  &oh1);
+          adder2d_valid_out_range(kw, s.stride_w, s.pad_w, s.dilation_w, s.in_w, s.out_w, &ow0,
+                                  &ow1);
+          const int64_t iw0 = adder2d_in_index(ow0, kw, s.stride_w, s.pad_w, s.dilation_w);
+          for (int64_t oh = oh0; oh < oh1; ++oh) {
+            const int64_t ih = adder2d_in_index(oh, kh, s.stride_h, s.pad_h, s.dilation_h);
+            const int64_t at = ih * s.in_w + iw0, n = ow1 - ow0;
+            const T* dyt = dyc + (oh * s.out_w + ow0) * cog;
+            int64_t p = 0;
+            for (; p + 4 <= np; p += 4)
+              input_grad_row_strided<T, SIGN, 4>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
+                                                 gx + p * HW + at, n, s.stride_w);
+            for (; p + 2 <= np; p += 2)
+              input_grad_row_strided<T, SIGN, 2>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
+                                                 gx + p * HW + at, n, s.stride_w);
+            for (; p < np; ++p)
+              input_grad_row_strided<T, SIGN, 1>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
+                                                 gx + p * HW + at, n, s.stride_w);
+          }
         }
       }
     }
