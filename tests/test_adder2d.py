@@ -259,13 +259,13 @@ def test_forward_batch_path_split_by_output_channels(dtype, cpu_isa):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_few_channels_per_group_sum_taps_in_order(dtype, cpu_isa):
     # The channels past the last whole micro-tile go one by one through a wide tile of as many
-    # tiles as the micro-tile has channels (float32 4, float64 2), the last tiles of a call one
-    # at a time; work items of the direct path hold up to 64 tiles where a tile has few terms
-    # (depthwise: 9 taps x 1 channel). Depthwise layers on both paths (whole and partial vectors,
-    # tile counts that are and are not multiples of the wide tile's, stride 2), 3 channels per
-    # group over 270 taps (a whole block and a short one: the wide tile's sums reloaded), and 6
-    # channels per group (a whole micro-tile, then 2 wide): each output's taps in order, on 1, 2
-    # and 8 threads.
+    # tiles as the micro-tile has channels (float32 4, or 8 at the avx512 level; float64 2), the
+    # last tiles of a call one at a time; work items of the direct path hold up to 64 tiles where
+    # a tile has few terms (depthwise: 9 taps x 1 channel). Depthwise layers on both paths (whole
+    # and partial vectors, tile counts that are and are not multiples of the wide tile's, stride
+    # 2), 3 channels per group over 270 taps (a whole block and a short one: the wide tile's sums
+    # reloaded), and 6 channels per group (in float32 a whole micro-tile, then 2 wide): each
+    # output's taps in order, on 1, 2 and 8 threads.
     direct = [
         Case("direct-depthwise-16x16", 4, 6, 16, 16, 6, 3, 3, padding=1, groups=6),
         Case("direct-depthwise-13x13", 3, 5, 13, 13, 5, 3, 3, padding=1, groups=5),
@@ -434,8 +434,8 @@ def test_input_grad_few_channels_per_group(dtype, mode, cpu_isa):
     # vectors in registers (input_grad_row_all_taps) instead of adding tap by tap into the
     # gradient: depthwise on whole and widened rows, rows of 5 vectors (4 at once, then 1), a
     # 5 x 5 kernel without padding (taps whose output row is outside are skipped), dilation 2,
-    # 3 input planes per group. Each plane's sums are its own, on any thread count, and match
-    # the float64 reference.
+    # 3 input planes per group. Each plane's sums are its own, on any thread count, bitwise equal
+    # to the tap-by-tap loop's, and match the float64 reference.
     cases = [
         Case("depthwise-16x16", 3, 6, 16, 16, 6, 3, 3, padding=1, groups=6),
         Case("depthwise-11x11", 2, 4, 11, 11, 4, 3, 3, padding=1, groups=4),
@@ -459,6 +459,18 @@ def test_input_grad_few_channels_per_group(dtype, mode, cpu_isa):
         tol = 1e-10 if dtype == torch.float64 else 1e-4
         torch.testing.assert_close(got[0].double(), xr.grad, rtol=tol, atol=tol, msg=case.name)
         cig, cog = case.c // case.groups, case.co // case.groups
+        # The same layer with output channels added to each group up to 5, their dY zero, takes
+        # the tap-by-tap loop: the added terms, last of each tap, are 0 * HT(...) = +-0 and leave
+        # every sum as it is (the sums start at +0), so the bits must be equal.
+        extra = 5 - cog
+        wg = w.view(case.groups, cog, *w.shape[1:])
+        dyg = dy.view(case.n, case.groups, cog, case.oh, case.ow)
+        w5 = torch.cat([wg, wg[:, :1].expand(-1, extra, -1, -1, -1)], 1).flatten(0, 1)
+        dy5 = torch.cat([dyg, torch.zeros_like(dyg[:, :, :1]).expand(-1, -1, extra, -1, -1)], 2)
+        tap_by_tap = addernet_cuda.ops.adder2d_input_grad(
+            dy5.flatten(1, 2), x, w5.contiguous(), **kw, mode=mode
+        )
+        assert torch.equal(got[0], tap_by_tap), case.name
         if cig > 1:  # each plane alone: the same bits
             for c in range(case.c):
                 gi, ci = divmod(c, cig)

@@ -1,6 +1,7 @@
 // The float forward's tile loops (adder2d_cpu_kernels.h: forward_tiles_direct and
 // forward_tiles_batch, with micro_tile_zmm) and the float input gradient (input_grad_planes, whose
-// stride-1 loop is input_grad_vectors_zmm) compiled for AVX-512 F/VL; every other kernel of the
+// stride-1 loop is input_grad_vectors_zmm, except with at most 4 output channels per group, where
+// input_grad_row_all_taps keeps 32-byte vectors) compiled for AVX-512 F/VL; every other kernel of the
 // AVX-512 set is the AVX2 one. Only these functions are compiled for AVX-512 (a target
 // pragma opened after the standard headers), so the extension still runs on a CPU without it:
 // adder2d_cpu.cpp calls them only when the CPU has it. Results are bitwise equal to the AVX2

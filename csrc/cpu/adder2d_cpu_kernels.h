@@ -814,14 +814,16 @@ void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, con
   // stepped (not divided out per pixel).
   const T* xb[FORWARD_CALL_MAX_TILES * NV];
   const int64_t p0 = tile0 * NV, row_step = s.stride_h * l.phase_cols * VL;
+  const int64_t inside = min_i64(ntiles * NV, L - p0);
   const T* row = xp + p0 / s.out_w * row_step;
-  for (int64_t i = 0, ow = p0 % s.out_w; i < ntiles * NV; ++i) {
-    xb[i] = p0 + i < L ? row + ow * VL : xp;  // past the last pixel: computed, not stored
+  for (int64_t i = 0, ow = p0 % s.out_w; i < inside; ++i) {
+    xb[i] = row + ow * VL;
     if (++ow == s.out_w) {
       ow = 0;
       row += row_step;
     }
   }
+  for (int64_t i = inside; i < ntiles * NV; ++i) xb[i] = xp;  // past the last pixel: not stored
   accumulate_tiles(s, off, w, interleaved, co_first, ntiles, scratch, xb);
   // Output row by output row (channel, then image): the tiles' pixels of a row are consecutive,
   // so each row is written in one run, from the channel's sums in L1 (pixel by pixel, every image
@@ -1223,6 +1225,7 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
   // Rows of wp elements: the planes themselves, or zero-padded copies when W is not a multiple of
   // the vector width (padded lanes read dY's zero columns and are dropped).
   const bool widened = wp != s.in_w;
+  const bool all_taps = unit_stride && cog <= IG_ALL_TAPS_CHANNELS;
   const T* xs[IG_PLANES];
   T* gs[IG_PLANES];
   for (int64_t p = 0; p < np; ++p) {
@@ -1236,9 +1239,10 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
           xw[h * wp + j] = j < s.in_w ? x[p * HW + h * s.in_w + j] : T(0);
       xs[p] = xw;
     }
-    for (int64_t i = 0; i < s.in_h * wp; ++i) gs[p][i] = T(0);
+    if (!all_taps)  // the all-taps loop writes every element
+      for (int64_t i = 0; i < s.in_h * wp; ++i) gs[p][i] = T(0);
   }
-  if (unit_stride && cog <= IG_ALL_TAPS_CHANNELS) {
+  if (all_taps) {
     // Few output channels: every tap of a few vectors at a time (input_grad_row_all_taps).
     constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
     constexpr int U = 4;
