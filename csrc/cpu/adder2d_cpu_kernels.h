@@ -623,6 +623,26 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
   }
 }
 
+// xb[i] = where vector first + i of the direct and batch paths reads tap 0, for i < inside: vector
+// v is the (v % per_row)-th of output row v / per_row, rows row_step elements apart in xp and
+// vectors VL apart in a row; xb[i] = xp for the rest of the n (computed, not stored). Stepped along
+// the rows: divided out per vector (or a row's offset multiplied out), they cost more than the
+// taps on depthwise layers.
+template <typename T>
+static void tile_pointers(const T* xp, int64_t first, int64_t per_row, int64_t row_step,
+                          int64_t inside, int64_t n, const T** xb) {
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  const T* row = xp + first / per_row * row_step;
+  for (int64_t i = 0, c = first % per_row; i < inside; ++i) {
+    xb[i] = row + c * VL;
+    if (++c == per_row) {
+      c = 0;
+      row += row_step;
+    }
+  }
+  for (int64_t i = inside; i < n; ++i) xb[i] = xp;
+}
+
 // Tiles [tile0, tile0 + ntiles) (each TILE_P / VL vectors of VL pixels of one output row,
 // row-major) of one image and group by the direct forward, all of the group's output channels.
 // The tiles go through each block of TILE_K taps together, so that the block's weights (Cog x
@@ -640,22 +660,10 @@ void forward_tiles_direct(const Adder2dShape& s, const ForwardLayout& l, const T
   const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group;
   const int64_t vectors = s.out_h * l.row_vectors;
   const int64_t row_step = s.stride_h * l.cols;  // between the first pixels of two output rows
-  // Vector v0 + i of the call: vector c of its output row, which starts at `row` in the
-  // prepared planes, both stepped (divided out per vector, or a row's offset multiplied out,
-  // they cost more than the taps on depthwise layers).
+  // Vector v0 + i of the call: vector (v0 + i) % row_vectors of its output row.
   const int64_t v0 = tile0 * NV, stored = min_i64(ntiles * NV, vectors - v0);
   const T* xb[FORWARD_CALL_MAX_TILES * NV];
-  {
-    const T* row = xp + v0 / l.row_vectors * row_step;
-    for (int64_t i = 0, c = v0 % l.row_vectors; i < stored; ++i) {
-      xb[i] = row + c * VL;
-      if (++c == l.row_vectors) {
-        c = 0;
-        row += row_step;
-      }
-    }
-    for (int64_t i = stored; i < ntiles * NV; ++i) xb[i] = xp;  // past the last row: not stored
-  }
+  tile_pointers(xp, v0, l.row_vectors, row_step, stored, ntiles * NV, xb);
   accumulate_tiles(s, off, w, interleaved, 0, ntiles, scratch, xb);
   // Vector i's sums of channel co at scratch + (i / NV * cog + co) * TILE_P + i % NV * VL.
   for (int64_t co = 0; co < cog; ++co) {
@@ -810,20 +818,11 @@ void forward_tiles_batch(const Adder2dShape& s, const ForwardBatchLayout& l, con
                          T* scratch) {
   constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T)), NV = TILE_P / VL;
   const int64_t L = s.out_h * s.out_w, cog = s.out_channels_per_group;
-  // Pixel p0 + i: column ow of its output row, which starts at `row` in the prepared planes, both
-  // stepped (not divided out per pixel).
+  // Pixel p0 + i of the call: column (p0 + i) % out_w of its output row.
+  const int64_t p0 = tile0 * NV;
   const T* xb[FORWARD_CALL_MAX_TILES * NV];
-  const int64_t p0 = tile0 * NV, row_step = s.stride_h * l.phase_cols * VL;
-  const int64_t inside = min_i64(ntiles * NV, L - p0);
-  const T* row = xp + p0 / s.out_w * row_step;
-  for (int64_t i = 0, ow = p0 % s.out_w; i < inside; ++i) {
-    xb[i] = row + ow * VL;
-    if (++ow == s.out_w) {
-      ow = 0;
-      row += row_step;
-    }
-  }
-  for (int64_t i = inside; i < ntiles * NV; ++i) xb[i] = xp;  // past the last pixel: not stored
+  tile_pointers(xp, p0, s.out_w, s.stride_h * l.phase_cols * VL, min_i64(ntiles * NV, L - p0),
+                ntiles * NV, xb);
   accumulate_tiles(s, off, w, interleaved, co_first, ntiles, scratch, xb);
   // Output row by output row (channel, then image): the tiles' pixels of a row are consecutive,
   // so each row is written in one run, from the channel's sums in L1 (pixel by pixel, every image
