@@ -434,8 +434,10 @@ def test_input_grad_few_channels_per_group(dtype, mode, cpu_isa):
     # vectors in registers (input_grad_row_all_taps) instead of adding tap by tap into the
     # gradient: depthwise on whole and widened rows, rows of 5 vectors (4 at once, then 1), a
     # 5 x 5 kernel without padding (taps whose output row is outside are skipped), dilation 2,
-    # 3 input planes per group. Each plane's sums are its own, on any thread count, bitwise equal
-    # to the tap-by-tap loop's, and match the float64 reference.
+    # 3 input planes per group; and at stride > 1, with fewer channels than a vector holds, a
+    # scalar sum per pixel and tap (input_grad_row_strided_few). Each plane's sums are its own,
+    # on any thread count, match the float64 reference, and at stride 1 are bitwise the
+    # tap-by-tap loop's.
     cases = [
         Case("depthwise-16x16", 3, 6, 16, 16, 6, 3, 3, padding=1, groups=6),
         Case("depthwise-11x11", 2, 4, 11, 11, 4, 3, 3, padding=1, groups=4),
@@ -443,12 +445,17 @@ def test_input_grad_few_channels_per_group(dtype, mode, cpu_isa):
         Case("4-per-group-5x5", 2, 6, 12, 16, 8, 5, 5, groups=2),
         Case("1-per-group-dilated", 2, 3, 13, 16, 3, 3, 3, padding=2, dilation=2, groups=3),
         Case("3-planes-2-per-group", 2, 6, 9, 24, 4, 3, 3, padding=1, groups=2),
+        # Stride > 1 with fewer channels than a vector: a scalar sum per pixel and tap.
+        Case("depthwise-stride-2", 2, 4, 15, 16, 4, 3, 3, stride=2, padding=1, groups=4),
+        Case("3-per-group-stride-2-by-1", 2, 4, 9, 13, 6, 3, 3, stride=(2, 1), padding=1, groups=2),
     ]
     g = torch.Generator().manual_seed(7)
     for case in cases:
         x = torch.randn(case.n, case.c, case.h, case.w, generator=g, dtype=dtype)
         w = torch.randn(case.co, case.c // case.groups, case.kh, case.kw, generator=g, dtype=dtype)
-        kw = dict(padding=case.padding, dilation=case.dilation, groups=case.groups)
+        kw = dict(
+            stride=case.stride, padding=case.padding, dilation=case.dilation, groups=case.groups
+        )
         dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=g, dtype=dtype)
         got = on_thread_counts(
             (1, 2), lambda: addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw, mode=mode)
@@ -462,15 +469,16 @@ def test_input_grad_few_channels_per_group(dtype, mode, cpu_isa):
         # The same layer with output channels added to each group up to 5, their dY zero, takes
         # the tap-by-tap loop: the added terms, last of each tap, are 0 * HT(...) = +-0 and leave
         # every sum as it is (the sums start at +0), so the bits must be equal.
-        extra = 5 - cog
+        extra = 5 - cog if case.stride == (1, 1) else 0
         wg = w.view(case.groups, cog, *w.shape[1:])
         dyg = dy.view(case.n, case.groups, cog, case.oh, case.ow)
         w5 = torch.cat([wg, wg[:, :1].expand(-1, extra, -1, -1, -1)], 1).flatten(0, 1)
         dy5 = torch.cat([dyg, torch.zeros_like(dyg[:, :, :1]).expand(-1, -1, extra, -1, -1)], 2)
-        tap_by_tap = addernet_cuda.ops.adder2d_input_grad(
-            dy5.flatten(1, 2), x, w5.contiguous(), **kw, mode=mode
-        )
-        assert torch.equal(got[0], tap_by_tap), case.name
+        if extra:
+            tap_by_tap = addernet_cuda.ops.adder2d_input_grad(
+                dy5.flatten(1, 2), x, w5.contiguous(), **kw, mode=mode
+            )
+            assert torch.equal(got[0], tap_by_tap), case.name
         if cig > 1:  # each plane alone: the same bits
             for c in range(case.c):
                 gi, ci = divmod(c, cig)
@@ -478,6 +486,7 @@ def test_input_grad_few_channels_per_group(dtype, mode, cpu_isa):
                     dy[:, gi * cog : (gi + 1) * cog],
                     x[:, c : c + 1],
                     w[gi * cog : (gi + 1) * cog, ci : ci + 1],
+                    stride=case.stride,
                     padding=case.padding,
                     dilation=case.dilation,
                     mode=mode,

@@ -1056,6 +1056,28 @@ static void input_grad_row_strided(const T* dyt, const T* x, int64_t hw, const T
                                              step);
 }
 
+// input_grad_row_strided for one plane with fewer output channels than a vector holds: each
+// pixel's sum over the channels as that kernel's scalar tail, added to gr (its vector lanes would
+// add only zeros, which change no sum), without its per-call vector set-up and lane sums, which
+// cost more than the 1-7 terms (a depthwise layer's input gradient at stride 2 took 12x
+// conv2d's, 20x its own forward). w: the plane's weights of this tap ([co]).
+template <typename T, bool SIGN>
+static void input_grad_row_strided_few(const T* dyt, const T* x, const T* w, int64_t cog, T* gr,
+                                       int64_t n, int64_t step) {
+  // The bounds hidden from the compiler, as input_grad_bounds does for vectors: with constant
+  // bounds GCC compiled the clamp to compares and branches, mispredicted on most terms (the
+  // same values either way: maxss and minss in the selects' operand order).
+  T lo = T(-1), hi = T(1);
+  __asm__("" : "+x"(lo), "+x"(hi));
+  for (int64_t j = 0; j < n; ++j) {
+    const T xv = x[j * step];
+    T sum = T(0);
+    for (int64_t c = 0; c < cog; ++c)
+      sum = mul_add(dyt[j * cog + c], input_grad_weight<T, SIGN>(w[c] - xv, lo, hi), sum);
+    gr[j * step] += sum;
+  }
+}
+
 // Left/right zero border of the padded dY rows used at stride 1: wide enough that every input
 // column finds its dY column inside the row, for every tap.
 static inline int64_t input_grad_border(const Adder2dShape& s) {
@@ -1287,6 +1309,12 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
             const int64_t at = ih * s.in_w + iw0, n = ow1 - ow0;
             const T* dyt = dyc + (oh * s.out_w + ow0) * cog;
             int64_t p = 0;
+            if (cog < int64_t(sizeof(typename Vec<T>::type) / sizeof(T))) {
+              for (; p < np; ++p)
+                input_grad_row_strided_few<T, SIGN>(dyt, x + p * HW + at, wtap + p * cog, cog,
+                                                    gx + p * HW + at, n, s.stride_w);
+              continue;
+            }
             for (; p + 4 <= np; p += 4)
               input_grad_row_strided<T, SIGN, 4>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
                                                  gx + p * HW + at, n, s.stride_w);
