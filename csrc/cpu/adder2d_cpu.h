@@ -129,7 +129,8 @@ struct KernelSet {
   // Output pixels [p0, p0 + tile_pixels) of one image and group; see adder2d_cpu_kernels.h.
   void (*forward_tile)(const Adder2dShape&, const T* x, const T* w, const T* bias, T* y, int64_t p0,
                        T* scratch);
-  // dX of np <= input_grad_planes_max consecutive input planes of one image and group;
+  // dX of np <= input_grad_planes_max consecutive input planes of one image and group; w: the
+  // group's weights as [tap][ci][co] from the first plane's ci (tap stride Cin/g * Cout/g);
   // scratch: input_grad_scratch(shape) elements; reuse: the previous call on this scratch had
   // the same dy.
   void (*input_grad_planes)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,

@@ -1101,21 +1101,21 @@ static inline int64_t input_grad_dy_row(const Adder2dShape& s, int64_t wp) {
 }
 
 // Scratch elements input_grad_planes needs, or -1 when the count overflows int64 (huge
-// padding or dilation; the caller refuses the call): the planes' tap weights, dY bordered or
-// transposed, and at stride 1 the planes' widened copies when W is not whole vectors.
+// padding or dilation; the caller refuses the call): dY bordered or transposed, and at stride 1
+// the planes' widened copies when W is not whole vectors.
 template <typename T>
 static int64_t input_grad_scratch(const Adder2dShape& s) {
   const int64_t cog = s.out_channels_per_group;
   int64_t rows, n, extra = 0;
   if (s.stride_h != 1 || s.stride_w != 1) {
-    if (adder2d_mul_add_overflows(s.out_h, s.out_w, IG_PLANES, &rows) ||
+    if (adder2d_mul_add_overflows(s.out_h, s.out_w, 0, &rows) ||
         adder2d_mul_add_overflows(cog, rows, 0, &n))
       return -1;
     return n;
   }
   const int64_t wp = input_grad_row_width<T>(s);
   if (wp != s.in_w && adder2d_mul_add_overflows(2 * IG_PLANES * s.in_h, wp, 0, &extra)) return -1;
-  if (adder2d_mul_add_overflows(s.out_h, input_grad_dy_row(s, wp), IG_PLANES, &rows) ||
+  if (adder2d_mul_add_overflows(s.out_h, input_grad_dy_row(s, wp), 0, &rows) ||
       adder2d_mul_add_overflows(cog, rows, extra, &n))
     return -1;
   return n;
@@ -1179,8 +1179,8 @@ static void input_grad_tap_vectors(const Adder2dShape& s, const T* dyc, int64_t 
 // of one plane = the sum over taps (kh, kw) whose output row is inside, then over output channels,
 // of dY * HT(W - X), in registers from zero: the terms and the order of input_grad_tap_vectors,
 // which adds them tap by tap into gs (so the same bits), without loading and storing gs at every
-// tap. dyc: the bordered dY (input_grad_planes_mode), x: the plane's (widened) rows, w: W[g*Cog,
-// ci] (output channel stride s.taps).
+// tap. dyc: the bordered dY (input_grad_planes_mode), x: the plane's (widened) rows, w: the
+// plane's weights of tap 0 ([co]; tap t at t * Cin/g * Cout/g, as input_grad_planes_mode's w).
 template <typename T, bool SIGN, int U>
 static void input_grad_row_all_taps(const Adder2dShape& s, const T* dyc, int64_t row,
                                     int64_t border, int64_t ih, const T* x, T* gs, int64_t wp,
@@ -1200,9 +1200,9 @@ static void input_grad_row_all_taps(const Adder2dShape& s, const T* dyc, int64_t
     if (oh < 0 || oh >= s.out_h) continue;
     for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
       const T* dyr = dyc + oh * row + border + s.pad_w - kw * s.dilation_w + j;
-      const T* wk = w + kh * s.kernel_w + kw;
+      const T* wk = w + (kh * s.kernel_w + kw) * s.in_channels_per_group * cog;
       for (int64_t co = 0; co < cog; ++co) {
-        const V wv = wk[co * s.taps] - V{};  // broadcast
+        const V wv = wk[co] - V{};  // broadcast
         for (int u = 0; u < U; ++u)
           acc[u] = mul_add(load_vec<V>(dyr + co * plane + u * VL),
                            input_grad_weight<V, SIGN>(wv - xv[u], lo, hi), acc[u]);
@@ -1214,17 +1214,17 @@ static void input_grad_row_all_taps(const Adder2dShape& s, const T* dyc, int64_t
 
 // dX of np <= IG_PLANES consecutive input planes (n, c), (n, c + 1), ... of one image and group.
 // dy: dY[n, g*Cog] (the group's output channels); x and gx: the first plane (the next ones follow
-// at in_h * in_w); w: W[g*Cog, ci] (output channel stride s.taps, the next plane's weights at
-// kernel_h * kernel_w). scratch: input_grad_scratch(s) elements; it holds dY with zero borders
+// at in_h * in_w); w: the group's weights rearranged as [tap][ci][co] (KernelSet), from the first
+// plane's ci, so that a tap's weights of the np planes are np consecutive rows of Cog (the
+// kernels' w[p * cog + co]). scratch: input_grad_scratch(s) elements; it holds dY with zero borders
 // (stride 1) or transposed, rebuilt unless `reuse` says the previous call on this scratch had the
 // same dy. Each plane's sums run in the same order whatever np is (taps, then output channels).
 template <typename T, bool SIGN>
 static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* x, const T* w,
                                    T* gx, int64_t np, T* scratch, bool reuse) {
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
-  const int64_t HW = s.in_h * s.in_w, KHW = s.kernel_h * s.kernel_w;
-  T* wtap = scratch;                   // [plane][co]
-  T* dyc = scratch + IG_PLANES * cog;  // dY with zero-bordered rows (stride 1) or transposed
+  const int64_t HW = s.in_h * s.in_w, tap_stride = s.in_channels_per_group * cog;
+  T* dyc = scratch;  // dY with zero-bordered rows (stride 1) or transposed
   const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
   const int64_t border = unit_stride ? input_grad_border(s) : 0;
   const int64_t wp = unit_stride ? input_grad_row_width<T>(s) : s.in_w;
@@ -1272,17 +1272,15 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
         int64_t j = 0;
         for (; j + U * VL <= wp; j += U * VL)
           input_grad_row_all_taps<T, SIGN, U>(s, dyc, row, border, ih, xs[p], gs[p], wp, j,
-                                              w + p * KHW);
+                                              w + p * cog);
         for (; j < wp; j += VL)
           input_grad_row_all_taps<T, SIGN, 1>(s, dyc, row, border, ih, xs[p], gs[p], wp, j,
-                                              w + p * KHW);
+                                              w + p * cog);
       }
   } else {
     for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
       for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-        for (int64_t p = 0; p < np; ++p)
-          for (int64_t co = 0; co < cog; ++co)
-            wtap[p * cog + co] = w[p * KHW + co * s.taps + kh * s.kernel_w + kw];
+        const T* const wtap = w + (kh * s.kernel_w + kw) * tap_stride;  // [plane][co]
         if (unit_stride) {
           // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
           const int64_t ow_first = border + s.pad_w - kw * s.dilation_w;
