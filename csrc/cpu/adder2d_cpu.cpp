@@ -180,6 +180,8 @@ constexpr int64_t FORWARD_INTERLEAVE_GRAIN = int64_t(1) << 16;
 // The input gradient's threads claim a whole image and group at a time when there are at least
 // this many per thread, else one work item at a time.
 constexpr int64_t INPUT_GRAD_IMAGES_PER_THREAD = 4;
+// Elements of W per thread's share of the input gradient's rearranged copy, at least.
+constexpr int64_t INPUT_GRAD_REARRANGE_GRAIN = 16384;
 
 // At most this many bytes of prepared input (the direct and batch paths) at once: images or
 // image groups go by chunks of it (at least one image; an image group must fit).
@@ -564,15 +566,17 @@ Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, co
     // weights of consecutive input planes are consecutive rows of Cout/g. Gathered from W's own
     // layout for every work item and tap (stride Cin/g * KH * KW elements), they cost a third of
     // the input gradient of a 512-channel 8 x 8 layer, whose 9 MB of weights are not in cache.
-    std::vector<scalar_t> wt(s.out_channels * s.taps);
-    torch::stable::parallel_for(0, s.groups * KHW, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t gt = begin; gt < end; ++gt) {
-        const int64_t g = gt / KHW, t = gt % KHW;
-        scalar_t* dst = wt.data() + gt * cig * cog;
-        for (int64_t co = 0; co < cog; ++co) {
-          const scalar_t* src = wp + (g * cog + co) * s.taps + t;
-          for (int64_t ci = 0; ci < cig; ++ci) dst[ci * cog + co] = src[ci * KHW];
-        }
+    // By output channel: each reads its row of W once (not zero-filled: every element written).
+    LineAligned<scalar_t> wt(s.out_channels * s.taps);
+    const int64_t wt_grain =
+        std::max<int64_t>(1, INPUT_GRAD_REARRANGE_GRAIN / std::max<int64_t>(1, s.taps));
+    torch::stable::parallel_for(0, s.out_channels, wt_grain, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        const int64_t g = o / cog, co = o % cog;
+        const scalar_t* src = wp + o * s.taps;  // W[o] = [ci][t]
+        scalar_t* dst = wt.get() + g * KHW * cig * cog + co;
+        for (int64_t ci = 0; ci < cig; ++ci)
+          for (int64_t t = 0; t < KHW; ++t) dst[(t * cig + ci) * cog] = src[ci * KHW + t];
       }
     });
     // Work item = up to input_grad_planes_max consecutive input planes of one image and group;
@@ -594,7 +598,7 @@ Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, co
             const int64_t ng = i / blocks, n = ng / s.groups, g = ng % s.groups;
             const int64_t ci = i % blocks * pb, plane = n * s.in_channels + g * cig + ci;
             ks.input_grad_planes(s, dyp + (n * s.out_channels + g * cog) * L, xp + plane * HW,
-                                 wt.data() + (g * KHW * cig + ci) * cog, gxp + plane * HW,
+                                 wt.get() + (g * KHW * cig + ci) * cog, gxp + plane * HW,
                                  std::min(pb, cig - ci), sign_mode, scratch.data(),
                                  ng == scratch_ng);
             scratch_ng = ng;
