@@ -1085,9 +1085,9 @@ static inline int64_t input_grad_border(const Adder2dShape& s) {
   return b > 0 ? b : 0;
 }
 
-// At stride 1 the input rows are processed Wp = W rounded up to whole vectors wide (through
-// zero-padded copies of the plane when W is not a multiple), and the bordered dY rows are wide
-// enough for that: every tap then runs whole vectors only.
+// At stride 1 the input rows are processed wp wide, the input width rounded up to whole vectors
+// (through zero-padded copies of the plane when it is not a multiple), and the bordered dY rows
+// are wide enough for that: every tap then runs whole vectors only.
 template <typename T>
 static int64_t input_grad_row_width(const Adder2dShape& s) {
   constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
@@ -1102,7 +1102,7 @@ static inline int64_t input_grad_dy_row(const Adder2dShape& s, int64_t wp) {
 
 // Scratch elements input_grad_planes needs, or -1 when the count overflows int64 (huge
 // padding or dilation; the caller refuses the call): dY bordered or transposed, and at stride 1
-// the planes' widened copies when W is not whole vectors.
+// the planes' widened copies when the input width is not whole vectors.
 template <typename T>
 static int64_t input_grad_scratch(const Adder2dShape& s) {
   const int64_t cog = s.out_channels_per_group;
@@ -1243,8 +1243,8 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
         }
       }
   }
-  // Rows of wp elements: the planes themselves, or zero-padded copies when W is not a multiple of
-  // the vector width (padded lanes read dY's zero columns and are dropped).
+  // Rows of wp elements: the planes themselves, or zero-padded copies when the input width is
+  // not a multiple of the vector width (padded lanes read dY's zero columns and are dropped).
   const bool widened = wp != s.in_w;
   const bool all_taps = unit_stride && cog <= IG_ALL_TAPS_CHANNELS;
   const T* xs[IG_PLANES];
