@@ -22,6 +22,7 @@ Environment switches:
 import glob
 import os
 import shutil
+import sys
 
 import torch
 from setuptools import find_packages, setup
@@ -118,10 +119,22 @@ def compile_args(stable_abi, with_cuda):
     return {"cxx": cxx + defines, "nvcc": nvcc + defines}
 
 
+# --exclude-libs,ALL: symbols the link takes from static archives stay inside the library. Where
+# the compiler links libstdc++ statically (some images' g++ wrappers do), its copy would otherwise
+# export std::locale and the rest, the process would bind part of them to the libstdc++ it loaded
+# first, and any number formatted through an iostream crashed (torch's own stable-ABI headers
+# format their error messages that way).
+LINK_ARGS = ["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else []
+
+
 def extensions(stable_abi):
     with_cuda = want_cuda()
     args = compile_args(stable_abi, with_cuda)
-    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=True)
+    common = dict(
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=LINK_ARGS,
+        py_limited_api=True,
+    )
     cpu_sources = ["csrc/module.cpp", "csrc/adder2d.cpp", "csrc/adder2d_library.cpp"]
     cpu_sources += ["csrc/adder2d_int8.cpp"]
     cpu_sources += sorted(glob.glob("csrc/cpu/*.cpp"))

@@ -7,8 +7,9 @@
 # Stages, each under its own `timeout`, the whole run inside about 5 minutes:
 #   build      python setup.py build_ext --inplace (TORCH_CUDA_ARCH_LIST=9.0 unless set; installs
 #              nothing), then checks that the CUDA kernels are compiled in
-#   tests      pytest tests/test_adder2d_cuda.py tests/test_adder2d.py and the CUDA tests of
-#              tests/test_adder2d_int8.py (those present), with ADDERNET_EXPECT_CUDA=1, on
+#   tests      pytest tests/test_adder2d_cuda.py tests/test_adder2d.py, the CUDA tests of
+#              tests/test_adder2d_int8.py (those present) and the libstdc++ export check of
+#              tests/test_build.py, with ADDERNET_EXPECT_CUDA=1, on
 #              GPU_CHECK_TEST_WORKERS (default 8) pytest-xdist workers where xdist is installed;
 #              junit XML in OUTDIR/junit.xml
 #   memcheck   compute-sanitizer --tool memcheck on a small forward + backward script
@@ -131,6 +132,8 @@ fi
 # --- tests --------------------------------------------------------------------------------------
 tests=()
 for f in tests/test_adder2d_cuda.py tests/test_adder2d.py; do [ -f "$f" ] && tests+=("$f"); done
+# The build's own check that matters on a machine whose compiler links libstdc++ statically.
+tests+=("tests/test_build.py::test_op_libraries_export_no_libstdcxx_of_their_own")
 if [ -f tests/test_adder2d_int8.py ]; then
   for t in cuda_equals_cpu_bitwise cuda_sums_equal_reference_bitwise cuda_quantized_layer_equals_cpu \
     cuda_checks_the_scale cuda_rejects_an_image_past_2_to_the_31_code_words \

@@ -106,6 +106,22 @@ def test_op_libraries_use_only_the_stable_c_abi_of_torch():
         assert "libtorch_python" not in needed, os.path.basename(library)
 
 
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+def test_op_libraries_export_no_libstdcxx_of_their_own():
+    """A library linked against a static libstdc++ (some compilers' wrappers do that) must keep
+    that copy hidden: exported, part of it (std::locale's globals) bound to the libstdc++ the
+    process loaded first, and formatting a number in any error message crashed the process."""
+    for library in _op_libraries():
+        out = subprocess.run(
+            ["nm", "-D", "--defined-only", library], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        # std::locale's members and std::ostream's number insertion are never instantiated in user
+        # code: defined here, they come from a copy of libstdc++.
+        own = [s for s in out.stdout.split() if re.match(r"_ZNS(t6locale|o9_M_insert)", s)]
+        assert not own, f"{os.path.basename(library)} exports libstdc++'s own symbols: {own[:5]}"
+
+
 def _avx2_functions(wanted):
     """The disassembly of the AVX2 kernels in _C.abi3.so whose name passes ``wanted``: a dict
     name -> list of (address, instruction text). Skips where objdump, the library or its
