@@ -118,6 +118,10 @@ CUDA_CASES = [
     Case("small_tile_24", 2, 8, 9, 9, 24, 3, 3, padding=1),
     # 320 groups of 16 output channels, one block each: the 16x256 tile up to 160 SMs.
     Case("narrow_tile_groups", 1, 320, 5, 5, 5120, 1, 1, groups=320),
+    # The tiled input gradient at strides 2-4: phases of two pixel tiles, two channel tiles; a
+    # dilated kernel at strides (4, 3).
+    Case("stride2_tiles", 2, 24, 34, 30, 40, 3, 3, stride=2, padding=1),
+    Case("stride4x3_dilated", 2, 8, 17, 14, 12, 3, 3, stride=(4, 3), padding=1, dilation=(2, 1)),
 ]
 CUDA_LARGE = Case("large_tile", 4, 32, 64, 64, 300, 3, 3, padding=1)
 
@@ -213,7 +217,7 @@ EMULATION_CASES = [
     # borders where |Xp - W| = |W|): the centring c_k carries the accuracy. 2 channel tiles
     # (64 + 6 channels: each its own centre), 2 tap tiles (64 + 8), 162 pixels in 2 splits.
     E(Case("wgrad_offset4", 2, 8, 9, 9, 70, 3, 3, padding=1), ops=("wgrad",), offset=4),
-    # Tiled input gradient as picked (stride 1, >= 8 input channels per group): a 3x3 layer;
+    # Tiled input gradient as picked (>= 8 input channels per group): a 3x3 layer;
     # groups with a rectangular dilated kernel, rectangular padding, 12 channels (a partial tile
     # of 16) and 5 output channels per group (a partial step of 8).
     E(Case("igrad_tiled_3x3", 2, 16, 9, 9, 24, 3, 3, padding=1)),
@@ -231,6 +235,24 @@ EMULATION_CASES = [
             dilation=(2, 1),
             groups=2,
         )
+    ),
+    # Tiled input gradient as picked at strides 2-4, one phase per tile: 4 phases of 270 pixels (2
+    # tiles each) past caps of 2; a 1x1 kernel at stride 2 and a 3x3 one at stride 2 with dilation
+    # 2 (phases with no tap: dX = 0 there); strides (4, 3) with a 5x3 kernel.
+    E(
+        Case("igrad_tiled_stride2_caps2", 3, 16, 20, 18, 12, 3, 3, stride=2, padding=1),
+        ("f32", "f64"),
+        cap=2,
+        ops=("igrad",),
+    ),
+    E(Case("igrad_tiled_1x1_stride2", 2, 8, 7, 6, 9, 1, 1, stride=2), ops=("igrad",)),
+    E(
+        Case("igrad_tiled_stride2_dil2", 1, 8, 9, 8, 8, 3, 3, stride=2, padding=2, dilation=2),
+        ops=("igrad",),
+    ),
+    E(
+        Case("igrad_tiled_stride4x3", 1, 8, 11, 10, 8, 5, 3, stride=(4, 3), padding=(2, 1)),
+        ops=("igrad",),
     ),
     # Tiled input gradient past caps of 2: 600 pixels in 3 tiles of 256, 40 channels in 3 tiles.
     E(

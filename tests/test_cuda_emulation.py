@@ -122,6 +122,23 @@ MUTATIONS = {
         ],  # fmt: skip
         r"ERROR: AddressSanitizer: heap-buffer-overflow[\s\S]*adder2d_input_grad_tiled",
     ),
+    # At stride 2 a phase's next row of taps is tap_row further in W, not tap_step.
+    "input_grad_tiled_phase_walk_wrong_row_step": (
+        "cuda/adder2d_input_grad_kernels.cuh",
+        "              tap += walk.tap_row;\n",
+        "              tap += walk.tap_step;\n",
+        K_IGRAD_TILED,
+        1,
+        [
+            EmulationCase(
+                Case("mut_igrad_walk", 1, 8, 7, 7, 8, 3, 3, stride=2, padding=1),
+                ("f32",),
+                False,
+                ops=("igrad",),
+            )
+        ],  # fmt: skip
+        r"FAIL mut_igrad_walk f32 input_grad_tiled_hardtanh .*float64 reference",
+    ),
     "weight_grad_threads_skip_barrier": (
         "cuda/adder2d_weight_grad_kernels.cuh",
         "  __syncthreads();\n\n  for (int64_t p0 = p_begin;",
@@ -344,9 +361,9 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
     m = re.search(r"DONE cases=(\d+) failures=0 shared_arrays=(\d+)", r.stdout)
     assert m and int(m.group(1)) == len(EMULATION_CASES), r.stdout[-2000:]
     # ws, xs of 13 forward tiles (4 tiles x 3 dtypes + float64 64x64); ds, xs, tap_offset, tap_kh,
-    # tap_kw, centre, dy_sum of the weight-gradient kernel in 4 dtypes; ds, ws of the tiled input
-    # gradient in 4 dtypes x 2 modes
-    assert int(m.group(2)) == 2 * 13 + 7 * 4 + 2 * 8, "shared arrays found for poisoning"
+    # tap_kw, centre, dy_sum of the weight-gradient kernel in 4 dtypes; ds, ws, walk of the tiled
+    # input gradient in 4 dtypes x 2 modes
+    assert int(m.group(2)) == 2 * 13 + 7 * 4 + 3 * 8, "shared arrays found for poisoning"
     _check_weight_grad_runs(r.stdout, pytestconfig)
 
 

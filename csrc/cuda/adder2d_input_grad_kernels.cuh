@@ -12,12 +12,19 @@
 //
 // Two kernels, chosen by adder2d_input_grad_launch from the shape alone:
 //
-// Tiled (stride 1 and at least IG_MIN_CHANNELS input channels per group): a transposed implicit
-// GEMM. Per group, dX[c, p] = sum_k HT(W[k, c] - X[c, p]) * D[k, p] with p = (n, h, w) the input
-// pixel, k = (kh, kw, co) the reduction index (taps row-major, then the group's output channels
-// ascending) and D[k, p] = dY[n, co, oh, ow], or 0 where the tap lands on no output pixel. A block
-// owns IG_BC = 16 input channels of one group and IG_BP = 256 consecutive pixels (flattened over
-// batch and plane). It walks k in steps of IG_BK = 8 output channels of one tap: each thread
+// Tiled (strides up to IG_MAX_STRIDE and at least IG_MIN_CHANNELS input channels per group): a
+// transposed implicit GEMM per phase. A phase (qh, qw) is the set of input pixels with
+// h % sh == qh and w % sw == qw; through a tap (kh, kw) either all of them read an output pixel or
+// none does: kh is a tap of the phase iff qh + ph - kh*dh is a multiple of sh, and then pixel
+// h = qh + sh*a reads row oh = a + (qh + ph - kh*dh) / sh (the same along w). The taps of a phase
+// form an arithmetic progression on each axis (PhaseAxis); at stride 1 there is one phase and
+// every tap. Per group and phase, dX[c, p] = sum_k HT(W[k, c] - X[c, p]) * D[k, p] with p =
+// (n, a, b) the phase's pixel, k = (kh, kw, co) the reduction index (the phase's taps row-major,
+// then the group's output channels ascending) and D[k, p] = dY[n, co, oh, ow], or 0 where the tap
+// lands outside the output. A block owns IG_BC = 16 input channels of one group and IG_BP = 256
+// consecutive pixels of one phase (flattened over batch and the phase's rows and columns; the
+// tiles of phase (0, 0) first, then (0, 1), ...). It walks k in steps of IG_BK = 8 output
+// channels of one tap: each thread
 // gathers D for its own pixel of the tile (8 values, one per output channel; the tap's (oh, ow)
 // is computed once per tap) and one W value into registers while the block computes the previous
 // step, then stores them to shared memory (one buffer, a barrier on each side of the store).
@@ -26,18 +33,19 @@
 // step row does 16 terms of 4 FP instructions: FADD (W - X), two FMNMX (the clamp, NaN-keeping
 // max.NaN/min.NaN on sm_80+), FFMA. "exact" takes sign(z) = clamp(z * 2^75 * 2^75) (2^537 in
 // float64): the smallest subnormal times 2^150 reaches 1, zero stays zero, NaN stays NaN (two
-// FMUL more per term). Stride 1 only (the tap's output pixel is stepped along with the tap, no
-// division): at stride > 1 most taps read nothing, and the gather skips them.
+// FMUL more per term).
 //
-// Gather (every other shape): one thread owns one input element. For each tap (kh, kw) it
+// Gather (every other shape: depthwise and few-channel layers, strides past IG_MAX_STRIDE): one
+// thread owns one input element. For each tap (kh, kw) it
 // computes the output pixel (oh, ow) that reads it, then sums over the group's output channels.
 // The weights read in the inner loop are the same for all threads of a warp (one broadcast load);
 // the dY loads are coalesced along w for stride 1.
 //
 // Summation order, both kernels: each dX element is summed by one thread in one FMA chain, taps
 // row-major (kh, then kw), then output channels ascending; no atomics, deterministic. The tiled
-// kernel also adds 0 * HT(W - X) for taps that read nothing (the gather skips them): the same
-// value, except that a NaN in X or W then reaches every pixel of its channel in the tile.
+// kernel also adds 0 * HT(W - X) for the taps of its phase that land outside the output (the
+// gather skips them): the same value, except that a NaN in X or W then reaches every pixel of its
+// channel in the tile.
 // float16 and bfloat16 accumulate in float, float64 in double.
 #pragma once
 
@@ -98,9 +106,47 @@ constexpr int IG_BC = 16;   // input channels per tiled block
 constexpr int IG_BP = 256;  // input pixels per tiled block (one staged by each thread)
 constexpr int IG_BK = 8;    // output channels per shared-memory step
 constexpr int IG_T = 4;     // micro-tile: 4 input channels x 4 pixels per thread
-// The launcher picks the tiled kernel at stride 1 from this many input channels per group on
-// (half the block's channels in use).
+// The launcher picks the tiled kernel from this many input channels per group on (half the
+// block's channels in use), at strides up to IG_MAX_STRIDE (at most 16 phases).
 constexpr int IG_MIN_CHANNELS = 8;
+constexpr int IG_MAX_STRIDE = 4;
+
+// One axis of a phase: the input rows h = q + stride * a, a < size, and the taps k = first +
+// step * t, t < count, through which they read output row (q + pad - k * dilation) / stride + a
+// (exact: the taps are those that make q + pad - k * dilation a multiple of the stride).
+struct PhaseAxis {
+  int64_t size = 0;
+  int first = 0, step = 1, count = 0;
+};
+
+// A phase's walk over its taps, row-major: row_taps taps per row, tap index steps of tap_step
+// along a row and tap_row from a row's last tap to the next row's first; the output pixel moves by
+// -dow along a row, and by -doh with ow back by ow_row to the next row.
+struct TapWalk {
+  int row_taps, tap_step, tap_row, dow, doh, ow_row;
+};
+
+ADDER_HOST_DEVICE PhaseAxis phase_axis(int q, int64_t in, int kernel, int stride, int pad,
+                                       int dilation) {
+  PhaseAxis a;
+  a.size = q < in ? (in - q + stride - 1) / stride : 0;
+  int gcd = stride, r = dilation % stride;
+  while (r != 0) {
+    const int t = gcd % r;
+    gcd = r;
+    r = t;
+  }
+  a.step = stride / gcd;  // validity repeats with this period in k
+  a.first = kernel;
+  for (int k = 0; k < a.step && k < kernel; ++k) {
+    if ((int64_t(q) + pad - int64_t(k) * dilation) % stride == 0) {
+      a.first = k;
+      break;
+    }
+  }
+  a.count = a.first < kernel ? (kernel - 1 - a.first) / a.step + 1 : 0;
+  return a;
+}
 
 // clamp(z, -1, 1), NaN stays NaN: FMNMX.NAN on sm_80+, comparisons elsewhere (and on the host).
 __device__ __forceinline__ float clamp_unit(float z) {
@@ -147,12 +193,12 @@ __global__ void __launch_bounds__(kThreads)
 
   __shared__ __align__(16) A ds[IG_BK][IG_BP];  // D of the step: [output channel][pixel]
   __shared__ __align__(16) A ws[IG_BK][IG_BC];  // W of the step: [output channel][input channel]
+  // How the tile's phase walks its taps, read at each change of tap rather than held in registers.
+  __shared__ TapWalk walk;
 
   const int cig = g.in_per_group, cog = g.out_per_group;
   const int ka = g.kernel_area;
-  const int64_t pixels = g.batch * g.in_plane;
   const int64_t chunks = (cog + IG_BK - 1) / IG_BK;
-  const int64_t steps = int64_t(ka) * chunks;
   const int tid = threadIdx.x;
   // Compute: channels 4 quad + i and pixels lane + 64 j. Staging of W: row wk (threads < 128),
   // column wc.
@@ -166,25 +212,49 @@ __global__ void __launch_bounds__(kThreads)
     // W[grp*cog + wk + co0, ci0 + wc, tap] = wrow[co0 * cig * ka + tap]
     const T* wrow = w + ((grp * cog + (w_ok ? wk : 0)) * cig + (w_ok ? ci0 + wc : 0)) * ka;
     for (int64_t pt = blockIdx.x; pt < pixel_tiles; pt += gridDim.x) {
-      const int64_t p0 = pt * IG_BP;
-      // The pixel this thread stages D for.
+      // The phase of tile pt and the tile's place in it.
+      int qh = 0, qw = 0;
+      int64_t p0 = pt;
+      PhaseAxis ah, aw;
+      int64_t pixels = 0;
+      for (;;) {
+        ah = phase_axis(qh, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+        aw = phase_axis(qw, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+        pixels = g.batch * ah.size * aw.size;
+        const int64_t tiles = (pixels + IG_BP - 1) / IG_BP;
+        if (p0 < tiles) break;
+        p0 -= tiles;
+        if (++qw == g.stride_w) {
+          qw = 0;
+          ++qh;
+        }
+      }
+      p0 *= IG_BP;
+      const int64_t phase_plane = ah.size * aw.size;
+      const int64_t steps = int64_t(ah.count) * aw.count * chunks;
+      // The pixel this thread stages D for: row s_a and column s_b of the phase.
       const int64_t sp = p0 + tid;
       const bool s_ok = sp < pixels;
-      int64_t s_img = 0, s_pix = 0, s_h = 0, s_w = 0;
+      int64_t s_img = 0, s_pix = 0, s_row = 0, s_col = 0;
       if (s_ok) {
-        divmod_nonneg(sp, g.in_plane, s_img, s_pix);
-        divmod_nonneg(s_pix, g.in_w, s_h, s_w);
+        divmod_nonneg(sp, phase_plane, s_img, s_pix);
+        divmod_nonneg(s_pix, aw.size, s_row, s_col);
       }
       const int64_t dy_pixel0 = (s_img * g.out_channels + grp * cog) * g.out_plane;
       // The micro-tile: X and the accumulators of 4 channels x 4 pixels.
-      int64_t base[IG_T];  // img * C * H * W + pix of pixel j, -1 past the end
+      int64_t base[IG_T];  // img * C * H * W + h * W + w of pixel j, -1 past the end
       A xv[IG_T][IG_T], acc[IG_T][IG_T];
 #pragma unroll
       for (int j = 0; j < IG_T; ++j) {
         const int64_t p = p0 + lane + LANES * j;
-        int64_t img = 0, pix = 0;
-        if (p < pixels) divmod_nonneg(p, g.in_plane, img, pix);
-        base[j] = p < pixels ? img * g.in_channels * g.in_plane + pix : -1;
+        int64_t img = 0, pix = 0, a = 0, b = 0;
+        if (p < pixels) {
+          divmod_nonneg(p, phase_plane, img, pix);
+          divmod_nonneg(pix, aw.size, a, b);
+        }
+        base[j] = p < pixels ? img * g.in_channels * g.in_plane + (qh + g.stride_h * a) * g.in_w +
+                                   qw + g.stride_w * b
+                             : -1;
       }
 #pragma unroll
       for (int i = 0; i < IG_T; ++i) {
@@ -197,11 +267,24 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
 
-      // The step sequence: tap (kh, kw) row-major, then output channels co0 = 0, 8, ... At
-      // stride 1 the staged pixel's output pixel through tap (kh, kw) is
-      // (s_h + pad_h - kh * dilation_h, s_w + pad_w - kw * dilation_w), stepped along with the tap.
-      int tap = 0, kw = 0, co0 = 0;
-      int oh = int(s_h) + g.pad_h, ow = int(s_w) + g.pad_w;
+      // The step sequence: the phase's taps (kh, kw) row-major, then output channels co0 = 0, 8,
+      // ... The staged pixel's output pixel through the phase's first tap is (oh, ow) = (s_row +
+      // (qh + pad_h - kh * dilation_h) / stride_h, the same along w), the divisions exact; each
+      // next tap along a row moves ow by -dow, each next row oh by -doh (ow back to its start).
+      // Written by thread 0: every other thread reads them after the barriers of the first step,
+      // and the last read of the previous tile's came before the barriers of its last step.
+      if (tid == 0) {
+        walk.row_taps = aw.count;
+        walk.tap_step = aw.step;
+        walk.tap_row = ah.step * g.kernel_w - (aw.count - 1) * aw.step;
+        walk.dow = aw.step * g.dilation_w / g.stride_w;
+        walk.doh = ah.step * g.dilation_h / g.stride_h;
+        walk.ow_row = (aw.count - 1) * walk.dow;
+      }
+      int tw = 0, co0 = 0;  // the tap's place in its row of the phase's taps
+      int tap = ah.first * g.kernel_w + aw.first;
+      int oh = int(s_row + (qh + int64_t(g.pad_h) - int64_t(ah.first) * g.dilation_h) / g.stride_h);
+      int ow = int(s_col + (qw + int64_t(g.pad_w) - int64_t(aw.first) * g.dilation_w) / g.stride_w);
       int64_t doff = -1;  // dY offset of the group's output channel 0 at (oh, ow); -1: no pixel
       auto tap_source = [&]() {
         const bool ok =
@@ -220,8 +303,10 @@ __global__ void __launch_bounds__(kThreads)
         wreg =
             (w_ok && co0 + wk < cog) ? static_cast<A>(wrow[int64_t(co0) * cig * ka + tap]) : A(0);
       };
-      tap_source();
-      load();
+      if (steps > 0) {
+        tap_source();
+        load();
+      }
       for (int64_t s = 0; s < steps; ++s) {
         __syncthreads();  // every thread is done reading the previous step
 #pragma unroll
@@ -232,12 +317,14 @@ __global__ void __launch_bounds__(kThreads)
           co0 += IG_BK;
           if (co0 >= cog) {
             co0 = 0;
-            ++tap;
-            ow -= g.dilation_w;
-            if (++kw == g.kernel_w) {
-              kw = 0;
-              ow += g.kernel_w * g.dilation_w;
-              oh -= g.dilation_h;
+            if (++tw < walk.row_taps) {
+              tap += walk.tap_step;
+              ow -= walk.dow;
+            } else {
+              tw = 0;
+              tap += walk.tap_row;
+              ow += walk.ow_row;
+              oh -= walk.doh;
             }
             tap_source();
           }
@@ -281,13 +368,13 @@ struct InputGradLaunch {
   int64_t grid_x = 0;         // gather: blocks of a grid-stride loop; tiled: pixel tiles (capped)
   int64_t grid_y = 1;         // tiled: groups x channel tiles (capped; the kernel loops past it)
   int64_t total = 0;          // input elements
-  int64_t pixel_tiles = 0;    // tiled: ceil(N * H * W / IG_BP)
+  int64_t pixel_tiles = 0;    // tiled: sum over the phases of ceil(N * rows * columns / IG_BP)
   int64_t channel_tiles = 0;  // tiled: ceil((C / groups) / IG_BC)
 };
 
-// The tiled kernel steps the output pixel along the taps, which needs stride 1.
+// The tiled kernel takes one phase per tile: strides up to IG_MAX_STRIDE (at most 16 phases).
 inline bool adder2d_input_grad_tiled_fits(const Adder2dGeom& g) {
-  return g.stride_h == 1 && g.stride_w == 1;
+  return g.stride_h <= IG_MAX_STRIDE && g.stride_w <= IG_MAX_STRIDE;
 }
 
 // The grid of a given variant (also used by the emulation to force a variant onto other shapes;
@@ -301,16 +388,22 @@ inline InputGradLaunch adder2d_input_grad_launch_variant(const Adder2dGeom& g, I
     c.grid_x = std::min<int64_t>(ceil_div(c.total, kThreads), lim.max_blocks_1d);
     return c;
   }
-  c.pixel_tiles = ceil_div(g.batch * g.in_plane, IG_BP);
+  for (int qh = 0; qh < g.stride_h; ++qh) {
+    for (int qw = 0; qw < g.stride_w; ++qw) {
+      const PhaseAxis ah = phase_axis(qh, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+      const PhaseAxis aw = phase_axis(qw, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+      c.pixel_tiles += ceil_div(g.batch * ah.size * aw.size, IG_BP);
+    }
+  }
   c.channel_tiles = ceil_div(g.in_per_group, IG_BC);
   c.grid_x = std::min<int64_t>(c.pixel_tiles, lim.max_blocks_1d);
   c.grid_y = std::min<int64_t>(int64_t(g.groups) * c.channel_tiles, lim.max_grid_y);
   return c;
 }
 
-// The launcher's choice, from the shape only: the tiled kernel at stride 1 with at least
-// IG_MIN_CHANNELS input channels per group, the gather otherwise (strided layers, and depthwise or
-// few-channel layers, where most of a 16-channel tile would idle).
+// The launcher's choice, from the shape only: the tiled kernel at strides up to IG_MAX_STRIDE with
+// at least IG_MIN_CHANNELS input channels per group, the gather otherwise (depthwise or
+// few-channel layers, where most of a 16-channel tile would idle, and larger strides).
 inline InputGradLaunch adder2d_input_grad_launch(const Adder2dGeom& g, const LaunchLimits& lim) {
   const bool tiled = adder2d_input_grad_tiled_fits(g) && g.in_per_group >= IG_MIN_CHANNELS;
   return adder2d_input_grad_launch_variant(
