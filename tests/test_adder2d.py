@@ -646,8 +646,40 @@ def test_forward_mode_ad_raises():
             addernet_cuda.adder2d(fwad.make_dual(x, torch.ones_like(x)), w, b, **kw)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script")
+def test_func_jvp_raises():
+    # torch.func.jvp through the op's generated autograd returned a zero tangent, silently.
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float64)
+    layer = addernet_cuda.AdderConv2d(x.shape[1], w.shape[0], 3, **kw).double()
+    for f in (lambda t: addernet_cuda.adder2d(t, w, b, **kw), layer):
+        with pytest.raises(RuntimeError, match="adder2d: forward-mode AD"):
+            torch.func.jvp(f, (x,), (torch.ones_like(x),))
+
+
+def test_func_grad_equals_backward():
+    # torch.func.grad (which refused the op's generated autograd, no setup_context) gives the
+    # gradients of .backward(), bit for bit, and vmap over it per-sample weight gradients.
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float64)
+
+    def loss(x, w, b):
+        return addernet_cuda.adder2d(x, w, b, **kw).pow(2).sum()
+
+    got = torch.func.grad(loss, argnums=(0, 1, 2))(x, w, b)
+    xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+    loss(xs, ws, bs).backward()
+    for g, t in zip(got, (xs, ws, bs)):
+        assert torch.equal(g, t.grad)
+    per_sample = torch.func.vmap(
+        torch.func.grad(lambda w, xi: loss(xi.unsqueeze(0), w, b)), in_dims=(None, 0)
+    )(w, x)
+    loop = [torch.func.grad(lambda w: loss(x[i : i + 1], w, b))(w) for i in range(len(x))]
+    assert torch.equal(per_sample, torch.stack(loop))
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.func.grad(lambda x: torch.func.grad(loss)(x, w, b).sum())(x)
+
+
 def test_vmap_over_adder2d_matches_a_loop():
-    # torch.vmap reaches the op (torch's per-sample fallback), as before the eager autograd.Function
+    # torch.vmap reaches the op (torch's per-sample fallback) through the autograd.Function
     x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
     xs = torch.stack([x, x.flip(0), 2 * x])
     got = torch.vmap(lambda t: addernet_cuda.adder2d(t, w, b, **kw))(xs)
