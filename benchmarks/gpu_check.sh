@@ -18,9 +18,9 @@
 #   racecheck  compute-sanitizer --tool racecheck on the same script (float32 only)
 #   bench      python -m benchmarks.bench_adder2d --device cuda --out OUTDIR/bench
 #              ("missing" when that module is absent): samples of 10 back-to-back calls
-#   bench_burst1  the same layers with --cuda-burst 1 --no-reference --no-memory, in
-#              OUTDIR/bench_burst1: one call per sample, which also times the host's work before
-#              each launch; against bench, the host's share of a call
+#   bench_full every layer of the benchmark (--full --no-reference --no-memory), in
+#              OUTDIR/bench_full: VGG-small's and ResNet-18's layers fill the GPU, the quick set's
+#              do not
 # After every stage benchmarks/gpu_check_summary.py rewrites OUTDIR/summary.json (device, torch
 # version, each stage's status and duration, test counts), so a run cut off midway still reports
 # what it did; each stage's output is in OUTDIR/<stage>.log.
@@ -176,9 +176,9 @@ done
 if [ -f benchmarks/bench_adder2d.py ]; then
   run_stage bench 240 "$PY" -m benchmarks.bench_adder2d --device cuda --out "$OUT/bench"
   record bench "$STATUS" "$DURATION"
-  run_stage bench_burst1 60 "$PY" -m benchmarks.bench_adder2d --device cuda --cuda-burst 1 \
-    --no-reference --no-memory --out "$OUT/bench_burst1"
-  record bench_burst1 "$STATUS" "$DURATION"
+  run_stage bench_full 90 "$PY" -m benchmarks.bench_adder2d --device cuda --full --no-reference \
+    --no-memory --out "$OUT/bench_full"
+  record bench_full "$STATUS" "$DURATION"
 else
   record bench missing 0 "\"reason\": \"benchmarks/bench_adder2d.py not found\""
 fi
