@@ -310,6 +310,15 @@ def _through_function(op, *args):
     return _GradientOpFunction.apply(op, *args)
 
 
+def _under_func_transform() -> bool:
+    """A torch.func transform that needs an autograd.Function with setup_context (grad, jvp,
+    vmap) is innermost; functionalize is not one of them: it runs the op as before."""
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    top = torch._C._functorch.peek_interpreter_stack()
+    return top is None or top.key() != torch._C._functorch.TransformType.Functionalize
+
+
 def _backward(ctx, grad):
     input, weight = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
@@ -319,7 +328,7 @@ def _backward(ctx, grad):
     # under torch.func transforms (torch.func.grad), which need an autograd.Function.
     if torch.compiler.is_compiling():
         run = _call
-    elif torch._C._are_functorch_transforms_active():
+    elif _under_func_transform():
         run = _through_function
     elif torch.is_grad_enabled():
         run = _call
@@ -474,9 +483,12 @@ def adder2d(
     args = (input, weight, bias, stride, padding, dilation, groups, input_grad)
     if autocast or torch.compiler.is_compiling():
         # Autocast casts the inputs at the op, above its autograd, which then saves the cast
-        # tensors; compiled code has no per-call Python cost to save.
+        # tensors; compiled code has no per-call Python cost to save. The op's generated autograd
+        # drops forward-mode tangents (torch.func.jvp, forward_ad) silently: refused here.
+        if torch.autograd.forward_ad._current_level >= 0:
+            raise _forward_mode_error()
         out = torch.ops.addernet.adder2d(*args)
-    elif torch._C._are_functorch_transforms_active():
+    elif _under_func_transform():
         out = _Adder2dFuncTransformFunction.apply(*args)
     elif _records_graph(input, weight, bias):
         out = _Adder2dFunction.apply(*args)

@@ -238,7 +238,8 @@ EMULATION_CASES = [
     ),
     # Tiled input gradient as picked at strides 2-4, one phase per tile: 4 phases of 270 pixels (2
     # tiles each) past caps of 2; a 1x1 kernel at stride 2 and a 3x3 one at stride 2 with dilation
-    # 2 (phases with no tap: dX = 0 there); strides (4, 3) with a 5x3 kernel.
+    # 2 (phases with no tap: dX = 0 there); strides (4, 3) with a 5x3 kernel; stride 4 with
+    # dilation 2.
     E(
         Case("igrad_tiled_stride2_caps2", 3, 16, 20, 18, 12, 3, 3, stride=2, padding=1),
         ("f32", "f64"),
@@ -252,6 +253,11 @@ EMULATION_CASES = [
     ),
     E(
         Case("igrad_tiled_stride4x3", 1, 8, 11, 10, 8, 5, 3, stride=(4, 3), padding=(2, 1)),
+        ops=("igrad",),
+    ),
+    # Stride 4 with dilation 2 (taps 2 apart per phase) on 2 rows: phases 2 and 3 have no pixel.
+    E(
+        Case("igrad_tiled_stride4_dil2", 2, 8, 2, 9, 8, 3, 3, stride=4, padding=2, dilation=2),
         ops=("igrad",),
     ),
     # Tiled input gradient past caps of 2: 600 pixels in 3 tiles of 256, 40 channels in 3 tiles.

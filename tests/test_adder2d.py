@@ -654,6 +654,26 @@ def test_func_jvp_raises():
     for f in (lambda t: addernet_cuda.adder2d(t, w, b, **kw), layer):
         with pytest.raises(RuntimeError, match="adder2d: forward-mode AD"):
             torch.func.jvp(f, (x,), (torch.ones_like(x),))
+    # Under autocast the call takes the op, whose generated autograd drops tangents as well.
+    x32, w32, b32 = x.float(), w.float(), b.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError, match="adder2d: forward-mode AD"):
+            torch.func.jvp(
+                lambda t: addernet_cuda.adder2d(t, w32, b32, **kw), (x32,), (torch.ones_like(x32),)
+            )
+
+
+def test_func_functionalize_equals_eager():
+    # functionalize is a torch.func transform without autograd: it takes the op, as before.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float64)
+
+    def f(x):
+        return addernet_cuda.adder2d(x, w, b, **kw)
+
+    assert torch.equal(torch.func.functionalize(f)(x), f(x))
+    assert torch.equal(make_fx(torch.func.functionalize(f))(x)(x), f(x))
 
 
 def test_func_grad_equals_backward():

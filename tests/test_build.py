@@ -111,7 +111,9 @@ def test_op_libraries_export_no_libstdcxx_of_their_own():
     """A library linked against a static libstdc++ (some compilers' wrappers do that) must keep
     that copy hidden: exported, part of it (std::locale's globals) bound to the libstdc++ the
     process loaded first, and formatting a number in any error message crashed the process."""
-    for library in _op_libraries():
+    libraries = _op_libraries()
+    assert libraries, "no compiled extension found next to addernet_cuda/__init__.py"
+    for library in libraries:
         out = subprocess.run(
             ["nm", "-D", "--defined-only", library], capture_output=True, text=True
         )

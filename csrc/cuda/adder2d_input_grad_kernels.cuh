@@ -277,8 +277,9 @@ __global__ void __launch_bounds__(kThreads)
         walk.row_taps = aw.count;
         walk.tap_step = aw.step;
         walk.tap_row = ah.step * g.kernel_w - (aw.count - 1) * aw.step;
-        walk.dow = aw.step * g.dilation_w / g.stride_w;
-        walk.doh = ah.step * g.dilation_h / g.stride_h;
+        walk.dow =
+            int(int64_t(aw.step) * g.dilation_w / g.stride_w);  // fits where used (count >= 2)
+        walk.doh = int(int64_t(ah.step) * g.dilation_h / g.stride_h);
         walk.ow_row = (aw.count - 1) * walk.dow;
       }
       int tw = 0, co0 = 0;  // the tap's place in its row of the phase's taps

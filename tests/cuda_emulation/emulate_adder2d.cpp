@@ -512,7 +512,7 @@ void run_input_grad(const Spec& c, Data<T>& d) {
   std::map<InputGradVariant, int> variants;  // variant -> how (see count)
   for (int i = 0; i < 3; ++i)
     variants[adder2d_input_grad_launch(d.g, limits(c, kSms[i])).variant] |= 1 << i;
-  if (c.force) {  // the tiled kernel runs at stride 1 only
+  if (c.force) {  // the tiled kernel runs at strides up to IG_MAX_STRIDE
     variants.emplace(InputGradVariant::Gather, kForced);
     if (adder2d_input_grad_tiled_fits(d.g)) variants.emplace(InputGradVariant::Tiled, kForced);
   }
