@@ -263,6 +263,28 @@ def weight_grad_comparison(x, w, kw, run, repeats):
     return out
 
 
+def conv2d_input_grad(dy, x, w, kw):
+    """conv2d's input gradient alone (the vendor convolution's backward for the input)."""
+    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
+    return torch.ops.aten.convolution_backward(
+        dy, x, w, None, stride, padding, dilation, False, [0, 0], 1, [True, False, False]
+    )[0]
+
+
+def input_grad_comparison(x, w, kw, run, repeats):
+    """Times, interleaved: our input gradient (AdderNet's HardTanh rule, the default) and conv2d's
+    input gradient; measured alone rather than as forward+backward minus the rest."""
+    dy = torch.randn(addernet_cuda.adder2d(x, w, None, **kw).shape, device=x.device, dtype=x.dtype)
+    fns = {
+        "ours": lambda: addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw),
+        "conv2d": lambda: conv2d_input_grad(dy, x, w, kw),
+    }
+    times = interleaved(run, fns, repeats, 2)
+    out = {f"input_grad.{name}": stats(t) for name, t in times.items()}
+    out["input_grad.vs_conv2d"] = ratio_stats(times["ours"], times["conv2d"])
+    return out
+
+
 def measure_memory_cpu(shape_name, impl, batch):
     """Runs one forward+backward in a fresh subprocess; returns peak RSS growth in MiB."""
     cmd = [
@@ -500,6 +522,7 @@ def main(argv=None):
             ours = row[f"adder2d.{what}"]["median_s"]
             if f"reference.{what}" in row:
                 row[f"{what}.speedup_vs_reference"] = row[f"reference.{what}"]["median_s"] / ours
+        row.update(input_grad_comparison(x, w, kw, run, args.repeats))
         row.update(weight_grad_comparison(x, w, kw, run, args.repeats))
         row["adder2d.forward_gterms_per_s"] = (
             row["terms"] / row["adder2d.forward"]["median_s"] / 1e9
@@ -653,6 +676,24 @@ def markdown(result, no_memory):
         lines.append(line)
     lines += [
         "",
+        "Input gradient alone, interleaved: ours (`adder2d_input_grad`, the HardTanh rule "
+        "`sum dY*clamp(W - X, -1, 1)`) and conv2d's input gradient.",
+        "",
+        "| layer | ours ms | conv2d ms | ours vs conv2d | conv2d spread |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "input_grad.ours" not in r:
+            continue
+        v = r["input_grad.vs_conv2d"]
+        lines.append(
+            f"| {r['shape']} | {r['input_grad.ours']['median_s'] * 1e3:.2f} | "
+            f"{r['input_grad.conv2d']['median_s'] * 1e3:.2f} | "
+            f"{v['median']:.2f}x [{v['p20']:.2f}, {v['p80']:.2f}] | "
+            f"{spread(r['input_grad.conv2d']):.0%} |"
+        )
+    lines += [
+        "",
         "Weight gradient alone, interleaved: ours (the default kernel: on the CPU the decomposition "
         "`sum dY*(Xp - c) - (W - c)*sum dY`, deterministic), conv2d's weight gradient, the direct "
         "kernel `sum dY*(Xp - W)` (CPU) and the vendor decomposition `conv_weight_grad(Xp, dY) - "
@@ -683,7 +724,14 @@ def markdown(result, no_memory):
         lines.append(
             f"- {family}: geometric mean over {len(fam)} layers: forward "
             f"{geomean([r['forward.vs_conv2d'] for r in fam]):.2f}x conv2d, forward+backward "
-            f"{geomean([r['forward_backward.vs_conv2d'] for r in fam]):.2f}x conv2d, weight "
+            f"{geomean([r['forward_backward.vs_conv2d'] for r in fam]):.2f}x conv2d, "
+            + (
+                f"input gradient {geomean([r['input_grad.vs_conv2d']['median'] for r in fam]):.2f}x "
+                "conv2d's, "
+                if all("input_grad.vs_conv2d" in r for r in fam)
+                else ""
+            )
+            + "weight "
             f"gradient {geomean([r.get('weight_grad.vs_conv2d', {}).get('median') for r in fam]):.2f}x "
             "conv2d's"
             + (

@@ -75,8 +75,12 @@ def test_benchmark_runs_and_writes_results(tmp_path):
         "conv2d.forward",
         "reference.forward",
         "adder2d.forward_backward",
+        "input_grad.ours",
+        "input_grad.conv2d",
     ):
         assert row[key]["median_s"] > 0
+    ratio = row["input_grad.vs_conv2d"]
+    assert 0 < ratio["p20"] <= ratio["median"] <= ratio["p80"]
     assert row["adder2d.peak_mib"] >= 0 and result["environment"]["torch"]
     # bursts are for CUDA only: on the CPU each sample is one call on the wall clock
     assert result["environment"]["cuda_burst"] is None
@@ -87,6 +91,7 @@ def test_benchmark_runs_and_writes_results(tmp_path):
     fraction = row["forward.fraction_of_ceiling"]
     assert 0 < fraction["p20"] <= fraction["median"] <= fraction["p80"]
     assert "% of ceiling" in (tmp_path / "results.md").read_text()
+    assert "Input gradient alone" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.parametrize("isa", ["base", "avx2"])
