@@ -419,6 +419,70 @@ for _device in ("cpu", "cuda"):
     torch.library.register_autocast("addernet::adder2d", _device, torch.float32)
 
 
+# torch.vmap rules: the vmapped dimension folds into the batch where every sample shares the
+# weight, and into the groups where the weights differ per sample (sample s is groups s*g to
+# s*g + g - 1 of one call); torch's fallback ran the op once per sample. The weight gradient is
+# always per sample, so it always takes the groups.
+def _batched(t, dim, size, at):
+    """t with its vmapped dimension `dim` moved to `at`, or expanded there if t has none."""
+    if dim is not None:
+        return t.movedim(dim, at)
+    return t.unsqueeze(at).expand(*t.shape[:at], size, *t.shape[at:])
+
+
+def _samples_as_groups(x, x_dim, w, w_dim, size):
+    """x [N, B*C, H, W] and w [B*Co, C/g, KH, KW]: the B samples side by side as groups."""
+    return _batched(x, x_dim, size, 1).flatten(1, 2), _batched(w, w_dim, size, 0).flatten(0, 1)
+
+
+@torch.library.register_vmap("addernet::adder2d")
+def _adder2d_vmap(
+    info, in_dims, input, weight, bias, stride, padding, dilation, groups, input_grad="hardtanh"
+):
+    x_dim, w_dim, b_dim = in_dims[:3]
+    size = info.batch_size
+    if w_dim is None and b_dim is None:
+        x = input.movedim(x_dim, 0).flatten(0, 1)
+        out = torch.ops.addernet.adder2d(
+            x, weight, bias, stride, padding, dilation, groups, input_grad
+        )
+        return out.unflatten(0, (size, -1)), 0
+    x, w = _samples_as_groups(input, x_dim, weight, w_dim, size)
+    b = None if bias is None else _batched(bias, b_dim, size, 0).flatten()
+    out = torch.ops.addernet.adder2d(x, w, b, stride, padding, dilation, groups * size, input_grad)
+    return out.unflatten(1, (size, -1)), 1
+
+
+@torch.library.register_vmap("addernet::adder2d_input_grad")
+def _adder2d_input_grad_vmap(
+    info, in_dims, grad_output, input, weight, stride, padding, dilation, groups, mode
+):
+    dy_dim, x_dim, w_dim = in_dims[:3]
+    size = info.batch_size
+    op = torch.ops.addernet.adder2d_input_grad
+    if w_dim is None:
+        dy = _batched(grad_output, dy_dim, size, 0).flatten(0, 1)
+        x = _batched(input, x_dim, size, 0).flatten(0, 1)
+        out = op(dy, x, weight, stride, padding, dilation, groups, mode)
+        return out.unflatten(0, (size, -1)), 0
+    x, w = _samples_as_groups(input, x_dim, weight, w_dim, size)
+    dy = _batched(grad_output, dy_dim, size, 1).flatten(1, 2)
+    out = op(dy, x, w, stride, padding, dilation, groups * size, mode)
+    return out.unflatten(1, (size, -1)), 1
+
+
+@torch.library.register_vmap("addernet::adder2d_weight_grad")
+def _adder2d_weight_grad_vmap(
+    info, in_dims, grad_output, input, weight, stride, padding, dilation, groups
+):
+    dy_dim, x_dim, w_dim = in_dims[:3]
+    size = info.batch_size
+    x, w = _samples_as_groups(input, x_dim, weight, w_dim, size)
+    dy = _batched(grad_output, dy_dim, size, 1).flatten(1, 2)
+    out = torch.ops.addernet.adder2d_weight_grad(dy, x, w, stride, padding, dilation, groups * size)
+    return out.unflatten(0, (size, -1)), 0
+
+
 def _string_padding(padding: str, input: Tensor, weight, stride, dilation):
     """(input, numeric padding) for F.conv2d's ``padding="valid"`` or ``"same"``; an asymmetric
     "same" (an even dilated kernel) pads the input explicitly, with zeros, the extra on the

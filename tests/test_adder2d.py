@@ -676,6 +676,7 @@ def test_func_functionalize_equals_eager():
     assert torch.equal(make_fx(torch.func.functionalize(f))(x)(x), f(x))
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # torch's per-sample fallback warns
 def test_func_grad_equals_backward():
     # torch.func.grad (which refused the op's generated autograd, no setup_context) gives the
     # gradients of .backward(), bit for bit, and vmap over it per-sample weight gradients.
@@ -696,6 +697,35 @@ def test_func_grad_equals_backward():
     assert torch.equal(per_sample, torch.stack(loop))
     with pytest.raises(RuntimeError, match="double backward"):
         torch.func.grad(lambda x: torch.func.grad(loss)(x, w, b).sum())(x)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # torch's per-sample fallback warns
+@pytest.mark.parametrize("dims", [(1, None, None), (None, 0, None), (1, 0, 0), (None, None, 0)])
+def test_vmap_rules_equal_a_loop(dims):
+    # The vmapped dimension folds into the batch (shared weights) or the groups (weights per
+    # sample): the same bits as one call per sample, in float32 too, for all three ops.
+    case = Case("vmap", 2, 4, 7, 6, 6, 3, 3, stride=(2, 1), padding=1, dilation=(1, 2), groups=2)
+    x, w, b, kw = make(case, dtype=torch.float32)
+    size = 3
+    g = torch.Generator().manual_seed(1)
+    batched = [torch.randn(size, *t.shape, generator=g) for t in (x, w, b)]
+    batched[0] = batched[0].movedim(0, 1)  # x's samples along dim 1
+    args = [batched[i] if d is not None else t for i, (t, d) in enumerate(zip((x, w, b), dims))]
+
+    def sample(i):
+        return [a.select(d, i) if d is not None else a for a, d in zip(args, dims)]
+
+    y = torch.func.vmap(lambda x, w, b: addernet_cuda.adder2d(x, w, b, **kw), in_dims=dims)(*args)
+    assert torch.equal(
+        y, torch.stack([addernet_cuda.adder2d(*sample(i), **kw) for i in range(size)])
+    )
+    dy = torch.randn(size, *y.shape[1:], generator=g)
+    for op in (addernet_cuda.ops.adder2d_input_grad, addernet_cuda.ops.adder2d_weight_grad):
+        got = torch.func.vmap(lambda dy, x, w: op(dy, x, w, **kw), in_dims=(0, *dims[:2]))(
+            dy, *args[:2]
+        )
+        want = torch.stack([op(dy[i], *sample(i)[:2], **kw) for i in range(size)])
+        assert torch.equal(got, want), op
 
 
 def test_vmap_over_adder2d_matches_a_loop():
