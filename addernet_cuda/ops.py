@@ -430,6 +430,11 @@ def _batched(t, dim, size, at):
     return t.unsqueeze(at).expand(*t.shape[:at], size, *t.shape[at:])
 
 
+def _check_vmap_size(op, size):
+    if size == 0:
+        raise ValueError(f"{op}: torch.vmap over a dimension of size 0 is not supported")
+
+
 def _samples_as_groups(x, x_dim, w, w_dim, size):
     """x [N, B*C, H, W] and w [B*Co, C/g, KH, KW]: the B samples side by side as groups."""
     return _batched(x, x_dim, size, 1).flatten(1, 2), _batched(w, w_dim, size, 0).flatten(0, 1)
@@ -441,6 +446,7 @@ def _adder2d_vmap(
 ):
     x_dim, w_dim, b_dim = in_dims[:3]
     size = info.batch_size
+    _check_vmap_size("adder2d", size)
     if w_dim is None and b_dim is None:
         x = input.movedim(x_dim, 0).flatten(0, 1)
         out = torch.ops.addernet.adder2d(
@@ -459,6 +465,7 @@ def _adder2d_input_grad_vmap(
 ):
     dy_dim, x_dim, w_dim = in_dims[:3]
     size = info.batch_size
+    _check_vmap_size("adder2d_input_grad", size)
     op = torch.ops.addernet.adder2d_input_grad
     if w_dim is None:
         dy = _batched(grad_output, dy_dim, size, 0).flatten(0, 1)
@@ -477,6 +484,7 @@ def _adder2d_weight_grad_vmap(
 ):
     dy_dim, x_dim, w_dim = in_dims[:3]
     size = info.batch_size
+    _check_vmap_size("adder2d_weight_grad", size)
     x, w = _samples_as_groups(input, x_dim, weight, w_dim, size)
     dy = _batched(grad_output, dy_dim, size, 1).flatten(1, 2)
     out = torch.ops.addernet.adder2d_weight_grad(dy, x, w, stride, padding, dilation, groups * size)

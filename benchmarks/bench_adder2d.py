@@ -219,6 +219,15 @@ def _pair(v):
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
+def gradient_op(name, dy, x, w, kw, *mode):
+    """addernet's gradient op `name`, called as adder2d's backward calls it: the op past its
+    autograd layer, without the Python wrapper's argument checks (the C++ ones run)."""
+    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
+    op = getattr(torch.ops.addernet, name).default
+    groups = kw.get("groups", 1)
+    return addernet_cuda.ops._below_autograd(op, dy, x, w, stride, padding, dilation, groups, *mode)
+
+
 def conv2d_weight_grad(dy, x, w, kw):
     """conv2d's weight gradient alone (the vendor convolution's backward for the weight)."""
     stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
@@ -232,7 +241,7 @@ def direct_weight_grad(dy, x, w, kw):
     previous = os.environ.get("ADDERNET_CPU_WEIGHT_GRAD")
     os.environ["ADDERNET_CPU_WEIGHT_GRAD"] = "direct"
     try:
-        return addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw)
+        return gradient_op("adder2d_weight_grad", dy, x, w, kw)
     finally:
         if previous is None:
             del os.environ["ADDERNET_CPU_WEIGHT_GRAD"]
@@ -245,7 +254,7 @@ def weight_grad_comparison(x, w, kw, run, repeats):
     the direct kernel (CPU) and the vendor decomposition; their max errors against float64."""
     dy = torch.randn(addernet_cuda.adder2d(x, w, None, **kw).shape, device=x.device, dtype=x.dtype)
     fns = {
-        "ours": lambda: addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw),
+        "ours": lambda: gradient_op("adder2d_weight_grad", dy, x, w, kw),
         "conv2d": lambda: conv2d_weight_grad(dy, x, w, kw),
         "vendor_decomposition": lambda: weight_grad_decomposition(dy, x, w, kw),
     }
@@ -276,7 +285,7 @@ def input_grad_comparison(x, w, kw, run, repeats):
     input gradient; measured alone rather than as forward+backward minus the rest."""
     dy = torch.randn(addernet_cuda.adder2d(x, w, None, **kw).shape, device=x.device, dtype=x.dtype)
     fns = {
-        "ours": lambda: addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw),
+        "ours": lambda: gradient_op("adder2d_input_grad", dy, x, w, kw, "hardtanh"),
         "conv2d": lambda: conv2d_input_grad(dy, x, w, kw),
     }
     times = interleaved(run, fns, repeats, 2)

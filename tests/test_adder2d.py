@@ -728,6 +728,12 @@ def test_vmap_rules_equal_a_loop(dims):
         assert torch.equal(got, want), op
 
 
+def test_vmap_over_a_dimension_of_size_0_raises():
+    x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
+    with pytest.raises(ValueError, match="adder2d: torch.vmap over a dimension of size 0"):
+        torch.func.vmap(lambda w: addernet_cuda.adder2d(x, w, b, **kw))(w.expand(0, *w.shape))
+
+
 def test_vmap_over_adder2d_matches_a_loop():
     # torch.vmap reaches the op (torch's per-sample fallback) through the autograd.Function
     x, w, b, kw = make(SHAPES[1], dtype=torch.float32)
