@@ -553,7 +553,13 @@ def adder2d(
     )
     check_args("adder2d", input, weight, bias, stride, padding, dilation, groups, autocast=autocast)
     args = (input, weight, bias, stride, padding, dilation, groups, input_grad)
-    if autocast or torch.compiler.is_compiling():
+    if autocast and _under_func_transform():
+        # torch.func.grad cannot run the op's generated autograd: the autocast policy's casts
+        # here (recorded by autograd like the op's own), then the Function outside autocast.
+        cast = [t if t is None else t.to(_autocast_dtype(t.dtype)) for t in (input, weight, bias)]
+        with torch.autocast(input.device.type, enabled=False):
+            out = _Adder2dFuncTransformFunction.apply(*cast, *args[3:])
+    elif autocast or torch.compiler.is_compiling():
         # Autocast casts the inputs at the op, above its autograd, which then saves the cast
         # tensors; compiled code has no per-call Python cost to save. The op's generated autograd
         # drops forward-mode tangents (torch.func.jvp, forward_ad) silently: refused here.

@@ -663,6 +663,22 @@ def test_func_jvp_raises():
             )
 
 
+def test_func_grad_under_autocast_equals_backward():
+    # Under autocast torch.func.grad met the op's generated autograd and raised torch's error.
+    x, w, b, kw = make(SHAPES[1], dtype=torch.bfloat16)
+    b = b.float()
+
+    def loss(x, w, b):
+        return addernet_cuda.adder2d(x, w, b, **kw).float().pow(2).sum()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = torch.func.grad(loss, argnums=(0, 1, 2))(x, w, b)
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        loss(xs, ws, bs).backward()
+    for g, t in zip(got, (xs, ws, bs)):
+        assert g.dtype == t.dtype and torch.equal(g, t.grad)
+
+
 def test_func_functionalize_equals_eager():
     # functionalize is a torch.func transform without autograd: it takes the op, as before.
     from torch.fx.experimental.proxy_tensor import make_fx
