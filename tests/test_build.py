@@ -90,17 +90,22 @@ def _op_libraries():
     return sorted(glob.glob(os.path.join(package, "_C*.so")))
 
 
-@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
-def test_op_libraries_use_only_the_stable_c_abi_of_torch():
-    # A C++ symbol of ATen, c10 or torch (or libtorch_python) would tie the build to one torch.
+def _dynamic_symbols(which):
+    """(library, names of its dynamic symbols, nm's `which`: "--undefined-only" or
+    "--defined-only") for each op library; fails when none was built."""
     libraries = _op_libraries()
     assert libraries, "no compiled extension found next to addernet_cuda/__init__.py"
     for library in libraries:
-        out = subprocess.run(
-            ["nm", "-D", "--undefined-only", library], capture_output=True, text=True
-        )
+        out = subprocess.run(["nm", "-D", which, library], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-        bound = [s for s in out.stdout.split() if re.match(r"_Z\w*(3c10|2at|5torch)", s)]
+        yield library, out.stdout.split()
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+def test_op_libraries_use_only_the_stable_c_abi_of_torch():
+    # A C++ symbol of ATen, c10 or torch (or libtorch_python) would tie the build to one torch.
+    for library, symbols in _dynamic_symbols("--undefined-only"):
+        bound = [s for s in symbols if re.match(r"_Z\w*(3c10|2at|5torch)", s)]
         assert not bound, f"{os.path.basename(library)} uses torch C++ symbols: {bound[:5]}"
         needed = subprocess.run(["readelf", "-d", library], capture_output=True, text=True).stdout
         assert "libtorch_python" not in needed, os.path.basename(library)
@@ -111,16 +116,10 @@ def test_op_libraries_export_no_libstdcxx_of_their_own():
     """A library linked against a static libstdc++ (some compilers' wrappers do that) must keep
     that copy hidden: exported, part of it (std::locale's globals) bound to the libstdc++ the
     process loaded first, and formatting a number in any error message crashed the process."""
-    libraries = _op_libraries()
-    assert libraries, "no compiled extension found next to addernet_cuda/__init__.py"
-    for library in libraries:
-        out = subprocess.run(
-            ["nm", "-D", "--defined-only", library], capture_output=True, text=True
-        )
-        assert out.returncode == 0, out.stderr
+    for library, symbols in _dynamic_symbols("--defined-only"):
         # std::locale's members and std::ostream's number insertion are never instantiated in user
         # code: defined here, they come from a copy of libstdc++.
-        own = [s for s in out.stdout.split() if re.match(r"_ZNS(t6locale|o9_M_insert)", s)]
+        own = [s for s in symbols if re.match(r"_ZNS(t6locale|o9_M_insert)", s)]
         assert not own, f"{os.path.basename(library)} exports libstdc++'s own symbols: {own[:5]}"
 
 
