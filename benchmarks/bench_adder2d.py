@@ -208,32 +208,39 @@ def fwd_bwd(fn, x, w, kw):
 def weight_grad_decomposition(dy, x, w, kw):
     """dW = conv_weight_grad(Xp, dY) - W * sum_{n,oh,ow} dY[n, co]: the vendor convolution's weight
     gradient (oneDNN on the CPU, cuDNN on CUDA) minus W scaled per output channel."""
-    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
-    _, gw, _ = torch.ops.aten.convolution_backward(
-        dy, x, w, None, stride, padding, dilation, False, [0, 0], 1, [False, True, False]
-    )
-    return gw - w * dy.sum((0, 2, 3)).view(-1, 1, 1, 1)
+    return conv2d_weight_grad(dy, x, w, kw) - w * dy.sum((0, 2, 3)).view(-1, 1, 1, 1)
 
 
 def _pair(v):
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
+def _pairs(kw):
+    """stride, padding and dilation of kw as [h, w] lists, as the raw ops take them."""
+    return [_pair(kw[k]) for k in ("stride", "padding", "dilation")]
+
+
+def _conv2d_backward(dy, x, w, kw, which):
+    """The vendor convolution's backward (oneDNN on the CPU, cuDNN on CUDA) for the input
+    (which=0) or the weight (which=1) alone."""
+    mask = [which == 0, which == 1, False]
+    return torch.ops.aten.convolution_backward(dy, x, w, None, *_pairs(kw), False, [0, 0], 1, mask)[
+        which
+    ]
+
+
 def gradient_op(name, dy, x, w, kw, *mode):
     """addernet's gradient op `name`, called as adder2d's backward calls it: the op past its
     autograd layer, without the Python wrapper's argument checks (the C++ ones run)."""
-    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
+    stride, padding, dilation = _pairs(kw)
     op = getattr(torch.ops.addernet, name).default
     groups = kw.get("groups", 1)
     return addernet_cuda.ops._below_autograd(op, dy, x, w, stride, padding, dilation, groups, *mode)
 
 
 def conv2d_weight_grad(dy, x, w, kw):
-    """conv2d's weight gradient alone (the vendor convolution's backward for the weight)."""
-    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
-    return torch.ops.aten.convolution_backward(
-        dy, x, w, None, stride, padding, dilation, False, [0, 0], 1, [False, True, False]
-    )[1]
+    """conv2d's weight gradient alone."""
+    return _conv2d_backward(dy, x, w, kw, 1)
 
 
 def direct_weight_grad(dy, x, w, kw):
@@ -273,11 +280,8 @@ def weight_grad_comparison(x, w, kw, run, repeats):
 
 
 def conv2d_input_grad(dy, x, w, kw):
-    """conv2d's input gradient alone (the vendor convolution's backward for the input)."""
-    stride, padding, dilation = (_pair(kw[k]) for k in ("stride", "padding", "dilation"))
-    return torch.ops.aten.convolution_backward(
-        dy, x, w, None, stride, padding, dilation, False, [0, 0], 1, [True, False, False]
-    )[0]
+    """conv2d's input gradient alone."""
+    return _conv2d_backward(dy, x, w, kw, 0)
 
 
 def input_grad_comparison(x, w, kw, run, repeats):
