@@ -207,6 +207,8 @@ def test_forward_tap_loops_stay_in_registers():
             unchecked.append(function)
     names = " ".join(functions)
     for name in (
+        "micro_tile<float, 4, true>",  # a panel of pixels, weights interleaved
+        "micro_tile<float, 4, false>",  # and as they are
         "micro_tile_direct<float, 4",
         "micro_tile_direct<double, 2",
         "micro_tile_direct<float, 1, true, 4>",  # the wide tile of the channels left over

@@ -6,11 +6,13 @@
 // baseline build. Shapes follow adder2d_shape.h; all tensors are contiguous NCHW.
 //
 // forward    Y[n,co,p]   = -sum_k |P[k,p] - W[co,k]|      (+ bias)   k = (ci,kh,kw), p = (oh,ow)
-//            implicit GEMM, never the whole im2col: direct path, P read straight from a padded,
-//            phase-split copy of the input (vectors of one output row, per-tap offsets); batch
-//            path, the same from a padded copy whose every element is one pixel of VL images (a
-//            vector per output pixel of VL images, for rows that are not whole vectors);
-//            packed path, P packed into panels of TILE_P output pixels x TILE_K taps. A register
+//            implicit GEMM, never the whole im2col: direct path, P read from a padded,
+//            phase-split copy of the input (vectors of one output row, per-tap offsets), in
+//            float through a panel of TILE_K taps per tile that every micro-tile call then reads
+//            in order; batch path, the same from a padded copy whose every element is one pixel
+//            of VL images (a vector per output pixel of VL images, for rows that are not whole
+//            vectors); packed path, P packed from the input itself into panels of TILE_P output
+//            pixels x TILE_K taps. A register
 //            micro-tile of 2-4 output channels x TILE_P pixels (8 x 16 in one 64-byte register
 //            each in the AVX-512 build, float) accumulates |P - W| (subtract, clear sign bit,
 //            add), taps in order in all three paths and every build: the same bits.
@@ -213,26 +215,30 @@ static inline typename Vec<T>::type opaque_one() {
   return one;
 }
 
-// acc[r][p] += sum_k |panel[k][p] - w[r*ldw + k]| for R output channels and TILE_P pixels, the
-// R x TILE_P block held in registers.
-template <typename T, int R>
-static void micro_tile(const T* panel, int64_t nk, const T* w, int64_t ldw, T* acc) {
+// acc[r][p] += sum_k |panel[k][p] - w(r, k)| for R output channels and TILE_P pixels, the
+// R x TILE_P block held in registers; w(r, k) = w[k*R + r] where INTERLEAVED
+// (forward_interleave_weights), else w[r*ldw + k]. first: the sums start from zero in registers
+// (acc is not read). Out of line, so that tests/test_build.py finds its tap loop.
+template <typename T, int R, bool INTERLEAVED = false>
+__attribute__((noinline)) static void micro_tile(const T* panel, int64_t nk, const T* w,
+                                                 int64_t ldw, T* acc, bool first = false) {
   typedef typename Vec<T>::type V;
-  constexpr int NV = int(TILE_P * sizeof(T) / sizeof(V));
+  constexpr int VL = int(sizeof(V) / sizeof(T)), NV = int(TILE_P / VL);
   const V one = opaque_one<T>();
   V a[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) a[r][j] = load_vec<V>(acc + r * TILE_P + j * (32 / sizeof(T)));
+    for (int j = 0; j < NV; ++j) a[r][j] = first ? V{} : load_vec<V>(acc + r * TILE_P + j * VL);
   for (int64_t k = 0; k < nk; ++k) {
     V x[NV];
-    for (int j = 0; j < NV; ++j) x[j] = load_vec<V>(panel + k * TILE_P + j * (32 / sizeof(T)));
+    for (int j = 0; j < NV; ++j) x[j] = load_vec<V>(panel + k * TILE_P + j * VL);
     for (int r = 0; r < R; ++r) {
-      const V wv = w[r * ldw + k] - V{};  // broadcast (x - 0 folds away, 0 + x would not)
+      // broadcast (x - 0 folds away, 0 + x would not)
+      const V wv = (INTERLEAVED ? w[k * R + r] : w[r * ldw + k]) - V{};
       for (int j = 0; j < NV; ++j) a[r][j] = add_abs_diff<T>(a[r][j], x[j], wv, one);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) store_vec(acc + r * TILE_P + j * (32 / sizeof(T)), a[r][j]);
+    for (int j = 0; j < NV; ++j) store_vec(acc + r * TILE_P + j * VL, a[r][j]);
 }
 
 // The forward's register-resident ceiling: micro_tile's inner loop (R x TILE_P accumulators,
@@ -579,6 +585,16 @@ static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t n
 // one through the wide tile, R tiles at a time: alone, a channel's tile held 2 of the 8
 // accumulators the registers allow, and on depthwise layers (9 taps per call) the calls' set-up
 // outweighed the taps.
+// Float tiles with FORWARD_PANEL_MIN_CALLS or more R-channel calls per block (not in the AVX-512
+// build, whose 64-byte tile reads the pixels through the offsets) first copy their block of
+// pixels into a panel (panel[k][p], TILE_K x TILE_P, 16 KiB): each call then reads it in order,
+// aligned, with no offset per tap. Read through the offsets by every call, the same pixels held
+// the forward at 61-80% of the register ceiling on the paper's large layers, 77-89% through the
+// panel (benchmarks/NOTES.md): an offset load per tap, loads split across cache lines on the
+// direct path, and a block's rows (28 planes x 3 rows of a 3x3 kernel) competing for L1's sets.
+// The copy costs one load and one store per vector and block. The same taps in the same order:
+// the same sums.
+constexpr int64_t FORWARD_PANEL_MIN_CALLS = 2;
 template <typename T>
 static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T* w,
                              bool interleaved, int64_t co_first, int64_t ntiles, T* scratch,
@@ -597,11 +613,34 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
   const int64_t whole = cog / R * R;  // channels of the R-channel tiles
   // and of a 4-channel tile after them where R = 8 (the AVX-512 build's float tile)
   const int64_t whole4 = R > 4 && cog - whole >= 4 ? whole + 4 : whole;
+#ifdef ADDER_CPU_ZMM
+  constexpr bool can_pack = false;
+#else
+  constexpr bool can_pack = sizeof(T) == sizeof(float);
+#endif
+  const bool pack = can_pack && whole >= FORWARD_PANEL_MIN_CALLS * R;
+  alignas(64) T panel[can_pack ? TILE_K * TILE_P : 1];
   for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
     const int64_t nk = min_i64(TILE_K, K - k0);
     const bool first = k0 == 0;  // the first block's micro-tiles start the sums from zero
     for (int64_t t = 0; t < ntiles; ++t) {
       T* acc = scratch + t * tile_sums;
+      if (pack) {
+        typedef typename Vec<T>::type V;
+        constexpr int64_t VL = TILE_P / NV;
+        const T* const* x = xb + t * NV;
+        for (int64_t k = 0; k < nk; ++k)
+          for (int64_t j = 0; j < NV; ++j)
+            store_vec(panel + k * TILE_P + j * VL, load_vec<V>(x[j] + off[k0 + k]));
+        for (int64_t co = 0; co < whole; co += R) {
+          if (interleaved) {
+            micro_tile<T, R, true>(panel, nk, weights(co, k0, nk), K, acc + co * TILE_P, first);
+          } else {
+            micro_tile<T, R>(panel, nk, weights(co, k0, nk), K, acc + co * TILE_P, first);
+          }
+        }
+        continue;
+      }
       for (int64_t co = 0; co < whole; co += R)
         forward_micro_tile<T, R>(xb + t * NV, off + k0, nk, weights(co, k0, nk), K, interleaved,
                                  acc + co * TILE_P, 0, first);
