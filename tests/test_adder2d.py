@@ -289,7 +289,7 @@ def interleaves_weights(case, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
     # The direct and batch paths interleave the weights (a micro-tile's channels tap by tap, by
-    # blocks of 256 taps) when each weight serves at least 1024 images x output pixels, except
+    # blocks of 256 taps) when each weight serves at least 256 images x output pixels, except
     # the AVX-512 float tile, which reads them as they are. Both layouts, with channels past the
     # last whole micro-tile (13, 5 per group, 45), groups, 288 taps (a whole block and a short
     # one), and on 8 threads the batch path's split by output channels (98 tiles), must sum each
@@ -300,10 +300,12 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
         Case("direct-288-taps-2-groups", 8, 64, 8, 16, 10, 3, 3, padding=1, groups=2),
         Case("batch-14x14", 8, 5, 14, 14, 45, 3, 3, padding=1),
         Case("batch-14x14-288-taps", 8, 32, 14, 14, 45, 3, 3, padding=1),
+        Case("direct-2-images", 2, 5, 8, 16, 13, 3, 3, padding=1),  # 256 uses, the least
+        Case("batch-7x7", 8, 5, 7, 7, 45, 3, 3, padding=1),  # 392, ResNet-18's last layers
     ]
     as_they_are = [
-        Case("direct-2-images", 2, 5, 8, 16, 13, 3, 3, padding=1),
-        Case("batch-7x7", 8, 5, 7, 7, 45, 3, 3, padding=1),
+        Case("direct-1-image", 1, 5, 8, 16, 13, 3, 3, padding=1),
+        Case("batch-5x5", 8, 5, 5, 5, 45, 3, 3, padding=1),
     ]
     interleaving = not (cpu_isa == "avx512" and dtype == torch.float32)
     for case in interleaved:
