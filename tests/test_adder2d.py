@@ -292,8 +292,8 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
     # blocks of 256 taps) when each weight serves at least 256 images x output pixels, except
     # the AVX-512 float tile, which reads them as they are. Both layouts, with channels past the
     # last whole micro-tile (13, 5 per group, 45), groups, 288 taps (a whole block and a short
-    # one), and on 8 threads the batch path's split by output channels (98 tiles), must sum each
-    # output's taps in order.
+    # one, with float32's panel of pixels on both paths), and on 8 threads the batch path's split
+    # by output channels (98 tiles), must sum each output's taps in order.
     interleaved = [
         Case("direct-16-images", 16, 5, 8, 16, 13, 3, 3, padding=1),
         Case("direct-2-groups", 8, 6, 16, 16, 10, 3, 3, padding=1, groups=2),
@@ -302,10 +302,13 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
         Case("batch-14x14-288-taps", 8, 32, 14, 14, 45, 3, 3, padding=1),
         Case("direct-2-images", 2, 5, 8, 16, 13, 3, 3, padding=1),  # 256 uses, the least
         Case("batch-7x7", 8, 5, 7, 7, 45, 3, 3, padding=1),  # 392, ResNet-18's last layers
+        # float32's panel of pixels (12+ channels) past one block of 256 taps
+        Case("direct-288-taps-16-channels-2-images", 2, 32, 8, 16, 16, 3, 3, padding=1),
     ]
     as_they_are = [
         Case("direct-1-image", 1, 5, 8, 16, 13, 3, 3, padding=1),
         Case("batch-5x5", 8, 5, 5, 5, 45, 3, 3, padding=1),
+        Case("direct-288-taps-16-channels", 1, 32, 8, 16, 16, 3, 3, padding=1),
     ]
     interleaving = not (cpu_isa == "avx512" and dtype == torch.float32)
     for case in interleaved:

@@ -169,10 +169,12 @@ constexpr int64_t FORWARD_BATCH_TILES_PER_THREAD = 16;
 
 // The forward's direct and batch paths interleave the weights (KernelSet::
 // forward_interleave_weights) when each weight is used by at least FORWARD_INTERLEAVE_MIN_USES
-// images x output pixels: it saves up to 7% from 1568 and, since the micro-tiles read their
-// pixels from a panel, 5-9% at 392 (ResNet-18's 7 x 7 layers at 8 images, up to 9.4 MB of
-// weights; before the panel, 0.94-1.00x there) (NOTES). By items of FORWARD_INTERLEAVE_ROWS micro-tiles' output channels, each thread taking
-// at least FORWARD_INTERLEAVE_GRAIN elements (one thread for smaller weights).
+// images x output pixels: it saves up to 7% from 1568 and, where the micro-tiles read their
+// pixels from a panel, 4-13% at 392 on 1 thread (ResNet-18's 7 x 7 layers at 8 images, up to 9.4
+// MB of weights; on 2 threads -11% to +12%, noisier), and cost nothing there without the panel
+// (0.94-1.00x of the time) (NOTES). By items of FORWARD_INTERLEAVE_ROWS micro-tiles' output
+// channels, each thread taking at least FORWARD_INTERLEAVE_GRAIN elements (one thread for
+// smaller weights).
 constexpr int64_t FORWARD_INTERLEAVE_MIN_USES = 256;
 constexpr int64_t FORWARD_INTERLEAVE_ROWS = 16;
 constexpr int64_t FORWARD_INTERLEAVE_GRAIN = int64_t(1) << 16;

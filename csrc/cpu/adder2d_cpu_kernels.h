@@ -7,10 +7,11 @@
 //
 // forward    Y[n,co,p]   = -sum_k |P[k,p] - W[co,k]|      (+ bias)   k = (ci,kh,kw), p = (oh,ow)
 //            implicit GEMM, never the whole im2col: direct path, P read from a padded,
-//            phase-split copy of the input (vectors of one output row, per-tap offsets), in
-//            float through a panel of TILE_K taps per tile that every micro-tile call then reads
-//            in order; batch path, the same from a padded copy whose every element is one pixel
-//            of VL images (a vector per output pixel of VL images, for rows that are not whole
+//            phase-split copy of the input (vectors of one output row, per-tap offsets; in float
+//            outside the AVX-512 build, where enough channel tiles share a tile's pixels, copied
+//            into a panel of TILE_K taps per tile that those micro-tile calls read in order);
+//            batch path, the same from a padded copy whose every element is one pixel of VL
+//            images (a vector per output pixel of VL images, for rows that are not whole
 //            vectors); packed path, P packed from the input itself into panels of TILE_P output
 //            pixels x TILE_K taps. A register
 //            micro-tile of 2-4 output channels x TILE_P pixels (8 x 16 in one 64-byte register
@@ -585,16 +586,18 @@ static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t n
 // one through the wide tile, R tiles at a time: alone, a channel's tile held 2 of the 8
 // accumulators the registers allow, and on depthwise layers (9 taps per call) the calls' set-up
 // outweighed the taps.
-// Float tiles with FORWARD_PANEL_MIN_CALLS or more R-channel calls per block (not in the AVX-512
-// build, whose 64-byte tile reads the pixels through the offsets) first copy their block of
-// pixels into a panel (panel[k][p], TILE_K x TILE_P, 16 KiB): each call then reads it in order,
-// aligned, with no offset per tap. Read through the offsets by every call, the same pixels held
-// the forward at 61-80% of the register ceiling on the paper's large layers, 77-89% through the
-// panel (benchmarks/NOTES.md): an offset load per tap, loads split across cache lines on the
-// direct path, and a block's rows (28 planes x 3 rows of a 3x3 kernel) competing for L1's sets.
-// The copy costs one load and one store per vector and block. The same taps in the same order:
-// the same sums.
-constexpr int64_t FORWARD_PANEL_MIN_CALLS = 2;
+// Float tiles with FORWARD_PANEL_MIN_CALLS or more calls of the R-channel micro-tile per block
+// (not in the AVX-512 build, whose 64-byte tile reads the pixels through the offsets) first copy
+// their block of pixels into a panel (panel[k][p], TILE_K x TILE_P, 16 KiB): each of those calls
+// then reads it in order, aligned, with no offset per tap (the wide tile of the channels left
+// over still reads through the offsets). Read through the offsets by every call, the same pixels
+// held the forward at 0.61-0.80 of the register ceiling on the paper's layers, 0.70-0.88 through
+// the panel (1 thread, benchmarks/NOTES.md): an offset load per tap, loads split across cache
+// lines on the direct path, and a block's rows (28 planes x 3 rows of a 3x3 kernel) competing for
+// L1's sets. The copy costs one load and one store per vector and block: with 2 calls (8 output
+// channels) more than it saved (0.52-0.60 of the ceiling against 0.58-0.64 without, three
+// 8-channel layers), with 3 about as much. The same taps in the same order: the same sums.
+constexpr int64_t FORWARD_PANEL_MIN_CALLS = 3;
 template <typename T>
 static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T* w,
                              bool interleaved, int64_t co_first, int64_t ntiles, T* scratch,
@@ -618,6 +621,7 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
 #else
   constexpr bool can_pack = sizeof(T) == sizeof(float);
 #endif
+  static_assert(!can_pack || R <= 4, "a panel tile skips the 4-channel tile of the R = 8 build");
   const bool pack = can_pack && whole >= FORWARD_PANEL_MIN_CALLS * R;
   alignas(64) T panel[can_pack ? TILE_K * TILE_P : 1];
   for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
