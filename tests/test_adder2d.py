@@ -433,14 +433,49 @@ def test_input_grad_planes_are_independent(stride, mode, cpu_isa):
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
 @pytest.mark.parametrize("mode", ["hardtanh", "exact"])
+def test_input_grad_strided_by_phases_and_by_channels(mode, cpu_isa):
+    # At stride > 1 the CPU runs the stride-1 kernels on each phase of the input (the pixels
+    # h % sh == qh, w % sw == qw) with up to 256 output channels per group, else a kernel
+    # vectorised over the output channels. Phases whose pixels no tap reads (stride 4 with a 3x3
+    # kernel, stride 3 with a 1x1 one) get 0; uneven phases (odd sizes), a stride on one axis,
+    # dilation 2 with stride 3 (one tap per phase), groups; and 260 channels, past the phases'
+    # bound. Each matches the float64 reference on 1 and 3 threads, bit for bit between them.
+    cases = [
+        Case("stride-2-odd", 2, 5, 13, 11, 12, 3, 3, stride=2, padding=1),
+        Case("stride-4-3x3", 1, 3, 17, 18, 9, 3, 3, stride=4, padding=1),
+        Case("stride-3-1x1", 2, 4, 10, 11, 16, 1, 1, stride=3),
+        Case("stride-2-by-1", 2, 3, 9, 20, 10, 3, 3, stride=(2, 1), padding=1),
+        Case("stride-3-dilation-2", 1, 4, 16, 16, 8, 3, 3, stride=3, padding=2, dilation=2),
+        Case("stride-2-groups", 2, 8, 12, 12, 12, 3, 3, stride=2, padding=1, groups=2),
+        Case("stride-2-260-channels", 1, 3, 7, 7, 260, 3, 3, stride=2, padding=1),
+    ]
+    g = torch.Generator().manual_seed(11)
+    for case in cases:
+        x = torch.randn(case.n, case.c, case.h, case.w, generator=g)
+        w = torch.randn(case.co, case.c // case.groups, case.kh, case.kw, generator=g) * 0.7
+        kw = dict(
+            stride=case.stride, padding=case.padding, dilation=case.dilation, groups=case.groups
+        )
+        dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=g)
+        got = on_thread_counts(
+            (1, 3), lambda: addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw, mode=mode)
+        )
+        assert torch.equal(got[0], got[1]), case.name
+        xr = x.double().requires_grad_()
+        reference.adder2d(xr, w.double(), **kw, input_grad=mode).backward(dy.double())
+        torch.testing.assert_close(got[0].double(), xr.grad, rtol=1e-4, atol=1e-4, msg=case.name)
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("mode", ["hardtanh", "exact"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_input_grad_few_channels_per_group(dtype, mode, cpu_isa):
     # At stride 1 with at most 4 output channels per group the kernel sums every tap of a few
     # vectors in registers (input_grad_row_all_taps) instead of adding tap by tap into the
     # gradient: depthwise on whole and widened rows, rows of 5 vectors (4 at once, then 1), a
     # 5 x 5 kernel without padding (taps whose output row is outside are skipped), dilation 2,
-    # 3 input planes per group; and at stride > 1, with fewer channels than a vector holds, a
-    # scalar sum per pixel and tap (input_grad_row_strided_few). Each plane's sums are its own,
+    # 3 input planes per group; and at stride > 1 with few channels (by phases, as at stride 1).
+    # Each plane's sums are its own,
     # on any thread count, match the float64 reference, and at stride 1 are bitwise the
     # tap-by-tap loop's.
     cases = [
@@ -450,7 +485,7 @@ def test_input_grad_few_channels_per_group(dtype, mode, cpu_isa):
         Case("4-per-group-5x5", 2, 6, 12, 16, 8, 5, 5, groups=2),
         Case("1-per-group-dilated", 2, 3, 13, 16, 3, 3, 3, padding=2, dilation=2, groups=3),
         Case("3-planes-2-per-group", 2, 6, 9, 24, 4, 3, 3, padding=1, groups=2),
-        # Stride > 1 with fewer channels than a vector: a scalar sum per pixel and tap.
+        # Stride > 1 with few channels: each phase as at stride 1.
         Case("depthwise-stride-2", 2, 4, 15, 16, 4, 3, 3, stride=2, padding=1, groups=4),
         Case("3-per-group-stride-2-by-1", 2, 4, 9, 13, 6, 3, 3, stride=(2, 1), padding=1, groups=2),
     ]
@@ -509,8 +544,8 @@ INPUT_GRAD_ISA_CASES = [
     Case("rows-of-56", 1, 3, 9, 56, 6, 3, 3, padding=1),
     Case("rows-of-11", 2, 7, 11, 11, 12, 3, 3, padding=1),
     Case("rows-of-8-dilated", 1, 5, 8, 8, 8, 3, 3, padding=2, dilation=2),
-    # Strided (the AVX2 kernel, compiled again in the AVX-512 set): output channels in chunks of
-    # 8 and a tail.
+    # Strided (by phases: the stride-1 kernels of each set on each phase of the input): output
+    # channels in chunks of 8 and a tail.
     Case("stride2-70-channels", 2, 7, 16, 16, 70, 3, 3, stride=2, padding=1),
     Case("stride2-9-channels", 1, 3, 15, 15, 9, 3, 3, stride=2, padding=1),
     Case("stride3-16-channels", 1, 5, 25, 25, 16, 3, 3, stride=3, padding=1),

@@ -21,7 +21,8 @@
 //            over the (oh, ow) whose tap lands on (h, w): one call owns up to IG_PLANES input
 //            planes, so every term is added exactly once and no atomics are needed. Per tap and
 //            output row, vectors of input pixels of those planes accumulate over the group's
-//            output channels, each dY vector loaded once for all the planes.
+//            output channels, each dY vector loaded once for all the planes; at stride > 1, on
+//            each phase of the input (h % sh, w % sw), a stride-1 problem on its pixels.
 // weight_grad dW[co,k] = sum_{n,p} dY[n,co,p] * (P[k,p] - W[co,k])   (Xp = 0 at padded taps)
 //            one call owns a block of taps (two vectors) for all of a group's output channels
 //            and reduces over every image and pixel in a fixed order (deterministic): packed
@@ -1143,6 +1144,118 @@ static inline int64_t input_grad_dy_row(const Adder2dShape& s, int64_t wp) {
   return a > b ? a : b;
 }
 
+// The strided input gradient by phases. Along an axis of stride S, input pixel q + S a (phase q)
+// reads dY through the taps k with (q + pad - k d) % S == 0, k = k0, k0 + step, ... (step =
+// S / gcd(S, d)), and tap k0 + step i maps pixel a to output a + pad' - i d' (pad' = (q + pad -
+// k0 d) / S, exact; d' = d / gcd(S, d)): a stride-1 problem on the phase's pixels, run by the
+// stride-1 kernels on a copy of the phase (vectors of input pixels, the output channels summed
+// into each in order). One axis of a phase:
+struct InputGradPhaseAxis {
+  int64_t size;           // the phase's pixels: ceil((in - q) / S), 0 when q >= in
+  int64_t taps;           // its taps k0, k0 + step, ... below the kernel size
+  int64_t k0, step;       // the first and the step
+  int64_t pad, dilation;  // of the stride-1 problem
+};
+static inline InputGradPhaseAxis input_grad_phase_axis(int64_t q, int64_t in, int64_t kernel,
+                                                       int64_t stride, int64_t pad,
+                                                       int64_t dilation) {
+  InputGradPhaseAxis a{};
+  a.size = q < in ? (in - q + stride - 1) / stride : 0;
+  int64_t g = stride, r = dilation;  // gcd(stride, dilation)
+  while (r != 0) {
+    const int64_t t = g % r;
+    g = r;
+    r = t;
+  }
+  a.step = stride / g;
+  a.dilation = dilation / g;
+  a.k0 = -1;
+  for (int64_t k = 0; k < kernel && k < a.step; ++k)
+    if (((q + pad - k * dilation) % stride + stride) % stride == 0) {
+      a.k0 = k;
+      break;
+    }
+  if (a.k0 < 0) return a;  // no tap: the phase's gradient is 0
+  a.taps = (kernel - a.k0 + a.step - 1) / a.step;
+  const int64_t t = q + pad - a.k0 * dilation;  // a multiple of the stride
+  a.pad = t >= 0 ? t / stride : -(-t / stride);
+  return a;
+}
+
+// The phases' stride-1 problem on the phase's pixels (output size as s).
+static inline Adder2dShape input_grad_phase_shape(const Adder2dShape& s,
+                                                  const InputGradPhaseAxis& h,
+                                                  const InputGradPhaseAxis& w) {
+  Adder2dShape p = s;
+  p.in_h = h.size;
+  p.in_w = w.size;
+  p.kernel_h = h.taps;
+  p.kernel_w = w.taps;
+  p.stride_h = p.stride_w = 1;
+  p.pad_h = h.pad;
+  p.pad_w = w.pad;
+  p.dilation_h = h.dilation;
+  p.dilation_w = w.dilation;
+  p.taps = s.in_channels_per_group * h.taps * w.taps;
+  return p;
+}
+
+// Strided shapes with up to IG_PHASE_MAX_CHANNELS output channels per group and strides,
+// paddings, dilations and kernels up to these take the phases; the others input_grad_row_strided,
+// which vectorises over output channels: with many channels its sum per pixel and tap amortises
+// its lanes' reduction (1 thread, ms, builds alternating: res18.l4.down3x3, 512 channels, 41-43
+// against 46-48 by phases; res18.l2/l3.down3x3, 128/256 channels, even; ResNet-20's down-sampling
+// layers, 32/64 channels, 1.5-2.4x slower). The geometry bounds keep every size far from
+// overflowing. Every build takes the same rule (the AVX-512 one runs its 64-byte stride-1 kernel
+// on the phases, bitwise the AVX2 one's), so that the instruction sets agree bit for bit.
+constexpr int64_t IG_PHASE_MAX_CHANNELS = 256, IG_PHASE_MAX_STRIDE = 4, IG_PHASE_MAX_GEOMETRY = 64;
+static inline bool input_grad_by_phases(const Adder2dShape& s) {
+  const auto small = [](int64_t v) { return v <= IG_PHASE_MAX_GEOMETRY; };
+  return (s.stride_h != 1 || s.stride_w != 1) &&
+         s.out_channels_per_group <= IG_PHASE_MAX_CHANNELS && s.stride_h <= IG_PHASE_MAX_STRIDE &&
+         s.stride_w <= IG_PHASE_MAX_STRIDE && small(s.pad_h) && small(s.pad_w) &&
+         small(s.dilation_h) && small(s.dilation_w) && small(s.kernel_h) && small(s.kernel_w) &&
+         s.in_h <= (int64_t(1) << 24) && s.in_w <= (int64_t(1) << 24);
+}
+
+// The phases' layout in the scratch: dY with zero borders of `border` columns (rows of `row`,
+// enough for every phase), then per plane a phase's copy and its gradient (rows x cols each).
+struct InputGradPhaseLayout {
+  int64_t border, row, rows, cols;
+};
+template <typename T>
+static InputGradPhaseLayout input_grad_phase_layout(const Adder2dShape& s) {
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  InputGradPhaseLayout l{0, s.out_w, 0, 0};
+  for (int64_t qw = 0; qw < s.stride_w && qw < s.in_w; ++qw) {
+    const InputGradPhaseAxis a =
+        input_grad_phase_axis(qw, s.in_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w);
+    if (a.taps == 0) continue;
+    const int64_t b = (a.taps - 1) * a.dilation - a.pad;
+    if (b > l.border) l.border = b;
+  }
+  l.cols = ((s.in_w + s.stride_w - 1) / s.stride_w + VL - 1) / VL * VL;  // phase 0's, the widest
+  for (int64_t qw = 0; qw < s.stride_w && qw < s.in_w; ++qw) {
+    const InputGradPhaseAxis a =
+        input_grad_phase_axis(qw, s.in_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w);
+    if (a.taps != 0 && l.border + a.pad + l.cols > l.row) l.row = l.border + a.pad + l.cols;
+  }
+  if (s.out_w + 2 * l.border > l.row) l.row = s.out_w + 2 * l.border;
+  l.rows = (s.in_h + s.stride_h - 1) / s.stride_h;
+  return l;
+}
+
+template <typename T>
+static int64_t input_grad_phase_scratch(const Adder2dShape& s) {
+  const InputGradPhaseLayout l = input_grad_phase_layout<T>(s);
+  int64_t dyc, planes, n;
+  if (adder2d_mul_add_overflows(s.out_channels_per_group * s.out_h, l.row, 0, &dyc) ||
+      adder2d_mul_add_overflows(2 * IG_PLANES * l.rows, l.cols, 0, &planes) ||
+      __builtin_add_overflow(dyc, planes, &n))
+    return -1;
+  return n;
+}
+
 // Scratch elements input_grad_planes needs, or -1 when the count overflows int64 (huge
 // padding or dilation; the caller refuses the call): dY bordered or transposed, and at stride 1
 // the planes' widened copies when the input width is not whole vectors.
@@ -1150,6 +1263,7 @@ template <typename T>
 static int64_t input_grad_scratch(const Adder2dShape& s) {
   const int64_t cog = s.out_channels_per_group;
   int64_t rows, n, extra = 0;
+  if (input_grad_by_phases(s)) return input_grad_phase_scratch<T>(s);
   if (s.stride_h != 1 || s.stride_w != 1) {
     if (adder2d_mul_add_overflows(s.out_h, s.out_w, 0, &rows) ||
         adder2d_mul_add_overflows(cog, rows, 0, &n))
@@ -1255,6 +1369,80 @@ static void input_grad_row_all_taps(const Adder2dShape& s, const T* dyc, int64_t
   for (int u = 0; u < U; ++u) store_vec(gs + ih * wp + j + u * VL, acc[u]);
 }
 
+// input_grad_planes_mode by phases (input_grad_by_phases(s)): for each phase, its pixels of the
+// np planes copied, the stride-1 kernel over its taps in order (the taps of s in their order),
+// the phase's gradient written back; a phase that no tap reads gets 0.
+template <typename T, bool SIGN>
+static void input_grad_planes_phases(const Adder2dShape& s, const T* dy, const T* x, const T* w,
+                                     T* gx, int64_t np, T* scratch, bool reuse) {
+  const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
+  const int64_t HW = s.in_h * s.in_w, tap_stride = s.in_channels_per_group * cog;
+  const InputGradPhaseLayout l = input_grad_phase_layout<T>(s);
+  T* dyc = scratch;
+  if (!reuse)
+    for (int64_t co = 0; co < cog; ++co)
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        const T* src = dy + co * L + oh * s.out_w;
+        T* dst = dyc + (co * s.out_h + oh) * l.row;
+        for (int64_t j = 0; j < l.border; ++j) dst[j] = T(0);
+        for (int64_t j = 0; j < s.out_w; ++j) dst[l.border + j] = src[j];
+        for (int64_t j = l.border + s.out_w; j < l.row; ++j) dst[j] = T(0);
+      }
+  T* const planes = dyc + cog * s.out_h * l.row;
+  const T* xs[IG_PLANES];
+  T* gs[IG_PLANES];
+  for (int64_t p = 0; p < np; ++p) {
+    xs[p] = planes + 2 * p * l.rows * l.cols;
+    gs[p] = planes + (2 * p + 1) * l.rows * l.cols;
+  }
+  for (int64_t qh = 0; qh < s.stride_h && qh < s.in_h; ++qh) {
+    const InputGradPhaseAxis ah =
+        input_grad_phase_axis(qh, s.in_h, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h);
+    for (int64_t qw = 0; qw < s.stride_w && qw < s.in_w; ++qw) {
+      const InputGradPhaseAxis aw =
+          input_grad_phase_axis(qw, s.in_w, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w);
+      // Pixel (a, b) of the phase: X[qh + sh a][qw + sw b], at a * l.cols + b of the copies.
+      const auto at = [&](int64_t a, int64_t b) {
+        return (qh + s.stride_h * a) * s.in_w + qw + s.stride_w * b;
+      };
+      if (ah.taps == 0 || aw.taps == 0) {
+        for (int64_t p = 0; p < np; ++p)
+          for (int64_t a = 0; a < ah.size; ++a)
+            for (int64_t b = 0; b < aw.size; ++b) gx[p * HW + at(a, b)] = T(0);
+        continue;
+      }
+      const Adder2dShape ps = input_grad_phase_shape(s, ah, aw);
+      for (int64_t p = 0; p < np; ++p) {
+        T* xp = planes + 2 * p * l.rows * l.cols;
+        for (int64_t a = 0; a < ah.size; ++a) {
+          for (int64_t b = 0; b < aw.size; ++b) xp[a * l.cols + b] = x[p * HW + at(a, b)];
+          for (int64_t b = aw.size; b < l.cols; ++b) xp[a * l.cols + b] = T(0);
+        }
+        for (int64_t i = 0; i < ah.size * l.cols; ++i) gs[p][i] = T(0);
+      }
+      for (int64_t i = 0; i < ah.taps; ++i)
+        for (int64_t j = 0; j < aw.taps; ++j) {
+          const int64_t tap = (ah.k0 + ah.step * i) * s.kernel_w + aw.k0 + aw.step * j;
+          const T* const wtap = w + tap * tap_stride;  // [plane][co]
+          const int64_t ow_first = l.border + aw.pad - j * aw.dilation;
+          int64_t p = 0;
+          for (; p + 4 <= np; p += 4)
+            input_grad_tap_vectors<T, SIGN, 4>(ps, dyc, l.row, ow_first, i, xs + p, gs + p, l.cols,
+                                               wtap + p * cog);
+          for (; p + 2 <= np; p += 2)
+            input_grad_tap_vectors<T, SIGN, 2>(ps, dyc, l.row, ow_first, i, xs + p, gs + p, l.cols,
+                                               wtap + p * cog);
+          for (; p < np; ++p)
+            input_grad_tap_vectors<T, SIGN, 1>(ps, dyc, l.row, ow_first, i, xs + p, gs + p, l.cols,
+                                               wtap + p * cog);
+        }
+      for (int64_t p = 0; p < np; ++p)
+        for (int64_t a = 0; a < ah.size; ++a)
+          for (int64_t b = 0; b < aw.size; ++b) gx[p * HW + at(a, b)] = gs[p][a * l.cols + b];
+    }
+  }
+}
+
 // dX of np <= IG_PLANES consecutive input planes (n, c), (n, c + 1), ... of one image and group.
 // dy: dY[n, g*Cog] (the group's output channels); x and gx: the first plane (the next ones follow
 // at in_h * in_w); w: the group's weights rearranged as [tap][ci][co] (KernelSet), from the first
@@ -1265,6 +1453,10 @@ static void input_grad_row_all_taps(const Adder2dShape& s, const T* dyc, int64_t
 template <typename T, bool SIGN>
 static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* x, const T* w,
                                    T* gx, int64_t np, T* scratch, bool reuse) {
+  if (input_grad_by_phases(s)) {
+    input_grad_planes_phases<T, SIGN>(s, dy, x, w, gx, np, scratch, reuse);
+    return;
+  }
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
   const int64_t HW = s.in_h * s.in_w, tap_stride = s.in_channels_per_group * cog;
   T* dyc = scratch;  // dY with zero-bordered rows (stride 1) or transposed
