@@ -438,8 +438,10 @@ def test_input_grad_strided_by_phases_and_by_channels(mode, cpu_isa):
     # h % sh == qh, w % sw == qw) with up to 256 output channels per group, else a kernel
     # vectorised over the output channels. Phases whose pixels no tap reads (stride 4 with a 3x3
     # kernel, stride 3 with a 1x1 one) get 0; uneven phases (odd sizes), a stride on one axis,
-    # dilation 2 with stride 3 (one tap per phase), groups; and 260 channels, past the phases'
-    # bound. Each matches the float64 reference on 1 and 3 threads, bit for bit between them.
+    # dilation 2 with stride 3 (one tap per phase), groups; and past the phases' bounds the kernel
+    # over output channels: 260 channels over 7 planes (blocks of 4, 2 and 1), and stride 5 with 1
+    # channel per group (a scalar sum per pixel and tap). Each matches the float64 reference on 1
+    # and 3 threads, bit for bit between them.
     cases = [
         Case("stride-2-odd", 2, 5, 13, 11, 12, 3, 3, stride=2, padding=1),
         Case("stride-4-3x3", 1, 3, 17, 18, 9, 3, 3, stride=4, padding=1),
@@ -447,7 +449,8 @@ def test_input_grad_strided_by_phases_and_by_channels(mode, cpu_isa):
         Case("stride-2-by-1", 2, 3, 9, 20, 10, 3, 3, stride=(2, 1), padding=1),
         Case("stride-3-dilation-2", 1, 4, 16, 16, 8, 3, 3, stride=3, padding=2, dilation=2),
         Case("stride-2-groups", 2, 8, 12, 12, 12, 3, 3, stride=2, padding=1, groups=2),
-        Case("stride-2-260-channels", 1, 3, 7, 7, 260, 3, 3, stride=2, padding=1),
+        Case("stride-2-260-channels", 1, 7, 7, 7, 260, 3, 3, stride=2, padding=1),
+        Case("stride-5-depthwise", 2, 4, 16, 16, 4, 3, 3, stride=5, padding=1, groups=4),
     ]
     g = torch.Generator().manual_seed(11)
     for case in cases:
@@ -544,11 +547,13 @@ INPUT_GRAD_ISA_CASES = [
     Case("rows-of-56", 1, 3, 9, 56, 6, 3, 3, padding=1),
     Case("rows-of-11", 2, 7, 11, 11, 12, 3, 3, padding=1),
     Case("rows-of-8-dilated", 1, 5, 8, 8, 8, 3, 3, padding=2, dilation=2),
-    # Strided (by phases: the stride-1 kernels of each set on each phase of the input): output
-    # channels in chunks of 8 and a tail.
+    # Strided: by phases (the stride-1 kernels of each set on each phase of the input), and with
+    # 260 output channels over 7 planes the kernel over output channels (chunks of 8 and a tail,
+    # blocks of 4, 2 and 1 planes).
     Case("stride2-70-channels", 2, 7, 16, 16, 70, 3, 3, stride=2, padding=1),
     Case("stride2-9-channels", 1, 3, 15, 15, 9, 3, 3, stride=2, padding=1),
     Case("stride3-16-channels", 1, 5, 25, 25, 16, 3, 3, stride=3, padding=1),
+    Case("stride2-260-channels", 1, 7, 9, 9, 260, 3, 3, stride=2, padding=1),
 ]
 
 

@@ -1205,7 +1205,7 @@ static inline Adder2dShape input_grad_phase_shape(const Adder2dShape& s,
 // which vectorises over output channels: with many channels its sum per pixel and tap amortises
 // its lanes' reduction (1 thread, ms, builds alternating: res18.l4.down3x3, 512 channels, 41-43
 // against 46-48 by phases; res18.l2/l3.down3x3, 128/256 channels, even; ResNet-20's down-sampling
-// layers, 32/64 channels, 1.5-2.4x slower). The geometry bounds keep every size far from
+// layers, 32/64 channels, 1.2-2.3x slower in four pairs). The geometry bounds keep every size far from
 // overflowing. Every build takes the same rule (the AVX-512 one runs its 64-byte stride-1 kernel
 // on the phases, bitwise the AVX2 one's), so that the instruction sets agree bit for bit.
 constexpr int64_t IG_PHASE_MAX_CHANNELS = 256, IG_PHASE_MAX_STRIDE = 4, IG_PHASE_MAX_GEOMETRY = 64;
@@ -1258,7 +1258,8 @@ static int64_t input_grad_phase_scratch(const Adder2dShape& s) {
 
 // Scratch elements input_grad_planes needs, or -1 when the count overflows int64 (huge
 // padding or dilation; the caller refuses the call): dY bordered or transposed, and at stride 1
-// the planes' widened copies when the input width is not whole vectors.
+// the planes' widened copies when the input width is not whole vectors; by phases, dY bordered
+// for every phase and a phase's copies of the planes (input_grad_phase_scratch).
 template <typename T>
 static int64_t input_grad_scratch(const Adder2dShape& s) {
   const int64_t cog = s.out_channels_per_group;
@@ -1448,8 +1449,8 @@ static void input_grad_planes_phases(const Adder2dShape& s, const T* dy, const T
 // at in_h * in_w); w: the group's weights rearranged as [tap][ci][co] (KernelSet), from the first
 // plane's ci, so that a tap's weights of the np planes are np consecutive rows of Cog (the
 // kernels' w[p * cog + co]). scratch: input_grad_scratch(s) elements; it holds dY with zero borders
-// (stride 1) or transposed, rebuilt unless `reuse` says the previous call on this scratch had the
-// same dy. Each plane's sums run in the same order whatever np is (taps, then output channels).
+// (stride 1, or for every phase by phases) or transposed, rebuilt unless `reuse` says the previous
+// call on this scratch had the same dy. Each plane's sums run in the same order whatever np is (taps, then output channels).
 template <typename T, bool SIGN>
 static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* x, const T* w,
                                    T* gx, int64_t np, T* scratch, bool reuse) {
