@@ -1390,7 +1390,7 @@ static void input_grad_planes_phases(const Adder2dShape& s, const T* dy, const T
         for (int64_t j = l.border + s.out_w; j < l.row; ++j) dst[j] = T(0);
       }
   T* const planes = dyc + cog * s.out_h * l.row;
-  const T* xs[IG_PLANES];
+  T* xs[IG_PLANES];  // the phase's copies of the planes
   T* gs[IG_PLANES];
   for (int64_t p = 0; p < np; ++p) {
     xs[p] = planes + 2 * p * l.rows * l.cols;
@@ -1414,7 +1414,7 @@ static void input_grad_planes_phases(const Adder2dShape& s, const T* dy, const T
       }
       const Adder2dShape ps = input_grad_phase_shape(s, ah, aw);
       for (int64_t p = 0; p < np; ++p) {
-        T* xp = planes + 2 * p * l.rows * l.cols;
+        T* const xp = xs[p];
         for (int64_t a = 0; a < ah.size; ++a) {
           for (int64_t b = 0; b < aw.size; ++b) xp[a * l.cols + b] = x[p * HW + at(a, b)];
           for (int64_t b = aw.size; b < l.cols; ++b) xp[a * l.cols + b] = T(0);
