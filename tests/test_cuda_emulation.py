@@ -125,8 +125,8 @@ MUTATIONS = {
     # At stride 2 a phase's next row of taps is tap_row further in W, not tap_step.
     "input_grad_tiled_phase_walk_wrong_row_step": (
         "cuda/adder2d_input_grad_kernels.cuh",
-        "              tap += walk.tap_row;\n",
-        "              tap += walk.tap_step;\n",
+        "                tap += walk.tap_row;\n",
+        "                tap += walk.tap_step;\n",
         K_IGRAD_TILED,
         1,
         [
@@ -137,7 +137,25 @@ MUTATIONS = {
                 ops=("igrad",),
             )
         ],  # fmt: skip
-        r"FAIL mut_igrad_walk f32 input_grad_tiled_hardtanh .*float64 reference",
+        r"FAIL mut_igrad_walk f32 input_grad_tiled_phased_hardtanh .*float64 reference",
+    ),
+    # At stride 1 the kernel without the phase walk runs (adder2d_input_grad_tiled_kernel): without
+    # the step back to the row's first tap its output pixel drifts.
+    "input_grad_tiled_stride1_row_step_dropped": (
+        "cuda/adder2d_input_grad_kernels.cuh",
+        "                ow += g.kernel_w * g.dilation_w;\n",
+        "",
+        K_IGRAD_TILED,
+        1,
+        [
+            EmulationCase(
+                Case("mut_igrad_row", 1, 8, 6, 6, 8, 3, 3, padding=1),
+                ("f32",),
+                False,
+                ops=("igrad",),
+            )
+        ],  # fmt: skip
+        r"FAIL mut_igrad_row f32 input_grad_tiled_hardtanh .*float64 reference",
     ),
     "weight_grad_threads_skip_barrier": (
         "cuda/adder2d_weight_grad_kernels.cuh",
@@ -345,7 +363,8 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
             assert at1 > 0 and forced > 0, (kernel, dtype, "not picked at 1 SM or never forced")
             if dtype == "f32" or kernel not in ("forward_tiled_128x128", "forward_tiled_16x256"):
                 assert at108 > 0 and at132 > 0, (kernel, dtype, "not picked at 108 or 132 SMs")
-    input_grad = ("tiled_hardtanh", "tiled_exact", "gather_hardtanh", "gather_exact")
+    input_grad = ("tiled", "tiled_phased", "gather")
+    input_grad = [f"{k}_{mode}" for k in input_grad for mode in ("hardtanh", "exact")]
     for kernel in ("input_grad_" + k for k in input_grad):
         for dtype in ("f32", "f64", "f16", "bf16"):
             cases, at1, at108, at132, forced = counts.get((kernel, dtype), [0] * 5)
@@ -361,9 +380,9 @@ def test_emulated_kernels(emulators, tmp_path, pytestconfig):
     m = re.search(r"DONE cases=(\d+) failures=0 shared_arrays=(\d+)", r.stdout)
     assert m and int(m.group(1)) == len(EMULATION_CASES), r.stdout[-2000:]
     # ws, xs of 13 forward tiles (4 tiles x 3 dtypes + float64 64x64); ds, xs, tap_offset, tap_kh,
-    # tap_kw, centre, dy_sum of the weight-gradient kernel in 4 dtypes; ds, ws, walk of the tiled
-    # input gradient in 4 dtypes x 2 modes
-    assert int(m.group(2)) == 2 * 13 + 7 * 4 + 3 * 8, "shared arrays found for poisoning"
+    # tap_kw, centre, dy_sum of the weight-gradient kernel in 4 dtypes; ds, ws of the tiled input
+    # gradient in 4 dtypes x 2 modes x 2 instances (stride 1, phased), walk in the phased ones
+    assert int(m.group(2)) == 2 * 13 + 7 * 4 + 2 * 16 + 8, "shared arrays found for poisoning"
     _check_weight_grad_runs(r.stdout, pytestconfig)
 
 

@@ -44,13 +44,8 @@ Tensor adder2d_input_grad_cuda(const Tensor& grad_output, const Tensor& input, c
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     if (c.variant == InputGradVariant::Tiled) {
       const dim3 grid{unsigned(c.grid_x), unsigned(c.grid_y)};
-      if (sign_mode) {
-        adder2d_input_grad_tiled<scalar_t, A, true>
-            <<<grid, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, c.pixel_tiles, c.channel_tiles);
-      } else {
-        adder2d_input_grad_tiled<scalar_t, A, false>
-            <<<grid, kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, c.pixel_tiles, c.channel_tiles);
-      }
+      adder2d_input_grad_tiled_kernel<scalar_t, A>(g, sign_mode)<<<grid, kThreads, 0, stream>>>(
+          dyp, xp, wp, gxp, g, c.pixel_tiles, c.channel_tiles);
     } else if (sign_mode) {
       adder2d_input_grad_gather<scalar_t, A, true>
           <<<unsigned(c.grid_x), kThreads, 0, stream>>>(dyp, xp, wp, gxp, g, c.total);

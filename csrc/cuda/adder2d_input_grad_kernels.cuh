@@ -18,7 +18,8 @@
 // none does: kh is a tap of the phase iff qh + ph - kh*dh is a multiple of sh, and then pixel
 // h = qh + sh*a reads row oh = a + (qh + ph - kh*dh) / sh (the same along w). The taps of a phase
 // form an arithmetic progression on each axis (PhaseAxis); at stride 1 there is one phase and
-// every tap. Per group and phase, dX[c, p] = sum_k HT(W[k, c] - X[c, p]) * D[k, p] with p =
+// every tap (the kernel is then instantiated without the phase arithmetic, PHASED false). Per
+// group and phase, dX[c, p] = sum_k HT(W[k, c] - X[c, p]) * D[k, p] with p =
 // (n, a, b) the phase's pixel, k = (kh, kw, co) the reduction index (the phase's taps row-major,
 // then the group's output channels ascending) and D[k, p] = dY[n, co, oh, ow], or 0 where the tap
 // lands outside the output. A block owns IG_BC = 16 input channels of one group and IG_BP = 256
@@ -181,7 +182,7 @@ __device__ __forceinline__ A tiled_ht(A z) {
   return clamp_unit(z);
 }
 
-template <typename T, typename A, bool SIGN>
+template <typename T, typename A, bool SIGN, bool PHASED>
 __global__ void __launch_bounds__(kThreads)
     adder2d_input_grad_tiled(const T* __restrict__ dy, const T* __restrict__ x,
                              const T* __restrict__ w, T* __restrict__ gx, Adder2dGeom g,
@@ -212,26 +213,28 @@ __global__ void __launch_bounds__(kThreads)
     // W[grp*cog + wk + co0, ci0 + wc, tap] = wrow[co0 * cig * ka + tap]
     const T* wrow = w + ((grp * cog + (w_ok ? wk : 0)) * cig + (w_ok ? ci0 + wc : 0)) * ka;
     for (int64_t pt = blockIdx.x; pt < pixel_tiles; pt += gridDim.x) {
-      // The phase of tile pt and the tile's place in it.
+      // The phase of tile pt and the tile's place in it (stride 1: one phase, every tap).
       int qh = 0, qw = 0;
       int64_t p0 = pt;
-      PhaseAxis ah, aw;
-      int64_t pixels = 0;
-      for (;;) {
-        ah = phase_axis(qh, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-        aw = phase_axis(qw, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
-        pixels = g.batch * ah.size * aw.size;
-        const int64_t tiles = (pixels + IG_BP - 1) / IG_BP;
-        if (p0 < tiles) break;
-        p0 -= tiles;
-        if (++qw == g.stride_w) {
-          qw = 0;
-          ++qh;
+      PhaseAxis ah{g.in_h, 0, 1, g.kernel_h}, aw{g.in_w, 0, 1, g.kernel_w};
+      int64_t pixels = g.batch * g.in_plane;
+      if constexpr (PHASED) {
+        for (;;) {
+          ah = phase_axis(qh, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+          aw = phase_axis(qw, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+          pixels = g.batch * ah.size * aw.size;
+          const int64_t tiles = (pixels + IG_BP - 1) / IG_BP;
+          if (p0 < tiles) break;
+          p0 -= tiles;
+          if (++qw == g.stride_w) {
+            qw = 0;
+            ++qh;
+          }
         }
       }
       p0 *= IG_BP;
-      const int64_t phase_plane = ah.size * aw.size;
-      const int64_t steps = int64_t(ah.count) * aw.count * chunks;
+      const int64_t phase_plane = PHASED ? ah.size * aw.size : g.in_plane;
+      const int64_t steps = (PHASED ? int64_t(ah.count) * aw.count : ka) * chunks;
       // The pixel this thread stages D for: row s_a and column s_b of the phase.
       const int64_t sp = p0 + tid;
       const bool s_ok = sp < pixels;
@@ -250,11 +253,12 @@ __global__ void __launch_bounds__(kThreads)
         int64_t img = 0, pix = 0, a = 0, b = 0;
         if (p < pixels) {
           divmod_nonneg(p, phase_plane, img, pix);
-          divmod_nonneg(pix, aw.size, a, b);
+          if constexpr (PHASED) {
+            divmod_nonneg(pix, aw.size, a, b);
+            pix = (qh + g.stride_h * a) * g.in_w + qw + g.stride_w * b;
+          }
         }
-        base[j] = p < pixels ? img * g.in_channels * g.in_plane + (qh + g.stride_h * a) * g.in_w +
-                                   qw + g.stride_w * b
-                             : -1;
+        base[j] = p < pixels ? img * g.in_channels * g.in_plane + pix : -1;
       }
 #pragma unroll
       for (int i = 0; i < IG_T; ++i) {
@@ -273,7 +277,7 @@ __global__ void __launch_bounds__(kThreads)
       // next tap along a row moves ow by -dow, each next row oh by -doh (ow back to its start).
       // Written by thread 0: every other thread reads them after the barriers of the first step,
       // and the last read of the previous tile's came before the barriers of its last step.
-      if (tid == 0) {
+      if (PHASED && tid == 0) {
         walk.row_taps = aw.count;
         walk.tap_step = aw.step;
         walk.tap_row = ah.step * g.kernel_w - (aw.count - 1) * aw.step;
@@ -284,8 +288,11 @@ __global__ void __launch_bounds__(kThreads)
       }
       int tw = 0, co0 = 0;  // the tap's place in its row of the phase's taps
       int tap = ah.first * g.kernel_w + aw.first;
-      int oh = int(s_row + (qh + int64_t(g.pad_h) - int64_t(ah.first) * g.dilation_h) / g.stride_h);
-      int ow = int(s_col + (qw + int64_t(g.pad_w) - int64_t(aw.first) * g.dilation_w) / g.stride_w);
+      int oh = int(s_row) + g.pad_h, ow = int(s_col) + g.pad_w;
+      if constexpr (PHASED) {
+        oh = int(s_row + (qh + int64_t(g.pad_h) - int64_t(ah.first) * g.dilation_h) / g.stride_h);
+        ow = int(s_col + (qw + int64_t(g.pad_w) - int64_t(aw.first) * g.dilation_w) / g.stride_w);
+      }
       int64_t doff = -1;  // dY offset of the group's output channel 0 at (oh, ow); -1: no pixel
       auto tap_source = [&]() {
         const bool ok =
@@ -318,14 +325,24 @@ __global__ void __launch_bounds__(kThreads)
           co0 += IG_BK;
           if (co0 >= cog) {
             co0 = 0;
-            if (++tw < walk.row_taps) {
-              tap += walk.tap_step;
-              ow -= walk.dow;
-            } else {
-              tw = 0;
-              tap += walk.tap_row;
-              ow += walk.ow_row;
-              oh -= walk.doh;
+            if constexpr (PHASED) {
+              if (++tw < walk.row_taps) {
+                tap += walk.tap_step;
+                ow -= walk.dow;
+              } else {
+                tw = 0;
+                tap += walk.tap_row;
+                ow += walk.ow_row;
+                oh -= walk.doh;
+              }
+            } else {  // every tap, the output pixel stepped by the dilation
+              ++tap;
+              ow -= g.dilation_w;
+              if (++tw == g.kernel_w) {
+                tw = 0;
+                ow += g.kernel_w * g.dilation_w;
+                oh -= g.dilation_h;
+              }
             }
             tap_source();
           }
@@ -409,6 +426,24 @@ inline InputGradLaunch adder2d_input_grad_launch(const Adder2dGeom& g, const Lau
   const bool tiled = adder2d_input_grad_tiled_fits(g) && g.in_per_group >= IG_MIN_CHANNELS;
   return adder2d_input_grad_launch_variant(
       g, tiled ? InputGradVariant::Tiled : InputGradVariant::Gather, lim);
+}
+
+// The tiled kernel for a shape, as the CUDA launcher and the emulation launch it: the phase walk
+// (PHASED) only where a stride is past 1. At stride 1 the kernel without it is the one that ran
+// before the phases were added; with it, the stride-1 input gradient took 6-14% longer on the
+// H200 (benchmarks/NOTES.md).
+template <typename T>
+using InputGradTiledKernel = void (*)(const T*, const T*, const T*, T*, Adder2dGeom, int64_t,
+                                      int64_t);
+
+template <typename T, typename A>
+InputGradTiledKernel<T> adder2d_input_grad_tiled_kernel(const Adder2dGeom& g, bool sign) {
+  const bool phased = g.stride_h > 1 || g.stride_w > 1;
+  if (sign)
+    return phased ? adder2d_input_grad_tiled<T, A, true, true>
+                  : adder2d_input_grad_tiled<T, A, true, false>;
+  return phased ? adder2d_input_grad_tiled<T, A, false, true>
+                : adder2d_input_grad_tiled<T, A, false, false>;
 }
 
 }  // namespace cuda

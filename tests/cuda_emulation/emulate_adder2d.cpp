@@ -488,12 +488,8 @@ std::string launch_input_grad(Data<T>& d, T* gx, const InputGradLaunch& c, bool 
     if constexpr ((EMU_KERNELS & 64) != 0)
       return emu::Device::get().launch(name, dim3(unsigned(c.grid_x), unsigned(c.grid_y)),
                                        dim3(kThreads), sched, [&] {
-                                         if (sign)
-                                           adder2d_input_grad_tiled<T, A, true>(
-                                               dy, x, w, gx, d.g, c.pixel_tiles, c.channel_tiles);
-                                         else
-                                           adder2d_input_grad_tiled<T, A, false>(
-                                               dy, x, w, gx, d.g, c.pixel_tiles, c.channel_tiles);
+                                         adder2d_input_grad_tiled_kernel<T, A>(d.g, sign)(
+                                             dy, x, w, gx, d.g, c.pixel_tiles, c.channel_tiles);
                                        });
   } else {
     if constexpr ((EMU_KERNELS & 16) != 0)
@@ -523,8 +519,10 @@ void run_input_grad(const Spec& c, Data<T>& d) {
     for (const auto& [v, how] : variants) {
       if (!(EMU_KERNELS & (v == InputGradVariant::Tiled ? 64 : 16))) continue;
       const InputGradLaunch cfg = adder2d_input_grad_launch_variant(d.g, v, limits(c, 1));
-      const std::string kernel =
-          std::string(input_grad_variant_name(v)) + (sign ? "_exact" : "_hardtanh");
+      // The tiled kernel's two instances (adder2d_input_grad_tiled_kernel) count apart.
+      const bool phased = v == InputGradVariant::Tiled && (d.g.stride_h > 1 || d.g.stride_w > 1);
+      const std::string kernel = std::string(input_grad_variant_name(v)) +
+                                 (phased ? "_phased" : "") + (sign ? "_exact" : "_hardtanh");
       if (cfg.total > 0) {  // the op entry returns before launching for an empty input
         OpRun<T> op = [&](T* gx, const emu::Schedule& sched) {
           return launch_input_grad<T>(d, gx, cfg, sign, kernel + "<" + Dtype<T>::name + ">", sched);
