@@ -112,4 +112,38 @@ ADDER_HOST_DEVICE void adder2d_valid_out_range(int64_t k, int64_t stride, int64_
   *end = hi;
 }
 
+// One axis of a phase of a strided layer's input gradient. Phase q holds the input pixels
+// h = q + stride * a, a < size; through tap k either all of them read an output pixel or none
+// does: the taps that do are k = first + step * t, t < count (those with q + pad - k * dilation a
+// multiple of the stride; step = stride / gcd(stride, dilation)), and through tap first + step * t
+// pixel a reads output row a + (q + pad - first * dilation) / stride - t * step * dilation /
+// stride, the divisions exact: a stride-1 problem on the phase's pixels. count 0 (first = kernel):
+// no tap reads the phase, its gradient is 0. The CPU and CUDA input gradients both split by it.
+struct Adder2dPhaseAxis {
+  int64_t size = 0;
+  int first = 0, step = 1, count = 0;
+};
+
+ADDER_HOST_DEVICE Adder2dPhaseAxis adder2d_phase_axis(int q, int64_t in, int kernel, int stride,
+                                                      int pad, int dilation) {
+  Adder2dPhaseAxis a;
+  a.size = q < in ? (in - q + stride - 1) / stride : 0;
+  int gcd = stride, r = dilation % stride;
+  while (r != 0) {
+    const int t = gcd % r;
+    gcd = r;
+    r = t;
+  }
+  a.step = stride / gcd;  // validity repeats with this period in k
+  a.first = kernel;
+  for (int k = 0; k < a.step && k < kernel; ++k) {
+    if ((int64_t(q) + pad - int64_t(k) * dilation) % stride == 0) {
+      a.first = k;
+      break;
+    }
+  }
+  a.count = a.first < kernel ? (kernel - 1 - a.first) / a.step + 1 : 0;
+  return a;
+}
+
 }  // namespace addernet

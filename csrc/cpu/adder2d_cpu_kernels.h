@@ -1144,39 +1144,30 @@ static inline int64_t input_grad_dy_row(const Adder2dShape& s, int64_t wp) {
   return a > b ? a : b;
 }
 
-// The strided input gradient by phases. Along an axis of stride S, input pixel q + S a (phase q)
-// reads dY through the taps k with (q + pad - k d) % S == 0, k = k0, k0 + step, ... (step =
-// S / gcd(S, d)), and tap k0 + step i maps pixel a to output a + pad' - i d' (pad' = (q + pad -
-// k0 d) / S, exact; d' = d / gcd(S, d)): a stride-1 problem on the phase's pixels, run by the
-// stride-1 kernels on a copy of the phase (vectors of input pixels, the output channels summed
-// into each in order). One axis of a phase:
+// The strided input gradient by phases (Adder2dPhaseAxis, adder2d_shape.h): phase q's pixels
+// q + S a read dY through taps k0 + step i, tap k0 + step i mapping pixel a to output a + pad' -
+// i d' (pad' = (q + pad - k0 d) / S, exact; d' = d step / S): a stride-1 problem on the phase's
+// pixels, run by the stride-1 kernels on a copy of the phase (vectors of input pixels, the output
+// channels summed into each in order). One axis of a phase:
 struct InputGradPhaseAxis {
   int64_t size;           // the phase's pixels: ceil((in - q) / S), 0 when q >= in
   int64_t taps;           // its taps k0, k0 + step, ... below the kernel size
   int64_t k0, step;       // the first and the step
   int64_t pad, dilation;  // of the stride-1 problem
 };
+// Called only where input_grad_by_phases holds: every argument fits an int.
 static inline InputGradPhaseAxis input_grad_phase_axis(int64_t q, int64_t in, int64_t kernel,
                                                        int64_t stride, int64_t pad,
                                                        int64_t dilation) {
+  const Adder2dPhaseAxis p =
+      adder2d_phase_axis(int(q), in, int(kernel), int(stride), int(pad), int(dilation));
   InputGradPhaseAxis a{};
-  a.size = q < in ? (in - q + stride - 1) / stride : 0;
-  int64_t g = stride, r = dilation;  // gcd(stride, dilation)
-  while (r != 0) {
-    const int64_t t = g % r;
-    g = r;
-    r = t;
-  }
-  a.step = stride / g;
-  a.dilation = dilation / g;
-  a.k0 = -1;
-  for (int64_t k = 0; k < kernel && k < a.step; ++k)
-    if (((q + pad - k * dilation) % stride + stride) % stride == 0) {
-      a.k0 = k;
-      break;
-    }
-  if (a.k0 < 0) return a;  // no tap: the phase's gradient is 0
-  a.taps = (kernel - a.k0 + a.step - 1) / a.step;
+  a.size = p.size;
+  a.taps = p.count;
+  a.k0 = p.first;
+  a.step = p.step;
+  a.dilation = p.step * dilation / stride;
+  if (a.taps == 0) return a;                    // no tap: the phase's gradient is 0
   const int64_t t = q + pad - a.k0 * dilation;  // a multiple of the stride
   a.pad = t >= 0 ? t / stride : -(-t / stride);
   return a;

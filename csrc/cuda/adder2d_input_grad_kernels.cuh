@@ -17,7 +17,7 @@
 // h % sh == qh and w % sw == qw; through a tap (kh, kw) either all of them read an output pixel or
 // none does: kh is a tap of the phase iff qh + ph - kh*dh is a multiple of sh, and then pixel
 // h = qh + sh*a reads row oh = a + (qh + ph - kh*dh) / sh (the same along w). The taps of a phase
-// form an arithmetic progression on each axis (PhaseAxis); at stride 1 there is one phase and
+// form an arithmetic progression on each axis (Adder2dPhaseAxis, adder2d_shape.h); at stride 1 there is one phase and
 // every tap (the kernel is then instantiated without the phase arithmetic, PHASED false). Per
 // group and phase, dX[c, p] = sum_k HT(W[k, c] - X[c, p]) * D[k, p] with p =
 // (n, a, b) the phase's pixel, k = (kh, kw, co) the reduction index (the phase's taps row-major,
@@ -112,42 +112,12 @@ constexpr int IG_T = 4;     // micro-tile: 4 input channels x 4 pixels per threa
 constexpr int IG_MIN_CHANNELS = 8;
 constexpr int IG_MAX_STRIDE = 4;
 
-// One axis of a phase: the input rows h = q + stride * a, a < size, and the taps k = first +
-// step * t, t < count, through which they read output row (q + pad - k * dilation) / stride + a
-// (exact: the taps are those that make q + pad - k * dilation a multiple of the stride).
-struct PhaseAxis {
-  int64_t size = 0;
-  int first = 0, step = 1, count = 0;
-};
-
 // A phase's walk over its taps, row-major: row_taps taps per row, tap index steps of tap_step
 // along a row and tap_row from a row's last tap to the next row's first; the output pixel moves by
 // -dow along a row, and by -doh with ow back by ow_row to the next row.
 struct TapWalk {
   int row_taps, tap_step, tap_row, dow, doh, ow_row;
 };
-
-ADDER_HOST_DEVICE PhaseAxis phase_axis(int q, int64_t in, int kernel, int stride, int pad,
-                                       int dilation) {
-  PhaseAxis a;
-  a.size = q < in ? (in - q + stride - 1) / stride : 0;
-  int gcd = stride, r = dilation % stride;
-  while (r != 0) {
-    const int t = gcd % r;
-    gcd = r;
-    r = t;
-  }
-  a.step = stride / gcd;  // validity repeats with this period in k
-  a.first = kernel;
-  for (int k = 0; k < a.step && k < kernel; ++k) {
-    if ((int64_t(q) + pad - int64_t(k) * dilation) % stride == 0) {
-      a.first = k;
-      break;
-    }
-  }
-  a.count = a.first < kernel ? (kernel - 1 - a.first) / a.step + 1 : 0;
-  return a;
-}
 
 // clamp(z, -1, 1), NaN stays NaN: FMNMX.NAN on sm_80+, comparisons elsewhere (and on the host).
 __device__ __forceinline__ float clamp_unit(float z) {
@@ -216,12 +186,12 @@ __global__ void __launch_bounds__(kThreads)
       // The phase of tile pt and the tile's place in it (stride 1: one phase, every tap).
       int qh = 0, qw = 0;
       int64_t p0 = pt;
-      PhaseAxis ah{g.in_h, 0, 1, g.kernel_h}, aw{g.in_w, 0, 1, g.kernel_w};
+      Adder2dPhaseAxis ah{g.in_h, 0, 1, g.kernel_h}, aw{g.in_w, 0, 1, g.kernel_w};
       int64_t pixels = g.batch * g.in_plane;
       if constexpr (PHASED) {
         for (;;) {
-          ah = phase_axis(qh, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-          aw = phase_axis(qw, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+          ah = adder2d_phase_axis(qh, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+          aw = adder2d_phase_axis(qw, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
           pixels = g.batch * ah.size * aw.size;
           const int64_t tiles = (pixels + IG_BP - 1) / IG_BP;
           if (p0 < tiles) break;
@@ -408,8 +378,10 @@ inline InputGradLaunch adder2d_input_grad_launch_variant(const Adder2dGeom& g, I
   }
   for (int qh = 0; qh < g.stride_h; ++qh) {
     for (int qw = 0; qw < g.stride_w; ++qw) {
-      const PhaseAxis ah = phase_axis(qh, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-      const PhaseAxis aw = phase_axis(qw, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+      const Adder2dPhaseAxis ah =
+          adder2d_phase_axis(qh, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+      const Adder2dPhaseAxis aw =
+          adder2d_phase_axis(qw, g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
       c.pixel_tiles += ceil_div(g.batch * ah.size * aw.size, IG_BP);
     }
   }
