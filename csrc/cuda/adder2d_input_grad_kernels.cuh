@@ -17,9 +17,9 @@
 // h % sh == qh and w % sw == qw; through a tap (kh, kw) either all of them read an output pixel or
 // none does: kh is a tap of the phase iff qh + ph - kh*dh is a multiple of sh, and then pixel
 // h = qh + sh*a reads row oh = a + (qh + ph - kh*dh) / sh (the same along w). The taps of a phase
-// form an arithmetic progression on each axis (Adder2dPhaseAxis, adder2d_shape.h); at stride 1 there is one phase and
-// every tap (the kernel is then instantiated without the phase arithmetic, PHASED false). Per
-// group and phase, dX[c, p] = sum_k HT(W[k, c] - X[c, p]) * D[k, p] with p =
+// form an arithmetic progression on each axis (Adder2dPhaseAxis, adder2d_shape.h); at stride 1
+// there is one phase and every tap (the kernel is then instantiated without the phase arithmetic,
+// PHASED false). Per group and phase, dX[c, p] = sum_k HT(W[k, c] - X[c, p]) * D[k, p] with p =
 // (n, a, b) the phase's pixel, k = (kh, kw, co) the reduction index (the phase's taps row-major,
 // then the group's output channels ascending) and D[k, p] = dY[n, co, oh, ow], or 0 where the tap
 // lands outside the output. A block owns IG_BC = 16 input channels of one group and IG_BP = 256

@@ -519,8 +519,15 @@ void run_input_grad(const Spec& c, Data<T>& d) {
     for (const auto& [v, how] : variants) {
       if (!(EMU_KERNELS & (v == InputGradVariant::Tiled ? 64 : 16))) continue;
       const InputGradLaunch cfg = adder2d_input_grad_launch_variant(d.g, v, limits(c, 1));
-      // The tiled kernel's two instances (adder2d_input_grad_tiled_kernel) count apart.
-      const bool phased = v == InputGradVariant::Tiled && (d.g.stride_h > 1 || d.g.stride_w > 1);
+      // The tiled kernel's two instances count apart, named by the one the launcher's selector
+      // returns.
+      bool phased = false;
+      if constexpr ((EMU_KERNELS & 64) != 0) {
+        using A = typename AccType<T>::type;
+        phased =
+            v == InputGradVariant::Tiled && adder2d_input_grad_tiled_kernel<T, A>(d.g, false) ==
+                                                &adder2d_input_grad_tiled<T, A, false, true>;
+      }
       const std::string kernel = std::string(input_grad_variant_name(v)) +
                                  (phased ? "_phased" : "") + (sign ? "_exact" : "_hardtanh");
       if (cfg.total > 0) {  // the op entry returns before launching for an empty input
