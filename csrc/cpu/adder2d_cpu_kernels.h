@@ -1324,6 +1324,40 @@ static void input_grad_tap_vectors(const Adder2dShape& s, const T* dyc, int64_t 
   }
 }
 
+// One tap at stride 1 for the np planes, four, then two, then one at a time (xs, gs: the planes'
+// rows of wp elements; wtap: the tap's weights [plane][co]).
+template <typename T, bool SIGN>
+static void input_grad_tap_planes(const Adder2dShape& s, const T* dyc, int64_t row,
+                                  int64_t ow_first, int64_t kh, const T* const* xs, T* const* gs,
+                                  int64_t wp, const T* wtap, int64_t np) {
+  const int64_t cog = s.out_channels_per_group;
+  int64_t p = 0;
+  for (; p + 4 <= np; p += 4)
+    input_grad_tap_vectors<T, SIGN, 4>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
+                                       wtap + p * cog);
+  for (; p + 2 <= np; p += 2)
+    input_grad_tap_vectors<T, SIGN, 2>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
+                                       wtap + p * cog);
+  for (; p < np; ++p)
+    input_grad_tap_vectors<T, SIGN, 1>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
+                                       wtap + p * cog);
+}
+
+// dY[co][oh] (cog channels of out_h rows of out_w) into dyc, rows of `row` elements: `border`
+// zeros, the row, zeros to the end.
+template <typename T>
+static void input_grad_border_dy(const T* dy, int64_t cog, int64_t out_h, int64_t out_w,
+                                 int64_t border, int64_t row, T* dyc) {
+  for (int64_t co = 0; co < cog; ++co)
+    for (int64_t oh = 0; oh < out_h; ++oh) {
+      const T* src = dy + (co * out_h + oh) * out_w;
+      T* dst = dyc + (co * out_h + oh) * row;
+      for (int64_t j = 0; j < border; ++j) dst[j] = T(0);
+      for (int64_t j = 0; j < out_w; ++j) dst[border + j] = src[j];
+      for (int64_t j = border + out_w; j < row; ++j) dst[j] = T(0);
+    }
+}
+
 // Stride 1, few output channels per group: gs[ih * wp + j + u * VL] for U vectors of one input row
 // of one plane = the sum over taps (kh, kw) whose output row is inside, then over output channels,
 // of dY * HT(W - X), in registers from zero: the terms and the order of input_grad_tap_vectors,
@@ -1367,19 +1401,11 @@ static void input_grad_row_all_taps(const Adder2dShape& s, const T* dyc, int64_t
 template <typename T, bool SIGN>
 static void input_grad_planes_phases(const Adder2dShape& s, const T* dy, const T* x, const T* w,
                                      T* gx, int64_t np, T* scratch, bool reuse) {
-  const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
+  const int64_t cog = s.out_channels_per_group;
   const int64_t HW = s.in_h * s.in_w, tap_stride = s.in_channels_per_group * cog;
   const InputGradPhaseLayout l = input_grad_phase_layout<T>(s);
   T* dyc = scratch;
-  if (!reuse)
-    for (int64_t co = 0; co < cog; ++co)
-      for (int64_t oh = 0; oh < s.out_h; ++oh) {
-        const T* src = dy + co * L + oh * s.out_w;
-        T* dst = dyc + (co * s.out_h + oh) * l.row;
-        for (int64_t j = 0; j < l.border; ++j) dst[j] = T(0);
-        for (int64_t j = 0; j < s.out_w; ++j) dst[l.border + j] = src[j];
-        for (int64_t j = l.border + s.out_w; j < l.row; ++j) dst[j] = T(0);
-      }
+  if (!reuse) input_grad_border_dy(dy, cog, s.out_h, s.out_w, l.border, l.row, dyc);
   T* const planes = dyc + cog * s.out_h * l.row;
   T* xs[IG_PLANES];  // the phase's copies of the planes
   T* gs[IG_PLANES];
@@ -1417,16 +1443,7 @@ static void input_grad_planes_phases(const Adder2dShape& s, const T* dy, const T
           const int64_t tap = (ah.k0 + ah.step * i) * s.kernel_w + aw.k0 + aw.step * j;
           const T* const wtap = w + tap * tap_stride;  // [plane][co]
           const int64_t ow_first = l.border + aw.pad - j * aw.dilation;
-          int64_t p = 0;
-          for (; p + 4 <= np; p += 4)
-            input_grad_tap_vectors<T, SIGN, 4>(ps, dyc, l.row, ow_first, i, xs + p, gs + p, l.cols,
-                                               wtap + p * cog);
-          for (; p + 2 <= np; p += 2)
-            input_grad_tap_vectors<T, SIGN, 2>(ps, dyc, l.row, ow_first, i, xs + p, gs + p, l.cols,
-                                               wtap + p * cog);
-          for (; p < np; ++p)
-            input_grad_tap_vectors<T, SIGN, 1>(ps, dyc, l.row, ow_first, i, xs + p, gs + p, l.cols,
-                                               wtap + p * cog);
+          input_grad_tap_planes<T, SIGN>(ps, dyc, l.row, ow_first, i, xs, gs, l.cols, wtap, np);
         }
       for (int64_t p = 0; p < np; ++p)
         for (int64_t a = 0; a < ah.size; ++a)
@@ -1456,18 +1473,13 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
   const int64_t border = unit_stride ? input_grad_border(s) : 0;
   const int64_t wp = unit_stride ? input_grad_row_width<T>(s) : s.in_w;
   const int64_t row = unit_stride ? input_grad_dy_row(s, wp) : s.out_w;
-  if (!reuse) {
+  if (!reuse && unit_stride) {
+    input_grad_border_dy(dy, cog, s.out_h, s.out_w, border, row, dyc);
+  } else if (!reuse) {
     for (int64_t co = 0; co < cog; ++co)
       for (int64_t oh = 0; oh < s.out_h; ++oh) {
         const T* src = dy + co * L + oh * s.out_w;
-        if (unit_stride) {
-          T* dst = dyc + (co * s.out_h + oh) * row;
-          for (int64_t j = 0; j < border; ++j) dst[j] = T(0);
-          for (int64_t j = 0; j < s.out_w; ++j) dst[border + j] = src[j];
-          for (int64_t j = border + s.out_w; j < row; ++j) dst[j] = T(0);
-        } else {
-          for (int64_t j = 0; j < s.out_w; ++j) dyc[(oh * s.out_w + j) * cog + co] = src[j];
-        }
+        for (int64_t j = 0; j < s.out_w; ++j) dyc[(oh * s.out_w + j) * cog + co] = src[j];
       }
   }
   // Rows of wp elements: the planes themselves, or zero-padded copies when the input width is
@@ -1511,16 +1523,7 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
         if (unit_stride) {
           // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
           const int64_t ow_first = border + s.pad_w - kw * s.dilation_w;
-          int64_t p = 0;
-          for (; p + 4 <= np; p += 4)
-            input_grad_tap_vectors<T, SIGN, 4>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
-                                               wtap + p * cog);
-          for (; p + 2 <= np; p += 2)
-            input_grad_tap_vectors<T, SIGN, 2>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
-                                               wtap + p * cog);
-          for (; p < np; ++p)
-            input_grad_tap_vectors<T, SIGN, 1>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
-                                               wtap + p * cog);
+          input_grad_tap_planes<T, SIGN>(s, dyc, row, ow_first, kh, xs, gs, wp, wtap, np);
         } else {
           // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
           int64_t oh0, oh1, ow0, ow1;
