@@ -10,7 +10,7 @@ if [ ! -x "$venv/bin/ruff" ] || ! cmp -s requirements-lint.txt "$venv/.requireme
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r requirements-lint.txt
   cp requirements-lint.txt "$venv/.requirements"
 fi
-cpp_files=$(git ls-files 'csrc/*' 'tests/*' | grep -E '\.(cpp|h|cu|cuh)$')
+cpp_files=$(git ls-files 'csrc/*' 'tests/*' 'benchmarks/*' | grep -E '\.(cpp|h|cu|cuh)$')
 if [ "${1:-}" = --fix ]; then
   "$venv/bin/ruff" check --fix .
   "$venv/bin/ruff" format .

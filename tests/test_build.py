@@ -310,3 +310,31 @@ def test_isa_switch_from_environment(isa):
 def test_set_cpu_isa_rejects_unknown():
     with pytest.raises(RuntimeError, match='isa must be "base", "avx2" or "avx512", got "sse9"'):
         _extension._C.set_cpu_isa("sse9")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_forward_ab_harness_builds_and_agrees_with_itself(tmp_path):
+    """benchmarks/forward_ab.cpp (the standalone A/B timing of the CPU forward kernels) compiles
+    against the tree's kernel header, and with the same header as A and B runs the direct and
+    the batch path to bitwise equal outputs."""
+    cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if not (re.search(r"\bavx2\b", cpuinfo) and re.search(r"\bfma\b", cpuinfo)):
+        pytest.skip("the harness runs AVX2 + FMA kernels; /proc/cpuinfo lists no avx2 and fma")
+    kernels = '"' + os.path.join(ROOT, "csrc", "cpu", "adder2d_cpu_kernels.h") + '"'
+    binary = str(tmp_path / "forward_ab")
+    build = subprocess.run(
+        ["g++", "-O1", "-std=c++17", "-ffp-contract=off", "-Wall", "-Werror", "-Wno-psabi"]
+        + ["-I", os.path.join(ROOT, "csrc", "cpu"), f"-DKERNELS_A={kernels}"]
+        + [f"-DKERNELS_B={kernels}", "-o", binary]
+        + [os.path.join(ROOT, "benchmarks", "forward_ab.cpp")],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    for args in (
+        ["direct", "3", "5", "11", "13", "16", "3", "2", "1"],
+        ["batch", "9", "6", "9", "7", "12", "3", "1", "1"],
+    ):
+        out = subprocess.run([binary, *args, "1"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "bitwise equal" in out.stdout, out.stdout
