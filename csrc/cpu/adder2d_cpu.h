@@ -124,6 +124,22 @@ inline double forward_batch_lane_use(const Adder2dShape& s, const ForwardBatchLa
 // pixel pointers are on the stack).
 constexpr int64_t FORWARD_CALL_MAX_TILES = 64;
 
+// Items [0, items) cut into `count` claims of at most max_items each, count a multiple of
+// `threads` and the claims as equal as they can be (q + 1 items for the first r, then q): threads
+// of equal speed taking them in turn from a shared counter get their shares within one item of
+// each other (claims of max_items each, the last one short, could leave one thread idle for
+// most of a claim).
+struct ItemClaims {
+  int64_t count, q, r;
+  int64_t begin(int64_t j) const { return j * q + (j < r ? j : r); }
+  int64_t end(int64_t j) const { return begin(j + 1); }
+};
+inline ItemClaims item_claims(int64_t items, int64_t threads, int64_t max_items) {
+  const int64_t per_thread = (items + threads * max_items - 1) / (threads * max_items);
+  const int64_t count = threads * (per_thread > 1 ? per_thread : 1);
+  return ItemClaims{count, items / count, items % count};
+}
+
 template <typename T>
 struct KernelSet {
   // Output pixels [p0, p0 + tile_pixels) of one image and group; see adder2d_cpu_kernels.h.

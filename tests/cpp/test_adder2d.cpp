@@ -1,14 +1,18 @@
 // C++ test of the adder2d op library through the dispatcher, without Python:
 //   Y[n,co,oh,ow] = -sum_{ci,kh,kw} |Xp[n,ci,oh*s+kh-p,ow*s+kw-p] - W[co,ci,kh,kw]|  (+ bias)
-// against a direct loop, plus the weight gradient on one tap and an argument error.
+// against a direct loop, plus the weight gradient on one tap and an argument error; and the CPU
+// forward's division of work items into claims (item_claims in cpu/adder2d_cpu.h).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+
+#include "cpu/adder2d_cpu.h"
 
 namespace {
 
@@ -58,9 +62,40 @@ at::Tensor direct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   return y;
 }
 
+// Every item in exactly one claim, in order; at most max_items a claim; a multiple of the threads
+// in number; and threads that take claims in turn get shares within one item of each other.
+void check_item_claims() {
+  constexpr int64_t max_items = 8;
+  for (int64_t threads = 1; threads <= 4; ++threads) {
+    for (int64_t items = 0; items <= 300; ++items) {
+      const addernet::cpu::ItemClaims c = addernet::cpu::item_claims(items, threads, max_items);
+      const std::string what =
+          " (" + std::to_string(items) + " items, " + std::to_string(threads) + " threads)";
+      expect(c.count > 0 && c.count % threads == 0, "claims a multiple of the threads" + what);
+      expect(c.begin(0) == 0 && c.end(c.count - 1) == items, "claims cover the items" + what);
+      int64_t low = items, high = 0;
+      for (int64_t t = 0; t < threads; ++t) {
+        int64_t share = 0;
+        for (int64_t j = t; j < c.count; j += threads) {
+          const int64_t n = c.end(j) - c.begin(j);
+          expect(n >= 0 && n <= max_items, "claim size within max_items" + what);
+          share += n;
+        }
+        low = std::min(low, share);
+        high = std::max(high, share);
+      }
+      expect(high - low <= 1, "shares in turn within one item" + what);
+    }
+  }
+  // ResNet-18's 7 x 7 layers at batch 8: 50 tiles, 25 to each of two threads.
+  const addernet::cpu::ItemClaims c = addernet::cpu::item_claims(50, 2, max_items);
+  expect(c.count == 8 && c.q == 6 && c.r == 2, "50 items in 8 claims of 6 or 7");
+}
+
 }  // namespace
 
 int main() {
+  check_item_claims();
   at::manual_seed(0);
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   for (int64_t stride : {1, 2}) {
