@@ -22,7 +22,7 @@ for shared in cpu/adder2d_cpu.h adder2d_shape.h; do
     exit 2
   fi
 done
-g++ -O3 -std=c++17 -ffp-contract=off -Wall -Wno-psabi -I "$root/csrc/cpu" \
+g++ -O3 -std=c++17 -ffp-contract=off -falign-loops=64 -Wall -Wno-psabi -I "$root/csrc/cpu" \
   -DKERNELS_A="\"$work/A/csrc/cpu/adder2d_cpu_kernels.h\"" \
   -DKERNELS_B="\"$root/csrc/cpu/adder2d_cpu_kernels.h\"" \
   -o "$work/forward_ab" "$root/benchmarks/forward_ab.cpp"
