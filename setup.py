@@ -96,7 +96,8 @@ def compile_args(stable_abi, with_cuda):
     # -ffp-contract=off: the CPU kernels fuse multiply-adds where they say so (mul_add in
     # cpu/adder2d_cpu_kernels.h); fusions of the compiler's choosing changed bitwise results
     # from one compiler version to the next.
-    # -falign-loops=64: every loop starts a 64-byte line. Where a change elsewhere in its file
+    # -falign-loops=64: the loops GCC expects to iterate start 64-byte lines (the tap loops do;
+    # tests/test_build.py checks the AVX2 forward's). Where a change elsewhere in its file
     # moved the float forward's micro-tile loop (160 bytes) off a line start, the forward ran
     # 10-11% slower on an AMD Zen 3 host (benchmarks/NOTES.md).
     cxx = (

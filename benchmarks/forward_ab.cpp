@@ -5,15 +5,16 @@
 //
 //   direct  image by image: every input plane prepared (forward_prepare_plane), then the tiles
 //           by items of forward_tiles_direct;
-//   batch   image groups of 8: every plane prepared (forward_prepare_batch_plane), then claims
-//           of 8 tiles by forward_tiles_batch;
+//   batch   image groups of 8: every plane prepared (forward_prepare_batch_plane), then calls
+//           of forward_tiles_batch on 8 tiles each (one thread takes every claim);
 //
 // both with the weights interleaved first (forward_interleave_weights), as the op does at 256 or
 // more uses per weight. Each round times A and B (the order alternating) in thread CPU time,
 // each after its own run of A's register ceiling (register_ceiling, the benchmark's ceiling);
 // prints the median fraction of the ceiling of each, the median [p20, p80] of the per-round
-// time ratios B / A, and whether the two outputs are bitwise equal. The trees must share
-// csrc/cpu/adder2d_cpu.h and csrc/adder2d_shape.h (the kernel sets' layouts come from there).
+// time ratios B / A, and whether the two outputs are bitwise equal. Both kernel files compile
+// against one csrc/cpu/adder2d_cpu.h and csrc/adder2d_shape.h (the -I path: the kernel sets'
+// layouts come from there).
 //
 // usage: forward_ab direct|batch N C H W Co kernel stride pad rounds [label]
 #include <algorithm>
@@ -117,6 +118,10 @@ int main(int argc, char** argv) {
   s.stride_h = s.stride_w = std::atol(argv[8]);
   s.pad_h = s.pad_w = std::atol(argv[9]);
   const int rounds = std::atoi(argv[10]);
+  if (rounds < 1) {
+    std::fprintf(stderr, "rounds must be at least 1, got %s\n", argv[10]);
+    return 2;
+  }
   s.dilation_h = s.dilation_w = 1;
   s.groups = 1;
   s.out_h = (s.in_h + 2 * s.pad_h - s.kernel_h) / s.stride_h + 1;

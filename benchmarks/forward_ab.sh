@@ -15,18 +15,23 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/A"
 git -C "$root" archive "$rev" csrc | tar -x -C "$work/A"
+# Both kernel files compile against the working tree's adder2d_cpu.h and adder2d_shape.h (one
+# KernelSet and one set of layouts in the program): where REV's differ, REV's kernels must still
+# fit them (the compiler says so if not; the bitwise comparison of the outputs catches a layout
+# that compiles but means something else).
 for shared in cpu/adder2d_cpu.h adder2d_shape.h; do
   if ! cmp -s "$work/A/csrc/$shared" "$root/csrc/$shared"; then
-    echo "csrc/$shared differs between $rev and the working tree: the kernel sets' layouts" \
-      "must be the same" >&2
-    exit 2
+    echo "note: csrc/$shared differs between $rev and the working tree; A's kernels are" \
+      "compiled against the working tree's" >&2
   fi
 done
 g++ -O3 -std=c++17 -ffp-contract=off -falign-loops=64 -Wall -Wno-psabi -I "$root/csrc/cpu" \
   -DKERNELS_A="\"$work/A/csrc/cpu/adder2d_cpu_kernels.h\"" \
   -DKERNELS_B="\"$root/csrc/cpu/adder2d_cpu_kernels.h\"" \
   -o "$work/forward_ab" "$root/benchmarks/forward_ab.cpp"
-cpu=$(($(nproc) - 1))
+# The last CPU this process may run on.
+cpu=$(grep Cpus_allowed_list /proc/self/status | awk '{print $2}' | tr ',' '\n' | tail -1)
+cpu=${cpu##*-}
 echo "A: $rev ($(git -C "$root" rev-parse --short "$rev")), B: the working tree; 1 thread on CPU $cpu"
 run() { taskset -c "$cpu" "$work/forward_ab" "$@"; }
 run direct 32 32 16 16 64 3 2 1 "$rounds" res20.s3.down3x3

@@ -89,6 +89,10 @@ TAP_ORDER_SHAPES = [s for s in SHAPES if s.n > 0] + [
     Case("direct-copy-13-columns", 2, 3, 5, 13, 6, 3, 3, padding=1),
     Case("direct-copy-6-columns", 2, 3, 5, 6, 6, 3, 3, padding=1),
     Case("direct-split-21-columns", 2, 3, 7, 21, 6, 3, 3, stride=2, padding=1),
+    # Padding past the kernel (rows and columns of zeros only at both ends), at strides 1-3.
+    Case("direct-copy-padding-3", 2, 3, 6, 12, 6, 3, 3, padding=3),
+    Case("direct-split-padding-3", 2, 3, 7, 19, 6, 3, 3, stride=2, padding=3),
+    Case("direct-stride-3-padding-2", 2, 3, 9, 40, 6, 3, 3, stride=3, padding=2),
     # The batch path's copy split into column phases: stride 2 on 14 columns (a transposed block
     # and a tail per phase), stride 3 with dilation 2 and unequal padding, stride 2 on rows only,
     # strides beyond the kernel (1x1 at stride 2, 2x2 at stride 3), and one output column with a

@@ -362,8 +362,7 @@ void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const 
   for (int64_t i = 0; i < l.plane; ++i) xp[i] = T(0);
   // The rows inside the image, r - pad_h in [0, in_h); where there are any, r0 = pad_h.
   const int64_t r0 = min_i64(rows, s.pad_h), r1 = min_i64(rows, s.pad_h + s.in_h);
-  const T* x0 = x;  // input row r - pad_h
-  if (sw == 2) {    // both phases of a row at once: even and odd input columns
+  if (sw == 2) {  // both phases of a row at once: even and odd input columns
     const int64_t a = pad_w & 1, e0 = pad_w >> 1, o0 = (pad_w + 1) >> 1;
     // Input columns 2 j (phase a, column e0 + j) and 2 j + 1 (phase 1 - a, column o0 + j)
     // inside the phase's cols.
@@ -371,16 +370,17 @@ void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const 
     const int64_t pairs = min_i64(ne, no);
     T* even = xp + a * rows * cols + e0;
     T* odd = xp + (1 - a) * rows * cols + o0;
-    for (int64_t r = r0; r < r1; ++r, x0 += in_w) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + (r - r0) * in_w;  // input row r - pad_h (r0 = pad_h)
       T* er = even + r * cols;
       T* orow = odd + r * cols;
-      int64_t j0 = split_even_odd(x0, 2 * pairs, er, orow);
+      int64_t j0 = split_even_odd(xr, 2 * pairs, er, orow);
       if (j0 < pairs && pairs >= VL) {  // the last pairs by an overlapping vector split
-        split_even_odd(x0 + 2 * (pairs - VL), 2 * VL, er + pairs - VL, orow + pairs - VL);
+        split_even_odd(xr + 2 * (pairs - VL), 2 * VL, er + pairs - VL, orow + pairs - VL);
         j0 = pairs;
       }
-      for (int64_t j = j0; j < ne; ++j) er[j] = x0[2 * j];
-      for (int64_t j = j0; j < no; ++j) orow[j] = x0[2 * j + 1];
+      for (int64_t j = j0; j < ne; ++j) er[j] = xr[2 * j];
+      for (int64_t j = j0; j < no; ++j) orow[j] = xr[2 * j + 1];
     }
     return;
   }
@@ -390,9 +390,9 @@ void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const 
     const int64_t end = in_w + pad_w - f;  // > 0 whenever the row has a column inside
     const int64_t hi = end <= 0 ? lo : min_i64(cols, (end + sw - 1) / sw);
     if (hi <= lo) continue;
-    T* d = xp + (f * rows + r0) * cols + lo;
-    const T* xr = x0 + lo * sw + f - pad_w;
-    for (int64_t r = r0; r < r1; ++r, d += cols, xr += in_w) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* d = xp + (f * rows + r) * cols + lo;
+      const T* xr = x + (r - r0) * in_w + lo * sw + f - pad_w;
       if (sw == 1) {
         copy_row(xr, hi - lo, d);
       } else {
