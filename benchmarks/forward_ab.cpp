@@ -81,10 +81,8 @@ struct Layer {
       }
       return;
     }
-    // Items of tiles as the op forms them (FORWARD_ITEM_TERMS terms, 4 to 64 tiles).
-    const int64_t tile_terms = s.out_channels * s.taps * 16;
-    const int64_t group = std::clamp<int64_t>(((int64_t(1) << 16) + tile_terms - 1) / tile_terms, 4,
-                                              FORWARD_CALL_MAX_TILES);
+    // Items of tiles as the op forms them.
+    const int64_t group = forward_direct_item_tiles(s, ks.tile_pixels);
     for (int64_t n = 0; n < s.batch; ++n) {
       for (int64_t c = 0; c < s.in_channels; ++c)
         ks.forward_prepare_plane(s, direct, x.data() + n * CHW + c * HW,
@@ -129,23 +127,15 @@ int main(int argc, char** argv) {
   s.in_channels_per_group = s.in_channels;
   s.out_channels_per_group = s.out_channels;
   s.taps = s.in_channels * s.kernel_h * s.kernel_w;
-  const int64_t k = s.kernel_w, st = s.stride_w, lanes = 8;
+  const int64_t lanes = 8;  // the AVX2 kernel sets' vector_lanes (float)
   layer.direct = forward_layout(s, lanes, 2);
   layer.batch = forward_batch_layout(s, lanes, 2);
   if (layer.batch_path ? !layer.batch.valid : !layer.direct.direct) {
     std::fprintf(stderr, "this shape has no %s layout\n", argv[1]);
     return 2;
   }
-  layer.offsets.resize(s.taps);
-  for (int64_t t = 0; t < s.taps; ++t) {
-    const int64_t ci = t / (k * k), kh = t / k % k, kw = t % k;
-    layer.offsets[t] =
-        layer.batch_path
-            ? ci * layer.batch.plane +
-                  ((kw % st * layer.batch.rows + kh) * layer.batch.phase_cols + kw / st) * lanes
-            : ci * layer.direct.plane + (kw % st) * layer.direct.rows * layer.direct.cols +
-                  kh * layer.direct.cols + kw / st;
-  }
+  layer.offsets = layer.batch_path ? forward_batch_tap_offsets(s, layer.batch, lanes)
+                                   : forward_direct_tap_offsets(s, layer.direct);
   layer.x.resize(s.batch * s.in_channels * s.in_h * s.in_w);
   layer.w.resize(s.out_channels * s.taps);
   std::srand(1);

@@ -156,13 +156,6 @@ class LineAligned {
 constexpr int64_t FORWARD_IMAGES_PER_THREAD = 4;
 constexpr int64_t FORWARD_IMAGE_BYTES = int64_t(1) << 20;
 
-// The direct path's work items: FORWARD_TILE_GROUP tiles of an image and group, more where a
-// tile has few terms (few output channels per group and few taps: 144 on a depthwise 3 x 3
-// layer), enough for FORWARD_ITEM_TERMS terms, up to FORWARD_CALL_MAX_TILES; an item's set-up
-// (calls, pointers, the epilogue's loops) had cost more than its taps.
-constexpr int64_t FORWARD_TILE_GROUP = 4;
-constexpr int64_t FORWARD_ITEM_TERMS = int64_t(1) << 16;
-
 // The batch path splits each group's output channels among the threads as well as the tiles when
 // there are fewer tiles than this per thread.
 constexpr int64_t FORWARD_BATCH_TILES_PER_THREAD = 16;
@@ -205,18 +198,6 @@ ForwardPath choose_forward_path(const Adder2dShape& s, int64_t lanes, int64_t ti
           forward_row_lane_use(s, *layout, lanes, tile_vectors) + 1.0 / 32)
     return ForwardPath::batch;
   return layout->direct ? ForwardPath::direct : ForwardPath::packed;
-}
-
-// offsets[k] of tap k = (ci, kh, kw) in prepared planes `plane` elements apart:
-// ci * plane + within(kh * dilation_h, kw * dilation_w), the offset within a channel's plane.
-template <typename Within>
-std::vector<int64_t> tap_offsets(const Adder2dShape& s, int64_t plane, Within within) {
-  std::vector<int64_t> offsets(s.taps);
-  for (int64_t k = 0; k < s.taps; ++k) {
-    const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
-    offsets[k] = ci * plane + within(kh * s.dilation_h, k % s.kernel_w * s.dilation_w);
-  }
-  return offsets;
 }
 
 }  // namespace
@@ -381,9 +362,7 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                                FORWARD_PREPARED_BYTES / int64_t(sizeof(scalar_t)) / group_elems));
       // Not zero-filled: the prepare calls write every element that is read.
       LineAligned<scalar_t> prepared(chunk * group_elems);
-      const std::vector<int64_t> offsets = tap_offsets(s, batch.plane, [&](int64_t dh, int64_t dw) {
-        return ((dw % s.stride_w * batch.rows + dh) * batch.phase_cols + dw / s.stride_w) * lanes;
-      });
+      const std::vector<int64_t> offsets = forward_batch_tap_offsets(s, batch, lanes);
       const int64_t HW = s.in_h * s.in_w, CHW = s.in_channels * HW;
       for (int64_t m0 = 0; m0 < image_groups; m0 += chunk) {
         const int64_t mb = std::min(chunk, image_groups - m0);
@@ -451,16 +430,10 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       // work item = (image, group, tile_group tiles), each owning its outputs; the tiles of an
       // item share each block of weights from cache.
       const int64_t image_elems = s.in_channels * layout.plane;
-      const std::vector<int64_t> offsets =
-          tap_offsets(s, layout.plane, [&](int64_t dh, int64_t dw) {
-            return (dw % s.stride_w) * layout.rows * layout.cols + dh * layout.cols +
-                   dw / s.stride_w;
-          });
+      const std::vector<int64_t> offsets = forward_direct_tap_offsets(s, layout);
       const int64_t HW = s.in_h * s.in_w;
       const int64_t tiles = layout.tiles;
-      const int64_t tile_terms = std::max<int64_t>(1, cog * s.taps * ks.tile_pixels);
-      const int64_t tile_group = std::clamp((FORWARD_ITEM_TERMS + tile_terms - 1) / tile_terms,
-                                            FORWARD_TILE_GROUP, FORWARD_CALL_MAX_TILES);
+      const int64_t tile_group = forward_direct_item_tiles(s, ks.tile_pixels);
       const int64_t items = (tiles + tile_group - 1) / tile_group;
       // Work item `item` of group g of image n, from that image's prepared planes.
       const auto run_item = [&](const scalar_t* image_planes, int64_t n, int64_t g, int64_t item,

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>  // adder2d_cpu_kernels.h, which includes nothing itself
+#include <vector>
 
 #include "../adder2d_shape.h"
 
@@ -123,6 +124,48 @@ inline double forward_batch_lane_use(const Adder2dShape& s, const ForwardBatchLa
 // The most tiles one call of KernelSet::forward_tiles_direct or forward_tiles_batch takes (their
 // pixel pointers are on the stack).
 constexpr int64_t FORWARD_CALL_MAX_TILES = 64;
+
+// offsets[k] of tap k = (ci, kh, kw) in prepared planes `plane` elements apart: ci * plane +
+// within(kh * dilation_h, kw * dilation_w), the tap's offset within a channel's plane.
+template <typename Within>
+std::vector<int64_t> forward_tap_offsets(const Adder2dShape& s, int64_t plane, Within within) {
+  std::vector<int64_t> offsets(s.taps);
+  for (int64_t k = 0; k < s.taps; ++k) {
+    const int64_t ci = k / (s.kernel_h * s.kernel_w), kh = k / s.kernel_w % s.kernel_h;
+    offsets[k] = ci * plane + within(kh * s.dilation_h, k % s.kernel_w * s.dilation_w);
+  }
+  return offsets;
+}
+
+// The taps' offsets in the direct path's prepared planes (phase dw % stride_w, row dh, column
+// dw / stride_w of a channel's plane) and in the batch path's (the same, in vectors of `lanes`).
+inline std::vector<int64_t> forward_direct_tap_offsets(const Adder2dShape& s,
+                                                       const ForwardLayout& l) {
+  return forward_tap_offsets(s, l.plane, [&](int64_t dh, int64_t dw) {
+    return (dw % s.stride_w) * l.rows * l.cols + dh * l.cols + dw / s.stride_w;
+  });
+}
+inline std::vector<int64_t> forward_batch_tap_offsets(const Adder2dShape& s,
+                                                      const ForwardBatchLayout& l, int64_t lanes) {
+  return forward_tap_offsets(s, l.plane, [&](int64_t dh, int64_t dw) {
+    return ((dw % s.stride_w * l.rows + dh) * l.phase_cols + dw / s.stride_w) * lanes;
+  });
+}
+
+// The direct path's work items: FORWARD_TILE_GROUP tiles of an image and group, more where a
+// tile has few terms (few output channels per group and few taps: 144 on a depthwise 3 x 3
+// layer), enough for FORWARD_ITEM_TERMS terms, up to FORWARD_CALL_MAX_TILES; an item's set-up
+// (calls, pointers, the epilogue's loops) had cost more than its taps.
+constexpr int64_t FORWARD_TILE_GROUP = 4;
+constexpr int64_t FORWARD_ITEM_TERMS = int64_t(1) << 16;
+inline int64_t forward_direct_item_tiles(const Adder2dShape& s, int64_t tile_pixels) {
+  int64_t tile_terms = s.out_channels_per_group * s.taps * tile_pixels;
+  if (tile_terms < 1) tile_terms = 1;
+  const int64_t tiles = (FORWARD_ITEM_TERMS + tile_terms - 1) / tile_terms;
+  return tiles < FORWARD_TILE_GROUP       ? FORWARD_TILE_GROUP
+         : tiles > FORWARD_CALL_MAX_TILES ? FORWARD_CALL_MAX_TILES
+                                          : tiles;
+}
 
 // Items [0, items) cut into `count` claims of at most max_items each, count a multiple of
 // `threads` and the claims as equal as they can be (q + 1 items for the first r, then q): threads
