@@ -234,13 +234,19 @@ def check_forward_on_thread_counts(cases, dtype, path, thread_counts):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_direct_path_image_by_image_and_by_chunks(dtype, cpu_isa):
     # The direct path goes image by image (each thread copying its own images) with at least 4
-    # images per thread (the threads claiming images from a shared counter), else by chunks of
-    # images copied first: 9 images on 1 and 2 threads take the first, on 8 threads the second;
-    # both must sum each output's taps in order.
+    # images per thread (the threads claiming images from a shared counter, the last ones by a
+    # few tiles of one group at a time), else by chunks of images copied first: 9 images on 1
+    # and 2 threads take the first, on 8 threads the second; both must sum each output's taps in
+    # order. The "tail-by-tiles" cases have tiles of 64 channels x 288 taps, which the last
+    # images give out one at a time (8 tiles an image).
     cases = [
         Case("direct-9-images", 9, 3, 9, 16, 13, 3, 3, padding=1),
         Case("direct-9-images-stride-2", 9, 2, 17, 33, 6, 3, 3, stride=2, padding=1),
         Case("direct-9-images-2-groups", 9, 4, 9, 16, 6, 3, 3, padding=1, groups=2),
+        Case("direct-9-images-tail-by-tiles", 9, 32, 8, 16, 64, 3, 3, padding=1),
+        Case(
+            "direct-9-images-tail-by-tiles-2-groups", 9, 64, 8, 16, 128, 3, 3, padding=1, groups=2
+        ),
     ]
     check_forward_on_thread_counts(cases, dtype, "direct", (1, 2, 8))
 

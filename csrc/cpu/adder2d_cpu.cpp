@@ -435,14 +435,18 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       const int64_t tiles = layout.tiles;
       const int64_t tile_group = forward_direct_item_tiles(s, ks.tile_pixels);
       const int64_t items = (tiles + tile_group - 1) / tile_group;
-      // Work item `item` of group g of image n, from that image's prepared planes.
+      // Tiles [tile0, tile0 + ntiles) of group g of image n, from that image's prepared planes.
+      const auto run_tiles = [&](const scalar_t* image_planes, int64_t n, int64_t g, int64_t tile0,
+                                 int64_t ntiles, scalar_t* scratch) {
+        ks.forward_tiles_direct(s, layout, image_planes + g * cig * layout.plane, offsets.data(),
+                                group_w(g), interleave, bp ? bp + g * cog : nullptr,
+                                yp + (n * s.out_channels + g * cog) * L, tile0, ntiles, scratch);
+      };
+      // Work item `item` of group g of image n.
       const auto run_item = [&](const scalar_t* image_planes, int64_t n, int64_t g, int64_t item,
                                 scalar_t* scratch) {
         const int64_t tile0 = item * tile_group;
-        ks.forward_tiles_direct(s, layout, image_planes + g * cig * layout.plane, offsets.data(),
-                                group_w(g), interleave, bp ? bp + g * cog : nullptr,
-                                yp + (n * s.out_channels + g * cog) * L, tile0,
-                                std::min(tile_group, tiles - tile0), scratch);
+        run_tiles(image_planes, n, g, tile0, std::min(tile_group, tiles - tile0), scratch);
       };
       // Image by image when there are several images per thread and an image's copy fits a core's
       // L2: each thread copies an image and runs all of its tiles at once, so the tiles read the
@@ -450,21 +454,34 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       // time the tiles came to it: up to 1.2 MB for ResNet-20's stride-2 layers at batch 32). The
       // threads take the images one at a time from a shared counter: split into equal ranges, the
       // thread on a core slowed by other work finished up to 0.8 ms after the other on
-      // ResNet-20's 2.5 ms layers.
+      // ResNet-20's 2.5 ms layers. The last `threads` images go by claims of a few tiles
+      // (DirectClaims; the items' minimum of FORWARD_TILE_GROUP tiles not kept there): by whole
+      // images, the other thread waited for up to one image at the end.
       const int64_t threads = torch::stable::get_num_threads();
       if (s.batch >= FORWARD_IMAGES_PER_THREAD * threads &&
           image_elems <= FORWARD_IMAGE_BYTES / int64_t(sizeof(scalar_t))) {
-        std::atomic<int64_t> next_image{0};
+        const DirectClaims claims = direct_claims(s.batch, threads, s.groups, tiles,
+                                                  forward_direct_item_tiles(s, ks.tile_pixels, 1));
+        std::atomic<int64_t> next_claim{0};
         torch::stable::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
           LineAligned<scalar_t> image(image_elems);
           std::vector<scalar_t> scratch(tile_group * cog * ks.tile_pixels);
+          int64_t prepared = -1;  // the image whose planes `image` holds
           for (int64_t worker = begin; worker < end; ++worker) {
-            for (int64_t n = next_image++; n < s.batch; n = next_image++) {
-              for (int64_t c = 0; c < s.in_channels; ++c)
-                ks.forward_prepare_plane(s, layout, xp + (n * s.in_channels + c) * HW,
-                                         image.get() + c * layout.plane);
-              for (int64_t i = 0; i < s.groups * items; ++i)
-                run_item(image.get(), n, i / items, i % items, scratch.data());
+            for (int64_t j = next_claim++; j < claims.count; j = next_claim++) {
+              const DirectClaim c = claims.claim(j);
+              if (c.image != prepared) {
+                for (int64_t ch = 0; ch < s.in_channels; ++ch)
+                  ks.forward_prepare_plane(s, layout, xp + (c.image * s.in_channels + ch) * HW,
+                                           image.get() + ch * layout.plane);
+                prepared = c.image;
+              }
+              if (c.whole) {
+                for (int64_t i = 0; i < s.groups * items; ++i)
+                  run_item(image.get(), c.image, i / items, i % items, scratch.data());
+              } else {
+                run_tiles(image.get(), c.image, c.group, c.tile0, c.ntiles, scratch.data());
+              }
             }
           }
         });

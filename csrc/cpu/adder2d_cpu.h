@@ -156,15 +156,53 @@ inline std::vector<int64_t> forward_batch_tap_offsets(const Adder2dShape& s,
 // tile has few terms (few output channels per group and few taps: 144 on a depthwise 3 x 3
 // layer), enough for FORWARD_ITEM_TERMS terms, up to FORWARD_CALL_MAX_TILES; an item's set-up
 // (calls, pointers, the epilogue's loops) had cost more than its taps.
+// (min_tiles: at least this many; the image-by-image claims below cut the last images finer.)
 constexpr int64_t FORWARD_TILE_GROUP = 4;
 constexpr int64_t FORWARD_ITEM_TERMS = int64_t(1) << 16;
-inline int64_t forward_direct_item_tiles(const Adder2dShape& s, int64_t tile_pixels) {
+inline int64_t forward_direct_item_tiles(const Adder2dShape& s, int64_t tile_pixels,
+                                         int64_t min_tiles = FORWARD_TILE_GROUP) {
   int64_t tile_terms = s.out_channels_per_group * s.taps * tile_pixels;
   if (tile_terms < 1) tile_terms = 1;
   const int64_t tiles = (FORWARD_ITEM_TERMS + tile_terms - 1) / tile_terms;
-  return tiles < FORWARD_TILE_GROUP       ? FORWARD_TILE_GROUP
+  return tiles < min_tiles                ? min_tiles
          : tiles > FORWARD_CALL_MAX_TILES ? FORWARD_CALL_MAX_TILES
                                           : tiles;
+}
+
+// The direct path's claims when it goes image by image (each thread preparing the images it
+// takes in its own buffer): a whole image (every group and tile) each, except the last `tail`
+// images, which go by claims of one group's tail_tiles tiles, a thread preparing its own copy of
+// such an image when it takes a claim of it. Claim j is image `image`, and where `whole` is false
+// tiles [tile0, tile0 + ntiles) of group `group`. By whole images, a thread on a core slowed by
+// other work kept the other waiting for up to one image at the end of every call.
+struct DirectClaim {
+  bool whole;
+  int64_t image, group, tile0, ntiles;
+};
+struct DirectClaims {
+  int64_t count;                                  // claims in all
+  int64_t head;                                   // images claimed whole: [0, head)
+  int64_t groups, tiles, tail_tiles, tail_items;  // tail_items: claims per tail image and group
+  DirectClaim claim(int64_t j) const {
+    if (j < head) return DirectClaim{true, j, 0, 0, tiles};
+    const int64_t t = j - head, per_image = groups * tail_items, item = t % tail_items;
+    const int64_t tile0 = item * tail_tiles;
+    return DirectClaim{false, head + t / per_image, t / tail_items % groups, tile0,
+                       tiles - tile0 < tail_tiles ? tiles - tile0 : tail_tiles};
+  }
+};
+inline DirectClaims direct_claims(int64_t images, int64_t tail, int64_t groups, int64_t tiles,
+                                  int64_t tail_tiles) {
+  DirectClaims c{};
+  if (tail > images) tail = images;
+  if (tail_tiles < 1) tail_tiles = 1;
+  c.head = images - tail;
+  c.groups = groups;
+  c.tiles = tiles;
+  c.tail_tiles = tail_tiles;
+  c.tail_items = (tiles + tail_tiles - 1) / tail_tiles;
+  c.count = c.head + tail * groups * c.tail_items;
+  return c;
 }
 
 // Items [0, items) cut into `count` claims of at most max_items each, count a multiple of

@@ -1,7 +1,7 @@
 // C++ test of the adder2d op library through the dispatcher, without Python:
 //   Y[n,co,oh,ow] = -sum_{ci,kh,kw} |Xp[n,ci,oh*s+kh-p,ow*s+kw-p] - W[co,ci,kh,kw]|  (+ bias)
 // against a direct loop, plus the weight gradient on one tap and an argument error; and the CPU
-// forward's division of work items into claims (item_claims in cpu/adder2d_cpu.h).
+// forward's division of work into claims (item_claims and direct_claims in cpu/adder2d_cpu.h).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cpu/adder2d_cpu.h"
 
@@ -92,10 +93,49 @@ void check_item_claims() {
   expect(c.count == 8 && c.q == 6 && c.r == 2, "50 items in 8 claims of 6 or 7");
 }
 
+// The direct path's image-by-image claims: every (image, group, tile) in exactly one claim; the
+// images before the last `tail` whole, one claim each; the last `tail` images by claims of at most
+// tail_tiles tiles of one group.
+void check_direct_claims() {
+  for (int64_t images : {1, 2, 5, 9, 32})
+    for (int64_t tail : {1, 2, 3})
+      for (int64_t groups : {1, 3})
+        for (int64_t tiles : {1, 4, 7, 64})
+          for (int64_t tail_tiles : {1, 2, 4, 5}) {
+            const addernet::cpu::DirectClaims c =
+                addernet::cpu::direct_claims(images, tail, groups, tiles, tail_tiles);
+            const std::string what = " (" + std::to_string(images) + " images, tail " +
+                                     std::to_string(tail) + ", " + std::to_string(groups) +
+                                     " groups, " + std::to_string(tiles) + " tiles, " +
+                                     std::to_string(tail_tiles) + " per tail claim)";
+            const int64_t head = images - std::min(tail, images);
+            std::vector<int> covered(images * groups * tiles, 0);
+            for (int64_t j = 0; j < c.count; ++j) {
+              const addernet::cpu::DirectClaim d = c.claim(j);
+              expect(d.image >= 0 && d.image < images, "claim's image in range" + what);
+              expect(d.whole == (d.image < head), "whole images exactly before the tail" + what);
+              if (d.image < 0 || d.image >= images) continue;
+              const int64_t g0 = d.whole ? 0 : d.group, g1 = d.whole ? groups : d.group + 1;
+              const int64_t t0 = d.whole ? 0 : d.tile0, t1 = d.whole ? tiles : d.tile0 + d.ntiles;
+              expect(d.whole || (d.ntiles >= 1 && d.ntiles <= tail_tiles && t1 <= tiles),
+                     "a tail claim's tiles within tail_tiles and the image" + what);
+              for (int64_t g = g0; g < g1; ++g)
+                for (int64_t t = t0; t < t1 && t < tiles; ++t)
+                  ++covered[(d.image * groups + g) * tiles + t];
+            }
+            expect(std::all_of(covered.begin(), covered.end(), [](int n) { return n == 1; }),
+                   "every tile of every image and group in exactly one claim" + what);
+          }
+  // ResNet-20's third stage at batch 32 on 2 threads: 30 whole images, then 2 x 4 claims of 1 tile.
+  const addernet::cpu::DirectClaims c = addernet::cpu::direct_claims(32, 2, 1, 4, 1);
+  expect(c.head == 30 && c.count == 38, "32 images: 30 whole, 8 tail claims");
+}
+
 }  // namespace
 
 int main() {
   check_item_claims();
+  check_direct_claims();
   at::manual_seed(0);
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   for (int64_t stride : {1, 2}) {
