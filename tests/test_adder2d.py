@@ -256,7 +256,9 @@ def test_forward_direct_path_image_by_image_and_by_chunks(dtype, cpu_isa):
 def test_forward_batch_path_split_by_output_channels(dtype, cpu_isa):
     # With fewer than 16 tiles per thread (a 7x7 output has 25 two-pixel tiles per image group)
     # the batch path also splits each group's output channels among the threads, at multiples
-    # of the micro-tile's rows; every split must sum each output's taps in order.
+    # of the micro-tile's rows, and each thread's last claim goes by 4 shares of its channels
+    # (some of them empty with 5-11 channels a part); every split must sum each output's taps in
+    # order.
     cases = [
         Case("batch-7x7-44-channels", 8, 5, 7, 7, 44, 3, 3, padding=1),
         Case("batch-7x7-stride-2", 8, 4, 13, 13, 36, 3, 3, stride=2, padding=1),

@@ -160,6 +160,10 @@ constexpr int64_t FORWARD_IMAGE_BYTES = int64_t(1) << 20;
 // there are fewer tiles than this per thread.
 constexpr int64_t FORWARD_BATCH_TILES_PER_THREAD = 16;
 
+// The batch path's last claim of each thread goes by this many claims of a share of its output
+// channels.
+constexpr int64_t FORWARD_BATCH_TAIL_SPLITS = 4;
+
 // The forward's direct and batch paths interleave the weights (KernelSet::
 // forward_interleave_weights) when each weight is used by at least FORWARD_INTERLEAVE_MIN_USES
 // images x output pixels: it saves up to 7% from 1568 and, where the micro-tiles read their
@@ -397,26 +401,47 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         };
         const int64_t items = mb * s.groups * parts * tiles;
         const ItemClaims claims = item_claims(items, threads, FORWARD_BATCH_TILE_GROUP);
-        std::atomic<int64_t> next_claim{0};
+        // The last claim of each thread goes by FORWARD_BATCH_TAIL_SPLITS claims of a share of
+        // its output channels (at multiples of the micro-tile's rows): whole, a thread on a core
+        // slowed by other work kept the other waiting for up to one claim at the end (6-7 of a
+        // 7 x 7 layer's 50 tiles at batch 8). Split by channels rather than by tiles, each share
+        // still reads its block of weights once for all of the claim's tiles.
+        const int64_t tail = std::min(threads, claims.count), head = claims.count - tail;
+        const int64_t units = head + tail * FORWARD_BATCH_TAIL_SPLITS;
+        std::atomic<int64_t> next_unit{0};
         torch::stable::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
           std::vector<scalar_t> scratch(FORWARD_BATCH_TILE_GROUP * cog * ks.tile_pixels);
           for (int64_t worker = begin; worker < end; ++worker) {
-            for (int64_t j = next_claim++; j < claims.count; j = next_claim++) {
+            for (int64_t u = next_unit++; u < units; u = next_unit++) {
+              const int64_t j = u < head ? u : head + (u - head) / FORWARD_BATCH_TAIL_SPLITS;
+              const int64_t split = u < head ? -1 : (u - head) % FORWARD_BATCH_TAIL_SPLITS;
               const int64_t stop = claims.end(j);
               for (int64_t i = claims.begin(j); i < stop;) {
                 const int64_t tile0 = i % tiles, part = (i / tiles) % parts,
                               g = (i / (tiles * parts)) % s.groups,
                               m = i / (tiles * parts * s.groups);
-                const int64_t n0 = (m0 + m) * lanes, co0 = g * cog + part_begin(part);
                 const int64_t ntiles = std::min(tiles - tile0, stop - i);
+                i += ntiles;
+                // This unit's output channels of the group [lo, hi): the part's, or a share of
+                // them.
+                const int64_t part_lo = part_begin(part), part_hi = part_begin(part + 1);
+                const auto share = [&](int64_t k) {
+                  const int64_t rows = ks.forward_tile_rows;
+                  return split < 0 || k == FORWARD_BATCH_TAIL_SPLITS
+                             ? part_hi
+                             : part_lo + (part_hi - part_lo) * k / FORWARD_BATCH_TAIL_SPLITS /
+                                             rows * rows;
+                };
+                const int64_t lo = split < 0 ? part_lo : share(split), hi = share(split + 1);
+                if (lo == hi) continue;
+                const int64_t n0 = (m0 + m) * lanes, co0 = g * cog + lo;
                 Adder2dShape part_shape = s;
-                part_shape.out_channels_per_group = part_begin(part + 1) - part_begin(part);
+                part_shape.out_channels_per_group = hi - lo;
                 ks.forward_tiles_batch(
                     part_shape, batch, prepared.get() + (m * s.in_channels + g * cig) * batch.plane,
-                    offsets.data(), group_w(g), interleave, part_begin(part),
-                    bp ? bp + co0 : nullptr, yp + (n0 * s.out_channels + co0) * L,
-                    std::min(lanes, s.batch - n0), tile0, ntiles, scratch.data());
-                i += ntiles;
+                    offsets.data(), group_w(g), interleave, lo, bp ? bp + co0 : nullptr,
+                    yp + (n0 * s.out_channels + co0) * L, std::min(lanes, s.batch - n0), tile0,
+                    ntiles, scratch.data());
               }
             }
           }
