@@ -238,7 +238,8 @@ def test_forward_direct_path_image_by_image_and_by_chunks(dtype, cpu_isa):
     # few tiles of one group at a time), else by chunks of images copied first: 9 images on 1
     # and 2 threads take the first, on 8 threads the second; both must sum each output's taps in
     # order. The "tail-by-tiles" cases have tiles of 64 channels x 288 taps, which the last
-    # images give out one at a time (8 tiles an image).
+    # images give out one at a time (8 tiles an image); "tail-by-2-tiles" (16 channels x 144
+    # taps) two at a time, the last claim of an image one tile (9 tiles an image).
     cases = [
         Case("direct-9-images", 9, 3, 9, 16, 13, 3, 3, padding=1),
         Case("direct-9-images-stride-2", 9, 2, 17, 33, 6, 3, 3, stride=2, padding=1),
@@ -247,6 +248,7 @@ def test_forward_direct_path_image_by_image_and_by_chunks(dtype, cpu_isa):
         Case(
             "direct-9-images-tail-by-tiles-2-groups", 9, 64, 8, 16, 128, 3, 3, padding=1, groups=2
         ),
+        Case("direct-9-images-tail-by-2-tiles", 9, 16, 9, 16, 16, 3, 3, padding=1),
     ]
     check_forward_on_thread_counts(cases, dtype, "direct", (1, 2, 8))
 
@@ -256,9 +258,9 @@ def test_forward_direct_path_image_by_image_and_by_chunks(dtype, cpu_isa):
 def test_forward_batch_path_split_by_output_channels(dtype, cpu_isa):
     # With fewer than 16 tiles per thread (a 7x7 output has 25 two-pixel tiles per image group)
     # the batch path also splits each group's output channels among the threads, at multiples
-    # of the micro-tile's rows, and each thread's last claim goes by 4 shares of its channels
-    # (some of them empty with 5-11 channels a part); every split must sum each output's taps in
-    # order.
+    # of the micro-tile's rows, and on several threads the last claims (one per thread) go by 4
+    # shares of their channels (some of them empty where a part has fewer than 4 micro-tiles'
+    # channels); every split must sum each output's taps in order.
     cases = [
         Case("batch-7x7-44-channels", 8, 5, 7, 7, 44, 3, 3, padding=1),
         Case("batch-7x7-stride-2", 8, 4, 13, 13, 36, 3, 3, stride=2, padding=1),

@@ -160,8 +160,8 @@ constexpr int64_t FORWARD_IMAGE_BYTES = int64_t(1) << 20;
 // there are fewer tiles than this per thread.
 constexpr int64_t FORWARD_BATCH_TILES_PER_THREAD = 16;
 
-// The batch path's last claim of each thread goes by this many claims of a share of its output
-// channels.
+// On several threads the batch path's last claims (one per thread) go by this many claims of a
+// share of their output channels.
 constexpr int64_t FORWARD_BATCH_TAIL_SPLITS = 4;
 
 // The forward's direct and batch paths interleave the weights (KernelSet::
@@ -401,12 +401,13 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         };
         const int64_t items = mb * s.groups * parts * tiles;
         const ItemClaims claims = item_claims(items, threads, FORWARD_BATCH_TILE_GROUP);
-        // The last claim of each thread goes by FORWARD_BATCH_TAIL_SPLITS claims of a share of
-        // its output channels (at multiples of the micro-tile's rows): whole, a thread on a core
-        // slowed by other work kept the other waiting for up to one claim at the end (6-7 of a
-        // 7 x 7 layer's 50 tiles at batch 8). Split by channels rather than by tiles, each share
-        // still reads its block of weights once for all of the claim's tiles.
-        const int64_t tail = std::min(threads, claims.count), head = claims.count - tail;
+        // On several threads the last `threads` claims go by FORWARD_BATCH_TAIL_SPLITS claims of
+        // a share of their output channels (at multiples of the micro-tile's rows): whole, a
+        // thread on a core slowed by other work kept the other waiting for up to one claim at the
+        // end (6-7 of a 7 x 7 layer's 50 tiles at batch 8). Split by channels rather than by
+        // tiles, each share still reads its block of weights once for all of the claim's tiles.
+        const int64_t tail = threads > 1 ? std::min(threads, claims.count) : 0;
+        const int64_t head = claims.count - tail;
         const int64_t units = head + tail * FORWARD_BATCH_TAIL_SPLITS;
         std::atomic<int64_t> next_unit{0};
         torch::stable::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
@@ -479,14 +480,17 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       // time the tiles came to it: up to 1.2 MB for ResNet-20's stride-2 layers at batch 32). The
       // threads take the images one at a time from a shared counter: split into equal ranges, the
       // thread on a core slowed by other work finished up to 0.8 ms after the other on
-      // ResNet-20's 2.5 ms layers. The last `threads` images go by claims of a few tiles
-      // (DirectClaims; the items' minimum of FORWARD_TILE_GROUP tiles not kept there): by whole
-      // images, the other thread waited for up to one image at the end.
+      // ResNet-20's 2.5 ms layers. On several threads the last `threads` images go by claims of
+      // a few tiles (DirectClaims; the items' minimum of FORWARD_TILE_GROUP tiles not kept there,
+      // so at most tile_group, which the scratch holds): by whole images, the other thread waited
+      // for up to one image at the end.
       const int64_t threads = torch::stable::get_num_threads();
       if (s.batch >= FORWARD_IMAGES_PER_THREAD * threads &&
           image_elems <= FORWARD_IMAGE_BYTES / int64_t(sizeof(scalar_t))) {
-        const DirectClaims claims = direct_claims(s.batch, threads, s.groups, tiles,
-                                                  forward_direct_item_tiles(s, ks.tile_pixels, 1));
+        const int64_t tail_tiles =
+            std::min(tile_group, forward_direct_item_tiles(s, ks.tile_pixels, 1));
+        const DirectClaims claims =
+            direct_claims(s.batch, threads > 1 ? threads : 0, s.groups, tiles, tail_tiles);
         std::atomic<int64_t> next_claim{0};
         torch::stable::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
           LineAligned<scalar_t> image(image_elems);

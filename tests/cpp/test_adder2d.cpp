@@ -98,7 +98,7 @@ void check_item_claims() {
 // tail_tiles tiles of one group.
 void check_direct_claims() {
   for (int64_t images : {1, 2, 5, 9, 32})
-    for (int64_t tail : {1, 2, 3})
+    for (int64_t tail : {0, 1, 2, 3})
       for (int64_t groups : {1, 3})
         for (int64_t tiles : {1, 4, 7, 64})
           for (int64_t tail_tiles : {1, 2, 4, 5}) {
