@@ -395,9 +395,14 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                     cog >= threads * ks.forward_tile_rows
                 ? threads
                 : 1;
+        // Where piece k of n of the channels [lo, hi) begins: at a multiple of the micro-tile's
+        // rows from lo (hi for k = n). Parts of the group's channels, and shares of a part.
+        const auto piece_begin = [&](int64_t lo, int64_t hi, int64_t k, int64_t n) {
+          const int64_t rows = ks.forward_tile_rows;
+          return k == n ? hi : lo + (hi - lo) * k / n / rows * rows;
+        };
         const auto part_begin = [&](int64_t part) {  // its first output channel of the group
-          return part == parts ? cog
-                               : part * cog / parts / ks.forward_tile_rows * ks.forward_tile_rows;
+          return piece_begin(0, cog, part, parts);
         };
         const int64_t items = mb * s.groups * parts * tiles;
         const ItemClaims claims = item_claims(items, threads, FORWARD_BATCH_TILE_GROUP);
@@ -425,16 +430,13 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                 i += ntiles;
                 // This unit's output channels of the group [lo, hi): the part's, or a share of
                 // them.
-                const int64_t part_lo = part_begin(part), part_hi = part_begin(part + 1);
-                const auto share = [&](int64_t k) {
-                  const int64_t rows = ks.forward_tile_rows;
-                  return split < 0 || k == FORWARD_BATCH_TAIL_SPLITS
-                             ? part_hi
-                             : part_lo + (part_hi - part_lo) * k / FORWARD_BATCH_TAIL_SPLITS /
-                                             rows * rows;
-                };
-                const int64_t lo = split < 0 ? part_lo : share(split), hi = share(split + 1);
-                if (lo == hi) continue;
+                int64_t lo = part_begin(part), hi = part_begin(part + 1);
+                if (split >= 0) {
+                  const int64_t part_lo = lo, part_hi = hi;
+                  lo = piece_begin(part_lo, part_hi, split, FORWARD_BATCH_TAIL_SPLITS);
+                  hi = piece_begin(part_lo, part_hi, split + 1, FORWARD_BATCH_TAIL_SPLITS);
+                  if (lo == hi) continue;
+                }
                 const int64_t n0 = (m0 + m) * lanes, co0 = g * cog + lo;
                 Adder2dShape part_shape = s;
                 part_shape.out_channels_per_group = hi - lo;
