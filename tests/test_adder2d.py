@@ -307,7 +307,11 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
     # the AVX-512 float tile, which reads them as they are. Both layouts, with channels past the
     # last whole micro-tile (13, 5 per group, 45), groups, 288 taps (a whole block and a short
     # one, with float32's panel of pixels on both paths), and on 8 threads the batch path's split
-    # by output channels (98 tiles), must sum each output's taps in order.
+    # by output channels (98 tiles), must sum each output's taps in order. At 576 taps the
+    # weights are interleaved by items of 28 channels (45 per group: 28 + 17, the last with a
+    # channel past the micro-tiles), claimed by the threads with the first planes' copies (batch
+    # path, direct path by chunks of images on 8 threads) or before the images (direct path,
+    # image by image on 1 and 2 threads).
     interleaved = [
         Case("direct-16-images", 16, 5, 8, 16, 13, 3, 3, padding=1),
         Case("direct-2-groups", 8, 6, 16, 16, 10, 3, 3, padding=1, groups=2),
@@ -318,6 +322,8 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
         Case("batch-7x7", 8, 5, 7, 7, 45, 3, 3, padding=1),  # 392, ResNet-18's last layers
         # float32's panel of pixels (12+ channels) past one block of 256 taps
         Case("direct-288-taps-16-channels-2-images", 2, 32, 8, 16, 16, 3, 3, padding=1),
+        Case("direct-576-taps-2-groups", 16, 128, 8, 16, 90, 3, 3, padding=1, groups=2),
+        Case("batch-7x7-576-taps", 8, 64, 7, 7, 45, 3, 3, padding=1),
     ]
     as_they_are = [
         Case("direct-1-image", 1, 5, 8, 16, 13, 3, 3, padding=1),

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <new>
+#include <thread>
 #include <vector>
 
 #include "../adder2d.h"
@@ -169,12 +170,38 @@ constexpr int64_t FORWARD_BATCH_TAIL_SPLITS = 4;
 // images x output pixels: it saves up to 7% from 1568 and, where the micro-tiles read their
 // pixels from a panel, 4-13% at 392 on 1 thread (ResNet-18's 7 x 7 layers at 8 images, up to 9.4
 // MB of weights; on 2 threads -11% to +12%, noisier), and cost nothing there without the panel
-// (0.94-1.00x of the time) (NOTES). By items of FORWARD_INTERLEAVE_ROWS micro-tiles' output
-// channels, each thread taking at least FORWARD_INTERLEAVE_GRAIN elements (one thread for
-// smaller weights).
+// (0.94-1.00x of the time) (NOTES). By items of about FORWARD_INTERLEAVE_ITEM elements (whole
+// micro-tiles' output channels), which the threads claim (ClaimedStep).
 constexpr int64_t FORWARD_INTERLEAVE_MIN_USES = 256;
-constexpr int64_t FORWARD_INTERLEAVE_ROWS = 16;
-constexpr int64_t FORWARD_INTERLEAVE_GRAIN = int64_t(1) << 16;
+constexpr int64_t FORWARD_INTERLEAVE_ITEM = int64_t(1) << 14;
+
+// A step that the rest of a parallel region depends on (the forward's weights interleaved before
+// any tile reads them, the planes prepared): every thread of the region calls run(), which claims
+// items one at a time from a shared counter and returns once every item is done, so that a thread
+// waits for at most one item of another. In equal ranges, a thread on a core slowed by other work
+// kept the other waiting for up to much of its share (at the end of the forward's interleaving:
+// 2.9% of the samples in one profile of ResNet-18's 512-channel 7 x 7 layer, 0.15% in another;
+// NOTES). Safe however the region's threads are scheduled: an item, once claimed, is run to its
+// end without waiting on anything.
+class ClaimedStep {
+ public:
+  explicit ClaimedStep(int64_t count) : count_(count) {}
+  ClaimedStep(const ClaimedStep&) = delete;
+  ClaimedStep& operator=(const ClaimedStep&) = delete;
+
+  template <typename F>
+  void run(const F& item) {
+    for (int64_t i = next_++; i < count_; i = next_++) {
+      item(i);
+      done_.fetch_add(1, std::memory_order_release);
+    }
+    while (done_.load(std::memory_order_acquire) < count_) std::this_thread::yield();
+  }
+
+ private:
+  const int64_t count_;
+  std::atomic<int64_t> next_{0}, done_{0};
+};
 
 // The input gradient's threads claim a whole image and group at a time when there are at least
 // this many per thread, else one work item at a time.
@@ -336,22 +363,23 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     int64_t group_elems = 0;  // of the prepared planes of one image group
     const ForwardPath path = choose_forward_path(s, lanes, ks.tile_vectors, sizeof(scalar_t),
                                                  &layout, &batch, &group_elems);
-    // The direct and batch paths' weights, interleaved once per call where that pays.
+    const int64_t threads = torch::stable::get_num_threads();
+    // The direct and batch paths' weights, interleaved once per call where that pays, by items
+    // of whole micro-tiles' output channels, claimed in the paths' first parallel region
+    // (interleave_item(i) for i < interleave_items) before any tile reads them.
     const bool interleave = interleaves_weights(s, path, ks);
     LineAligned<scalar_t> interleaved_w(interleave ? s.out_channels * s.taps : 0);
-    if (interleave) {
-      const int64_t rows = FORWARD_INTERLEAVE_ROWS * ks.forward_tile_rows;
-      const int64_t items = (cog + rows - 1) / rows;
-      const int64_t grain = std::max<int64_t>(1, FORWARD_INTERLEAVE_GRAIN / (rows * s.taps));
-      torch::stable::parallel_for(0, s.groups * items, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t g = i / items, co = i % items * rows;
-          ks.forward_interleave_weights(s, wp + g * cog * s.taps,
-                                        interleaved_w.get() + g * cog * s.taps, co,
-                                        std::min(cog, co + rows));
-        }
-      });
-    }
+    const int64_t tile_rows = ks.forward_tile_rows;
+    const int64_t interleave_rows = std::max(
+        tile_rows, FORWARD_INTERLEAVE_ITEM / std::max<int64_t>(1, s.taps) / tile_rows * tile_rows);
+    const int64_t channel_items = (cog + interleave_rows - 1) / interleave_rows;
+    const int64_t interleave_items = interleave ? s.groups * channel_items : 0;
+    const auto interleave_item = [&](int64_t i) {
+      const int64_t g = i / channel_items, co = i % channel_items * interleave_rows;
+      ks.forward_interleave_weights(s, wp + g * cog * s.taps,
+                                    interleaved_w.get() + g * cog * s.taps, co,
+                                    std::min(cog, co + interleave_rows));
+    };
     // The weights of group g as the direct and batch paths read them.
     const auto group_w = [&](int64_t g) {
       return (interleave ? interleaved_w.get() : wp) + g * cog * s.taps;
@@ -370,13 +398,18 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       const int64_t HW = s.in_h * s.in_w, CHW = s.in_channels * HW;
       for (int64_t m0 = 0; m0 < image_groups; m0 += chunk) {
         const int64_t mb = std::min(chunk, image_groups - m0);
-        torch::stable::parallel_for(0, mb * s.in_channels, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
+        // The chunk's planes prepared (and, with the first chunk's, the weights interleaved).
+        const int64_t weight_items = m0 == 0 ? interleave_items : 0;
+        ClaimedStep prepare(weight_items + mb * s.in_channels);
+        torch::stable::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+          prepare.run([&](int64_t i) {
+            if (i < weight_items) return interleave_item(i);
+            i -= weight_items;
             const int64_t n0 = (m0 + i / s.in_channels) * lanes, c = i % s.in_channels;
             ks.forward_prepare_batch_plane(s, batch, xp + n0 * CHW + c * HW, CHW,
                                            std::min(lanes, s.batch - n0),
                                            prepared.get() + i * batch.plane);
-          }
+          });
         });
         // The threads claim up to FORWARD_BATCH_TILE_GROUP tiles at a time from a shared counter
         // over (image group, group, part, tile), a claim running across the boundaries it meets,
@@ -389,7 +422,6 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         // that the threads share out every tile: by tiles alone one thread gets a tile more (13
         // against 12 on a 7x7 output).
         const int64_t tiles = batch.tiles;
-        const int64_t threads = torch::stable::get_num_threads();
         const int64_t parts =
             threads > 1 && mb * s.groups * tiles < FORWARD_BATCH_TILES_PER_THREAD * threads &&
                     cog >= threads * ks.forward_tile_rows
@@ -486,7 +518,6 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       // a few tiles (DirectClaims; the items' minimum of FORWARD_TILE_GROUP tiles not kept there,
       // so at most tile_group, which the scratch holds): by whole images, the other thread waited
       // for up to one image at the end.
-      const int64_t threads = torch::stable::get_num_threads();
       if (s.batch >= FORWARD_IMAGES_PER_THREAD * threads &&
           image_elems <= FORWARD_IMAGE_BYTES / int64_t(sizeof(scalar_t))) {
         const int64_t tail_tiles =
@@ -494,7 +525,9 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         const DirectClaims claims =
             direct_claims(s.batch, threads > 1 ? threads : 0, s.groups, tiles, tail_tiles);
         std::atomic<int64_t> next_claim{0};
+        ClaimedStep weights(interleave_items);
         torch::stable::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+          weights.run(interleave_item);
           LineAligned<scalar_t> image(image_elems);
           std::vector<scalar_t> scratch(tile_group * cog * ks.tile_pixels);
           int64_t prepared = -1;  // the image whose planes `image` holds
@@ -525,10 +558,16 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       LineAligned<scalar_t> prepared(chunk * image_elems);
       for (int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
         const int64_t nb = std::min(chunk, s.batch - n0);
-        torch::stable::parallel_for(0, nb * s.in_channels, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i)
+        // The chunk's planes prepared (and, with the first chunk's, the weights interleaved).
+        const int64_t weight_items = n0 == 0 ? interleave_items : 0;
+        ClaimedStep prepare(weight_items + nb * s.in_channels);
+        torch::stable::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+          prepare.run([&](int64_t i) {
+            if (i < weight_items) return interleave_item(i);
+            i -= weight_items;
             ks.forward_prepare_plane(s, layout, xp + (n0 * s.in_channels + i) * HW,
                                      prepared.get() + i * layout.plane);
+          });
         });
         torch::stable::parallel_for(0, nb * s.groups * items, 1, [&](int64_t begin, int64_t end) {
           std::vector<scalar_t> scratch(tile_group * cog * ks.tile_pixels);
