@@ -401,7 +401,8 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         // The chunk's planes prepared (and, with the first chunk's, the weights interleaved).
         const int64_t weight_items = m0 == 0 ? interleave_items : 0;
         ClaimedStep prepare(weight_items + mb * s.in_channels);
-        torch::stable::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        const int64_t prepare_threads = std::min(threads, weight_items + mb * s.in_channels);
+        torch::stable::parallel_for(0, prepare_threads, 1, [&](int64_t, int64_t) {
           prepare.run([&](int64_t i) {
             if (i < weight_items) return interleave_item(i);
             i -= weight_items;
@@ -527,9 +528,9 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         std::atomic<int64_t> next_claim{0};
         ClaimedStep weights(interleave_items);
         torch::stable::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-          weights.run(interleave_item);
           LineAligned<scalar_t> image(image_elems);
           std::vector<scalar_t> scratch(tile_group * cog * ks.tile_pixels);
+          weights.run(interleave_item);
           int64_t prepared = -1;  // the image whose planes `image` holds
           for (int64_t worker = begin; worker < end; ++worker) {
             for (int64_t j = next_claim++; j < claims.count; j = next_claim++) {
@@ -561,7 +562,8 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
         // The chunk's planes prepared (and, with the first chunk's, the weights interleaved).
         const int64_t weight_items = n0 == 0 ? interleave_items : 0;
         ClaimedStep prepare(weight_items + nb * s.in_channels);
-        torch::stable::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        const int64_t prepare_threads = std::min(threads, weight_items + nb * s.in_channels);
+        torch::stable::parallel_for(0, prepare_threads, 1, [&](int64_t, int64_t) {
           prepare.run([&](int64_t i) {
             if (i < weight_items) return interleave_item(i);
             i -= weight_items;
