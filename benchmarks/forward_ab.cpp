@@ -5,8 +5,8 @@
 //
 //   direct  image by image: every input plane prepared (forward_prepare_plane), then the tiles
 //           by items of forward_tiles_direct;
-//   batch   image groups of 8: every plane prepared (forward_prepare_batch_plane), then calls
-//           of forward_tiles_batch on 8 tiles each (one thread takes every claim);
+//   batch   image groups of vector_lanes: every plane prepared (forward_prepare_batch_plane),
+//           then forward_tiles_batch on the op's claims of tiles (item_claims on one thread);
 //
 // both with the weights interleaved first (forward_interleave_weights), as the op does at 256 or
 // more uses per weight. Each round times A and B (the order alternating) in thread CPU time,
@@ -68,16 +68,18 @@ struct Layer {
     const int64_t L = s.out_h * s.out_w, HW = s.in_h * s.in_w, CHW = s.in_channels * HW;
     ks.forward_interleave_weights(s, w.data(), wi, 0, s.out_channels);
     if (batch_path) {
-      constexpr int64_t lanes = 8, claim = 8;
+      const int64_t lanes = ks.vector_lanes;
+      // One thread's claims as the op cuts them on one thread (item_claims).
+      const ItemClaims claims = item_claims(batch.tiles, 1, FORWARD_BATCH_TILE_GROUP);
       for (int64_t n0 = 0; n0 < s.batch; n0 += lanes) {
         const int64_t images = std::min(lanes, s.batch - n0);
         for (int64_t c = 0; c < s.in_channels; ++c)
           ks.forward_prepare_batch_plane(s, batch, x.data() + n0 * CHW + c * HW, CHW, images,
                                          prepared + c * batch.plane);
-        for (int64_t t0 = 0; t0 < batch.tiles; t0 += claim)
+        for (int64_t j = 0; j < claims.count; ++j)
           ks.forward_tiles_batch(s, batch, prepared, offsets.data(), wi, true, 0, nullptr,
-                                 y + n0 * s.out_channels * L, images, t0,
-                                 std::min(claim, batch.tiles - t0), scratch);
+                                 y + n0 * s.out_channels * L, images, claims.begin(j),
+                                 claims.end(j) - claims.begin(j), scratch);
       }
       return;
     }
@@ -127,7 +129,13 @@ int main(int argc, char** argv) {
   s.in_channels_per_group = s.in_channels;
   s.out_channels_per_group = s.out_channels;
   s.taps = s.in_channels * s.kernel_h * s.kernel_w;
-  const int64_t lanes = 8;  // the AVX2 kernel sets' vector_lanes (float)
+  const KernelSet<float> sets[2] = {va::make_kernel_set<float>(), vb::make_kernel_set<float>()};
+  const int64_t lanes = sets[0].vector_lanes;
+  if (sets[1].vector_lanes != lanes) {
+    std::fprintf(stderr, "the two kernel sets' vector_lanes differ: %ld and %ld\n", long(lanes),
+                 long(sets[1].vector_lanes));
+    return 2;
+  }
   layer.direct = forward_layout(s, lanes, 2);
   layer.batch = forward_batch_layout(s, lanes, 2);
   if (layer.batch_path ? !layer.batch.valid : !layer.direct.direct) {
@@ -142,7 +150,6 @@ int main(int argc, char** argv) {
   for (float& v : layer.x) v = float(std::rand() % 2001 - 1000) / 500.0f;
   for (float& v : layer.w) v = float(std::rand() % 2001 - 1000) / 500.0f;
 
-  const KernelSet<float> sets[2] = {va::make_kernel_set<float>(), vb::make_kernel_set<float>()};
   const int64_t L = s.out_h * s.out_w;
   const int64_t plane = layer.batch_path ? layer.batch.plane : layer.direct.plane;
   std::vector<float> wi(layer.w.size()), prepared(s.in_channels * plane + 64);

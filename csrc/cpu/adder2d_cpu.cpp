@@ -353,10 +353,6 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const int64_t cig = s.in_channels_per_group;
     const int64_t cog = s.out_channels_per_group;
-    // The batch path's tiles are 2 pixels: 8 of them write 16 consecutive pixels of each output
-    // row (two 8 x 8 transposes per output channel in float32).
-    constexpr int64_t FORWARD_BATCH_TILE_GROUP = 8;
-    static_assert(FORWARD_BATCH_TILE_GROUP <= FORWARD_CALL_MAX_TILES, "one call's tiles");
     const int64_t lanes = ks.vector_lanes;
     ForwardLayout layout;
     ForwardBatchLayout batch;
