@@ -376,6 +376,19 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                                     interleaved_w.get() + g * cog * s.taps, co,
                                     std::min(cog, co + interleave_rows));
     };
+    // One parallel region: prepare_plane(i) for planes [0, planes), after the weights'
+    // interleaving items when with_weights (the first chunk's region), all claimed one at a time.
+    const auto prepare_planes = [&](bool with_weights, int64_t planes, const auto& prepare_plane) {
+      const int64_t weight_items = with_weights ? interleave_items : 0;
+      ClaimedStep prepare(weight_items + planes);
+      torch::stable::parallel_for(0, std::min(threads, weight_items + planes), 1,
+                                  [&](int64_t, int64_t) {
+                                    prepare.run([&](int64_t i) {
+                                      if (i < weight_items) return interleave_item(i);
+                                      prepare_plane(i - weight_items);
+                                    });
+                                  });
+    };
     // The weights of group g as the direct and batch paths read them.
     const auto group_w = [&](int64_t g) {
       return (interleave ? interleaved_w.get() : wp) + g * cog * s.taps;
@@ -395,18 +408,11 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       for (int64_t m0 = 0; m0 < image_groups; m0 += chunk) {
         const int64_t mb = std::min(chunk, image_groups - m0);
         // The chunk's planes prepared (and, with the first chunk's, the weights interleaved).
-        const int64_t weight_items = m0 == 0 ? interleave_items : 0;
-        ClaimedStep prepare(weight_items + mb * s.in_channels);
-        const int64_t prepare_threads = std::min(threads, weight_items + mb * s.in_channels);
-        torch::stable::parallel_for(0, prepare_threads, 1, [&](int64_t, int64_t) {
-          prepare.run([&](int64_t i) {
-            if (i < weight_items) return interleave_item(i);
-            i -= weight_items;
-            const int64_t n0 = (m0 + i / s.in_channels) * lanes, c = i % s.in_channels;
-            ks.forward_prepare_batch_plane(s, batch, xp + n0 * CHW + c * HW, CHW,
-                                           std::min(lanes, s.batch - n0),
-                                           prepared.get() + i * batch.plane);
-          });
+        prepare_planes(m0 == 0, mb * s.in_channels, [&](int64_t i) {
+          const int64_t n0 = (m0 + i / s.in_channels) * lanes, c = i % s.in_channels;
+          ks.forward_prepare_batch_plane(s, batch, xp + n0 * CHW + c * HW, CHW,
+                                         std::min(lanes, s.batch - n0),
+                                         prepared.get() + i * batch.plane);
         });
         // The threads claim up to FORWARD_BATCH_TILE_GROUP tiles at a time from a shared counter
         // over (image group, group, part, tile), a claim running across the boundaries it meets,
@@ -556,16 +562,9 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
       for (int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
         const int64_t nb = std::min(chunk, s.batch - n0);
         // The chunk's planes prepared (and, with the first chunk's, the weights interleaved).
-        const int64_t weight_items = n0 == 0 ? interleave_items : 0;
-        ClaimedStep prepare(weight_items + nb * s.in_channels);
-        const int64_t prepare_threads = std::min(threads, weight_items + nb * s.in_channels);
-        torch::stable::parallel_for(0, prepare_threads, 1, [&](int64_t, int64_t) {
-          prepare.run([&](int64_t i) {
-            if (i < weight_items) return interleave_item(i);
-            i -= weight_items;
-            ks.forward_prepare_plane(s, layout, xp + (n0 * s.in_channels + i) * HW,
-                                     prepared.get() + i * layout.plane);
-          });
+        prepare_planes(n0 == 0, nb * s.in_channels, [&](int64_t i) {
+          ks.forward_prepare_plane(s, layout, xp + (n0 * s.in_channels + i) * HW,
+                                   prepared.get() + i * layout.plane);
         });
         torch::stable::parallel_for(0, nb * s.groups * items, 1, [&](int64_t begin, int64_t end) {
           std::vector<scalar_t> scratch(tile_group * cog * ks.tile_pixels);
