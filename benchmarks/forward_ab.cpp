@@ -6,7 +6,9 @@
 //   direct  image by image: every input plane prepared (forward_prepare_plane), then the tiles
 //           by items of forward_tiles_direct;
 //   batch   image groups of vector_lanes: every plane prepared (forward_prepare_batch_plane),
-//           then forward_tiles_batch on the op's claims of tiles (item_claims on one thread);
+//           then forward_tiles_batch on claims of tiles cut by item_claims for one thread in
+//           each image group (the op's claims on one thread when the batch is one image group;
+//           with more, the op's claims run across the groups' boundaries);
 //
 // both with the weights interleaved first (forward_interleave_weights), as the op does at 256 or
 // more uses per weight. Each round times A and B (the order alternating) in thread CPU time,
@@ -69,7 +71,7 @@ struct Layer {
     ks.forward_interleave_weights(s, w.data(), wi, 0, s.out_channels);
     if (batch_path) {
       const int64_t lanes = ks.vector_lanes;
-      // One thread's claims as the op cuts them on one thread (item_claims).
+      // One thread's claims of an image group's tiles (item_claims; see the top).
       const ItemClaims claims = item_claims(batch.tiles, 1, FORWARD_BATCH_TILE_GROUP);
       for (int64_t n0 = 0; n0 < s.batch; n0 += lanes) {
         const int64_t images = std::min(lanes, s.batch - n0);

@@ -376,8 +376,8 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
                                     interleaved_w.get() + g * cog * s.taps, co,
                                     std::min(cog, co + interleave_rows));
     };
-    // One parallel region: prepare_plane(i) for planes [0, planes), after the weights'
-    // interleaving items when with_weights (the first chunk's region), all claimed one at a time.
+    // One parallel region: prepare_plane(i) for planes [0, planes), claimed one at a time after
+    // the weights' interleaving items when with_weights (the first chunk's region).
     const auto prepare_planes = [&](bool with_weights, int64_t planes, const auto& prepare_plane) {
       const int64_t weight_items = with_weights ? interleave_items : 0;
       ClaimedStep prepare(weight_items + planes);

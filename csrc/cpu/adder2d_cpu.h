@@ -125,9 +125,9 @@ inline double forward_batch_lane_use(const Adder2dShape& s, const ForwardBatchLa
 // pixel pointers are on the stack).
 constexpr int64_t FORWARD_CALL_MAX_TILES = 64;
 
-// The batch path's claims hold up to this many tiles (item_claims): its tiles are 2 pixels, and 8
-// of them write 16 consecutive pixels of each output row (two 8 x 8 transposes per output channel
-// in float32).
+// The batch path's claims hold at most this many tiles (item_claims), and each thread's scratch
+// holds that many: its tiles are 2 output pixels, so 8 of them are 16 consecutive pixels (two
+// 8 x 8 transposes per output channel in float32).
 constexpr int64_t FORWARD_BATCH_TILE_GROUP = 8;
 static_assert(FORWARD_BATCH_TILE_GROUP <= FORWARD_CALL_MAX_TILES, "one call's tiles");
 
