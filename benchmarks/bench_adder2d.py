@@ -368,6 +368,8 @@ def environment(device):
         "cpu_forward_tile": list(_C.adder2d_cpu_forward_tile(False)),
         # bytes per register of the float32 input gradient's stride-1 loop
         "cpu_input_grad_register_bytes": _C.adder2d_cpu_input_grad_register_bytes(False),
+        # bytes per register of the float32 weight gradient's FMAs
+        "cpu_weight_grad_register_bytes": _C.adder2d_cpu_weight_grad_register_bytes(False),
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -609,13 +611,15 @@ def format_row(row, no_memory):
 
 def forward_tile(env):
     """' (float32 forward micro-tile 8 x 16 in 64-byte registers, input gradient in 64-byte
-    registers)', or '' where not recorded."""
+    registers, weight gradient in 64-byte registers)', or '' where not recorded."""
     tile = env.get("cpu_forward_tile")
     if not tile:
         return ""
     text = f" (float32 forward micro-tile {tile[0]} x {tile[1]} in {tile[2]}-byte registers"
     if env.get("cpu_input_grad_register_bytes"):
         text += f", input gradient in {env['cpu_input_grad_register_bytes']}-byte registers"
+    if env.get("cpu_weight_grad_register_bytes"):
+        text += f", weight gradient in {env['cpu_weight_grad_register_bytes']}-byte registers"
     return text + ")"
 
 

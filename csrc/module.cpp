@@ -230,6 +230,14 @@ PyObject* adder2d_cpu_input_grad_register_bytes(PyObject*, PyObject* arg) {
   return PyLong_FromLongLong(addernet::cpu::input_grad_register_bytes(float64 != 0));
 }
 
+// adder2d_cpu_weight_grad_register_bytes(float64): bytes per register of the CPU weight
+// gradient's FMAs with the current instruction set.
+PyObject* adder2d_cpu_weight_grad_register_bytes(PyObject*, PyObject* arg) {
+  const int float64 = PyObject_IsTrue(arg);
+  if (float64 < 0) return nullptr;
+  return PyLong_FromLongLong(addernet::cpu::weight_grad_register_bytes(float64 != 0));
+}
+
 PyMethodDef methods[] = {
     {"adder2d_cpu_forward_path", adder2d_cpu_forward_path, METH_VARARGS,
      "adder2d_cpu_forward_path(input_size, weight_size, stride, padding, dilation, groups, "
@@ -246,6 +254,9 @@ PyMethodDef methods[] = {
     {"adder2d_cpu_input_grad_register_bytes", adder2d_cpu_input_grad_register_bytes, METH_O,
      "adder2d_cpu_input_grad_register_bytes(float64): bytes per register of the CPU input "
      "gradient's stride-1 loop with the current instruction set"},
+    {"adder2d_cpu_weight_grad_register_bytes", adder2d_cpu_weight_grad_register_bytes, METH_O,
+     "adder2d_cpu_weight_grad_register_bytes(float64): bytes per register of the CPU weight "
+     "gradient's FMAs with the current instruction set"},
     {"adder2d_register_ceiling", adder2d_register_ceiling, METH_O,
      "adder2d_register_ceiling(iterations): |x - w| terms per second of a register-resident loop "
      "of the float32 forward's micro-tile arithmetic on this thread (at cpu_isa avx512 the faster "

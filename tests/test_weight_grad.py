@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import cpu_isas
 
 import addernet_cuda
+from addernet_cuda import _extension
 
 CHUNK = 64  # WG_PIXELS in csrc/cpu/adder2d_cpu_kernels.h
 
@@ -151,3 +152,43 @@ def test_cuda_bound_of_an_empty_batch_is_zero():
     allowed = weight_grad_allowed_error(case, dy, x, w)
     assert allowed.shape == w.shape
     assert not allowed.any()
+
+
+# (N, C, H, W, Co, k, stride, padding, groups) for the AVX-512 weight gradient against AVX2: 12
+# output channels (one 12-row call), 13 (6 + 7), 30 (12 + 12 + 6), 64; 72, 144 and 576 taps (a
+# short last block of 32, runs of blocks split between threads); output widths of 8 and 16
+# (zero-padded planes), 10 (the transposed gather), stride 2 with groups.
+ISA_SHAPES = [
+    pytest.param((3, 8, 10, 10, 12, 3, 1, 1, 1), id="12-channels"),
+    pytest.param((2, 16, 8, 8, 13, 3, 1, 1, 1), id="13-channels"),
+    pytest.param((2, 16, 16, 16, 30, 3, 1, 1, 1), id="30-channels"),
+    pytest.param((2, 64, 8, 8, 64, 3, 1, 1, 1), id="64-channels"),
+    pytest.param((3, 12, 11, 16, 10, 3, 2, 1, 2), id="stride2-groups"),
+]
+
+
+@pytest.mark.skipif(
+    addernet_cuda.build_info()["cpu_isa"] != "avx512",
+    reason="AVX-512 kernels not compiled in or the CPU lacks AVX-512 F/BW/VL/VNNI",
+)
+@pytest.mark.parametrize("weight_grad_kernel", ["decomposition", "direct"], indirect=True)
+@pytest.mark.parametrize("shape", ISA_SHAPES)
+def test_weight_grad_avx512_bitwise_equal_to_avx2(shape, weight_grad_kernel):
+    """The AVX-512 weight gradient (FMAs on 64-byte vectors, blocks of 32 taps) sums each tap
+    over the pixels in the AVX2 kernels' order (blocks of 16 taps): the same bits, on 1 to 3
+    threads (work items of different runs of blocks)."""
+    dy, x, w, kw = make_case(shape, "offset", torch.float32)
+    previous, threads = _extension._C.cpu_isa(), torch.get_num_threads()
+    try:
+        out, register_bytes = [], {}
+        for isa in ("avx2", "avx512"):
+            _extension._C.set_cpu_isa(isa)
+            register_bytes[isa] = _extension._C.adder2d_cpu_weight_grad_register_bytes(False)
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                out.append(addernet_cuda.ops.adder2d_weight_grad(dy, x, w, **kw))
+    finally:
+        _extension._C.set_cpu_isa(previous)
+        torch.set_num_threads(threads)
+    assert register_bytes == {"avx2": 32, "avx512": 64}
+    assert all(torch.equal(out[0].view(torch.int32), o.view(torch.int32)) for o in out[1:])

@@ -256,6 +256,11 @@ int64_t input_grad_register_bytes(bool float64) {
                  : kernels<float>().input_grad_register_bytes;
 }
 
+int64_t weight_grad_register_bytes(bool float64) {
+  return float64 ? kernels<double>().weight_grad_register_bytes
+                 : kernels<float>().weight_grad_register_bytes;
+}
+
 namespace {
 
 // Whether the forward of shape s on `path` with kernel set ks interleaves the weights
@@ -697,8 +702,9 @@ Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, c
     const int64_t cog = s.out_channels_per_group;
     const bool direct = use_direct_weight_grad();
     const auto block = direct ? ks.weight_grad_block_direct : ks.weight_grad_block;
-    const int64_t item_taps = direct ? ks.weight_grad_taps : ks.weight_grad_item_taps(s);
-    const int64_t blocks = (s.taps + item_taps - 1) / item_taps;
+    const int64_t kb = ks.weight_grad_taps, blocks = (s.taps + kb - 1) / kb;
+    const int64_t items =
+        direct ? blocks : ks.weight_grad_items(s, torch::stable::get_num_threads());
     // The decomposition's sum dY per output channel, once for all work items.
     std::vector<double> dysum(direct ? 0 : s.out_channels);
     if (!direct)
@@ -707,12 +713,15 @@ Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, c
       });
     // Work item = (group, block of taps) for all the group's output channels: each reduces in a
     // fixed order whatever the thread count.
-    torch::stable::parallel_for(0, s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, s.groups * items, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t g = i / blocks, k0 = (i % blocks) * item_taps;
+        const int64_t g = i / items, item = i % items;
+        // blocks [item * blocks / items, (item + 1) * blocks / items) of the group
+        const int64_t k0 = item * blocks / items * kb;
+        const int64_t k1 = std::min(s.taps, (item + 1) * blocks / items * kb);
         block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps,
-              direct ? nullptr : dysum.data() + g * cog, g, k0, scratch.data());
+              direct ? nullptr : dysum.data() + g * cog, g, k0, k1 - k0, scratch.data());
       }
     });
   });

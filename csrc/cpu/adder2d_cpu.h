@@ -238,20 +238,23 @@ struct KernelSet {
   // the same dy.
   void (*input_grad_planes)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,
                             int64_t np, bool sign_mode, T* scratch, bool reuse);
-  // dW of every output channel of group g: taps [k0, k0 + weight_grad_item_taps(shape)) by the
-  // decomposition sum dY*Xp - W*sum dY (default), or taps [k0, k0 + weight_grad_taps) directly
-  // as sum dY*(Xp - W).
-  // dysum: weight_grad_dy_sum of the group's output channels (the decomposition's sum dY; the
-  // direct kernel ignores it).
+  // dW of every output channel of group g: taps [k0, k0 + nt) by the decomposition
+  // sum dY*Xp - W*sum dY (default; k0 a multiple of weight_grad_taps, nt at most 4 times it:
+  // one of weight_grad_items' work items), or directly as sum dY*(Xp - W) (k0 a multiple of
+  // weight_grad_taps, nt at most it). dysum: weight_grad_dy_sum of the group's output channels
+  // (the decomposition's sum dY; the direct kernel ignores it).
   void (*weight_grad_block)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
-                            const double* dysum, int64_t g, int64_t k0, T* scratch);
+                            const double* dysum, int64_t g, int64_t k0, int64_t nt, T* scratch);
   void (*weight_grad_block_direct)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
-                                   const double* dysum, int64_t g, int64_t k0, T* scratch);
+                                   const double* dysum, int64_t g, int64_t k0, int64_t nt,
+                                   T* scratch);
   // sum over images and pixels of dY of layer output channel co, in double (a fixed order).
   double (*weight_grad_dy_sum)(const Adder2dShape&, const T* dy, int64_t co);
   int64_t (*input_grad_scratch)(const Adder2dShape&);
   int64_t (*weight_grad_scratch)(const Adder2dShape&);
-  int64_t (*weight_grad_item_taps)(const Adder2dShape&);
+  // The decomposition's work items per group on a number of threads (weight_grad_block's runs
+  // of blocks of weight_grad_taps taps).
+  int64_t (*weight_grad_items)(const Adder2dShape&, int64_t threads);
   int64_t weight_grad_taps;
   int64_t tile_pixels;
   // forward_tile's scratch is forward_scratch + out_channels_per_group * tile_pixels elements.
@@ -292,6 +295,8 @@ struct KernelSet {
   int64_t forward_register_bytes;
   // Bytes per register of the input gradient's stride-1 loop.
   int64_t input_grad_register_bytes;
+  // Bytes per register of the weight gradient's FMAs.
+  int64_t weight_grad_register_bytes;
 };
 
 // Baseline build (any x86-64 / other CPU) and, on x86-64, an AVX2+FMA build.
@@ -336,6 +341,8 @@ bool forward_interleaves_weights(const Adder2dShape& s, bool float64);
 std::array<int64_t, 3> forward_tile(bool float64);
 // Bytes per register of the input gradient's stride-1 loop with the current instruction set.
 int64_t input_grad_register_bytes(bool float64);
+// Bytes per register of the weight gradient's FMAs with the current instruction set.
+int64_t weight_grad_register_bytes(bool float64);
 
 // |x - w| terms per second of thread CPU time of the forward's float32 micro-tile arithmetic on
 // registers (the current instruction set's; at the AVX-512 level the faster of the AVX2 and

@@ -1,8 +1,9 @@
 // The float forward's tile loops (adder2d_cpu_kernels.h: forward_tiles_direct and
 // forward_tiles_batch, with micro_tile_zmm) and the float input gradient (input_grad_planes, whose
 // stride-1 loop is input_grad_vectors_zmm, except with at most 4 output channels per group, where
-// input_grad_row_all_taps keeps 32-byte vectors) compiled for AVX-512 F/VL; every other kernel of the
-// AVX-512 set is the AVX2 one. Only these functions are compiled for AVX-512 (a target
+// input_grad_row_all_taps keeps 32-byte vectors) and the float weight gradient (both kernels,
+// their FMAs on 64-byte vectors: WgVec<float>) compiled for AVX-512 F/VL; every other kernel of
+// the AVX-512 set is the AVX2 one. Only these functions are compiled for AVX-512 (a target
 // pragma opened after the standard headers), so the extension still runs on a CPU without it:
 // adder2d_cpu.cpp calls them only when the CPU has it. Results are bitwise equal to the AVX2
 // kernels' (the same terms, summed in the same order).
@@ -42,6 +43,12 @@ KernelSet<float> avx512_kernels_float() {
   k.forward_interleave_weights = nullptr;  // its float micro-tile reads W's rows as they are
   k.input_grad_planes = &avx512_float::input_grad_planes<float>;
   k.input_grad_register_bytes = 64;
+  k.weight_grad_block = &avx512_float::weight_grad_block<float>;
+  k.weight_grad_block_direct = &avx512_float::weight_grad_block_direct<float>;
+  k.weight_grad_scratch = &avx512_float::weight_grad_scratch<float>;
+  k.weight_grad_items = &avx512_float::weight_grad_items<float>;
+  k.weight_grad_taps = avx512_float::weight_grad_taps<float>();
+  k.weight_grad_register_bytes = 64;
   k.forward_tile_rows = avx512_float::forward_rows<float>();
   k.forward_register_bytes = 64;
   return k;

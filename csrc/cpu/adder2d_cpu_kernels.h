@@ -138,6 +138,9 @@ struct Vec<double> {
   static constexpr int64_t abs_mask = 0x7fffffffffffffffLL;
   static constexpr int rows = 2;  // 2 x 4 accumulators
 };
+#ifdef ADDER_CPU_ZMM
+typedef float Zmm __attribute__((vector_size(64)));  // 16 floats, one AVX-512 register
+#endif
 
 // Hides v's value from the compiler without moving it out of registers, so that a loop on
 // constant operands is not folded. ADDER_CPU_VECTOR_BYTES (set by the includer) is the size of
@@ -159,12 +162,15 @@ static inline void opaque(V& v) {
 // else a product and a sum. The build turns off the compiler's own contraction
 // (-ffp-contract=off): which products it fused varied with the compiler version and with the
 // inlining of each template instance, and so did the results of sums meant to be bitwise equal.
-// For the float and double vectors of Vec and for scalars.
+// For the float and double vectors of Vec, the AVX-512 build's 64-byte float vector and scalars.
 template <typename V>
 static inline V mul_add(V a, V b, V c) {
 #if defined(ADDER_CPU_FMA)
   if constexpr (std::is_same_v<V, Vec<float>::type>) return __builtin_ia32_vfmaddps256(a, b, c);
   if constexpr (std::is_same_v<V, Vec<double>::type>) return __builtin_ia32_vfmaddpd256(a, b, c);
+#if defined(ADDER_CPU_ZMM)
+  if constexpr (std::is_same_v<V, Zmm>) return _mm512_fmadd_ps(a, b, c);
+#endif
   if constexpr (std::is_same_v<V, float>) return __builtin_fmaf(a, b, c);
   if constexpr (std::is_same_v<V, double>) return __builtin_fma(a, b, c);
 #endif
@@ -1579,14 +1585,29 @@ void input_grad_planes(const Adder2dShape& s, const T* dy, const T* x, const T* 
 constexpr int64_t WG_PIXELS = 64;  // pixels per packed chunk of the weight gradient
 constexpr int64_t WG_SUB = 4;      // most blocks of taps per work item (decomposition)
 
-// Taps per weight-gradient block: two vectors.
+// The weight gradient's FMA vector and its register block: Vec's 32-byte vector with 6 output
+// channels (6 x 2 accumulators, two panel vectors and a broadcast in AVX2's 16 registers), or in
+// the AVX-512 build for float a 64-byte vector with 12 (12 x 2 + 3 of AVX-512's 32). Each tap's
+// sum runs over the pixels in the same order at either width, so the results are the same bits;
+// the panels are still packed by Vec's VL x VL transposes.
+template <typename T>
+struct WgVec {
+  typedef typename Vec<T>::type type;
+  static constexpr int rows = 6;
+};
+#ifdef ADDER_CPU_ZMM
+template <>
+struct WgVec<float> {
+  typedef Zmm type;
+  static constexpr int rows = 12;
+};
+#endif
+
+// Taps per weight-gradient block: two of WgVec's vectors.
 template <typename T>
 constexpr int64_t weight_grad_taps() {
-  return int64_t(2 * sizeof(typename Vec<T>::type) / sizeof(T));
+  return int64_t(2 * sizeof(typename WgVec<T>::type) / sizeof(T));
 }
-
-template <typename T>
-static int64_t weight_grad_item_taps(const Adder2dShape& s);
 
 // Whether the decomposition packs its panels from zero-padded planes: output rows of whole vectors.
 template <typename T>
@@ -1598,7 +1619,7 @@ static bool weight_grad_uses_padded(const Adder2dShape& s) {
 template <typename T>
 static int64_t weight_grad_item_channels(const Adder2dShape& s) {
   const int64_t KHW = s.kernel_h * s.kernel_w;
-  return min_i64(s.in_channels_per_group, (weight_grad_item_taps<T>(s) - 1) / KHW + 2);
+  return min_i64(s.in_channels_per_group, (WG_SUB * weight_grad_taps<T>() - 1) / KHW + 2);
 }
 
 // Elements of the zero-padded planes (and a vector of zeros) for one work item; 0 when unused.
@@ -1636,7 +1657,7 @@ static void pack_panel_transposed(const Adder2dShape& s, const T* x, int64_t p0,
 template <typename T, int R>
 static void weight_grad_micro(const T* panel, int64_t np, const T* dy, int64_t L, const T* w,
                               int64_t ldw, int64_t nk, double* acc) {
-  typedef typename Vec<T>::type V;
+  typedef typename WgVec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
   V wv[R][2], part[R][2];
   for (int r = 0; r < R; ++r) {
@@ -1670,11 +1691,10 @@ static void weight_grad_micro(const T* panel, int64_t np, const T* dy, int64_t L
 // thread count. dy, x: the whole dY and X; w, gw: W[g*Cog] and dW[g*Cog] (row stride s.taps).
 template <typename T>
 void weight_grad_block_direct(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
-                              const double*, int64_t g, int64_t k0, T* scratch) {
+                              const double*, int64_t g, int64_t k0, int64_t nk, T* scratch) {
   constexpr int64_t KB = weight_grad_taps<T>();
   constexpr int R = 3;
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
-  const int64_t nk = min_i64(KB, K - k0);
   T* panel = scratch;
   double* acc = reinterpret_cast<double*>(scratch + WG_PIXELS * KB + WG_SUB * KB);
   for (int64_t i = 0; i < cog * KB; ++i) acc[i] = 0.0;
@@ -1696,10 +1716,6 @@ void weight_grad_block_direct(const Adder2dShape& s, const T* dy, const T* x, co
   for (int64_t co = 0; co < cog; ++co)
     for (int64_t j = 0; j < nk; ++j) gw[co * K + k0 + j] = T(acc[co * KB + j]);
 }
-
-// Output channels per register block of the decomposed weight gradient: R x 2 accumulators,
-// two panel vectors and a broadcast fit the 16 vector registers of AVX2.
-constexpr int WG_ROWS = 6;
 
 // acc[0..VL) += v in double, vectorised (the conversion of float lanes is exact).
 typedef double DVec __attribute__((vector_size(32)));
@@ -1729,13 +1745,20 @@ static inline void add_to_double(double* acc, Vec<double>::type v) {
   a += v;
   __builtin_memcpy(acc, &a, sizeof(DVec));
 }
+#ifdef ADDER_CPU_ZMM
+static inline void add_to_double(double* acc, Zmm v) {
+  add_to_double(acc, Vec<float>::type(_mm512_castps512_ps256(v)));
+  add_to_double(acc + 8,
+                Vec<float>::type(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+}
+#endif
 
 // acc[r][j] += sum_p dy[r*L + p] * panel[p][j] for R output channels and the block's taps (two
 // vectors) over np pixels: one FMA per tap. The pixel sum runs in T in registers (in pixel
 // order), then is added to the double accumulator.
 template <typename T, int R>
 static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, double* acc) {
-  typedef typename Vec<T>::type V;
+  typedef typename WgVec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
   V part[R][2];
   for (int r = 0; r < R; ++r) part[r][0] = part[r][1] = V{};
@@ -1763,14 +1786,14 @@ template <typename T>
 static void pack_panel_centred(const Adder2dShape& s, const T* x, int64_t p0, int64_t np,
                                int64_t k0, int64_t nk, const T* c, T* rows, T* panel) {
   typedef typename Vec<T>::type V;
-  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = weight_grad_taps<T>();
   const int64_t npr = (np + VL - 1) / VL * VL;
   pack_patches(s, x, p0, np, k0, nk, rows, WG_PIXELS, 1);
   for (int64_t j = 0; j < nk; ++j)
     for (int64_t p = np; p < npr; ++p) rows[j * WG_PIXELS + p] = T(0);
   for (int64_t j = nk; j < KB; ++j)
     for (int64_t p = 0; p < npr; ++p) rows[j * WG_PIXELS + p] = T(0);
-  for (int64_t h = 0; h < 2; ++h) {
+  for (int64_t h = 0; h < KB / VL; ++h) {
     V cv;
     __builtin_memcpy(&cv, c + h * VL, sizeof(V));
     for (int64_t p = 0; p < npr; p += VL) {
@@ -1842,12 +1865,12 @@ static void pack_panel_centred_padded(const Adder2dShape& s, const T* planes, co
                                       int64_t p0, int64_t np, int64_t nk, const T* c,
                                       const T* zeros, T* panel) {
   typedef typename Vec<T>::type V;
-  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
+  constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = weight_grad_taps<T>();
   const int64_t row = s.stride_w * padded_phase_width<T>(s);
   for (int64_t p = 0; p < np; p += VL) {
     const int64_t oh = (p0 + p) / s.out_w, ow = (p0 + p) % s.out_w;
     const T* base = planes + oh * s.stride_h * row + ow;
-    for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t h = 0; h < KB / VL; ++h) {
       const T* src[VL];
       for (int64_t i = 0; i < VL; ++i) src[i] = h * VL + i < nk ? base + off[h * VL + i] : zeros;
       V cv;
@@ -1878,32 +1901,36 @@ static void sum_row(const T* dy, int64_t n, double* sum) {
   }
 }
 
+// weight_grad_fma for R output channels where r == R, for 1 <= r < WgVec<T>::rows.
+template <typename T, int R = 1>
+static void weight_grad_fma_rows(int64_t r, const T* panel, int64_t np, const T* dy, int64_t L,
+                                 double* acc) {
+  if constexpr (R < WgVec<T>::rows) {
+    if (r == R) return weight_grad_fma<T, R>(panel, np, dy, L, acc);
+    weight_grad_fma_rows<T, R + 1>(r, panel, np, dy, L, acc);
+  }
+}
+
 // weight_grad_fma over all cog output channels (dy: channel 0's row, rows L apart; acc: channel
-// 0's, KB apart) in calls of WG_ROWS rows, the rest in one or two calls of 3-5 rows where
-// possible: a call of 1 or 2 rows loads 2 or 3 values per FMA pair and re-reads the panel (16
-// channels as 6 + 6 + 4, 32 as 6 + 6 + 6 + 6 + 4 + 4, 13 as 6 + 4 + 3).
+// 0's, KB apart) in calls of ROWS = WgVec<T>::rows rows; a rest under 4 rows joins the last full
+// call, split into two calls (a call of 1 or 2 rows loads 2 or 3 values per FMA pair and re-reads
+// the panel). With ROWS = 6: 16 channels as 6 + 6 + 4, 32 as 6 + 6 + 6 + 6 + 4 + 4, 13 as 6 + 4 + 3.
 template <typename T>
 static void weight_grad_rows(const T* panel, int64_t np, const T* dy, int64_t L, int64_t cog,
                              double* acc) {
   constexpr int64_t KB = weight_grad_taps<T>();
-  int64_t full = cog / WG_ROWS, rest = cog % WG_ROWS;
-  if (rest > 0 && rest < 4 && full > 0) {  // one full call and the rest as two calls of 3-5 rows
+  constexpr int ROWS = WgVec<T>::rows;
+  int64_t full = cog / ROWS, rest = cog % ROWS;
+  if (rest > 0 && rest < 4 && full > 0) {  // one full call and the rest as two calls
     --full;
-    rest += WG_ROWS;
+    rest += ROWS;
   }
-  typedef void (*Fma)(const T*, int64_t, const T*, int64_t, double*);
-  static constexpr Fma by_rows[6] = {nullptr,
-                                     &weight_grad_fma<T, 1>,
-                                     &weight_grad_fma<T, 2>,
-                                     &weight_grad_fma<T, 3>,
-                                     &weight_grad_fma<T, 4>,
-                                     &weight_grad_fma<T, 5>};
   int64_t co = 0;
-  for (int64_t i = 0; i < full; ++i, co += WG_ROWS)
-    weight_grad_fma<T, WG_ROWS>(panel, np, dy + co * L, L, acc + co * KB);
+  for (int64_t i = 0; i < full; ++i, co += ROWS)
+    weight_grad_fma<T, ROWS>(panel, np, dy + co * L, L, acc + co * KB);
   while (rest > 0) {
-    const int64_t r = rest > 5 ? rest - rest / 2 : rest;
-    by_rows[r](panel, np, dy + co * L, L, acc + co * KB);
+    const int64_t r = rest >= ROWS ? rest - rest / 2 : rest;
+    weight_grad_fma_rows<T>(r, panel, np, dy + co * L, L, acc + co * KB);
     co += r;
     rest -= r;
   }
@@ -1923,20 +1950,25 @@ static double weight_grad_dy_sum(const Adder2dShape& s, const T* dy, int64_t co)
   return t;
 }
 
-// Taps per work item of the decomposed weight gradient: up to WG_SUB blocks of KB taps, so that
-// each chunk of dY (all the group's output channels x WG_PIXELS pixels) is reused from cache by
-// WG_SUB panels instead of being streamed from memory once per block; fewer when that would
-// leave under 8 work items. Each tap's reduction order does not depend on the grouping.
+// Work items per group of the decomposed weight gradient on `threads` threads, each a run of
+// blocks of KB taps (item i of n: blocks [i * B / n, (i + 1) * B / n) of the group's B): as few
+// as keep every item within WG_SUB blocks, so that each chunk of dY (all the group's output
+// channels x WG_PIXELS pixels) is reused from cache by up to WG_SUB panels instead of being
+// streamed from memory once per block; then more, up to one block each, until all groups' items
+// are a multiple of the threads (equal shares: 9 items on 2 threads left one thread 5 to do
+// while the other waited after 4). Each tap's reduction order does not depend on the grouping,
+// so the results do not depend on the thread count.
 template <typename T>
-static int64_t weight_grad_item_taps(const Adder2dShape& s) {
+static int64_t weight_grad_items(const Adder2dShape& s, int64_t threads) {
   constexpr int64_t KB = weight_grad_taps<T>();
-  int64_t sub = WG_SUB;
-  while (sub > 1 && s.groups * ((s.taps + sub * KB - 1) / (sub * KB)) < 8) sub /= 2;
-  return sub * KB;
+  const int64_t blocks = (s.taps + KB - 1) / KB;
+  int64_t items = min_i64((blocks + WG_SUB - 1) / WG_SUB, blocks);
+  while (items < blocks && (s.groups * items) % threads != 0) ++items;
+  return items;
 }
 
-// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + weight_grad_item_taps)
-// by the decomposition (one FMA per tap):
+// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + nt) (nt at most WG_SUB *
+// KB) by the decomposition (one FMA per tap):
 //   dW[co,k] = sum_p dY[co,p] * (Xp[k,p] - c_k) - (W[co,k] - c_k) * sum_p dY[co,p]
 // exact for any c_k; c_k = mean over the group's output channels of W[co,k] (rounded to T) keeps
 // the cancellation small when the weights share an offset (|W| large against |Xp - W|). The
@@ -1948,10 +1980,11 @@ static int64_t weight_grad_item_taps(const Adder2dShape& s) {
 // to first order, against (m + 2) u sum_p |dY| |Xp - W| for the direct kernel.
 template <typename T>
 void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
-                       const double* dysum, int64_t g, int64_t k0, T* scratch) {
-  constexpr int64_t KB = weight_grad_taps<T>(), VL = KB / 2;
+                       const double* dysum, int64_t g, int64_t k0, int64_t nt, T* scratch) {
+  constexpr int64_t KB = weight_grad_taps<T>();
+  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));  // the packing's
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
-  const int64_t nt = min_i64(weight_grad_item_taps<T>(s), K - k0), nsub = (nt + KB - 1) / KB;
+  const int64_t nsub = (nt + KB - 1) / KB;
   T* panel = scratch;
   T* centre = scratch + WG_PIXELS * KB;                           // nsub * KB
   double* acc = reinterpret_cast<double*>(centre + WG_SUB * KB);  // [sub][co][KB]
@@ -2011,7 +2044,7 @@ KernelSet<T> make_kernel_set() {
                       &weight_grad_dy_sum<T>,
                       &input_grad_scratch<T>,
                       &weight_grad_scratch<T>,
-                      &weight_grad_item_taps<T>,
+                      &weight_grad_items<T>,
                       weight_grad_taps<T>(),
                       TILE_P,
                       TILE_K * TILE_P,
@@ -2024,6 +2057,7 @@ KernelSet<T> make_kernel_set() {
                       TILE_P / int64_t(sizeof(typename Vec<T>::type) / sizeof(T)),
                       IG_PLANES,
                       forward_rows<T>(),
+                      ADDER_CPU_VECTOR_BYTES,
                       ADDER_CPU_VECTOR_BYTES,
                       ADDER_CPU_VECTOR_BYTES};
 }
