@@ -156,14 +156,17 @@ def test_cuda_bound_of_an_empty_batch_is_zero():
 
 # (N, C, H, W, Co, k, stride, padding, groups) for the AVX-512 weight gradient against AVX2: 12
 # output channels (one 12-row call), 13 (6 + 7), 30 (12 + 12 + 6), 64; 72, 144 and 576 taps (a
-# short last block of 32, runs of blocks split between threads); output widths of 8 and 16
-# (zero-padded planes), 10 (the transposed gather), stride 2 with groups.
+# short last block of 32, runs of blocks split between threads), 45 (a block's last 16 taps
+# partly past the end); output widths of 8 and 16 (zero-padded planes; at 16 and 32 the AVX-512
+# copy packs 16 x 16 blocks), 10 (the transposed gather), stride 2 with groups.
 ISA_SHAPES = [
     pytest.param((3, 8, 10, 10, 12, 3, 1, 1, 1), id="12-channels"),
     pytest.param((2, 16, 8, 8, 13, 3, 1, 1, 1), id="13-channels"),
     pytest.param((2, 16, 16, 16, 30, 3, 1, 1, 1), id="30-channels"),
     pytest.param((2, 64, 8, 8, 64, 3, 1, 1, 1), id="64-channels"),
     pytest.param((3, 12, 11, 16, 10, 3, 2, 1, 2), id="stride2-groups"),
+    pytest.param((2, 8, 9, 32, 12, 3, 2, 1, 1), id="stride2-width16"),
+    pytest.param((2, 5, 12, 16, 9, 3, 1, 1, 1), id="45-taps-width16"),
 ]
 
 

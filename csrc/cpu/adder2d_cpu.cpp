@@ -702,9 +702,11 @@ Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, c
     const int64_t cog = s.out_channels_per_group;
     const bool direct = use_direct_weight_grad();
     const auto block = direct ? ks.weight_grad_block_direct : ks.weight_grad_block;
-    const int64_t kb = ks.weight_grad_taps, blocks = (s.taps + kb - 1) / kb;
+    // Work item i of a group: taps [u(i) * unit, u(i + 1) * unit), u(i) = i * units / items.
+    const int64_t unit = direct ? ks.weight_grad_taps : ks.weight_grad_unit_taps;
+    const int64_t units = (s.taps + unit - 1) / unit;
     const int64_t items =
-        direct ? blocks : ks.weight_grad_items(s, torch::stable::get_num_threads());
+        direct ? units : ks.weight_grad_items(s, torch::stable::get_num_threads());
     // The decomposition's sum dY per output channel, once for all work items.
     std::vector<double> dysum(direct ? 0 : s.out_channels);
     if (!direct)
@@ -717,9 +719,8 @@ Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, c
       std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {
         const int64_t g = i / items, item = i % items;
-        // blocks [item * blocks / items, (item + 1) * blocks / items) of the group
-        const int64_t k0 = item * blocks / items * kb;
-        const int64_t k1 = std::min(s.taps, (item + 1) * blocks / items * kb);
+        const int64_t k0 = item * units / items * unit;
+        const int64_t k1 = std::min(s.taps, (item + 1) * units / items * unit);
         block(s, dyp, xp, wp + g * cog * s.taps, gwp + g * cog * s.taps,
               direct ? nullptr : dysum.data() + g * cog, g, k0, k1 - k0, scratch.data());
       }

@@ -239,9 +239,8 @@ struct KernelSet {
   void (*input_grad_planes)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gx,
                             int64_t np, bool sign_mode, T* scratch, bool reuse);
   // dW of every output channel of group g: taps [k0, k0 + nt) by the decomposition
-  // sum dY*Xp - W*sum dY (default; k0 a multiple of weight_grad_taps, nt at most 4 times it:
-  // one of weight_grad_items' work items), or directly as sum dY*(Xp - W) (k0 a multiple of
-  // weight_grad_taps, nt at most it). dysum: weight_grad_dy_sum of the group's output channels
+  // sum dY*Xp - W*sum dY (default; one of weight_grad_items' work items), or directly as
+  // sum dY*(Xp - W) (k0 a multiple of weight_grad_taps, nt at most it). dysum: weight_grad_dy_sum of the group's output channels
   // (the decomposition's sum dY; the direct kernel ignores it).
   void (*weight_grad_block)(const Adder2dShape&, const T* dy, const T* x, const T* w, T* gw,
                             const double* dysum, int64_t g, int64_t k0, int64_t nt, T* scratch);
@@ -252,10 +251,11 @@ struct KernelSet {
   double (*weight_grad_dy_sum)(const Adder2dShape&, const T* dy, int64_t co);
   int64_t (*input_grad_scratch)(const Adder2dShape&);
   int64_t (*weight_grad_scratch)(const Adder2dShape&);
-  // The decomposition's work items per group on a number of threads (weight_grad_block's runs
-  // of blocks of weight_grad_taps taps).
+  // The decomposition's work items per group on a number of threads: item i of n is taps
+  // [u(i) U, min(u(i + 1) U, taps)), u(i) = i * ceil(taps / U) / n, U = weight_grad_unit_taps.
   int64_t (*weight_grad_items)(const Adder2dShape&, int64_t threads);
   int64_t weight_grad_taps;
+  int64_t weight_grad_unit_taps;
   int64_t tile_pixels;
   // forward_tile's scratch is forward_scratch + out_channels_per_group * tile_pixels elements.
   int64_t forward_scratch;

@@ -1584,6 +1584,7 @@ void input_grad_planes(const Adder2dShape& s, const T* dy, const T* x, const T* 
 
 constexpr int64_t WG_PIXELS = 64;  // pixels per packed chunk of the weight gradient
 constexpr int64_t WG_SUB = 4;      // most blocks of taps per work item (decomposition)
+constexpr int64_t WG_ZEROS = 16;   // zeros read for the taps past a block's end (a 64-byte row)
 
 // The weight gradient's FMA vector and its register block: Vec's 32-byte vector with 6 output
 // channels (6 x 2 accumulators, two panel vectors and a broadcast in AVX2's 16 registers), or in
@@ -1609,6 +1610,13 @@ constexpr int64_t weight_grad_taps() {
   return int64_t(2 * sizeof(typename WgVec<T>::type) / sizeof(T));
 }
 
+// The decomposition's work items start at multiples of two of Vec's vectors of taps (a block, or
+// at the AVX-512 level half of one): finer shares between the threads.
+template <typename T>
+constexpr int64_t weight_grad_unit_taps() {
+  return int64_t(2 * sizeof(typename Vec<T>::type) / sizeof(T));
+}
+
 // Whether the decomposition packs its panels from zero-padded planes: output rows of whole vectors.
 template <typename T>
 static bool weight_grad_uses_padded(const Adder2dShape& s) {
@@ -1627,8 +1635,7 @@ template <typename T>
 static int64_t weight_grad_padded_size(const Adder2dShape& s) {
   if (!weight_grad_uses_padded<T>(s)) return 0;
   const int64_t Wq = (s.in_w + 2 * s.pad_w + s.stride_w - 1) / s.stride_w;
-  return weight_grad_item_channels<T>(s) * (s.in_h + 2 * s.pad_h) * s.stride_w * Wq +
-         int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
+  return weight_grad_item_channels<T>(s) * (s.in_h + 2 * s.pad_h) * s.stride_w * Wq + WG_ZEROS;
 }
 
 // Scratch elements the weight-gradient kernels need (either of them).
@@ -1753,33 +1760,31 @@ static inline void add_to_double(double* acc, Zmm v) {
 }
 #endif
 
-// acc[r][j] += sum_p dy[r*L + p] * panel[p][j] for R output channels and the block's taps (two
-// vectors) over np pixels: one FMA per tap. The pixel sum runs in T in registers (in pixel
-// order), then is added to the double accumulator.
-template <typename T, int R>
+// acc[r][j] += sum_p dy[r*L + p] * panel[p][j] for R output channels and the block's first NV
+// vectors of taps (NV = 1: a half block) over np pixels: one FMA per tap. The pixel sum runs in
+// T in registers (in pixel order), then is added to the double accumulator.
+template <typename T, int R, int NV>
 static void weight_grad_fma(const T* panel, int64_t np, const T* dy, int64_t L, double* acc) {
   typedef typename WgVec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = 2 * VL;
-  V part[R][2];
-  for (int r = 0; r < R; ++r) part[r][0] = part[r][1] = V{};
+  V part[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) part[r][j] = V{};
   for (int64_t p = 0; p < np; ++p) {
-    V x0, x1;
-    __builtin_memcpy(&x0, panel + p * KB, sizeof(V));
-    __builtin_memcpy(&x1, panel + p * KB + VL, sizeof(V));
+    V x[NV];  // separate loads (memcpy into the array as a whole went through the stack)
+    for (int j = 0; j < NV; ++j) __builtin_memcpy(&x[j], panel + p * KB + j * VL, sizeof(V));
     for (int r = 0; r < R; ++r) {
       const V d = dy[r * L + p] - V{};  // broadcast
-      part[r][0] = mul_add(d, x0, part[r][0]);
-      part[r][1] = mul_add(d, x1, part[r][1]);
+      for (int j = 0; j < NV; ++j) part[r][j] = mul_add(d, x[j], part[r][j]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    add_to_double(acc + r * KB, part[r][0]);
-    add_to_double(acc + r * KB + VL, part[r][1]);
-  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) add_to_double(acc + r * KB + j * VL, part[r][j]);
 }
 
 // The decomposition's panel: panel[p][j] = Xp[k0 + j, p0 + p] - c[j] for the block's taps (taps
-// past nk read as 0, pixels past np left unspecified). The patches are gathered pixel-contiguous
+// past nk read as 0 up to a multiple of VL, the later ones and pixels past np left unspecified:
+// their sums are never read). The patches are gathered pixel-contiguous
 // into rows[j][p] (contiguous copies at stride 1), then transposed in VL x VL register blocks:
 // the same values as a transposed gather followed by the subtraction.
 template <typename T>
@@ -1791,9 +1796,10 @@ static void pack_panel_centred(const Adder2dShape& s, const T* x, int64_t p0, in
   pack_patches(s, x, p0, np, k0, nk, rows, WG_PIXELS, 1);
   for (int64_t j = 0; j < nk; ++j)
     for (int64_t p = np; p < npr; ++p) rows[j * WG_PIXELS + p] = T(0);
-  for (int64_t j = nk; j < KB; ++j)
+  const int64_t groups = (nk + VL - 1) / VL;  // of VL taps; the panel's later columns unused
+  for (int64_t j = nk; j < groups * VL; ++j)
     for (int64_t p = 0; p < npr; ++p) rows[j * WG_PIXELS + p] = T(0);
-  for (int64_t h = 0; h < KB / VL; ++h) {
+  for (int64_t h = 0; h < groups; ++h) {
     V cv;
     __builtin_memcpy(&cv, c + h * VL, sizeof(V));
     for (int64_t p = 0; p < npr; p += VL) {
@@ -1858,8 +1864,42 @@ static void panel_tap_offsets(const Adder2dShape& s, int64_t c0, int64_t k0, int
   }
 }
 
+#ifdef ADDER_CPU_ZMM
+// dst[p * ldd + j] = src[j][p] - c[j] for a 16 x 16 block of floats on 64-byte vectors: the
+// pixels' 4 x 4-float quarters by unpacks of the taps in pairs and fours, then 128-bit lanes
+// exchanged 4 x 4 (one vector per pixel); the values of the 8 x 8 transposes, in half the
+// loads, stores and shuffles.
+static inline void transpose16_centred(const float* const* src, __m512 c, float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src[i]);
+  for (int i = 0; i < 16; i += 2) {  // t[i]: taps i, i+1 of pixels 4L, 4L+1; t[i+1]: 4L+2, 4L+3
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int q = 0; q < 16; q += 4) {  // r[q + s], lane L: taps q..q+3 of pixel 4L + s
+    const __m512d a = _mm512_castps_pd(t[q]), b = _mm512_castps_pd(t[q + 2]);
+    const __m512d e = _mm512_castps_pd(t[q + 1]), f = _mm512_castps_pd(t[q + 3]);
+    r[q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    r[q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    r[q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(e, f));
+    r[q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(e, f));
+  }
+  for (int s = 0; s < 4; ++s) {  // lane L of pixel 4L + s from r[s], r[4 + s], r[8 + s], r[12 + s]
+    const __m512 v0 = _mm512_shuffle_f32x4(r[s], r[4 + s], 0x44);
+    const __m512 v1 = _mm512_shuffle_f32x4(r[s], r[4 + s], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(r[8 + s], r[12 + s], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(r[8 + s], r[12 + s], 0xEE);
+    _mm512_storeu_ps(dst + s * ldd, _mm512_sub_ps(_mm512_shuffle_f32x4(v0, v2, 0x88), c));
+    _mm512_storeu_ps(dst + (4 + s) * ldd, _mm512_sub_ps(_mm512_shuffle_f32x4(v0, v2, 0xDD), c));
+    _mm512_storeu_ps(dst + (8 + s) * ldd, _mm512_sub_ps(_mm512_shuffle_f32x4(v1, v3, 0x88), c));
+    _mm512_storeu_ps(dst + (12 + s) * ldd, _mm512_sub_ps(_mm512_shuffle_f32x4(v1, v3, 0xDD), c));
+  }
+}
+#endif
+
 // pack_panel_centred from the padded copy (off: panel_tap_offsets of the block), when the output
-// width is a whole number of vectors: each tap of VL output pixels is one vector load.
+// width is a whole number of vectors: each tap of VL output pixels is one vector load (at the
+// AVX-512 level, with a width of a multiple of 16, 16 x 16 blocks).
 template <typename T>
 static void pack_panel_centred_padded(const Adder2dShape& s, const T* planes, const int64_t* off,
                                       int64_t p0, int64_t np, int64_t nk, const T* c,
@@ -1867,10 +1907,27 @@ static void pack_panel_centred_padded(const Adder2dShape& s, const T* planes, co
   typedef typename Vec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T)), KB = weight_grad_taps<T>();
   const int64_t row = s.stride_w * padded_phase_width<T>(s);
+#ifdef ADDER_CPU_ZMM
+  if constexpr (sizeof(T) == sizeof(float)) {
+    if (s.out_w % 16 == 0) {  // 16 x 16 blocks (np, a multiple of out_w or 64, is one of 16)
+      for (int64_t p = 0; p < np; p += 16) {
+        const int64_t oh = (p0 + p) / s.out_w, ow = (p0 + p) % s.out_w;
+        const float* base = planes + oh * s.stride_h * row + ow;
+        for (int64_t h = 0; h < (nk + 15) / 16; ++h) {
+          const float* src[16];
+          for (int64_t i = 0; i < 16; ++i)
+            src[i] = h * 16 + i < nk ? base + off[h * 16 + i] : zeros;
+          transpose16_centred(src, _mm512_loadu_ps(c + h * 16), panel + p * KB + h * 16, KB);
+        }
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t p = 0; p < np; p += VL) {
     const int64_t oh = (p0 + p) / s.out_w, ow = (p0 + p) % s.out_w;
     const T* base = planes + oh * s.stride_h * row + ow;
-    for (int64_t h = 0; h < KB / VL; ++h) {
+    for (int64_t h = 0; h < (nk + VL - 1) / VL; ++h) {  // the panel's later columns unused
       const T* src[VL];
       for (int64_t i = 0; i < VL; ++i) src[i] = h * VL + i < nk ? base + off[h * VL + i] : zeros;
       V cv;
@@ -1902,12 +1959,12 @@ static void sum_row(const T* dy, int64_t n, double* sum) {
 }
 
 // weight_grad_fma for R output channels where r == R, for 1 <= r < WgVec<T>::rows.
-template <typename T, int R = 1>
+template <typename T, int NV, int R = 1>
 static void weight_grad_fma_rows(int64_t r, const T* panel, int64_t np, const T* dy, int64_t L,
                                  double* acc) {
   if constexpr (R < WgVec<T>::rows) {
-    if (r == R) return weight_grad_fma<T, R>(panel, np, dy, L, acc);
-    weight_grad_fma_rows<T, R + 1>(r, panel, np, dy, L, acc);
+    if (r == R) return weight_grad_fma<T, R, NV>(panel, np, dy, L, acc);
+    weight_grad_fma_rows<T, NV, R + 1>(r, panel, np, dy, L, acc);
   }
 }
 
@@ -1915,7 +1972,7 @@ static void weight_grad_fma_rows(int64_t r, const T* panel, int64_t np, const T*
 // 0's, KB apart) in calls of ROWS = WgVec<T>::rows rows; a rest under 4 rows joins the last full
 // call, split into two calls (a call of 1 or 2 rows loads 2 or 3 values per FMA pair and re-reads
 // the panel). With ROWS = 6: 16 channels as 6 + 6 + 4, 32 as 6 + 6 + 6 + 6 + 4 + 4, 13 as 6 + 4 + 3.
-template <typename T>
+template <typename T, int NV>
 static void weight_grad_rows(const T* panel, int64_t np, const T* dy, int64_t L, int64_t cog,
                              double* acc) {
   constexpr int64_t KB = weight_grad_taps<T>();
@@ -1927,10 +1984,10 @@ static void weight_grad_rows(const T* panel, int64_t np, const T* dy, int64_t L,
   }
   int64_t co = 0;
   for (int64_t i = 0; i < full; ++i, co += ROWS)
-    weight_grad_fma<T, ROWS>(panel, np, dy + co * L, L, acc + co * KB);
+    weight_grad_fma<T, ROWS, NV>(panel, np, dy + co * L, L, acc + co * KB);
   while (rest > 0) {
     const int64_t r = rest >= ROWS ? rest - rest / 2 : rest;
-    weight_grad_fma_rows<T>(r, panel, np, dy + co * L, L, acc + co * KB);
+    weight_grad_fma_rows<T, NV>(r, panel, np, dy + co * L, L, acc + co * KB);
     co += r;
     rest -= r;
   }
@@ -1951,24 +2008,25 @@ static double weight_grad_dy_sum(const Adder2dShape& s, const T* dy, int64_t co)
 }
 
 // Work items per group of the decomposed weight gradient on `threads` threads, each a run of
-// blocks of KB taps (item i of n: blocks [i * B / n, (i + 1) * B / n) of the group's B): as few
-// as keep every item within WG_SUB blocks, so that each chunk of dY (all the group's output
-// channels x WG_PIXELS pixels) is reused from cache by up to WG_SUB panels instead of being
-// streamed from memory once per block; then more, up to one block each, until all groups' items
-// are a multiple of the threads (equal shares: 9 items on 2 threads left one thread 5 to do
-// while the other waited after 4). Each tap's reduction order does not depend on the grouping,
-// so the results do not depend on the thread count.
+// units of U = weight_grad_unit_taps taps (item i of n: units [i * N / n, (i + 1) * N / n) of
+// the group's N), gone through in blocks of KB taps (a last half block by the half-width
+// kernel): as few items as keep each within WG_SUB blocks, so that each chunk of dY (all the
+// group's output channels x WG_PIXELS pixels) is reused from cache by up to WG_SUB panels
+// instead of being streamed from memory once per block; then more, up to one unit each, until
+// all groups' items are a multiple of the threads (equal shares: 9 items on 2 threads left one
+// thread 5 to do while the other waited after 4). Each tap's reduction order does not depend on
+// the grouping, so the results do not depend on the thread count.
 template <typename T>
 static int64_t weight_grad_items(const Adder2dShape& s, int64_t threads) {
-  constexpr int64_t KB = weight_grad_taps<T>();
-  const int64_t blocks = (s.taps + KB - 1) / KB;
-  int64_t items = min_i64((blocks + WG_SUB - 1) / WG_SUB, blocks);
-  while (items < blocks && (s.groups * items) % threads != 0) ++items;
+  constexpr int64_t U = weight_grad_unit_taps<T>(), per_item = WG_SUB * weight_grad_taps<T>() / U;
+  const int64_t units = (s.taps + U - 1) / U;
+  int64_t items = min_i64((units + per_item - 1) / per_item, units);
+  while (items < units && (s.groups * items) % threads != 0) ++items;
   return items;
 }
 
-// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + nt) (nt at most WG_SUB *
-// KB) by the decomposition (one FMA per tap):
+// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + nt) (one of
+// weight_grad_items' items: nt at most WG_SUB * KB) by the decomposition (one FMA per tap):
 //   dW[co,k] = sum_p dY[co,p] * (Xp[k,p] - c_k) - (W[co,k] - c_k) * sum_p dY[co,p]
 // exact for any c_k; c_k = mean over the group's output channels of W[co,k] (rounded to T) keeps
 // the cancellation small when the weights share an offset (|W| large against |Xp - W|). The
@@ -1982,7 +2040,6 @@ template <typename T>
 void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* w, T* gw,
                        const double* dysum, int64_t g, int64_t k0, int64_t nt, T* scratch) {
   constexpr int64_t KB = weight_grad_taps<T>();
-  constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));  // the packing's
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w, K = s.taps;
   const int64_t nsub = (nt + KB - 1) / KB;
   T* panel = scratch;
@@ -1991,8 +2048,9 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
   T* rows = reinterpret_cast<T*>(acc + WG_SUB * cog * KB);        // KB x WG_PIXELS
   const bool padded = weight_grad_uses_padded<T>(s);
   const int64_t KHW = s.kernel_h * s.kernel_w, c0 = k0 / KHW, nc = (k0 + nt - 1) / KHW - c0 + 1;
-  T* zeros = rows + KB * WG_PIXELS;  // VL zeros, then the padded planes of channels [c0, c0 + nc)
-  T* planes = zeros + VL;
+  T* zeros =
+      rows + KB * WG_PIXELS;  // WG_ZEROS zeros, then the padded planes of channels [c0, c0 + nc)
+  T* planes = zeros + WG_ZEROS;
   if (padded) {  // the size in a local: the stores may alias s, so the loop would recompute it
     const int64_t n = weight_grad_padded_size<T>(s);
     for (int64_t i = 0; i < n; ++i) zeros[i] = T(0);
@@ -2023,7 +2081,10 @@ void weight_grad_block(const Adder2dShape& s, const T* dy, const T* x, const T* 
           pack_panel_centred_padded(s, planes, offs + sub * KB, p0, np, nk, cs, zeros, panel);
         else
           pack_panel_centred(s, xn, p0, np, kb, nk, cs, rows, panel);
-        weight_grad_rows(panel, np, dyn + p0, L, cog, as);
+        if (nk <= KB / 2)  // the block's first half
+          weight_grad_rows<T, 1>(panel, np, dyn + p0, L, cog, as);
+        else
+          weight_grad_rows<T, 2>(panel, np, dyn + p0, L, cog, as);
       }
     }
   }
@@ -2046,6 +2107,7 @@ KernelSet<T> make_kernel_set() {
                       &weight_grad_scratch<T>,
                       &weight_grad_items<T>,
                       weight_grad_taps<T>(),
+                      weight_grad_unit_taps<T>(),
                       TILE_P,
                       TILE_K * TILE_P,
                       &forward_prepare_plane<T>,
