@@ -304,8 +304,9 @@ def interleaves_weights(case, dtype):
 def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
     # The direct and batch paths interleave the weights (a micro-tile's channels tap by tap, by
     # blocks of 256 taps) when each weight serves at least 256 images x output pixels, except
-    # the AVX-512 float tile, which reads them as they are. Both layouts, with channels past the
-    # last whole micro-tile (13, 5 per group, 45), groups, 288 taps (a whole block and a short
+    # at every instruction-set level (the AVX-512 float tile: 8 channels, then a 4-channel tile
+    # reading its rows of the block). Both layouts, with channels past the last whole micro-tile
+    # (13, 5 per group, 45: 8 + 4 + 1 at the AVX-512 level), groups, 288 taps (a whole block and a short
     # one, with float32's panel of pixels on both paths), and on 8 threads the batch path's split
     # by output channels (98 tiles), must sum each output's taps in order. At 576 taps the
     # weights are interleaved by items of 28 channels (45 per group: 28 + 17, the last with a
@@ -330,9 +331,8 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
         Case("batch-5x5", 8, 5, 5, 5, 45, 3, 3, padding=1),
         Case("direct-288-taps-16-channels", 1, 32, 8, 16, 16, 3, 3, padding=1),
     ]
-    interleaving = not (cpu_isa == "avx512" and dtype == torch.float32)
     for case in interleaved:
-        assert interleaves_weights(case, dtype) == interleaving, case.name
+        assert interleaves_weights(case, dtype), case.name
     assert not any(interleaves_weights(case, dtype) for case in as_they_are)
     for path in ("direct", "batch"):
         cases = [c for c in interleaved + as_they_are if c.name.startswith(path)]

@@ -40,7 +40,7 @@ KernelSet<float> avx512_kernels_float() {
   KernelSet<float> k = avx2_kernels_float();
   k.forward_tiles_direct = &avx512_float::forward_tiles_direct<float>;
   k.forward_tiles_batch = &avx512_float::forward_tiles_batch<float>;
-  k.forward_interleave_weights = nullptr;  // its float micro-tile reads W's rows as they are
+  k.forward_interleave_weights = &avx512_float::forward_interleave_weights<float>;
   k.input_grad_planes = &avx512_float::input_grad_planes<float>;
   k.input_grad_register_bytes = 64;
   k.weight_grad_block = &avx512_float::weight_grad_block<float>;

@@ -491,7 +491,8 @@ static inline __m512 load_halves(const float* a, const float* b) {
 // terms when this tile was measured against it, was bound by it, and more so when another
 // hardware thread shares the core; 33 since its accumulation moved to the FMA pipes). JOINED:
 // the tile's two 8-pixel vectors are adjacent (xb[1] == xb[0] + 8), so one load reads both.
-template <int R, bool JOINED>
+// INTERLEAVED: w(r, k) = w[k*R + r] (forward_interleave_weights), else w[r*ldw + k].
+template <int R, bool JOINED, bool INTERLEAVED>
 static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t nk, const float* w,
                            int64_t ldw, float* acc, bool first) {
   static_assert(TILE_P == 16, "one 64-byte vector per tile");
@@ -504,7 +505,8 @@ static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t n
   for (int64_t k = 0; k < nk; ++k) {
     const int64_t o = off[k];
     const __m512 x = JOINED ? _mm512_loadu_ps(b0 + o) : load_halves(b0 + o, b1 + o);
-    for (int r = 0; r < R; ++r) a[r] = _mm512_add_ps(a[r], abs_diff_zmm(x, w[r * ldw + k], one));
+    for (int r = 0; r < R; ++r)
+      a[r] = _mm512_add_ps(a[r], abs_diff_zmm(x, INTERLEAVED ? w[k * R + r] : w[r * ldw + k], one));
   }
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * TILE_P, a[r]);
 }
@@ -560,8 +562,8 @@ void forward_interleave_weights(const Adder2dShape& s, const T* w, T* wi, int64_
 
 // One call of the direct and batch paths' micro-tile: R output channels of NT tiles (sums of tile
 // t at acc + t * acc_tile_stride) from w, their weights interleaved (forward_interleave_weights)
-// or in rows ldw apart. (The AVX-512 kernel set has no forward_interleave_weights: its float
-// micro-tile is never given interleaved weights; it runs NT tiles one by one.)
+// or in rows ldw apart. (The AVX-512 float tile runs NT tiles one by one; it reads interleaved
+// weights only as a whole R-channel group: a 4-channel tile after the groups is given its rows.)
 template <typename T, int R, int NT = 1>
 static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t nk, const T* w,
                                int64_t ldw, bool interleaved, T* acc, int64_t acc_tile_stride,
@@ -571,10 +573,16 @@ static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t n
     for (int t = 0; t < NT; ++t) {
       const float* const* xt = xb + t * 2;
       float* at = acc + t * acc_tile_stride;
-      if (xt[1] == xt[0] + 8) {
-        micro_tile_zmm<R, true>(xt, off, nk, w, ldw, at, first);
+      if (interleaved && R > 1) {
+        if (xt[1] == xt[0] + 8) {
+          micro_tile_zmm<R, true, true>(xt, off, nk, w, ldw, at, first);
+        } else {
+          micro_tile_zmm<R, false, true>(xt, off, nk, w, ldw, at, first);
+        }
+      } else if (xt[1] == xt[0] + 8) {
+        micro_tile_zmm<R, true, false>(xt, off, nk, w, ldw, at, first);
       } else {
-        micro_tile_zmm<R, false>(xt, off, nk, w, ldw, at, first);
+        micro_tile_zmm<R, false, false>(xt, off, nk, w, ldw, at, first);
       }
     }
     return;
@@ -659,10 +667,10 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
       for (int64_t co = 0; co < whole; co += R)
         forward_micro_tile<T, R>(xb + t * NV, off + k0, nk, weights(co, k0, nk), K, interleaved,
                                  acc + co * TILE_P, 0, first);
-      if constexpr (R > 4) {
+      if constexpr (R > 4) {  // interleaved, the channels past the R-channel tiles are rows of nk
         if (whole4 > whole)
-          forward_micro_tile<T, 4>(xb + t * NV, off + k0, nk, weights(whole, k0, nk), K,
-                                   interleaved, acc + whole * TILE_P, 0, first);
+          forward_micro_tile<T, 4>(xb + t * NV, off + k0, nk, weights(whole, k0, nk),
+                                   interleaved ? nk : K, false, acc + whole * TILE_P, 0, first);
       }
     }
     for (int64_t co = whole4; co < cog; ++co) {
