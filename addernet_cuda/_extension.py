@@ -74,12 +74,12 @@ def build_info():
     ``stable_abi`` (the oldest torch it runs on: every later one works too), ``cuda_archs``
     (``TORCH_CUDA_ARCH_LIST`` of the CUDA build), ``flags`` (compiler flags), ``debug``,
     ``cpu_avx2_compiled``, ``cpu_avx512_compiled`` (the int8 kernels' AVX-512 VNNI copy, and the
-    float32 forward's tile loops and stride-1 input gradient on 64-byte vectors),
+    float32 forward's tile loops, stride-1 input gradient and weight gradient on 64-byte vectors),
     ``int8_min_dot_min_bytes`` (the shortest reduction, ``KH * KW * roundup(C / groups, 8)``
     bytes, on which the AVX-512 int8 kernels sum ``vpminub`` + ``vpdpbusd``; shorter ones use
     ``vpsadbw`` on 64 bytes) and ``cpu_isa`` (the instruction set the CPU kernels use on this
     machine: ``"avx512"``, where the CPU has AVX-512 F/BW/VL/VNNI, the float kernels running their
-    AVX2 copy but for the float32 forward's tile loops and input gradient; ``"avx2"``; or ``"base"``; ``ADDERNET_CPU_ISA=base``, ``avx2`` or ``avx512`` chooses
+    AVX2 copy but for the float32 forward's tile loops, input gradient and weight gradient; ``"avx2"``; or ``"base"``; ``ADDERNET_CPU_ISA=base``, ``avx2`` or ``avx512`` chooses
     one: an unknown value, or one the CPU lacks, makes the import fail with a RuntimeError that
     names it).
     """

@@ -46,9 +46,9 @@ def _isa_param(isa):
     return isa
 
 
-# At "avx512" the int8 kernels, the float forward's tile loops and the float input gradient have
-# AVX-512 copies (the input gradient's stride-1 loop on 64-byte vectors); the other float kernels
-# run their AVX2 copy there.
+# At "avx512" the int8 kernels, the float forward's tile loops, the float input gradient and the
+# float weight gradient have AVX-512 copies (the input gradient's stride-1 loop and the weight
+# gradient's FMAs on 64-byte vectors); the other float kernels run their AVX2 copy there.
 cpu_isas = [_isa_param("base"), _isa_param("avx2"), _isa_param("avx512")]
 int8_cpu_isas = cpu_isas
 

@@ -303,14 +303,14 @@ def interleaves_weights(case, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
     # The direct and batch paths interleave the weights (a micro-tile's channels tap by tap, by
-    # blocks of 256 taps) when each weight serves at least 256 images x output pixels, except
-    # at every instruction-set level (the AVX-512 float tile: 8 channels, then a 4-channel tile
-    # reading its rows of the block). Both layouts, with channels past the last whole micro-tile
-    # (13, 5 per group, 45: 8 + 4 + 1 at the AVX-512 level), groups, 288 taps (a whole block and a short
-    # one, with float32's panel of pixels on both paths), and on 8 threads the batch path's split
-    # by output channels (98 tiles), must sum each output's taps in order. At 576 taps the
+    # blocks of 256 taps) when each weight serves at least 256 images x output pixels, at every
+    # instruction-set level (the AVX-512 float tile: 8 channels, then a 4-channel tile reading
+    # its rows of the block). Both layouts, with channels past the last whole micro-tile (13, 5
+    # per group, 45: 8 + 4 + 1 at the AVX-512 level), groups, 288 taps (a whole block and a
+    # short one, with float32's panel of pixels on both paths), and on 8 threads the batch path's
+    # split by output channels (98 tiles), must sum each output's taps in order. At 576 taps the
     # weights are interleaved by items of 28 channels (45 per group: 28 + 17, the last with a
-    # channel past the micro-tiles), claimed by the threads with the first planes' copies (batch
+    # channel past the micro-tiles; 24 + 21 for the AVX-512 float tile), claimed by the threads with the first planes' copies (batch
     # path, direct path by chunks of images on 8 threads) or before the images (direct path,
     # image by image on 1 and 2 threads).
     interleaved = [

@@ -123,10 +123,11 @@ def test_op_libraries_export_no_libstdcxx_of_their_own():
         assert not own, f"{os.path.basename(library)} exports libstdc++'s own symbols: {own[:5]}"
 
 
-def _avx2_functions(wanted):
-    """The disassembly of the AVX2 kernels in _C.abi3.so whose name passes ``wanted``: a dict
-    name -> list of (address, instruction text). Skips where objdump, the library or its
-    symbols are missing, or the AVX2 kernels are not compiled in."""
+def _avx2_functions(wanted, namespaces=("cpu::avx2::",)):
+    """The disassembly of the AVX2 kernels in _C.abi3.so (or of those in any of ``namespaces``)
+    whose name passes ``wanted``: a dict name -> list of (address, instruction text). Skips
+    where objdump, the library or its symbols are missing, or the AVX2 kernels are not compiled
+    in."""
     if shutil.which("objdump") is None:
         pytest.skip("needs objdump (binutils)")
     library = os.path.join(os.path.dirname(addernet_cuda.__file__), "_C.abi3.so")
@@ -143,7 +144,8 @@ def _avx2_functions(wanted):
         head = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
         if head:
             name = head.group(1)
-            function = name if "cpu::avx2::" in name and wanted(name) else None
+            inside = any(n in name for n in namespaces)
+            function = name if inside and wanted(name) else None
             if function:
                 functions[function] = []
         elif function:
@@ -160,9 +162,15 @@ def test_gradient_kernels_fuse_every_product():
     cpu/adder2d_cpu_kernels.h; the build passes -ffp-contract=off). Left to the compiler, which
     products were fused changed with its version and its inlining: built by GCC 13 the input
     gradient of a plane differed in the last bit between blocks of 1 and 4 planes, built by
-    GCC 12 it did not. A plain vector or scalar multiply in these functions is such a product."""
-    functions = _avx2_functions(lambda name: "input_grad" in name or "weight_grad" in name)
+    GCC 12 it did not. A plain vector or scalar multiply in these functions is such a product.
+    The AVX-512 copies (input and weight gradient, float) are held to the same."""
+    functions = _avx2_functions(
+        lambda name: "input_grad" in name or "weight_grad" in name,
+        ("cpu::avx2::", "cpu::avx512_float::"),
+    )
     assert any("input_grad" in f for f in functions) and any("weight_grad" in f for f in functions)
+    if addernet_cuda.build_info()["cpu_avx512_compiled"]:
+        assert any("avx512_float::weight_grad_block<" in f for f in functions), sorted(functions)
     plain = {}
     for function, lines in functions.items():
         for _, text in lines:

@@ -155,10 +155,10 @@ def test_cuda_bound_of_an_empty_batch_is_zero():
 
 
 # (N, C, H, W, Co, k, stride, padding, groups) for the AVX-512 weight gradient against AVX2: 12
-# output channels (one 12-row call), 13 (6 + 7), 30 (12 + 12 + 6), 64; 72, 144 and 576 taps (a
+# output channels (one 12-row call), 13 (7 + 6), 30 (12 + 12 + 6), 64; 72, 144 and 576 taps (a
 # short last block of 32, runs of blocks split between threads), 45 (a block's last 16 taps
-# partly past the end); output widths of 8 and 16 (zero-padded planes; at 16 and 32 the AVX-512
-# copy packs 16 x 16 blocks), 10 (the transposed gather), stride 2 with groups.
+# partly past the end); output widths of 8 and 16 (zero-padded planes; at 16 the AVX-512 copy
+# packs 16 x 16 blocks), 10 (the transposed gather), stride 2 with groups.
 ISA_SHAPES = [
     pytest.param((3, 8, 10, 10, 12, 3, 1, 1, 1), id="12-channels"),
     pytest.param((2, 16, 8, 8, 13, 3, 1, 1, 1), id="13-channels"),

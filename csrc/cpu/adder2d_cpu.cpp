@@ -702,7 +702,8 @@ Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, c
     const int64_t cog = s.out_channels_per_group;
     const bool direct = use_direct_weight_grad();
     const auto block = direct ? ks.weight_grad_block_direct : ks.weight_grad_block;
-    // Work item i of a group: taps [u(i) * unit, u(i + 1) * unit), u(i) = i * units / items.
+    // Work item i of a group: taps [u(i) * unit, min(u(i + 1) * unit, taps)),
+    // u(i) = i * units / items.
     const int64_t unit = direct ? ks.weight_grad_taps : ks.weight_grad_unit_taps;
     const int64_t units = (s.taps + unit - 1) / unit;
     const int64_t items =
@@ -713,8 +714,8 @@ Tensor adder2d_weight_grad_cpu(const Tensor& grad_output, const Tensor& input, c
       torch::stable::parallel_for(0, s.out_channels, 1, [&](int64_t begin, int64_t end) {
         for (int64_t co = begin; co < end; ++co) dysum[co] = ks.weight_grad_dy_sum(s, dyp, co);
       });
-    // Work item = (group, block of taps) for all the group's output channels: each reduces in a
-    // fixed order whatever the thread count.
+    // Work item = (group, run of taps) for all the group's output channels: each tap reduces in
+    // a fixed order whatever the thread count and the items.
     torch::stable::parallel_for(0, s.groups * items, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> scratch(ks.weight_grad_scratch(s));
       for (int64_t i = begin; i < end; ++i) {

@@ -283,7 +283,7 @@ struct KernelSet {
                               int64_t ntiles, T* scratch);
   // The weights of output channels [co_begin, co_end) of one group (co_begin a multiple of
   // forward_tile_rows) interleaved for the two paths above (group_w: W[g*Cog]; interleaved: the
-  // group's out_channels_per_group * taps elements); null where those paths only read W as it is.
+  // group's out_channels_per_group * taps elements).
   void (*forward_interleave_weights)(const Adder2dShape&, const T* group_w, T* interleaved,
                                      int64_t co_begin, int64_t co_end);
   int64_t vector_lanes;  // output pixels per vector of the direct forward, images on the batch one

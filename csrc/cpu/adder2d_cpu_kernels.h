@@ -1,6 +1,6 @@
 // CPU kernels of the three adder2d ops on raw pointers, written once and compiled once per
 // instruction set (adder2d_cpu_base.cpp, adder2d_cpu_avx2.cpp, and adder2d_cpu_avx512.cpp for
-// the float forward's tile loops and the float input gradient only). Each includer defines
+// the float forward's tile loops, the float input gradient and the float weight gradient only). Each includer defines
 // ADDER_CPU_ISA, the namespace that keeps its copies apart: this file includes nothing and
 // calls nothing inline from outside, so no code compiled for AVX2 can be merged into the
 // baseline build. Shapes follow adder2d_shape.h; all tensors are contiguous NCHW.
@@ -24,7 +24,7 @@
 //            output channels, each dY vector loaded once for all the planes; at stride > 1, on
 //            each phase of the input (h % sh, w % sw), a stride-1 problem on its pixels.
 // weight_grad dW[co,k] = sum_{n,p} dY[n,co,p] * (P[k,p] - W[co,k])   (Xp = 0 at padded taps)
-//            one call owns a block of taps (two vectors) for all of a group's output channels
+//            one call owns a run of taps (blocks of two vectors) for all of a group's output channels
 //            and reduces over every image and pixel in a fixed order (deterministic): packed
 //            chunks of pixels summed in T in registers, chunks accumulated in double. The
 //            decomposition's transposed panels come from register transposes of contiguous
@@ -1598,7 +1598,8 @@ constexpr int64_t WG_ZEROS = 16;   // zeros read for the taps past a block's end
 // channels (6 x 2 accumulators, two panel vectors and a broadcast in AVX2's 16 registers), or in
 // the AVX-512 build for float a 64-byte vector with 12 (12 x 2 + 3 of AVX-512's 32). Each tap's
 // sum runs over the pixels in the same order at either width, so the results are the same bits;
-// the panels are still packed by Vec's VL x VL transposes.
+// the panels are packed by Vec's VL x VL transposes (in the AVX-512 build, where the output width
+// is a multiple of 16, by 16 x 16 ones).
 template <typename T>
 struct WgVec {
   typedef typename Vec<T>::type type;
@@ -1638,7 +1639,7 @@ static int64_t weight_grad_item_channels(const Adder2dShape& s) {
   return min_i64(s.in_channels_per_group, (WG_SUB * weight_grad_taps<T>() - 1) / KHW + 2);
 }
 
-// Elements of the zero-padded planes (and a vector of zeros) for one work item; 0 when unused.
+// Elements of the zero-padded planes (and WG_ZEROS zeros) for one work item; 0 when unused.
 template <typename T>
 static int64_t weight_grad_padded_size(const Adder2dShape& s) {
   if (!weight_grad_uses_padded<T>(s)) return 0;
@@ -1651,7 +1652,7 @@ template <typename T>
 static int64_t weight_grad_scratch(const Adder2dShape& s) {
   // panel and centre (T) + per-channel accumulators (double, counted as sizeof(double) /
   // sizeof(T) elements of T each)
-  // + the decomposition's untransposed rows or its zero-padded planes and a vector of zeros (T)
+  // + the decomposition's untransposed rows or its zero-padded planes and WG_ZEROS zeros (T)
   constexpr int64_t KB = weight_grad_taps<T>(), DT = int64_t(sizeof(double) / sizeof(T));
   return WG_PIXELS * KB + WG_SUB * KB + s.out_channels_per_group * WG_SUB * KB * DT +
          KB * WG_PIXELS + weight_grad_padded_size<T>(s);
@@ -1700,7 +1701,7 @@ static void weight_grad_micro(const T* panel, int64_t np, const T* dy, int64_t L
   }
 }
 
-// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + KB) of one block, the
+// dW[g*Cog + co, k0 + j] for every co of group g and the taps [k0, k0 + nk) of one block, the
 // direct way (a subtraction and an FMA per tap): reduced over all images and pixels in a fixed
 // order (chunks of WG_PIXELS pixels summed in T, chunks accumulated in double), whatever the
 // thread count. dy, x: the whole dY and X; w, gw: W[g*Cog] and dW[g*Cog] (row stride s.taps).
