@@ -461,16 +461,20 @@ constexpr int forward_rows<float>() {
   return 8;
 }
 
-// |x - w| on 64-byte vectors for w broadcast from memory: the subtraction as x + (-w) * one by FMA
-// (one hidden from the compiler, the weight's broadcast folded into the instruction), the sign
-// bit cleared. The accumulation is a vaddps on the add pipes.
+// |x - w| on 64-byte vectors for w broadcast from memory: vsubps with the weight's broadcast
+// folded into it (three operands: x stays), the sign bit cleared. The accumulation is an FMA by
+// one (hidden from the compiler; the product is exact, so the bits of an add) into its own
+// accumulator, on the FMA pipes: no register copy per row. The earlier form, the subtraction
+// as x - w * one by FMA and the accumulation by vaddps, needed a copy of x or one before each
+// of the 8 rows' FMAs (it overwrites an operand): 7-8 vmovaps per tap, and 6-20% slower on
+// ResNet-18's strided layers on a Zen 5 core (benchmarks/NOTES.md).
 static inline __m512 opaque_one_zmm() {
   __m512 one = _mm512_set1_ps(1.0f);
   __asm__ volatile("" : "+v"(one));
   return one;
 }
-static inline __m512 abs_diff_zmm(__m512 x, float w, __m512 one) {
-  const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(w), one, x);  // x - w
+static inline __m512 abs_diff_zmm(__m512 x, float w) {
+  const __m512 d = _mm512_sub_ps(x, _mm512_set1_ps(w));
   return _mm512_castsi512_ps(
       _mm512_and_si512(_mm512_castps_si512(d), _mm512_set1_epi32(0x7fffffff)));
 }
@@ -483,8 +487,8 @@ static inline __m512 load_halves(const float* a, const float* b) {
 }
 
 // micro_tile_direct for float on 64-byte vectors: a tile's TILE_P = 16 pixels in one register, R
-// output channels (8 x 1 accumulators). The same terms, each |x - w| exact-rounded by the
-// fused subtraction, added in the same order, so results are bitwise equal to the 32-byte
+// output channels (8 x 1 accumulators). The same terms, each |x - w| exact-rounded, added in the
+// same order, so results are bitwise equal to the 32-byte
 // micro-tile's; but each instruction does 16 terms, so a tap takes half the instructions (on
 // this AMD core, which runs a 64-byte operation as two 32-byte halves, the arithmetic's rate is
 // the same and the front end's load is halved: the 32-byte tile, 36 macro-ops per tap of 64
@@ -506,7 +510,8 @@ static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t n
     const int64_t o = off[k];
     const __m512 x = JOINED ? _mm512_loadu_ps(b0 + o) : load_halves(b0 + o, b1 + o);
     for (int r = 0; r < R; ++r)
-      a[r] = _mm512_add_ps(a[r], abs_diff_zmm(x, INTERLEAVED ? w[k * R + r] : w[r * ldw + k], one));
+      a[r] =
+          _mm512_fmadd_ps(abs_diff_zmm(x, INTERLEAVED ? w[k * R + r] : w[r * ldw + k]), one, a[r]);
   }
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * TILE_P, a[r]);
 }
@@ -526,7 +531,7 @@ static float register_ceiling_zmm(int64_t iterations) {
   const float* wp = w;
   for (int64_t i = 0; i < iterations; ++i) {
     __asm__ volatile("" : "+v"(x), "+r"(wp));
-    for (int r = 0; r < R; ++r) a[r] = _mm512_add_ps(a[r], abs_diff_zmm(x, wp[r], one));
+    for (int r = 0; r < R; ++r) a[r] = _mm512_fmadd_ps(abs_diff_zmm(x, wp[r]), one, a[r]);
   }
   __m512 sum = a[0];
   for (int r = 1; r < R; ++r) sum = _mm512_add_ps(sum, a[r]);
