@@ -428,6 +428,23 @@ def test_input_grad_same_bits_on_any_thread_count(stride):
         torch.testing.assert_close(results[0], xr.grad, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_input_grad_weights_rearranged_by_blocks_of_channels(groups):
+    # The CPU input gradient copies W into [group][tap][ci][co] by blocks of 16 output channels of
+    # a group: 21 channels per group (a block and 5 past it), 2 or 3 groups (the blocks of one
+    # group must not spill into the next's), and 1 group of 63. Against the float64 reference.
+    g = torch.Generator().manual_seed(8)
+    cog = 63 if groups == 1 else 21
+    x = torch.randn(2, 3 * groups, 6, 7, generator=g)
+    w = torch.randn(cog * groups, 3, 3, 3, generator=g) * 0.7
+    kw = dict(padding=1, groups=groups)
+    dy = torch.randn(reference.adder2d(x, w, **kw).shape, generator=g)
+    got = addernet_cuda.ops.adder2d_input_grad(dy, x, w, **kw)
+    xr = x.double().requires_grad_()
+    reference.adder2d(xr, w.double(), **kw).backward(dy.double())
+    torch.testing.assert_close(got.double(), xr.grad, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("mode", ["hardtanh", "exact"])

@@ -208,6 +208,8 @@ class ClaimedStep {
 constexpr int64_t INPUT_GRAD_IMAGES_PER_THREAD = 4;
 // Elements of W per thread's share of the input gradient's rearranged copy, at least.
 constexpr int64_t INPUT_GRAD_REARRANGE_GRAIN = 16384;
+// Output channels per block of that copy: a 64-byte line of float32.
+constexpr int64_t INPUT_GRAD_REARRANGE_CHANNELS = 16;
 
 // At most this many bytes of prepared input (the direct and batch paths) at once: images or
 // image groups go by chunks of it (at least one image; an image group must fit).
@@ -633,19 +635,30 @@ Tensor adder2d_input_grad_cpu(const Tensor& grad_output, const Tensor& input, co
     // weights of consecutive input planes are consecutive rows of Cout/g. Gathered from W's own
     // layout for every work item and tap (stride Cin/g * KH * KW elements), they cost a third of
     // the input gradient of a 512-channel 8 x 8 layer, whose 9 MB of weights are not in cache.
-    // By output channel: each reads its row of W once (not zero-filled: every element written).
+    // By blocks of INPUT_GRAD_REARRANGE_CHANNELS output channels of a group: the block's rows of W
+    // are read side by side, and each (tap, ci) of wt gets the block's consecutive elements, whole
+    // cache lines (one element per row of wt at a time, rows 4 * Cout/g bytes apart, missed the
+    // cache on every store: 18% of a 512-channel 7 x 7 layer's input gradient).
     LineAligned<scalar_t> wt(s.out_channels * s.taps);
+    constexpr int64_t CB = INPUT_GRAD_REARRANGE_CHANNELS;
+    const int64_t channel_blocks = (cog + CB - 1) / CB;
     const int64_t wt_grain =
-        std::max<int64_t>(1, INPUT_GRAD_REARRANGE_GRAIN / std::max<int64_t>(1, s.taps));
-    torch::stable::parallel_for(0, s.out_channels, wt_grain, [&](int64_t begin, int64_t end) {
-      for (int64_t o = begin; o < end; ++o) {
-        const int64_t g = o / cog, co = o % cog;
-        const scalar_t* src = wp + o * s.taps;  // W[o] = [ci][t]
-        scalar_t* dst = wt.get() + g * KHW * cig * cog + co;
-        for (int64_t ci = 0; ci < cig; ++ci)
-          for (int64_t t = 0; t < KHW; ++t) dst[(t * cig + ci) * cog] = src[ci * KHW + t];
-      }
-    });
+        std::max<int64_t>(1, INPUT_GRAD_REARRANGE_GRAIN / std::max<int64_t>(1, CB * s.taps));
+    torch::stable::parallel_for(
+        0, s.groups * channel_blocks, wt_grain, [&](int64_t begin, int64_t end) {
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t g = b / channel_blocks, co0 = b % channel_blocks * CB;
+            const int64_t nc = std::min(CB, cog - co0);
+            const scalar_t* src = wp + (g * cog + co0) * s.taps;  // W[o] = [ci][t]
+            scalar_t* dst = wt.get() + g * KHW * cig * cog + co0;
+            for (int64_t ci = 0; ci < cig; ++ci)
+              for (int64_t t = 0; t < KHW; ++t) {
+                scalar_t* d = dst + (t * cig + ci) * cog;
+                const scalar_t* r = src + ci * KHW + t;
+                for (int64_t c = 0; c < nc; ++c) d[c] = r[c * s.taps];
+              }
+          }
+        });
     // Work item = up to input_grad_planes_max consecutive input planes of one image and group;
     // each owns its gradient, and each plane's result does not depend on the grouping. The
     // threads take work from a shared counter: split into equal ranges, a thread on a slower core
