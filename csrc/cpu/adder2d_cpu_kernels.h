@@ -516,6 +516,34 @@ static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t n
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * TILE_P, a[r]);
 }
 
+// micro_tile_zmm for two tiles at once, both read by one 64-byte load per tap (xb[0], xb[2]),
+// the weights interleaved: each weight broadcast serves both, 2 x R accumulators. The second
+// tile's sums at acc + acc_tile_stride. Each output's taps in the same order: the same bits.
+template <int R>
+static void micro_tile_zmm_pair(const float* const* xb, const int64_t* off, int64_t nk,
+                                const float* w, float* acc, int64_t acc_tile_stride, bool first) {
+  static_assert(TILE_P == 16, "one 64-byte vector per tile");
+  const __m512 one = opaque_one_zmm();
+  float* const acc1 = acc + acc_tile_stride;
+  __m512 a[R], b[R];
+  for (int r = 0; r < R; ++r) {
+    a[r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * TILE_P);
+    b[r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc1 + r * TILE_P);
+  }
+  for (int64_t k = 0; k < nk; ++k) {
+    const __m512 x0 = _mm512_loadu_ps(xb[0] + off[k]);
+    const __m512 x1 = _mm512_loadu_ps(xb[2] + off[k]);
+    for (int r = 0; r < R; ++r) {
+      a[r] = _mm512_fmadd_ps(abs_diff_zmm(x0, w[k * R + r]), one, a[r]);
+      b[r] = _mm512_fmadd_ps(abs_diff_zmm(x1, w[k * R + r]), one, b[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(acc + r * TILE_P, a[r]);
+    _mm512_storeu_ps(acc1 + r * TILE_P, b[r]);
+  }
+}
+
 // register_ceiling for micro_tile_zmm's arithmetic: 8 x 16 terms per iteration, the pixels in a
 // register hidden from the compiler every tap, weights broadcast from memory.
 constexpr int64_t CEILING_TERMS_ZMM = 8 * TILE_P;
@@ -669,6 +697,26 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
         }
         continue;
       }
+#ifdef ADDER_CPU_ZMM
+      // Two tiles at once where both read whole 64-byte vectors (interleaved weights): each
+      // weight broadcast serves 32 pixels. On an Intel core with two 512-bit FMA pipes, 2
+      // threads, against one tile at a time: ResNet-18's strided layers 0.88-0.97x the time,
+      // four others 0.98-1.01x (benchmarks/NOTES.md).
+      if constexpr (sizeof(T) == sizeof(float)) {
+        const T* const* xt = xb + t * NV;
+        if (interleaved && t + 1 < ntiles && xt[1] == xt[0] + 8 && xt[3] == xt[2] + 8) {
+          for (int64_t co = 0; co < whole; co += R)
+            micro_tile_zmm_pair<R>(xt, off + k0, nk, weights(co, k0, nk), acc + co * TILE_P,
+                                   tile_sums, first);
+          if (whole4 > whole)
+            for (int64_t u = t; u < t + 2; ++u)
+              forward_micro_tile<T, 4>(xb + u * NV, off + k0, nk, weights(whole, k0, nk), nk, false,
+                                       scratch + u * tile_sums + whole * TILE_P, 0, first);
+          ++t;
+          continue;
+        }
+      }
+#endif
       for (int64_t co = 0; co < whole; co += R)
         forward_micro_tile<T, R>(xb + t * NV, off + k0, nk, weights(co, k0, nk), K, interleaved,
                                  acc + co * TILE_P, 0, first);
