@@ -603,22 +603,38 @@ INPUT_GRAD_ISA_CASES = [
 def test_input_grad_avx512_bitwise_equal_to_avx2(case, mode):
     # The AVX-512 input gradient computes each lane as the AVX2 kernels do, in the same order:
     # the same bits, a NaN input included (one input pixel is NaN, dY finite; clamp ties at
-    # exactly +-1 and 0). It runs the 64-byte loop at avx512 (the register bytes say so).
+    # exactly +-1 and 0, W - X = -0, and W - X = -inf and +inf through infinite inputs: the
+    # AVX-512 clamp is one vrangeps, the AVX2 one a max and a min). It runs the 64-byte loop at
+    # avx512 (the register bytes say so).
     x, w, _ = case.tensors(torch.float32, seed=3)
     x[0, 0, 1, 2] = float("nan")
+    x[0, 0, 2, 3] = float("inf")
+    x.view(-1)[10] = -float("inf")
+    x.view(-1)[9] = 0.0
     w.view(-1)[:4] = x.view(-1)[5:9] + torch.tensor([1.0, -1.0, 0.0, 0.5])
+    w.view(-1)[4] = -0.0  # W - X = -0 - 0 = -0 where tap 4 meets x.view(-1)[9]
     dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=torch.Generator().manual_seed(4))
+    # Then an infinite weight (inf - inf is NaN where it meets the infinite input) and a NaN one.
+    w_inf, w_nan = w.clone(), w.clone()
+    w_inf.view(-1)[5] = float("inf")
+    w_nan.view(-1)[6] = float("nan")
     previous = _extension._C.cpu_isa()
     try:
         out, register_bytes = {}, {}
         for isa in ("avx2", "avx512"):
             _extension._C.set_cpu_isa(isa)
             register_bytes[isa] = _extension._C.adder2d_cpu_input_grad_register_bytes(False)
-            out[isa] = addernet_cuda.ops.adder2d_input_grad(dy, x, w, **case.kwargs, mode=mode)
+            out[isa] = [
+                addernet_cuda.ops.adder2d_input_grad(dy, x, weight, **case.kwargs, mode=mode)
+                for weight in (w, w_inf, w_nan)
+            ]
     finally:
         _extension._C.set_cpu_isa(previous)
     assert register_bytes == {"avx2": 32, "avx512": 64}
-    assert torch.equal(out["avx2"].view(torch.int32), out["avx512"].view(torch.int32))
+    for a, b in zip(out["avx2"], out["avx512"]):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    if mode == "hardtanh":  # clamp(NaN) is NaN (sign(NaN) is 0)
+        assert out["avx512"][2].isnan().any()
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])

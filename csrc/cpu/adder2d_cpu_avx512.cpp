@@ -2,7 +2,8 @@
 // forward_tiles_batch, with micro_tile_zmm) and the float input gradient (input_grad_planes, whose
 // stride-1 loop is input_grad_vectors_zmm, except with at most 4 output channels per group, where
 // input_grad_row_all_taps keeps 32-byte vectors) and the float weight gradient (both kernels,
-// their FMAs on 64-byte vectors: WgVec<float>) compiled for AVX-512 F/VL; every other kernel of
+// their FMAs on 64-byte vectors: WgVec<float>) compiled for AVX-512 F/VL/DQ (DQ: the input
+// gradient's clamp by vrangeps); every other kernel of
 // the AVX-512 set is the AVX2 one. Only these functions are compiled for AVX-512 (a target
 // pragma opened after the standard headers), so the extension still runs on a CPU without it:
 // adder2d_cpu.cpp calls them only when the CPU has it. Results are bitwise equal to the AVX2
@@ -13,11 +14,11 @@
 #include "adder2d_immintrin.h"
 #define ADDER_HAVE_AVX512_BUILD 1
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512vl"))), \
+#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512vl,avx512dq"))), \
                              apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f,avx512vl")
+#pragma GCC target("avx2,fma,avx512f,avx512vl,avx512dq")
 #endif
 
 #define ADDER_CPU_ISA avx512_float

@@ -1047,9 +1047,41 @@ constexpr int input_grad_slots<float>() {
 // the min, and the 64-byte kernel gained 1.05-1.25x over the 32-byte one, with the FMA 1.1-1.4x.
 // JOINED: every pair's dY halves are adjacent too (one load per output channel; else two, as
 // across the rows of an 8-pixel-wide image).
-template <bool SIGN, int P, int U2, bool JOINED>
-static void input_grad_vectors_zmm(const float* const* dy, int64_t L, const float* const* x,
-                                   const float* w, int64_t cog, float* const* gr) {
+// clamp(z, -1, 1) in one instruction (AVX-512 DQ's vrangeps; one = 1): of z and 1 the one of
+// smaller magnitude, with z's sign. For a z that is not NaN, the bits of input_grad_weight's max
+// and min: |z| <= 1 gives z (-0 and +-1 included); beyond, +-inf included, 1 with z's sign. A NaN
+// z would give +-1 (vrangeps returns the other operand of a quiet NaN), so it serves only where
+// no w - x is NaN (finite_operands_zmm).
+static inline __m512 clamp_unit_zmm(__m512 z, __m512 one) {
+  return _mm512_range_ps(z, one, 0x02);  // imm 0b00'10: the smaller magnitude, the sign of z
+}
+
+// Whether no w - x of an input_grad_vectors_zmm call can be NaN: no NaN among its input vectors
+// and every weight it reads ([p * cog, p * cog + cog) for p < P) finite (an infinite x then gives
+// an infinite w - x, clamped to +-1 by either form). Checking costs about 1% of the call.
+template <int P, int U2>
+static inline bool finite_operands_zmm(const __m512* xv, const float* w, int64_t cog) {
+  constexpr int NAN_CLASSES = 0x81, NON_FINITE_CLASSES = 0x99;  // QNaN, SNaN (and -inf, +inf)
+  __mmask16 bad = 0;
+  for (int i = 0; i < P * U2; ++i) bad |= _mm512_fpclass_ps_mask(xv[i], NAN_CLASSES);
+  for (int p = 0; p < P; ++p) {
+    const float* wp = w + p * cog;
+    int64_t co = 0;
+    for (; co + 16 <= cog; co += 16)
+      bad |= _mm512_fpclass_ps_mask(_mm512_loadu_ps(wp + co), NON_FINITE_CLASSES);
+    if (co < cog) {
+      const __mmask16 tail = __mmask16((1u << (cog - co)) - 1);
+      bad |= _mm512_fpclass_ps_mask(_mm512_maskz_loadu_ps(tail, wp + co), NON_FINITE_CLASSES);
+    }
+  }
+  return bad == 0;
+}
+
+// RANGE: the clamp by clamp_unit_zmm (input_grad_vectors_zmm checks that it may), else by a max
+// and a min.
+template <bool SIGN, int P, int U2, bool JOINED, bool RANGE>
+static void input_grad_vectors_zmm_loop(const float* const* dy, int64_t L, const float* const* x,
+                                        const float* w, int64_t cog, float* const* gr) {
   constexpr int U = 2 * U2;
   const __m512 lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
   const __m512 one = opaque_one_zmm();
@@ -1072,7 +1104,7 @@ static void input_grad_vectors_zmm(const float* const* dy, int64_t L, const floa
           const __mmask16 neg = _mm512_cmp_ps_mask(z, zero, _CMP_LT_OQ);
           z = _mm512_mask_blend_ps(pos, _mm512_mask_blend_ps(neg, zero, lo), hi);
         } else {
-          z = _mm512_min_ps(hi, _mm512_max_ps(lo, z));  // x86 operand order: a NaN z passes
+          z = RANGE ? clamp_unit_zmm(z, hi) : _mm512_min_ps(hi, _mm512_max_ps(lo, z));
         }
         acc[p * U2 + i] = _mm512_fmadd_ps(d, z, acc[p * U2 + i]);
       }
@@ -1080,6 +1112,24 @@ static void input_grad_vectors_zmm(const float* const* dy, int64_t L, const floa
   }
   for (int p = 0; p < P; ++p)
     for (int i = 0; i < U2; ++i) _mm512_storeu_ps(gr[p * U + 2 * i], acc[p * U2 + i]);
+}
+
+// The clamp by one vrangeps where no w - x can be NaN: on an Intel core with two 512-bit FMA
+// pipes, where the max and the min took two of the four operations per term, the input gradient
+// took 0.84-0.86x the time (benchmarks/NOTES.md); the same bits.
+template <bool SIGN, int P, int U2, bool JOINED>
+static void input_grad_vectors_zmm(const float* const* dy, int64_t L, const float* const* x,
+                                   const float* w, int64_t cog, float* const* gr) {
+  if constexpr (!SIGN) {
+    __m512 xv[P * U2];
+    for (int p = 0; p < P; ++p)
+      for (int i = 0; i < U2; ++i) xv[p * U2 + i] = _mm512_loadu_ps(x[p * 2 * U2 + 2 * i]);
+    if (finite_operands_zmm<P, U2>(xv, w, cog)) {
+      input_grad_vectors_zmm_loop<SIGN, P, U2, JOINED, true>(dy, L, x, w, cog, gr);
+      return;
+    }
+  }
+  input_grad_vectors_zmm_loop<SIGN, P, U2, JOINED, false>(dy, L, x, w, cog, gr);
 }
 #endif
 
