@@ -699,9 +699,9 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
       }
 #ifdef ADDER_CPU_ZMM
       // Two tiles at once where both read whole 64-byte vectors (interleaved weights): each
-      // weight broadcast serves 32 pixels. On an Intel core with two 512-bit FMA pipes, 2
-      // threads, against one tile at a time: ResNet-18's strided layers 0.88-0.97x the time,
-      // four others 0.98-1.01x (benchmarks/NOTES.md).
+      // weight broadcast serves 32 pixels. On an Intel core with two 512-bit FMA pipes,
+      // against one tile at a time: res18.l2.down3x3 0.86-0.94x the time, res18.l3.down3x3
+      // 0.95-0.97x, six other layers 0.97-1.04x (benchmarks/NOTES.md).
       if constexpr (sizeof(T) == sizeof(float)) {
         const T* const* xt = xb + t * NV;
         if (interleaved && t + 1 < ntiles && xt[1] == xt[0] + 8 && xt[3] == xt[2] + 8) {
