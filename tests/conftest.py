@@ -40,7 +40,7 @@ def _isa_param(isa):
             marks=pytest.mark.skipif(
                 info["cpu_isa"] != "avx512",
                 reason="AVX-512 kernels not compiled in or the CPU lacks AVX-512 "
-                "F/BW/VL/VNNI (or ADDERNET_CPU_ISA chose a lower level)",
+                "F/BW/VL/DQ/VNNI (or ADDERNET_CPU_ISA chose a lower level)",
             ),
         )
     return isa

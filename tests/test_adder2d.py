@@ -596,7 +596,7 @@ INPUT_GRAD_ISA_CASES = [
 
 @pytest.mark.skipif(
     addernet_cuda.build_info()["cpu_isa"] != "avx512",
-    reason="AVX-512 kernels not compiled in or the CPU lacks AVX-512 F/BW/VL/VNNI",
+    reason="AVX-512 kernels not compiled in or the CPU lacks AVX-512 F/BW/VL/DQ/VNNI",
 )
 @pytest.mark.parametrize("case", INPUT_GRAD_ISA_CASES, ids=repr)
 @pytest.mark.parametrize("mode", ["hardtanh", "exact"])
@@ -635,6 +635,49 @@ def test_input_grad_avx512_bitwise_equal_to_avx2(case, mode):
         assert torch.equal(a.view(torch.int32), b.view(torch.int32))
     if mode == "hardtanh":  # clamp(NaN) is NaN (sign(NaN) is 0)
         assert out["avx512"][2].isnan().any()
+
+
+@pytest.mark.skipif(
+    addernet_cuda.build_info()["cpu_isa"] != "avx512",
+    reason="AVX-512 kernels not compiled in or the CPU lacks AVX-512 F/BW/VL/DQ/VNNI",
+)
+@pytest.mark.parametrize("mode", ["hardtanh", "exact"])
+def test_input_grad_avx512_special_values_bitwise_equal_to_avx2(mode):
+    # A 1x1 kernel, so that every input pixel meets every weight: W - X at +-0, +-1, denormals,
+    # +-inf and beyond +-1, through the AVX-512 loop's one-instruction clamp (vrangeps) and sign
+    # (vfixupimmps), each against the AVX2 kernel's max and min or comparisons. Without NaN (the
+    # clamp by vrangeps), then with a NaN input and a NaN weight (the max and min).
+    tiny = 1e-40  # a denormal float32
+    specials = [0.0, -0.0, tiny, -tiny, 1.0, -1.0, 0.5, -2.0, 3.0, float("inf"), -float("inf")]
+    x = torch.tensor(specials + [0.25, -0.75, 1.5, -1.0, 2.0] * 1, dtype=torch.float32)
+    x = torch.stack([x, x.flip(0)]).view(1, 1, 2, 16)
+    w = torch.tensor([0.0, -0.0, tiny, 1.0, -1.0, 2.0, -0.5, 1e30], dtype=torch.float32)
+    w = w.view(8, 1, 1, 1)
+    dy = torch.randn(1, 8, 2, 16, generator=torch.Generator().manual_seed(12))
+    x_nan, w_nan = x.clone(), w.clone()
+    x_nan[0, 0, 1, 3] = float("nan")
+    w_nan[5] = float("nan")
+    previous = _extension._C.cpu_isa()
+    try:
+        out = {}
+        for isa in ("avx2", "avx512"):
+            _extension._C.set_cpu_isa(isa)
+            out[isa] = [
+                addernet_cuda.ops.adder2d_input_grad(dy, xi, wi, mode=mode)
+                for xi, wi in ((x, w), (x_nan, w), (x, w_nan))
+            ]
+    finally:
+        _extension._C.set_cpu_isa(previous)
+    for a, b in zip(out["avx2"], out["avx512"]):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    expected = {"hardtanh": (w.double().view(1, 8, 1, 1) - x.double()).clamp(-1, 1), "exact": None}[
+        mode
+    ]
+    if expected is not None:  # the finite inputs against a float64 sum
+        got = out["avx512"][0]
+        want = (dy.double() * expected).sum(1, keepdim=True)
+        finite = x.isfinite()
+        torch.testing.assert_close(got.double()[finite], want[finite], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])

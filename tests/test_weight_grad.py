@@ -172,7 +172,7 @@ ISA_SHAPES = [
 
 @pytest.mark.skipif(
     addernet_cuda.build_info()["cpu_isa"] != "avx512",
-    reason="AVX-512 kernels not compiled in or the CPU lacks AVX-512 F/BW/VL/VNNI",
+    reason="AVX-512 kernels not compiled in or the CPU lacks AVX-512 F/BW/VL/DQ/VNNI",
 )
 @pytest.mark.parametrize("weight_grad_kernel", ["decomposition", "direct"], indirect=True)
 @pytest.mark.parametrize("shape", ISA_SHAPES)
