@@ -212,6 +212,22 @@ PyObject* adder2d_cpu_forward_interleaves_weights(PyObject*, PyObject* args) {
   }
 }
 
+// adder2d_cpu_forward_column_copies(input_size, weight_size, stride, padding, dilation, groups,
+// float64): the copies per plane of the direct path's layout by kernel columns, 0 where the
+// forward of that shape takes the phases or another path (adder2d_cpu.h).
+PyObject* adder2d_cpu_forward_column_copies(PyObject*, PyObject* args) {
+  addernet::Adder2dShape s{};
+  int float64 = 0;
+  if (!parse_cpu_forward_geometry(args, "adder2d_cpu_forward_column_copies", &s, &float64))
+    return nullptr;
+  try {
+    return PyLong_FromLongLong(addernet::cpu::forward_column_copies(s, float64 != 0));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 // adder2d_cpu_forward_tile(float64): (output channels, pixels, bytes per register) of the CPU
 // forward's micro-tile with the current instruction set.
 PyObject* adder2d_cpu_forward_tile(PyObject*, PyObject* arg) {
@@ -248,6 +264,10 @@ PyMethodDef methods[] = {
      "adder2d_cpu_forward_interleaves_weights(input_size, weight_size, stride, padding, dilation, "
      "groups, float64): whether the CPU forward of that shape interleaves the weights for its "
      "micro-tile (the same bits either way)"},
+    {"adder2d_cpu_forward_column_copies", adder2d_cpu_forward_column_copies, METH_VARARGS,
+     "adder2d_cpu_forward_column_copies(input_size, weight_size, stride, padding, dilation, "
+     "groups, float64): the copies per input plane of the CPU forward's direct layout by kernel "
+     "columns (0: its phases, or another path)"},
     {"adder2d_cpu_forward_tile", adder2d_cpu_forward_tile, METH_O,
      "adder2d_cpu_forward_tile(float64): (output channels, pixels, bytes per register) of the "
      "CPU forward's micro-tile with the current instruction set"},

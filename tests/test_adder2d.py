@@ -93,6 +93,15 @@ TAP_ORDER_SHAPES = [s for s in SHAPES if s.n > 0] + [
     Case("direct-copy-padding-3", 2, 3, 6, 12, 6, 3, 3, padding=3),
     Case("direct-split-padding-3", 2, 3, 7, 19, 6, 3, 3, stride=2, padding=3),
     Case("direct-stride-3-padding-2", 2, 3, 9, 40, 6, 3, 3, stride=3, padding=2),
+    # The direct path's layout by kernel columns (rows of one vector, stride 1 down the rows, at
+    # least 128 output channels, the AVX-512 float tile): 8 x 8 (17 blocks of 8 channels, 4 and
+    # 2 past them), an odd row count (the last tile's second row outside), rows of 6, stride 2
+    # along the rows only, dilation 2, and a 5 x 5 kernel without padding.
+    Case("direct-columns-8x8", 2, 3, 8, 8, 142, 3, 3, padding=1),
+    Case("direct-columns-7x6", 2, 2, 7, 6, 128, 3, 3, padding=1),
+    Case("direct-columns-stride-1-by-2", 1, 2, 6, 16, 128, 3, 3, stride=(1, 2), padding=1),
+    Case("direct-columns-dilation-2", 1, 2, 8, 8, 128, 3, 3, padding=2, dilation=2),
+    Case("direct-columns-5x5", 1, 2, 12, 12, 128, 5, 5),
     # The batch path's copy split into column phases: stride 2 on 14 columns (a transposed block
     # and a tail per phase), stride 3 with dilation 2 and unequal padding, stride 2 on rows only,
     # strides beyond the kernel (1x1 at stride 2, 2x2 at stride 3), and one output column with a
@@ -133,6 +142,26 @@ def cpu_forward_geometry(case, dtype):
 
 def forward_path(case, dtype):
     return _extension._C.adder2d_cpu_forward_path(*cpu_forward_geometry(case, dtype))
+
+
+@pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tap_order_shapes_take_the_layout_by_kernel_columns(dtype, cpu_isa):
+    # test_forward_sums_taps_in_order_bitwise holds the layout by kernel columns to the same bits
+    # only if its "direct-columns" shapes take it: the float32 forward at avx512 (one copy per
+    # kernel column), no other shape and no other level or dtype.
+    copies = {
+        case.name: _extension._C.adder2d_cpu_forward_column_copies(
+            *cpu_forward_geometry(case, dtype)
+        )
+        for case in TAP_ORDER_SHAPES
+    }
+    takes = dtype == torch.float32 and cpu_isa == "avx512"
+    for name, n in copies.items():
+        if name.startswith("direct-columns") and takes:
+            assert n == (5 if name.endswith("5x5") else 3), (name, n)
+        else:
+            assert n == 0, (name, n)
 
 
 @pytest.mark.parametrize("cpu_isa", cpu_isas, indirect=True)

@@ -221,9 +221,9 @@ constexpr int64_t FORWARD_PREPARED_BYTES = int64_t(32) << 20;
 // copy is not much larger than the input and an image group's prepared planes fit
 // FORWARD_PREPARED_BYTES; else the direct path where its layout allows; else the packed path.
 ForwardPath choose_forward_path(const Adder2dShape& s, int64_t lanes, int64_t tile_vectors,
-                                int64_t element_bytes, ForwardLayout* layout,
+                                int64_t element_bytes, bool one_register, ForwardLayout* layout,
                                 ForwardBatchLayout* batch, int64_t* group_elems) {
-  *layout = forward_layout(s, lanes, tile_vectors);
+  *layout = forward_layout(s, lanes, tile_vectors, one_register);
   *batch = forward_batch_layout(s, lanes, tile_vectors);
   if (batch->valid && !adder2d_mul_add_overflows(s.in_channels, batch->plane, 0, group_elems) &&
       *group_elems <= FORWARD_PREPARED_BYTES / element_bytes &&
@@ -275,13 +275,23 @@ bool interleaves_weights(const Adder2dShape& s, ForwardPath path, const KernelSe
          uses >= FORWARD_INTERLEAVE_MIN_USES;
 }
 
+// Whether kernel set ks reads a forward tile's vectors as one register (where adjacent).
 template <typename T>
-ForwardPath forward_path_of(const Adder2dShape& s, const KernelSet<T>& ks) {
+bool one_register_tile(const KernelSet<T>& ks) {
+  return ks.forward_register_bytes == ks.tile_pixels * int64_t(sizeof(T));
+}
+
+template <typename T>
+ForwardPath forward_path_of(const Adder2dShape& s, const KernelSet<T>& ks,
+                            ForwardLayout* layout_out = nullptr) {
   ForwardLayout layout;
   ForwardBatchLayout batch;
   int64_t group_elems = 0;
-  return choose_forward_path(s, ks.vector_lanes, ks.tile_vectors, sizeof(T), &layout, &batch,
-                             &group_elems);
+  const ForwardPath path =
+      choose_forward_path(s, ks.vector_lanes, ks.tile_vectors, sizeof(T), one_register_tile(ks),
+                          &layout, &batch, &group_elems);
+  if (layout_out) *layout_out = layout;
+  return path;
 }
 
 }  // namespace
@@ -293,6 +303,13 @@ bool forward_interleaves_weights(const Adder2dShape& s, bool float64) {
   }
   const KernelSet<float> ks = kernels<float>();
   return interleaves_weights(s, forward_path_of(s, ks), ks);
+}
+
+int64_t forward_column_copies(const Adder2dShape& s, bool float64) {
+  ForwardLayout l{};
+  const ForwardPath path = float64 ? forward_path_of(s, kernels<double>(), &l)
+                                   : forward_path_of(s, kernels<float>(), &l);
+  return path == ForwardPath::direct ? l.copies : 0;
 }
 
 std::string forward_path(const Adder2dShape& s, bool float64) {
@@ -364,8 +381,9 @@ Tensor adder2d_cpu(const Tensor& input, const Tensor& weight, const std::optiona
     ForwardLayout layout;
     ForwardBatchLayout batch;
     int64_t group_elems = 0;  // of the prepared planes of one image group
-    const ForwardPath path = choose_forward_path(s, lanes, ks.tile_vectors, sizeof(scalar_t),
-                                                 &layout, &batch, &group_elems);
+    const ForwardPath path =
+        choose_forward_path(s, lanes, ks.tile_vectors, sizeof(scalar_t), one_register_tile(ks),
+                            &layout, &batch, &group_elems);
     const int64_t threads = torch::stable::get_num_threads();
     // The direct and batch paths' weights, interleaved once per call where that pays, by items
     // of whole micro-tiles' output channels, claimed in the paths' first parallel region

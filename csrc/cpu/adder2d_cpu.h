@@ -20,16 +20,32 @@ namespace cpu {
 // `lanes` consecutive elements through every tap (no packing). Element (f, r, i) of a prepared
 // plane is X[r - pad_h][i * stride_w + f - pad_w], zero outside the image. Output pixels go by
 // vectors of `lanes` pixels of one row, `tile_vectors` consecutive vectors (row-major) per tile.
+//
+// By kernel columns instead (copies = KW): where a tile is one register of two vectors that
+// are two output rows of one vector each (out_w <= lanes) at stride_h 1, element (kw, r, j) of a
+// prepared plane is X[r - pad_h][j * stride_w + kw * dilation_w - pad_w] for j < lanes: rows of
+// exactly `lanes` elements, so that a tile's two rows are adjacent through every tap and one
+// 64-byte load reads them (in the phases' rows, lanes + (KW - 1) * dilation_w / stride_w wide,
+// two loads and an insert per tap).
 struct ForwardLayout {
   bool direct;          // false: the copy would be much larger than the input, or rows too short
-  int64_t rows, cols;   // of one phase
-  int64_t plane;        // elements of a prepared plane: stride_w * rows * cols
+  int64_t copies;       // 0: phases of the columns; else KW copies, one per kernel column
+  int64_t rows, cols;   // of one phase (or copy)
+  int64_t plane;        // elements of a prepared plane: stride_w (or KW) * rows * cols
   int64_t row_vectors;  // vectors per output row: ceil(out_w / lanes)
   int64_t tiles;        // tiles per image and group
 };
 
-// The layout for vectors of `lanes` elements and tiles of `tile_vectors` vectors.
-inline ForwardLayout forward_layout(const Adder2dShape& s, int64_t lanes, int64_t tile_vectors) {
+// The layout by kernel columns only with at least this many output channels per group, over
+// which the KW copies' preparation is shared. On an Intel core with two 512-bit FMA pipes, 2
+// threads, 8 x 8 layers, against the phases: 512 channels 0.93-0.94x the time, 128 channels
+// 0.98x, 64 channels 1.04x (benchmarks/NOTES.md).
+constexpr int64_t FORWARD_COLUMN_COPIES_MIN_CHANNELS = 128;
+
+// The layout for vectors of `lanes` elements and tiles of `tile_vectors` vectors; one_register:
+// a tile's vectors are read as one register where they are adjacent (the AVX-512 float tile).
+inline ForwardLayout forward_layout(const Adder2dShape& s, int64_t lanes, int64_t tile_vectors,
+                                    bool one_register = false) {
   ForwardLayout l{};
   l.row_vectors = (s.out_w + lanes - 1) / lanes;
   int64_t vectors = 0, last_row = 0, span_h = 0, rows = 0, cols = 0, plane = 0, in_plane = 0;
@@ -53,6 +69,15 @@ inline ForwardLayout forward_layout(const Adder2dShape& s, int64_t lanes, int64_
   l.cols = cols;
   l.plane = plane;
   l.tiles = (vectors + tile_vectors - 1) / tile_vectors;
+  int64_t copies_plane = 0;
+  if (l.direct && one_register && tile_vectors == 2 && l.row_vectors == 1 && s.stride_h == 1 &&
+      s.out_channels_per_group >= FORWARD_COLUMN_COPIES_MIN_CHANNELS &&
+      !adder2d_mul_add_overflows(s.kernel_w * rows, lanes, 0, &copies_plane) &&
+      copies_plane <= 4 * in_plane + 64 * lanes) {
+    l.copies = s.kernel_w;
+    l.cols = lanes;
+    l.plane = copies_plane;
+  }
   return l;
 }
 
@@ -148,6 +173,7 @@ std::vector<int64_t> forward_tap_offsets(const Adder2dShape& s, int64_t plane, W
 inline std::vector<int64_t> forward_direct_tap_offsets(const Adder2dShape& s,
                                                        const ForwardLayout& l) {
   return forward_tap_offsets(s, l.plane, [&](int64_t dh, int64_t dw) {
+    if (l.copies) return dw / s.dilation_w * l.rows * l.cols + dh * l.cols;
     return (dw % s.stride_w) * l.rows * l.cols + dh * l.cols + dw / s.stride_w;
   });
 }
@@ -335,6 +361,9 @@ std::string forward_path(const Adder2dShape& s, bool float64);
 // Whether that forward interleaves the weights (KernelSet::forward_interleave_weights; the
 // results are the same bits either way).
 bool forward_interleaves_weights(const Adder2dShape& s, bool float64);
+// The copies per plane of the direct path's layout by kernel columns (ForwardLayout::copies),
+// 0 where it takes the phases or another path.
+int64_t forward_column_copies(const Adder2dShape& s, bool float64);
 
 // The float32 (or float64) forward micro-tile of the current instruction set: {output channels,
 // pixels, bytes per register} (the benchmark records it).

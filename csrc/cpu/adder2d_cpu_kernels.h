@@ -368,6 +368,24 @@ void forward_prepare_plane(const Adder2dShape& s, const ForwardLayout& l, const 
   for (int64_t i = 0; i < l.plane; ++i) xp[i] = T(0);
   // The rows inside the image, r - pad_h in [0, in_h); where there are any, r0 = pad_h.
   const int64_t r0 = min_i64(rows, s.pad_h), r1 = min_i64(rows, s.pad_h + s.in_h);
+  for (int64_t kw = 0; kw < l.copies; ++kw) {  // by kernel columns: copy kw, columns [lo, hi)
+    // inside the image: j * stride_w + shift in [0, in_w)
+    const int64_t shift = kw * s.dilation_w - pad_w;
+    const int64_t lo = min_i64(cols, shift < 0 ? (-shift + sw - 1) / sw : 0);
+    const int64_t end = in_w - shift;
+    const int64_t hi = end <= 0 ? lo : min_i64(cols, (end + sw - 1) / sw);
+    if (hi <= lo) continue;
+    for (int64_t r = r0; r < r1; ++r) {
+      T* d = xp + (kw * rows + r) * cols;
+      const T* xr = x + (r - r0) * in_w;
+      if (sw == 1) {
+        copy_row(xr + lo + shift, hi - lo, d + lo);
+      } else {
+        for (int64_t j = lo; j < hi; ++j) d[j] = xr[j * sw + shift];
+      }
+    }
+  }
+  if (l.copies) return;
   if (sw == 2) {  // both phases of a row at once: even and odd input columns
     const int64_t a = pad_w & 1, e0 = pad_w >> 1, o0 = (pad_w + 1) >> 1;
     // Input columns 2 j (phase a, column e0 + j) and 2 j + 1 (phase 1 - a, column o0 + j)
