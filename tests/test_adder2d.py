@@ -354,6 +354,8 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
         Case("direct-288-taps-16-channels-2-images", 2, 32, 8, 16, 16, 3, 3, padding=1),
         Case("direct-576-taps-2-groups", 16, 128, 8, 16, 90, 3, 3, padding=1, groups=2),
         Case("batch-7x7-576-taps", 8, 64, 7, 7, 45, 3, 3, padding=1),
+        # the layout by kernel columns (float32 at avx512) with the two-tile micro-tile
+        Case("direct-columns-8x8-4-images", 4, 3, 8, 8, 142, 3, 3, padding=1),
     ]
     as_they_are = [
         Case("direct-1-image", 1, 5, 8, 16, 13, 3, 3, padding=1),
@@ -362,6 +364,11 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
     ]
     for case in interleaved:
         assert interleaves_weights(case, dtype), case.name
+    takes_columns = dtype == torch.float32 and cpu_isa == "avx512"
+    columns = _extension._C.adder2d_cpu_forward_column_copies(
+        *cpu_forward_geometry(interleaved[-1], dtype)
+    )
+    assert columns == (3 if takes_columns else 0)
     assert not any(interleaves_weights(case, dtype) for case in as_they_are)
     for path in ("direct", "batch"):
         cases = [c for c in interleaved + as_they_are if c.name.startswith(path)]
@@ -643,10 +650,13 @@ def test_input_grad_avx512_bitwise_equal_to_avx2(case, mode):
     w.view(-1)[:4] = x.view(-1)[5:9] + torch.tensor([1.0, -1.0, 0.0, 0.5])
     w.view(-1)[4] = -0.0  # W - X = -0 - 0 = -0 where tap 4 meets x.view(-1)[9]
     dy = torch.randn(case.n, case.co, case.oh, case.ow, generator=torch.Generator().manual_seed(4))
-    # Then an infinite weight (inf - inf is NaN where it meets the infinite input) and a NaN one.
+    # Then an infinite weight (inf - inf is NaN where it meets the infinite input) and a NaN one,
+    # in input channel 0 and in the last one (another plane of the kernel's blocks of planes).
     w_inf, w_nan = w.clone(), w.clone()
     w_inf.view(-1)[5] = float("inf")
+    w_inf[0, -1, 1, 1] = float("inf")
     w_nan.view(-1)[6] = float("nan")
+    w_nan[-1, -1, 0, 0] = float("nan")
     previous = _extension._C.cpu_isa()
     try:
         out, register_bytes = {}, {}
@@ -662,8 +672,8 @@ def test_input_grad_avx512_bitwise_equal_to_avx2(case, mode):
     assert register_bytes == {"avx2": 32, "avx512": 64}
     for a, b in zip(out["avx2"], out["avx512"]):
         assert torch.equal(a.view(torch.int32), b.view(torch.int32))
-    if mode == "hardtanh":  # clamp(NaN) is NaN (sign(NaN) is 0)
-        assert out["avx512"][2].isnan().any()
+    if mode == "hardtanh":  # clamp(NaN) is NaN (sign(NaN) is 0); no NaN input in that channel
+        assert not x[:, -1].isnan().any() and out["avx512"][2][:, -1].isnan().any()
 
 
 @pytest.mark.skipif(

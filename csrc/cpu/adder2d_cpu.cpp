@@ -69,7 +69,7 @@ IsaLevel parse_isa(const std::string& isa, const char* what) {
   if (isa == "avx512") {
     ADDERNET_CHECK(int8_avx512_compiled() && avx512_compiled(), what,
                    ": this build has no AVX-512 kernels");
-    ADDERNET_CHECK(cpu_has_avx512(), what, ": this CPU lacks AVX-512 F, BW, VL or VNNI");
+    ADDERNET_CHECK(cpu_has_avx512(), what, ": this CPU lacks AVX-512 F, BW, VL, DQ or VNNI");
   }
   return isa == "avx512" ? AVX512 : isa == "avx2" ? AVX2 : BASE;
 }
