@@ -1073,6 +1073,9 @@ constexpr int input_grad_slots<float>() {
 static inline __m512 clamp_unit_zmm(__m512 z, __m512 one) {
   return _mm512_range_ps(z, one, 0x02);  // imm 0b00'10: the smaller magnitude, the sign of z
 }
+static inline __m256 clamp_unit_ymm(__m256 z, __m256 one) {
+  return _mm256_range_ps(z, one, 0x02);
+}
 
 // sign(z) as input_grad_weight<V, true> gives it (1 where z > 0, -1 where z < 0, +0 for +-0 and
 // NaN) in one instruction, AVX-512 F's vfixupimmps: z's class (QNaN, SNaN, +-0, +1, -inf, +inf,
@@ -1085,6 +1088,9 @@ static inline __m512 clamp_unit_zmm(__m512 z, __m512 one) {
 constexpr int32_t SIGN_RESPONSES = int32_t(0xA9A9A888u);
 static inline __m512 sign_unit_zmm(__m512 z, __m512i signs) {
   return _mm512_fixupimm_ps(_mm512_setzero_ps(), z, signs, 0);
+}
+static inline __m256 sign_unit_ymm(__m256 z, __m256i signs) {
+  return _mm256_fixupimm_ps(_mm256_setzero_ps(), z, signs, 0);
 }
 
 // Whether no w - x of an input_grad_vectors_zmm call can be NaN: no NaN among its input vectors
@@ -1195,13 +1201,24 @@ static void input_grad_slot_vectors(const T* const* dy, int64_t L, const T* cons
 // consecutive j of P planes (hw apart): the sum over output channels is the vectorised loop
 // (tail first, then the lanes in order), P x U accumulators at once so that they are
 // independent chains, each dY vector loaded once for the P planes.
-template <typename T, bool SIGN, int P, int U>
+// RANGE (the AVX-512 set, float; the caller has checked that no w - x of the call is NaN): the
+// vector clamp by clamp_unit_ymm; and there, the vector sign by sign_unit_ymm. The same bits.
+template <typename T, bool SIGN, int P, int U, bool RANGE = false>
 static void input_grad_pixels_strided(const T* dyt, const T* x, int64_t hw, const T* w, int64_t cog,
                                       T* gr, int64_t step) {
   typedef typename Vec<T>::type V;
   constexpr int64_t VL = int64_t(sizeof(V) / sizeof(T));
   V lo, hi;
   input_grad_bounds(&lo, &hi);
+  const auto weight = [&](V z) {
+#ifdef ADDER_CPU_ZMM
+    if constexpr (std::is_same_v<T, float>) {
+      if constexpr (SIGN) return V(sign_unit_ymm(__m256(z), _mm256_set1_epi32(SIGN_RESPONSES)));
+      if constexpr (RANGE) return V(clamp_unit_ymm(__m256(z), __m256(hi)));
+    }
+#endif
+    return input_grad_weight<V, SIGN>(z, lo, hi);
+  };
   V acc[P * U], xv[P * U];
   T xs[P * U];
   for (int p = 0; p < P; ++p)
@@ -1218,8 +1235,7 @@ static void input_grad_pixels_strided(const T* dyt, const T* x, int64_t hw, cons
       for (int u = 0; u < U; ++u) {
         V dv;  // reloaded per plane: from L1 after the first
         __builtin_memcpy(&dv, dyt + u * cog + co, sizeof(V));
-        acc[p * U + u] =
-            mul_add(dv, input_grad_weight<V, SIGN>(wv - xv[p * U + u], lo, hi), acc[p * U + u]);
+        acc[p * U + u] = mul_add(dv, weight(wv - xv[p * U + u]), acc[p * U + u]);
       }
     }
   }
@@ -1238,17 +1254,36 @@ static void input_grad_pixels_strided(const T* dyt, const T* x, int64_t hw, cons
 
 // One output row's contribution at stride > 1 to P planes (hw apart), where the input pixels of
 // one row are `step` apart: dyt holds dY transposed ([pixel][co]).
-template <typename T, bool SIGN, int P>
-static void input_grad_row_strided(const T* dyt, const T* x, int64_t hw, const T* w, int64_t cog,
-                                   T* gr, int64_t n, int64_t step) {
+// finite_w: every weight the row reads is finite, so that with no NaN among its input pixels no
+// w - x is NaN (then, in the AVX-512 set, the clamp by one instruction: RANGE).
+template <typename T, bool SIGN, int P, bool RANGE>
+static void input_grad_row_strided_as(const T* dyt, const T* x, int64_t hw, const T* w, int64_t cog,
+                                      T* gr, int64_t n, int64_t step) {
   constexpr int U = P == 1 ? 4 : IG_ACCUMULATORS / P;
   int64_t j = 0;
   for (; j + U <= n; j += U)
-    input_grad_pixels_strided<T, SIGN, P, U>(dyt + j * cog, x + j * step, hw, w, cog, gr + j * step,
-                                             step);
+    input_grad_pixels_strided<T, SIGN, P, U, RANGE>(dyt + j * cog, x + j * step, hw, w, cog,
+                                                    gr + j * step, step);
   for (; j < n; ++j)
-    input_grad_pixels_strided<T, SIGN, P, 1>(dyt + j * cog, x + j * step, hw, w, cog, gr + j * step,
-                                             step);
+    input_grad_pixels_strided<T, SIGN, P, 1, RANGE>(dyt + j * cog, x + j * step, hw, w, cog,
+                                                    gr + j * step, step);
+}
+template <typename T, bool SIGN, int P>
+static void input_grad_row_strided(const T* dyt, const T* x, int64_t hw, const T* w, int64_t cog,
+                                   T* gr, int64_t n, int64_t step, bool finite_w) {
+#ifdef ADDER_CPU_ZMM
+  if constexpr (std::is_same_v<T, float> && !SIGN) {
+    bool nan = false;
+    for (int p = 0; p < P; ++p)
+      for (int64_t j = 0; j < n; ++j) nan |= x[p * hw + j * step] != x[p * hw + j * step];
+    if (finite_w && !nan) {
+      input_grad_row_strided_as<T, SIGN, P, true>(dyt, x, hw, w, cog, gr, n, step);
+      return;
+    }
+  }
+#endif
+  (void)finite_w;
+  input_grad_row_strided_as<T, SIGN, P, false>(dyt, x, hw, w, cog, gr, n, step);
 }
 
 // input_grad_row_strided for one plane with fewer output channels than a vector holds: each
@@ -1668,6 +1703,20 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
                                               w + p * cog);
       }
   } else {
+    // Whether every weight of the np planes is finite (the kernel over output channels' clamp
+    // by one instruction, input_grad_row_strided), checked once for all their taps.
+    bool finite_w = false;
+#ifdef ADDER_CPU_ZMM
+    if (std::is_same_v<T, float> && !SIGN && !unit_stride) {
+      int bad = 0;
+      for (int64_t t = 0; t < s.kernel_h * s.kernel_w; ++t)
+        for (int64_t i = 0; i < np * cog; ++i) {
+          const T v = w[t * tap_stride + i];
+          bad |= !(v - v == T(0));  // +-inf and NaN
+        }
+      finite_w = bad == 0;
+    }
+#endif
     for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
       for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
         const T* const wtap = w + (kh * s.kernel_w + kw) * tap_stride;  // [plane][co]
@@ -1696,13 +1745,13 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
             }
             for (; p + 4 <= np; p += 4)
               input_grad_row_strided<T, SIGN, 4>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
-                                                 gx + p * HW + at, n, s.stride_w);
+                                                 gx + p * HW + at, n, s.stride_w, finite_w);
             for (; p + 2 <= np; p += 2)
               input_grad_row_strided<T, SIGN, 2>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
-                                                 gx + p * HW + at, n, s.stride_w);
+                                                 gx + p * HW + at, n, s.stride_w, finite_w);
             for (; p < np; ++p)
               input_grad_row_strided<T, SIGN, 1>(dyt, x + p * HW + at, HW, wtap + p * cog, cog,
-                                                 gx + p * HW + at, n, s.stride_w);
+                                                 gx + p * HW + at, n, s.stride_w, finite_w);
           }
         }
       }
