@@ -1069,7 +1069,7 @@ constexpr int input_grad_slots<float>() {
 // smaller magnitude, with z's sign. For a z that is not NaN, the bits of input_grad_weight's max
 // and min: |z| <= 1 gives z (-0 and +-1 included); beyond, +-inf included, 1 with z's sign. A NaN
 // z would give +-1 (vrangeps returns the other operand of a quiet NaN), so it serves only where
-// no w - x is NaN (finite_operands_zmm).
+// no w - x is NaN (input_grad_vectors_zmm checks).
 static inline __m512 clamp_unit_zmm(__m512 z, __m512 one) {
   return _mm512_range_ps(z, one, 0x02);  // imm 0b00'10: the smaller magnitude, the sign of z
 }
@@ -1093,24 +1093,14 @@ static inline __m256 sign_unit_ymm(__m256 z, __m256i signs) {
   return _mm256_fixupimm_ps(_mm256_setzero_ps(), z, signs, 0);
 }
 
-// Whether no w - x of an input_grad_vectors_zmm call can be NaN: no NaN among its input vectors
-// and every weight it reads ([p * cog, p * cog + cog) for p < P) finite (an infinite x then gives
-// an infinite w - x, clamped to +-1 by either form). Checking costs about 1% of the call.
+// Whether none of an input_grad_vectors_zmm call's input vectors holds a NaN: then, with every
+// weight finite (finite_w, input_grad_weights_finite), no w - x of the call is NaN (an infinite x
+// gives an infinite w - x, clamped to +-1 by either form).
 template <int P, int U2>
-static inline bool finite_operands_zmm(const __m512* xv, const float* w, int64_t cog) {
-  constexpr int NAN_CLASSES = 0x81, NON_FINITE_CLASSES = 0x99;  // QNaN, SNaN (and -inf, +inf)
+static inline bool no_nan_zmm(const __m512* xv) {
+  constexpr int NAN_CLASSES = 0x81;  // QNaN, SNaN
   __mmask16 bad = 0;
   for (int i = 0; i < P * U2; ++i) bad |= _mm512_fpclass_ps_mask(xv[i], NAN_CLASSES);
-  for (int p = 0; p < P; ++p) {
-    const float* wp = w + p * cog;
-    int64_t co = 0;
-    for (; co + 16 <= cog; co += 16)
-      bad |= _mm512_fpclass_ps_mask(_mm512_loadu_ps(wp + co), NON_FINITE_CLASSES);
-    if (co < cog) {
-      const __mmask16 tail = __mmask16((1u << (cog - co)) - 1);
-      bad |= _mm512_fpclass_ps_mask(_mm512_maskz_loadu_ps(tail, wp + co), NON_FINITE_CLASSES);
-    }
-  }
   return bad == 0;
 }
 
@@ -1155,12 +1145,12 @@ static void input_grad_vectors_zmm_loop(const float* const* dy, int64_t L, const
 // took 0.84-0.86x the time (benchmarks/NOTES.md); the same bits.
 template <bool SIGN, int P, int U2, bool JOINED>
 static void input_grad_vectors_zmm(const float* const* dy, int64_t L, const float* const* x,
-                                   const float* w, int64_t cog, float* const* gr) {
+                                   const float* w, int64_t cog, float* const* gr, bool finite_w) {
   if constexpr (!SIGN) {
     __m512 xv[P * U2];
     for (int p = 0; p < P; ++p)
       for (int i = 0; i < U2; ++i) xv[p * U2 + i] = _mm512_loadu_ps(x[p * 2 * U2 + 2 * i]);
-    if (finite_operands_zmm<P, U2>(xv, w, cog)) {
+    if (finite_w && no_nan_zmm<P, U2>(xv)) {
       input_grad_vectors_zmm_loop<SIGN, P, U2, JOINED, true>(dy, L, x, w, cog, gr);
       return;
     }
@@ -1174,7 +1164,7 @@ static void input_grad_vectors_zmm(const float* const* dy, int64_t L, const floa
 // input_grad_tap_vectors fills the slots: consecutive vectors of rows wp elements apart).
 template <typename T, bool SIGN, int P, int U>
 static void input_grad_slot_vectors(const T* const* dy, int64_t L, const T* const* x, const T* w,
-                                    int64_t cog, T* const* gr) {
+                                    int64_t cog, T* const* gr, bool finite_w) {
 #ifdef ADDER_CPU_ZMM
   if constexpr (sizeof(T) == sizeof(float) && U % 2 == 0) {
     bool pairs = true, joined = true;
@@ -1186,14 +1176,15 @@ static void input_grad_slot_vectors(const T* const* dy, int64_t L, const T* cons
     }
     if (pairs) {
       if (joined) {
-        input_grad_vectors_zmm<SIGN, P, U / 2, true>(dy, L, x, w, cog, gr);
+        input_grad_vectors_zmm<SIGN, P, U / 2, true>(dy, L, x, w, cog, gr, finite_w);
       } else {
-        input_grad_vectors_zmm<SIGN, P, U / 2, false>(dy, L, x, w, cog, gr);
+        input_grad_vectors_zmm<SIGN, P, U / 2, false>(dy, L, x, w, cog, gr, finite_w);
       }
       return;
     }
   }
 #endif
+  (void)finite_w;
   input_grad_vectors<T, SIGN, P, U>(dy, L, x, w, cog, gr);
 }
 
@@ -1462,7 +1453,7 @@ static int64_t input_grad_scratch(const Adder2dShape& s) {
 template <typename T, bool SIGN, int P>
 static void input_grad_tap_vectors(const Adder2dShape& s, const T* dyc, int64_t row,
                                    int64_t ow_first, int64_t kh, const T* const* xs, T* const* gs,
-                                   int64_t wp, const T* wtap) {
+                                   int64_t wp, const T* wtap, bool finite_w) {
   constexpr int U = input_grad_slots<T>() / P;
   constexpr int64_t VL = int64_t(sizeof(typename Vec<T>::type) / sizeof(T));
   const int64_t cog = s.out_channels_per_group, plane = s.out_h * row;
@@ -1481,7 +1472,7 @@ static void input_grad_tap_vectors(const Adder2dShape& s, const T* dyc, int64_t 
         gv[p * U + u] = gs[p] + ih * wp + j;
       }
       if (++u == U) {
-        input_grad_slot_vectors<T, SIGN, P, U>(dyv, plane, xv, wtap, cog, gv);
+        input_grad_slot_vectors<T, SIGN, P, U>(dyv, plane, xv, wtap, cog, gv, finite_w);
         u = 0;
       }
     }
@@ -1496,7 +1487,7 @@ static void input_grad_tap_vectors(const Adder2dShape& s, const T* dyc, int64_t 
           xi[p * 2 + k] = xv[p * U + i + k];
           gi[p * 2 + k] = gv[p * U + i + k];
         }
-      input_grad_slot_vectors<T, SIGN, P, 2>(dyv + i, plane, xi, wtap, cog, gi);
+      input_grad_slot_vectors<T, SIGN, P, 2>(dyv + i, plane, xi, wtap, cog, gi, finite_w);
     }
   }
   for (; i < u; ++i) {
@@ -1511,22 +1502,22 @@ static void input_grad_tap_vectors(const Adder2dShape& s, const T* dyc, int64_t 
 }
 
 // One tap at stride 1 for the np planes, four, then two, then one at a time (xs, gs: the planes'
-// rows of wp elements; wtap: the tap's weights [plane][co]).
+// rows of wp elements; wtap: the tap's weights [plane][co]; finite_w: input_grad_weights_finite).
 template <typename T, bool SIGN>
 static void input_grad_tap_planes(const Adder2dShape& s, const T* dyc, int64_t row,
                                   int64_t ow_first, int64_t kh, const T* const* xs, T* const* gs,
-                                  int64_t wp, const T* wtap, int64_t np) {
+                                  int64_t wp, const T* wtap, int64_t np, bool finite_w) {
   const int64_t cog = s.out_channels_per_group;
   int64_t p = 0;
   for (; p + 4 <= np; p += 4)
     input_grad_tap_vectors<T, SIGN, 4>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
-                                       wtap + p * cog);
+                                       wtap + p * cog, finite_w);
   for (; p + 2 <= np; p += 2)
     input_grad_tap_vectors<T, SIGN, 2>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
-                                       wtap + p * cog);
+                                       wtap + p * cog, finite_w);
   for (; p < np; ++p)
     input_grad_tap_vectors<T, SIGN, 1>(s, dyc, row, ow_first, kh, xs + p, gs + p, wp,
-                                       wtap + p * cog);
+                                       wtap + p * cog, finite_w);
 }
 
 // dY[co][oh] (cog channels of out_h rows of out_w) into dyc, rows of `row` elements: `border`
@@ -1581,12 +1572,34 @@ static void input_grad_row_all_taps(const Adder2dShape& s, const T* dyc, int64_t
   for (int u = 0; u < U; ++u) store_vec(gs + ih * wp + j + u * VL, acc[u]);
 }
 
+// Whether every weight of np planes (w: the first plane's weights of tap 0, [tap][ci][co]) is
+// finite, checked once per work item for all its taps: the AVX-512 set's float kernels then
+// clamp by one vrangeps wherever their inputs hold no NaN (input_grad_vectors_zmm,
+// input_grad_row_strided). False elsewhere (and for the sign, which needs no check).
+template <typename T, bool SIGN>
+static bool input_grad_weights_finite(const Adder2dShape& s, const T* w, int64_t np) {
+#ifdef ADDER_CPU_ZMM
+  if constexpr (std::is_same_v<T, float> && !SIGN) {
+    const int64_t cog = s.out_channels_per_group, tap_stride = s.in_channels_per_group * cog;
+    int bad = 0;
+    for (int64_t t = 0; t < s.kernel_h * s.kernel_w; ++t)
+      for (int64_t i = 0; i < np * cog; ++i) {
+        const T v = w[t * tap_stride + i];
+        bad |= !(v - v == T(0));  // +-inf and NaN
+      }
+    return bad == 0;
+  }
+#endif
+  (void)s, (void)w, (void)np;
+  return false;
+}
+
 // input_grad_planes_mode by phases (input_grad_by_phases(s)): for each phase, its pixels of the
 // np planes copied, the stride-1 kernel over its taps in order (the taps of s in their order),
 // the phase's gradient written back; a phase that no tap reads gets 0.
 template <typename T, bool SIGN>
 static void input_grad_planes_phases(const Adder2dShape& s, const T* dy, const T* x, const T* w,
-                                     T* gx, int64_t np, T* scratch, bool reuse) {
+                                     T* gx, int64_t np, T* scratch, bool reuse, bool finite_w) {
   const int64_t cog = s.out_channels_per_group;
   const int64_t HW = s.in_h * s.in_w, tap_stride = s.in_channels_per_group * cog;
   const InputGradPhaseLayout l = input_grad_phase_layout<T>(s);
@@ -1629,7 +1642,8 @@ static void input_grad_planes_phases(const Adder2dShape& s, const T* dy, const T
           const int64_t tap = (ah.k0 + ah.step * i) * s.kernel_w + aw.k0 + aw.step * j;
           const T* const wtap = w + tap * tap_stride;  // [plane][co]
           const int64_t ow_first = l.border + aw.pad - j * aw.dilation;
-          input_grad_tap_planes<T, SIGN>(ps, dyc, l.row, ow_first, i, xs, gs, l.cols, wtap, np);
+          input_grad_tap_planes<T, SIGN>(ps, dyc, l.row, ow_first, i, xs, gs, l.cols, wtap, np,
+                                         finite_w);
         }
       for (int64_t p = 0; p < np; ++p)
         for (int64_t a = 0; a < ah.size; ++a)
@@ -1648,8 +1662,9 @@ static void input_grad_planes_phases(const Adder2dShape& s, const T* dy, const T
 template <typename T, bool SIGN>
 static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* x, const T* w,
                                    T* gx, int64_t np, T* scratch, bool reuse) {
+  const bool finite_w = input_grad_weights_finite<T, SIGN>(s, w, np);
   if (input_grad_by_phases(s)) {
-    input_grad_planes_phases<T, SIGN>(s, dy, x, w, gx, np, scratch, reuse);
+    input_grad_planes_phases<T, SIGN>(s, dy, x, w, gx, np, scratch, reuse, finite_w);
     return;
   }
   const int64_t cog = s.out_channels_per_group, L = s.out_h * s.out_w;
@@ -1703,27 +1718,13 @@ static void input_grad_planes_mode(const Adder2dShape& s, const T* dy, const T* 
                                               w + p * cog);
       }
   } else {
-    // Whether every weight of the np planes is finite (the kernel over output channels' clamp
-    // by one instruction, input_grad_row_strided), checked once for all their taps.
-    bool finite_w = false;
-#ifdef ADDER_CPU_ZMM
-    if (std::is_same_v<T, float> && !SIGN && !unit_stride) {
-      int bad = 0;
-      for (int64_t t = 0; t < s.kernel_h * s.kernel_w; ++t)
-        for (int64_t i = 0; i < np * cog; ++i) {
-          const T v = w[t * tap_stride + i];
-          bad |= !(v - v == T(0));  // +-inf and NaN
-        }
-      finite_w = bad == 0;
-    }
-#endif
     for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
       for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
         const T* const wtap = w + (kh * s.kernel_w + kw) * tap_stride;  // [plane][co]
         if (unit_stride) {
           // Input column iw reads output column iw + pw - kw*dw, inside the bordered row.
           const int64_t ow_first = border + s.pad_w - kw * s.dilation_w;
-          input_grad_tap_planes<T, SIGN>(s, dyc, row, ow_first, kh, xs, gs, wp, wtap, np);
+          input_grad_tap_planes<T, SIGN>(s, dyc, row, ow_first, kh, xs, gs, wp, wtap, np, finite_w);
         } else {
           // Output columns [ow0, ow1) read input columns iw0, iw0 + stride_w, ...
           int64_t oh0, oh1, ow0, ow1;
