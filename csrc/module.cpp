@@ -183,49 +183,47 @@ bool parse_cpu_forward_geometry(PyObject* args, const char* name, addernet::Adde
   return true;
 }
 
+// A query on the CPU forward of one geometry: parses (input_size, weight_size, stride, padding,
+// dilation, groups, float64) and returns answer(shape, float64), a new Python object, any C++
+// exception as a RuntimeError.
+template <typename Answer>
+PyObject* cpu_forward_query(PyObject* args, const char* name, Answer answer) {
+  addernet::Adder2dShape s{};
+  int float64 = 0;
+  if (!parse_cpu_forward_geometry(args, name, &s, &float64)) return nullptr;
+  try {
+    return answer(s, float64 != 0);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 // adder2d_cpu_forward_path(input_size, weight_size, stride, padding, dilation, groups, float64):
 // "batch", "direct" or "packed", the CPU forward's path for that shape (adder2d_cpu.h).
 PyObject* adder2d_cpu_forward_path(PyObject*, PyObject* args) {
-  addernet::Adder2dShape s{};
-  int float64 = 0;
-  if (!parse_cpu_forward_geometry(args, "adder2d_cpu_forward_path", &s, &float64)) return nullptr;
-  try {
-    return PyUnicode_FromString(addernet::cpu::forward_path(s, float64 != 0).c_str());
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
+  return cpu_forward_query(args, "adder2d_cpu_forward_path", [](const auto& s, bool float64) {
+    return PyUnicode_FromString(addernet::cpu::forward_path(s, float64).c_str());
+  });
 }
 
-// adder2d_cpu_forward_interleaves_weights(input_size, weight_size, stride, padding, dilation,
-// groups, float64): whether the CPU forward of that shape interleaves the weights (adder2d_cpu.h).
+// adder2d_cpu_forward_interleaves_weights(...): whether the CPU forward of that shape interleaves
+// the weights (adder2d_cpu.h).
 PyObject* adder2d_cpu_forward_interleaves_weights(PyObject*, PyObject* args) {
-  addernet::Adder2dShape s{};
-  int float64 = 0;
-  if (!parse_cpu_forward_geometry(args, "adder2d_cpu_forward_interleaves_weights", &s, &float64))
-    return nullptr;
-  try {
-    return PyBool_FromLong(addernet::cpu::forward_interleaves_weights(s, float64 != 0));
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
+  return cpu_forward_query(
+      args, "adder2d_cpu_forward_interleaves_weights", [](const auto& s, bool float64) {
+        return PyBool_FromLong(addernet::cpu::forward_interleaves_weights(s, float64));
+      });
 }
 
-// adder2d_cpu_forward_column_copies(input_size, weight_size, stride, padding, dilation, groups,
-// float64): the copies per plane of the direct path's layout by kernel columns, 0 where the
-// forward of that shape takes the phases or another path (adder2d_cpu.h).
+// adder2d_cpu_forward_column_copies(...): the copies per plane of the direct path's layout by
+// kernel columns, 0 where the forward of that shape takes the phases or another path
+// (adder2d_cpu.h).
 PyObject* adder2d_cpu_forward_column_copies(PyObject*, PyObject* args) {
-  addernet::Adder2dShape s{};
-  int float64 = 0;
-  if (!parse_cpu_forward_geometry(args, "adder2d_cpu_forward_column_copies", &s, &float64))
-    return nullptr;
-  try {
-    return PyLong_FromLongLong(addernet::cpu::forward_column_copies(s, float64 != 0));
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
+  return cpu_forward_query(
+      args, "adder2d_cpu_forward_column_copies", [](const auto& s, bool float64) {
+        return PyLong_FromLongLong(addernet::cpu::forward_column_copies(s, float64));
+      });
 }
 
 // adder2d_cpu_forward_tile(float64): (output channels, pixels, bytes per register) of the CPU
