@@ -210,8 +210,8 @@ def test_forward_tap_loops_start_cache_lines():
 
 
 def test_forward_tap_loops_stay_in_registers():
-    """The AVX2 forward micro-tiles' loop over taps (micro_tile, micro_tile_direct, and the
-    register ceiling that measures their arithmetic) keeps pixels and accumulators in registers:
+    """The forward micro-tiles' loop over taps (micro_tile, micro_tile_direct, the AVX-512 build's
+    micro_tile_zmm_panel, and the register ceilings that measure their arithmetic) keeps pixels and accumulators in registers:
     no load or store on the stack, and no register copy. Pixels copied into an array through the
     stack in 16-byte halves and read back as 32-byte vectors (a load store forwarding cannot
     serve, every tap) made the float64 forward 3.7x slower; a subtraction by fused multiply-add,
@@ -219,7 +219,8 @@ def test_forward_tap_loops_stay_in_registers():
     instructions. A loop is the code from a conditional backward jump's target to the jump; a tap
     loop is one that clears sign bits (|x - w|)."""
     functions = _avx2_functions(
-        lambda name: "::micro_tile" in name or "::register_ceiling(" in name
+        lambda name: "::micro_tile" in name or "::register_ceiling" in name,
+        ("cpu::avx2::", "cpu::avx512_float::"),
     )
     unchecked, bad = [], {}
     for function, lines in functions.items():
@@ -237,7 +238,8 @@ def test_forward_tap_loops_stay_in_registers():
             found = [
                 t
                 for t in loop
-                if any(s in t for s in stack) or re.match(r"vmov[a-z]*\s+%[xy]mm\d+,%[xy]mm\d+$", t)
+                if any(s in t for s in stack)
+                or re.match(r"vmov[a-z0-9]*\s+%[xyz]mm\d+,%[xyz]mm\d+$", t)
             ]
             if found:
                 bad[function] = found
@@ -254,6 +256,14 @@ def test_forward_tap_loops_stay_in_registers():
         "register_ceiling(",
     ):
         assert name in names, f"{name} not found out of line: {sorted(functions)}"
+    if addernet_cuda.build_info()["cpu_avx512_compiled"]:
+        for name in (
+            "micro_tile_zmm_panel<8, true>",  # the AVX-512 float tile over a panel
+            "micro_tile_zmm_panel<8, false>",
+            "micro_tile_zmm_panel<4, false>",
+            "register_ceiling_zmm(",
+        ):
+            assert name in names, f"{name} not found out of line: {sorted(functions)}"
     assert not unchecked, f"no tap loop found in: {unchecked}"
     assert not bad, bad
 

@@ -7,9 +7,9 @@
 //
 // forward    Y[n,co,p]   = -sum_k |P[k,p] - W[co,k]|      (+ bias)   k = (ci,kh,kw), p = (oh,ow)
 //            implicit GEMM, never the whole im2col: direct path, P read from a padded,
-//            phase-split copy of the input (vectors of one output row, per-tap offsets; in float
-//            outside the AVX-512 build, where enough channel tiles share a tile's pixels, copied
-//            into a panel of TILE_K taps per tile that those micro-tile calls read in order);
+//            phase-split copy of the input (vectors of one output row, per-tap offsets; in float,
+//            where enough channel tiles share a tile's pixels, copied into a panel of TILE_K taps
+//            per tile that those micro-tile calls read in order);
 //            batch path, the same from a padded copy whose every element is one pixel of VL
 //            images (a vector per output pixel of VL images, for rows that are not whole
 //            vectors); packed path, P packed from the input itself into panels of TILE_P output
@@ -534,6 +534,26 @@ static void micro_tile_zmm(const float* const* xb, const int64_t* off, int64_t n
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * TILE_P, a[r]);
 }
 
+// micro_tile_zmm over a tile's panel (panel[k][p], TILE_K x TILE_P, 64-byte aligned): one aligned
+// 64-byte load per tap, no offset. Out of line, so that tests/test_build.py finds its tap loop.
+template <int R, bool INTERLEAVED>
+__attribute__((noinline)) static void micro_tile_zmm_panel(const float* panel, int64_t nk,
+                                                           const float* w, int64_t ldw, float* acc,
+                                                           bool first) {
+  static_assert(TILE_P == 16, "one 64-byte vector per tile");
+  const __m512 one = opaque_one_zmm();
+  __m512 a[R];
+  for (int r = 0; r < R; ++r)
+    a[r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * TILE_P);
+  for (int64_t k = 0; k < nk; ++k) {
+    const __m512 x = _mm512_load_ps(panel + k * TILE_P);
+    for (int r = 0; r < R; ++r)
+      a[r] =
+          _mm512_fmadd_ps(abs_diff_zmm(x, INTERLEAVED ? w[k * R + r] : w[r * ldw + k]), one, a[r]);
+  }
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * TILE_P, a[r]);
+}
+
 // micro_tile_zmm for two tiles at once, both read by one 64-byte load per tap (xb[0], xb[2]),
 // the weights interleaved: each weight broadcast serves both, 2 x R accumulators. The second
 // tile's sums at acc + acc_tile_stride. Each output's taps in the same order: the same bits.
@@ -657,10 +677,14 @@ static void forward_micro_tile(const T* const* xb, const int64_t* off, int64_t n
 // accumulators the registers allow, and on depthwise layers (9 taps per call) the calls' set-up
 // outweighed the taps.
 // Float tiles with FORWARD_PANEL_MIN_CALLS or more calls of the R-channel micro-tile per block
-// (not in the AVX-512 build, whose 64-byte tile reads the pixels through the offsets) first copy
-// their block of pixels into a panel (panel[k][p], TILE_K x TILE_P, 16 KiB): each of those calls
-// then reads it in order, aligned, with no offset per tap (the wide tile of the channels left
-// over still reads through the offsets). Read through the offsets by every call, the same pixels
+// first copy their block of pixels into a panel (panel[k][p], TILE_K x TILE_P, 16 KiB): each of
+// those calls then reads it in order, aligned, with no offset per tap (the wide tile of the
+// channels left over still reads through the offsets; in the AVX-512 build the 4-channel tile
+// after the 8-channel ones reads the panel too). The AVX-512 tile through the offsets (one
+// unaligned 64-byte load per tap, or two 32-byte halves where a tile's two vectors are not
+// adjacent) held VGG-small's layers at 0.73-0.79 of the ceiling and ResNet-18's strided ones at
+// 0.55-0.65 on a Zen 4 core (which splits 64-byte operations into halves); through the panel
+// 0.91-0.95 and 0.80-0.87 (NOTES). Read through the offsets by every call, the same pixels
 // held the forward at 0.61-0.80 of the register ceiling on the paper's layers, 0.70-0.88 through
 // the panel (1 thread, benchmarks/NOTES.md): an offset load per tap, loads split across cache
 // lines on the direct path, and a block's rows (28 planes x 3 rows of a 3x3 kernel) competing for
@@ -686,12 +710,7 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
   const int64_t whole = cog / R * R;  // channels of the R-channel tiles
   // and of a 4-channel tile after them where R = 8 (the AVX-512 build's float tile)
   const int64_t whole4 = R > 4 && cog - whole >= 4 ? whole + 4 : whole;
-#ifdef ADDER_CPU_ZMM
-  constexpr bool can_pack = false;
-#else
   constexpr bool can_pack = sizeof(T) == sizeof(float);
-#endif
-  static_assert(!can_pack || R <= 4, "a panel tile skips the 4-channel tile of the R = 8 build");
   const bool pack = can_pack && whole >= FORWARD_PANEL_MIN_CALLS * R;
   alignas(64) T panel[can_pack ? TILE_K * TILE_P : 1];
   for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
@@ -706,6 +725,23 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
         for (int64_t k = 0; k < nk; ++k)
           for (int64_t j = 0; j < NV; ++j)
             store_vec(panel + k * TILE_P + j * VL, load_vec<V>(x[j] + off[k0 + k]));
+#ifdef ADDER_CPU_ZMM
+        if constexpr (sizeof(T) == sizeof(float)) {
+          for (int64_t co = 0; co < whole; co += R) {
+            if (interleaved) {
+              micro_tile_zmm_panel<R, true>(panel, nk, weights(co, k0, nk), K, acc + co * TILE_P,
+                                            first);
+            } else {
+              micro_tile_zmm_panel<R, false>(panel, nk, weights(co, k0, nk), K, acc + co * TILE_P,
+                                             first);
+            }
+          }
+          if (whole4 > whole)
+            micro_tile_zmm_panel<4, false>(panel, nk, weights(whole, k0, nk), interleaved ? nk : K,
+                                           acc + whole * TILE_P, first);
+          continue;
+        }
+#endif
         for (int64_t co = 0; co < whole; co += R) {
           if (interleaved) {
             micro_tile<T, R, true>(panel, nk, weights(co, k0, nk), K, acc + co * TILE_P, first);
@@ -716,10 +752,12 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
         continue;
       }
 #ifdef ADDER_CPU_ZMM
-      // Two tiles at once where both read whole 64-byte vectors (interleaved weights): each
-      // weight broadcast serves 32 pixels. On an Intel core with two 512-bit FMA pipes,
-      // against one tile at a time: res18.l2.down3x3 0.86-0.94x the time, res18.l3.down3x3
-      // 0.95-0.97x, six other layers 0.97-1.04x (benchmarks/NOTES.md).
+      // Two tiles at once where both read whole 64-byte vectors (interleaved weights) and there
+      // is no panel (fewer channels than FORWARD_PANEL_MIN_CALLS tiles): each weight broadcast
+      // serves 32 pixels. On an Intel core with two 512-bit FMA pipes, before the panel, against
+      // one tile at a time: res18.l2.down3x3 0.86-0.94x the time, res18.l3.down3x3 0.95-0.97x,
+      // six other layers 0.97-1.04x (benchmarks/NOTES.md). Two tiles' panels (32 KiB) on a Zen 4
+      // core: 0.78-1.00x the rate of one tile's (9 layers, two runs), none faster.
       if constexpr (sizeof(T) == sizeof(float)) {
         const T* const* xt = xb + t * NV;
         if (interleaved && t + 1 < ntiles && xt[1] == xt[0] + 8 && xt[3] == xt[2] + 8) {
