@@ -332,7 +332,7 @@ def interleaves_weights(case, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
     # The direct and batch paths interleave the weights (a micro-tile's channels tap by tap, by
-    # blocks of 256 taps) when each weight serves at least 256 images x output pixels, at every
+    # blocks of 256 taps) when each weight serves at least 1024 images x output pixels, at every
     # instruction-set level (the AVX-512 float tile: 8 channels, then a 4-channel tile reading
     # its rows of the block). Both layouts, with channels past the last whole micro-tile (13, 5
     # per group, 45: 8 + 4 + 1 at the AVX-512 level), groups, 288 taps (a whole block and a
@@ -348,19 +348,20 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
         Case("direct-288-taps-2-groups", 8, 64, 8, 16, 10, 3, 3, padding=1, groups=2),
         Case("batch-14x14", 8, 5, 14, 14, 45, 3, 3, padding=1),
         Case("batch-14x14-288-taps", 8, 32, 14, 14, 45, 3, 3, padding=1),
-        Case("direct-2-images", 2, 5, 8, 16, 13, 3, 3, padding=1),  # 256 uses, the least
-        Case("batch-7x7", 8, 5, 7, 7, 45, 3, 3, padding=1),  # 392, ResNet-18's last layers
-        # float32's panel of pixels (12+ channels) past one block of 256 taps
-        Case("direct-288-taps-16-channels-2-images", 2, 32, 8, 16, 16, 3, 3, padding=1),
+        Case("direct-8-images", 8, 5, 8, 16, 13, 3, 3, padding=1),  # 1024 uses, the least
+        # float32's panel of pixels (12+ channels, 24+ at avx512) past one block of 256 taps
+        Case("direct-288-taps-32-channels-8-images", 8, 32, 8, 16, 32, 3, 3, padding=1),
         Case("direct-576-taps-2-groups", 16, 128, 8, 16, 90, 3, 3, padding=1, groups=2),
-        Case("batch-7x7-576-taps", 8, 64, 7, 7, 45, 3, 3, padding=1),
-        # the layout by kernel columns (float32 at avx512) with the two-tile micro-tile
-        Case("direct-columns-8x8-4-images", 4, 3, 8, 8, 142, 3, 3, padding=1),
+        Case("batch-14x14-576-taps", 8, 64, 14, 14, 45, 3, 3, padding=1),
+        # the layout by kernel columns (float32 at avx512)
+        Case("direct-columns-8x8-16-images", 16, 3, 8, 8, 142, 3, 3, padding=1),
     ]
     as_they_are = [
         Case("direct-1-image", 1, 5, 8, 16, 13, 3, 3, padding=1),
         Case("batch-5x5", 8, 5, 5, 5, 45, 3, 3, padding=1),
         Case("direct-288-taps-16-channels", 1, 32, 8, 16, 16, 3, 3, padding=1),
+        Case("batch-7x7", 8, 5, 7, 7, 45, 3, 3, padding=1),  # 392 uses, ResNet-18's last layers
+        Case("direct-4-images", 4, 5, 8, 16, 13, 3, 3, padding=1),  # 512 uses
     ]
     for case in interleaved:
         assert interleaves_weights(case, dtype), case.name

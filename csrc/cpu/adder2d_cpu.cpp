@@ -167,12 +167,14 @@ constexpr int64_t FORWARD_BATCH_TAIL_SPLITS = 4;
 
 // The forward's direct and batch paths interleave the weights (KernelSet::
 // forward_interleave_weights) when each weight is used by at least FORWARD_INTERLEAVE_MIN_USES
-// images x output pixels: it saves up to 7% from 1568 and, where the micro-tiles read their
-// pixels from a panel, 4-13% at 392 on 1 thread (ResNet-18's 7 x 7 layers at 8 images, up to 9.4
-// MB of weights; on 2 threads -11% to +12%, noisier), and cost nothing there without the panel
-// (0.94-1.00x of the time) (NOTES). By items of about FORWARD_INTERLEAVE_ITEM elements (whole
+// images x output pixels: it saves up to 7% from 1568 (NOTES). At 392 (ResNet-18's 7 x 7 layers
+// at 8 images, up to 9.4 MB of weights, copied in a phase of the call that only moves memory) it
+// saved 4-13% on 1 thread of a Zen 3 core (the 4-channel tile over a panel; on 2 threads -11%
+// to +12%), but on 2 threads of a Zen 4 core it cost 3-20% at both levels (the 8-channel tile
+// too, three pairs of processes, after the copy became register transposes), so it starts at
+// 1024. The same sums either way. By items of about FORWARD_INTERLEAVE_ITEM elements (whole
 // micro-tiles' output channels), which the threads claim (ClaimedStep).
-constexpr int64_t FORWARD_INTERLEAVE_MIN_USES = 256;
+constexpr int64_t FORWARD_INTERLEAVE_MIN_USES = 1024;
 constexpr int64_t FORWARD_INTERLEAVE_ITEM = int64_t(1) << 14;
 
 // A step that the rest of a parallel region depends on (the forward's weights interleaved before
