@@ -339,9 +339,9 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
     # short one, with float32's panel of pixels on both paths), and on 8 threads the batch path's
     # split by output channels (98 tiles), must sum each output's taps in order. At 576 taps the
     # weights are interleaved by items of 28 channels (45 per group: 28 + 17, the last with a
-    # channel past the micro-tiles; 24 + 21 for the AVX-512 float tile), claimed by the threads with the first planes' copies (batch
-    # path, direct path by chunks of images on 8 threads) or before the images (direct path,
-    # image by image on 1 and 2 threads).
+    # channel past the micro-tiles; 24 + 21 for the AVX-512 float tile), claimed by the threads
+    # with the first planes' copies (batch path, direct path by chunks of images on 8 threads) or
+    # before the images (direct path, image by image on 1 and 2 threads).
     interleaved = [
         Case("direct-16-images", 16, 5, 8, 16, 13, 3, 3, padding=1),
         Case("direct-2-groups", 8, 6, 16, 16, 10, 3, 3, padding=1, groups=2),
@@ -353,6 +353,9 @@ def test_forward_interleaved_weights_sum_taps_in_order(dtype, cpu_isa):
         Case("direct-288-taps-32-channels-8-images", 8, 32, 8, 16, 32, 3, 3, padding=1),
         Case("direct-576-taps-2-groups", 16, 128, 8, 16, 90, 3, 3, padding=1, groups=2),
         Case("batch-14x14-576-taps", 8, 64, 14, 14, 45, 3, 3, padding=1),
+        # on 8 threads split by output channels (98 tiles), at avx512 float32 in parts of 24+
+        # channels: the panel, 8-channel tiles, then the 4-channel tile and one more channel
+        Case("batch-14x14-205-channels", 8, 5, 14, 14, 205, 3, 3, padding=1),
         # the layout by kernel columns (float32 at avx512)
         Case("direct-columns-8x8-16-images", 16, 3, 8, 8, 142, 3, 3, padding=1),
     ]

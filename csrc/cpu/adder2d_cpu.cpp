@@ -171,9 +171,9 @@ constexpr int64_t FORWARD_BATCH_TAIL_SPLITS = 4;
 // at 8 images, up to 9.4 MB of weights, copied in a phase of the call that only moves memory) it
 // saved 4-13% on 1 thread of a Zen 3 core (the 4-channel tile over a panel; on 2 threads -11%
 // to +12%), but on 2 threads of a Zen 4 core it cost 3-20% at both levels (the 8-channel tile
-// too, three pairs of processes, after the copy became register transposes), so it starts at
-// 1024. The same sums either way. By items of about FORWARD_INTERLEAVE_ITEM elements (whole
-// micro-tiles' output channels), which the threads claim (ClaimedStep).
+// too, both over a panel, three pairs of processes), so it starts at 1024. The same sums either
+// way. By items of about FORWARD_INTERLEAVE_ITEM elements (whole micro-tiles' output channels),
+// which the threads claim (ClaimedStep).
 constexpr int64_t FORWARD_INTERLEAVE_MIN_USES = 1024;
 constexpr int64_t FORWARD_INTERLEAVE_ITEM = int64_t(1) << 14;
 
@@ -182,9 +182,9 @@ constexpr int64_t FORWARD_INTERLEAVE_ITEM = int64_t(1) << 14;
 // items one at a time from a shared counter and returns once every item is done, so that a thread
 // waits for at most one item of another. In equal ranges, a thread on a core slowed by other work
 // kept the other waiting for up to much of its share (at the end of the forward's interleaving:
-// 2.9% of the samples in one profile of ResNet-18's 512-channel 7 x 7 layer, 0.15% in another;
-// NOTES). Safe however the region's threads are scheduled: an item, once claimed, is run to its
-// end without waiting on anything.
+// 2.9% of the samples in one profile of ResNet-18's 512-channel 7 x 7 layer when it interleaved
+// its weights, 0.15% in another; NOTES). Safe however the region's threads are scheduled: an
+// item, once claimed, is run to its end without waiting on anything.
 class ClaimedStep {
  public:
   explicit ClaimedStep(int64_t count) : count_(count) {}

@@ -26,7 +26,8 @@ namespace cpu {
 // prepared plane is X[r - pad_h][j * stride_w + kw * dilation_w - pad_w] for j < lanes: rows of
 // exactly `lanes` elements, so that a tile's two rows are adjacent through every tap and one
 // 64-byte load reads them (in the phases' rows, lanes + (KW - 1) * dilation_w / stride_w wide,
-// two loads and an insert per tap).
+// two loads and an insert per tap). Since the AVX-512 tile reads a panel (24 or more channels,
+// so always here), only the panel's copy reads this layout (csrc/README.md).
 struct ForwardLayout {
   bool direct;          // false: the copy would be much larger than the input, or rows too short
   int64_t copies;       // 0: phases of the columns; else KW copies, one per kernel column
@@ -39,7 +40,7 @@ struct ForwardLayout {
 // The layout by kernel columns only with at least this many output channels per group, over
 // which the KW copies' preparation is shared. On an Intel core with two 512-bit FMA pipes, 2
 // threads, 8 x 8 layers, against the phases: 512 channels 0.93-0.94x the time, 128 channels
-// 0.98x, 64 channels 1.04x (benchmarks/NOTES.md).
+// 0.98x, 64 channels 1.04x (benchmarks/NOTES.md; measured before the AVX-512 tile read a panel).
 constexpr int64_t FORWARD_COLUMN_COPIES_MIN_CHANNELS = 128;
 
 // The layout for vectors of `lanes` elements and tiles of `tile_vectors` vectors; one_register:

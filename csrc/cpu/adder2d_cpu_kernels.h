@@ -605,6 +605,32 @@ static float register_ceiling_zmm(int64_t iterations) {
 }
 #endif
 
+// The weights of output channels [co_begin, co_end) of one group (w: W[g*Cog], rows of K taps;
+// co_begin a multiple of forward_rows) interleaved for the direct and batch paths' micro-tiles,
+// into wi (the group's interleaved weights, Cog * K elements): block by block of TILE_K taps
+// (block k0 from wi[k0 * Cog]), in each block the channels by groups of R = forward_rows (the
+// group at co from wi[k0 * Cog + co * nk]) holding tap k of its R channels at [k * R + r], and
+// the last Cog % R channels one by one ([k]). So a micro-tile reads its weights as one
+// sequential stream, which goes on into the next group's: read as R rows K apart, each call
+// started R new streams, whose first lines came late (the forward 3-7% slower on most layers of
+// 64-512 channels, NOTES).
+template <typename T>
+void forward_interleave_weights(const Adder2dShape& s, const T* w, T* wi, int64_t co_begin,
+                                int64_t co_end) {
+  constexpr int64_t R = forward_rows<T>();
+  const int64_t cog = s.out_channels_per_group, K = s.taps, full = cog / R * R;
+  for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
+    const int64_t nk = min_i64(TILE_K, K - k0);
+    T* block = wi + k0 * cog;
+    int64_t co = co_begin;
+    for (; co + R <= min_i64(co_end, full); co += R)
+      for (int64_t k = 0; k < nk; ++k)
+        for (int64_t r = 0; r < R; ++r) block[co * nk + k * R + r] = w[(co + r) * K + k0 + k];
+    for (; co < co_end; ++co)
+      for (int64_t k = 0; k < nk; ++k) block[co * nk + k] = w[co * K + k0 + k];
+  }
+}
+
 // One call of the direct and batch paths' micro-tile: R output channels of NT tiles (sums of tile
 // t at acc + t * acc_tile_stride) from w, their weights interleaved (forward_interleave_weights)
 // or in rows ldw apart. (The AVX-512 float tile runs NT tiles one by one; it reads interleaved
@@ -884,61 +910,6 @@ static inline void transpose_block_to(const double* const* src, Dst dst, int64_t
 template <typename T, typename F>
 static inline void transpose_block(const T* const* src, T* dst, int64_t ldd, int64_t rows, F f) {
   transpose_block_to(src, [dst, ldd](int64_t p) { return dst + p * ldd; }, rows, f);
-}
-
-// The weights of output channels [co_begin, co_end) of one group (w: W[g*Cog], rows of K taps;
-// co_begin a multiple of forward_rows) interleaved for the direct and batch paths' micro-tiles,
-// into wi (the group's interleaved weights, Cog * K elements): block by block of TILE_K taps
-// (block k0 from wi[k0 * Cog]), in each block the channels by groups of R = forward_rows (the
-// group at co from wi[k0 * Cog + co * nk]) holding tap k of its R channels at [k * R + r], and
-// the last Cog % R channels one by one ([k]). So a micro-tile reads its weights as one
-// sequential stream, which goes on into the next group's: read as R rows K apart, each call
-// started R new streams, whose first lines came late (the forward 3-7% slower on most layers of
-// 64-512 channels, NOTES). For float, 8 channels x 8 taps at a time by a register transpose
-// (transpose_block_to): tap k's 8 channels are one vector, stored whole where R = 8 and as two
-// halves (two micro-tiles' channels) where R = 4; the taps past the last 8 and the channels past
-// the last 8 (or R) one by one. Element by element, the copy took 8% of res18.l4.down3x3's
-// forward samples (4.7 MB of weights per call) on a Zen 4 core.
-template <typename T>
-void forward_interleave_weights(const Adder2dShape& s, const T* w, T* wi, int64_t co_begin,
-                                int64_t co_end) {
-  constexpr int64_t R = forward_rows<T>();
-  const int64_t cog = s.out_channels_per_group, K = s.taps, full = cog / R * R;
-  for (int64_t k0 = 0; k0 < K; k0 += TILE_K) {
-    const int64_t nk = min_i64(TILE_K, K - k0);
-    T* block = wi + k0 * cog;
-    int64_t co = co_begin;
-    if constexpr (std::is_same_v<T, float> && (R == 8 || R == 4)) {
-      typedef typename Vec<float>::type V;
-      static_assert(sizeof(V) == 8 * sizeof(float), "8 x 8 transposes");
-      for (; co + 8 <= min_i64(co_end, full); co += 8) {
-        const float* src[8];
-        int64_t k = 0;
-        for (; k + 8 <= nk; k += 8) {
-          for (int r = 0; r < 8; ++r) src[r] = w + (co + r) * K + k0 + k;
-          if constexpr (R == 8) {
-            transpose_block(src, block + co * nk + k * 8, 8, 8, [](V v) { return v; });
-          } else {
-            alignas(32) float t[8][8];
-            transpose_block(src, &t[0][0], 8, 8, [](V v) { return v; });
-            for (int i = 0; i < 8; ++i)
-              for (int h = 0; h < 2; ++h)
-                for (int r = 0; r < 4; ++r)
-                  block[(co + 4 * h) * nk + (k + i) * 4 + r] = t[i][4 * h + r];
-          }
-        }
-        for (int64_t r0 = 0; r0 < 8; r0 += R)
-          for (int64_t kt = k; kt < nk; ++kt)
-            for (int64_t r = 0; r < R; ++r)
-              block[(co + r0) * nk + kt * R + r] = w[(co + r0 + r) * K + k0 + kt];
-      }
-    }
-    for (; co + R <= min_i64(co_end, full); co += R)
-      for (int64_t k = 0; k < nk; ++k)
-        for (int64_t r = 0; r < R; ++r) block[co * nk + k * R + r] = w[(co + r) * K + k0 + k];
-    for (; co < co_end; ++co)
-      for (int64_t k = 0; k < nk; ++k) block[co * nk + k] = w[co * K + k0 + k];
-  }
 }
 
 // dst[p * ldd + j] = src[j][p] - c[j] for a VL x VL block (the weight gradient's panels).
