@@ -739,14 +739,15 @@ static void accumulate_tiles(const Adder2dShape& s, const int64_t* off, const T*
           if (whole4 > whole)
             micro_tile_zmm_panel<4, false>(panel, nk, weights(whole, k0, nk), interleaved ? nk : K,
                                            acc + whole * TILE_P, first);
-          continue;
-        }
+        } else  // the 32-byte tile, not instantiated for the AVX-512 build's float
 #endif
-        for (int64_t co = 0; co < whole; co += R) {
-          if (interleaved) {
-            micro_tile<T, R, true>(panel, nk, weights(co, k0, nk), K, acc + co * TILE_P, first);
-          } else {
-            micro_tile<T, R>(panel, nk, weights(co, k0, nk), K, acc + co * TILE_P, first);
+        {
+          for (int64_t co = 0; co < whole; co += R) {
+            if (interleaved) {
+              micro_tile<T, R, true>(panel, nk, weights(co, k0, nk), K, acc + co * TILE_P, first);
+            } else {
+              micro_tile<T, R>(panel, nk, weights(co, k0, nk), K, acc + co * TILE_P, first);
+            }
           }
         }
         continue;
